@@ -1,0 +1,533 @@
+"""The branchops configuration: schema, loading with line-accurate errors, and JSON Schema export.
+
+One file, ``config/branchops.yaml``, reviewed like code. Unknown keys are errors, types are strict
+(``"False"`` is not a boolean), and secrets appear only as references (``{env: NAME}`` or
+``{credential: ID}``); an inline token is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from branchops.errors import ConfigError
+from branchops.secrets import credential_env_name, read_env
+
+CONFIG_PATH = Path("config") / "branchops.yaml"
+
+STAGES = ("build-components", "kf-pipeline", "training", "deploy-model")
+Stage = Literal["build-components", "kf-pipeline", "training", "deploy-model"]
+
+BRANCH_NAME_PATTERN = r"^(?!/)(?!.*//)(?!.*\.\.)[A-Za-z0-9._/-]+(?<!/)(?<!\.lock)$"
+
+
+class Strict(BaseModel):
+    """Every section forbids unknown keys and coerces nothing."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SecretRef(Strict):
+    """Where a secret comes from: an environment variable or a CI credential id. Never the value."""
+
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    credential: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SecretRef":
+        if (self.env is None) == (self.credential is None):
+            raise ValueError("a secret reference names exactly one of 'env' or 'credential'")
+        return self
+
+    @property
+    def env_name(self) -> str:
+        return self.env if self.env else credential_env_name(self.credential or "")
+
+    def resolve(self) -> str | None:
+        """The secret's value from the environment (a CI binds credentials to variables), or None."""
+        return read_env(self.env_name)
+
+    def describe(self) -> str:
+        where = f"env {self.env}" if self.env else f"credential {self.credential} (env {self.env_name})"
+        return f"{where}: {'set' if read_env(self.env_name) else 'not set'}"
+
+
+def _refuse_inline_secret(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError(
+            "inline secrets are refused; reference it instead: {env: VARIABLE} or {credential: CI_CREDENTIAL_ID}"
+        )
+    return value
+
+
+SecretField = Annotated[SecretRef, Field(description="{env: NAME} or {credential: ID}; never the value")]
+
+
+class ProjectSection(Strict):
+    name: str = Field(default="djia-sentiment", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str = ""
+
+
+class BranchesSection(Strict):
+    mode: Literal["per-stage", "single-branch"] = "per-stage"
+    main: str = Field(default="main", pattern=BRANCH_NAME_PATTERN)
+    single_branch: str = Field(default="main", pattern=BRANCH_NAME_PATTERN)
+    stages: dict[Stage, Annotated[str, Field(pattern=BRANCH_NAME_PATTERN)]] = Field(
+        default_factory=lambda: {stage: stage for stage in STAGES}
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _all_stages_distinct(cls, stages: dict[str, str]) -> dict[str, str]:
+        missing = [s for s in STAGES if s not in stages]
+        if missing:
+            raise ValueError(f"every stage needs a branch; missing: {', '.join(missing)}")
+        seen: dict[str, str] = {}
+        for stage, branch in stages.items():
+            if branch in seen:
+                raise ValueError(f"stages '{seen[branch]}' and '{stage}' both map to branch '{branch}'; "
+                                 "use mode: single-branch to run every stage on one branch")
+            seen[branch] = stage
+        return stages
+
+
+class BotSection(Strict):
+    name: str = "branchops-bot"
+    email: str = Field(default="branchops-bot@users.noreply.local", pattern=r"^[^@\s]+@[^@\s]+$")
+    # The trailer that marks a commit as branchops' own; such commits never start a stage.
+    marker: str = Field(default="Branchops-Bot", pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
+
+
+class GitSection(Strict):
+    remote: str | None = Field(default=None, description="push records to this remote (None: local refs only)")
+    push_retries: int = Field(default=8, ge=1, le=50)
+
+
+class GitHubSettings(Strict):
+    repository: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+    token: SecretField
+    base_url: str = Field(default="https://api.github.com", pattern=r"^https?://")
+    timeout_s: float = Field(default=30, gt=0)
+    retries: int = Field(default=5, ge=0, le=20)
+    status_context: str = "branchops"
+
+    _inline = field_validator("token", mode="before")(_refuse_inline_secret)
+
+
+class ForgeSection(Strict):
+    backend: Literal["local", "github"] = "local"
+    github: GitHubSettings | None = None
+
+    @model_validator(mode="after")
+    def _settings_for_backend(self) -> "ForgeSection":
+        if self.backend == "github" and self.github is None:
+            raise ValueError("backend 'github' needs a 'github' section (repository, token)")
+        return self
+
+
+class JenkinsSettings(Strict):
+    url: str = Field(pattern=r"^https?://")
+    user: str
+    token: SecretField
+    folder: str | None = None
+    job: str = "branchops"
+    timeout_s: float = Field(default=30, gt=0)
+    scan_interval: str = Field(default="1h", pattern=r"^[0-9]+[mhd]$")
+    # Jenkins credentials-store ids that the Jenkinsfile binds; the values never leave Jenkins.
+    credentials: dict[str, str] = Field(default_factory=lambda: {
+        "github": "github-token", "kaggle": "kaggle-api", "registry": "registry-push",
+        "kubeconfig": "kubeconfig", "kubeflow": "kubeflow-token",
+    })
+
+    _inline = field_validator("token", mode="before")(_refuse_inline_secret)
+
+
+class CISection(Strict):
+    backend: Literal["local", "jenkins"] = "local"
+    jenkins: JenkinsSettings | None = None
+
+    @model_validator(mode="after")
+    def _settings_for_backend(self) -> "CISection":
+        if self.backend == "jenkins" and self.jenkins is None:
+            raise ValueError("backend 'jenkins' needs a 'jenkins' section (url, user, token)")
+        return self
+
+
+class RegistrySection(Strict):
+    # host[:port][/namespace]; None means no registry: build-components tests and records the tags it
+    # would build and says plainly that no image was built.
+    url: str | None = Field(default=None, pattern=r"^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")
+    insecure: bool = False
+    builder: Literal["auto", "none", "buildah", "podman", "docker", "kaniko"] = "auto"
+    max_parallel_builds: int = Field(default=2, ge=1, le=32)
+    username: str | None = None
+    password: SecretRef | None = None
+    timeout_s: float = Field(default=1800, gt=0)
+
+    _inline = field_validator("password", mode="before")(_refuse_inline_secret)
+
+
+class KubeflowLocal(Strict):
+    root: str = ".branchops/kfp"
+
+
+class KubeflowRemote(Strict):
+    host: str = Field(pattern=r"^https?://")
+    namespace: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    auth: Literal["none", "in-cluster", "bearer", "cookie"] = "in-cluster"
+    token: SecretRef | None = None
+    timeout_s: float = Field(default=60, gt=0)
+    retries: int = Field(default=5, ge=0, le=20)
+
+    _inline = field_validator("token", mode="before")(_refuse_inline_secret)
+
+    @model_validator(mode="after")
+    def _token_for_auth(self) -> "KubeflowRemote":
+        if self.auth in ("bearer", "cookie") and self.token is None:
+            raise ValueError(f"auth '{self.auth}' needs 'token' ({{env: NAME}} or {{credential: ID}})")
+        return self
+
+
+class KubeflowSection(Strict):
+    backend: Literal["local", "kubeflow"] = "local"
+    pipeline_name: str = Field(default="djia-sentiment", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    pipeline_module: str = "pipelines/djia_pipeline.py"
+    local: KubeflowLocal = KubeflowLocal()
+    kubeflow: KubeflowRemote | None = None
+
+    @model_validator(mode="after")
+    def _settings_for_backend(self) -> "KubeflowSection":
+        if self.backend == "kubeflow" and self.kubeflow is None:
+            raise ValueError("backend 'kubeflow' needs a 'kubeflow' section (host, auth)")
+        return self
+
+
+K8sName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+
+
+class StorageLocal(Strict):
+    root: str = ".branchops/volumes"
+
+
+class StorageTrident(Strict):
+    namespace: K8sName = "kubeflow-user"
+    storage_class: str = "ontap-flexvol"
+    snapshot_class: str = "csi-snapclass"
+    size: str = Field(default="20Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$")
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"] = "ReadWriteMany"
+    ready_timeout_s: float = Field(default=600, gt=0)
+
+
+class DataVolumePolicy(Strict):
+    policy: Literal["new", "existing", "clone"] = "new"
+    name: K8sName = "djia-data"
+    snapshot: str | None = None
+
+    @model_validator(mode="after")
+    def _snapshot_for_clone(self) -> "DataVolumePolicy":
+        if self.policy == "clone" and not self.snapshot:
+            raise ValueError("policy 'clone' needs 'snapshot' (the snapshot to clone the volume from)")
+        return self
+
+
+class StorageSection(Strict):
+    backend: Literal["local", "trident"] = "local"
+    snapshots: bool = True
+    local: StorageLocal = StorageLocal()
+    trident: StorageTrident = StorageTrident()
+    data_volume: DataVolumePolicy = DataVolumePolicy()
+    model_volume: K8sName = "djia-models"
+
+
+class KaggleSource(Strict):
+    dataset: str = Field(default="szrlee/stock-time-series-20050101-to-20171231", pattern=r"^[^/\s]+/[^/\s]+$")
+    username: SecretRef | None = None
+    key: SecretRef | None = None
+
+    _inline = field_validator("username", "key", mode="before")(_refuse_inline_secret)
+
+
+class DataSection(Strict):
+    source: Literal["folder", "kaggle", "synthetic"] = "folder"
+    folder: str | None = None
+    kaggle: KaggleSource = KaggleSource()
+
+    @model_validator(mode="after")
+    def _folder_for_source(self) -> "DataSection":
+        if self.source == "folder" and not self.folder:
+            raise ValueError("source 'folder' needs 'folder' (a directory in the Kaggle dataset's layout)")
+        return self
+
+
+class TrainParams(Strict):
+    target: str = Field(default="AAPL", pattern=r"^[A-Z]{1,6}$")
+    window: int = Field(default=5, ge=1, le=60)
+    hidden_units: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [64, 32], min_length=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1)
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    epochs: int = Field(default=30, ge=1, le=10000)
+    patience: int = Field(default=5, ge=1)
+    seed: int = Field(default=42, ge=0)
+    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+
+
+class Experiment(Strict):
+    name: K8sName
+    params: TrainParams = TrainParams()
+
+
+class GpuSection(Strict):
+    count: int = Field(default=0, ge=0, le=16)
+    resource: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, str]] = Field(default_factory=list)
+
+
+class KpiSection(Strict):
+    # metric name -> minimum value the best experiment must reach
+    thresholds: dict[str, float] = Field(default_factory=lambda: {"accuracy": 0.5})
+    # when a model is in production, the candidate must beat it on select_by by at least this much
+    beat_production_by: float | None = Field(default=0.0, ge=0)
+
+
+class TrainingSection(Strict):
+    experiments: list[Experiment] = Field(default_factory=lambda: [Experiment(name="baseline")], min_length=1)
+    max_parallel_runs: int = Field(default=1, ge=1, le=64)
+    timeout_s: float = Field(default=3600, gt=0)
+    select_by: str = "roc_auc"
+    kpis: KpiSection = KpiSection()
+    gpu: GpuSection = GpuSection()
+
+    @field_validator("experiments")
+    @classmethod
+    def _unique_names(cls, experiments: list[Experiment]) -> list[Experiment]:
+        names = [e.name for e in experiments]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"experiment names must be unique; repeated: {', '.join(dupes)}")
+        return experiments
+
+
+class ServingLocal(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8501, ge=1, le=65535)
+    base_path: str = ".branchops/serving"
+
+
+class ServingKubernetes(Strict):
+    namespace: K8sName = "serving"
+    deployment: K8sName = "tfserve"
+    replicas: int = Field(default=2, ge=1)
+    istio: bool = False
+    rollout_timeout_s: float = Field(default=600, gt=0)
+
+
+class RolloutSection(Strict):
+    strategy: Literal["rolling", "canary"] = "rolling"
+    canary_steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=lambda: [10, 50, 100])
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    max_p99_latency_ms: float = Field(default=500, gt=0)
+    requests_per_step: int = Field(default=50, ge=1)
+
+
+class ServingSection(Strict):
+    backend: Literal["local", "kubernetes"] = "local"
+    model_name: str = Field(default="djia", pattern=r"^[A-Za-z0-9_-]+$")
+    release_file: str = "serving/tfserve/release.yaml"
+    local: ServingLocal = ServingLocal()
+    kubernetes: ServingKubernetes = ServingKubernetes()
+    rollout: RolloutSection = RolloutSection()
+
+
+class ConsoleNotifier(Strict):
+    kind: Literal["console"]
+
+
+class LogFileNotifier(Strict):
+    kind: Literal["log_file"]
+    path: str = ".branchops/notifications.log"
+
+
+class WebhookNotifier(Strict):
+    kind: Literal["webhook"]
+    url: SecretField  # a Slack/Teams webhook URL is itself a credential
+    format: Literal["slack", "teams"] = "slack"
+    timeout_s: float = Field(default=10, gt=0)
+    retries: int = Field(default=3, ge=0, le=10)
+
+    _inline = field_validator("url", mode="before")(_refuse_inline_secret)
+
+
+class ForgeNotifier(Strict):
+    kind: Literal["forge"]
+    comment: bool = True
+    commit_status: bool = True
+
+
+Notifier = Annotated[
+    Union[ConsoleNotifier, LogFileNotifier, WebhookNotifier, ForgeNotifier], Field(discriminator="kind")
+]
+
+
+class BranchopsConfig(Strict):
+    version: Literal[1] = 1
+    project: ProjectSection = ProjectSection()
+    branches: BranchesSection = BranchesSection()
+    approvers: dict[Stage, list[Annotated[str, Field(min_length=1)]]]
+    bot: BotSection = BotSection()
+    git: GitSection = GitSection()
+    forge: ForgeSection = ForgeSection()
+    ci: CISection = CISection()
+    registry: RegistrySection = RegistrySection()
+    kubeflow: KubeflowSection = KubeflowSection()
+    storage: StorageSection = StorageSection()
+    data: DataSection = DataSection(source="synthetic")
+    training: TrainingSection = TrainingSection()
+    serving: ServingSection = ServingSection()
+    notifications: list[Notifier] = Field(
+        default_factory=lambda: [ConsoleNotifier(kind="console"), LogFileNotifier(kind="log_file")]
+    )
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("approvers")
+    @classmethod
+    def _every_stage_has_approvers(cls, approvers: dict[str, list[str]]) -> dict[str, list[str]]:
+        missing = [s for s in STAGES if not approvers.get(s)]
+        if missing:
+            raise ValueError(f"every stage needs at least one designated approver; none for: {', '.join(missing)}")
+        return approvers
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
+
+    # -- branch <-> stage -------------------------------------------------------------------------
+    def branch_for(self, stage: str) -> str:
+        if self.branches.mode == "single-branch":
+            return self.branches.single_branch
+        return self.branches.stages[stage]  # type: ignore[index]
+
+    def stages_for_branch(self, branch: str) -> list[str]:
+        """The stages a build of ``branch`` runs, in workflow order (empty for a non-stage branch)."""
+        if self.branches.mode == "single-branch":
+            return list(STAGES) if branch == self.branches.single_branch else []
+        return [stage for stage in STAGES if self.branches.stages[stage] == branch]  # type: ignore[index]
+
+    def digest(self) -> str:
+        """A stable hash of the effective configuration, recorded in lineage."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+def _node_for(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The deepest YAML node along a pydantic error location (to report its line)."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                key = next((k for k, _ in node.value if k.value == str(part)), None)
+                return key or node
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        elif isinstance(node, yaml.SequenceNode) or isinstance(node, yaml.MappingNode):
+            continue  # discriminator tags such as 'webhook' are not in the document
+        else:
+            return node
+    return node
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key (not part of the schema; check the spelling)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "bool_type":
+        return f"expected a boolean (true or false, unquoted), got {error.get('input')!r}"
+    if kind in ("int_type", "float_type", "string_type", "list_type", "dict_type", "model_type"):
+        expected = {"int_type": "an integer", "float_type": "a number", "string_type": "a string",
+                    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}[kind]
+        return f"expected {expected}, got {error.get('input')!r}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return msg
+
+
+def _line_of(node: yaml.Node | None) -> int | None:
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def parse_config(text: str, source: str | Path = "<string>") -> BranchopsConfig:
+    """Parse and validate config text; raise ConfigError naming file, line, key and what was expected."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else str(source)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the configuration must be a mapping of sections, got {type(data).__name__}")
+    try:
+        config = BranchopsConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in (
+                "console", "log_file", "webhook", "forge") and error["loc"].index(p) > 0
+                and isinstance(error["loc"][error["loc"].index(p) - 1], int)))
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            line = _line_of(_node_for(root, loc))
+            lines.append(f"{source}:{line or '?'}: {key}: {_describe(error)}")
+        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines)) from None
+    config._source = Path(source) if source != "<string>" else None
+    return config
+
+
+def load_config(repo_root: str | Path = ".", path: str | Path | None = None) -> BranchopsConfig:
+    file = Path(path) if path else Path(repo_root) / CONFIG_PATH
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: configuration file not found (run 'branchops init' to create one)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not a UTF-8 text file") from None
+    return parse_config(text, file)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = BranchopsConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "branchops configuration (config/branchops.yaml)"
+    return schema
+
+
+def masked_view(config: BranchopsConfig) -> dict[str, Any]:
+    """The effective configuration for display: secret references annotated, values never shown."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretRef):
+            return {"secret": value.describe()}
+        if isinstance(value, BaseModel):
+            return {name: walk(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(config)

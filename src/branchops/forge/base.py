@@ -1,0 +1,84 @@
+"""The forge port: merge requests, approvals, comments and commit statuses.
+
+Backends: ``local`` (merge requests stored beside the repository) and ``github`` (PyGithub).
+The stage runner's approval gate only reads :class:`MergeRequest` objects, so it is the same for both.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+MergeRequestState = Literal["open", "merged", "closed"]
+CommitState = Literal["pending", "success", "failure", "error"]
+
+
+@dataclass(frozen=True)
+class Approval:
+    user: str
+    # The head commit of the merge request when the approval was given: an approval counts only if
+    # it was given on the commit that was merged (approvals before the last push do not count).
+    head_sha: str
+    at: str  # ISO 8601 UTC
+
+
+@dataclass
+class MergeRequest:
+    number: int
+    title: str
+    source: str
+    target: str
+    author: str
+    state: MergeRequestState
+    head_sha: str
+    body: str = ""
+    created_at: str = ""
+    merged_at: str | None = None
+    merged_by: str | None = None
+    merge_commit: str | None = None
+    approvals: list[Approval] = field(default_factory=list)
+    url: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MergeRequest":
+        data = dict(data)
+        data["approvals"] = [Approval(**a) for a in data.get("approvals", [])]
+        return cls(**data)
+
+
+class Forge(abc.ABC):
+    """What branchops needs from a code forge."""
+
+    name: str
+
+    @abc.abstractmethod
+    def open_merge_request(self, source: str, target: str, title: str, body: str, author: str | None = None
+                           ) -> tuple[MergeRequest, bool]:
+        """Open a merge request, or update the open one with the same source and target.
+
+        Returns the merge request and whether it was newly created (never a duplicate).
+        """
+
+    @abc.abstractmethod
+    def get(self, number: int) -> MergeRequest: ...
+
+    @abc.abstractmethod
+    def list(self, state: MergeRequestState | None = None, target: str | None = None) -> list[MergeRequest]: ...
+
+    @abc.abstractmethod
+    def find_open(self, source: str, target: str) -> MergeRequest | None: ...
+
+    @abc.abstractmethod
+    def merged_request_for_commit(self, sha: str) -> MergeRequest | None:
+        """The merged merge request whose merge produced commit ``sha`` (None for a direct push)."""
+
+    @abc.abstractmethod
+    def comment(self, number: int, markdown: str) -> None: ...
+
+    @abc.abstractmethod
+    def set_commit_status(self, sha: str, state: CommitState, description: str, context: str = "branchops",
+                          target_url: str | None = None) -> None: ...

@@ -1,0 +1,57 @@
+"""What every stage receives and returns. The runner (``branchops.runner``) does the gate,
+idempotency, notifications and write-back; a stage module only does its own work.
+
+A stage module ``branchops/stages/<name>.py`` defines:
+
+* ``INPUTS``: path prefixes whose change makes the stage run in single-branch mode;
+* ``plan(ctx) -> list[str]``: what the stage would do (``--dry-run``), touching nothing;
+* ``run(ctx) -> StageResult``: do the work; raise ``BranchopsError`` (or return outcome "failed").
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+if TYPE_CHECKING:
+    from branchops.config import BranchopsConfig
+    from branchops.forge.base import Forge, MergeRequest
+    from branchops.notify.base import Notifier
+
+Outcome = Literal["success", "failed"]
+
+
+@dataclass
+class StageContext:
+    stage: str
+    branch: str
+    workspace: Path  # a checkout of ``source_commit``: read sources and config from here
+    git_dir: Path  # the repository whose refs the records are written to
+    state_dir: Path  # local, uncommitted state (volumes, registries, logs): <git common dir>/../.branchops
+    config: "BranchopsConfig"
+    source_commit: str
+    run_id: str  # <UTC timestamp>-<short source commit>; names the record folder
+    record_dir: str  # path inside the branch where this run's record and artifacts go
+    merge_request: "MergeRequest | None"
+    forge: "Forge"
+    notifier: "Notifier"
+    dry_run: bool = False
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("branchops.stage"))
+
+    # Files (path relative to record_dir -> bytes) committed beside the record, e.g. metrics.json.
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    # Extra files committed at absolute paths in the branch (e.g. a release file); rarely needed.
+    after_write_back: list[Callable[[str], None]] = field(default_factory=list)
+
+    def add_artifact(self, relpath: str, content: bytes | str) -> None:
+        self.artifacts[relpath] = content.encode() if isinstance(content, str) else content
+
+
+@dataclass
+class StageResult:
+    outcome: Outcome
+    summary: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
