@@ -29,7 +29,7 @@ BRANCH_NAME_PATTERN = r"^(?!/)(?!.*//)(?!.*\.\.)[A-Za-z0-9._/-]+(?<!/)(?<!\.lock
 class Strict(BaseModel):
     """Every section forbids unknown keys and coerces nothing."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, regex_engine="python-re")
 
 
 class SecretRef(Strict):
