@@ -1,0 +1,347 @@
+"""The ``branchops`` command line: parses, calls the library, prints. Nothing else lives here.
+
+Every import of branchops' own library happens inside the command that needs it, so that
+``branchops --help`` and the light commands start fast (heavy libraries are never imported here).
+Exit codes are documented in ``branchops.errors`` and the README.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+STAGE_NAMES = ("build-components", "kf-pipeline", "training", "deploy-model")
+
+
+def _emit(data: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif text is not None:
+        click.echo(text)
+
+
+def _user(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("BRANCHOPS_USER"):
+        return os.environ["BRANCHOPS_USER"]
+    from branchops import gitops
+    try:
+        name = gitops.open_repo(".").config_reader().get_value("user", "name", "")
+    except Exception:
+        name = ""
+    if not name:
+        raise click.UsageError("who are you? pass --as USER or set BRANCHOPS_USER")
+    return str(name)
+
+
+class BranchopsGroup(click.Group):
+    """Turns branchops' own errors into a one-line message and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from branchops.errors import BranchopsError  # light module
+        try:
+            return super().invoke(ctx)
+        except BranchopsError as exc:
+            from branchops.secrets import mask
+            click.echo(f"error: {mask(str(exc))}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=BranchopsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "--repo", "repo", default=".", metavar="DIR", help="Repository to work in (default: here).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="branchops")
+@click.pass_context
+def main(ctx: click.Context, repo: str, verbose: int, quiet: bool) -> None:
+    """branchops: machine-learning delivery as git branches.
+
+    Approved merge requests into the stage branches (build-components, kf-pipeline, training,
+    deploy-model) run the stages; every stage writes its record back to git.
+
+    \b
+    Exit codes: 0 success or nothing to do, 1 stage failed, 2 usage error, 3 invalid config,
+    4 refused by the approval gate, 5 merge refused/conflict, 6 external system failed, 7 bad data.
+    """
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from branchops.secrets import install_log_masking
+    install_log_masking()
+    ctx.obj = {"repo": repo}
+
+
+# -- init ---------------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--approver", "approvers", multiple=True, default=("lead",), show_default=True,
+              help="Designated approver of every stage branch (repeatable).")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder in the Kaggle dataset's layout to train on (else: synthetic data is configured).")
+@click.option("--as", "user", default=None, help="Author of the initial commit.")
+def init(directory: str, approvers: tuple[str, ...], data_dir: str | None, user: str | None) -> None:
+    """Scaffold the layout and the reference project into a new git repository DIRECTORY."""
+    from branchops.scaffold import init_project
+    path = init_project(directory, approvers=list(approvers), data_dir=data_dir, user=user or "branchops-init")
+    click.echo(f"initialised {path} with branches: main, ds1, {', '.join(STAGE_NAMES)}")
+
+
+# -- config -------------------------------------------------------------------------------------------
+
+@main.group()
+def config() -> None:
+    """Validate, show, or export the schema of config/branchops.yaml."""
+
+
+@config.command("validate")
+@click.option("--file", "path", type=click.Path(dir_okay=False), default=None, help="Config file to check.")
+@click.pass_obj
+def config_validate(obj: dict, path: str | None) -> None:
+    """Check the configuration; errors name the file, line, key and what was expected."""
+    from branchops.config import load_config
+    cfg = load_config(obj["repo"], path)
+    click.echo(f"{cfg.source}: valid")
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--file", "path", type=click.Path(dir_okay=False), default=None)
+@click.pass_obj
+def config_show(obj: dict, as_json: bool, path: str | None) -> None:
+    """Print the effective configuration (defaults filled in, secrets shown only as references)."""
+    import yaml
+
+    from branchops.config import load_config, masked_view
+    view = masked_view(load_config(obj["repo"], path))
+    _emit(view, as_json, None if as_json else yaml.safe_dump(view, sort_keys=False))
+
+
+@config.command("schema")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to a file.")
+def config_schema(output: str | None) -> None:
+    """Export the JSON Schema of the configuration (for editor completion and checks)."""
+    from branchops.config import json_schema
+    text = json.dumps(json_schema(), indent=2)
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+# -- run / status -------------------------------------------------------------------------------------
+
+def _print_reports(reports: list, as_json: bool) -> int:
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in reports], indent=2, default=str))
+    else:
+        for r in reports:
+            head = f"{r.stage} on {r.branch}: {r.status}"
+            if r.duration_s is not None:
+                head += f" in {r.duration_s:.1f}s"
+            click.echo(head)
+            click.echo(f"  {r.message}")
+            for step in r.plan:
+                click.echo(f"  - {step}")
+            if r.record_path and r.status != "skipped":
+                click.echo(f"  record: {r.record_path} ({(r.record_commit or '')[:12]})")
+            if r.log_path:
+                click.echo(f"  log: {r.log_path}")
+    codes = [r.exit_code for r in reports if r.exit_code]
+    return codes[0] if codes else 0
+
+
+@main.command()
+@click.argument("stage", type=click.Choice(STAGE_NAMES), required=False)
+@click.option("--for-branch", "branch", default=None, help="Run the stage(s) mapped to this branch (CI jobs).")
+@click.option("--commit", default=None, help="Build this commit instead of the branch tip.")
+@click.option("--dry-run", is_flag=True, help="Show what would be done; touch nothing.")
+@click.option("--force", is_flag=True, help="Run again even if this commit already ran (the gate still applies).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def run(obj: dict, stage: str | None, branch: str | None, commit: str | None, dry_run: bool, force: bool,
+        as_json: bool) -> None:
+    """Run STAGE on its branch (or, with --for-branch, whatever that branch maps to)."""
+    from branchops import runner
+    if bool(stage) == bool(branch):
+        raise click.UsageError("give either STAGE or --for-branch NAME")
+    if branch:
+        reports = runner.run_branch(obj["repo"], branch, dry_run=dry_run, force=force, commit=commit)
+    else:
+        reports = [runner.run_stage(obj["repo"], stage, dry_run=dry_run, force=force, commit=commit)]
+    sys.exit(_print_reports(reports, as_json))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(obj: dict, as_json: bool) -> None:
+    """Per stage branch: last run, outcome, record and log."""
+    from branchops import runner
+    rows = runner.status(obj["repo"])
+    if as_json:
+        _emit(rows, True)
+        return
+    for row in rows:
+        line = f"{row['stage']:<17} {row['branch']:<17} "
+        if row.get("last_run"):
+            line += f"{row['outcome']:<10} {row['last_run']}  {row.get('summary') or ''}"
+        else:
+            line += "no run yet"
+        click.echo(line)
+        if row.get("record"):
+            click.echo(f"{'':<36}record: {row['record']}")
+        if row.get("log"):
+            click.echo(f"{'':<36}log: {row['log']}")
+
+
+# -- merge requests -----------------------------------------------------------------------------------
+
+@main.group()
+def mr() -> None:
+    """Merge requests on the configured forge (local store by default)."""
+
+
+def _forge(obj: dict):
+    from branchops import gitops
+    from branchops.forge import make_forge
+    from branchops.runner import working_config
+    repo = gitops.open_repo(obj["repo"])
+    return make_forge(working_config(repo), repo)
+
+
+def _local_forge(obj: dict):
+    from branchops.forge.local import LocalForge
+    forge = _forge(obj)
+    if not isinstance(forge, LocalForge):
+        raise click.UsageError("approvals and merges happen in GitHub's interface when forge.backend is github")
+    return forge
+
+
+def _describe_mr(m) -> str:
+    approvals = ", ".join(f"{a.user}@{a.head_sha[:7]}" for a in m.approvals) or "none"
+    lines = [f"!{m.number} [{m.state}] {m.title}", f"  {m.source} -> {m.target}  by {m.author}  "
+             f"head {m.head_sha[:12]}", f"  approvals: {approvals}"]
+    if m.merge_commit:
+        lines.append(f"  merged by {m.merged_by} as {m.merge_commit[:12]}")
+    return "\n".join(lines)
+
+
+@mr.command("open")
+@click.option("--source", required=True)
+@click.option("--target", required=True)
+@click.option("--title", required=True)
+@click.option("--body", default="", help="Markdown description.")
+@click.option("--as", "user", default=None, help="Author.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def mr_open(obj: dict, source: str, target: str, title: str, body: str, user: str | None, as_json: bool) -> None:
+    """Open a merge request (or update the open one from SOURCE into TARGET)."""
+    request, created = _forge(obj).open_merge_request(source, target, title, body, _user(user))
+    _emit(request.to_dict() | {"created": created}, as_json,
+          f"{'opened' if created else 'updated'} !{request.number}: {source} -> {target}")
+
+
+@mr.command("list")
+@click.option("--state", type=click.Choice(["open", "merged", "closed"]), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def mr_list(obj: dict, state: str | None, as_json: bool) -> None:
+    """List merge requests."""
+    items = _forge(obj).list(state)
+    _emit([m.to_dict() for m in items], as_json, "\n".join(_describe_mr(m) for m in items) or "no merge requests")
+
+
+@mr.command("show")
+@click.argument("number", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def mr_show(obj: dict, number: int, as_json: bool) -> None:
+    """Show a merge request, its approvals and comments."""
+    forge = _forge(obj)
+    m = forge.get(number)
+    comments = forge.comments(number) if hasattr(forge, "comments") else []
+    text = _describe_mr(m) + ("\n\n" + m.body if m.body else "")
+    for c in comments:
+        text += f"\n\n--- {c['author']} at {c['at']}\n{c['body']}"
+    _emit(m.to_dict() | {"comments": comments}, as_json, text)
+
+
+@mr.command("comment")
+@click.argument("number", type=int)
+@click.argument("text")
+@click.pass_obj
+def mr_comment(obj: dict, number: int, text: str) -> None:
+    """Comment on a merge request (markdown)."""
+    _forge(obj).comment(number, text)
+    click.echo(f"commented on !{number}")
+
+
+@mr.command("approve")
+@click.argument("number", type=int)
+@click.option("--as", "user", default=None, help="The approver.")
+@click.pass_obj
+def mr_approve(obj: dict, number: int, user: str | None) -> None:
+    """Approve a merge request on its current head commit."""
+    m = _local_forge(obj).approve(number, _user(user))
+    click.echo(f"approved !{number} at {m.head_sha[:12]} as {_user(user)}")
+
+
+@mr.command("merge")
+@click.argument("number", type=int)
+@click.option("--as", "user", default=None, help="Who merges.")
+@click.option("--no-run", is_flag=True, help="Merge only; do not run the target branch's stage.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def mr_merge(obj: dict, number: int, user: str | None, no_run: bool, as_json: bool) -> None:
+    """Merge a merge request (a real merge commit) and run the target branch's stage, as CI would."""
+    from branchops.ci.local import merge_and_run
+    _local_forge(obj)
+    merged, reports = merge_and_run(obj["repo"], number, _user(user), run=not no_run)
+    if not as_json:
+        click.echo(f"merged !{number} into {merged.target} as {merged.merge_commit[:12]}")
+    code = _print_reports(reports, as_json) if reports or as_json else 0
+    sys.exit(code)
+
+
+@mr.command("close")
+@click.argument("number", type=int)
+@click.pass_obj
+def mr_close(obj: dict, number: int) -> None:
+    """Close a merge request without merging."""
+    _local_forge(obj).close(number)
+    click.echo(f"closed !{number}")
+
+
+# -- components ---------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("name")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Component parameter; VALUE is parsed as JSON when it can be (repeatable).")
+@click.pass_obj
+def component(obj: dict, name: str, params: tuple[str, ...]) -> None:
+    """Run one pipeline component of this repository locally on a folder (no pipeline needed)."""
+    from branchops.components_local import run_component
+    parsed = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    result = run_component(obj["repo"], name, parsed)
+    click.echo(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
