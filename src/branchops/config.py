@@ -114,6 +114,9 @@ class GitHubSettings(Strict):
     base_url: str = Field(default="https://api.github.com", pattern=r"^https?://")
     timeout_s: float = Field(default=30, gt=0)
     retries: int = Field(default=5, ge=0, le=20)
+    # A rate-limited call waits for GitHub's reset (Retry-After / X-RateLimit-Reset) up to this long,
+    # then fails instead of hanging a CI job for up to an hour.
+    rate_limit_max_wait_s: float = Field(default=900, ge=0)
     status_context: str = "branchops"
 
     _inline = field_validator("token", mode="before")(_refuse_inline_secret)
@@ -143,8 +146,12 @@ class JenkinsSettings(Strict):
         "github": "github-token", "kaggle": "kaggle-api", "registry": "registry-push",
         "kubeconfig": "kubeconfig", "kubeflow": "kubeflow-token",
     })
+    # The shared secret GitHub signs webhook deliveries with (`branchops bootstrap` sets it on the
+    # webhook; Jenkins holds the same value as credential github-webhook-secret). None: unsigned.
+    webhook_secret: SecretRef | None = None
 
     _inline = field_validator("token", mode="before")(_refuse_inline_secret)
+    _inline_webhook_secret = field_validator("webhook_secret", mode="before")(_refuse_inline_secret)
 
 
 class CISection(Strict):
@@ -168,6 +175,9 @@ class RegistrySection(Strict):
     username: str | None = None
     password: SecretRef | None = None
     timeout_s: float = Field(default=1800, gt=0)
+    # --build-arg values for every component image (e.g. BASE_IMAGE pinned by digest); part of each
+    # component's content hash, so changing one rebuilds every image.
+    build_args: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(default_factory=dict)
 
     _inline = field_validator("password", mode="before")(_refuse_inline_secret)
 
@@ -371,6 +381,8 @@ class ForgeNotifier(Strict):
     commit_status: bool = True
 
 
+NOTIFIER_KINDS = ("console", "log_file", "webhook", "forge")
+
 Notifier = Annotated[
     Union[ConsoleNotifier, LogFileNotifier, WebhookNotifier, ForgeNotifier], Field(discriminator="kind")
 ]
@@ -430,21 +442,22 @@ class BranchopsConfig(Strict):
 # -- loading ---------------------------------------------------------------------------------------
 
 def _node_for(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The deepest YAML node along a pydantic error location (to report its line)."""
-    node = root
+    """The YAML node to point at for a pydantic error location: the value for a scalar, the key for a
+    section or list (its line is where the reader looks)."""
+    node, key_node = root, None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == str(part)), None)
-            if match is None:
-                key = next((k for k, _ in node.value if k.value == str(part)), None)
-                return key or node
-            node = match
+            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if pair is None:
+                return node if key_node is None else key_node
+            key_node, node = pair
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
-        elif isinstance(node, yaml.SequenceNode) or isinstance(node, yaml.MappingNode):
-            continue  # discriminator tags such as 'webhook' are not in the document
+            key_node = node
         else:
-            return node
+            break
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and key_node is not None:
+        return key_node
     return node
 
 
@@ -487,9 +500,9 @@ def parse_config(text: str, source: str | Path = "<string>") -> BranchopsConfig:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in (
-                "console", "log_file", "webhook", "forge") and error["loc"].index(p) > 0
-                and isinstance(error["loc"][error["loc"].index(p) - 1], int)))
+            # pydantic adds the discriminator's value (e.g. 'webhook') after a list index: not a key in the file
+            loc = tuple(p for i, p in enumerate(error["loc"])
+                        if not (i > 0 and isinstance(error["loc"][i - 1], int) and p in NOTIFIER_KINDS))
             key = ".".join(str(p) for p in loc) or "(top level)"
             line = _line_of(_node_for(root, loc))
             lines.append(f"{source}:{line or '?'}: {key}: {_describe(error)}")

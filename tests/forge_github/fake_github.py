@@ -1,0 +1,348 @@
+"""A stateful, in-process fake of the few GitHub REST endpoints the GitHub forge uses.
+
+It sits at the HTTP boundary so that PyGithub itself (requests, retries, pagination, object mapping)
+runs unchanged. Response bodies follow the shapes of GitHub's REST API (``pull-request``,
+``pull-request-simple``, ``pull-request-review``, ``commit-status``, ``hook``, ``branch-with-protection``)
+restricted to the fields a client reads; pagination uses GitHub's ``Link`` header; rate limits use
+GitHub's documented headers. It is a fake: tests using it test our logic, not GitHub compatibility
+(that is what the Prism tests are for).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Fault:
+    method: str
+    path: re.Pattern[str]
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+    times: int
+    delay_s: float = 0.0
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+    status: int = 0
+
+
+@dataclass
+class FakePull:
+    number: int
+    title: str
+    body: str
+    head: str
+    base: str
+    user: str
+    head_sha: str
+    commits: list[str]
+    state: str = "open"
+    created_at: str = "2026-01-01T00:00:00Z"
+    merged_at: str | None = None
+    merged_by: str | None = None
+    merge_commit_sha: str | None = None
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+
+
+class FakeGitHub:
+    """``with FakeGitHub("octo/hello") as fake: ...``; ``fake.url`` is the ``base_url`` for PyGithub."""
+
+    def __init__(self, repository: str = "octo/hello", *, token: str = "ghp_faketoken123456",
+                 oauth_scopes: str | None = "repo, admin:repo_hook", permissions: dict[str, bool] | None = None,
+                 private: bool = True) -> None:
+        self.owner, self.repo = repository.split("/")
+        self.token = token
+        self.oauth_scopes = oauth_scopes
+        self.permissions = permissions or {"admin": True, "maintain": True, "push": True, "triage": True,
+                                           "pull": True}
+        self.private = private
+        self.pulls: dict[int, FakePull] = {}
+        self.statuses: list[dict[str, Any]] = []
+        self.branches: dict[str, str] = {"main": "a" * 40}
+        self.protections: dict[str, dict[str, Any]] = {}
+        self.hooks: dict[int, dict[str, Any]] = {}
+        self.requests: list[Recorded] = []
+        self._faults: list[Fault] = []
+        self._next_id = 1000
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def __enter__(self) -> "FakeGitHub":
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def _handle(self) -> None:
+                fake._dispatch(self)
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- state set-up for tests ------------------------------------------------------------------------
+
+    def _id(self) -> int:
+        with self._lock:
+            self._next_id += 1
+            return self._next_id
+
+    def add_pull(self, head: str, base: str, *, user: str = "ds1", head_sha: str = "1" * 40,
+                 title: str = "change", body: str = "", state: str = "open") -> int:
+        number = len(self.pulls) + 1
+        self.pulls[number] = FakePull(number=number, title=title, body=body, head=head, base=base, user=user,
+                                      head_sha=head_sha, commits=[head_sha], state=state)
+        return number
+
+    def push(self, number: int, sha: str) -> None:
+        pull = self.pulls[number]
+        pull.head_sha = sha
+        pull.commits.append(sha)
+
+    def review(self, number: int, user: str, state: str, *, commit_id: str | None = None,
+               submitted_at: str = "2026-01-02T00:00:00Z") -> None:
+        pull = self.pulls[number]
+        pull.reviews.append({"id": self._id(), "user": user, "state": state,
+                             "commit_id": commit_id or pull.head_sha, "submitted_at": submitted_at})
+
+    def merge(self, number: int, *, by: str, merge_sha: str, at: str = "2026-01-03T00:00:00Z") -> None:
+        pull = self.pulls[number]
+        pull.state, pull.merged_at, pull.merged_by, pull.merge_commit_sha = "closed", at, by, merge_sha
+
+    def fail(self, method: str, path_regex: str, status: int, *, headers: dict[str, str] | None = None,
+             body: dict[str, Any] | None = None, times: int = 1, delay_s: float = 0.0) -> None:
+        """Answer the next ``times`` matching requests with this error (or delay them by ``delay_s``)."""
+        self._faults.append(Fault(method, re.compile(path_regex), status, headers or {},
+                                  body if body is not None else {"message": "fault injected"}, times, delay_s))
+
+    def calls(self, method: str, path_regex: str) -> list[Recorded]:
+        return [r for r in self.requests if r.method == method and re.fullmatch(path_regex, r.path)]
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+
+    def _dispatch(self, handler: BaseHTTPRequestHandler) -> None:
+        split = urlsplit(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else None
+        record = Recorded(handler.command, split.path, parse_qs(split.query), body)
+        self.requests.append(record)
+        base = f"http://{handler.headers.get('Host')}"
+
+        status, headers, payload = self._respond(handler, record, base)
+        record.status = status
+        data = b"" if payload is None else json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json; charset=utf-8")
+        handler.send_header("Content-Length", str(len(data)))
+        if self.oauth_scopes is not None:
+            handler.send_header("X-OAuth-Scopes", self.oauth_scopes)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _respond(self, handler: BaseHTTPRequestHandler, record: Recorded, base: str
+                 ) -> tuple[int, dict[str, str], Any]:
+        if handler.headers.get("Authorization") != f"token {self.token}":
+            return 401, {}, {"message": "Bad credentials",
+                             "documentation_url": "https://docs.github.com/rest"}
+        for fault in self._faults:
+            if fault.times > 0 and fault.method == record.method and fault.path.fullmatch(record.path):
+                fault.times -= 1
+                if fault.delay_s:
+                    time.sleep(fault.delay_s)
+                    break
+                return fault.status, dict(fault.headers), fault.body
+        try:
+            return self._route(record, base)
+        except KeyError as exc:
+            return 404, {}, {"message": f"Not Found ({exc})"}
+
+    def _route(self, r: Recorded, base: str) -> tuple[int, dict[str, str], Any]:
+        prefix = f"/repos/{self.owner}/{self.repo}"
+        if not r.path.startswith(prefix):
+            return 404, {}, {"message": "Not Found"}
+        path = r.path[len(prefix):]
+        q = {k: v[0] for k, v in r.query.items()}
+        m = re.fullmatch
+        if path == "" and r.method == "GET":
+            return 200, {}, self._repo_json(base)
+        if path == "/pulls" and r.method == "GET":
+            pulls = [p for p in sorted(self.pulls.values(), key=lambda p: -p.number)
+                     if q.get("state", "open") in ("all", p.state)
+                     and ("head" not in q or q["head"] == f"{self.owner}:{p.head}")
+                     and ("base" not in q or q["base"] == p.base)]
+            return self._page(r, base, [self._pull_json(p, base, simple=True) for p in pulls])
+        if path == "/pulls" and r.method == "POST":
+            b = r.body or {}
+            missing = [k for k in ("head", "base") if k not in b]
+            if missing:
+                return 422, {}, {"message": "Validation Failed", "errors": [
+                    {"resource": "PullRequest", "code": "missing_field", "field": k} for k in missing]}
+            if any(p.state == "open" and p.head == b["head"] and p.base == b["base"] for p in self.pulls.values()):
+                return 422, {}, {"message": "Validation Failed", "errors": [
+                    {"resource": "PullRequest", "code": "custom",
+                     "message": f"A pull request already exists for {self.owner}:{b['head']}."}]}
+            number = self.add_pull(b["head"], b["base"], user="branchops-bot", title=b.get("title", ""),
+                                   body=b.get("body") or "", head_sha=self.branches.get(b["head"], "2" * 40))
+            return 201, {}, self._pull_json(self.pulls[number], base)
+        if mm := m(r"/pulls/(\d+)", path):
+            pull = self.pulls[int(mm[1])]
+            if r.method == "PATCH":
+                for key in ("title", "body", "state"):
+                    if key in (r.body or {}):
+                        setattr(pull, key, r.body[key])
+            return 200, {}, self._pull_json(pull, base)
+        if mm := m(r"/pulls/(\d+)/reviews", path):
+            pull = self.pulls[int(mm[1])]
+            return self._page(r, base, [self._review_json(rv, pull, base) for rv in pull.reviews])
+        if mm := m(r"/commits/([0-9a-f]{40})/pulls", path):
+            sha = mm[1]
+            pulls = [p for p in self.pulls.values() if sha in p.commits or p.merge_commit_sha == sha]
+            return self._page(r, base, [self._pull_json(p, base, simple=True) for p in pulls])
+        if mm := m(r"/issues/(\d+)/comments", path):
+            pull = self.pulls[int(mm[1])]
+            pull.comments.append(r.body["body"])
+            return 201, {}, {"id": self._id(), "body": r.body["body"], "user": self._user("branchops-bot"),
+                             "url": f"{base}{prefix}/issues/comments/{self._next_id}",
+                             "html_url": f"https://github.com/{self.owner}/{self.repo}/pull/{pull.number}",
+                             "created_at": "2026-01-04T00:00:00Z", "updated_at": "2026-01-04T00:00:00Z"}
+        if mm := m(r"/statuses/([0-9a-f]{40})", path):
+            b = r.body or {}
+            if len(b.get("description") or "") > 140:
+                return 422, {}, {"message": "Validation Failed", "errors": [
+                    {"resource": "Status", "code": "custom", "field": "description",
+                     "message": "description is too long (maximum is 140 characters)"}]}
+            status = {"id": self._id(), "state": b["state"], "description": b.get("description"),
+                      "context": b.get("context", "default"), "target_url": b.get("target_url"),
+                      "sha": mm[1], "created_at": "2026-01-04T00:00:00Z", "updated_at": "2026-01-04T00:00:00Z",
+                      "url": f"{base}{prefix}/statuses/{mm[1]}"}
+            self.statuses.append(status)
+            return 201, {}, status
+        if mm := m(r"/branches/([^/]+)", path):
+            name = mm[1]
+            if name not in self.branches:
+                return 404, {}, {"message": "Branch not found"}
+            return 200, {}, {"name": name, "protected": name in self.protections,
+                             "commit": {"sha": self.branches[name], "url": f"{base}{prefix}/commits/{self.branches[name]}"},
+                             "_links": {"self": f"{base}{prefix}/branches/{name}"},
+                             "protection_url": f"{base}{prefix}/branches/{name}/protection"}
+        if mm := m(r"/branches/([^/]+)/protection", path):
+            self.protections[mm[1]] = r.body
+            return 200, {}, {"url": f"{base}{prefix}/branches/{mm[1]}/protection"}
+        if path == "/git/refs" and r.method == "POST":
+            name = r.body["ref"].removeprefix("refs/heads/")
+            if name in self.branches:
+                return 422, {}, {"message": "Reference already exists"}
+            self.branches[name] = r.body["sha"]
+            return 201, {}, {"ref": r.body["ref"], "url": f"{base}{prefix}/git/refs/heads/{name}",
+                             "object": {"sha": r.body["sha"], "type": "commit", "url": ""}}
+        if path == "/hooks" and r.method == "GET":
+            return self._page(r, base, [self._hook_json(h, base) for h in self.hooks.values()])
+        if path == "/hooks" and r.method == "POST":
+            hook_id = self._id()
+            self.hooks[hook_id] = {"id": hook_id, **r.body}
+            return 201, {}, self._hook_json(self.hooks[hook_id], base)
+        if mm := m(r"/hooks/(\d+)", path):
+            hook = self.hooks[int(mm[1])]
+            if r.method == "PATCH":
+                hook.update(r.body)
+            return 200, {}, self._hook_json(hook, base)
+        return 404, {}, {"message": "Not Found"}
+
+    # -- shapes --------------------------------------------------------------------------------------
+
+    def _page(self, r: Recorded, base: str, items: list[Any]) -> tuple[int, dict[str, str], Any]:
+        per_page = int(r.query.get("per_page", ["30"])[0])
+        page = int(r.query.get("page", ["1"])[0])
+        last = max(1, -(-len(items) // per_page))
+        headers: dict[str, str] = {}
+        if last > 1:
+            others = {k: v[0] for k, v in r.query.items() if k not in ("page", "per_page")}
+            extra = "".join(f"&{k}={v}" for k, v in others.items())
+            links = []
+            if page < last:
+                links.append(f'<{base}{r.path}?per_page={per_page}&page={page + 1}{extra}>; rel="next"')
+            links.append(f'<{base}{r.path}?per_page={per_page}&page={last}{extra}>; rel="last"')
+            headers["Link"] = ", ".join(links)
+        return 200, headers, items[(page - 1) * per_page: page * per_page]
+
+    def _user(self, login: str) -> dict[str, Any]:
+        return {"login": login, "id": abs(hash(login)) % 10**6, "type": "User",
+                "url": f"https://api.example.invalid/users/{login}"}
+
+    def _repo_json(self, base: str) -> dict[str, Any]:
+        return {"id": 1, "name": self.repo, "full_name": f"{self.owner}/{self.repo}", "private": self.private,
+                "owner": self._user(self.owner), "url": f"{base}/repos/{self.owner}/{self.repo}",
+                "default_branch": "main", "permissions": dict(self.permissions)}
+
+    def _pull_json(self, p: FakePull, base: str, *, simple: bool = False) -> dict[str, Any]:
+        url = f"{base}/repos/{self.owner}/{self.repo}/pulls/{p.number}"
+        data: dict[str, Any] = {
+            "url": url, "id": p.number + 500, "number": p.number, "state": p.state, "title": p.title,
+            "body": p.body or None, "user": self._user(p.user),
+            "html_url": f"https://github.com/{self.owner}/{self.repo}/pull/{p.number}",
+            "created_at": p.created_at, "updated_at": p.created_at, "closed_at": p.merged_at,
+            "merged_at": p.merged_at, "merge_commit_sha": p.merge_commit_sha,
+            "head": {"label": f"{self.owner}:{p.head}", "ref": p.head, "sha": p.head_sha, "user": self._user(self.owner)},
+            "base": {"label": f"{self.owner}:{p.base}", "ref": p.base, "sha": self.branches.get(p.base, "0" * 40),
+                     "user": self._user(self.owner)},
+        }
+        if not simple:  # only the single-pull-request endpoints carry these
+            data.update(merged=p.merged_at is not None,
+                        merged_by=self._user(p.merged_by) if p.merged_by else None,
+                        mergeable=None, comments=len(p.comments), commits=len(p.commits))
+        return data
+
+    def _review_json(self, rv: dict[str, Any], p: FakePull, base: str) -> dict[str, Any]:
+        return {"id": rv["id"], "user": self._user(rv["user"]), "body": "", "state": rv["state"],
+                "commit_id": rv["commit_id"], "submitted_at": rv["submitted_at"],
+                "html_url": f"https://github.com/{self.owner}/{self.repo}/pull/{p.number}#pullrequestreview-{rv['id']}",
+                "pull_request_url": f"{base}/repos/{self.owner}/{self.repo}/pulls/{p.number}",
+                "author_association": "MEMBER"}
+
+    def _hook_json(self, hook: dict[str, Any], base: str) -> dict[str, Any]:
+        config = {k: v for k, v in hook.get("config", {}).items() if k != "secret"}
+        if "secret" in hook.get("config", {}):
+            config["secret"] = "********"  # GitHub never returns the secret
+        return {"type": "Repository", "id": hook["id"], "name": "web", "active": hook.get("active", True),
+                "events": hook.get("events", ["push"]), "config": config,
+                "url": f"{base}/repos/{self.owner}/{self.repo}/hooks/{hook['id']}",
+                "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}

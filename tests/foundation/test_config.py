@@ -1,0 +1,115 @@
+"""Configuration: every broken file gets a message naming the file, the line, the key and what was expected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from branchops.config import json_schema, load_config, parse_config
+from branchops.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APPROVERS = "approvers: {build-components: [lead], kf-pipeline: [lead], training: [lead], deploy-model: [lead]}\n"
+
+# (config text, the line reported, fragments the message must contain)
+BROKEN = [
+    ("approvers: {build-components: [a]}\n", 1, ["approvers", "none for: kf-pipeline, training, deploy-model"]),
+    ("version: 1\n", None, ["approvers", "required key is missing"]),
+    (APPROVERS + "storage:\n  snapshots: \"False\"\n", 3, ["storage.snapshots", "expected a boolean", "'False'"]),
+    (APPROVERS + "storage:\n  snapshots: yes please\n", 3, ["storage.snapshots", "expected a boolean"]),
+    (APPROVERS + "storge:\n  snapshots: true\n", 2, ["storge", "unknown key"]),
+    (APPROVERS + "training:\n  max_parallel_runs: \"2\"\n", 3, ["training.max_parallel_runs", "expected an integer"]),
+    (APPROVERS + "training:\n  max_parallel_runs: 0\n", 3, ["training.max_parallel_runs", "greater than or equal to 1"]),
+    (APPROVERS + "forge:\n  backend: gitlab\n", 3, ["forge.backend", "'local' or 'github'"]),
+    (APPROVERS + "forge:\n  backend: github\n", 2, ["forge", "needs a 'github' section"]),
+    (APPROVERS + "forge:\n  backend: github\n  github:\n    repository: acme/ml\n    token: ghp_abcdefghijklmnop\n",
+     6, ["forge.github.token", "inline secrets are refused"]),
+    (APPROVERS + "forge:\n  github:\n    repository: not-a-repo\n    token: {env: GITHUB_TOKEN}\n", 4,
+     ["forge.github.repository", "should match pattern"]),
+    (APPROVERS + "forge:\n  github:\n    repository: a/b\n    token: {env: A, credential: b}\n", 5,
+     ["forge.github.token", "exactly one of 'env' or 'credential'"]),
+    (APPROVERS + "notifications:\n  - kind: webhook\n    url: https://hooks.example/T0/B0/x\n", 4,
+     ["notifications.0.url", "inline secrets are refused"]),
+    (APPROVERS + "notifications:\n  - kind: pager\n", 3, ["notifications.0", "'console', 'log_file', 'webhook', 'forge'"]),
+    (APPROVERS + "branches:\n  stages: {build-components: x, kf-pipeline: x, training: t, deploy-model: d}\n", 3,
+     ["branches.stages", "both map to branch 'x'", "single-branch"]),
+    (APPROVERS + "branches:\n  stages: {build-components: b, kf-pipeline: k, training: t}\n", 3,
+     ["branches.stages", "missing: deploy-model"]),
+    (APPROVERS + "branches:\n  main: 'bad..name'\n", 3, ["branches.main", "should match pattern"]),
+    (APPROVERS + "training:\n  experiments:\n    - name: a\n    - name: a\n", 3,
+     ["training.experiments", "repeated: a"]),
+    (APPROVERS + "training:\n  experiments:\n    - name: a\n      params: {window: 0}\n", 5,
+     ["training.experiments.0.params.window", "greater than or equal to 1"]),
+    (APPROVERS + "training:\n  experiments:\n    - name: Bad_Name\n", 4, ["training.experiments.0.name", "pattern"]),
+    (APPROVERS + "training:\n  experiments: []\n", 3, ["training.experiments", "at least 1 item"]),
+    (APPROVERS + "training:\n  experiments:\n    - name: a\n      params: {learning_rate: fast}\n", 5,
+     ["training.experiments.0.params.learning_rate", "expected a number"]),
+    (APPROVERS + "storage:\n  data_volume: {policy: clone}\n", 3, ["storage.data_volume", "needs 'snapshot'"]),
+    (APPROVERS + "kubeflow:\n  backend: kubeflow\n  kubeflow: {host: 'https://kfp', auth: bearer}\n", 4,
+     ["kubeflow.kubeflow", "auth 'bearer' needs 'token'"]),
+    (APPROVERS + "registry:\n  url: 'https://registry.example.com'\n", 3, ["registry.url", "pattern"]),
+    (APPROVERS + "data:\n  source: folder\n", 2, ["data", "needs 'folder'"]),
+    (APPROVERS + "serving:\n  local: {port: 70000}\n", 3, ["serving.local.port", "less than or equal to 65535"]),
+    (APPROVERS + "ci:\n  backend: jenkins\n  jenkins: {url: 'https://ci', user: bot, token: 'abc123secret'}\n", 4,
+     ["ci.jenkins.token", "inline secrets are refused"]),
+    ("- just\n- a list\n", 1, ["must be a mapping"]),
+    ("approvers: [unclosed\n", None, ["not valid YAML"]),
+]
+
+
+@pytest.mark.parametrize("text,line,fragments", BROKEN, ids=[f"broken-{i}" for i in range(len(BROKEN))])
+def test_broken_configuration_is_explained(text, line, fragments):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "config/branchops.yaml")
+    message = str(err.value)
+    assert "config/branchops.yaml" in message
+    if line is not None:
+        assert f"config/branchops.yaml:{line}:" in message, message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+
+
+def test_the_secret_value_never_appears_in_the_error():
+    text = APPROVERS + "forge:\n  github:\n    repository: a/b\n    token: ghp_supersecretvalue123\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "c.yaml")
+    assert "ghp_supersecretvalue123" not in str(err.value)
+
+
+def test_reference_config_is_valid_and_matches_the_exported_schema():
+    config = load_config(REPO_ROOT)
+    assert config.branch_for("training") == "training"
+    data = yaml.safe_load((REPO_ROOT / "config" / "branchops.yaml").read_text())
+    jsonschema.validate(data, json_schema())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**data, "unknown_section": 1}, json_schema())
+
+
+def test_single_branch_mode_maps_every_stage_to_one_branch():
+    config = parse_config(APPROVERS + "branches: {mode: single-branch, single_branch: trunk}\n")
+    assert config.stages_for_branch("trunk") == ["build-components", "kf-pipeline", "training", "deploy-model"]
+    assert config.stages_for_branch("training") == []
+
+
+def test_config_cli_validate_show_and_schema(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from branchops.cli import main
+    monkeypatch.setenv("GITHUB_TOKEN", "value-that-must-not-show")
+    cfg = tmp_path / "branchops.yaml"
+    cfg.write_text(APPROVERS + "forge:\n  backend: github\n  github: {repository: a/b, token: {env: GITHUB_TOKEN}}\n")
+    runner = CliRunner()
+    assert runner.invoke(main, ["config", "validate", "--file", str(cfg)]).exit_code == 0
+    shown = runner.invoke(main, ["config", "show", "--json", "--file", str(cfg)])
+    assert shown.exit_code == 0
+    assert "value-that-must-not-show" not in shown.output
+    assert json.loads(shown.output)["forge"]["github"]["token"] == {"secret": "env GITHUB_TOKEN: set"}
+    cfg.write_text(APPROVERS + "storage: {snapshots: 'False'}\n")
+    bad = runner.invoke(main, ["config", "validate", "--file", str(cfg)])
+    assert bad.exit_code == 3 and "storage.snapshots" in bad.output
+    schema = runner.invoke(main, ["config", "schema"])
+    assert json.loads(schema.output)["title"].startswith("branchops configuration")

@@ -1,0 +1,104 @@
+"""Write-back: idempotent reruns, and concurrent writers to one branch that all land."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from branchops import gitops
+from tests.conftest import git
+
+BOT = gitops.Identity("branchops-bot", "bot@users.local")
+
+
+def approved_merge(project, target="build-components"):
+    project.commit("ds1", "src/model.py", "VERSION = 2\n")
+    number = project.open_mr(target)
+    project.run("mr", "approve", str(number), "--as", "lead")
+    project.run("mr", "merge", str(number), "--as", "lead", "--no-run")
+    return project.tip(target)
+
+
+def test_rerun_on_the_same_commit_writes_no_second_record(project, stage_calls):
+    merge_commit = approved_merge(project)
+    project.run("run", "build-components")
+    records_after_first = project.files("build-components")
+    # a CI retry of the same merge commit (e.g. Jenkins "rebuild")
+    result = project.run("run", "build-components", "--commit", merge_commit)
+    assert "already ran successfully" in result.output
+    assert project.files("build-components") == records_after_first
+    assert len(stage_calls()) == 1
+
+
+def test_force_runs_again_but_never_bypasses_the_gate(project, stage_calls):
+    project.commit("build-components", "src/model.py", "VERSION = 9\n")  # direct push
+    result = project.run("run", "build-components", "--force", expect=4)
+    assert "not the merge of a merge request" in result.output
+    assert stage_calls() == []
+
+
+def _write(repo_path: Path, index: int, remote: str | None) -> str:
+    repo = gitops.open_repo(repo_path)
+    return gitops.commit_to_branch(repo, "training", {f"records/concurrency/{index}.json": b"{}\n"},
+                                   f"record {index}", BOT, remote=remote, retries=50)
+
+
+def test_ten_concurrent_local_write_backs_all_land(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "root")
+    git(repo, "branch", "training")
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda i: _write(repo, i, None), range(10)))
+    files = git(repo, "ls-tree", "-r", "--name-only", "training").splitlines()
+    assert sorted(files) == sorted(f"records/concurrency/{i}.json" for i in range(10))
+    assert len(git(repo, "rev-list", "training").splitlines()) == 11  # root + ten, none lost
+
+
+def test_ten_concurrent_processes_pushing_to_one_remote_all_land(tmp_path):
+    """What ten Jenkins agents writing records to the same branch do: push, get rejected, rebase, retry."""
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    seed = tmp_path / "seed"
+    git(tmp_path, "clone", "-q", str(remote), str(seed))
+    git(seed, "commit", "-q", "--allow-empty", "-m", "root")
+    git(seed, "push", "-q", "origin", "HEAD:refs/heads/main", "HEAD:refs/heads/training")
+    clones = []
+    for i in range(10):
+        clone = tmp_path / f"agent{i}"
+        git(tmp_path, "clone", "-q", str(remote), str(clone))
+        clones.append(clone)
+    code = ("import sys; from pathlib import Path; from tests.foundation.test_writeback import _write; "
+            "_write(Path(sys.argv[1]), int(sys.argv[2]), 'origin')")
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(c), str(i)], cwd=root) for i, c in enumerate(clones)]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 10
+    files = git(remote, "ls-tree", "-r", "--name-only", "training").splitlines()
+    assert sorted(files) == sorted(f"records/concurrency/{i}.json" for i in range(10))
+
+
+def test_records_are_append_only(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "root")
+    r = gitops.open_repo(repo)
+    gitops.commit_to_branch(r, "main", {"records/x/record.json": b"1"}, "one", BOT)
+    with pytest.raises(Exception, match="append-only"):
+        gitops.commit_to_branch(r, "main", {"records/x/record.json": b"2"}, "two", BOT)
+    assert git(repo, "show", "main:records/x/record.json") == "1"
+
+
+def test_write_back_leaves_the_working_tree_and_index_alone(project, stage_calls):
+    (project.path / "src" / "model.py").write_text("VERSION = 'uncommitted edit'\n")
+    approved_merge(project)  # commits on ds1, leaves ds1 checked out
+    (project.path / "scratch.txt").write_text("untracked")
+    project.run("run", "build-components")
+    assert git(project.path, "rev-parse", "--abbrev-ref", "HEAD") == "ds1"
+    assert (project.path / "scratch.txt").read_text() == "untracked"
+    assert git(project.path, "status", "--porcelain") == "?? scratch.txt"

@@ -1,0 +1,161 @@
+"""build-components against the real tools: buildah/podman build and push to a real docker-registry.
+
+Each test uses its own registry namespace and its own sources (``salt``), so tests do not see each
+other's images.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from branchops.config import STAGES, BranchopsConfig, RegistrySection
+from branchops.errors import ExternalError, StageFailed
+from branchops.images import build_components, discover_components, image_digests
+from branchops.images.local_registry import LocalRegistry, free_port
+from branchops.stages import build_components as stage
+from branchops.stages.base import StageContext
+
+from .conftest import BASE_IMAGE, write_component
+
+pytestmark = pytest.mark.containers
+
+
+def registry_config(registry: LocalRegistry, namespace: str, builder: str = "buildah") -> RegistrySection:
+    return RegistrySection(url=f"{registry.url}/{namespace}", insecure=True, builder=builder,
+                           max_parallel_builds=2, build_args={"BASE_IMAGE": BASE_IMAGE}, timeout_s=300)
+
+
+def skopeo_digest(image: str) -> str | None:
+    """The digest as skopeo (an independent client) sees it, or None when the tag does not exist."""
+    done = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{image}"],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        return None
+    digest = subprocess.run(["skopeo", "manifest-digest", "/dev/stdin"], input=done.stdout, capture_output=True,
+                            check=True)
+    return digest.stdout.decode().strip()
+
+
+def make_context(workspace: Path, state_dir: Path, registry_cfg: RegistrySection, dry_run: bool = False):
+    config = BranchopsConfig(approvers={s: ["lead"] for s in STAGES}, registry=registry_cfg)
+    return StageContext(stage="build-components", branch="build-components", workspace=workspace,
+                        git_dir=workspace, state_dir=state_dir, config=config, source_commit="0" * 40,
+                        run_id="20260101T000000Z-000000000000", record_dir="records/build-components/x",
+                        merge_request=None, forge=None, notifier=None, dry_run=dry_run)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("builder", ["buildah", "podman"])
+def test_first_run_pushes_every_image_and_a_second_run_builds_nothing(make_workspace, registry, tmp_path, builder):
+    workspace = make_workspace(salt=f"first-{builder}")
+    cfg = registry_config(registry, f"first-{builder}", builder)
+
+    first = build_components(workspace, cfg, tmp_path / "logs1")
+
+    assert first.ok, first.summary()
+    assert [c.name for c in first.built] == ["alpha", "beta", "gamma"]
+    for entry in first.built:
+        assert entry.tests == "passed"
+        assert entry.digest == skopeo_digest(entry.image)  # what the registry really serves
+        assert entry.tag != "latest" and entry.image.endswith(f":{entry.tag}")
+        assert "build and push" in Path(entry.log).read_text()
+    assert image_digests(workspace, cfg) == {c.name: c.pinned for c in first.built}
+
+    second = build_components(workspace, cfg, tmp_path / "logs2")
+
+    assert second.built == [] and [c.name for c in second.skipped] == ["alpha", "beta", "gamma"]
+    assert all(c.tests == "not run" for c in second.skipped)  # an unchanged component is not even tested
+    assert {c.name: c.digest for c in second.skipped} == {c.name: c.digest for c in first.built}
+    assert not (tmp_path / "logs2").exists()
+
+
+def test_changing_one_component_rebuilds_exactly_that_one(make_workspace, registry, tmp_path):
+    workspace = make_workspace(salt="change-one")
+    cfg = registry_config(registry, "change-one")
+    before = build_components(workspace, cfg, tmp_path / "logs1")
+    assert before.ok, before.summary()
+
+    write_component(workspace, "beta", value=2)
+    after = build_components(workspace, cfg, tmp_path / "logs2")
+
+    assert [c.name for c in after.built] == ["beta"]
+    assert [c.name for c in after.skipped] == ["alpha", "gamma"]
+    old = {c.name: c for c in before.components}
+    new = {c.name: c for c in after.components}
+    assert new["beta"].tag != old["beta"].tag and new["beta"].digest != old["beta"].digest
+    assert new["alpha"].digest == old["alpha"].digest
+    assert skopeo_digest(new["beta"].image) == new["beta"].digest
+    assert skopeo_digest(old["beta"].image) == old["beta"].digest  # the old image stays for older pipelines
+
+
+def test_failing_component_test_pushes_nothing_and_fails_the_stage(make_workspace, registry, tmp_path):
+    workspace = make_workspace(salt="failing-test")
+    cfg = registry_config(registry, "failing-test")
+    write_component(workspace, "beta", value=3, test_passes=False)
+    ctx = make_context(workspace, tmp_path / "state", cfg)
+
+    result = stage.run(ctx)
+
+    assert result.outcome == "failed"
+    by_name = {c["name"]: c for c in result.outputs["components"]}
+    assert by_name["beta"]["status"] == "failed" and by_name["beta"]["tests"] == "failed"
+    assert "tests failed" in result.error
+    beta_tag = by_name["beta"]["tag"]
+    assert skopeo_digest(f"{registry.url}/failing-test/beta:{beta_tag}") is None  # nothing pushed
+    assert by_name["alpha"]["status"] == "built"  # the others are still built and recorded
+    assert "assert 3 == 1003" in ctx.artifacts["logs/beta.log"].decode()
+    with pytest.raises(StageFailed, match="merge these changes into build-components first|Merge these"):
+        image_digests(workspace, cfg)
+
+
+def test_stage_records_what_it_built_and_dry_run_touches_nothing(make_workspace, registry, tmp_path):
+    workspace = make_workspace(salt="stage-record", names=("alpha",))
+    write_component(workspace, "alpha-gpu", source_dir="alpha")  # a variant sharing components/alpha
+    cfg = registry_config(registry, "stage-record")
+
+    planned = stage.plan(make_context(workspace, tmp_path / "state", cfg, dry_run=True))
+    assert any(line.startswith("alpha: would-build") for line in planned)
+    assert any(line.startswith("alpha-gpu: would-build") for line in planned)
+    assert image_digests_missing(workspace, cfg)
+
+    ctx = make_context(workspace, tmp_path / "state", cfg)
+    result = stage.run(ctx)
+
+    assert result.outcome == "success", result.summary
+    assert result.outputs["built"] == ["alpha", "alpha-gpu"]
+    record = json.loads(json.dumps(result.outputs))  # the record is plain JSON
+    for component in record["components"]:
+        assert component["digest"].startswith("sha256:") and component["tests"] == "passed"
+        assert set(component["durations"]) == {"tests_s", "build_s"}
+    assert sorted(ctx.artifacts) == ["logs/alpha-gpu.log", "logs/alpha.log"]
+
+    rerun = stage.plan(make_context(workspace, tmp_path / "state", cfg, dry_run=True))
+    assert all(": skipped" in line for line in rerun)
+
+
+def image_digests_missing(workspace: Path, cfg: RegistrySection) -> bool:
+    try:
+        image_digests(workspace, cfg)
+    except StageFailed:
+        return True
+    return False
+
+
+def test_registry_down_is_a_clear_error_and_nothing_runs(make_workspace, container_store, tmp_path):
+    workspace = make_workspace(salt="registry-down")
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = RegistrySection(url=f"{down}/ns", insecure=True, builder="buildah",
+                          build_args={"BASE_IMAGE": BASE_IMAGE})
+    ctx = make_context(workspace, tmp_path / "state", cfg)
+
+    with pytest.raises(ExternalError, match=rf"registry http://{down} is unreachable") as caught:
+        stage.run(ctx)
+
+    assert caught.value.exit_code == 6  # the runner records a failed stage with this exit code
+    assert ctx.artifacts == {} and not (tmp_path / "state").exists()
+    with pytest.raises(ExternalError, match=down):
+        image_digests(workspace, cfg)
+    assert len(discover_components(workspace, cfg.build_args)) == 3
