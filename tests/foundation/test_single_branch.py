@@ -1,0 +1,37 @@
+"""Single-branch mode: one branch runs every stage whose inputs changed in the merge."""
+
+from __future__ import annotations
+
+import pytest
+
+from branchops import runner
+from tests.foundation.conftest import STAGES, make_project
+
+CONFIG = """\
+approvers: {build-components: [lead], kf-pipeline: [lead], training: [lead], deploy-model: [lead]}
+branches: {mode: single-branch, single_branch: main}
+notifications: [{kind: log_file}]
+"""
+
+
+def test_only_stages_whose_inputs_changed_run(tmp_path, monkeypatch, stage_calls):
+    monkeypatch.setenv("BRANCHOPS_TEST_STAGE_LOG", str(tmp_path / "stage-calls.log"))
+    # two stage bodies with different inputs: build-components watches src/, training watches data/
+    monkeypatch.setitem(runner.STAGE_MODULES, "build-components", "tests.foundation.recording_stage")
+    monkeypatch.setitem(runner.STAGE_MODULES, "kf-pipeline", "tests.foundation.recording_stage")
+    import types
+    import sys
+    training = types.ModuleType("tests_training_stage")
+    from tests.foundation import recording_stage
+    training.INPUTS, training.plan, training.run = ("data/",), recording_stage.plan, recording_stage.run
+    monkeypatch.setitem(sys.modules, "tests_training_stage", training)
+    monkeypatch.setitem(runner.STAGE_MODULES, "training", "tests_training_stage")
+    monkeypatch.setitem(runner.STAGE_MODULES, "deploy-model", "tests_training_stage")
+    project = make_project(tmp_path, CONFIG)
+    project.commit("ds1", "src/model.py", "VERSION = 2\n")
+    number = project.open_mr("main")
+    project.run("mr", "approve", str(number), "--as", "lead")
+    result = project.run("mr", "merge", str(number), "--as", "ds1")
+    calls = [line.split()[0] for line in stage_calls()]
+    assert calls == ["build-components", "kf-pipeline"]
+    assert "training on main: skipped" in result.output and "none of its inputs (data/) changed" in result.output
