@@ -343,5 +343,142 @@ def component(obj: dict, name: str, params: tuple[str, ...]) -> None:
     click.echo(json.dumps(result, indent=2))
 
 
+# -- lineage, reproduce, rollback ------------------------------------------------------------------------
+
+@main.command()
+@click.argument("key", metavar="RUN_OR_MODEL_VERSION")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def lineage(obj: dict, key: str, as_json: bool) -> None:
+    """Print the chain behind a training run or a model version: commit, config, approvals, pipeline,
+    images, data and model snapshots, metrics, deployments (read from git alone)."""
+    from branchops.lineage import lineage as trace
+    from branchops.lineage import render
+    chain = trace(obj["repo"], key)
+    _emit(chain, as_json, None if as_json else render(chain))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--experiment", default=None, help="Which experiment of the run (default: the best).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def reproduce(obj: dict, run_id: str, experiment: str | None, as_json: bool) -> None:
+    """Re-run a training run from its data snapshot and compare the metrics."""
+    from branchops.reproduce import reproduce as again
+    result = again(obj["repo"], run_id, experiment)
+    if as_json:
+        _emit(result, True)
+    else:
+        click.echo(f"reproduced {result['run_id']} / {result['experiment']} from snapshot {result['data_snapshot']} "
+                   f"(cloned into {result['cloned_volume']})")
+        for name, pair in result["metrics"].items():
+            click.echo(f"  {name:<10} recorded {pair['recorded']}  reproduced {pair['reproduced']}")
+        click.echo("identical metrics" if result["identical"] else "metrics DIFFER from the record")
+    sys.exit(0 if result["identical"] else 1)
+
+
+@main.command()
+@click.option("--to", "to_mr", type=int, default=None, help="Go back to the release of this merged request.")
+@click.option("--as", "user", default=None, help="Who prepares the rollback.")
+@click.pass_obj
+def rollback(obj: dict, to_mr: int | None, user: str | None) -> None:
+    """Prepare the revert of the latest deployment as a merge request into deploy-model."""
+    from branchops.rollback import prepare_rollback
+    request, created, reason = prepare_rollback(obj["repo"], _user(user), to_mr)
+    click.echo(f"{'opened' if created else 'updated'} !{request.number}: {request.title} ({reason})")
+    click.echo(f"approve and merge it to roll back: branchops mr approve {request.number} --as APPROVER && "
+               f"branchops mr merge {request.number}")
+
+
+# -- serving ---------------------------------------------------------------------------------------------
+
+def _serving(obj: dict):
+    from branchops import gitops
+    from branchops.runner import working_config
+    from branchops.serving import make_serving
+    repo = gitops.open_repo(obj["repo"])
+    return make_serving(working_config(repo), gitops.state_dir(repo))
+
+
+@main.group()
+def serve() -> None:
+    """The local model server (TensorFlow Serving's REST API)."""
+
+
+@serve.command("start")
+@click.option("--port", type=int, default=None, help="Port (default: serving.local.port).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def serve_start(obj: dict, port: int | None, as_json: bool) -> None:
+    """Start the server (or show the running one) and wait until it answers."""
+    state = _serving(obj).start(port)
+    _emit(state.to_dict(), as_json, f"serving {state.model} at {state.url} (pid {state.pid}), "
+                                    f"stable version {state.stable}")
+
+
+@serve.command("stop")
+@click.pass_obj
+def serve_stop(obj: dict) -> None:
+    """Stop the server."""
+    click.echo("stopped" if _serving(obj).stop() else "the server was not running")
+
+
+@serve.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def serve_status(obj: dict, as_json: bool) -> None:
+    """Is the server up, which versions are loaded, which is stable or canary."""
+    state = _serving(obj).status()
+    text = (f"{state.model}: {'running at ' + str(state.url) if state.running else 'not running'}; stable "
+            f"{state.stable}, canary {state.canary} ({state.canary_weight}%); versions "
+            + (", ".join(f"{v}={s}" for v, s in state.versions.items()) or "none"))
+    _emit(state.to_dict(), as_json, text)
+
+
+@main.command()
+@click.option("--instances", default=None, help='Rows as JSON, e.g. "[[0.01, -0.02, ...]]".')
+@click.option("--sample", is_flag=True, help="Send the sample exported with the live model, and compare.")
+@click.option("--version", type=int, default=None)
+@click.option("--label", default=None, help="stable or canary")
+@click.pass_obj
+def predict(obj: dict, instances: str | None, sample: bool, version: int | None, label: str | None) -> None:
+    """Ask the model server for predictions (TensorFlow Serving REST :predict)."""
+    serving = _serving(obj)
+    client = serving.client()
+    expected = None
+    if sample:
+        from branchops.serving.base import find_version_dir, read_model_metadata
+        live = version or serving.live_version()
+        if live is None:
+            raise click.UsageError("no model version is live yet")
+        meta = read_model_metadata(find_version_dir(serving.base_path, live))
+        rows, expected = meta["sample"]["instances"], meta["sample"]["predictions"]
+    elif instances:
+        rows = json.loads(instances)
+    else:
+        raise click.UsageError("give --instances JSON or --sample")
+    answer = client.predict(rows, version=version, label=label)
+    click.echo(json.dumps(answer, indent=2))
+    if expected is not None:
+        click.echo(f"expected at export time: {json.dumps(expected)}")
+
+
+# -- demo ------------------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--workdir", default="branchops-demo", show_default=True, type=click.Path(file_okay=False),
+              help="A new directory for the demo repository.")
+@click.option("--data", "data_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder in the Kaggle dataset's layout (e.g. ../shared/data/djia).")
+@click.option("--synthetic", is_flag=True, help="Train on generated prices (announced as such everywhere).")
+def demo(workdir: str, data_dir: str | None, synthetic: bool) -> None:
+    """Play the whole workflow end to end on this machine: merge requests, approvals, the four stages,
+    a served model and a prediction."""
+    from branchops.demo import run_demo, timeline
+    result = run_demo(workdir, data_dir, synthetic, echo=click.echo)
+    click.echo(timeline(result))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

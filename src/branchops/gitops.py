@@ -171,6 +171,16 @@ def commit_to_branch(repo: git.Repo, branch: str, files: dict[str, bytes], messa
     raise ExternalError(f"could not write to branch '{branch}' after {retries} attempts (it keeps moving)")
 
 
+def set_branch(repo: git.Repo, branch: str, commit: str, remote: str | None = None) -> None:
+    """Point a branch that only branchops writes (e.g. its release branch) at ``commit``."""
+    if remote:
+        try:
+            _run_git(repo, ["push", "--quiet", "--force", remote, f"{commit}:refs/heads/{branch}"])
+        except git.GitCommandError as exc:
+            raise ExternalError(f"git push --force {remote} {branch} failed: {exc.stderr.strip()}") from None
+    _run_git(repo, ["update-ref", f"refs/heads/{branch}", commit])
+
+
 def bot_message(summary: str, body: str, marker: str) -> str:
     """A commit message carrying branchops' bot trailer, so the commit never starts a stage."""
     text = summary.strip() + "\n\n"

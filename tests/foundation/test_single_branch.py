@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 
 from branchops import runner
-from tests.foundation.conftest import STAGES, make_project
+from tests.foundation.conftest import make_project
 
 CONFIG = """\
 approvers: {build-components: [lead], kf-pipeline: [lead], training: [lead], deploy-model: [lead]}

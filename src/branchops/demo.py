@@ -1,0 +1,243 @@
+"""``branchops demo``: the whole workflow of DESIGN.md §1 on one machine, on the embedded defaults.
+
+It plays the people: a data scientist (``ds1``) commits and opens merge requests, the team lead and the
+head of data science approve them, and each merge runs its stage through the local CI runner, exactly
+as ``branchops mr ...`` would from a shell. What it leaves in the work directory is an ordinary branchops
+repository: every command works on it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import git
+import yaml
+
+from branchops import gitops
+from branchops.ci.local import merge_and_run
+from branchops.errors import BranchopsError, StageFailed
+from branchops.forge.local import LocalForge
+from branchops.runner import RunReport
+from branchops.scaffold import init_project
+
+log = logging.getLogger("branchops.demo")
+
+DATA_SCIENTIST, LEAD, HEAD_OF_DS = "ds1", "lead", "head-of-ds"
+APPROVERS = {"build-components": [LEAD], "kf-pipeline": [LEAD], "training": [LEAD, HEAD_OF_DS],
+             "deploy-model": [HEAD_OF_DS]}
+
+HOW_TO_GET_DATA = (
+    "no data: pass --data DIR (a folder in the Kaggle dataset's layout, e.g. ../shared/data/djia), or set "
+    "KAGGLE_USERNAME and KAGGLE_KEY to download szrlee/stock-time-series-20050101-to-20171231, or pass "
+    "--synthetic to try the workflow on generated prices"
+)
+
+
+@dataclass
+class Step:
+    what: str
+    outcome: str
+    seconds: float
+    record: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class DemoResult:
+    workdir: Path
+    steps: list[Step] = field(default_factory=list)
+    prediction: dict[str, Any] | None = None
+    sample_predictions: dict[str, Any] | None = None
+    served_version: int | None = None
+    synthetic: bool = False
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(s.outcome in ("succeeded", "refused as expected", "done") for s in self.steps)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def data_source(data_dir: str | None, synthetic: bool) -> dict[str, Any]:
+    if data_dir:
+        folder = Path(data_dir).resolve()
+        if not any(folder.glob("*.csv")):
+            raise BranchopsError(f"--data {data_dir}: no CSV files there. {HOW_TO_GET_DATA}")
+        return {"source": "folder", "folder": str(folder)}
+    if synthetic:
+        return {"source": "synthetic"}
+    kaggle_json = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
+    if (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or kaggle_json.exists():
+        return {"source": "kaggle", "kaggle": {"dataset": "szrlee/stock-time-series-20050101-to-20171231",
+                                               "username": {"env": "KAGGLE_USERNAME"}, "key": {"env": "KAGGLE_KEY"}}}
+    raise BranchopsError(HOW_TO_GET_DATA)
+
+
+class Demo:
+    def __init__(self, workdir: Path, echo: Callable[[str], None]):
+        self.workdir = workdir
+        self.echo = echo
+        self.result = DemoResult(workdir)
+
+    # -- the people's actions ------------------------------------------------------------------------
+    def commit_as(self, user: str, branch: str, files: dict[str, str], message: str) -> str:
+        repo = git.Repo(self.workdir)
+        repo.git.checkout("--quiet", branch)
+        for path, content in files.items():
+            target = self.workdir / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content, encoding="utf-8")
+            repo.git.add(path)
+        env = gitops.Identity(user, f"{user}@users.local").env()
+        repo.git.commit("--quiet", "-m", message, env=env)
+        return repo.head.commit.hexsha
+
+    def merge_request(self, source: str, target: str, title: str, body: str, approver: str | None,
+                      merger: str, author: str = DATA_SCIENTIST) -> tuple[int, list[RunReport]]:
+        forge = LocalForge(gitops.open_repo(self.workdir))
+        mr, _ = forge.open_merge_request(source, target, title, body, author)
+        if approver:
+            forge.approve(mr.number, approver)
+        self.echo(f"  !{mr.number} {source} -> {target}: {title}"
+                  + (f" — approved by {approver}" if approver else " — NOT approved"))
+        _, reports = merge_and_run(self.workdir, mr.number, merger)
+        return mr.number, reports
+
+    def record(self, what: str, reports: list[RunReport], expected: str = "succeeded") -> RunReport:
+        report = reports[0]
+        outcome = "refused as expected" if report.status == "refused" and expected == "refused" else report.status
+        self.result.steps.append(Step(what, outcome, report.duration_s or 0.0, report.record_path, report.message))
+        self.echo(f"  {what}: {outcome}" + (f" in {report.duration_s:.1f}s" if report.duration_s else "")
+                  + f" — {report.message}")
+        if report.status != expected:
+            raise StageFailed(f"demo step '{what}' ended {report.status}: {report.message}")
+        return report
+
+    # -- the story -----------------------------------------------------------------------------------
+    def play(self, data: dict[str, Any]) -> DemoResult:
+        echo = self.echo
+        t0 = time.monotonic()
+        init_project(self.workdir, approvers=[LEAD], user=DATA_SCIENTIST)
+        self.result.steps.append(Step("scaffold the reference project (branchops init)", "done",
+                                      time.monotonic() - t0))
+        echo(f"1. scaffolded {self.workdir} (branches main, ds1, build-components, kf-pipeline, training, "
+             "deploy-model)")
+
+        config_path = self.workdir / "config" / "branchops.yaml"
+        config = yaml.safe_load(config_path.read_text())
+        config["approvers"] = APPROVERS
+        config["data"] = data
+        config["serving"]["local"] = {"port": free_port()}
+        header = "".join(line + "\n" for line in config_path.read_text().splitlines() if line.startswith("#"))
+        self.commit_as(DATA_SCIENTIST, "ds1", {"config/branchops.yaml": header + yaml.safe_dump(config, sort_keys=False)},
+                       "Configure the approvers, the data source and the serving port")
+        self.result.synthetic = data["source"] == "synthetic"
+        echo(f"2. ds1 committed the project's configuration (data: {data['source']}"
+             + (f" {data.get('folder')}" if data.get("folder") else "") + ")")
+        if self.result.synthetic:
+            echo("   !!! SYNTHETIC DATA: the model will be trained on generated prices, not market data !!!")
+
+        echo("3. the gate: an unapproved merge request into build-components")
+        repo = git.Repo(self.workdir)
+        before = repo.commit("build-components").hexsha
+        repo.git.branch("ds1-unreviewed", "ds1")
+        self.commit_as(DATA_SCIENTIST, "ds1-unreviewed", {"components/UNREVIEWED.md": "an unreviewed change\n"},
+                       "An unreviewed change")
+        number, reports = self.merge_request("ds1-unreviewed", "build-components", "Unreviewed change",
+                                             "Merged without approval.", None, DATA_SCIENTIST)
+        self.record("build-components on an unapproved merge", reports, expected="refused")
+        # The team takes the unreviewed merge out again; nothing had run on it.
+        gitops.compare_and_swap(repo, "build-components", before, repo.commit("build-components").hexsha)
+        repo.git.branch("-D", "ds1-unreviewed")
+        echo(f"   nothing ran; the unreviewed merge !{number} was taken out of build-components again")
+
+        echo("4. build-components: merge request from ds1, approved by the team lead")
+        _, reports = self.merge_request("ds1", "build-components", "Components of the DJIA sentiment model",
+                                        "Consolidate, validate, features, train, evaluate, export.", LEAD, LEAD)
+        self.record("build-components", reports)
+
+        echo("5. kf-pipeline: merge request from ds1, approved by the team lead")
+        _, reports = self.merge_request("ds1", "kf-pipeline", "DJIA training pipeline",
+                                        "consolidate → validate → features → train → evaluate → export", LEAD, LEAD)
+        self.record("kf-pipeline", reports)
+
+        echo("6. training: merge request from ds1, approved by the head of data science")
+        _, reports = self.merge_request("ds1", "training", "Train the DJIA sentiment experiments",
+                                        "Two experiments; KPI: accuracy ≥ 0.5.", HEAD_OF_DS, LEAD)
+        training = self.record("training", reports)
+        best = (training.outputs.get("best") or {})
+        self.result.metrics = best.get("metrics")
+        deploy_mr = (training.outputs.get("deploy_merge_request") or {}).get("number")
+        if not deploy_mr:
+            raise StageFailed("training passed its KPIs but opened no merge request into deploy-model")
+        echo(f"   training opened !{deploy_mr} into deploy-model with its report")
+
+        echo(f"7. deploy-model: the head of data science reads !{deploy_mr} and merges it")
+        forge = LocalForge(gitops.open_repo(self.workdir))
+        forge.approve(deploy_mr, HEAD_OF_DS)
+        _, reports = merge_and_run(self.workdir, deploy_mr, HEAD_OF_DS)
+        self.record("deploy-model", reports)
+        self.result.served_version = (best.get("model") or {}).get("version")
+
+        echo("8. a prediction through TensorFlow Serving's REST API")
+        from branchops.runner import working_config
+        from branchops.serving import make_serving
+        from branchops.serving.base import find_version_dir, read_model_metadata
+        git.Repo(self.workdir).git.checkout("--quiet", "main")
+        serving = make_serving(working_config(gitops.open_repo(self.workdir)), gitops.state_dir(repo))
+        meta = read_model_metadata(find_version_dir(serving.base_path, self.result.served_version))
+        rows = meta["sample"]["instances"][:3]
+        t = time.monotonic()
+        answer = serving.client().predict(rows)
+        self.result.prediction = answer
+        self.result.sample_predictions = {k: v[:3] for k, v in meta["sample"]["predictions"].items()}
+        self.result.steps.append(Step("predict (REST :predict)", "done", time.monotonic() - t))
+        echo(f"   POST {serving.client().model_url()}:predict with 3 rows of {len(rows[0])} lagged returns")
+        echo(f"   -> {json.dumps(answer)}")
+        echo(f"   (recorded at export time: {json.dumps(self.result.sample_predictions)})")
+        return self.result
+
+
+def run_demo(workdir: str | Path, data_dir: str | None = None, synthetic: bool = False,
+             echo: Callable[[str], None] = print) -> DemoResult:
+    target = Path(workdir).resolve()
+    if target.exists() and any(target.iterdir()):
+        raise BranchopsError(f"{target} exists and is not empty: give a new --workdir")
+    data = data_source(data_dir, synthetic)
+    demo = Demo(target, echo)
+    return demo.play(data)
+
+
+def timeline(result: DemoResult) -> str:
+    lines = ["", "timeline", f"  {'step':<44} {'outcome':<22} {'seconds':>8}  record"]
+    for step in result.steps:
+        lines.append(f"  {step.what:<44} {step.outcome:<22} {step.seconds:>8.1f}  {step.record or ''}")
+    total = sum(s.seconds for s in result.steps)
+    lines.append(f"  {'total':<44} {'':<22} {total:>8.1f}")
+    if result.metrics:
+        m = result.metrics
+        lines += ["", f"model version {result.served_version}: accuracy {m.get('accuracy'):.4f}, ROC AUC "
+                      f"{m.get('roc_auc'):.4f} on the test split — {m.get('summary', '')}"]
+    if result.synthetic:
+        lines.append("!!! trained on SYNTHETIC data: these numbers say nothing about real stocks !!!")
+    d = result.workdir
+    lines += ["", f"try next, in {d}:",
+              f"  branchops -C {d} status",
+              f"  branchops -C {d} lineage {result.served_version}",
+              f"  branchops -C {d} predict --sample",
+              f"  branchops -C {d} mr list",
+              f"  branchops -C {d} rollback --as ds1      # prepares the revert as a merge request",
+              f"  branchops -C {d} serve stop"]
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""``branchops reproduce RUN``: clone the run's data snapshot into a new volume, run the same pipeline
+version with the same parameters again, and compare the metrics with the recorded ones."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from branchops import gitops
+from branchops.errors import BranchopsError, StageFailed
+from branchops.lineage import find_training_run
+from branchops.runner import config_at, working_config, workspace_at
+
+log = logging.getLogger(__name__)
+COMPARED = ("accuracy", "roc_auc", "precision", "recall", "f1")
+
+
+def reproduce(repo_path: str, key: str, experiment: str | None = None, tolerance: float = 1e-6) -> dict[str, Any]:
+    from branchops.engine import make_engine
+    from branchops.stages.training import compiled_pipeline
+    from branchops.storage import make_storage
+
+    repo = gitops.open_repo(repo_path)
+    boot = working_config(repo)
+    tip = gitops.branch_tip(repo, boot.branch_for("training"), boot.git.remote)
+    run = find_training_run(repo, tip, key)
+    outputs = run.data.get("outputs") or {}
+    entries = [e for e in outputs.get("experiments", []) if e.get("state") == "SUCCEEDED"]
+    wanted = experiment or (outputs.get("best") or {}).get("experiment")
+    entry = next((e for e in entries if e["experiment"] == wanted), None)
+    if entry is None:
+        raise BranchopsError(f"run {run.run_id} has no successful experiment '{wanted}'")
+    snapshot = (entry.get("data") or {}).get("snapshot")
+    if not snapshot:
+        raise BranchopsError(f"run {run.run_id} took no data snapshot (storage.snapshots was false): it cannot be "
+                             "reproduced from its data")
+    commit = run.data["source_commit"]
+    config = config_at(repo, commit)
+    state = gitops.state_dir(repo)
+    storage = make_storage(config, state)
+    data_volume = storage.clone(snapshot, f"repro-{commit[:12]}-{wanted}"[:63].rstrip("-"))
+    model_volume = storage.ensure_volume(config.storage.model_volume)
+    name = f"repro-{run.run_id[-12:]}-{wanted}"[:100]
+    log.info("reproducing %s/%s on commit %s from data snapshot %s (clone %s)", run.run_id, wanted, commit[:12],
+             snapshot, data_volume.name)
+
+    with workspace_at(repo, commit, state, f"reproduce-{name}") as workspace:
+        from branchops.stages.base import StageContext
+        ctx = StageContext(stage="training", branch=boot.branch_for("training"), workspace=workspace,
+                           git_dir=Path(repo.git_dir), state_dir=state, config=config, source_commit=commit,
+                           run_id=run.run_id, record_dir="", merge_request=None, forge=None, notifier=None)
+        compiled, _ = compiled_pipeline(ctx)
+        recorded_hash = (outputs.get("lineage") or {}).get("pipeline", {}).get("spec_hash")
+        if recorded_hash and compiled.spec_hash != recorded_hash:
+            raise StageFailed(f"commit {commit[:12]} now compiles to spec {compiled.spec_hash[:16]}, not the "
+                              f"recorded {recorded_hash[:16]} (a component image changed?)")
+        engine = make_engine(config, state, workspace)
+        upload = engine.find_version(config.kubeflow.pipeline_name, compiled.spec_hash)
+        if upload is None:
+            raise StageFailed(f"pipeline version {compiled.spec_hash[:16]} is no longer registered")
+        if config.storage.backend == "local":
+            work = Path(model_volume.path) / "reproductions" / name
+            paths = {"source_dir": str(Path(data_volume.path) / "raw"), "data_dir": str(data_volume.path),
+                     "work_dir": str(work), "export_base": str(work / "export")}
+        else:
+            work_path = f"/mnt/models/reproductions/{name}"
+            paths = {"source_dir": "/mnt/data/raw", "data_dir": "/mnt/data", "work_dir": work_path,
+                     "export_base": f"{work_path}/export"}
+        params = {**paths, "version": int(entry["model"]["version"]), "commit": commit, "kaggle_dataset": "",
+                  "data_pvc": data_volume.name, "model_pvc": model_volume.name, **entry["params"]}
+        result = engine.run(f"{ctx.branch}-reproduce", upload, name, params, config.training.timeout_s)
+    if not result.succeeded:
+        raise StageFailed(f"the reproduction run {name} {result.state}: {result.error}")
+    metrics = result.outputs.get("metrics") if isinstance(result.outputs.get("metrics"), dict) else None
+    if config.storage.backend == "local":
+        metrics = json.loads((Path(paths["work_dir"]) / "metrics.json").read_text())
+    original = entry.get("metrics") or {}
+    comparison = {k: {"recorded": original.get(k), "reproduced": (metrics or {}).get(k)} for k in COMPARED}
+    same = all(v["recorded"] is not None and v["reproduced"] is not None
+               and abs(v["recorded"] - v["reproduced"]) <= tolerance for v in comparison.values())
+    return {"run_id": run.run_id, "experiment": wanted, "commit": commit, "data_snapshot": snapshot,
+            "cloned_volume": data_volume.name, "reproduction_run": name, "metrics": comparison,
+            "identical": same}

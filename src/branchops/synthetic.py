@@ -1,0 +1,56 @@
+"""Synthetic DJIA-shaped prices, for trying branchops without the Kaggle data.
+
+Files in the Kaggle dataset's per-ticker layout (``<TICKER>_2006-01-01_to_2018-01-01.csv`` with
+Date,Open,High,Low,Close,Volume,Name), generated from a seeded one-factor market model so that runs are
+repeatable. Everything made from them is announced as synthetic: the data carries a marker file that the
+demo and the reports check.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+from datetime import date, timedelta
+from pathlib import Path
+
+TICKERS = ("AABA AAPL AMZN AXP BA CAT CSCO CVX DIS GE GOOGL GS HD IBM INTC JNJ JPM KO MCD MMM MRK MSFT NKE PFE "
+           "PG TRV UNH UTX VZ WMT XOM").split()
+MARKER = "SYNTHETIC_DATA.txt"
+
+
+def business_days(start: date, end: date) -> list[date]:
+    days, day = [], start
+    while day <= end:
+        if day.weekday() < 5:
+            days.append(day)
+        day += timedelta(days=1)
+    return days
+
+
+def generate(folder: str | Path, seed: int = 2006, start: date = date(2006, 1, 3), end: date = date(2017, 12, 29)
+             ) -> Path:
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    days = business_days(start, end)
+    market = [rng.gauss(0.0003, 0.011) for _ in days]
+    for ticker in TICKERS:
+        beta, idio, price = rng.uniform(0.6, 1.4), rng.uniform(0.008, 0.02), rng.uniform(20, 200)
+        with open(out / f"{ticker}_2006-01-01_to_2018-01-01.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["Date", "Open", "High", "Low", "Close", "Volume", "Name"])
+            for day, m in zip(days, market):
+                open_ = price * math.exp(rng.gauss(0, 0.003))
+                close = price * math.exp(beta * m + rng.gauss(0, idio))
+                high = max(open_, close) * math.exp(abs(rng.gauss(0, 0.006)))
+                low = min(open_, close) * math.exp(-abs(rng.gauss(0, 0.006)))
+                writer.writerow([day.isoformat(), f"{open_:.2f}", f"{high:.2f}", f"{low:.2f}", f"{close:.2f}",
+                                 int(rng.lognormvariate(15, 0.5)), ticker])
+                price = close
+    (out / MARKER).write_text("These prices are SYNTHETIC (branchops --synthetic), not market data.\n")
+    return out
+
+
+def is_synthetic(folder: str | Path) -> bool:
+    return (Path(folder) / MARKER).exists()
