@@ -33,6 +33,14 @@ DATA_SCIENTIST, LEAD, HEAD_OF_DS = "ds1", "lead", "head-of-ds"
 APPROVERS = {"build-components": [LEAD], "kf-pipeline": [LEAD], "training": [LEAD, HEAD_OF_DS],
              "deploy-model": [HEAD_OF_DS]}
 
+EXPERIMENTS = [
+    {"name": "aapl-w5", "params": {"target": "AAPL", "window": 5, "hidden_units": [64, 32], "dropout": 0.1,
+                                   "learning_rate": 0.001, "batch_size": 64, "epochs": 20, "patience": 4, "seed": 42}},
+    {"name": "aapl-w10", "params": {"target": "AAPL", "window": 10, "hidden_units": [32], "dropout": 0.2,
+                                    "learning_rate": 0.001, "batch_size": 64, "epochs": 20, "patience": 4,
+                                    "seed": 42}},
+]
+
 HOW_TO_GET_DATA = (
     "no data: pass --data DIR (a folder in the Kaggle dataset's layout, e.g. ../shared/data/djia), or set "
     "KAGGLE_USERNAME and KAGGLE_KEY to download szrlee/stock-time-series-20050101-to-20171231, or pass "
@@ -129,22 +137,22 @@ class Demo:
     def play(self, data: dict[str, Any]) -> DemoResult:
         echo = self.echo
         t0 = time.monotonic()
-        init_project(self.workdir, approvers=[LEAD], user=DATA_SCIENTIST)
+        init_project(self.workdir, approvers=APPROVERS, user=DATA_SCIENTIST,
+                     overrides={"data": data, "serving": {"local": {"port": free_port()}}})
         self.result.steps.append(Step("scaffold the reference project (branchops init)", "done",
                                       time.monotonic() - t0))
         echo(f"1. scaffolded {self.workdir} (branches main, ds1, build-components, kf-pipeline, training, "
              "deploy-model)")
 
+        # The data scientist's change: the experiments of this study (two network sizes and windows).
         config_path = self.workdir / "config" / "branchops.yaml"
         config = yaml.safe_load(config_path.read_text())
-        config["approvers"] = APPROVERS
-        config["data"] = data
-        config["serving"]["local"] = {"port": free_port()}
+        config["training"]["experiments"] = EXPERIMENTS
         header = "".join(line + "\n" for line in config_path.read_text().splitlines() if line.startswith("#"))
         self.commit_as(DATA_SCIENTIST, "ds1", {"config/branchops.yaml": header + yaml.safe_dump(config, sort_keys=False)},
-                       "Configure the approvers, the data source and the serving port")
+                       "Experiments: AAPL direction with a 5- and a 10-day window")
         self.result.synthetic = data["source"] == "synthetic"
-        echo(f"2. ds1 committed the project's configuration (data: {data['source']}"
+        echo(f"2. ds1 committed the experiments (data: {data['source']}"
              + (f" {data.get('folder')}" if data.get("folder") else "") + ")")
         if self.result.synthetic:
             echo("   !!! SYNTHETIC DATA: the model will be trained on generated prices, not market data !!!")
@@ -160,6 +168,7 @@ class Demo:
         self.record("build-components on an unapproved merge", reports, expected="refused")
         # The team takes the unreviewed merge out again; nothing had run on it.
         gitops.compare_and_swap(repo, "build-components", before, repo.commit("build-components").hexsha)
+        repo.git.checkout("--quiet", "ds1")
         repo.git.branch("-D", "ds1-unreviewed")
         echo(f"   nothing ran; the unreviewed merge !{number} was taken out of build-components again")
 

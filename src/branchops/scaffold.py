@@ -39,23 +39,34 @@ def reference_source() -> Path:
     return root
 
 
-def project_config(source: Path, approvers: list[str], data_dir: str | None, synthetic: bool) -> str:
+def deep_merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def project_config(source: Path, approvers: list[str] | dict[str, list[str]], data_dir: str | None,
+                   synthetic: bool, overrides: dict | None = None) -> str:
     """The reference config with this project's approvers and data source filled in (comments kept)."""
     text = (source / CONFIG_PATH).read_text(encoding="utf-8")
     data = yaml.safe_load(text)
-    data["approvers"] = {stage: list(approvers) for stage in STAGES}
+    data["approvers"] = ({stage: list(approvers[stage]) for stage in STAGES} if isinstance(approvers, dict)
+                         else {stage: list(approvers) for stage in STAGES})
     if data_dir:
         data["data"] = {"source": "folder", "folder": str(Path(data_dir).resolve())}
     elif synthetic:
         data["data"] = {"source": "synthetic"}
+    data = deep_merge(data, overrides or {})
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
     rendered = header + yaml.safe_dump(data, sort_keys=False, width=110)
     parse_config(rendered, CONFIG_PATH)  # never scaffold an invalid project
     return rendered
 
 
-def init_project(directory: str | Path, *, approvers: list[str], data_dir: str | None = None,
-                 synthetic: bool = False, user: str = "branchops-init") -> Path:
+def init_project(directory: str | Path, *, approvers: list[str] | dict[str, list[str]], data_dir: str | None = None,
+                 synthetic: bool = False, user: str = "branchops-init", overrides: dict | None = None) -> Path:
     target = Path(directory).resolve()
     if target.exists() and any(target.iterdir()):
         raise BranchopsError(f"{target} exists and is not empty; choose a new directory")
@@ -67,7 +78,7 @@ def init_project(directory: str | Path, *, approvers: list[str], data_dir: str |
             shutil.copytree(src, target / name, ignore=IGNORED)
         elif src.is_file():
             shutil.copy2(src, target / name)
-    (target / CONFIG_PATH).write_text(project_config(source, approvers, data_dir, synthetic), encoding="utf-8")
+    (target / CONFIG_PATH).write_text(project_config(source, approvers, data_dir, synthetic, overrides), encoding="utf-8")
     (target / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
     (target / "README.md").write_text(
         "# DJIA sentiment — a branchops project\n\nStage branches: "
