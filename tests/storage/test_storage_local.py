@@ -115,10 +115,9 @@ def test_later_writes_to_the_volume_never_change_the_snapshot(storage, data_volu
 def test_open_for_write_leaves_the_file_unchanged_when_the_writer_fails(storage, data_volume):
     target = Path(data_volume.path, "raw", "AAPL.csv")
     original = target.read_text()
-    with pytest.raises(RuntimeError):
-        with open_for_write(target, "a") as handle:
-            handle.write("half a row")
-            raise RuntimeError("writer crashed")
+    with pytest.raises(RuntimeError), open_for_write(target, "a") as handle:
+        handle.write("half a row")
+        raise RuntimeError("writer crashed")
     assert target.read_text() == original
     assert sorted(p.name for p in target.parent.iterdir()) == ["AAPL.csv", "MSFT.csv"]
 

@@ -1,0 +1,207 @@
+"""The Trident backend's logic, through the official kubernetes client, against an emulated API server.
+
+This is not an integration test: no Kubernetes, Trident or snapshot controller runs here. The emulator
+(storage_k8s_emulator.py) follows the API's documented semantics (201/404/409, resourceVersion,
+asynchronous readyToUse) and refuses any object that fails the official schemas.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from branchops.config import BranchopsConfig, StorageTrident
+from branchops.errors import ConfigError, ExternalError
+from branchops.k8s.validate import InvalidObject
+from branchops.storage import LABEL_COMMIT, LABEL_RUN, lineage_labels, make_storage
+from branchops.storage.trident import TridentStorage, quantity_bytes
+
+COMMIT = "3f9a1c0d5e7b2a4c6d8e0f1a2b3c4d5e6f7a8b9c"
+RUN = "20260101T000000Z-3f9a1c0"
+NS = "kubeflow-user"
+PVC = "persistentvolumeclaims"
+VS = "volumesnapshots"
+
+
+def no_sleep(_: float) -> None:
+    """The emulator advances a snapshot per read, so the poll loop needs no real wait."""
+
+
+@pytest.fixture
+def trident(kubeconfig) -> TridentStorage:
+    section = StorageTrident(namespace=NS, storage_class="ontap-nas", snapshot_class="trident-snapclass",
+                             size="5Gi", access_mode="ReadWriteMany", ready_timeout_s=60)
+    return TridentStorage.from_config(section, poll_interval_s=0.01, sleep=no_sleep)
+
+
+def test_make_storage_builds_the_trident_backend_from_kubeconfig(kubeconfig, kube, tmp_path):
+    config = BranchopsConfig.model_validate({
+        "approvers": {s: ["lead"] for s in ("build-components", "kf-pipeline", "training", "deploy-model")},
+        "storage": {"backend": "trident", "trident": {"namespace": NS}}})
+    storage = make_storage(config, tmp_path)
+    assert isinstance(storage, TridentStorage)
+    storage.ensure_volume("djia-data")
+    assert kube.emulator.get(PVC, NS, "djia-data") is not None  # the client reached our server
+
+
+def test_ensure_volume_creates_the_configured_pvc_once(trident, kube):
+    volume = trident.ensure_volume("djia-data", {"app": "djia"})
+    assert volume.name == "djia-data" and volume.path is None and volume.size == "5Gi"
+    pvc = kube.emulator.get(PVC, NS, "djia-data")
+    assert pvc["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "ontap-nas",
+                           "resources": {"requests": {"storage": "5Gi"}}}
+    assert pvc["metadata"]["labels"] == {"app": "djia", "app.kubernetes.io/managed-by": "branchops"}
+
+    again = trident.ensure_volume("djia-data", {"app": "other"})
+    assert again.labels["app"] == "djia"
+    assert kube.emulator.count("create", PVC) == 1
+    assert trident.get_volume("absent") is None
+
+
+def test_a_concurrent_create_409_reads_the_existing_pvc(trident, kube):
+    trident.ensure_volume("djia-data")
+    # Someone else created it between our read and our create: the read says 404, the create 409.
+    kube.emulator.fail_next("GET", PVC, 404, "NotFound")
+    volume = trident.ensure_volume("djia-data")
+    assert volume.name == "djia-data"
+    assert kube.emulator.count("create", PVC) == 2  # the second create got 409 AlreadyExists
+    assert len([o for o in kube.emulator.objects if o[0] == PVC]) == 1
+
+
+def test_snapshot_is_labelled_and_waits_for_ready_to_use(trident, kube, caplog):
+    trident.ensure_volume("djia-data")
+    kube.emulator.ready_after_polls = 4
+    with caplog.at_level(logging.INFO, logger="branchops.storage.trident"):
+        snap = trident.snapshot("djia-data", "djia-data-run1", lineage_labels(COMMIT, RUN))
+    assert snap.ready and snap.volume == "djia-data" and snap.path is None
+    assert snap.labels[LABEL_COMMIT] == COMMIT and snap.labels[LABEL_RUN] == RUN
+    obj = kube.emulator.get(VS, NS, "djia-data-run1")
+    assert obj["spec"] == {"volumeSnapshotClassName": "trident-snapclass",
+                           "source": {"persistentVolumeClaimName": "djia-data"}}
+    assert obj["status"]["readyToUse"] is True
+    assert kube.emulator.polls[(NS, "djia-data-run1")] == 4
+    assert "waiting for VolumeSnapshot kubeflow-user/djia-data-run1" in caplog.text
+    assert "is ready to use" in caplog.text
+
+
+def test_snapshot_is_idempotent_and_refuses_another_source(trident, kube):
+    trident.ensure_volume("djia-data")
+    trident.ensure_volume("djia-models")
+    first = trident.snapshot("djia-data", "snap-a", {})
+    again = trident.snapshot("djia-data", "snap-a", {})
+    assert again.name == first.name and again.ready
+    assert kube.emulator.count("create", VS) == 1
+    with pytest.raises(ConfigError, match="already exists and was taken from volume 'djia-data'"):
+        trident.snapshot("djia-models", "snap-a", {})
+
+
+def test_snapshot_of_a_missing_pvc_is_refused_before_anything_is_created(trident, kube):
+    with pytest.raises(ConfigError, match="no PersistentVolumeClaim kubeflow-user/absent"):
+        trident.snapshot("absent", "s1", {})
+    assert kube.emulator.count("create", VS) == 0
+
+
+def test_waiting_times_out_with_a_clear_message(trident, kube):
+    trident.ensure_volume("djia-data")
+    kube.emulator.never_ready = True
+    slow = TridentStorage(namespace=NS, storage_class="ontap-nas", snapshot_class="trident-snapclass",
+                          ready_timeout_s=0.3, poll_interval_s=0.02, api_client=trident.api_client)
+    with pytest.raises(ExternalError, match="stuck not ready to use after 0s.*check the snapshot controller"):
+        slow.snapshot("djia-data", "stuck", {})
+
+
+def test_waiting_reports_the_snapshot_controller_error(trident, kube):
+    # A VolumeSnapshot of a PVC that does not exist (made by someone else): the controller reports why.
+    kube.emulator.objects[(VS, NS, "orphan")] = {
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": "orphan", "namespace": NS, "uid": "u1", "resourceVersion": "1"},
+        "spec": {"source": {"persistentVolumeClaimName": "gone"}}}
+    slow = TridentStorage(namespace=NS, storage_class="ontap-nas", snapshot_class="trident-snapclass",
+                          ready_timeout_s=0.2, poll_interval_s=0.02, api_client=trident.api_client)
+    with pytest.raises(ExternalError, match=r'controller reports: .*persistentvolumeclaim \\"gone\\" not found'):
+        slow.snapshot("gone", "orphan", {})
+
+
+def test_clone_is_a_pvc_from_the_snapshot_at_least_restore_size(trident, kube):
+    trident.ensure_volume("djia-data")
+    trident.snapshot("djia-data", "golden", {})
+    kube.emulator.get(VS, NS, "golden")["status"]["restoreSize"] = "8Gi"  # bigger than the configured 5Gi
+    volume = trident.clone("golden", "djia-data-repro", {"purpose": "reproduce"})
+    pvc = kube.emulator.get(PVC, NS, "djia-data-repro")
+    assert pvc["spec"]["dataSource"] == {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                         "name": "golden"}
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "8Gi" and volume.size == "8Gi"
+    assert volume.labels["branchops.io/cloned-from"] == "golden"
+
+    assert trident.clone("golden", "djia-data-repro").name == "djia-data-repro"
+    assert kube.emulator.count("create", PVC) == 2
+    with pytest.raises(ConfigError, match="was not cloned from snapshot 'golden'"):
+        trident.clone("golden", "djia-data")
+    with pytest.raises(ConfigError, match="no VolumeSnapshot kubeflow-user/missing"):
+        trident.clone("missing", "whatever")
+
+
+def test_list_and_delete(trident, kube):
+    trident.ensure_volume("djia-data")
+    trident.ensure_volume("djia-models")
+    trident.snapshot("djia-data", "d1", {})
+    trident.snapshot("djia-models", "m1", {})
+    # A VolumeSnapshot someone else made in the namespace is not ours to list.
+    kube.emulator.objects[(VS, NS, "foreign")] = {
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": "foreign", "namespace": NS, "labels": {}},
+        "spec": {"source": {"persistentVolumeClaimName": "djia-data"}}}
+    assert sorted(s.name for s in trident.list_snapshots()) == ["d1", "m1"]
+    assert [s.name for s in trident.list_snapshots("djia-data")] == ["d1"]
+    assert trident.delete_snapshot("d1") is True
+    assert trident.delete_snapshot("d1") is False
+    assert trident.get_snapshot("d1") is None
+    assert trident.delete_volume("djia-data") is True
+    assert trident.delete_volume("djia-data") is False
+
+
+def test_api_errors_become_clear_external_errors(trident, kube):
+    kube.emulator.fail_next("POST", PVC, 403, "Forbidden",
+                            'persistentvolumeclaims is forbidden: User "system:serviceaccount:jenkins:'
+                            'branchops-ci" cannot create resource "persistentvolumeclaims"')
+    with pytest.raises(ExternalError, match=r"create PersistentVolumeClaim kubeflow-user/djia-data failed: "
+                                            r"403 Forbidden: .*cannot create resource"):
+        trident.ensure_volume("djia-data")
+
+
+def test_an_unreachable_api_server_is_a_clear_error(tmp_path, monkeypatch):
+    from storage_k8s_emulator import KubeEmulator, RunningEmulator
+
+    with RunningEmulator(KubeEmulator()) as stopped:
+        path = stopped.kubeconfig(tmp_path / "kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(path))  # the server is gone: nothing listens on its port
+    storage = TridentStorage(namespace=NS, storage_class="x", snapshot_class="y")
+    with pytest.raises(ExternalError, match="unreachable"):
+        storage.get_volume("djia-data")
+
+
+def test_no_kubeconfig_and_no_cluster_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    storage = TridentStorage(namespace=NS, storage_class="x", snapshot_class="y")
+    with pytest.raises(ExternalError, match="cannot configure the Kubernetes client"):
+        storage.get_volume("djia-data")
+
+
+def test_an_invalid_object_is_refused_before_it_is_sent(trident, kube):
+    trident.ensure_volume("djia-data")
+    # The CRD forbids an empty class name; the API server would answer 422. We must not even send it.
+    bad = TridentStorage(namespace=NS, storage_class="ontap-nas", snapshot_class="",
+                         api_client=trident.api_client)
+    with pytest.raises(InvalidObject, match="volumeSnapshotClassName: '' should be non-empty"):
+        bad.snapshot("djia-data", "s1", {})
+    assert kube.emulator.count("create", VS) == 0
+
+
+def test_quantities():
+    assert quantity_bytes("5Gi") == 5 * 2**30
+    assert quantity_bytes("500M") == 500 * 10**6
+    assert quantity_bytes(1024) == 1024
+    with pytest.raises(ConfigError, match="not a storage quantity"):
+        quantity_bytes("5 gigs")
