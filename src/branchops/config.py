@@ -337,6 +337,10 @@ class ServingKubernetes(Strict):
     replicas: int = Field(default=2, ge=1)
     istio: bool = False
     rollout_timeout_s: float = Field(default=600, gt=0)
+    # A pinned TF Serving image (never 'latest'); a registry mirror or a digest reference works too.
+    image: str = Field(default="docker.io/tensorflow/serving:2.18.0", pattern=r"^[^\s:]+(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?$")
+    max_replicas: int = Field(default=6, ge=1)
+    serving_volume_size: str = Field(default="10Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$")
 
 
 class RolloutSection(Strict):

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -77,6 +77,8 @@ class FakeGitHub:
         self.protections: dict[str, dict[str, Any]] = {}
         self.hooks: dict[int, dict[str, Any]] = {}
         self.requests: list[Recorded] = []
+        # GitHub links merge commits to pull requests asynchronously; True: not linked yet.
+        self.association_lag = False
         self._faults: list[Fault] = []
         self._next_id = 1000
         self._lock = threading.Lock()
@@ -85,7 +87,7 @@ class FakeGitHub:
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
-    def __enter__(self) -> "FakeGitHub":
+    def __enter__(self) -> Self:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -105,7 +107,7 @@ class FakeGitHub:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.shutdown()
         self._server.server_close()
@@ -176,7 +178,10 @@ class FakeGitHub:
         for name, value in headers.items():
             handler.send_header(name, value)
         handler.end_headers()
-        handler.wfile.write(data)
+        try:
+            handler.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+            handler.close_connection = True
 
     def _respond(self, handler: BaseHTTPRequestHandler, record: Recorded, base: str
                  ) -> tuple[int, dict[str, str], Any]:
@@ -235,7 +240,8 @@ class FakeGitHub:
             return self._page(r, base, [self._review_json(rv, pull, base) for rv in pull.reviews])
         if mm := m(r"/commits/([0-9a-f]{40})/pulls", path):
             sha = mm[1]
-            pulls = [p for p in self.pulls.values() if sha in p.commits or p.merge_commit_sha == sha]
+            pulls = [] if self.association_lag else [
+                p for p in self.pulls.values() if sha in p.commits or p.merge_commit_sha == sha]
             return self._page(r, base, [self._pull_json(p, base, simple=True) for p in pulls])
         if mm := m(r"/issues/(\d+)/comments", path):
             pull = self.pulls[int(mm[1])]

@@ -14,8 +14,10 @@ How it is wired:
   unverified: add it to the list.
 - ``https://api.github.com`` in the description (servers and example URLs, which PyGithub follows, e.g. a
   pull request's ``url``) is rewritten to the local address.
-- A small recording proxy sits in front of Prism: it keeps every exchange with Prism's violations, and
-  can ask Prism for a documented non-2xx answer (``Prefer: code=404``) to exercise e.g. "branch missing".
+- A small recording proxy sits in front of Prism: it keeps every exchange with Prism's violations, can
+  ask Prism for a documented non-2xx answer (``Prefer: code=404``) to exercise e.g. "branch missing",
+  and drops the description's placeholder ``Link`` header (``/resource?page=2``), which is the same for
+  every list operation and would send a client off the operation it paginates.
 
 Reuse (e.g. bootstrap tests): ``from tests.forge_github.prism import prism_github`` in a conftest, or
 start :class:`PrismGitHub` yourself with ``extra_operations``.
@@ -36,7 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import pytest
@@ -164,7 +166,7 @@ class PrismGitHub:
         assert self._proxy is not None
         return f"http://127.0.0.1:{self._proxy.server_address[1]}"
 
-    def start(self) -> "PrismGitHub":
+    def start(self) -> PrismGitHub:
         self._start_proxy()
         spec = write_description(self.workdir / "github-cut.json", self.url, self.operations)
         started = time.monotonic()
@@ -190,10 +192,10 @@ class PrismGitHub:
             self._proxy.shutdown()
             self._proxy.server_close()
 
-    def __enter__(self) -> "PrismGitHub":
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def mark(self) -> int:
@@ -279,8 +281,14 @@ class PrismGitHub:
                                                 request_body))
                 self.send_response(response.status)
                 for name, value in response.getheaders():
-                    if name.lower() not in ("transfer-encoding", "connection", "content-length", "keep-alive"):
-                        self.send_header(name, value)
+                    if name.lower() in ("transfer-encoding", "connection", "content-length", "keep-alive"):
+                        continue
+                    if name.lower() == "link" and "/resource?page=" in value:
+                        # The description's example Link header is a placeholder for every list
+                        # operation; following it would leave the operation. Pagination is covered by
+                        # the fake's tests.
+                        continue
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
