@@ -58,12 +58,10 @@ def snapshot_name(volume: str, ctx: StageContext, experiment: str | None = None)
 # -- pipeline ------------------------------------------------------------------------------------------
 
 def compiled_pipeline(ctx: StageContext):
-    from branchops.engine.compile import compile_pipeline
-    images = None
-    if ctx.config.registry.url:
-        from branchops.images import image_digests
-        images = image_digests(ctx.workspace, ctx.config.registry)
-    return compile_pipeline(ctx.workspace, ctx.config.kubeflow.pipeline_module, images, ctx.config.training.gpu), images
+    """This commit's pipeline compiled exactly as kf-pipeline uploads it (so the spec hashes agree)."""
+    from branchops.stages.kf_pipeline import compile_workspace
+    compiled, images = compile_workspace(ctx.config, ctx.workspace)
+    return compiled, images or None
 
 
 def uploaded_version(ctx: StageContext, engine, compiled):
@@ -140,6 +138,12 @@ def run_experiment(ctx: StageContext, engine, upload, storage, volumes, experime
                  ", ".join(f"{k}={v}" for k, v in experiment.params.model_dump().items()))
     result = engine.run(ctx.branch, upload, name, params, cfg.training.timeout_s,
                         on_progress=lambda message: ctx.log.info("%s", message))
+    if result.reused and not result.succeeded:
+        # The engine never starts a run name twice; a retry of a failed run is a new, dated attempt.
+        name = f"{name}-retry-{ctx.run_id.split('-')[0].lower()}"
+        ctx.log.info("experiment %s: the earlier run %s; retrying as %s", experiment.name, result.state, name)
+        result = engine.run(ctx.branch, upload, name, params, cfg.training.timeout_s,
+                            on_progress=lambda message: ctx.log.info("%s", message))
     entry: dict[str, Any] = {"experiment": experiment.name, "run_name": name, "run_id": result.run_id,
                              "state": result.state, "error": result.error, "duration_s": result.duration_s,
                              "reused_run": result.reused, "params": experiment.params.model_dump()}

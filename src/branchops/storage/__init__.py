@@ -3,7 +3,7 @@
 ``make_storage(config, state_dir)`` returns the backend that ``storage.backend`` names:
 
 * ``local`` (default): :class:`~branchops.storage.local.LocalStorage` under ``storage.local.root``
-  (a relative root is taken relative to ``state_dir``);
+  (a relative root is taken relative to the repository root, the parent of ``state_dir``);
 * ``trident``: :class:`~branchops.storage.trident.TridentStorage`, PVCs and CSI VolumeSnapshots in
   ``storage.trident.namespace`` through the kubernetes client (in-cluster or ``KUBECONFIG``).
 """
@@ -44,5 +44,5 @@ def make_storage(config: BranchopsConfig | StorageSection, state_dir: str | Path
 
     root = Path(section.local.root).expanduser()
     if not root.is_absolute():
-        root = Path(state_dir) / root
+        root = Path(state_dir).parent / root
     return LocalStorage(root)

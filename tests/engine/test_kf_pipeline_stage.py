@@ -1,0 +1,104 @@
+"""The kf-pipeline stage through its public functions (plan, run) on the reference pipeline."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from branchops.config import parse_config
+from branchops.engine.compile import is_pinned, spec_images
+from branchops.errors import ConfigError, StageFailed
+from branchops.stages import kf_pipeline
+from branchops.stages.base import StageContext
+
+from .fake_kfp import FakeKfpClient, FakeKfpClientView
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APPROVERS = "approvers: {build-components: [lead], kf-pipeline: [lead], training: [lead], deploy-model: [lead]}\n"
+NAMES = ("consolidate", "validate", "features", "train", "evaluate", "export")
+
+
+def context(tmp_path: Path, config_text: str = "", commit: str = "c0ffee" * 6 + "beef") -> StageContext:
+    config = parse_config(APPROVERS + config_text)
+    return StageContext(stage="kf-pipeline", branch="kf-pipeline", workspace=REPO_ROOT, git_dir=tmp_path / "git",
+                        state_dir=tmp_path / "state", config=config, source_commit=commit, run_id="20261123T170000Z-c0ffee",
+                        record_dir="records/kf-pipeline/x", merge_request=None, forge=None, notifier=None,
+                        log=logging.getLogger("test.kf-pipeline"))
+
+
+def pinned(registry: str) -> dict[str, str]:
+    return {name: f"{registry}/{name}@sha256:{'0123456789abcdef' * 4}" for name in NAMES}
+
+
+def test_local_upload_then_a_rerun_uploads_nothing(tmp_path: Path):
+    ctx = context(tmp_path)
+    plan = kf_pipeline.plan(ctx)
+    assert any("would upload pipeline djia-sentiment" in line for line in plan)
+    assert any("no registry configured" in line for line in plan)
+
+    result = kf_pipeline.run(ctx)
+    assert result.outcome == "success" and result.outputs["uploaded"] is True
+    outputs = result.outputs
+    assert outputs["version_name"] == outputs["spec_hash"] and outputs["images"] == {}
+    assert ctx.artifacts["pipeline.yaml"].startswith(b"# PIPELINE DEFINITION")
+
+    ctx2 = context(tmp_path)
+    again = kf_pipeline.run(ctx2)
+    assert again.outputs["uploaded"] is False and "already uploaded" in again.summary
+    assert (again.outputs["pipeline_id"], again.outputs["version_id"]) == (outputs["pipeline_id"], outputs["version_id"])
+    assert any("already uploaded" in line for line in kf_pipeline.plan(ctx2))
+
+    # What the training stage does: compile the same commit again and find the version by its hash.
+    compiled, _ = kf_pipeline.compile_workspace(ctx.config, REPO_ROOT)
+    from branchops.engine import make_engine
+
+    found = make_engine(ctx.config, ctx.state_dir, REPO_ROOT).find_version("djia-sentiment", compiled.version_name)
+    assert found is not None and found.version_id == outputs["version_id"]
+
+
+def test_kubeflow_upload_pins_every_image_by_digest(tmp_path: Path, monkeypatch):
+    fake = FakeKfpClient(multi_user=True)
+    monkeypatch.setattr("branchops.engine.kubeflow.make_client", lambda settings: FakeKfpClientView(fake))
+    monkeypatch.setattr("branchops.images.image_digests", lambda workspace, cfg: pinned(cfg.url))
+    settings = ("registry: {url: 127.0.0.1:5000/djia}\n"
+                "kubeflow: {backend: kubeflow, kubeflow: {host: 'https://kf.example.test', auth: none, namespace: team-a}}\n"
+                "training: {gpu: {count: 1}}\n")
+    ctx = context(tmp_path, settings)
+    result = kf_pipeline.run(ctx)
+    assert result.outputs["engine"] == "kubeflow" and result.outputs["uploaded"] is True
+    assert result.outputs["images"] == pinned("127.0.0.1:5000/djia")
+    [uploaded] = fake.uploaded_specs
+    assert uploaded == ctx.artifacts["pipeline.yaml"]
+    images = spec_images(uploaded)
+    assert images and all(is_pinned(i) for i in images)
+    [pipeline] = fake.pipelines.values()
+    assert pipeline.namespace == "team-a" and pipeline.display_name == "djia-sentiment"
+    [version] = fake.versions.values()
+    assert version.name == result.outputs["spec_hash"] and ctx.source_commit in version.description
+    document = next(iter(yaml.safe_load_all(uploaded)))
+    assert document["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]["accelerator"]
+
+    assert kf_pipeline.run(context(tmp_path, settings)).outputs["uploaded"] is False
+    assert len(fake.uploaded_specs) == 1
+
+
+def test_a_missing_component_image_fails_before_anything_is_uploaded(tmp_path: Path, monkeypatch):
+    def missing(workspace, cfg):
+        raise StageFailed("component images for these sources are not in the registry: 127.0.0.1:5000/djia/train:"
+                          "abc. Merge these changes into build-components first; its stage builds and pushes them.")
+
+    monkeypatch.setattr("branchops.images.image_digests", missing)
+    ctx = context(tmp_path, "registry: {url: 127.0.0.1:5000/djia}\n")
+    with pytest.raises(StageFailed, match="build-components first"):
+        kf_pipeline.run(ctx)
+    assert "pipeline.yaml" not in ctx.artifacts
+    assert not (ctx.state_dir / ".branchops" / "kfp").exists()
+
+
+def test_the_kubeflow_backend_without_a_registry_is_refused(tmp_path: Path):
+    ctx = context(tmp_path, "kubeflow: {backend: kubeflow, kubeflow: {host: 'https://kf.example.test', auth: none}}\n")
+    with pytest.raises(ConfigError, match="needs registry.url"):
+        kf_pipeline.run(ctx)
