@@ -115,8 +115,8 @@ def test_bad_names_are_refused(tiny_workspace: Path):
         engine.upsert("../escape", compiled)
 
 
-def test_make_engine_selects_the_local_backend_under_the_state_dir(tmp_path: Path):
+def test_make_engine_selects_the_local_backend_under_the_repository(tmp_path: Path):
     config = parse_config("approvers: {build-components: [a], kf-pipeline: [a], training: [a], deploy-model: [a]}\n")
-    engine = make_engine(config, tmp_path / "state", workspace=tmp_path)
+    engine = make_engine(config, tmp_path / ".branchops", workspace=tmp_path)
     assert isinstance(engine, LocalEngine)
-    assert engine.root == tmp_path / "state" / ".branchops" / "kfp"
+    assert engine.root == tmp_path / ".branchops" / "kfp"

@@ -220,12 +220,14 @@ def test_list_and_delete(storage, data_volume):
     assert storage.clone("d2", "djia-data-restored").name == "djia-data-restored"
 
 
-def test_make_storage_resolves_the_root_against_the_state_dir(tmp_path: Path):
-    local = make_storage(StorageSection(), tmp_path)
+def test_make_storage_resolves_the_root_against_the_repository(tmp_path: Path):
+    # like every path in config, a relative root is relative to the repository (the state dir's parent)
+    state_dir = tmp_path / ".branchops"
+    local = make_storage(StorageSection(), state_dir)
     assert isinstance(local, LocalStorage) and local.root == tmp_path / ".branchops" / "volumes"
     config = BranchopsConfig.model_validate({"approvers": {s: ["lead"] for s in (
         "build-components", "kf-pipeline", "training", "deploy-model")}, "storage": {"local": {"root": "vols"}}})
-    assert make_storage(config, tmp_path).root == tmp_path / "vols"
+    assert make_storage(config, state_dir).root == tmp_path / "vols"
 
 
 def test_data_volume_policies(storage):
