@@ -264,9 +264,13 @@ def _forward_task_lines(log_path: Path, offset: int, run_name: str, progress: Pr
         line = _strip_ansi(raw)
         if " - INFO - Executing task " in line or (" - INFO - Task " in line and "finished with status" in line):
             progress(f"run {run_name}: {line.split(' - INFO - ', 1)[1].strip()}")
+        elif _TRAINING_PROGRESS.search(line):
+            # the training step's per-epoch line (metrics, time per epoch, ETA): a data scientist watches these
+            progress(f"run {run_name}: {_TRAINING_PROGRESS.search(line).group(1)}")
     return offset + end
 
 
+_TRAINING_PROGRESS = re.compile(r"INFO\]: ((?:epoch \d+/\d+:|training on ).*)$")
 _EXCEPTION_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Failed|Refused)): (.+)$")
 
 
