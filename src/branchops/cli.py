@@ -464,6 +464,103 @@ def predict(obj: dict, instances: str | None, sample: bool, version: int | None,
         click.echo(f"expected at export time: {json.dumps(expected)}")
 
 
+# -- Jenkins, GitHub bootstrap, notifications -----------------------------------------------------------------
+
+def _config_and_root(obj: dict):
+    from pathlib import Path
+
+    from branchops import gitops
+    from branchops.runner import working_config
+    repo = gitops.open_repo(obj["repo"])
+    return working_config(repo), Path(repo.working_tree_dir or ".")
+
+
+@main.group()
+def jenkins() -> None:
+    """The production CI: the multibranch job on Jenkins (ci.jenkins in config)."""
+
+
+@jenkins.command("sync")
+@click.option("--dry-run", is_flag=True, help="Say whether the job would be created or updated; change nothing.")
+@click.pass_obj
+def jenkins_sync(obj: dict, dry_run: bool) -> None:
+    """Create or update the multibranch job (idempotent), after checking the Jenkinsfile against config."""
+    from branchops.ci.jenkins import sync_job
+    config, root = _config_and_root(obj)
+    result = sync_job(config, root, dry_run=dry_run)
+    click.echo(f"{result.job}: {result.outcome}" + (f" ({result.url})" if result.url else "")
+               + (f"; folders created: {', '.join(result.folders_created)}" if result.folders_created else ""))
+
+
+@jenkins.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def jenkins_status(obj: dict, as_json: bool) -> None:
+    """The last build of every branch job."""
+    from branchops.ci.jenkins import make_client
+    config, _ = _config_and_root(obj)
+    builds = make_client(config).status()
+    _emit([b.to_dict() for b in builds], as_json, "\n".join(
+        f"{b.branch:<20} #{b.number if b.number is not None else '-':<5} {b.result or 'never built':<10} "
+        f"{b.started_at or ''} {b.url or ''}" for b in builds) or "no branch jobs yet")
+
+
+@jenkins.command("trigger")
+@click.pass_obj
+def jenkins_trigger(obj: dict) -> None:
+    """Scan the repository now (what the webhook does on a push)."""
+    from branchops.ci.jenkins import make_client
+    config, _ = _config_and_root(obj)
+    make_client(config).trigger_scan()
+    click.echo("repository scan triggered")
+
+
+@jenkins.command("logs")
+@click.argument("branch")
+@click.option("--build", type=int, default=None, help="Build number (default: the last).")
+@click.option("--no-follow", is_flag=True, help="Print what is there and stop.")
+@click.pass_obj
+def jenkins_logs(obj: dict, branch: str, build: int | None, no_follow: bool) -> None:
+    """Stream a branch build's console log."""
+    from branchops.ci.jenkins import make_client
+    config, _ = _config_and_root(obj)
+    for chunk in make_client(config).logs(branch, build, follow=not no_follow):
+        click.echo(chunk, nl=False)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="List every action and check permissions; change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def bootstrap(obj: dict, dry_run: bool, as_json: bool) -> None:
+    """Set up GitHub and Jenkins for this repository: stage branches, protection, webhook, job."""
+    from branchops.bootstrap import bootstrap as run_bootstrap
+    config, root = _config_and_root(obj)
+    report = run_bootstrap(config, dry_run, repo_root=root)
+    _emit(report.to_dict(), as_json, "\n".join(report.lines()))
+
+
+@main.command()
+@click.option("--event", type=click.Choice(["started", "succeeded", "failed"]), required=True)
+@click.option("--branch", required=True)
+@click.option("--commit", required=True)
+@click.option("--message", required=True)
+@click.option("--build-url", default=None)
+@click.pass_obj
+def notify(obj: dict, event: str, branch: str, commit: str, message: str, build_url: str | None) -> None:
+    """Send a notification through the configured channels (the Jenkinsfile's post steps use it when the
+    build ended before any stage ran, e.g. a failed checkout or setup)."""
+    from branchops import gitops
+    from branchops.forge import make_forge
+    from branchops.notify.base import Event, make_notifier
+    config, _ = _config_and_root(obj)
+    repo = gitops.open_repo(obj["repo"])
+    stages = config.stages_for_branch(branch)
+    text = message + (f" ({build_url})" if build_url else "")
+    make_notifier(config, gitops.state_dir(repo), make_forge(config, repo)).notify(
+        Event(event, stages[0] if stages else "-", branch, commit, text))
+
+
 # -- demo ------------------------------------------------------------------------------------------------
 
 @main.command()

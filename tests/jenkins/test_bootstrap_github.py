@@ -1,0 +1,68 @@
+"""bootstrap through the real GitHubForge (PyGithub) and python-jenkins, each against its REST fake.
+
+Both are fakes at the HTTP boundary (tests/forge_github/fake_github.py, tests/jenkins/fake_jenkins.py):
+this checks that bootstrap drives the real clients with the right calls, twice, without duplicates.
+The forge's requests themselves are checked against GitHub's OpenAPI description with Prism in
+tests/forge_github.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from branchops.bootstrap import bootstrap
+from branchops.ci.jenkins import PR_STATUS_CONTEXT, make_client
+
+from .conftest import REPO_ROOT, production_config
+from .fake_jenkins import FakeJenkins
+
+fake_github_module = pytest.importorskip("tests.forge_github.fake_github",
+                                         reason="the GitHub REST fake of tests/forge_github is not there")
+
+# forge.github.token is {credential: github-token}, as in production: Jenkins binds it to this variable.
+TOKEN_ENV = "BRANCHOPS_CRED_GITHUB_TOKEN"
+
+
+@pytest.fixture
+def fake_github(monkeypatch: pytest.MonkeyPatch):
+    with fake_github_module.FakeGitHub("acme/djia-mlops") as fake:
+        monkeypatch.setenv(TOKEN_ENV, fake.token)
+        yield fake
+
+
+def run(fake_github, fake_jenkins: FakeJenkins, dry_run: bool = False):
+    from branchops.forge.github import GitHubForge
+
+    config = production_config(fake_jenkins.url, forge={"github": {
+        "base_url": fake_github.url, "timeout_s": 5, "retries": 0}})
+    forge = GitHubForge(config.forge.github, seconds_between_requests=0, seconds_between_writes=0,
+                        backoff_factor=0)
+    return bootstrap(config, dry_run, forge=forge, jenkins=make_client(config), repo_root=REPO_ROOT)
+
+
+def test_bootstrap_with_the_real_clients_is_idempotent(fake_github, fake_jenkins: FakeJenkins) -> None:
+    report = run(fake_github, fake_jenkins, dry_run=True)
+    assert report.problems == []
+    assert set(fake_github.branches) == {"main"} and fake_github.hooks == {} and fake_jenkins.posts() == []
+
+    run(fake_github, fake_jenkins)
+
+    stage_branches = {"build-components", "kf-pipeline", "training", "deploy-model"}
+    assert set(fake_github.branches) == {"main"} | stage_branches
+    assert set(fake_github.branches.values()) == {fake_github.branches["main"]}
+    assert set(fake_github.protections) == stage_branches
+    protection = fake_github.protections["training"]
+    assert protection["required_status_checks"]["contexts"] == [PR_STATUS_CONTEXT]
+    reviews = protection["required_pull_request_reviews"]
+    assert reviews["required_approving_review_count"] == 1 and reviews["require_code_owner_reviews"] is True
+    assert reviews["dismiss_stale_reviews"] is True
+    (hook,) = fake_github.hooks.values()
+    assert hook["config"]["url"] == fake_jenkins.url + "github-webhook/"
+    assert set(hook["events"]) == {"push", "pull_request"} and hook["config"]["secret"]
+    assert fake_jenkins.item("ml/djia/branchops") is not None
+
+    second = run(fake_github, fake_jenkins)
+
+    assert len(fake_github.hooks) == 1
+    assert len([r for r in fake_github.requests if r.method == "POST" and r.path.endswith("/git/refs")]) == 4
+    assert next(o.outcome for o in second.outcomes if o.action.kind == "sync-jenkins-job") == "unchanged"
