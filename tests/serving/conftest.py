@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from model_factory import build_all  # noqa: E402
+from model_factory import build_all
 
 
 def make_config(base_path: Path, **rollout):
@@ -17,7 +17,7 @@ def make_config(base_path: Path, **rollout):
     stages = ("build-components", "kf-pipeline", "training", "deploy-model")
     return BranchopsConfig.model_validate({
         "approvers": {s: ["lead"] for s in stages},
-        "serving": {"model_name": "djia", "local": {"base_path": str(base_path), "port": 0},
+        "serving": {"model_name": "djia", "local": {"base_path": str(base_path)},
                     "rollout": {"requests_per_step": 10, "max_p99_latency_ms": 60000, **rollout}},
     })
 

@@ -34,13 +34,10 @@ def build_model(target: Path, weights: list[float], bias: float = 0.0, *, input_
         return {prob_name: p, direction_name: tf.cast(p > 0.5, tf.int64)}
 
     spec = tf.TensorSpec([None, N_FEATURES], tf.float32, name=input_name)
-    fn = tf.function(lambda **kw: serve(kw[input_name]), input_signature=None)
-    concrete = tf.function(serve).get_concrete_function(spec)
-    # Give the signature argument the contract's name (a lambda's **kwargs cannot carry a spec).
+    # The signature's argument name is the input's name in TF Serving; build a function with that name.
     namespace: dict = {}
-    exec(f"def signature({input_name}):\n    return serve({input_name})", {"serve": serve}, namespace)
+    exec(f"def signature({input_name}):\n    return serve({input_name})", {"serve": serve}, namespace)  # noqa: S102
     signature = tf.function(namespace["signature"], input_signature=[spec])
-    del fn, concrete
     target.mkdir(parents=True, exist_ok=True)
     tf.saved_model.save(model, str(target), signatures={"serving_default": signature})
     out = signature(tf.constant(SAMPLE, tf.float32))

@@ -1,0 +1,147 @@
+"""REST client for TensorFlow Serving's API (and the local server's admin API).
+
+The same client checks the local server and a TensorFlow Serving Deployment on Kubernetes: status,
+metadata, ``:predict`` (row or columnar), Prometheus metrics. Every call has a timeout; failures raise
+:class:`ServingError` (the server answered with an error) or ``ExternalError`` (it could not be reached).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from branchops.errors import ExternalError
+
+_SAMPLE_RE = re.compile(r'^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)$')
+_LABEL_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+class ServingError(ExternalError):
+    """The server answered with an HTTP error; ``status`` and TF Serving's ``error`` message are kept."""
+
+    def __init__(self, status: int, message: str, url: str) -> None:
+        super().__init__(f"{url}: HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.url = url
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def parse_prometheus(text: str) -> list[Sample]:
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE_RE.match(line.strip())
+        if match:
+            labels = dict(_LABEL_RE.findall(match["labels"] or ""))
+            samples.append(Sample(match["name"], labels, float(match["value"])))
+    return samples
+
+
+def metric_sum(samples: list[Sample], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+class ServingClient:
+    def __init__(self, base_url: str, model_name: str, timeout_s: float = 10.0,
+                 session: requests.Session | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.session = session or requests.Session()
+
+    # -- TF Serving REST API ------------------------------------------------------------------
+    def model_url(self, version: int | None = None, label: str | None = None) -> str:
+        if version is not None and label is not None:
+            raise ValueError("give a version or a label, not both")
+        url = f"{self.base_url}/v1/models/{self.model_name}"
+        if version is not None:
+            url += f"/versions/{int(version)}"
+        elif label is not None:
+            url += f"/labels/{label}"
+        return url
+
+    def status(self, version: int | None = None, label: str | None = None) -> list[dict[str, Any]]:
+        return self._json("GET", self.model_url(version, label))["model_version_status"]
+
+    def metadata(self, version: int | None = None, label: str | None = None) -> dict[str, Any]:
+        return self._json("GET", self.model_url(version, label) + "/metadata")
+
+    def predict(self, instances: Any = None, *, inputs: Any = None, version: int | None = None,
+                label: str | None = None, signature_name: str | None = None) -> dict[str, Any]:
+        if (instances is None) == (inputs is None):
+            raise ValueError("give 'instances' (row format) or 'inputs' (columnar format)")
+        body: dict[str, Any] = {"instances": instances} if instances is not None else {"inputs": inputs}
+        if signature_name:
+            body["signature_name"] = signature_name
+        return self._json("POST", self.model_url(version, label) + ":predict", body)
+
+    def metrics(self) -> list[Sample]:
+        url = f"{self.base_url}/monitoring/prometheus/metrics"
+        return parse_prometheus(self._request("GET", url).text)
+
+    def wait_version(self, version: int, timeout_s: float, poll_s: float = 0.2) -> dict[str, Any]:
+        """Wait until ``version`` is AVAILABLE or has failed (state END); return its status entry."""
+        deadline = time.monotonic() + timeout_s
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                last = self.status(version=version)[0]
+            except ServingError as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                if last["state"] in ("AVAILABLE", "END"):
+                    return last
+            time.sleep(poll_s)
+        raise ExternalError(f"version {version} of model {self.model_name} did not finish loading within "
+                            f"{timeout_s:.0f}s (last state: {last.get('state', 'unknown')})")
+
+    # -- local server admin API (loopback only) -------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return self._json("GET", f"{self.base_url}/branchops/admin/health")
+
+    def load_version(self, version: int) -> dict[str, Any]:
+        return self._json("POST", f"{self.base_url}/branchops/admin/versions/{int(version)}:load")
+
+    def retire_version(self, version: int) -> dict[str, Any]:
+        return self._json("POST", f"{self.base_url}/branchops/admin/versions/{int(version)}:retire")
+
+    def set_routing(self, stable: int | None, canary: int | None = None, canary_weight: int = 0) -> dict[str, Any]:
+        body = {"stable": stable, "canary": canary, "canary_weight": canary_weight}
+        return self._json("POST", f"{self.base_url}/branchops/admin/routing", body)
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _request(self, method: str, url: str, body: Any = None) -> requests.Response:
+        try:
+            response = self.session.request(method, url, json=body, timeout=self.timeout_s)
+        except requests.Timeout:
+            raise ExternalError(f"{url}: no answer within {self.timeout_s:.0f}s") from None
+        except requests.ConnectionError as exc:
+            raise ExternalError(f"cannot reach the model server at {self.base_url}: {exc.__class__.__name__}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text[:300]
+            raise ServingError(response.status_code, str(message), url)
+        return response
+
+    def _json(self, method: str, url: str, body: Any = None) -> Any:
+        response = self._request(method, url, body)
+        try:
+            return response.json()
+        except ValueError:
+            raise ExternalError(f"{url}: the answer is not JSON: {response.text[:200]!r}") from None

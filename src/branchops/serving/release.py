@@ -1,0 +1,121 @@
+"""The desired serving state in git: ``serving/tfserve/release.yaml``.
+
+The merge request from training into deploy-model changes only this file; merging it makes the
+release the desired state and the deploy-model stage makes serving match it. Reverting the merge
+brings the previous release back, and the stage rolls back to it. The schema is strict: unknown
+keys are errors, versions are integers, paths stay inside their volume or snapshot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from branchops.errors import ConfigError
+
+RELEASE_HEADER = (
+    "# Desired state of model serving (branchops deploy-model stage).\n"
+    "# Changed by the merge request from training into deploy-model; revert that merge to roll back.\n"
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelSource(_Strict):
+    """Where the SavedModel version directory comes from: a path inside a volume or a snapshot."""
+
+    volume: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    snapshot: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    # The SavedModel version directory (the one holding saved_model.pb), relative to the volume.
+    path: str = Field(min_length=1)
+
+    @field_validator("path")
+    @classmethod
+    def _relative_inside(cls, path: str) -> str:
+        pure = PurePosixPath(path)
+        if pure.is_absolute() or ".." in pure.parts or "\\" in path:
+            raise ValueError(f"must be a relative POSIX path inside the volume or snapshot, got {path!r}")
+        return path
+
+    @model_validator(mode="after")
+    def _exactly_one_origin(self) -> ModelSource:
+        if (self.volume is None) == (self.snapshot is None):
+            raise ValueError("a model source names exactly one of 'volume' or 'snapshot' (plus 'path')")
+        return self
+
+    def describe(self) -> str:
+        origin = f"snapshot {self.snapshot}" if self.snapshot else f"volume {self.volume}"
+        return f"{origin}:{self.path}"
+
+
+class TrainingRef(_Strict):
+    run_id: str = Field(min_length=1)
+    commit: str = Field(pattern=r"^[0-9a-f]{7,64}$")
+
+
+class Release(_Strict):
+    model: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    version: int = Field(ge=1, le=2**63 - 1)
+    source: ModelSource
+    # None: the configured default (serving.rollout.strategy).
+    strategy: Literal["rolling", "canary"] | None = None
+    training: TrainingRef | None = None
+
+    def strategy_or(self, default: str) -> str:
+        return self.strategy or default
+
+
+def parse_release(text: str, source: str | Path = "<string>") -> Release:
+    """Validate release text; a ConfigError names the file, the line, the key and what was expected."""
+    # The configuration module already maps pydantic errors to YAML lines; reuse it.
+    from branchops.config import _describe, _line_of, _node_for
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else str(source)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: a release must be a mapping (model, version, source, strategy), "
+                          f"got {type(data).__name__}")
+    try:
+        return Release.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = error["loc"]
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            lines.append(f"{source}:{_line_of(_node_for(root, loc)) or '?'}: {key}: {_describe(error)}")
+        raise ConfigError("invalid release file\n  " + "\n  ".join(lines)) from None
+
+
+def read_release(path: str | Path) -> Release:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: release file not found (the training stage's merge request creates it)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not a UTF-8 text file") from None
+    return parse_release(text, file)
+
+
+def render_release(release: Release) -> str:
+    body = yaml.safe_dump(release.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    return RELEASE_HEADER + body
+
+
+def write_release(path: str | Path, release: Release) -> None:
+    """Write atomically (temp file + rename) so a reader never sees half a release."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text(render_release(release), encoding="utf-8")
+    tmp.replace(file)

@@ -1,0 +1,109 @@
+"""deploy-model: make model serving match the release in git (DESIGN.md §1 step 5).
+
+The release file (``serving.release_file``, by default ``serving/tfserve/release.yaml``) is the
+desired state. Merging a merge request that changes it rolls serving forward; reverting that merge
+makes the previous release desired again and this stage rolls back to it. A rollout whose checks
+fail is rolled back automatically by the backend; the stage then reports failure with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from branchops.errors import ConfigError
+from branchops.stages.base import StageContext, StageResult
+
+if TYPE_CHECKING:
+    from branchops.serving.release import Release
+
+INPUTS = ("serving/tfserve/",)
+
+
+def _release(ctx: StageContext) -> Release | None:
+    """The desired release, or None before the first merge from training has created it."""
+    from branchops.serving.release import read_release
+
+    path = ctx.workspace / ctx.config.serving.release_file
+    return read_release(path) if path.exists() else None
+
+
+def _nothing_yet(ctx: StageContext) -> str:
+    return f"no release file at {ctx.config.serving.release_file} yet: nothing to deploy"
+
+
+def resolve_model_source(ctx: StageContext, release: Release) -> Path | None:
+    """The local directory holding the release's model: ``source.path`` inside its volume or snapshot.
+
+    The only coupling between serving and the storage port. None on Kubernetes: there the backend's
+    copy Job mounts the volume (or a clone of the snapshot) itself."""
+    from branchops.storage import make_storage
+
+    if ctx.config.serving.backend == "kubernetes":
+        return None
+
+    storage = make_storage(ctx.config, ctx.state_dir)
+    source = release.source
+    if source.snapshot:
+        found = storage.get_snapshot(source.snapshot)
+        kind, name = "snapshot", source.snapshot
+    else:
+        found = storage.get_volume(source.volume or "")
+        kind, name = "volume", source.volume
+    if found is None:
+        raise ConfigError(f"{ctx.config.serving.release_file}: source: {kind} '{name}' does not exist in "
+                          f"the {storage.backend} storage")
+    if found.path is None:
+        raise ConfigError(f"{kind} '{name}' is not a local directory (storage backend '{storage.backend}'); "
+                          "the local serving backend needs local storage")
+    return Path(found.path) / source.path
+
+
+def plan(ctx: StageContext) -> list[str]:
+    from branchops.serving import make_serving
+
+    release = _release(ctx)
+    if release is None:
+        return [_nothing_yet(ctx)]
+    serving = make_serving(ctx.config, ctx.state_dir)
+    live = serving.live_version()
+    strategy = release.strategy_or(ctx.config.serving.rollout.strategy)
+    where = f"{serving.backend} serving of model '{release.model}'"
+    if live == release.version:
+        return [f"{where}: version {live} is already live; nothing to do"]
+    steps = [(f"{where}: live version {live if live is not None else '(none)'} -> desired {release.version} "
+              f"({strategy}) from {release.source.describe()}"),
+             "load it beside the live version, check its signature and smoke-test the export's sample"]
+    if strategy == "canary" and live is not None:
+        steps.append(f"canary weights {ctx.config.serving.rollout.canary_steps}% with "
+                     f"{ctx.config.serving.rollout.requests_per_step} checked requests per step, then promote")
+    steps.append("retire the old version; on any failed check roll back automatically")
+    return steps
+
+
+def run(ctx: StageContext) -> StageResult:
+    from branchops.serving import make_serving
+
+    started = time.monotonic()
+    release = _release(ctx)
+    if release is None:
+        return StageResult("success", _nothing_yet(ctx), {"deployment": None})
+    serving = make_serving(ctx.config, ctx.state_dir)
+    source = resolve_model_source(ctx, release)
+    result = serving.deploy(release, source)
+    outputs = {
+        "backend": serving.backend,
+        "release": release.model_dump(mode="json", exclude_none=True),
+        "model_source": str(source) if source else release.source.describe(),
+        "deployment": result.to_dict(),
+        "approved_by": sorted({a.user for a in ctx.merge_request.approvals}) if ctx.merge_request else [],
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if result.outcome == "unchanged":
+        return StageResult("success", f"model {release.model} version {release.version} is already live", outputs)
+    if result.ok:
+        return StageResult("success", f"model {release.model}: version {result.before} -> {result.after} "
+                                      f"({result.strategy})", outputs)
+    return StageResult("failed", f"model {release.model} version {release.version} rolled back; version "
+                                 f"{result.before} still serves: {result.reason}", outputs, error=result.reason)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import requests
+from model_factory import SAMPLE
+
+
+@dataclass
+class RequestLoop:
+    """Sends unlabelled :predict requests until stopped; every answer other than 200 is a failure."""
+
+    url: str
+    answered: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _started: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> RequestLoop:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._started.wait(60)
+        return self
+
+    def _run(self) -> None:
+        session = requests.Session()
+        i = 0
+        while not self._stop.is_set():
+            try:
+                r = session.post(self.url, json={"instances": [SAMPLE[i % len(SAMPLE)]]}, timeout=30)
+                if r.status_code != 200 or "predictions" not in r.json():
+                    self.failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
+            except Exception as exc:  # noqa: BLE001 - a dropped connection is a failed request too
+                self.failures.append(repr(exc))
+            self.answered += 1
+            i += 1
+            if self.answered >= 5:
+                self._started.set()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(60)

@@ -1,0 +1,199 @@
+"""Local rollouts against a real server process: no dropped request, automatic rollback, canary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import make_config
+from helpers import RequestLoop
+from model_factory import SAMPLE
+
+from branchops.serving import make_serving
+from branchops.serving.client import metric_sum
+from branchops.serving.local_backend import LocalServing
+from branchops.serving.release import Release
+
+
+def release(version: int, strategy: str | None = None) -> Release:
+    data = {"model": "djia", "version": version, "source": {"volume": "djia-models", "path": f"djia/{version}"}}
+    if strategy:
+        data["strategy"] = strategy
+    return Release.model_validate(data)
+
+
+def sample_predictions(model_dir: Path) -> dict:
+    return json.loads((model_dir / "assets.extra" / "branchops_model.json").read_text())["sample"]["predictions"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rollout")
+    config = make_config(root / "models", canary_steps=[10, 50, 100])
+    serving = make_serving(config, root / "state")
+    assert isinstance(serving, LocalServing)
+    serving.start(port=0)
+    try:
+        yield {"root": root, "config": config, "serving": serving}
+    finally:
+        serving.stop()
+
+
+def test_first_deploy_then_rolling_update_drops_no_request(env, models):
+    serving = env["serving"]
+    first = serving.deploy(release(1), models["v1"])
+    assert (first.outcome, first.before, first.after) == ("deployed", None, 1)
+    client = serving.client()
+    before = client.metrics()
+    with RequestLoop(client.model_url() + ":predict") as loop:
+        result = serving.deploy(release(2), models["v2"])
+        answered_during_rollout = loop.answered
+    assert result.outcome == "deployed", result.reason
+    assert (result.before, result.after, result.strategy) == (1, 2, "rolling")
+    assert loop.failures == []
+    assert answered_during_rollout >= 5
+    status = serving.status()
+    assert status.stable == 2 and status.versions[1] == "END" and status.versions[2] == "AVAILABLE"
+    assert {c.name for c in result.checks} >= {"load", "signature", "smoke", "live"}
+    after = client.metrics()
+    # The loop's requests were answered by the old version, then by the new one.
+    for version in ("1", "2"):
+        served = (metric_sum(after, "branchops_serving_requests_total", version=version, code="200")
+                  - metric_sum(before, "branchops_serving_requests_total", version=version, code="200"))
+        assert served > 0, version
+    assert client.predict(instances=SAMPLE)["predictions"][0]["direction"] == sample_predictions(models["v2"])["direction"][0]
+
+
+@pytest.mark.parametrize("broken, version, check", [
+    ("corrupt", 6, "load failed"),
+    ("wrong_signature", 7, "signature failed"),
+    ("mismatch", 8, "smoke failed"),
+])
+def test_broken_version_is_rolled_back_while_the_old_one_keeps_answering(env, models, broken, version, check):
+    serving = env["serving"]
+    live = serving.live_version()
+    assert live is not None
+    client = serving.client()
+    with RequestLoop(client.model_url() + ":predict") as loop:
+        result = serving.deploy(release(version), models[broken])
+    assert result.outcome == "rolled_back" and not result.ok
+    assert result.reason.startswith(check), result.reason
+    assert (result.before, result.after) == (live, live)
+    assert loop.failures == []
+    status = serving.status()
+    assert status.stable == live and status.canary is None
+    assert status.versions.get(version) != "AVAILABLE"
+    assert not (serving.base_path / str(version)).exists()  # a restart will not load it
+    assert client.status(label="stable")[0]["state"] == "AVAILABLE"
+    assert client.predict(instances=SAMPLE)["predictions"]
+
+
+def test_canary_steps_through_weights_then_promotes(env, models):
+    serving = env["serving"]
+    live = serving.live_version()
+    client = serving.client()
+    with RequestLoop(client.model_url() + ":predict") as loop:
+        result = serving.deploy(release(3, "canary"), models["v3"])
+    assert result.outcome == "deployed", result.reason
+    assert [s["weight"] for s in result.canary_steps] == [10, 50]
+    assert all(s["ok"] and s["errors"] == 0 and s["requests"] >= 10 for s in result.canary_steps)
+    assert (result.before, result.after) == (live, 3)
+    assert loop.failures == []
+    status = serving.status()
+    assert (status.stable, status.canary, status.canary_weight) == (3, None, 0)
+
+
+def test_canary_that_breaches_latency_is_rolled_back(env, models):
+    # The same server, driven with a latency budget no request can meet.
+    strict = LocalServing(make_config(env["root"] / "models", canary_steps=[20, 100], max_p99_latency_ms=0.001),
+                          env["root"] / "state")
+    live = strict.live_version()
+    result = strict.deploy(release(2, "canary"), models["v2"])
+    assert result.outcome == "rolled_back"
+    assert result.reason.startswith("canary failed: at 20%")
+    assert [s["ok"] for s in result.canary_steps] == [False]
+    status = strict.status()
+    assert (status.stable, status.canary, status.canary_weight) == (live, None, 0)
+
+
+def test_same_release_again_is_a_no_op(env, models):
+    serving = env["serving"]
+    live = serving.live_version()
+    result = serving.deploy(release(live), models["v3"])
+    assert result.outcome == "unchanged" and result.after == live
+    assert [c.ok for c in result.checks] == [True]
+
+
+def test_rollback_to_a_previous_version(env):
+    serving = env["serving"]
+    result = serving.rollback_to(1)
+    assert result.outcome == "deployed" and result.after == 1
+    assert serving.status().stable == 1
+    missing = serving.rollback_to(99)
+    assert missing.outcome == "rolled_back" and "99" in missing.reason
+    assert serving.status().stable == 1
+
+
+def test_restart_restores_the_live_version_and_stale_pid_is_cleaned(env):
+    serving = env["serving"]
+    live = serving.live_version()
+    assert serving.stop() is True
+    assert serving.status().running is False and serving.live_version() == live
+    serving.info_file.write_text(json.dumps({"pid": 2**22 + 12345, "host": "127.0.0.1", "port": 1}))
+    assert serving.status().running is False
+    assert not serving.info_file.exists()
+    status = serving.start(port=0)
+    assert status.running and status.stable == live and status.versions[live] == "AVAILABLE"
+    assert serving.client().predict(instances=SAMPLE)["predictions"]
+    assert serving.stop() is True and serving.stop() is False
+
+
+def test_deploy_model_stage_makes_serving_match_the_release(env, models, tmp_path):
+    from branchops.serving.release import write_release
+    from branchops.stages import deploy_model
+    from branchops.stages.base import StageContext
+    from branchops.storage import make_storage
+
+    config = env["config"]
+    state_dir = env["root"] / "state"
+    volume = make_storage(config, state_dir).ensure_volume("djia-models")
+    for key, version in (("v2", 2), ("v3", 3), ("mismatch", 8)):
+        target = Path(volume.path) / "djia" / str(version)
+        if not target.exists():
+            shutil.copytree(models[key], target)
+    workspace = tmp_path / "checkout"
+
+    def context() -> StageContext:
+        return StageContext(stage="deploy-model", branch="deploy-model", workspace=workspace, git_dir=workspace,
+                            state_dir=state_dir, config=config, source_commit="a" * 40, run_id="r1",
+                            record_dir="records/r1", merge_request=None, forge=None, notifier=None)
+
+    assert deploy_model.plan(context()) == ["no release file at serving/tfserve/release.yaml yet: nothing to deploy"]
+    write_release(workspace / config.serving.release_file, release(2))
+    live = env["serving"].live_version()
+    assert any(f"live version {live} -> desired 2" in line for line in deploy_model.plan(context()))
+
+    result = deploy_model.run(context())
+    assert result.outcome == "success", result.error
+    deployment = result.outputs["deployment"]
+    assert (deployment["before"], deployment["after"], deployment["outcome"]) == (live, 2, "deployed")
+    assert result.outputs["release"]["version"] == 2 and "load" in deployment["timings"]
+    assert deploy_model.plan(context()) == ["local serving of model 'djia': version 2 is already live; nothing to do"]
+    assert deploy_model.run(context()).outputs["deployment"]["outcome"] == "unchanged"
+
+    write_release(workspace / config.serving.release_file, release(8))
+    failed = deploy_model.run(context())
+    assert failed.outcome == "failed" and "smoke failed" in failed.error
+    assert failed.outputs["deployment"]["after"] == 2 and env["serving"].live_version() == 2
+
+    # Roll forward to 3, then "revert the merge": the release names 2 again and the stage goes back.
+    write_release(workspace / config.serving.release_file, release(3))
+    assert deploy_model.run(context()).outputs["deployment"]["after"] == 3
+    write_release(workspace / config.serving.release_file, release(2))
+    reverted = deploy_model.run(context())
+    assert reverted.outcome == "success"
+    assert (reverted.outputs["deployment"]["before"], reverted.outputs["deployment"]["after"]) == (3, 2)
+    assert env["serving"].client().predict(instances=SAMPLE)["predictions"][0]["direction"] == \
+        sample_predictions(models["v2"])["direction"][0]
