@@ -86,6 +86,11 @@ def test_the_demo_plays_every_stage_and_serves_the_model(demo):
     assert lineage["pipeline"]["uploaded_by"]["approved_by"] == ["lead"]
     assert lineage["deployments"] and lineage["deployments"][0]["approved_by"] == ["head-of-ds"]
 
+    # reproduce: clone the data snapshot, run the same pipeline version and parameters, same metrics
+    again = json.loads(branchops("-C", str(workdir), "reproduce", training["run_id"], "--json").stdout)
+    assert again["identical"] is True and again["data_snapshot"] == best["data"]["snapshot"]
+    assert again["metrics"]["accuracy"]["reproduced"] == best["metrics"]["accuracy"]
+
 
 def test_a_second_release_then_a_rollback_by_revert_brings_the_first_back(demo):
     workdir, _ = demo
