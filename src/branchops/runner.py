@@ -8,6 +8,7 @@ The same function runs under Jenkins (``run --for-branch``) and under the local 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import shutil
 import time
@@ -246,7 +247,8 @@ def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str]
         "merge_request": {"number": mr.number, "title": mr.title, "source": mr.source, "author": mr.author,
                           "approved_by": approvers, "merged_by": mr.merged_by, "url": mr.url},
         "config_digest": config.digest(), "branchops_version": __version__,
-        "outputs": result.outputs, "artifacts": sorted(ctx.artifacts),
+        # outputs may quote errors of external systems: mask any secret value they might carry
+        "outputs": json.loads(mask(json.dumps(result.outputs, default=str))), "artifacts": sorted(ctx.artifacts),
     }
     files = {f"{ctx.record_dir}/{name}": content for name, content in ctx.artifacts.items()}
     if log_path.exists():
