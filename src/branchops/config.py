@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -486,8 +486,13 @@ def _line_of(node: yaml.Node | None) -> int | None:
     return node.start_mark.line + 1 if node is not None else None
 
 
-def parse_config(text: str, source: str | Path = "<string>") -> BranchopsConfig:
-    """Parse and validate config text; raise ConfigError naming file, line, key and what was expected."""
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validate_yaml(model: type[ModelT], text: str, source: str | Path, *, what: str, shape: str) -> ModelT:
+    """Parse YAML text into ``model``; a ConfigError names the file, the line, the key and what was expected.
+
+    Shared by every YAML file branchops reads (the configuration, the serving release)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -498,9 +503,9 @@ def parse_config(text: str, source: str | Path = "<string>") -> BranchopsConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: the configuration must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{source}:1: {shape}, got {type(data).__name__}")
     try:
-        config = BranchopsConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
@@ -510,7 +515,13 @@ def parse_config(text: str, source: str | Path = "<string>") -> BranchopsConfig:
             key = ".".join(str(p) for p in loc) or "(top level)"
             line = _line_of(_node_for(root, loc))
             lines.append(f"{source}:{line or '?'}: {key}: {_describe(error)}")
-        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(f"invalid {what}\n  " + "\n  ".join(lines)) from None
+
+
+def parse_config(text: str, source: str | Path = "<string>") -> BranchopsConfig:
+    """Parse and validate config text; raise ConfigError naming file, line, key and what was expected."""
+    config = validate_yaml(BranchopsConfig, text, source, what="configuration",
+                           shape="the configuration must be a mapping of sections")
     config._source = Path(source) if source != "<string>" else None
     return config
 

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from branchops.errors import ConfigError
 
@@ -72,28 +72,10 @@ class Release(_Strict):
 
 def parse_release(text: str, source: str | Path = "<string>") -> Release:
     """Validate release text; a ConfigError names the file, the line, the key and what was expected."""
-    # The configuration module already maps pydantic errors to YAML lines; reuse it.
-    from branchops.config import _describe, _line_of, _node_for
+    from branchops.config import validate_yaml
 
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else str(source)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: a release must be a mapping (model, version, source, strategy), "
-                          f"got {type(data).__name__}")
-    try:
-        return Release.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            loc = error["loc"]
-            key = ".".join(str(p) for p in loc) or "(top level)"
-            lines.append(f"{source}:{_line_of(_node_for(root, loc)) or '?'}: {key}: {_describe(error)}")
-        raise ConfigError("invalid release file\n  " + "\n  ".join(lines)) from None
+    return validate_yaml(Release, text, source, what="release file",
+                         shape="a release must be a mapping (model, version, source, strategy)")
 
 
 def read_release(path: str | Path) -> Release:
