@@ -1,0 +1,1 @@
+"""Helpers shared by every component (copied into each component image)."""

@@ -1,0 +1,159 @@
+"""Export: the trained model as a SavedModel in TensorFlow Serving's layout, with metadata and a sample.
+
+``export_base/<version>/`` holds ``saved_model.pb`` and ``variables/`` with the signature
+``serving_default``: input ``lagged_returns`` (float32 [None, n_features], raw lagged log returns in the
+order of ``feature_names``; the normalisation is inside the graph) and outputs ``probability_up``
+(float32 [None]) and ``direction`` (int64 [None], 1 = up).  ``assets.extra/branchops_model.json`` carries
+the feature order, tickers, window, training commit and a fixed sample of test inputs with the
+predictions the exported graph gave for them (the deploy stage's smoke test replays it).
+
+The version is built in a hidden temporary folder under ``export_base`` and renamed into place, so
+TensorFlow Serving (which watches ``export_base``) never sees half a version.  Versions are immutable:
+exporting an existing version again is a no-op when it holds the same model from the same commit,
+and an error otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import ComponentError, DataError
+from components.common.io import require_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "lagged_returns"
+OUTPUTS = ("probability_up", "direction")
+SIGNATURE = "serving_default"
+METADATA_FILE = "branchops_model.json"
+SAMPLE_ROWS = 8
+THRESHOLD = 0.5
+
+
+def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str, Any]:
+    import numpy as np
+
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DataError(f"version must be a whole number >= 1 (TensorFlow Serving's version folders), "
+                        f"got {version!r}")
+    if not isinstance(commit, str) or not commit.strip():
+        raise DataError("commit must name the git commit the model was trained from")
+    work = Path(work_dir)
+    model_path = require_file(work / "model.keras", "train")
+    meta = json.loads(require_file(work / "features.json", "features").read_text())
+    with np.load(require_file(work / "features.npz", "features")) as data:
+        X_test = data["X_test"].astype("float32")
+    sample_index = np.unique(np.linspace(0, len(X_test) - 1, min(SAMPLE_ROWS, len(X_test))).astype(int))
+    instances = X_test[sample_index]
+
+    base = Path(export_base)
+    final = base / str(version)
+    base.mkdir(parents=True, exist_ok=True)
+
+    import keras
+    import tensorflow as tf
+
+    model = keras.models.load_model(model_path)
+    n_features = int(model.input_shape[-1])
+    if n_features != len(meta["feature_names"]):
+        raise DataError(f"the model takes {n_features} features but features.json lists "
+                        f"{len(meta['feature_names'])}; retrain after rerunning features", file=str(model_path))
+
+    staging = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=base))
+    try:
+        target = staging / "model"
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+
+        def serve(lagged_returns):
+            probability = tf.reshape(model(lagged_returns, training=False), [-1])
+            return {
+                "probability_up": tf.cast(probability, tf.float32),
+                "direction": tf.cast(probability >= THRESHOLD, tf.int64),
+            }
+
+        archive.add_endpoint(
+            name=SIGNATURE, fn=serve,
+            input_signature=[tf.TensorSpec(shape=(None, n_features), dtype=tf.float32, name=INPUT_NAME)])
+        archive.write_out(str(target), verbose=False)
+
+        # the sample's predictions come from the exported graph itself, as a server would compute them
+        served = tf.saved_model.load(str(target)).signatures[SIGNATURE]
+        answer = served(**{INPUT_NAME: tf.constant(instances)})
+        probability_up = answer["probability_up"].numpy()
+        direction = answer["direction"].numpy()
+        keras_probability = model.predict(instances, verbose=0).ravel()
+        if not np.allclose(probability_up, keras_probability, atol=1e-5):
+            raise ComponentError("the exported graph answers differently from the trained model "
+                                 f"({probability_up[:3]} vs {keras_probability[:3]})")
+        metadata = {
+            "input": INPUT_NAME,
+            "outputs": list(OUTPUTS),
+            "signature": SIGNATURE,
+            "n_features": n_features,
+            "feature_names": meta["feature_names"],
+            "tickers": meta["tickers"],
+            "target": meta["target"],
+            "window": meta["window"],
+            "label": meta.get("label"),
+            "threshold": THRESHOLD,
+            "commit": commit,
+            "version": version,
+            "sample": {
+                "dates": [str(d) for d in _test_dates(work, sample_index)],
+                "instances": instances.tolist(),
+                "predictions": {"probability_up": [float(p) for p in probability_up],
+                                "direction": [int(d) for d in direction]},
+            },
+        }
+        write_json_atomic(target / "assets.extra" / METADATA_FILE, metadata)
+        if final.exists():
+            return _existing_version(final, metadata)
+        os.rename(target, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exported version %d of %s to %s", version, meta["target"], final)
+    return {"export_path": str(final), "version": version, "commit": commit, "signature": SIGNATURE,
+            "input": INPUT_NAME, "outputs": list(OUTPUTS), "n_features": n_features, "already_exported": False,
+            "metadata": str(final / "assets.extra" / METADATA_FILE)}
+
+
+def _existing_version(final: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    existing_file = final / "assets.extra" / METADATA_FILE
+    try:
+        existing = json.loads(existing_file.read_text())
+    except (OSError, ValueError):
+        existing = {}
+    same = (existing.get("commit") == metadata["commit"]
+            and existing.get("feature_names") == metadata["feature_names"]
+            and _close(existing.get("sample", {}).get("predictions", {}).get("probability_up"),
+                       metadata["sample"]["predictions"]["probability_up"]))
+    if not same:
+        raise ComponentError(
+            f"version {metadata['version']} already exists in {final.parent} with another model "
+            f"(commit {existing.get('commit', 'unknown')}); versions are immutable -- export a new version")
+    log.info("version %d already exported from commit %s; nothing to do", metadata["version"], metadata["commit"])
+    return {"export_path": str(final), "version": metadata["version"], "commit": metadata["commit"],
+            "signature": SIGNATURE, "input": INPUT_NAME, "outputs": list(OUTPUTS),
+            "n_features": metadata["n_features"], "already_exported": True, "metadata": str(existing_file)}
+
+
+def _close(a, b) -> bool:
+    import numpy as np
+
+    return a is not None and len(a) == len(b) and bool(np.allclose(a, b, atol=1e-6))
+
+
+def _test_dates(work: Path, index):
+    import numpy as np
+
+    with np.load(work / "features.npz") as data:
+        if "dates_test" not in data.files:
+            return []
+        return data["dates_test"][index].tolist()

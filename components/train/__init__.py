@@ -1,0 +1,378 @@
+"""Train: a Keras MLP on the lagged returns, seeded, with early stopping and resumable checkpoints.
+
+Reads ``features.npz`` from the work folder and writes ``model.keras`` and ``history.json``.  The model
+starts with a Normalization layer adapted on the training split, so it takes raw returns.
+
+Resuming: after an epoch (at most every ``CHECKPOINT_EVERY_S`` seconds) the full model with its optimizer
+state, the best weights so far and the early-stopping state are written to ``checkpoints/epoch-NNNNN/``
+and ``checkpoints/latest.json`` is switched to it atomically.  A rerun with the same parameters and the
+same features continues from there; different parameters or features start afresh.  Each epoch's batch
+order and dropout masks are derived from (seed, epoch) only, so a resumed run ends with the weights an
+uninterrupted run would have.  After the last epoch the model is written instead of a checkpoint, the
+checkpoints are removed, and a rerun of the finished run is a no-op.
+
+A GPU is used when TensorFlow sees one; nothing to configure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import ComponentError, DataError
+from components.common.io import require_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.npz"
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+CHECKPOINT_DIR = "checkpoints"
+# Saving a checkpoint costs a few tens of milliseconds; an epoch on this data costs about as much, so
+# checkpoints are time-based to keep the training throughput within a few percent of a bare fit.
+CHECKPOINT_EVERY_S = 20.0
+MONITOR = "val_loss"
+
+
+def run(work_dir: str, hidden_units: list[int], dropout: float, learning_rate: float, batch_size: int,
+        epochs: int, patience: int, seed: int) -> dict[str, Any]:
+    return train(work_dir, hidden_units=hidden_units, dropout=dropout, learning_rate=learning_rate,
+                 batch_size=batch_size, epochs=epochs, patience=patience, seed=seed)
+
+
+def load_training_arrays(work_dir: str | Path):
+    import numpy as np
+
+    path = require_file(Path(work_dir) / FEATURES_FILE, "features")
+    with np.load(path) as data:
+        missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data.files]
+        if missing:
+            raise DataError(f"missing array(s) {', '.join(missing)}; rerun the features component", file=str(path))
+        return {k: data[k] for k in ("X_train", "y_train", "X_val", "y_val")}
+
+
+def build_model(X_train, hidden_units: list[int], dropout: float, learning_rate: float, seed: int):
+    """The MLP: Normalization (mean/variance of X_train) -> Dense/ReLU (+Dropout) ... -> sigmoid."""
+    import keras
+
+    inputs = keras.Input(shape=(X_train.shape[1],), name="lagged_returns", dtype="float32")
+    # the training split's statistics, fixed in the graph (no adapt(): numpy is exact and quicker here)
+    mean = X_train.astype("float64").mean(axis=0)
+    variance = X_train.astype("float64").var(axis=0)
+    normalise = keras.layers.Normalization(mean=mean, variance=variance, name="normalise")
+    x = normalise(inputs)
+    for i, units in enumerate(hidden_units):
+        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
+        if dropout > 0:
+            x = keras.layers.Dropout(dropout, seed=seed + i, name=f"dropout_{i}")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability_up")(x)
+    model = keras.Model(inputs, outputs, name="djia_direction_mlp")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def epoch_batches(X, y, batch_size: int, seed: int, first_epoch: int, last_epoch: int):
+    """A tf.data pipeline of the batches of epochs first_epoch..last_epoch-1.
+
+    The permutation of epoch e depends only on (seed, e): resuming at epoch e replays exactly the batches
+    an uninterrupted run would have used from e on.
+    """
+    import tensorflow as tf
+
+    n = len(y)
+    X_t = tf.constant(X)
+    y_t = tf.constant(y.astype("float32").reshape(-1, 1))
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
+                                                         seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    return (tf.data.Dataset.range(first_epoch, last_epoch)
+            .flat_map(one_epoch)
+            .map(lambda idx: (tf.gather(X_t, idx), tf.gather(y_t, idx)), num_parallel_calls=1)
+            .prefetch(2))
+
+
+def train(work_dir: str, *, hidden_units: list[int], dropout: float, learning_rate: float, batch_size: int,
+          epochs: int, patience: int, seed: int, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+          extra_callbacks: tuple = ()) -> dict[str, Any]:
+    """run() with knobs for tests and benchmarks (checkpoint cadence, extra Keras callbacks)."""
+    params = _check_params(hidden_units, dropout, learning_rate, batch_size, epochs, patience, seed)
+    started = time.monotonic()
+    work = Path(work_dir)
+    arrays = load_training_arrays(work)
+    fingerprint = {**params, "features_sha256": _file_hash(work / FEATURES_FILE)}
+    finished = _finished_run(work, fingerprint)
+    if finished is not None:
+        log.info("already trained with these parameters and features (%s); nothing to do", work / MODEL_FILE)
+        return _summary(work, finished, already_trained=True)
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # share the GPU politely with other processes on the node
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+    device = f"GPU x{len(gpus)}" if gpus else "CPU"
+    keras.utils.set_random_seed(seed)
+
+    checkpoints = Checkpoints(work / CHECKPOINT_DIR, fingerprint=fingerprint)
+    state = checkpoints.load_state()
+    best_weights = None
+    if state is not None:
+        model = keras.models.load_model(checkpoints.model_path(state))
+        best_weights = checkpoints.load_best_weights(state)
+        state["resumed_at"].append(int(state["epoch"]))
+        log.info("resuming from checkpoint after epoch %d of %d (best %s %.4f at epoch %d)", state["epoch"],
+                 epochs, MONITOR, state["best"], state["best_epoch"])
+    else:
+        model = build_model(arrays["X_train"], hidden_units, dropout, learning_rate, seed)
+        state = {"epoch": 0, "best": math.inf, "best_epoch": 0, "wait": 0, "history": {}, "resumed_at": [],
+                 "train_seconds": 0.0}
+    log.info("training on %s: %d train rows, %d val rows, %d features, up to %d epochs", device,
+             len(arrays["y_train"]), len(arrays["y_val"]), arrays["X_train"].shape[1], epochs)
+
+    first_epoch = int(state["epoch"])
+    if first_epoch < epochs and state["wait"] < patience:
+        steps = math.ceil(len(arrays["y_train"]) / batch_size)
+        data = epoch_batches(arrays["X_train"], arrays["y_train"], batch_size, seed, first_epoch, epochs)
+        tracker = ResumableEarlyStopping(checkpoints, state, best_weights, epochs=epochs, patience=patience,
+                                         checkpoint_every_s=checkpoint_every_s, seed=seed)
+        model.fit(data, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                  validation_data=(arrays["X_val"], arrays["y_val"].astype("float32")),
+                  validation_batch_size=max(batch_size, 1024),
+                  callbacks=[tracker, *extra_callbacks], shuffle=False, verbose=0)
+        best_weights = tracker.best_weights
+    if best_weights is None:
+        raise ComponentError("training ended without any epoch; nothing to save")
+    model.set_weights(best_weights)
+    # No checkpoint after the last epoch: the model file is written instead (atomically), and history.json
+    # (written last) marks the run as finished, so a rerun with the same inputs is a no-op.
+    staging = work / f".{MODEL_FILE}.{np.random.default_rng().integers(1 << 30)}.keras"
+    model.save(staging)
+    staging.replace(work / MODEL_FILE)
+    history = {
+        "params": params,
+        "device": device,
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        f"best_{MONITOR}": state["best"],
+        "stopped_early": state["wait"] >= patience and state["epoch"] < epochs,
+        "resumed_at_epochs": state["resumed_at"],
+        "train_seconds": round(state["train_seconds"], 3),
+        "history": state["history"],
+        "fingerprint": fingerprint,
+    }
+    write_json_atomic(work / HISTORY_FILE, history)
+    checkpoints.clear()
+    log.info("trained %d epochs (best epoch %d, %s %.4f) in %.1fs", history["epochs_run"], history["best_epoch"],
+             MONITOR, history[f"best_{MONITOR}"], time.monotonic() - started)
+    return _summary(work, history, already_trained=False)
+
+
+def _finished_run(work: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        history = json.loads((work / HISTORY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if history.get("fingerprint") == fingerprint and (work / MODEL_FILE).is_file():
+        return history
+    return None
+
+
+def _summary(work: Path, history: dict[str, Any], *, already_trained: bool) -> dict[str, Any]:
+    return {
+        "model": str(work / MODEL_FILE),
+        "history": str(work / HISTORY_FILE),
+        "epochs_run": history["epochs_run"],
+        "best_epoch": history["best_epoch"],
+        f"best_{MONITOR}": round(history[f"best_{MONITOR}"], 6),
+        "stopped_early": history["stopped_early"],
+        "resumed_at_epochs": history["resumed_at_epochs"],
+        "device": history["device"],
+        "already_trained": already_trained,
+    }
+
+
+class Checkpoints:
+    """checkpoints/epoch-NNNNN/{model.keras,best.npz,state.json} and a pointer latest.json."""
+
+    def __init__(self, folder: Path, fingerprint: dict[str, Any]) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+
+    def load_state(self) -> dict[str, Any] | None:
+        pointer = self.folder / "latest.json"
+        if not pointer.is_file():
+            return None
+        try:
+            latest = json.loads(pointer.read_text())
+            state = json.loads((self.folder / latest["folder"] / "state.json").read_text())
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable checkpoint in %s (%s); starting afresh", self.folder, exc)
+            return None
+        if state.pop("fingerprint", None) != self.fingerprint:
+            log.warning("checkpoint in %s was made with other parameters or features; starting afresh",
+                        self.folder)
+            return None
+        state["folder"] = latest["folder"]
+        return state
+
+    def model_path(self, state: dict[str, Any]) -> Path:
+        return self.folder / state["folder"] / "model.keras"
+
+    def load_best_weights(self, state: dict[str, Any]) -> list:
+        import numpy as np
+
+        with np.load(self.folder / state["folder"] / "best.npz") as data:
+            return [data[f"w{i}"] for i in range(len(data.files))]
+
+    def save(self, model, best_weights: list, state: dict[str, Any]) -> None:
+        import numpy as np
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{state['epoch']:05d}"
+        staging = self.folder / f".{name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        model.save(staging / "model.keras")  # weights and optimizer state
+        np.savez(staging / "best.npz", **{f"w{i}": w for i, w in enumerate(best_weights)})
+        payload = {k: v for k, v in state.items() if k != "folder"}
+        payload["fingerprint"] = self.fingerprint
+        (staging / "state.json").write_text(json.dumps(payload, default=float))
+        final = self.folder / name
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        write_json_atomic(self.folder / "latest.json", {"folder": name})  # the switch: atomic
+        for old in self.folder.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _keras_callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class ResumableEarlyStopping:
+    """Early stopping whose state (best, wait, history) survives an interruption, plus ETA logging.
+
+    Built lazily as a keras Callback subclass so importing this module does not import keras.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        base = _keras_callback_base()
+        impl = type("ResumableEarlyStoppingImpl", (_ResumableMixin, base), {})
+        obj = impl()
+        obj._setup(*args, **kwargs)
+        return obj
+
+
+class _ResumableMixin:
+    def _setup(self, checkpoints: Checkpoints, state: dict[str, Any], best_weights: list | None, *, epochs: int,
+               patience: int, checkpoint_every_s: float, seed: int) -> None:
+        self.checkpoints = checkpoints
+        self.state = state
+        self.best_weights = best_weights
+        self.epochs = epochs
+        self.patience = patience
+        self.checkpoint_every_s = checkpoint_every_s
+        self.seed = seed
+        self.last_saved = time.monotonic()
+        self.epoch_started = time.monotonic()
+        self.epoch_times: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.monotonic()
+        # Dropout draws from a per-layer seed generator whose counter a checkpoint does not restore;
+        # deriving its state from (seed, epoch) makes a resumed epoch draw the same masks.
+        import numpy as np
+
+        for index, layer in enumerate(self.model.layers):
+            generator = getattr(layer, "seed_generator", None)
+            if generator is not None:
+                dtype = generator.state.dtype
+                generator.state.assign(np.array([self.seed + index, epoch * 1_000_003], dtype=dtype))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        seconds = time.monotonic() - self.epoch_started
+        self.epoch_times.append(seconds)
+        self.state["train_seconds"] += seconds
+        for key, value in logs.items():
+            self.state["history"].setdefault(key, []).append(float(value))
+        self.state["epoch"] = epoch + 1
+        current = float(logs.get(MONITOR, math.inf))
+        if current < self.state["best"]:
+            self.state.update(best=current, best_epoch=epoch + 1, wait=0)
+            self.best_weights = self.model.get_weights()
+        else:
+            self.state["wait"] += 1
+        stop = self.state["wait"] >= self.patience
+        remaining = self.epochs - (epoch + 1)
+        # the first epoch includes tracing; the recent ones predict the rest better
+        recent = self.epoch_times[1:][-5:] or self.epoch_times
+        mean = sum(recent) / len(recent)
+        log.info("epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f (%.2fs/epoch, ETA %s)%s",
+                 epoch + 1, self.epochs, logs.get("loss", math.nan), logs.get("accuracy", math.nan),
+                 logs.get("val_loss", math.nan), logs.get("val_accuracy", math.nan), mean,
+                 _duration(0 if stop else remaining * mean), " - early stop" if stop else "")
+        if stop:
+            self.model.stop_training = True
+        elif remaining > 0 and time.monotonic() - self.last_saved >= self.checkpoint_every_s:
+            if self.best_weights is None:
+                self.best_weights = self.model.get_weights()
+            self.checkpoints.save(self.model, self.best_weights, self.state)
+            self.last_saved = time.monotonic()
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_params(hidden_units, dropout, learning_rate, batch_size, epochs, patience, seed) -> dict[str, Any]:
+    def whole(name, value, minimum):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise DataError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+    if not isinstance(hidden_units, (list, tuple)) or not hidden_units:
+        raise DataError(f"hidden_units must be a non-empty list of layer sizes, got {hidden_units!r}")
+    for units in hidden_units:
+        whole("each of hidden_units", units, 1)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise DataError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not 0 < learning_rate <= 1:
+        raise DataError(f"learning_rate must be a number in (0, 1], got {learning_rate!r}")
+    whole("batch_size", batch_size, 1)
+    whole("epochs", epochs, 1)
+    whole("patience", patience, 1)
+    whole("seed", seed, 0)
+    return {"hidden_units": [int(u) for u in hidden_units], "dropout": float(dropout),
+            "learning_rate": float(learning_rate), "batch_size": int(batch_size), "epochs": int(epochs),
+            "patience": int(patience), "seed": int(seed)}

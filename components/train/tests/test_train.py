@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import train
+from components.common.errors import DataError
+
+SMALL = {"hidden_units": [16, 8], "dropout": 0.3, "learning_rate": 0.002, "batch_size": 128, "epochs": 4,
+         "patience": 50, "seed": 11}
+
+
+def _work(real_work_dir: Path, target: Path) -> Path:
+    target.mkdir()
+    for name in ("features.npz", "features.json"):
+        shutil.copy(real_work_dir / name, target / name)
+    return target
+
+
+def _weights(path: Path):
+    import keras
+
+    return keras.models.load_model(path).get_weights()
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_run(real_work_dir, tmp_path, caplog):
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated pod eviction")
+
+    straight = _work(real_work_dir, tmp_path / "straight")
+    resumed = _work(real_work_dir, tmp_path / "resumed")
+    train.train(str(straight), checkpoint_every_s=0, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(str(resumed), checkpoint_every_s=0, extra_callbacks=(Interrupt(),), **SMALL)
+    assert not (resumed / "model.keras").exists()
+    latest = json.loads((resumed / "checkpoints" / "latest.json").read_text())
+    assert latest == {"folder": "epoch-00002"}
+
+    caplog.set_level("INFO", logger="components.train")
+    summary = train.run(str(resumed), **SMALL)
+    assert summary["resumed_at_epochs"] == [2] and summary["epochs_run"] == 4
+    assert "resuming from checkpoint after epoch 2 of 4" in caplog.text
+    assert "ETA" in caplog.text
+    history = json.loads((resumed / "history.json").read_text())
+    straight_history = json.loads((straight / "history.json").read_text())
+    assert len(history["history"]["loss"]) == 4
+    # same seed, same batches and dropout masks per epoch: the resumed run ends where the straight one does
+    assert history["history"]["loss"] == straight_history["history"]["loss"]
+    for a, b in zip(_weights(straight / "model.keras"), _weights(resumed / "model.keras")):
+        np.testing.assert_array_equal(a, b)
+    assert not (resumed / "checkpoints").exists()  # a finished run keeps its model, not its checkpoints
+    again = train.run(str(resumed), **SMALL)
+    assert again["already_trained"] is True and again["epochs_run"] == 4
+
+
+def test_changed_parameters_start_afresh(real_work_dir, tmp_path):
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    work = _work(real_work_dir, tmp_path / "w")
+    with pytest.raises(KeyboardInterrupt):
+        train.train(str(work), checkpoint_every_s=0, extra_callbacks=(Interrupt(),), **{**SMALL, "epochs": 2})
+    assert (work / "checkpoints" / "latest.json").is_file()
+    summary = train.run(str(work), **{**SMALL, "epochs": 2, "learning_rate": 0.01})
+    assert summary["resumed_at_epochs"] == [] and summary["epochs_run"] == 2
+    assert summary["already_trained"] is False
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"hidden_units": []}, "hidden_units must be a non-empty list of layer sizes"),
+    ({"hidden_units": [64, 0]}, "each of hidden_units must be a whole number >= 1, got 0"),
+    ({"dropout": 1.0}, "dropout must be a number in [0, 1), got 1.0"),
+    ({"learning_rate": 0}, "learning_rate must be a number in (0, 1], got 0"),
+    ({"batch_size": "64"}, "batch_size must be a whole number >= 1, got '64'"),
+    ({"epochs": True}, "epochs must be a whole number >= 1, got True"),
+])
+def test_bad_hyper_parameters_are_named(tmp_path, override, message):
+    with pytest.raises(DataError) as err:
+        train.run(str(tmp_path), **{**SMALL, **override})
+    assert message in str(err.value)
+
+
+def test_missing_features_say_which_component_to_run(tmp_path):
+    with pytest.raises(DataError, match="features.npz; run the features component first"):
+        train.run(str(tmp_path), **SMALL)
