@@ -257,9 +257,16 @@ def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str]
     message = gitops.bot_message(
         f"{ctx.stage}: {status} for !{mr.number} ({ctx.source_commit[:12]})",
         f"{mask(result.summary)}\n\nRun: {ctx.run_id}\nRecord: {ctx.record_dir}/record.json", config.bot.marker)
-    record_commit = gitops.commit_to_branch(
-        repo, ctx.branch, files, message, gitops.Identity(config.bot.name, config.bot.email),
-        remote=config.git.remote, retries=config.git.push_retries)
+    try:
+        record_commit = gitops.commit_to_branch(
+            repo, ctx.branch, files, message, gitops.Identity(config.bot.name, config.bot.email),
+            remote=config.git.remote, retries=config.git.push_retries)
+    except BranchopsError as exc:
+        # the work is done but git does not say so: that is a failure, and people must hear about it
+        ctx.notifier.notify(Event("failed", ctx.stage, ctx.branch, ctx.source_commit,
+                                  f"{ctx.stage} {status} but its record could not be written: {exc}", ctx.run_id,
+                                  mr.number))
+        raise
     for hook in ctx.after_write_back:
         hook(record_commit)
     kind = "succeeded" if status == "succeeded" else "failed"
