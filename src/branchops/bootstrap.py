@@ -50,7 +50,8 @@ ActionKind = Literal["ensure-branch", "write-codeowners", "protect-branch", "ens
 class BootstrapForge(Protocol):
     """What bootstrap needs from the forge (``branchops.forge.github.GitHubForge`` provides it).
 
-    ``ensure_file`` is optional: without it, the CODEOWNERS content is reported for a manual commit.
+    ``ensure_file(branch, path, content, message) -> bool`` (True: committed, False: already so) is
+    optional: without it, the CODEOWNERS content is reported for a manual commit.
     """
 
     def check_token_permissions(self) -> list[str]: ...

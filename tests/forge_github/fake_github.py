@@ -2,22 +2,40 @@
 
 It sits at the HTTP boundary so that PyGithub itself (requests, retries, pagination, object mapping)
 runs unchanged. Response bodies follow the shapes of GitHub's REST API (``pull-request``,
-``pull-request-simple``, ``pull-request-review``, ``commit-status``, ``hook``, ``branch-with-protection``)
-restricted to the fields a client reads; pagination uses GitHub's ``Link`` header; rate limits use
-GitHub's documented headers. It is a fake: tests using it test our logic, not GitHub compatibility
+``pull-request-simple``, ``pull-request-review``, ``commit-status``, ``hook``, ``branch-with-protection``,
+``content-file``, ``content-directory``, ``file-commit``) restricted to the fields a client reads;
+pagination uses GitHub's ``Link`` header; rate limits use GitHub's documented headers.
+
+Files: each branch points at a commit, each commit at a tree (path -> bytes), so a branch created from
+``main`` has main's files and a write moves only its own branch. The contents endpoints answer as GitHub
+does: blob shas are git's, content is base64 in 60-character lines, files over ``large_file_bytes``
+come back with ``encoding: "none"`` and no content, an update names the blob sha it replaces (a wrong
+one: 409 "<path> does not match <sha>"; none for an existing file: 422 '"sha" wasn't supplied'),
+a missing branch is 404 before anything else is checked. It is a fake: tests using it test our logic, not GitHub compatibility
 (that is what the Prism tests are for).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+# GitHub's contents API returns file content only up to 1 MB (larger: encoding "none", content "").
+GITHUB_CONTENT_LIMIT = 1024 * 1024
+
+
+def git_blob_sha(data: bytes) -> str:
+    """The sha git (and GitHub's contents API) gives a file's blob."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 @dataclass
@@ -29,6 +47,15 @@ class Fault:
     body: dict[str, Any]
     times: int
     delay_s: float = 0.0
+
+
+@dataclass
+class Hook:
+    """Runs ``action`` just before the next ``times`` matching requests are answered (races)."""
+    method: str
+    path: re.Pattern[str]
+    action: Callable[[], None]
+    times: int
 
 
 @dataclass
@@ -74,12 +101,16 @@ class FakeGitHub:
         self.pulls: dict[int, FakePull] = {}
         self.statuses: list[dict[str, Any]] = []
         self.branches: dict[str, str] = {"main": "a" * 40}
+        self.trees: dict[str, dict[str, bytes]] = {"a" * 40: {}}  # commit sha -> path -> content
+        self.commit_messages: dict[str, str] = {}
+        self.large_file_bytes = GITHUB_CONTENT_LIMIT
         self.protections: dict[str, dict[str, Any]] = {}
         self.hooks: dict[int, dict[str, Any]] = {}
         self.requests: list[Recorded] = []
         # GitHub links merge commits to pull requests asynchronously; True: not linked yet.
         self.association_lag = False
         self._faults: list[Fault] = []
+        self._hooks_before: list[Hook] = []
         self._next_id = 1000
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -153,6 +184,25 @@ class FakeGitHub:
         self._faults.append(Fault(method, re.compile(path_regex), status, headers or {},
                                   body if body is not None else {"message": "fault injected"}, times, delay_s))
 
+    def before(self, method: str, path_regex: str, action: Callable[[], None], *, times: int = 1) -> None:
+        """Run ``action`` before answering the next ``times`` matching requests (e.g. a concurrent commit)."""
+        self._hooks_before.append(Hook(method, re.compile(path_regex), action, times))
+
+    def files(self, branch: str) -> dict[str, bytes]:
+        """The files at the tip of ``branch``."""
+        return self.trees.get(self.branches[branch], {})
+
+    def commit_file(self, branch: str, path: str, content: bytes | str, message: str = "commit") -> str:
+        """Commit ``content`` to ``path`` on ``branch`` (as a user would); returns the new commit sha."""
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        parent = self.branches[branch]
+        tree = {**self.trees.get(parent, {}), path: data}
+        sha = hashlib.sha1(f"{parent}\n{path}\n{git_blob_sha(data)}\n{message}".encode()).hexdigest()
+        self.trees[sha] = tree
+        self.commit_messages[sha] = message
+        self.branches[branch] = sha
+        return sha
+
     def calls(self, method: str, path_regex: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == method and re.fullmatch(path_regex, r.path)]
 
@@ -188,6 +238,10 @@ class FakeGitHub:
         if handler.headers.get("Authorization") != f"token {self.token}":
             return 401, {}, {"message": "Bad credentials",
                              "documentation_url": "https://docs.github.com/rest"}
+        for hook in self._hooks_before:
+            if hook.times > 0 and hook.method == record.method and hook.path.fullmatch(record.path):
+                hook.times -= 1
+                hook.action()
         for fault in self._faults:
             if fault.times > 0 and fault.method == record.method and fault.path.fullmatch(record.path):
                 fault.times -= 1
@@ -280,6 +334,8 @@ class FakeGitHub:
             self.branches[name] = r.body["sha"]
             return 201, {}, {"ref": r.body["ref"], "url": f"{base}{prefix}/git/refs/heads/{name}",
                              "object": {"sha": r.body["sha"], "type": "commit", "url": ""}}
+        if mm := m(r"/contents/(.+)", path):
+            return self._contents(r, unquote(mm[1]), q, base)
         if path == "/hooks" and r.method == "GET":
             return self._page(r, base, [self._hook_json(h, base) for h in self.hooks.values()])
         if path == "/hooks" and r.method == "POST":
@@ -292,6 +348,75 @@ class FakeGitHub:
                 hook.update(r.body)
             return 200, {}, self._hook_json(hook, base)
         return 404, {}, {"message": "Not Found"}
+
+    def _contents(self, r: Recorded, path: str, q: dict[str, str], base: str) -> tuple[int, dict[str, str], Any]:
+        if r.method == "GET":
+            ref = q.get("ref", "main")
+            if ref not in self.branches:
+                return 404, {}, {"message": f"No commit found for the ref {ref}"}
+            tree = self.files(ref)
+            if path in tree:
+                return 200, {}, self._content_json(path, tree[path], ref, base, with_content=True)
+            inside = sorted(p for p in tree if p.startswith(path.rstrip("/") + "/"))
+            if not inside:
+                return 404, {}, {"message": "Not Found"}
+            names = sorted({p[len(path.rstrip("/")) + 1:].split("/")[0] for p in inside})
+            return 200, {}, [self._directory_entry_json(f"{path.rstrip('/')}/{n}", tree, ref, base) for n in names]
+        if r.method != "PUT":
+            return 404, {}, {"message": "Not Found"}
+        b = r.body or {}
+        missing = [k for k in ("message", "content") if k not in b]
+        if missing:
+            return 422, {}, {"message": "Invalid request.\n\n" + ", ".join(f'"{k}" wasn\'t supplied.' for k in missing)}
+        branch = b.get("branch", "main")
+        if branch not in self.branches:
+            return 404, {}, {"message": f"Branch {branch} not found"}
+        current = self.files(branch).get(path)
+        if current is not None:
+            if "sha" not in b:
+                return 422, {}, {"message": 'Invalid request.\n\n"sha" wasn\'t supplied.'}
+            if b["sha"] != git_blob_sha(current):
+                return 409, {}, {"message": f"{path} does not match {b['sha']}"}
+        try:
+            data = base64.b64decode(b["content"], validate=True)
+        except ValueError:
+            return 422, {}, {"message": "content is not valid Base64"}
+        sha = self.commit_file(branch, path, data, b["message"])
+        commit = {"sha": sha, "url": f"{base}/repos/{self.owner}/{self.repo}/git/commits/{sha}",
+                  "html_url": f"https://github.com/{self.owner}/{self.repo}/commit/{sha}", "message": b["message"],
+                  "author": {"name": "branchops-bot", "email": "bot@example.invalid", "date": "2026-01-05T00:00:00Z"},
+                  "committer": {"name": "branchops-bot", "email": "bot@example.invalid", "date": "2026-01-05T00:00:00Z"},
+                  "tree": {"sha": "e" * 40, "url": ""}, "parents": []}
+        return (201 if current is None else 200), {}, {
+            "content": self._content_json(path, data, branch, base, with_content=False), "commit": commit}
+
+    def _content_json(self, path: str, data: bytes, ref: str, base: str, *, with_content: bool) -> dict[str, Any]:
+        sha = git_blob_sha(data)
+        url = f"{base}/repos/{self.owner}/{self.repo}/contents/{quote(path)}?ref={quote(ref, safe='')}"
+        out: dict[str, Any] = {
+            "type": "file", "name": path.rsplit("/", 1)[-1], "path": path, "sha": sha, "size": len(data), "url": url,
+            "git_url": f"{base}/repos/{self.owner}/{self.repo}/git/blobs/{sha}",
+            "html_url": f"https://github.com/{self.owner}/{self.repo}/blob/{ref}/{path}",
+            "download_url": f"https://raw.example.invalid/{self.owner}/{self.repo}/{ref}/{path}",
+            "_links": {"self": url, "git": f"{base}/repos/{self.owner}/{self.repo}/git/blobs/{sha}",
+                       "html": f"https://github.com/{self.owner}/{self.repo}/blob/{ref}/{path}"}}
+        if with_content:
+            if len(data) > self.large_file_bytes:
+                out.update(encoding="none", content="")
+            else:
+                encoded = base64.b64encode(data).decode()
+                # GitHub wraps the base64 text in lines of 60 characters.
+                out.update(encoding="base64",
+                           content="".join(encoded[i:i + 60] + "\n" for i in range(0, len(encoded), 60)))
+        return out
+
+    def _directory_entry_json(self, path: str, tree: dict[str, bytes], ref: str, base: str) -> dict[str, Any]:
+        if path in tree:
+            return self._content_json(path, tree[path], ref, base, with_content=False)
+        url = f"{base}/repos/{self.owner}/{self.repo}/contents/{quote(path)}?ref={quote(ref, safe='')}"
+        return {"type": "dir", "name": path.rsplit("/", 1)[-1], "path": path, "sha": "d" * 40, "size": 0,
+                "url": url, "git_url": None, "html_url": None, "download_url": None,
+                "_links": {"self": url, "git": None, "html": None}}
 
     # -- shapes --------------------------------------------------------------------------------------
 

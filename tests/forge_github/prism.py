@@ -18,6 +18,13 @@ How it is wired:
   ask Prism for a documented non-2xx answer (``Prefer: code=404``) to exercise e.g. "branch missing",
   and drops the description's placeholder ``Link`` header (``/resource?page=2``), which is the same for
   every list operation and would send a client off the operation it paginates.
+- GitHub marks some path parameters ``x-multi-segment`` (the contents API's ``{path}``: ``.github/CODEOWNERS``
+  is one parameter). Prism does not know that extension and matches one segment per parameter, so the proxy
+  percent-encodes the ``/`` inside such a parameter before forwarding; Prism decodes it and validates the
+  value as the description says. Exchanges keep the path as the client sent it.
+- PyGithub sends ``Accept: */*``, which GitHub answers with its JSON media type. Prism would pick the first
+  media type the description lists instead (for the contents API ``application/vnd.github.object``, which
+  it cannot serialise), so the proxy asks Prism for ``application/json`` in that case.
 
 Reuse (e.g. bootstrap tests): ``from tests.forge_github.prism import prism_github`` in a conftest, or
 start :class:`PrismGitHub` yourself with ``extra_operations``.
@@ -39,7 +46,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -60,6 +67,7 @@ GITHUB_OPERATIONS: dict[str, tuple[str, ...]] = {
     "/repos/{owner}/{repo}/branches/{branch}": ("get",),
     "/repos/{owner}/{repo}/branches/{branch}/protection": ("put",),
     "/repos/{owner}/{repo}/git/refs": ("post",),
+    "/repos/{owner}/{repo}/contents/{path}": ("get", "put"),
     "/repos/{owner}/{repo}/hooks": ("get", "post"),
     "/repos/{owner}/{repo}/hooks/{hook_id}": ("patch",),
 }
@@ -124,6 +132,34 @@ def write_description(target: Path, base_url: str, operations: Mapping[str, Sequ
     return target
 
 
+def multi_segment_routes(spec: Mapping[str, Any]) -> list[re.Pattern[str]]:
+    """For each path template with an ``x-multi-segment`` parameter: a regex whose named groups are the
+    template's start (``head``), that parameter (``value``) and the rest (``tail``)."""
+    routes = []
+    for template, item in spec["paths"].items():
+        params = [p for op in item.values() if isinstance(op, dict) for p in op.get("parameters", [])
+                  if isinstance(p, dict) and p.get("in") == "path" and p.get("x-multi-segment")]
+        for name in {p["name"] for p in params}:
+            head, _, tail = template.partition("{" + name + "}")
+            routes.append(re.compile(
+                f"(?P<head>{_template_regex(head)})(?P<value>.+?)(?P<tail>{_template_regex(tail)})"))
+    return routes
+
+
+def _template_regex(part: str) -> str:
+    """A regex for a piece of a path template: each ``{parameter}`` is one segment."""
+    return "".join("[^/]+" if piece.startswith("{") else re.escape(piece)
+                   for piece in re.split(r"(\{[^}]+\})", part))
+
+
+def encode_multi_segment(path: str, routes: Sequence[re.Pattern[str]]) -> str:
+    """``path`` (no query) with the ``/`` inside a multi-segment parameter percent-encoded, for Prism."""
+    for route in routes:
+        if m := route.fullmatch(path):
+            return m["head"] + quote(m["value"], safe="%") + m["tail"]
+    return path
+
+
 # -- the recording proxy ----------------------------------------------------------------------------------
 
 @dataclass
@@ -159,6 +195,7 @@ class PrismGitHub:
         self._proxy: ThreadingHTTPServer | None = None
         self._prism: subprocess.Popen[bytes] | None = None
         self._prism_port = 0
+        self._multi_segment: list[re.Pattern[str]] = []
         self.log_path = self.workdir / "prism.log"
 
     @property
@@ -169,6 +206,7 @@ class PrismGitHub:
     def start(self) -> PrismGitHub:
         self._start_proxy()
         spec = write_description(self.workdir / "github-cut.json", self.url, self.operations)
+        self._multi_segment = multi_segment_routes(json.loads(spec.read_text(encoding="utf-8")))
         started = time.monotonic()
         self._prism_port = _free_port()
         with open(self.log_path, "wb") as log:
@@ -217,7 +255,7 @@ class PrismGitHub:
         return made
 
     def _preferred(self, exchange: Exchange) -> bool:
-        code = self._prefer_for(exchange.method, exchange.path)
+        code = self._prefer_for(exchange.method, urlsplit(exchange.path).path)
         return code is not None and code == f"code={exchange.status}"
 
     def _prefer_for(self, method: str, path: str) -> str | None:
@@ -265,10 +303,16 @@ class PrismGitHub:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 path_only = urlsplit(self.path).path
                 prefer = owner._prefer_for(self.command, path_only)
+                if headers.get("Accept", "*/*").strip() in ("", "*/*"):
+                    headers = {k: v for k, v in headers.items() if k.lower() != "accept"}
+                    headers["Accept"] = "application/json"
                 if prefer:
                     headers["Prefer"] = prefer
                 conn = http.client.HTTPConnection("127.0.0.1", owner._prism_port, timeout=60)
-                conn.request(self.command, self.path, body=body, headers=headers)
+                split = urlsplit(self.path)
+                forwarded = encode_multi_segment(split.path, owner._multi_segment) + (
+                    f"?{split.query}" if split.query else "")
+                conn.request(self.command, forwarded, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
                 conn.close()

@@ -305,3 +305,113 @@ def test_importing_the_backend_does_not_import_pygithub() -> None:
     code = "import sys, branchops.forge.github; print('github' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# -- ensure_file (the contents API) ---------------------------------------------------------------------
+
+CODEOWNERS = ".github/CODEOWNERS"
+CONTENTS = r"/repos/octo/hello/contents/\.github/CODEOWNERS"
+
+
+def test_ensure_file_creates_then_leaves_unchanged(fake_github: FakeGitHub, make_forge) -> None:
+    fake_github.commit_file("main", "README.md", "hello\n")
+    forge = make_forge()
+    assert forge.ensure_branch("training", "main") is True
+
+    assert forge.ensure_file("training", CODEOWNERS, "* @lead\n", "Set code owners") is True
+
+    assert fake_github.files("training") == {"README.md": b"hello\n", CODEOWNERS: b"* @lead\n"}
+    assert CODEOWNERS not in fake_github.files("main")  # only the named branch moved
+    assert fake_github.commit_messages[fake_github.branches["training"]] == "Set code owners"
+    [put] = fake_github.calls("PUT", CONTENTS)
+    assert put.body["branch"] == "training" and "sha" not in put.body  # a create names no blob
+    assert fake_github.calls("GET", CONTENTS)[0].query == {"ref": ["training"]}
+
+    head = fake_github.branches["training"]
+    assert forge.ensure_file("training", CODEOWNERS, "* @lead\n", "Set code owners") is False
+    assert fake_github.branches["training"] == head  # no empty commit
+    assert len(fake_github.calls("PUT", CONTENTS)) == 1
+
+
+def test_ensure_file_updates_naming_the_blob_it_replaces(fake_github: FakeGitHub, make_forge) -> None:
+    from .fake_github import git_blob_sha
+
+    fake_github.commit_file("main", CODEOWNERS, "* @someone-else\n")
+    forge = make_forge()
+
+    assert forge.ensure_file("main", CODEOWNERS, "* @lead @head-of-ds\n", "Update code owners") is True
+
+    assert fake_github.files("main")[CODEOWNERS] == b"* @lead @head-of-ds\n"
+    [put] = fake_github.calls("PUT", CONTENTS)
+    assert put.body["sha"] == git_blob_sha(b"* @someone-else\n")
+    assert forge.ensure_file("main", CODEOWNERS, "* @lead @head-of-ds\n", "Update code owners") is False
+
+
+def test_ensure_file_compares_bytes_exactly(fake_github: FakeGitHub, make_forge) -> None:
+    # A trailing newline or non-ASCII text is content too; long files arrive in 60-character base64 lines.
+    text = "# Équipe données\n" + "* @lead\n" * 40
+    fake_github.commit_file("main", CODEOWNERS, text.rstrip("\n"))
+    forge = make_forge()
+    assert forge.ensure_file("main", CODEOWNERS, text, "m") is True
+    assert forge.ensure_file("main", CODEOWNERS, text, "m") is False
+    assert fake_github.files("main")[CODEOWNERS] == text.encode("utf-8")
+
+
+def test_ensure_file_retries_once_when_someone_commits_in_between(fake_github: FakeGitHub,
+                                                                  make_forge) -> None:
+    fake_github.commit_file("main", CODEOWNERS, "* @old\n")
+    # Between our read and our write, someone else changes the file: GitHub answers 409.
+    fake_github.before("PUT", CONTENTS, lambda: fake_github.commit_file("main", CODEOWNERS, "* @theirs\n"))
+
+    assert make_forge().ensure_file("main", CODEOWNERS, "* @lead\n", "m") is True
+
+    assert fake_github.files("main")[CODEOWNERS] == b"* @lead\n"
+    assert [r.status for r in fake_github.calls("PUT", CONTENTS)] == [409, 200]
+
+
+def test_ensure_file_created_concurrently_is_updated(fake_github: FakeGitHub, make_forge) -> None:
+    # The file appears after our read: the create without a sha is refused (422), the retry updates it.
+    fake_github.before("PUT", CONTENTS, lambda: fake_github.commit_file("main", CODEOWNERS, "* @theirs\n"))
+    assert make_forge().ensure_file("main", CODEOWNERS, "* @lead\n", "m") is True
+    assert [r.status for r in fake_github.calls("PUT", CONTENTS)] == [422, 200]
+    assert fake_github.files("main")[CODEOWNERS] == b"* @lead\n"
+
+
+def test_ensure_file_conflict_that_is_no_race_is_an_external_error(fake_github: FakeGitHub,
+                                                                  make_forge) -> None:
+    fake_github.commit_file("main", CODEOWNERS, "* @old\n")
+    fake_github.fail("PUT", CONTENTS, 409, times=5,
+                     body={"message": "Repository rule violations found\n\nChanges must be made through a "
+                                      "pull request."})
+    with pytest.raises(ExternalError) as err:
+        make_forge().ensure_file("main", CODEOWNERS, "* @lead\n", "m")
+    message = str(err.value)
+    assert "octo/hello" in message and "writing .github/CODEOWNERS on branch main" in message
+    assert "HTTP 409" in message and "pull request" in message
+    assert len(fake_github.calls("PUT", CONTENTS)) == 1  # the file did not change: no pointless retry
+    assert fake_github.files("main")[CODEOWNERS] == b"* @old\n"
+
+
+def test_ensure_file_on_a_missing_branch_is_an_external_error(fake_github: FakeGitHub, make_forge) -> None:
+    with pytest.raises(ExternalError, match=r"writing \.github/CODEOWNERS on branch nope failed: HTTP 404"):
+        make_forge().ensure_file("nope", CODEOWNERS, "* @lead\n", "m")
+    assert "nope" not in fake_github.branches
+
+
+def test_ensure_file_large_file_without_content_is_replaced(fake_github: FakeGitHub, make_forge) -> None:
+    # GitHub sends no content for files over 1 MB (encoding "none"); we cannot compare, so we update.
+    fake_github.large_file_bytes = 10
+    fake_github.commit_file("main", CODEOWNERS, "* @someone-else-entirely\n")
+    assert make_forge().ensure_file("main", CODEOWNERS, "* @lead\n", "m") is True
+    assert fake_github.files("main")[CODEOWNERS] == b"* @lead\n"
+
+
+def test_ensure_file_refuses_a_directory_and_bad_paths(fake_github: FakeGitHub, make_forge) -> None:
+    fake_github.commit_file("main", ".github/workflows/ci.yml", "on: push\n")
+    forge = make_forge()
+    with pytest.raises(ExternalError, match=r"\.github/workflows on branch main is a directory"):
+        forge.ensure_file("main", ".github/workflows", "x", "m")
+    for bad in ("", "/etc/passwd", "a/../b", "dir/"):
+        with pytest.raises(ConfigError, match="relative file path"):
+            forge.ensure_file("main", bad, "x", "m")
+    assert fake_github.calls("PUT", r".*/contents/.*") == []

@@ -134,6 +134,23 @@ def test_ensure_webhook_updates_and_creates(forge, calls, monkeypatch: pytest.Mo
                        "GET /repos/R/hooks", "POST /repos/R/hooks"]
 
 
+def test_ensure_file_creates(forge, calls, prism_github: PrismGitHub) -> None:
+    prism_github.prefer[("GET", r"/repos/octo/hello/contents/\.github/CODEOWNERS")] = "code=404"
+    assert forge.ensure_file("training", ".github/CODEOWNERS", "* @lead\n", "Set code owners") is True
+    assert calls() == ["GET /repos/R/contents/.github/CODEOWNERS", "PUT /repos/R/contents/.github/CODEOWNERS"]
+    assert prism_github.exchanges[-2].path.endswith("?ref=training")
+    body = prism_github.exchanges[-1].request_body
+    assert body == {"message": "Set code owners", "content": "KiBAbGVhZAo=", "branch": "training"}
+
+
+def test_ensure_file_updates_with_the_blob_sha(forge, calls, prism_github: PrismGitHub) -> None:
+    # The description's example file (octokit.rb's README.md, sha 3d21ec53...) differs from ours.
+    assert forge.ensure_file("training", ".github/CODEOWNERS", "* @lead\n", "Set code owners") is True
+    assert calls() == ["GET /repos/R/contents/.github/CODEOWNERS", "PUT /repos/R/contents/.github/CODEOWNERS"]
+    body = prism_github.exchanges[-1].request_body
+    assert body["sha"] == "3d21ec53a331a6f037a91c368710b99387d012c1" and body["branch"] == "training"
+
+
 def test_check_token_permissions(forge, calls) -> None:
     missing = forge.check_token_permissions()
     assert isinstance(missing, list)
@@ -158,7 +175,9 @@ def test_every_listed_operation_was_exercised(prism_github: PrismGitHub, request
     defined = {name for name in globals() if name.startswith("test_")}
     if {nodeid.split("::")[1].split("[")[0] for nodeid in selected} != defined:
         pytest.skip("needs every test of this module selected")
-    templates = {(m.upper(), re.sub(r"\{[^}]+\}", "[^/]+", t)) for t, ms in GITHUB_OPERATIONS.items() for m in ms}
+    # {path} (contents API) is GitHub's one multi-segment parameter among ours: .github/CODEOWNERS
+    templates = {(m.upper(), re.sub(r"\{[^}]+\}", "[^/]+", t.replace("{path}", "(?:.+)")))
+                 for t, ms in GITHUB_OPERATIONS.items() for m in ms}
     sent = {(e.method, e.path.split("?")[0]) for e in prism_github.exchanges}
     unused = sorted(f"{m} {t}" for m, t in templates if not any(sm == m and re.fullmatch(t, sp) for sm, sp in sent))
     assert not unused, f"operations listed in GITHUB_OPERATIONS but never sent by a test: {unused}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from branchops.bootstrap import bootstrap
+from branchops.bootstrap import CODEOWNERS_PATH, bootstrap, codeowners_for
 from branchops.ci.jenkins import PR_STATUS_CONTEXT, make_client
 
 from .conftest import REPO_ROOT, production_config
@@ -30,11 +30,11 @@ def fake_github(monkeypatch: pytest.MonkeyPatch):
         yield fake
 
 
-def run(fake_github, fake_jenkins: FakeJenkins, dry_run: bool = False):
+def run(fake_github, fake_jenkins: FakeJenkins, dry_run: bool = False, **overrides):
     from branchops.forge.github import GitHubForge
 
     config = production_config(fake_jenkins.url, forge={"github": {
-        "base_url": fake_github.url, "timeout_s": 5, "retries": 0}})
+        "base_url": fake_github.url, "timeout_s": 5, "retries": 0}}, **overrides)
     forge = GitHubForge(config.forge.github, seconds_between_requests=0, seconds_between_writes=0,
                         backoff_factor=0)
     return bootstrap(config, dry_run, forge=forge, jenkins=make_client(config), repo_root=REPO_ROOT)
@@ -44,12 +44,14 @@ def test_bootstrap_with_the_real_clients_is_idempotent(fake_github, fake_jenkins
     report = run(fake_github, fake_jenkins, dry_run=True)
     assert report.problems == []
     assert set(fake_github.branches) == {"main"} and fake_github.hooks == {} and fake_jenkins.posts() == []
+    assert not [r for r in fake_github.requests if r.method != "GET"]
 
     run(fake_github, fake_jenkins)
 
     stage_branches = {"build-components", "kf-pipeline", "training", "deploy-model"}
     assert set(fake_github.branches) == {"main"} | stage_branches
-    assert set(fake_github.branches.values()) == {fake_github.branches["main"]}
+    created_at = {r.body["sha"] for r in fake_github.requests if r.method == "POST" and r.path.endswith("/git/refs")}
+    assert created_at == {"a" * 40}  # every stage branch starts at main's tip
     assert set(fake_github.protections) == stage_branches
     protection = fake_github.protections["training"]
     assert protection["required_status_checks"]["contexts"] == [PR_STATUS_CONTEXT]
@@ -61,8 +63,41 @@ def test_bootstrap_with_the_real_clients_is_idempotent(fake_github, fake_jenkins
     assert set(hook["events"]) == {"push", "pull_request"} and hook["config"]["secret"]
     assert fake_jenkins.item("ml/djia/branchops") is not None
 
+    # Each stage branch carries its own CODEOWNERS (one commit each, on that branch only), written
+    # before the branch was protected.
+    config = production_config(fake_jenkins.url)
+    for branch in stage_branches:
+        assert fake_github.files(branch) == {CODEOWNERS_PATH: codeowners_for(config, branch).encode()}
+    assert fake_github.files("main") == {}
+    writes = [i for i, r in enumerate(fake_github.requests)
+              if r.method == "PUT" and r.path.endswith("/contents/.github/CODEOWNERS")]
+    assert sorted(fake_github.requests[i].body["branch"] for i in writes) == sorted(stage_branches)
+    for i in writes:
+        branch = fake_github.requests[i].body["branch"]
+        protect = next(j for j, r in enumerate(fake_github.requests) if r.path.endswith(f"/{branch}/protection"))
+        assert i < protect
+    assert {o.outcome for o in report.outcomes if o.action.kind == "write-codeowners"} == {"planned"}
+
+    heads = dict(fake_github.branches)
     second = run(fake_github, fake_jenkins)
 
+    assert fake_github.branches == heads  # nothing committed again
+    assert {o.outcome for o in second.outcomes if o.action.kind == "write-codeowners"} == {"unchanged"}
     assert len(fake_github.hooks) == 1
     assert len([r for r in fake_github.requests if r.method == "POST" and r.path.endswith("/git/refs")]) == 4
     assert next(o.outcome for o in second.outcomes if o.action.kind == "sync-jenkins-job") == "unchanged"
+
+
+def test_changed_approvers_update_codeowners_on_their_branch_only(fake_github, fake_jenkins: FakeJenkins) -> None:
+    run(fake_github, fake_jenkins)
+    before = dict(fake_github.branches)
+    approvers = dict(production_config(fake_jenkins.url).approvers)
+    approvers["training"] = ["carol", "@acme/ml-leads"]
+
+    report = run(fake_github, fake_jenkins, approvers=approvers)
+
+    outcomes = {o.action.target: o.outcome for o in report.outcomes if o.action.kind == "write-codeowners"}
+    assert outcomes == {"build-components": "unchanged", "kf-pipeline": "unchanged", "training": "written",
+                        "deploy-model": "unchanged"}
+    assert fake_github.files("training")[CODEOWNERS_PATH].decode().endswith("\n* @carol @acme/ml-leads\n")
+    assert {b for b in fake_github.branches if fake_github.branches[b] != before[b]} == {"training"}

@@ -318,6 +318,71 @@ class GitHubForge(Forge):
             log.info("created branch %s at %s (%s)", branch, sha, from_branch)
             return True
 
+    def ensure_file(self, branch: str, path: str, content: str, message: str) -> bool:
+        """Make ``path`` on ``branch`` hold exactly ``content`` (UTF-8), committing ``message`` if it must.
+
+        Returns True when it created or updated the file, False when the file already had that content
+        (no commit). Uses the contents API: an update names the blob sha it replaces, so a file changed
+        by someone else in between is never overwritten blindly; on such a conflict the file is read
+        once more and the write retried against what is there now.
+        """
+        from github.GithubException import GithubException
+
+        if not path or path.startswith("/") or path.endswith("/") or ".." in path.split("/"):
+            raise ConfigError(f"ensure_file: path must be a relative file path inside the repository, "
+                              f"got {path!r}")
+        wanted = content.encode("utf-8")
+        with self._calling(f"writing {path} on branch {branch}"):
+            same, sha = self._compare_file(branch, path, wanted)
+            if same:
+                return False
+            try:
+                self._write_file(branch, path, content, message, sha)
+            except GithubException as exc:
+                # 409: the sha is no longer the file's (someone committed in between); 422: the file
+                # appeared since we looked ('"sha" wasn't supplied'). Read again and retry once.
+                if exc.status not in (409, 422):
+                    raise
+                same, fresh = self._compare_file(branch, path, wanted)
+                if same:
+                    return True  # it became what we wanted during this call
+                if fresh == sha:
+                    raise  # no race: GitHub refuses the write itself (e.g. a repository rule)
+                self._write_file(branch, path, content, message, fresh)
+            return True
+
+    def _compare_file(self, branch: str, path: str, wanted: bytes) -> tuple[bool, str | None]:
+        """Whether ``path`` on ``branch`` holds exactly ``wanted``, and its blob sha (None: no such file)."""
+        import binascii
+
+        from github.GithubException import GithubException
+
+        try:
+            found = self._repo.get_contents(path, ref=branch)
+        except GithubException as exc:
+            if exc.status != 404:
+                raise
+            return False, None
+        if isinstance(found, list) or found.type != "file":
+            kind = "a directory" if isinstance(found, list) else f"a {found.type}"
+            raise ExternalError(f"GitHub {self.repository}: {path} on branch {branch} is {kind}, not a file; "
+                                "refusing to replace it")
+        try:
+            current: bytes | None = found.decoded_content
+        except (AssertionError, binascii.Error, ValueError):
+            # Files over 1 MB come back with encoding "none" and no content; a body we cannot decode
+            # counts as different: the update names its sha, so nothing is overwritten blindly.
+            current = None
+        return current == wanted, found.sha
+
+    def _write_file(self, branch: str, path: str, content: str, message: str, sha: str | None) -> None:
+        if sha is None:
+            self._repo.create_file(path, message, content, branch=branch)
+            log.info("created %s on %s", path, branch)
+        else:
+            self._repo.update_file(path, message, content, sha, branch=branch)
+            log.info("updated %s on %s (was blob %s)", path, branch, sha)
+
     def protect_branch(self, branch: str, required_approvals: int, required_status_context: str,
                        restrict_pushes: bool, *, require_code_owner_reviews: bool = False,
                        bypass_users: Sequence[str] = ()) -> None:
