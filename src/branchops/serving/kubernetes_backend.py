@@ -279,20 +279,22 @@ _ISTIO_PLURALS = {"DestinationRule": "destinationrules", "VirtualService": "virt
 
 
 class KubeApi:
-    """The few kubernetes-client calls the rollout makes (create-or-patch, read, delete, proxy)."""
+    """The few kubernetes-client calls the rollout makes (create-or-patch, read, delete, proxy).
+
+    Every failure is an :class:`ExternalError` naming the call and the server's message (or saying the
+    API server is unreachable), so a rollout can roll back rather than crash."""
+
+    request_timeout_s = 30.0  # a hung API server must not hang the rollout
 
     def __init__(self, api_client: Any = None) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
         if api_client is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                try:
-                    config.load_kube_config()
-                except (config.ConfigException, FileNotFoundError) as exc:
-                    raise ExternalError(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}") from None
-            api_client = client.ApiClient()
+            # In-cluster or KUBECONFIG read now (the library reads KUBECONFIG once, at import), into a
+            # client of our own rather than the library's process-wide default configuration.
+            from branchops.storage.trident import load_api_client
+
+            api_client = load_api_client()
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
@@ -301,70 +303,108 @@ class KubeApi:
         self.policy = client.PolicyV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
-    def apply(self, obj: dict[str, Any]) -> None:
-        """Create, or patch when it exists (a Deployment's replicas stay the autoscaler's)."""
+    def _error(self, what: str, exc: Exception) -> ExternalError:
+        """``what`` failed: the HTTP status and the message of the server's Status, or unreachable."""
         from kubernetes.client.exceptions import ApiException
+
+        if isinstance(exc, ApiException):
+            try:
+                message = json.loads(exc.body or "{}").get("message") or exc.reason
+            except (TypeError, ValueError, AttributeError):
+                message = str(exc.body)[:300]
+            return ExternalError(f"{what}: HTTP {exc.status} {exc.reason}: {str(message)[:500]}")
+        host = getattr(self.api_client.configuration, "host", "?")
+        return ExternalError(f"Kubernetes API at {host} unreachable ({what.lower()}): {exc}")
+
+    def _autoscaled(self, deployment: str, namespace: str) -> bool:
+        """Whether a HorizontalPodAutoscaler owns this Deployment's replicas."""
+        hpas = self.autoscaling.list_namespaced_horizontal_pod_autoscaler(
+            namespace, _request_timeout=self.request_timeout_s).items
+        return any(h.spec.scale_target_ref.kind == "Deployment" and h.spec.scale_target_ref.name == deployment
+                   for h in hpas)
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        """Create, or patch when it exists (an autoscaled Deployment's replicas stay the autoscaler's)."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         from branchops.k8s.validate import validate_object
 
         validate_object(obj, allow_unchecked=obj["kind"] in _ISTIO_PLURALS)
         name, namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
+        timeout = self.request_timeout_s
         try:
             if obj["kind"] in _ISTIO_PLURALS:
                 group, version = obj["apiVersion"].split("/")
                 plural = _ISTIO_PLURALS[obj["kind"]]
                 try:
-                    self.custom.create_namespaced_custom_object(group, version, namespace, plural, obj)
+                    self.custom.create_namespaced_custom_object(group, version, namespace, plural, obj,
+                                                                _request_timeout=timeout)
                 except ApiException as exc:
                     if exc.status != 409:
                         raise
-                    self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, obj)
+                    self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, obj,
+                                                               _request_timeout=timeout)
                 return
             api, suffix = _KINDS[obj["kind"]]
             target = getattr(self, api)
             try:
-                getattr(target, f"create_namespaced_{suffix}")(namespace, obj)
+                getattr(target, f"create_namespaced_{suffix}")(namespace, obj, _request_timeout=timeout)
             except ApiException as exc:
                 if exc.status != 409:
                     raise
                 body = obj
-                if obj["kind"] == "Deployment" and "replicas" in obj["spec"]:
+                # Only the autoscaler's target keeps its replicas: a canary's are stepped by the rollout.
+                if obj["kind"] == "Deployment" and "replicas" in obj["spec"] and self._autoscaled(name, namespace):
                     body = {**obj, "spec": {k: v for k, v in obj["spec"].items() if k != "replicas"}}
-                getattr(target, f"patch_namespaced_{suffix}")(name, namespace, body)
-        except ApiException as exc:
-            raise ExternalError(f"Kubernetes refused {obj['kind']} {namespace}/{name}: HTTP {exc.status} "
-                                f"{exc.reason}") from None
+                getattr(target, f"patch_namespaced_{suffix}")(name, namespace, body, _request_timeout=timeout)
+        except (ApiException, HTTPError) as exc:
+            raise self._error(f"Kubernetes refused {obj['kind']} {namespace}/{name}", exc) from None
 
     def delete(self, kind: str, name: str, namespace: str) -> None:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             if kind in _ISTIO_PLURALS:
                 self.custom.delete_namespaced_custom_object("networking.istio.io", "v1beta1", namespace,
-                                                            _ISTIO_PLURALS[kind], name)
+                                                            _ISTIO_PLURALS[kind], name,
+                                                            _request_timeout=self.request_timeout_s)
             else:
                 api, suffix = _KINDS[kind]
-                getattr(getattr(self, api), f"delete_namespaced_{suffix}")(name, namespace,
-                                                                          propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise ExternalError(f"could not delete {kind} {namespace}/{name}: HTTP {exc.status}") from None
+                getattr(getattr(self, api), f"delete_namespaced_{suffix}")(
+                    name, namespace, propagation_policy="Background", _request_timeout=self.request_timeout_s)
+        except (ApiException, HTTPError) as exc:
+            if not (isinstance(exc, ApiException) and exc.status == 404):
+                raise self._error(f"could not delete {kind} {namespace}/{name}", exc) from None
 
     def config_state(self, name: str, namespace: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
-            cm = self.core.read_namespaced_config_map(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
+            cm = self.core.read_namespaced_config_map(name, namespace, _request_timeout=self.request_timeout_s)
+        except (ApiException, HTTPError) as exc:
+            if isinstance(exc, ApiException) and exc.status == 404:
                 return None
-            raise ExternalError(f"could not read ConfigMap {namespace}/{name}: HTTP {exc.status}") from None
+            raise self._error(f"could not read ConfigMap {namespace}/{name}", exc) from None
         raw = (cm.metadata.annotations or {}).get(STATE_ANNOTATION)
-        return json.loads(raw) if raw else None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            raise ExternalError(f"ConfigMap {namespace}/{name}: annotation {STATE_ANNOTATION} is not valid JSON "
+                                "(edited by hand?); put back a state or delete the annotation") from None
 
     def job_finished(self, name: str, namespace: str) -> bool | None:
         """True once succeeded, False once failed, None while running."""
-        status = self.batch.read_namespaced_job_status(name, namespace).status
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            status = self.batch.read_namespaced_job_status(name, namespace,
+                                                           _request_timeout=self.request_timeout_s).status
+        except (ApiException, HTTPError) as exc:
+            raise self._error(f"could not read Job {namespace}/{name}", exc) from None
         if status.succeeded:
             return True
         for condition in status.conditions or []:
@@ -373,16 +413,33 @@ class KubeApi:
         return None
 
     def job_log(self, job: str, namespace: str) -> str:
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
-        succeeded = [p for p in pods if p.status.phase == "Succeeded"] or pods
-        if not succeeded:
-            return ""
-        return self.core.read_namespaced_pod_log(succeeded[0].metadata.name, namespace, container="copy")
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}",
+                                                 _request_timeout=self.request_timeout_s).items
+            succeeded = [p for p in pods if p.status.phase == "Succeeded"] or pods
+            if not succeeded:
+                return ""
+            return self.core.read_namespaced_pod_log(succeeded[0].metadata.name, namespace, container="copy",
+                                                     _request_timeout=self.request_timeout_s)
+        except (ApiException, HTTPError) as exc:
+            raise self._error(f"could not list pods of Job {namespace}/{job} or read their log", exc) from None
 
     def ready_pods(self, namespace: str, selector: dict[str, str]) -> list[str]:
+        """Pods that are Running and Ready (a Running pod whose TF Serving still loads is not)."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
-        pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector).items
-        return [p.metadata.name for p in pods if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector,
+                                                 _request_timeout=self.request_timeout_s).items
+        except (ApiException, HTTPError) as exc:
+            raise self._error(f"could not list pods in {namespace}", exc) from None
+        return [p.metadata.name for p in pods if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+                and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
 
     def proxy_client(self, namespace: str, target: str, model: str, timeout_s: float = 10.0) -> ServingClient:
         """A REST client reaching TF Serving through the API server's proxy (``services/NAME:http`` or

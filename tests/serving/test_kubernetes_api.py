@@ -1,0 +1,399 @@
+"""``KubeApi`` (the serving backend's kubernetes-client calls) against an emulated API server.
+
+A logic test, not an integration test: no Kubernetes, TF Serving or Istio runs here. The emulator
+(k8s_emulator.py, built on the storage port's) serves the REST endpoints the official kubernetes client
+calls, with the API's documented semantics (201/404/409, strategic-merge and merge patches by content
+type, resourceVersion, generation, propagationPolicy, pods and Jobs advanced by emulated controllers, the
+API server proxy). Every object it receives is validated strictly with ``validate_object``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from k8s_emulator import MERGE, STRATEGIC, RunningEmulator, ServingKubeEmulator, merge_patch, strategic_merge
+
+from branchops.config import STAGES, BranchopsConfig
+from branchops.errors import ExternalError
+from branchops.k8s.validate import InvalidObject, validate_object
+from branchops.serving.client import ServingError
+from branchops.serving.kubernetes_backend import STATE_ANNOTATION, KubeApi, ObjectBuilder
+
+NS = "serving"
+TOKEN = "emulator-accepts-any-token"  # what RunningEmulator.kubeconfig writes
+ISTIO_KINDS = ("VirtualService", "DestinationRule")
+
+
+@pytest.fixture
+def kube():
+    """A running emulator; afterwards nothing was refused and every object it received passes strictly."""
+    emulator = ServingKubeEmulator()
+    with RunningEmulator(emulator) as running:
+        yield running
+    assert emulator.rejected == [], f"the API server refused invalid objects: {emulator.rejected}"
+    for obj in emulator.received:
+        if "kind" in obj:  # whole objects (apply sends the object as its patch too); not partial patches
+            validate_object(obj, allow_unchecked=obj["kind"] in ISTIO_KINDS)
+
+
+@pytest.fixture
+def kubeconfig(kube, tmp_path, monkeypatch):
+    path = kube.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return path
+
+
+@pytest.fixture
+def api(kubeconfig) -> KubeApi:
+    return KubeApi()  # configured from KUBECONFIG, as the backend does
+
+
+@pytest.fixture
+def objects() -> ObjectBuilder:
+    config = BranchopsConfig.model_validate({
+        "approvers": {s: ["lead"] for s in STAGES},
+        "serving": {"backend": "kubernetes", "model_name": "djia",
+                    "kubernetes": {"replicas": 2, "istio": True}}})
+    return ObjectBuilder(config)
+
+
+def state(versions: list[int], stable: int | None) -> dict:
+    return {"versions": versions, "stable": stable, "canary": None, "canary_weight": 0}
+
+
+def test_apply_creates_every_kind_then_patches_it_with_the_patch_type_the_client_sends(api, kube, objects):
+    everything = objects.base_objects([1], {"stable": 1}, state([1], 1)) + [
+        objects.source_clone("djia-models-run3", 3), objects.copy_job("djia-models", "djia/3", 3)]
+    for obj in everything:
+        api.apply(obj)
+    em = kube.emulator
+    kinds = {(r, n) for (r, ns, n) in em.objects if ns == NS and r != "pods"}
+    assert kinds == {("persistentvolumeclaims", "tfserve-models"), ("persistentvolumeclaims", "tfserve-src-3"),
+                     ("configmaps", "tfserve-config"), ("deployments", "tfserve"), ("services", "tfserve"),
+                     ("horizontalpodautoscalers", "tfserve"), ("poddisruptionbudgets", "tfserve"),
+                     ("destinationrules", "tfserve"), ("virtualservices", "tfserve"),
+                     ("jobs", "tfserve-copy-v3")}
+    assert all(verb == "create" for verb, _, _ in em.requests if verb != "list")
+
+    again = [o for o in everything if o["kind"] != "Job"]
+    for obj in again:
+        api.apply(obj)
+    patches = [(resource, ctype) for verb, resource, ctype in em.content_types if verb == "patch"]
+    assert len(patches) == len(again)  # each create answered 409 AlreadyExists, then a patch
+    for resource, ctype in patches:
+        assert ctype == (MERGE if resource in ("virtualservices", "destinationrules") else STRATEGIC), resource
+    assert em.get("deployments", NS, "tfserve")["metadata"]["generation"] == 1  # nothing changed: no new generation
+
+
+def test_a_patch_changes_what_changed_and_keeps_what_the_server_set(api, kube, objects):
+    em = kube.emulator
+    api.apply(objects.config_map([1], {"stable": 1}, state=state([1], 1)))
+    api.apply(objects.service())
+    api.apply(objects.virtual_service(0))
+    before_cm = json.loads(json.dumps(em.get("configmaps", NS, "tfserve-config")))
+    cluster_ip = em.get("services", NS, "tfserve")["spec"]["clusterIP"]
+
+    api.apply(objects.config_map([1, 2], {"stable": 1}, state=state([1, 2], 1)))
+    api.apply(objects.service())
+    api.apply(objects.virtual_service(10))
+
+    cm = em.get("configmaps", NS, "tfserve-config")
+    assert "versions: 2" in cm["data"]["models.config"]
+    assert json.loads(cm["metadata"]["annotations"][STATE_ANNOTATION])["versions"] == [1, 2]
+    assert cm["metadata"]["uid"] == before_cm["metadata"]["uid"]
+    assert int(cm["metadata"]["resourceVersion"]) > int(before_cm["metadata"]["resourceVersion"])
+    assert em.get("services", NS, "tfserve")["spec"]["clusterIP"] == cluster_ip  # allocated by the server, kept
+    route = em.get("virtualservices", NS, "tfserve")["spec"]["http"][0]["route"]
+    assert [r["weight"] for r in route] == [90, 10]  # merge patch: the list replaced whole
+    assert api.config_state("tfserve-config", NS) == state([1, 2], 1)
+
+
+def test_a_changed_deployment_template_rolls_its_pods(api, kube, objects):
+    em = kube.emulator
+    deployment = objects.deployment(replicas=2)
+    api.apply(deployment)
+    em.settle()
+    first = {p["metadata"]["name"] for p in em.pods_of("deployments", NS, "tfserve")}
+    assert len(first) == 2
+    changed = json.loads(json.dumps(deployment))
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] = "docker.io/tensorflow/serving:2.19.0"
+    api.apply(changed)
+    obj = em.get("deployments", NS, "tfserve")
+    assert obj["metadata"]["generation"] == 2
+    assert [c["name"] for c in obj["spec"]["template"]["spec"]["containers"]] == ["tfserving"]
+    em.settle(20)
+    status = em.get("deployments", NS, "tfserve")["status"]
+    assert (status["observedGeneration"], status["updatedReplicas"], status["availableReplicas"]) == (2, 2, 2)
+    pods = em.pods_of("deployments", NS, "tfserve")
+    assert {p["metadata"]["name"] for p in pods}.isdisjoint(first)
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {"docker.io/tensorflow/serving:2.19.0"}
+
+
+def test_the_stable_replicas_stay_the_autoscalers_while_the_canary_is_scaled(api, kube, objects):
+    em = kube.emulator
+    api.apply(objects.autoscaler())
+    api.apply(objects.deployment(replicas=2))
+    em.get("deployments", NS, "tfserve")["spec"]["replicas"] = 5  # the autoscaler scaled it up
+    api.apply(objects.deployment(replicas=2))
+    assert em.get("deployments", NS, "tfserve")["spec"]["replicas"] == 5
+
+    api.apply(objects.deployment("canary", replicas=1))
+    api.apply(objects.deployment("canary", replicas=2))  # the next canary step: no autoscaler owns it
+    assert em.get("deployments", NS, "tfserve-canary")["spec"]["replicas"] == 2
+
+
+def test_delete_cascades_to_pods_and_ignores_what_is_gone(api, kube, objects):
+    em = kube.emulator
+    api.apply(objects.copy_job("djia-models", "djia/3", 3))
+    api.apply(objects.deployment("canary", replicas=1))
+    api.apply(objects.virtual_service(0))
+    em.settle(1)
+    assert em.pods_of("jobs", NS, "tfserve-copy-v3") and em.pods_of("deployments", NS, "tfserve-canary")
+
+    api.delete("Job", "tfserve-copy-v3", NS)
+    api.delete("Deployment", "tfserve-canary", NS)
+    api.delete("VirtualService", "tfserve", NS)
+    assert [p for p in em.of("pods", NS).values()] == []  # a rerun's log is not the old pod's
+    assert em.of("jobs", NS) == {} and em.of("virtualservices", NS) == {}
+    api.delete("Job", "tfserve-copy-v3", NS)  # 404: already gone, quietly
+    api.delete("ConfigMap", "absent", NS)
+    assert em.count("delete", "jobs") == 2
+
+
+def test_config_state_reads_the_annotation(api, kube, objects):
+    assert api.config_state("tfserve-config", NS) is None  # 404: nothing deployed yet
+    api.apply(objects.config_map([1], {"stable": 1}))  # no state annotation
+    assert api.config_state("tfserve-config", NS) is None
+    api.apply(objects.config_map([1], {"stable": 1}, state=state([1], 1)))
+    assert api.config_state("tfserve-config", NS) == state([1], 1)
+    kube.emulator.get("configmaps", NS, "tfserve-config")["metadata"]["annotations"][STATE_ANNOTATION] = "{oops"
+    with pytest.raises(ExternalError, match=f"ConfigMap serving/tfserve-config: annotation {STATE_ANNOTATION} "
+                                            "is not valid JSON"):
+        api.config_state("tfserve-config", NS)
+
+
+def test_a_copy_job_is_followed_until_it_succeeds_and_its_log_is_read(api, kube, objects):
+    log = 'copying\nBRANCHOPS-MODEL-METADATA\n{"version": 3}\n'
+    kube.emulator.job_outcomes["tfserve-copy-v3"] = (True, log)
+    api.apply(objects.copy_job("djia-models", "djia/3", 3))
+    seen = [api.job_finished("tfserve-copy-v3", NS) for _ in range(6)]
+    assert seen[0] is None and seen[-1] is True and set(seen) == {None, True}
+    assert api.job_log("tfserve-copy-v3", NS) == log
+    assert api.job_log("tfserve-copy-v9", NS) == ""  # no pods for that job
+
+
+def test_a_failing_copy_job_is_reported_failed_after_its_retries(api, kube, objects):
+    kube.emulator.job_outcomes["tfserve-copy-v9"] = (False, "cp: can't stat '/source/djia/9/.': No such file\n")
+    job = objects.copy_job("djia-models", "djia/9", 9)
+    api.apply(job)
+    outcomes = [api.job_finished("tfserve-copy-v9", NS) for _ in range(20)]
+    assert outcomes[-1] is False and True not in outcomes
+    pods = kube.emulator.pods_of("jobs", NS, "tfserve-copy-v9")
+    assert len(pods) == job["spec"]["backoffLimit"] + 1
+    assert "No such file" in api.job_log("tfserve-copy-v9", NS)
+
+
+def test_ready_pods_lists_only_running_ready_pods_of_the_track(api, kube, objects):
+    em = kube.emulator
+    api.apply(objects.deployment(replicas=2))
+    api.apply(objects.deployment("canary", replicas=1))
+    stable = objects.selector("stable")
+    seen = [api.ready_pods(NS, stable) for _ in range(5)]
+    # Pending, then Running but not yet Ready (TF Serving still loading): neither may be proxied to.
+    assert seen[0] == [] and seen[1] == []
+    assert len(seen[-1]) == 2
+    assert set(seen[-1]) == {p["metadata"]["name"] for p in em.pods_of("deployments", NS, "tfserve")}
+    assert len(api.ready_pods(NS, objects.selector("canary"))) == 1
+    terminating = em.get("pods", NS, seen[-1][0])
+    terminating["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert api.ready_pods(NS, stable) == [seen[-1][1]]
+
+
+def test_the_proxy_client_reaches_tf_serving_through_the_api_server_with_the_credentials(api, kube, objects):
+    em = kube.emulator
+
+    def tf_serving(pod, method, path, body):
+        if path == "/v1/models/djia/versions/1":
+            return 200, {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                                   "status": {"error_code": "OK", "error_message": ""}}]}
+        return 404, {"error": f"Servable not found for request: {path}"}
+
+    api.apply(objects.deployment(replicas=1))
+    api.apply(objects.service())
+    em.settle()
+    (pod,) = api.ready_pods(NS, objects.selector("stable"))
+    replica = api.proxy_client(NS, f"pods/{pod}:8501", "djia")
+    with pytest.raises(ServingError) as refused:  # nothing listens yet
+        replica.status(version=1)
+    assert refused.value.status == 503
+
+    em.proxy_handler = tf_serving
+    assert replica.status(version=1)[0]["state"] == "AVAILABLE"
+    service = api.proxy_client(NS, "services/tfserve:http", "djia")
+    assert service.status(version=1)[0]["state"] == "AVAILABLE"
+    with pytest.raises(ServingError) as missing:
+        service.status(version=2)
+    assert missing.value.status == 404
+    assert [p[1:] for p in em.proxied[-3:]] == [("GET", "/v1/models/djia/versions/1")] * 2 + [
+        ("GET", "/v1/models/djia/versions/2")]
+    assert set(em.authorizations) == {f"Bearer {TOKEN}"}  # every call, the proxy included, carried the token
+
+
+FORBIDDEN = ('{resource} is forbidden: User "system:serviceaccount:jenkins:branchops-ci" cannot {verb} resource '
+             '"{resource}" in API group "" in the namespace "serving"')
+
+
+@pytest.mark.parametrize(("method", "resource", "call", "expected"), [
+    ("POST", "configmaps", lambda api, o: api.apply(o.config_map([1], {"stable": 1})),
+     "Kubernetes refused ConfigMap serving/tfserve-config: HTTP 403 Forbidden: configmaps is forbidden"),
+    ("DELETE", "jobs", lambda api, o: api.delete("Job", "tfserve-copy-v1", NS),
+     "could not delete Job serving/tfserve-copy-v1: HTTP 403 Forbidden: jobs is forbidden"),
+    ("GET", "configmaps", lambda api, o: api.config_state("tfserve-config", NS),
+     "could not read ConfigMap serving/tfserve-config: HTTP 403 Forbidden: configmaps is forbidden"),
+    ("GET", "jobs/status", lambda api, o: api.job_finished("tfserve-copy-v1", NS),
+     "could not read Job serving/tfserve-copy-v1: HTTP 403 Forbidden: jobs/status is forbidden"),
+    ("GET", "pods", lambda api, o: api.job_log("tfserve-copy-v1", NS),
+     "could not list pods of Job serving/tfserve-copy-v1 or read their log: HTTP 403 Forbidden: pods is forbidden"),
+    ("GET", "pods", lambda api, o: api.ready_pods(NS, o.selector("stable")),
+     "could not list pods in serving: HTTP 403 Forbidden: pods is forbidden"),
+])
+def test_refusals_are_clear_external_errors(api, kube, objects, method, resource, call, expected):
+    verb = {"POST": "create", "DELETE": "delete", "GET": "get"}[method]
+    kube.emulator.fail_next(method, resource, 403, "Forbidden", FORBIDDEN.format(resource=resource, verb=verb))
+    with pytest.raises(ExternalError) as failed:
+        call(api, objects)
+    assert str(failed.value).startswith(expected)
+
+
+def test_a_patch_refusal_is_a_clear_external_error(api, kube, objects):
+    api.apply(objects.config_map([1], {"stable": 1}))
+    kube.emulator.fail_next("PATCH", "configmaps", 403, "Forbidden",
+                            FORBIDDEN.format(resource="configmaps", verb="patch"))
+    with pytest.raises(ExternalError, match="Kubernetes refused ConfigMap serving/tfserve-config: HTTP 403 "
+                                            "Forbidden: configmaps is forbidden: .* cannot patch"):
+        api.apply(objects.config_map([2], {"stable": 2}))
+    assert "versions: 1" in kube.emulator.get("configmaps", NS, "tfserve-config")["data"]["models.config"]
+
+
+def test_an_unreachable_api_server_is_a_clear_error(tmp_path, monkeypatch, objects):
+    with RunningEmulator(ServingKubeEmulator()) as stopped:
+        path = stopped.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    monkeypatch.setenv("KUBECONFIG", str(path))  # nothing listens on its port any more
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    api = KubeApi()
+    calls = [lambda: api.apply(objects.config_map([1], {"stable": 1})),
+             lambda: api.delete("Job", "x", NS), lambda: api.config_state("x", NS),
+             lambda: api.job_finished("x", NS), lambda: api.job_log("x", NS),
+             lambda: api.ready_pods(NS, objects.selector())]
+    for call in calls:
+        with pytest.raises(ExternalError, match=f"Kubernetes API at {stopped.url} unreachable"):
+            call()
+
+
+def test_no_kubeconfig_and_no_cluster_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ExternalError, match="cannot configure the Kubernetes client"):
+        KubeApi()
+
+
+def test_an_invalid_object_is_refused_before_anything_is_sent(api, kube, objects):
+    bad = objects.deployment(replicas=1)
+    bad["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "Sometimes"
+    bad["spec"]["replica"] = 1
+    with pytest.raises(InvalidObject, match="Deployment tfserve"):
+        api.apply(bad)
+    assert kube.emulator.requests == []
+
+
+def test_the_emulator_follows_the_documented_patch_and_conflict_semantics(kube, kubeconfig):
+    """The emulator itself: the rules the tests above rely on (checked through the real client)."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": NS}, "data": {"a": "1"}}
+    created = core.create_namespaced_config_map(NS, cm)
+    with pytest.raises(ApiException) as exists:
+        core.create_namespaced_config_map(NS, cm)
+    assert (exists.value.status, json.loads(exists.value.body)["reason"]) == (409, "AlreadyExists")
+    stale = {"metadata": {"resourceVersion": str(int(created.metadata.resource_version) - 1)}, "data": {"b": "2"}}
+    with pytest.raises(ApiException) as conflict:
+        core.patch_namespaced_config_map("c", NS, stale)
+    assert (conflict.value.status, json.loads(conflict.value.body)["reason"]) == (409, "Conflict")
+    patched = core.patch_namespaced_config_map("c", NS, {"data": {"b": "2", "a": None}})
+    assert patched.data == {"b": "2"}
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_config_map("nope", NS)
+    assert missing.value.status == 404
+
+    containers = [{"name": "a", "image": "x", "ports": [{"containerPort": 1}]}, {"name": "b", "image": "y"}]
+    patch = [{"name": "a", "ports": [{"containerPort": 2}]}, {"name": "b", "$patch": "delete"}]
+    assert strategic_merge({"containers": containers}, {"containers": patch}, ("spec",)) == {
+        "containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 1}, {"containerPort": 2}]}]}
+    assert merge_patch({"l": [1, 2], "m": {"k": 1, "j": 2}}, {"l": [3], "m": {"k": None}}) == {"l": [3], "m": {"j": 2}}
+
+
+def test_a_rollout_through_kube_api_loads_the_version_then_rolls_back_on_a_bad_export(api, kube):
+    """The backend's own calls in their real order, down to the point where TF Serving would be asked for
+    the signature: the export's log has no sample, so the first rollout removes what it created."""
+    from pathlib import Path
+
+    from branchops.serving.kubernetes_backend import KubernetesServing
+    from branchops.serving.release import Release
+
+    em = kube.emulator
+
+    def tf_serving(pod, method, path, body):  # a replica serves what its ConfigMap's models.config lists
+        config_map = next(v["configMap"]["name"] for v in pod["spec"]["volumes"] if "configMap" in v)
+        served = em.get("configmaps", NS, config_map)["data"]["models.config"]
+        version = path.rsplit("/", 1)[-1]
+        if f"versions: {version}\n" in served:
+            return 200, {"model_version_status": [{"version": version, "state": "AVAILABLE",
+                                                   "status": {"error_code": "OK", "error_message": ""}}]}
+        return 404, {"error": f"Servable not found for request: Specific(djia, {version})"}
+
+    em.proxy_handler = tf_serving
+    em.job_outcomes["tfserve-copy-v1"] = (True, 'BRANCHOPS-MODEL-METADATA\n{"model": "djia", "version": 1}\n')
+    config = BranchopsConfig.model_validate({
+        "approvers": {s: ["lead"] for s in STAGES},
+        "serving": {"backend": "kubernetes", "model_name": "djia",
+                    "kubernetes": {"replicas": 2, "istio": True, "rollout_timeout_s": 60}}})
+    serving = KubernetesServing(config, Path("."), api=api)
+    serving.poll_s = 0.01
+    release = Release.model_validate({"model": "djia", "version": 1, "strategy": "rolling",
+                                      "source": {"volume": "djia-models", "path": "djia/1"}})
+    result = serving.deploy(release)
+
+    assert result.outcome == "rolled_back", result.reason
+    assert result.reason.startswith("metadata failed: ") and "has no sample to smoke-test" in result.reason
+    assert [(c.name, c.ok) for c in result.checks] == [("metadata", False)]
+    # Before that, the rollout waited until version 1 was AVAILABLE on both ready replicas.
+    assert len({pod for pod, _, path in em.proxied if path == "/v1/models/djia/versions/1"}) == 2
+    # Nothing was served before: the failed first rollout leaves no Deployment or model config behind.
+    assert em.of("deployments", NS) == {} and em.of("configmaps", NS) == {}
+    assert serving.live_version() is None
+    assert em.get("virtualservices", NS, "tfserve")["spec"]["http"][0]["route"][1]["weight"] == 0
+
+
+def test_an_api_refusal_mid_rollout_rolls_back_instead_of_crashing(api, kube):
+    from pathlib import Path
+
+    from branchops.serving.kubernetes_backend import KubernetesServing
+    from branchops.serving.release import Release
+
+    config = BranchopsConfig.model_validate({
+        "approvers": {s: ["lead"] for s in STAGES},
+        "serving": {"backend": "kubernetes", "model_name": "djia", "kubernetes": {"rollout_timeout_s": 60}}})
+    serving = KubernetesServing(config, Path("."), api=api)
+    serving.poll_s = 0.01
+    kube.emulator.fail_next("GET", "jobs/status", 403, "Forbidden",
+                            FORBIDDEN.format(resource="jobs/status", verb="get").replace('""', '"batch"'))
+    release = Release.model_validate({"model": "djia", "version": 1, "strategy": "rolling",
+                                      "source": {"volume": "djia-models", "path": "djia/1"}})
+    result = serving.deploy(release)
+    assert result.outcome == "rolled_back"
+    assert result.reason.startswith("kubernetes failed: could not read Job serving/tfserve-copy-v1: HTTP 403 "
+                                    "Forbidden: jobs/status is forbidden")
