@@ -71,6 +71,9 @@ def main(ctx: click.Context, repo: str, verbose: int, quiet: bool) -> None:
     """
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # -q/-v govern the console only: a stage's run log (a file handler) still records INFO
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
     from branchops.secrets import install_log_masking
     install_log_masking()
     ctx.obj = {"repo": repo}
