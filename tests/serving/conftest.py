@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-from model_factory import build_all
+from tests.serving.model_factory import build_all
 
 
 def make_config(base_path: Path, **rollout):

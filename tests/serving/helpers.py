@@ -4,7 +4,7 @@ import threading
 from dataclasses import dataclass, field
 
 import requests
-from model_factory import SAMPLE
+from tests.serving.model_factory import SAMPLE
 
 
 @dataclass

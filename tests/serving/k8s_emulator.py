@@ -37,19 +37,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
 
-from storage_k8s_emulator import KubeEmulator, RunningEmulator, _now
+from tests.storage.storage_k8s_emulator import KubeEmulator, RunningEmulator, _now
 
 from branchops.k8s.validate import InvalidObject, validate_object
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from k8s_emulator import MERGE, STRATEGIC, RunningEmulator, ServingKubeEmulator, merge_patch, strategic_merge
+from tests.serving.k8s_emulator import MERGE, STRATEGIC, RunningEmulator, ServingKubeEmulator, merge_patch, strategic_merge
 
 from branchops.config import STAGES, BranchopsConfig
 from branchops.errors import ExternalError

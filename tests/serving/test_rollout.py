@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import make_config
-from helpers import RequestLoop
-from model_factory import SAMPLE
+from tests.serving.conftest import make_config
+from tests.serving.helpers import RequestLoop
+from tests.serving.model_factory import SAMPLE
 
 from branchops.serving import make_serving
 from branchops.serving.client import metric_sum

@@ -9,10 +9,10 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import make_config
+from tests.serving.conftest import make_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model_factory import N_FEATURES, SAMPLE
+from tests.serving.model_factory import N_FEATURES, SAMPLE
 
 from branchops.serving import make_serving
 from branchops.serving.client import ServingError, metric_sum

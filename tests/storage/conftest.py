@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from storage_k8s_emulator import KubeEmulator, RunningEmulator
+from tests.storage.storage_k8s_emulator import KubeEmulator, RunningEmulator
 
 from branchops.k8s.validate import validate_object
 

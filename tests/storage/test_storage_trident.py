@@ -171,7 +171,7 @@ def test_api_errors_become_clear_external_errors(trident, kube):
 
 
 def test_an_unreachable_api_server_is_a_clear_error(tmp_path, monkeypatch):
-    from storage_k8s_emulator import KubeEmulator, RunningEmulator
+    from tests.storage.storage_k8s_emulator import KubeEmulator, RunningEmulator
 
     with RunningEmulator(KubeEmulator()) as stopped:
         path = stopped.kubeconfig(tmp_path / "kubeconfig")
