@@ -3,7 +3,6 @@ version with the same parameters again, and compare the metrics with the recorde
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ COMPARED = ("accuracy", "roc_auc", "precision", "recall", "f1")
 
 def reproduce(repo_path: str, key: str, experiment: str | None = None, tolerance: float = 1e-6) -> dict[str, Any]:
     from branchops.engine import make_engine
-    from branchops.stages.training import compiled_pipeline
+    from branchops.stages.training import compiled_pipeline, pipeline_params, read_metrics, run_paths
     from branchops.storage import make_storage
 
     repo = gitops.open_repo(repo_path)
@@ -60,22 +59,13 @@ def reproduce(repo_path: str, key: str, experiment: str | None = None, tolerance
         upload = engine.find_version(config.kubeflow.pipeline_name, compiled.spec_hash)
         if upload is None:
             raise StageFailed(f"pipeline version {compiled.spec_hash[:16]} is no longer registered")
-        if config.storage.backend == "local":
-            work = Path(model_volume.path) / "reproductions" / name
-            paths = {"source_dir": str(Path(data_volume.path) / "raw"), "data_dir": str(data_volume.path),
-                     "work_dir": str(work), "export_base": str(work / "export")}
-        else:
-            work_path = f"/mnt/models/reproductions/{name}"
-            paths = {"source_dir": "/mnt/data/raw", "data_dir": "/mnt/data", "work_dir": work_path,
-                     "export_base": f"{work_path}/export"}
-        params = {**paths, "version": int(entry["model"]["version"]), "commit": commit, "kaggle_dataset": "",
-                  "data_pvc": data_volume.name, "model_pvc": model_volume.name, **entry["params"]}
+        paths = run_paths(config, data_volume, model_volume, f"reproductions/{name}")
+        params = pipeline_params(paths, int(entry["model"]["version"]), commit, None, data_volume, model_volume,
+                                 entry["params"])
         result = engine.run(f"{ctx.branch}-reproduce", upload, name, params, config.training.timeout_s)
     if not result.succeeded:
         raise StageFailed(f"the reproduction run {name} {result.state}: {result.error}")
-    metrics = result.outputs.get("metrics") if isinstance(result.outputs.get("metrics"), dict) else None
-    if config.storage.backend == "local":
-        metrics = json.loads((Path(paths["work_dir"]) / "metrics.json").read_text())
+    metrics = read_metrics(result.outputs, paths)
     original = entry.get("metrics") or {}
     comparison = {k: {"recorded": original.get(k), "reproduced": (metrics or {}).get(k)} for k in COMPARED}
     same = all(v["recorded"] is not None and v["reproduced"] is not None
