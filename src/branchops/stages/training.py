@@ -77,8 +77,9 @@ def uploaded_version(ctx: StageContext, engine, compiled):
 
 # -- data ----------------------------------------------------------------------------------------------
 
-def provide_data(ctx: StageContext, storage) -> tuple[Any, str, str | None]:
-    """The data volume as config's policy says, with the raw files in ``raw/``: (volume, source dir, kaggle dataset)."""
+def provide_data(ctx: StageContext, storage) -> tuple[Any, str | None]:
+    """The data volume as config's policy says, with the raw files in ``raw/``: (volume, kaggle dataset to
+    download into it, if any)."""
     cfg = ctx.config
     volume, needs_data = storage.provide_data_volume(cfg.storage.data_volume)
     kaggle = None
@@ -86,7 +87,7 @@ def provide_data(ctx: StageContext, storage) -> tuple[Any, str, str | None]:
         if needs_data and cfg.data.source != "kaggle":
             raise ConfigError(f"storage '{cfg.storage.backend}': a new data volume is filled by downloading from "
                               "Kaggle (data.source: kaggle), or use data_volume policy 'existing' or 'clone'")
-        return volume, "/mnt/data/raw", cfg.data.kaggle.dataset if needs_data else None
+        return volume, cfg.data.kaggle.dataset if needs_data else None
     raw = Path(volume.path) / "raw"
     if needs_data or not raw.exists():
         from branchops.storage.local import replace_file
@@ -110,30 +111,38 @@ def provide_data(ctx: StageContext, storage) -> tuple[Any, str, str | None]:
                 value = ref.resolve() if ref else None
                 if value:
                     os.environ[var] = value  # the consolidate step's kaggle client reads these
-    return volume, str(raw), kaggle
+    return volume, kaggle
 
 
-def run_paths(ctx: StageContext, storage, data_volume, model_volume, source_dir: str, experiment: str) -> Paths:
-    name = run_name(ctx, experiment)
-    if ctx.config.storage.backend == "local":
-        work = Path(model_volume.path) / "runs" / name
-        return Paths(source_dir, str(data_volume.path), str(work), str(work / "export"), work)
-    work = f"/mnt/models/runs/{name}"
-    return Paths(source_dir, "/mnt/data", work, f"{work}/export", None)
+def run_paths(config, data_volume, model_volume, folder: str) -> Paths:
+    """The directories of a run whose work goes to ``folder`` of the model volume (``runs/<name>``)."""
+    if config.storage.backend == "local":
+        work = Path(model_volume.path) / folder
+        return Paths(str(Path(data_volume.path) / "raw"), str(data_volume.path), str(work), str(work / "export"),
+                     work)
+    work = f"/mnt/models/{folder}"
+    return Paths("/mnt/data/raw", "/mnt/data", work, f"{work}/export", None)
+
+
+def pipeline_params(paths: Paths, version: int, commit: str, kaggle: str | None, data_volume, model_volume,
+                    train_params: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's parameters for one run (training, and reproduce with the recorded ones)."""
+    return {"source_dir": paths.source_dir, "data_dir": paths.data_dir, "work_dir": paths.work_dir,
+            "export_base": paths.export_base, "version": version, "commit": commit,
+            "kaggle_dataset": kaggle or "", "data_pvc": data_volume.name, "model_pvc": model_volume.name,
+            **train_params}
 
 
 # -- one experiment ------------------------------------------------------------------------------------
 
-def run_experiment(ctx: StageContext, engine, upload, storage, volumes, experiment, source_dir: str,
-                   kaggle: str | None, version: int) -> dict[str, Any]:
+def run_experiment(ctx: StageContext, engine, upload, storage, volumes, experiment, kaggle: str | None,
+                   version: int) -> dict[str, Any]:
     cfg = ctx.config
     data_volume, model_volume = volumes
-    paths = run_paths(ctx, storage, data_volume, model_volume, source_dir, experiment.name)
-    params = {"source_dir": paths.source_dir, "data_dir": paths.data_dir, "work_dir": paths.work_dir,
-              "export_base": paths.export_base, "version": version, "commit": ctx.source_commit,
-              "kaggle_dataset": kaggle or "", "data_pvc": data_volume.name, "model_pvc": model_volume.name,
-              **experiment.params.model_dump()}
     name = run_name(ctx, experiment.name)
+    paths = run_paths(cfg, data_volume, model_volume, f"runs/{name}")
+    params = pipeline_params(paths, version, ctx.source_commit, kaggle, data_volume, model_volume,
+                             experiment.params.model_dump())
     ctx.log.info("experiment %s: run %s starting (%s)", experiment.name, name,
                  ", ".join(f"{k}={v}" for k, v in experiment.params.model_dump().items()))
     result = engine.run(ctx.branch, upload, name, params, cfg.training.timeout_s,
@@ -342,24 +351,22 @@ def run(ctx: StageContext) -> StageResult:
     upload = uploaded_version(ctx, engine, compiled)
     from branchops.engine.base import validate_params
     storage = make_storage(cfg, ctx.state_dir)
-    data_volume, source_dir, kaggle = provide_data(ctx, storage)
+    data_volume, kaggle = provide_data(ctx, storage)
     model_volume = storage.ensure_volume(cfg.storage.model_volume)
     version = commit_version(ctx)
     # every experiment's parameters are checked against the pipeline before any run starts
     for exp in cfg.training.experiments:
-        paths = run_paths(ctx, storage, data_volume, model_volume, source_dir, exp.name)
-        validate_params(compiled.spec, {"source_dir": paths.source_dir, "data_dir": paths.data_dir,
-                                        "work_dir": paths.work_dir, "export_base": paths.export_base,
-                                        "version": version, "commit": ctx.source_commit, "kaggle_dataset": "",
-                                        "data_pvc": data_volume.name, "model_pvc": model_volume.name,
-                                        **exp.params.model_dump()})
+        paths = run_paths(cfg, data_volume, model_volume, f"runs/{run_name(ctx, exp.name)}")
+        validate_params(compiled.spec, pipeline_params(paths, version, ctx.source_commit, kaggle, data_volume,
+                                                       model_volume, exp.params.model_dump()))
+    from branchops.synthetic import is_synthetic
     synthetic = cfg.data.source == "synthetic" or (
-        data_volume.path is not None and (Path(data_volume.path) / "raw" / "SYNTHETIC_DATA.txt").exists())
+        data_volume.path is not None and is_synthetic(Path(data_volume.path) / "raw"))
 
     with ThreadPoolExecutor(max_workers=cfg.training.max_parallel_runs) as pool:
         entries = list(pool.map(
-            lambda exp: run_experiment(ctx, engine, upload, storage, (data_volume, model_volume), exp, source_dir,
-                                       kaggle, version), cfg.training.experiments))
+            lambda exp: run_experiment(ctx, engine, upload, storage, (data_volume, model_volume), exp, kaggle,
+                                       version), cfg.training.experiments))
 
     succeeded = [e for e in entries if e["state"] == "SUCCEEDED"]
     metric = cfg.training.select_by
