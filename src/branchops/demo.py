@@ -54,7 +54,6 @@ class Step:
     outcome: str
     seconds: float
     record: str | None = None
-    detail: str = ""
 
 
 @dataclass
@@ -66,10 +65,6 @@ class DemoResult:
     served_version: int | None = None
     synthetic: bool = False
     metrics: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(s.outcome in ("succeeded", "refused as expected", "done") for s in self.steps)
 
 
 def free_port() -> int:
@@ -126,7 +121,7 @@ class Demo:
     def record(self, what: str, reports: list[RunReport], expected: str = "succeeded") -> RunReport:
         report = reports[0]
         outcome = "refused as expected" if report.status == "refused" and expected == "refused" else report.status
-        self.result.steps.append(Step(what, outcome, report.duration_s or 0.0, report.record_path, report.message))
+        self.result.steps.append(Step(what, outcome, report.duration_s or 0.0, report.record_path))
         self.echo(f"  {what}: {outcome}" + (f" in {report.duration_s:.1f}s" if report.duration_s else "")
                   + f" — {report.message}")
         if report.status != expected:

@@ -267,8 +267,6 @@ def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str]
                                   f"{ctx.stage} {status} but its record could not be written: {exc}", ctx.run_id,
                                   mr.number))
         raise
-    for hook in ctx.after_write_back:
-        hook(record_commit)
     kind = "succeeded" if status == "succeeded" else "failed"
     ctx.notifier.notify(Event(kind, ctx.stage, ctx.branch, ctx.source_commit,
                               f"{mask(result.summary)} (record {ctx.record_dir}/record.json)", ctx.run_id,

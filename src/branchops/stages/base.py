@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from branchops.config import BranchopsConfig
@@ -42,8 +42,6 @@ class StageContext:
 
     # Files (path relative to record_dir -> bytes) committed beside the record, e.g. metrics.json.
     artifacts: dict[str, bytes] = field(default_factory=dict)
-    # Extra files committed at absolute paths in the branch (e.g. a release file); rarely needed.
-    after_write_back: list[Callable[[str], None]] = field(default_factory=list)
 
     def add_artifact(self, relpath: str, content: bytes | str) -> None:
         self.artifacts[relpath] = content.encode() if isinstance(content, str) else content
