@@ -64,7 +64,11 @@ def lineage(repo_path: str, key: str) -> dict[str, Any]:
     upload = next((r for r in reversed(uploads) if (r.data.get("outputs") or {}).get("spec_hash") == spec_hash), None)
     images = trace.get("images")
     builds = records.list_records(repo, tips["build-components"], "build-components") if tips["build-components"] else []
-    build = builds[-1] if builds and isinstance(images, dict) else None
+    # the build that pushed these images: the newest record that built one of their digests
+    digests = {ref.rsplit("@", 1)[-1] for ref in images.values()} if isinstance(images, dict) else set()
+    build = next((r for r in reversed(builds) if digests & {
+        c.get("digest") for c in (r.data.get("outputs") or {}).get("components", [])
+        if c.get("status") == "built"}), None)
 
     version = str((best.get("model") or {}).get("version"))
     deploys = records.list_records(repo, tips["deploy-model"], "deploy-model") if tips["deploy-model"] else []
