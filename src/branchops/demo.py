@@ -20,7 +20,7 @@ from typing import Any, Callable
 import git
 import yaml
 
-from branchops import gitops
+from branchops import gitops, preflight
 from branchops.ci.local import merge_and_run
 from branchops.errors import BranchopsError, StageFailed
 from branchops.forge.local import LocalForge
@@ -220,6 +220,12 @@ def run_demo(workdir: str | Path, data_dir: str | None = None, synthetic: bool =
     if target.exists() and any(target.iterdir()):
         raise BranchopsError(f"{target} exists and is not empty: give a new --workdir")
     data = data_source(data_dir, synthetic)
+    # Everything the four stages need must be installed before the first one starts, not found missing
+    # at the third.
+    from branchops.config import STAGES, parse_config
+    from branchops.scaffold import project_config, reference_source
+    preflight.check(parse_config(project_config(reference_source(), APPROVERS, None, False, {"data": data}),
+                                 "the demo's configuration"), STAGES)
     demo = Demo(target, echo)
     return demo.play(data)
 

@@ -9,6 +9,7 @@ Exit codes (documented in the README):
   5  a merge request could not be merged (conflict, not open, not approved)
   6  an external system (registry, Kubeflow, Kubernetes, GitHub, Jenkins) failed or timed out
   7  bad input data
+  8  a library or program the stage needs is not installed (nothing ran)
 """
 
 from __future__ import annotations
@@ -42,3 +43,9 @@ class ExternalError(BranchopsError):
 
 class DataError(BranchopsError):
     exit_code = 7
+
+
+class MissingRequirement(BranchopsError):
+    """The machine lacks what a stage needs: said before the stage starts, with no record written."""
+
+    exit_code = 8

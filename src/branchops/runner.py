@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import git
 
-from branchops import __version__, gate, gitops, records
+from branchops import __version__, gate, gitops, preflight, records
 from branchops.config import CONFIG_PATH, STAGES, BranchopsConfig, load_config, parse_config
 from branchops.errors import BranchopsError, ConfigError, GateRefused
 from branchops.forge import make_forge
@@ -185,6 +185,7 @@ def run_stage(repo_path: str | Path, stage: str, *, dry_run: bool = False, force
                          message=f"{tip[:12]} is branchops' own commit; bot commits never start a stage")
     source = first_non_bot(repo, tip, boot.bot.marker)
     config = config_at(repo, source)
+    preflight.check(config, [stage])  # a machine that lacks a library fails here, before the gate and any record
     state = gitops.state_dir(repo)
     forge = make_forge(config, repo)
     notifier = make_notifier(config, state, forge)
