@@ -72,7 +72,7 @@ def plan(ctx: StageContext) -> list[str]:
     where = f"{serving.backend} serving of model '{release.model}'"
     if live == release.version:
         return [f"{where}: version {live} is already live; nothing to do"]
-    steps = [(f"{where}: live version {live if live is not None else '(none)'} -> desired {release.version} "
+    steps = [(f"{where}: live version {live if live is not None else 'nothing'} -> desired {release.version} "
               f"({strategy}) from {release.source.describe()}"),
              "load it beside the live version, check its signature and smoke-test the export's sample"]
     if strategy == "canary" and live is not None:
@@ -103,7 +103,9 @@ def run(ctx: StageContext) -> StageResult:
     if result.outcome == "unchanged":
         return StageResult("success", f"model {release.model} version {release.version} is already live", outputs)
     if result.ok:
-        return StageResult("success", f"model {release.model}: version {result.before} -> {result.after} "
+        before = f"version {result.before}" if result.before is not None else "nothing served"
+        return StageResult("success", f"model {release.model}: {before} -> version {result.after} "
                                       f"({result.strategy})", outputs)
-    return StageResult("failed", f"model {release.model} version {release.version} rolled back; version "
-                                 f"{result.before} still serves: {result.reason}", outputs, error=result.reason)
+    still = f"version {result.before} still serves" if result.before is not None else "nothing serves it"
+    return StageResult("failed", f"model {release.model} version {release.version} rolled back; {still}: "
+                                 f"{result.reason}", outputs, error=result.reason)
