@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from branchops.config import parse_config
 from branchops.engine import make_engine
+from branchops.engine.base import CompiledPipeline, Upload
 from branchops.engine.compile import compile_pipeline
 from branchops.engine.local import LocalEngine
 from branchops.errors import ConfigError
 
 from .conftest import TINY_PIPELINE, write_tiny_workspace
+
+UPSERTERS = 8
+ROUNDS = 25
+_start_together = None  # the barrier a worker process of the cross-process test waits at
 
 
 def engine_for(workspace: Path) -> LocalEngine:
@@ -42,18 +49,58 @@ def test_upsert_registers_a_spec_once_and_new_specs_as_new_versions(tiny_workspa
 
 
 def test_concurrent_upserts_of_one_spec_make_one_version(tiny_workspace: Path):
-    engine = engine_for(tiny_workspace)
     compiled = compile_pipeline(tiny_workspace, "pipelines/tiny.py")
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(engine.upsert("tiny", compiled))) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(r.created for r in results) == 1
-    assert len({(r.pipeline_id, r.version_id) for r in results}) == 1
-    versions = [p for p in (engine.root / "pipelines" / "tiny" / "versions").iterdir() if not p.name.startswith(".")]
-    assert [v.name for v in versions] == [compiled.spec_hash]
+    # A race shows only sometimes: several rounds, each a fresh registry, its upserts released at once.
+    for round_number in range(ROUNDS):
+        engine = LocalEngine(tiny_workspace.parent / f"state-{round_number}" / "kfp", workspace=tiny_workspace)
+        start_together = threading.Barrier(UPSERTERS)
+
+        def upsert_when_all_are_ready(engine=engine, start_together=start_together):
+            start_together.wait(timeout=30)
+            return engine.upsert("tiny", compiled)
+
+        with ThreadPoolExecutor(max_workers=UPSERTERS) as pool:
+            futures = [pool.submit(upsert_when_all_are_ready) for _ in range(UPSERTERS)]
+            # .result() re-raises what an upsert raised: every one of them must return an Upload.
+            results = [future.result(timeout=60) for future in futures]
+        assert len(results) == UPSERTERS
+        assert sum(r.created for r in results) == 1, f"round {round_number}: {results}"
+        assert len({(r.pipeline_id, r.version_id, r.version_name) for r in results}) == 1, f"round {round_number}"
+        assert results[0].version_name == compiled.spec_hash
+        versions = [p for p in (engine.root / "pipelines" / "tiny" / "versions").iterdir()
+                    if not p.name.startswith(".")]
+        assert [v.name for v in versions] == [compiled.spec_hash]
+        assert engine.find_version("tiny", compiled.spec_hash).version_id == results[0].version_id
+        record = json.loads((engine.root / "pipelines" / "tiny" / "pipeline.json").read_text())
+        assert record["pipeline_id"] == results[0].pipeline_id
+
+
+def _upsert_once_all_processes_are_ready(root: Path, workspace: Path, compiled: CompiledPipeline) -> Upload:
+    _start_together.wait(timeout=60)
+    return LocalEngine(root, workspace=workspace).upsert("tiny", compiled)
+
+
+def _share_barrier(barrier) -> None:
+    global _start_together
+    _start_together = barrier
+
+
+def test_upserts_from_separate_processes_make_one_pipeline_and_one_version(tiny_workspace: Path):
+    # Two stages of two CI builds share a state directory: no lock inside one process helps them.
+    compiled = compile_pipeline(tiny_workspace, "pipelines/tiny.py")
+    spawn = multiprocessing.get_context("spawn")
+    processes = 4
+    with ProcessPoolExecutor(max_workers=processes, mp_context=spawn, initializer=_share_barrier,
+                             initargs=(spawn.Barrier(processes),)) as pool:
+        for round_number in range(ROUNDS):
+            root = tiny_workspace.parent / f"shared-state-{round_number}" / "kfp"
+            futures = [pool.submit(_upsert_once_all_processes_are_ready, root, tiny_workspace, compiled)
+                       for _ in range(processes)]
+            results = [future.result(timeout=120) for future in futures]
+            assert sum(r.created for r in results) == 1, f"round {round_number}: {results}"
+            assert len({(r.pipeline_id, r.version_id) for r in results}) == 1, f"round {round_number}: {results}"
+            record = json.loads((root / "pipelines" / "tiny" / "pipeline.json").read_text())
+            assert record["pipeline_id"] == results[0].pipeline_id
 
 
 def test_a_tiny_pipeline_runs_end_to_end_with_kfp_local_and_a_rerun_is_not_started_again(tiny_workspace: Path):

@@ -65,11 +65,43 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _create_json_exclusive(path: Path, data: dict[str, Any]) -> bool:
+    """Publish ``path`` complete or not at all, unless it exists: True if this call created it.
+
+    The record is written to a temporary name in the same folder and hard-linked into place: the link
+    fails when the name exists, so of several creators (threads or processes, on local disks and NFS
+    alike) exactly one wins, and no reader ever sees the file half written, as one created empty with
+    O_EXCL and then filled could be seen.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+
+
+def _read_pipeline_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return _read_json(path)
+    except json.JSONDecodeError:
+        # Records are published whole, so this one was damaged by something else (an edit, a full disk).
+        raise ExternalError(f"{path}: unreadable local pipeline record (delete it to recreate the pipeline)"
+                            ) from None
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -98,33 +130,19 @@ class LocalEngine(PipelineEngine):
         return self.root / "pipelines" / check_name("pipeline", pipeline_name)
 
     def _ensure_pipeline(self, pipeline_name: str, description: str) -> dict[str, Any]:
-        pdir = self._pipeline_dir(pipeline_name)
-        meta = _read_json(pdir / "pipeline.json")
+        path = self._pipeline_dir(pipeline_name) / "pipeline.json"
+        meta = _read_pipeline_record(path)
         if meta:
             return meta
-        pdir.mkdir(parents=True, exist_ok=True)
         meta = {"pipeline_id": str(uuid.uuid4()), "name": pipeline_name, "description": description,
                 "created_at": _now()}
-        try:
-            # O_EXCL: of two concurrent creators, exactly one wins; the other reads the winner's id.
-            fd = os.open(pdir / "pipeline.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return self._wait_for_json(pdir / "pipeline.json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-        return meta
-
-    @staticmethod
-    def _wait_for_json(path: Path, attempts: int = 50) -> dict[str, Any]:
-        for _ in range(attempts):
-            try:
-                data = _read_json(path)
-                if data:
-                    return data
-            except json.JSONDecodeError:
-                pass  # the winner is still writing it
-            time.sleep(0.05)
-        raise ExternalError(f"{path}: unreadable local pipeline record (delete it to recreate the pipeline)")
+        if _create_json_exclusive(path, meta):
+            return meta
+        # Another upsert (a thread or another process) created the pipeline first: its id is the one.
+        winner = _read_pipeline_record(path)
+        if winner is None:
+            raise ExternalError(f"{path}: the local pipeline record vanished while it was being created")
+        return winner
 
     def upsert(self, pipeline_name: str, compiled: CompiledPipeline, description: str = "") -> Upload:
         existing = self.find_version(pipeline_name, compiled.version_name)
