@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GitHub forge contract tests (DESIGN.md §7): Prism serving GitHub's official REST description.
+# GitHub forge contract tests (docs/architecture.md §7): Prism serving GitHub's official REST description.
 # Installs @stoplight/prism-cli and @octokit/openapi, pinned, into a fixed folder that
 # tests/forge_github/prism.py looks in (BRANCHOPS_PRISM_HOME overrides it).
 # Idempotent, non-interactive; runs as root on Debian 12 after `apt-get update`.

@@ -11,7 +11,7 @@ the GitHub token's permissions, the Jenkins API token, the webhook secret, the J
 config, the job definition — and all problems are reported together.
 
 Why pushes are not restricted for administrators: stages write their records back to their own
-branch as the bot (DESIGN.md §4). GitHub's classic branch protection lets nobody but administrators
+branch as the bot (docs/architecture.md §4). GitHub's classic branch protection lets nobody but administrators
 push past required reviews and status checks, so the bot's account must be an administrator of the
 repository (or a GitHub App with the administration permission), and "include administrators" stays
 off. Humans push through reviewed pull requests; a direct push that still lands starts nothing,

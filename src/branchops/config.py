@@ -404,7 +404,8 @@ class BranchopsConfig(Strict):
     registry: RegistrySection = RegistrySection()
     kubeflow: KubeflowSection = KubeflowSection()
     storage: StorageSection = StorageSection()
-    # no data section: the Kaggle dataset (DESIGN.md §6); synthetic prices only when asked for by name
+    # no data section: the Kaggle dataset (docs/architecture.md, data sources); synthetic prices only
+    # when asked for by name
     data: DataSection = DataSection(source="kaggle")
     training: TrainingSection = TrainingSection()
     serving: ServingSection = ServingSection()

@@ -1,4 +1,5 @@
-"""``branchops demo``: the whole workflow of DESIGN.md §1 on one machine, on the embedded defaults.
+"""``branchops demo``: the whole workflow (docs/architecture.md §1) on one machine, on the embedded
+defaults.
 
 It plays the people: a data scientist (``ds1``) commits and opens merge requests, the team lead and the
 head of data science approve them, and each merge runs its stage through the local CI runner, exactly

@@ -1,4 +1,4 @@
-"""The approval gate (DESIGN.md §4): a stage runs only on the merge of a merge request into its branch
+"""The approval gate (docs/architecture.md §4): a stage runs only on the merge of a merge request into its branch
 that a designated approver of that branch approved, who is not its author, on the commit that was
 merged. Everything else is refused before anything happens.
 """

@@ -1,4 +1,4 @@
-"""``branchops lineage``: the chain of DESIGN.md §5, read from git alone.
+"""``branchops lineage``: the chain of docs/architecture.md §5, read from git alone.
 
 From a training run id (or a model version), follow the records: the commit and config that started
 the run and who approved it, the pipeline version (and which kf-pipeline merge uploaded it), the

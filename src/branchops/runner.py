@@ -1,4 +1,4 @@
-"""The stage runner: the contract of DESIGN.md §4 around every stage.
+"""The stage runner: the contract of docs/architecture.md §4 around every stage.
 
 gate first → idempotency → (dry-run: plan and stop) → notify start → the stage's own work in a checkout
 of the source commit → one bot commit with the record and artifacts on the stage branch → notify end.

@@ -1,6 +1,6 @@
 """An in-process HTTP fake of the Jenkins REST endpoints branchops uses, so python-jenkins itself runs.
 
-A fake, not Jenkins: no controller can run on these machines (DESIGN.md §7). It follows Jenkins'
+A fake, not Jenkins: no controller can run on these machines (docs/architecture.md §7). It follows Jenkins'
 documented behaviour where branchops depends on it:
 
 - Basic authentication with a user's API token on every request; 401 otherwise.

@@ -1,6 +1,6 @@
 """JenkinsClient through the real python-jenkins against the in-process Jenkins REST fake.
 
-A fake, not an integration test: no Jenkins controller can run here (DESIGN.md §7).
+A fake, not an integration test: no Jenkins controller can run here (docs/architecture.md §7).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Check Kubernetes objects against the official schemas before anything is sent or committed.
 
 No API server runs where branchops is developed, so every manifest and every object the code sends is
-validated offline (DESIGN.md §7):
+validated offline (docs/architecture.md §7):
 
 * built-in kinds (PersistentVolumeClaim, Deployment, Service, HorizontalPodAutoscaler,
   PodDisruptionBudget, Role, ...) with ``kubernetes-validate`` in strict mode (unknown fields are

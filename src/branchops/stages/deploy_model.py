@@ -1,4 +1,4 @@
-"""deploy-model: make model serving match the release in git (DESIGN.md §1 step 5).
+"""deploy-model: make model serving match the release in git (docs/architecture.md §1, step 5).
 
 The release file (``serving.release_file``, by default ``serving/tfserve/release.yaml``) is the
 desired state. Merging a merge request that changes it rolls serving forward; reverting that merge

@@ -1,5 +1,5 @@
-"""The training stage (DESIGN.md §1 step 4): volumes, one pipeline run per experiment, snapshots, the
-lineage record, the KPI gate, and the merge request into deploy-model.
+"""The training stage (docs/architecture.md §1, step 4): volumes, one pipeline run per experiment,
+snapshots, the lineage record, the KPI gate, and the merge request into deploy-model.
 
 Everything is keyed by the source commit: the pipeline version is found by the spec hash of this
 commit's compiled pipeline, runs are named ``<commit>-<experiment>`` (the engine never starts a run
