@@ -9,12 +9,13 @@ import pytest
 import yaml
 
 from branchops.config import parse_config
-from branchops.engine.compile import is_pinned, spec_images
 from branchops.errors import ConfigError, StageFailed
+from branchops.images import discover_components
 from branchops.stages import kf_pipeline
 from branchops.stages.base import StageContext
 
 from .fake_kfp import FakeKfpClient, FakeKfpClientView
+from .fake_registry import FakeRegistry, oci_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APPROVERS = "approvers: {build-components: [lead], kf-pipeline: [lead], training: [lead], deploy-model: [lead]}\n"
@@ -27,10 +28,6 @@ def context(tmp_path: Path, config_text: str = "", commit: str = "c0ffee" * 6 + 
                         state_dir=tmp_path / "state", config=config, source_commit=commit, run_id="20261123T170000Z-c0ffee",
                         record_dir="records/kf-pipeline/x", merge_request=None, forge=None, notifier=None,
                         log=logging.getLogger("test.kf-pipeline"))
-
-
-def pinned(registry: str) -> dict[str, str]:
-    return {name: f"{registry}/{name}@sha256:{'0123456789abcdef' * 4}" for name in NAMES}
 
 
 def test_local_upload_then_a_rerun_uploads_nothing(tmp_path: Path):
@@ -59,29 +56,52 @@ def test_local_upload_then_a_rerun_uploads_nothing(tmp_path: Path):
     assert found is not None and found.version_id == outputs["version_id"]
 
 
+def container_images(document) -> list[str]:
+    """Every ``image`` value anywhere in a parsed YAML document."""
+    if isinstance(document, dict):
+        found = [document["image"]] if isinstance(document.get("image"), str) else []
+        return found + [image for value in document.values() for image in container_images(value)]
+    if isinstance(document, list):
+        return [image for value in document for image in container_images(value)]
+    return []
+
+
 def test_kubeflow_upload_pins_every_image_by_digest(tmp_path: Path, monkeypatch):
     fake = FakeKfpClient(multi_user=True)
     monkeypatch.setattr("branchops.engine.kubeflow.make_client", lambda settings: FakeKfpClientView(fake))
-    monkeypatch.setattr("branchops.images.image_digests", lambda workspace, cfg: pinned(cfg.url))
-    settings = ("registry: {url: 127.0.0.1:5000/djia}\n"
-                "kubeflow: {backend: kubeflow, kubeflow: {host: 'https://kf.example.test', auth: none, namespace: team-a}}\n"
-                "training: {gpu: {count: 1}}\n")
-    ctx = context(tmp_path, settings)
-    result = kf_pipeline.run(ctx)
+    with FakeRegistry() as registry:
+        settings = (f"registry: {{url: '{registry.host}/djia', insecure: true}}\n"
+                    "kubeflow: {backend: kubeflow, kubeflow: {host: 'https://kf.example.test', auth: none, "
+                    "namespace: team-a}}\n"
+                    "training: {gpu: {count: 1}}\n")
+        ctx = context(tmp_path, settings)
+        # What build-components pushed for these sources: each component's image under its content tag,
+        # each with a manifest (and so a digest) of its own.
+        digests = {component.name: registry.push(f"djia/{component.name}", component.content_tag,
+                                                 oci_manifest(f"{component.name} image"))
+                   for component in discover_components(REPO_ROOT, ctx.config.registry.build_args)}
+        assert set(digests) == {*NAMES, "train-gpu"} and len(set(digests.values())) == len(digests)
+        expected = {name: f"{registry.host}/djia/{name}@{digest}" for name, digest in digests.items()}
+        result = kf_pipeline.run(ctx)
+        assert kf_pipeline.run(context(tmp_path, settings)).outputs["uploaded"] is False
+
     assert result.outputs["engine"] == "kubeflow" and result.outputs["uploaded"] is True
-    assert result.outputs["images"] == pinned("127.0.0.1:5000/djia")
+    assert result.outputs["images"] == expected
     [uploaded] = fake.uploaded_specs
     assert uploaded == ctx.artifacts["pipeline.yaml"]
-    images = spec_images(uploaded)
-    assert images and all(is_pinned(i) for i in images)
+    documents = [d for d in yaml.safe_load_all(uploaded) if d]
+    executors = documents[0]["deploymentSpec"]["executors"]
+    # Every step runs the image of its own component, pinned by the digest the registry reported; with a
+    # GPU configured, training runs the train-gpu image.
+    runs_image = {name: expected["train-gpu" if name == "train" else name] for name in NAMES}
+    assert {executor: spec["container"]["image"] for executor, spec in executors.items()} == {
+        f"exec-{name}": image for name, image in runs_image.items()}
+    assert set(container_images(documents)) == set(runs_image.values())  # no tag-only reference anywhere
+    assert executors["exec-train"]["container"]["resources"]["accelerator"]
     [pipeline] = fake.pipelines.values()
     assert pipeline.namespace == "team-a" and pipeline.display_name == "djia-sentiment"
     [version] = fake.versions.values()
     assert version.name == result.outputs["spec_hash"] and ctx.source_commit in version.description
-    document = next(iter(yaml.safe_load_all(uploaded)))
-    assert document["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]["accelerator"]
-
-    assert kf_pipeline.run(context(tmp_path, settings)).outputs["uploaded"] is False
     assert len(fake.uploaded_specs) == 1
 
 
