@@ -4,6 +4,7 @@ approved and merged, runs the real stage and commits its record; a dry run touch
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
@@ -16,6 +17,16 @@ def cli(*args, expect=0):
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     assert result.exit_code == expect, result.output
     return result
+
+
+def untouchable_state(project: Path) -> tuple[str, str, dict[str, bytes]]:
+    """What a dry run must leave as it found it: every ref, the checkout, and branchops' local state
+    (merge requests, registered pipelines, records and logs under .branchops)."""
+    refs = git(project, "for-each-ref", "--format=%(refname) %(objectname)")
+    checkout = git(project, "status", "--porcelain", "--ignored", "--branch")
+    files = {str(path.relative_to(project)): path.read_bytes() for path in sorted(project.rglob("*"))
+             if path.is_file() and ".git" not in path.relative_to(project).parts}
+    return refs, checkout, files
 
 
 def test_init_scaffolds_a_repository_whose_stage_runs_on_an_approved_merge(tmp_path):
@@ -34,10 +45,12 @@ def test_init_scaffolds_a_repository_whose_stage_runs_on_an_approved_merge(tmp_p
                             "--title", "pipeline", "--as", "ds1", "--json").output)
     cli("-C", str(project), "mr", "approve", str(opened["number"]), "--as", "lead")
     cli("-C", str(project), "mr", "merge", str(opened["number"]), "--as", "lead", "--no-run")
+    merged = git(project, "rev-parse", "kf-pipeline")
+    assert merged != before
+    before_dry_run = untouchable_state(project)
     planned = cli("-C", str(project), "run", "kf-pipeline", "--dry-run").output
     assert "compile pipelines/djia_pipeline.py" in planned and "approved by lead" in planned
-    merged = git(project, "rev-parse", "kf-pipeline")
-    assert merged != before and git(project, "rev-parse", "kf-pipeline") == merged  # the dry run moved nothing
+    assert untouchable_state(project) == before_dry_run  # the dry run moved, wrote and recorded nothing
 
     done = json.loads(cli("-C", str(project), "run", "kf-pipeline", "--json").output)[0]
     assert done["status"] == "succeeded" and done["outputs"]["spec_hash"]
