@@ -12,12 +12,10 @@ import pytest
 
 from branchops.bootstrap import CODEOWNERS_PATH, bootstrap, codeowners_for
 from branchops.ci.jenkins import PR_STATUS_CONTEXT, make_client
+from tests.forge_github.fake_github import FakeGitHub
 
 from .conftest import REPO_ROOT, production_config
 from .fake_jenkins import FakeJenkins
-
-fake_github_module = pytest.importorskip("tests.forge_github.fake_github",
-                                         reason="the GitHub REST fake of tests/forge_github is not there")
 
 # forge.github.token is {credential: github-token}, as in production: Jenkins binds it to this variable.
 TOKEN_ENV = "BRANCHOPS_CRED_GITHUB_TOKEN"
@@ -25,7 +23,7 @@ TOKEN_ENV = "BRANCHOPS_CRED_GITHUB_TOKEN"
 
 @pytest.fixture
 def fake_github(monkeypatch: pytest.MonkeyPatch):
-    with fake_github_module.FakeGitHub("acme/djia-mlops") as fake:
+    with FakeGitHub("acme/djia-mlops") as fake:
         monkeypatch.setenv(TOKEN_ENV, fake.token)
         yield fake
 
