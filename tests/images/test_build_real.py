@@ -7,19 +7,26 @@ other's images.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from branchops.config import STAGES, BranchopsConfig, RegistrySection
+from branchops.config import RegistrySection
 from branchops.errors import ExternalError, StageFailed
 from branchops.images import build_components, discover_components, image_digests
 from branchops.images.local_registry import LocalRegistry, free_port
 from branchops.stages import build_components as stage
-from branchops.stages.base import StageContext
 
-from .conftest import BASE_IMAGE, write_component
+from .conftest import (
+    BASE_IMAGE,
+    assert_not_in_registry,
+    error_codes,
+    make_context,
+    registry_api,
+    registry_digest,
+    skopeo_digest,
+    write_component,
+)
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -27,25 +34,6 @@ pytestmark = [pytest.mark.containers, pytest.mark.slow]
 def registry_config(registry: LocalRegistry, namespace: str, builder: str = "buildah") -> RegistrySection:
     return RegistrySection(url=f"{registry.url}/{namespace}", insecure=True, builder=builder,
                            max_parallel_builds=2, build_args={"BASE_IMAGE": BASE_IMAGE}, timeout_s=300)
-
-
-def skopeo_digest(image: str) -> str | None:
-    """The digest as skopeo (an independent client) sees it, or None when the tag does not exist."""
-    done = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{image}"],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        return None
-    digest = subprocess.run(["skopeo", "manifest-digest", "/dev/stdin"], input=done.stdout, capture_output=True,
-                            check=True)
-    return digest.stdout.decode().strip()
-
-
-def make_context(workspace: Path, state_dir: Path, registry_cfg: RegistrySection, dry_run: bool = False):
-    config = BranchopsConfig(approvers={s: ["lead"] for s in STAGES}, registry=registry_cfg)
-    return StageContext(stage="build-components", branch="build-components", workspace=workspace,
-                        git_dir=workspace, state_dir=state_dir, config=config, source_commit="0" * 40,
-                        run_id="20260101T000000Z-000000000000", record_dir="records/build-components/x",
-                        merge_request=None, forge=None, notifier=None, dry_run=dry_run)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("builder", "names"), [("buildah", ("alpha", "beta", "gamma")), ("podman", ("alpha",))])
@@ -101,12 +89,18 @@ def test_failing_component_test_pushes_nothing_and_fails_the_stage(make_workspac
 
     result = stage.run(ctx)
 
-    assert result.outcome == "failed"
     by_name = {c["name"]: c for c in result.outputs["components"]}
+    # The registry is asked directly: no repository for beta at all (404 NAME_UNKNOWN), and its tag has no
+    # manifest. A registry or client that does not answer fails here instead of passing for "not found".
+    beta_tags = registry_api(registry.url, "failing-test/beta/tags/list")
+    assert (beta_tags.status_code, error_codes(beta_tags)) == (404, ["NAME_UNKNOWN"]), beta_tags.text
+    assert_not_in_registry(registry.url, "failing-test/beta", by_name["beta"]["tag"])
+    assert skopeo_digest(f"{registry.url}/failing-test/beta:{by_name['beta']['tag']}") is None
+    # The same questions about alpha, built in the same run, are answered with its manifest.
+    assert registry_digest(registry.url, "failing-test/alpha", by_name["alpha"]["tag"]) == by_name["alpha"]["digest"]
+    assert result.outcome == "failed"
     assert by_name["beta"]["status"] == "failed" and by_name["beta"]["tests"] == "failed"
     assert "tests failed" in result.error
-    beta_tag = by_name["beta"]["tag"]
-    assert skopeo_digest(f"{registry.url}/failing-test/beta:{beta_tag}") is None  # nothing pushed
     assert by_name["alpha"]["status"] == "built"  # the others are still built and recorded
     assert "assert 3 == 1003" in ctx.artifacts["logs/beta.log"].decode()
     with pytest.raises(StageFailed, match="merge these changes into build-components first|Merge these"):
