@@ -8,14 +8,17 @@ client calls for the TF Serving rollout, following the API's documented semantic
   HorizontalPodAutoscalers (autoscaling/v2), PodDisruptionBudgets (policy/v1) and Istio
   VirtualServices/DestinationRules (networking.istio.io/v1beta1, custom objects);
 * create (POST): 201 with uid/resourceVersion/creationTimestamp (and ``generation``), ``409
-  AlreadyExists``, ``400`` on kind/namespace mismatch, ``422 Invalid`` when the object fails the strict
-  schema (Istio kinds: only metadata, no schema is shipped);
+  AlreadyExists``, ``400`` on kind/namespace mismatch; what an object deserves is judged by
+  tests/k8s/api_rules.py, the API server's rules from Kubernetes' schemas and docs (never branchops' own
+  validator): a wrong type is a ``400`` (``422`` on a patch), an unknown field is refused under
+  ``fieldValidation=Strict`` and otherwise dropped with a ``Warning`` header (kept in ``warnings``), a
+  failed validation is ``422 Invalid`` with its causes (Istio kinds: only metadata, no schema is shipped);
 * patch (PATCH) by the content type the client sends: ``strategic-merge-patch+json`` (built-in kinds
   only; lists merged by their patchMergeKey: containers/volumes/env by name, container ports by
   containerPort, service ports by port) and ``merge-patch+json`` (RFC 7386); a custom object refuses a
   strategic patch with 415 as the real server does; a patch carrying a stale ``resourceVersion`` gets
   ``409 Conflict``; immutable fields (Deployment selector, PVC spec but its requests, Job template)
-  give 422; the merged object is validated strictly; generation bumps only when spec changes;
+  give 422; the merged object is reviewed as a create's body is; generation bumps only when spec changes;
 * update (PUT) needs the current ``resourceVersion``; delete honours ``propagationPolicy`` (a Job's
   pods are orphaned unless Background/Foreground is asked for, as batch/v1 does by default);
 * every request needs a bearer token (401 otherwise);
@@ -45,10 +48,7 @@ from typing import Any
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-
 from tests.storage.storage_k8s_emulator import KubeEmulator, RunningEmulator, _now
-
-from branchops.k8s.validate import InvalidObject, validate_object
 
 __all__ = ["RunningEmulator", "ServingKubeEmulator", "merge_patch", "strategic_merge"]
 
@@ -221,21 +221,18 @@ class ServingKubeEmulator(KubeEmulator):
         except ValueError:
             return None
 
-    def _check(self, obj: dict[str, Any], resource: str, ns: str) -> Response | None:
-        """The request checks of create/update, and strict validation of what would be stored."""
+    def _check(self, request: Request, obj: dict[str, Any], resource: str, ns: str, *, patch: bool = False,
+               old: dict[str, Any] | None = None) -> tuple[Response | None, dict[str, Any]]:
+        """The request checks of create/update/patch, then the API server's review of what would be stored:
+        (the refusal or None, the object as it would be stored)."""
         kind = RESOURCES[resource][2]
         if obj.get("kind") != kind or obj.get("apiVersion") != api_version(resource):
             return self._status(400, "BadRequest", f"the object is a {obj.get('apiVersion')} {obj.get('kind')}, "
-                                f"not a {api_version(resource)} {kind}")
+                                f"not a {api_version(resource)} {kind}"), obj
         if (obj.get("metadata") or {}).get("namespace", ns) != ns:
             return self._status(400, "BadRequest", "the namespace of the provided object does not match the "
-                                "namespace sent on the request")
-        try:
-            validate_object(obj, allow_unchecked=RESOURCES[resource][0] == ISTIO)
-        except InvalidObject as exc:
-            self.rejected.append(str(exc))
-            return self._status(422, "Invalid", f"{kind} is invalid: {exc}")
-        return None
+                                "namespace sent on the request"), obj
+        return self._review(request, obj, patch=patch, old=old)
 
     # -- verbs ---------------------------------------------------------------------------------------
     def _verb_create(self, request: Request, ns: str, resource: str, _: None) -> Response:
@@ -243,13 +240,12 @@ class ServingKubeEmulator(KubeEmulator):
         if not isinstance(body, dict):
             return self._status(400, "BadRequest", "the request body is not a JSON object")
         self.received.append(copy.deepcopy(body))
-        problem = self._check(body, resource, ns)
+        problem, body = self._check(request, body, resource, ns)
         if problem:
             return problem
         meta = body.setdefault("metadata", {})
-        name = meta.get("name")
-        if not name:
-            return self._status(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+        # The review refused an object with neither a name nor a generateName.
+        name = meta["name"] = meta.get("name") or meta["generateName"] + uuid.uuid4().hex[:5]
         if (resource, ns, name) in self.objects:
             return self._status(409, "AlreadyExists", f'{resource} "{name}" already exists',
                                 {"name": name, "group": RESOURCES[resource][0], "kind": resource})
@@ -307,7 +303,7 @@ class ServingKubeEmulator(KubeEmulator):
         if wanted_version is not None and wanted_version != current["metadata"]["resourceVersion"]:
             return self._conflict(resource, name)
         merged = (merge_patch if content_type == MERGE else strategic_merge)(current, patch)
-        return self._store(current, merged, resource, ns, name)
+        return self._store(request, current, merged, resource, ns, name, patch=True)
 
     def _verb_update(self, request: Request, ns: str, resource: str, name: str) -> Response:
         body = self._body(request)
@@ -326,7 +322,7 @@ class ServingKubeEmulator(KubeEmulator):
         body["status"] = copy.deepcopy(current.get("status"))  # the main resource cannot change status
         if body["status"] is None:
             body.pop("status")
-        return self._store(current, body, resource, ns, name)
+        return self._store(request, current, body, resource, ns, name)
 
     def _conflict(self, resource: str, name: str) -> Response:
         group = RESOURCES[resource][0]
@@ -334,7 +330,8 @@ class ServingKubeEmulator(KubeEmulator):
                             f'"{name}": the object has been modified; please apply your changes to the latest '
                             "version and try again", {"name": name, "group": group, "kind": resource})
 
-    def _store(self, current: dict[str, Any], new: dict[str, Any], resource: str, ns: str, name: str) -> Response:
+    def _store(self, request: Request, current: dict[str, Any], new: dict[str, Any], resource: str, ns: str,
+               name: str, *, patch: bool = False) -> Response:
         meta = new.setdefault("metadata", {})
         for key in ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion"):
             if key in current["metadata"]:
@@ -354,9 +351,10 @@ class ServingKubeEmulator(KubeEmulator):
             if _dig(new, path) != _dig(current, path):
                 return self._status(422, "Invalid", f'{RESOURCES[resource][2]} "{name}" is invalid: '
                                     f'{".".join(path)}: Invalid value: field is immutable')
-        problem = self._check(new, resource, ns)
+        problem, new = self._check(request, new, resource, ns, patch=patch, old=current)
         if problem:
             return problem
+        meta = new["metadata"]
         if new == current:
             return self._json(current)  # a no-op write keeps the resourceVersion
         if resource in WITH_GENERATION and new.get("spec") != current.get("spec"):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.k8s.api_rules import review
+
 from branchops.config import STAGES, BranchopsConfig
 from branchops.k8s.validate import InvalidObject, validate_manifest_file, validate_object
 from branchops.serving.kubernetes_backend import (
@@ -44,6 +46,9 @@ def test_every_generated_object_is_strictly_valid(istio):
         istio_kind = obj["apiVersion"].startswith("networking.istio.io")
         checked = validate_object(obj, allow_unchecked=istio_kind)
         assert checked.checked != istio_kind, checked  # Istio's CRD schemas are not shipped: checked by hand below
+        # And the API server's own rules agree (names, labels, selectors: what no schema states).
+        verdict = review(obj)
+        assert (verdict.status, verdict.warnings) == (None, []), obj["kind"]
         kinds.add(obj["kind"])
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
             "PersistentVolumeClaim", "Job"} <= kinds

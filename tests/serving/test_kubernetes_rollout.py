@@ -1,7 +1,8 @@
 """The Kubernetes rollout logic against a fake cluster at the backend's KubeApi boundary.
 
 No API server or TF Serving binary runs here. The fake stores what the backend applies (each object
-validated strictly first, as the real backend does), runs the copy Job as a file copy, and plays
+first judged by the API server's own rules, tests/k8s/api_rules.py: whatever a real server would refuse
+or silently trim fails the test), runs the copy Job as a file copy, and plays
 every TF Serving pod with a real branchops model server whose version policy and labels follow the
 ConfigMap's models.config, as TF Serving's config polling does. This is a fake, not an integration
 test: it checks our rollout decisions, not Kubernetes."""
@@ -19,8 +20,9 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
+from tests.k8s.api_rules import review
+
 from branchops.config import STAGES, BranchopsConfig
-from branchops.k8s.validate import validate_object
 from branchops.serving.client import ServingClient
 from branchops.serving.kubernetes_backend import METADATA_MARKER, KubernetesServing
 from branchops.serving.release import Release
@@ -61,10 +63,15 @@ class FakeCluster:
         self.pods: dict[str, Pod] = {}
         self.job_logs: dict[str, str] = {}
         self.jobs_failed: set[str] = set()
+        self.refused: list[str] = []  # what an API server would have refused or trimmed
 
     # -- the KubeApi surface --------------------------------------------------------------------
     def apply(self, obj: dict) -> None:
-        validate_object(obj, allow_unchecked=obj["apiVersion"].startswith("networking.istio.io"))
+        verdict = review(obj)
+        if verdict.refused or verdict.warnings:
+            # Kept as well as raised: the rollout may turn the error into a rollback, the fixture will not.
+            self.refused.append(verdict.status["message"] if verdict.status else "; ".join(verdict.warnings))
+            raise AssertionError(f"the API server would refuse or trim {obj['kind']}: {self.refused[-1]}")
         kind, name = obj["kind"], obj["metadata"]["name"]
         self.history.append(("apply", kind, name if kind != "VirtualService" else
                              f"{name}:{obj['spec']['http'][0]['route'][1]['weight']}"))
@@ -187,7 +194,8 @@ def cluster(models, tmp_path):
         shutil.copytree(models[key], volume / "djia" / str(version))
     fake.snapshots["djia-models-run3"] = tmp_path / "snapshots" / "run3"
     shutil.copytree(models["v3"], fake.snapshots["djia-models-run3"] / "djia" / "3")
-    return fake
+    yield fake
+    assert fake.refused == [], f"the API server would have refused or trimmed: {fake.refused}"
 
 
 def backend(cluster: FakeCluster, **kubernetes) -> KubernetesServing:

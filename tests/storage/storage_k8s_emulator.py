@@ -1,13 +1,15 @@
 """An emulated Kubernetes API server for the storage port's tests — a fake at the client boundary.
 
-No API server can run here (DESIGN.md §7), so this small WSGI app serves the REST endpoints the official
-kubernetes client calls for PersistentVolumeClaims and CSI VolumeSnapshots, following the API's
+No API server can run here (docs/architecture.md §7), so this small WSGI app serves the REST endpoints the
+official kubernetes client calls for PersistentVolumeClaims and CSI VolumeSnapshots, following the API's
 documented semantics:
 
 * create: 201 with uid, resourceVersion, creationTimestamp set; ``409 AlreadyExists`` (a ``Status``
   body) if the name is taken; ``400 BadRequest`` if kind/apiVersion/namespace do not match the URL;
-  ``422 Invalid`` if the object fails the official schema (kubernetes-validate strict, or the CSI CRD
-  schema) — like a server with ``fieldValidation=Strict``;
+  what the body itself deserves is judged by tests/k8s/api_rules.py, the API server's rules taken from
+  Kubernetes' schemas and docs (never from branchops' own validator): a field of the wrong type is a
+  ``400``, an unknown field is refused with ``fieldValidation=Strict`` and otherwise dropped with a
+  ``Warning`` header (kept in ``warnings``), and a failed validation is ``422 Invalid`` with its causes;
 * get/delete: ``404 NotFound`` Status for a missing object; list honours equality ``labelSelector``;
 * every write bumps a global ``resourceVersion``;
 * a VolumeSnapshot becomes ``status.readyToUse: true`` only after ``ready_after_polls`` reads (the
@@ -32,7 +34,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from branchops.k8s.validate import InvalidObject, validate_object
+from tests.k8s.api_rules import review, status, warning_header
 
 SNAP = "snapshot.storage.k8s.io"
 
@@ -65,6 +67,7 @@ class KubeEmulator:
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # (verb, group, resource)
     received: list[dict[str, Any]] = field(default_factory=list)  # every object body sent to us
     rejected: list[str] = field(default_factory=list)  # why a body was refused as invalid
+    warnings: list[str] = field(default_factory=list)  # every Warning the server sent (unknown fields)
     faults: list[Fault] = field(default_factory=list)
     resource_version: int = 1000
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -96,13 +99,25 @@ class KubeEmulator:
             return self._status(404, "NotFound", "the server could not find the requested resource")(
                 environ, start_response)
         with self.lock:
+            self._request_warnings: list[str] = []
             response = self._dispatch(request, endpoint, **args)
+            for warning in self._request_warnings:
+                response.headers.add("Warning", warning_header(warning))
         return response(environ, start_response)
 
     def _status(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> Response:
-        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": message, "reason": reason, "details": details or {}, "code": code}
-        return self._json(body, code)
+        return self._json(status(code, reason, message, details), code)
+
+    def _review(self, request: Request, obj: dict[str, Any], *, patch: bool = False,
+                old: dict[str, Any] | None = None) -> tuple[Response | None, dict[str, Any]]:
+        """The API server's verdict on an object to store: (the refusal or None, the object as stored)."""
+        verdict = review(obj, patch=patch, old=old, field_validation=request.args.get("fieldValidation"))
+        if verdict.status is not None:
+            self.rejected.append(verdict.status["message"])
+            return self._json(verdict.status, verdict.code), obj
+        self.warnings += verdict.warnings
+        self._request_warnings += verdict.warnings
+        return None, verdict.obj
 
     def _json(self, obj: Any, code: int = 200) -> Response:
         # Reason phrases as Go's net/http (the API server) sends them, e.g. "403 Forbidden".
@@ -135,6 +150,8 @@ class KubeEmulator:
             body = json.loads(request.get_data(as_text=True))
         except ValueError:
             return self._status(400, "BadRequest", "the request body is not JSON")
+        if not isinstance(body, dict):
+            return self._status(400, "BadRequest", "the request body is not a JSON object")
         self.received.append(json.loads(json.dumps(body)))
         if body.get("kind") != info["kind"] or body.get("apiVersion") != info["apiVersion"]:
             return self._status(400, "BadRequest", f"the object is a {body.get('apiVersion')} {body.get('kind')}, "
@@ -143,14 +160,12 @@ class KubeEmulator:
         if meta.get("namespace", ns) != ns:
             return self._status(400, "BadRequest", "the namespace of the provided object does not match the "
                                 "namespace sent on the request")
-        try:
-            validate_object(body)
-        except InvalidObject as exc:
-            self.rejected.append(str(exc))
-            return self._status(422, "Invalid", f"{info['kind']} is invalid: {exc}")
-        name = meta.get("name")
-        if not name:
-            return self._status(422, "Invalid", "metadata.name: Required value")
+        refusal, body = self._review(request, body)
+        if refusal is not None:
+            return refusal
+        meta = body.setdefault("metadata", {})
+        # The review refused an object with neither a name nor a generateName.
+        name = meta["name"] = meta.get("name") or meta["generateName"] + uuid.uuid4().hex[:5]
         key = (resource, ns, name)
         if key in self.objects:
             return self._status(409, "AlreadyExists", f'{resource} "{name}" already exists',

@@ -199,6 +199,59 @@ def test_an_invalid_object_is_refused_before_it_is_sent(trident, kube):
     assert kube.emulator.count("create", VS) == 0
 
 
+def test_the_emulator_judges_objects_by_the_crd_and_the_api_servers_rules_not_by_branchops(kube, kubeconfig):
+    """Through the real client, with nothing of branchops in the way: the VolumeSnapshot CRD's schema and
+    CEL rules, and a PersistentVolumeClaim's, as the API server applies them."""
+    import json
+
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+
+    def refusal(call) -> tuple[int, dict]:
+        with pytest.raises(ApiException) as caught:
+            call()
+        return caught.value.status, json.loads(caught.value.body)
+
+    def snapshot(spec: dict) -> dict:
+        return {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": {"name": "s1", "namespace": NS}, "spec": spec}
+
+    def create_snapshot(body: dict, **kwargs):
+        return custom.create_namespaced_custom_object("snapshot.storage.k8s.io", "v1", NS, VS, body, **kwargs)
+
+    status, body = refusal(lambda: create_snapshot(snapshot(
+        {"volumeSnapshotClassName": "", "source": {"persistentVolumeClaimName": 7}})))
+    assert (status, body["kind"], body["reason"]) == (422, "Status", "Invalid")
+    assert body["details"]["causes"] == [
+        {"reason": "FieldValueTypeInvalid", "field": "spec.source.persistentVolumeClaimName",
+         "message": 'Invalid value: "integer": spec.source.persistentVolumeClaimName in body must be of type '
+                    'string: "integer"'},
+        {"reason": "FieldValueInvalid", "field": "spec.volumeSnapshotClassName",
+         "message": 'Invalid value: "string": volumeSnapshotClassName must not be the empty string when set'}]
+    status, body = refusal(lambda: create_snapshot(snapshot({"volumeSnapshotClassName": "c"})))
+    assert (status, body["details"]["causes"][0]["field"]) == (422, "spec.source")
+    typo = snapshot({"source": {"persistentVolumeClaimName": "djia-data"}, "volumeSnapshotClass": "c"})
+    status, body = refusal(lambda: create_snapshot(typo, field_validation="Strict"))
+    assert (status, body["reason"]) == (400, "BadRequest") and 'unknown field "spec.volumeSnapshotClass"' in body["message"]
+    assert kube.emulator.count("create", VS) == 3 and kube.emulator.objects == {}
+
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "djia-data", "namespace": NS},
+             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": ["5Gi"]}}}}
+    status, body = refusal(lambda: core.create_namespaced_persistent_volume_claim(NS, claim))
+    assert (status, body["reason"]) == (400, "BadRequest") and "spec.resources.requests.storage" in body["message"]
+    del claim["spec"]["accessModes"]
+    claim["spec"]["resources"]["requests"]["storage"] = "5Gi"
+    status, body = refusal(lambda: core.create_namespaced_persistent_volume_claim(NS, claim))
+    assert status == 422
+    assert body["message"] == ('PersistentVolumeClaim "djia-data" is invalid: spec.accessModes: '
+                               "Required value: at least 1 access mode is required")
+    assert kube.emulator.objects == {}
+    kube.emulator.rejected.clear()  # refused on purpose: not what the fixture's teardown is looking for
+
+
 def test_quantities():
     assert quantity_bytes("5Gi") == 5 * 2**30
     assert quantity_bytes("500M") == 500 * 10**6
