@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
-from branchops.ci.jenkins import DIGEST_MARKER, jjb_project, job_digest, render_job_xml
+from branchops.ci.jenkins import DIGEST_MARKER, job_digest, render_job_xml
 from branchops.errors import ConfigError
 
 from .conftest import REPO_ROOT, production_config
@@ -36,16 +36,52 @@ def rendered() -> str:
     return render_job_xml(production_config(), REPO_ROOT)
 
 
-def test_rendered_xml_is_what_jenkins_jobs_test_produces(rendered: str, tmp_path: Path) -> None:
-    template, project = jjb_project(production_config(), REPO_ROOT)
+def test_rendered_xml_is_what_jenkins_jobs_test_produces(tmp_path: Path) -> None:
+    # Every value differs from the defaults, so each one can only have come from this config.
+    config = production_config(
+        branches={"stages": {"build-components": "stage/build", "kf-pipeline": "stage/pipeline",
+                             "training": "stage/train", "deploy-model": "stage/deploy"}, "main": "trunk"},
+        forge={"github": {"repository": "ml-team/djia", "base_url": "https://ghe.example.com/api/v3/"}},
+        ci={"jenkins": {"job": "djia-stages", "credentials": {"github": "gh-scan-token"}, "scan_interval": "30m"}})
+    rendered = render_job_xml(config, REPO_ROOT)
+    root = ElementTree.fromstring(rendered.encode())
+
+    # The repository's job definition filled in by hand with what that config says, as an admin would
+    # before running `jenkins-jobs test`; only the digest of the rendering inputs is taken over.
+    digest = re.search(re.escape(DIGEST_MARKER) + "([0-9a-f]{16})", root.findtext("description")).group(1)
+    description = ("branchops stages of ml-team/djia. Provisioned by `branchops jenkins sync` from "
+                   f"config/branchops.yaml: change that, not this job. {DIGEST_MARKER}{digest}")
+    project = [{"project": {
+        "name": "branchops", "jobs": ["{job_name}"], "job_name": "djia-stages", "description": description,
+        "api_uri": "https://ghe.example.com/api/v3", "repo_owner": "ml-team", "repo": "djia",
+        "github_credentials_id": "gh-scan-token", "scan_interval": "30m",
+        "branch_includes": "trunk stage/build stage/pipeline stage/train stage/deploy"}}]
     project_file = tmp_path / "project.yaml"
     project_file.write_text(yaml.safe_dump(project), encoding="utf-8")
     out = tmp_path / "out"
     # `path` is a colon-separated list of YAML files.
     result = subprocess.run([jenkins_jobs_cli(), "test", "--config-xml", "-o", str(out),
-                             f"{template}:{project_file}"], check=False, capture_output=True, text=True, timeout=300)
+                             f"{REPO_ROOT / 'jenkins' / 'jobs' / 'branchops.yaml'}:{project_file}"],
+                            check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert (out / "branchops" / "config.xml").read_text(encoding="utf-8") == rendered
+    assert sorted(p.name for p in out.iterdir()) == ["djia-stages"]
+    assert (out / "djia-stages" / "config.xml").read_text(encoding="utf-8") == rendered
+
+    # And what Jenkins does with it: scan this repository with this credential, build these branches
+    # (and pull requests into them) from the repository's Jenkinsfile, rescan every 30 minutes.
+    assert root.tag == "org.jenkinsci.plugins.workflow.multibranch.WorkflowMultiBranchProject"
+    source = root.find("sources/data/jenkins.branch.BranchSource/source")
+    assert source.get("class") == "org.jenkinsci.plugins.github_branch_source.GitHubSCMSource"
+    assert (source.findtext("repoOwner"), source.findtext("repository")) == ("ml-team", "djia")
+    assert source.findtext("apiUri") == "https://ghe.example.com/api/v3"
+    assert source.findtext("credentialsId") == "gh-scan-token"
+    head_filter = source.find("traits/net.gleske.scmfilter.impl.trait.WildcardSCMHeadFilterTrait")
+    assert head_filter.findtext("includes").split() == ["trunk", "stage/build", "stage/pipeline", "stage/train",
+                                                         "stage/deploy"]
+    assert not head_filter.findtext("excludes") and head_filter.findtext("tagExcludes") == "*"
+    script_path = root.findtext("factory/scriptPath")
+    assert script_path == "Jenkinsfile" and (REPO_ROOT / script_path).is_file()
+    assert root.findtext("triggers/*/interval") == str(30 * 60 * 1000)
 
 
 def test_the_job_is_a_github_multibranch_pipeline_limited_to_the_stage_branches(rendered: str) -> None:
