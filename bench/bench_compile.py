@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
 TRIVIAL = '''
-def build_pipeline(images=None, gpu=None):
+def build_pipeline(images=None, gpu=None, mounts=None):
     from kfp import dsl
 
     @dsl.component(base_image=(images or {}).get("step", "python:3.11-slim"), install_kfp_package=False)

@@ -10,7 +10,7 @@ training stage snapshots exactly those volumes for lineage:
 * the model volume (``work_dir``, ``export_base``): features, checkpoints, metrics, plots, SavedModel.
 
 On Kubeflow the volumes are the PVCs named by ``data_pvc`` / ``model_pvc``, mounted with kfp-kubernetes
-at :data:`DATA_MOUNT` and :data:`MODEL_MOUNT` (the directories passed in must lie under them). Kubeflow's
+where branchops' storage port says (``mounts``; the directories passed in lie under them). Kubeflow's
 local runner ignores the mounts, and the directories are plain local directories.
 
 The compiler calls :func:`build_pipeline`; it sets each step's image (pinned by digest when a registry
@@ -24,8 +24,6 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 PIPELINE_NAME = "djia-sentiment"
-DATA_MOUNT = "/mnt/data"
-MODEL_MOUNT = "/mnt/models"
 COMPONENTS = ("consolidate", "validate", "features", "train", "evaluate", "export")
 
 # Used only when no registry is configured: the local runner executes the steps as processes in the
@@ -43,12 +41,15 @@ class PipelineOutputs(NamedTuple):
     model: dict
 
 
-def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = None):
-    """The pipeline function, with ``images`` (component name -> image reference) and ``gpu`` (a
-    GpuSection-like object: count, resource, node_selector, tolerations) applied."""
+def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = None,
+                   mounts: Mapping[str, str] | None = None):
+    """The pipeline function, with ``images`` (component name -> image reference), ``gpu`` (a
+    GpuSection-like object: count, resource, node_selector, tolerations) and ``mounts`` (where the data
+    and model volumes are mounted in a step: {"data": path, "models": path}) applied."""
     from kfp import dsl, kubernetes
 
     images = dict(images or {})
+    mount = {"data": "/mnt/data", "models": "/mnt/models", **dict(mounts or {})}
     gpu_count = int(getattr(gpu, "count", 0) or 0)
 
     def image(name: str) -> str:
@@ -145,8 +146,8 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
             # No step is cached: each writes its results into a volume, and a cache hit would skip
             # that write (a fresh or cloned volume would then lack the files the next step reads).
             step.set_caching_options(False)
-            kubernetes.mount_pvc(step, pvc_name=data_pvc, mount_path=DATA_MOUNT)
-            kubernetes.mount_pvc(step, pvc_name=model_pvc, mount_path=MODEL_MOUNT)
+            kubernetes.mount_pvc(step, pvc_name=data_pvc, mount_path=mount["data"])
+            kubernetes.mount_pvc(step, pvc_name=model_pvc, mount_path=mount["models"])
 
         if gpu_count > 0:
             trained.set_accelerator_type(gpu.resource).set_accelerator_limit(gpu_count)

@@ -83,16 +83,21 @@ def main(ctx: click.Context, repo: str, verbose: int, quiet: bool) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--template", default=None,
+              help="The project to start from (default: the reference project; an unknown name lists the templates).")
 @click.option("--approver", "approvers", multiple=True, default=("lead",), show_default=True,
               help="Designated approver of every stage branch (repeatable).")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder in the Kaggle dataset's layout to train on (else: synthetic data is configured).")
+              help="Folder holding the raw data to train on (else: the template's own data source).")
+@click.option("--synthetic", is_flag=True, help="Train on the template's generated data (marked as synthetic).")
 @click.option("--as", "user", default=None, help="Author of the initial commit.")
-def init(directory: str, approvers: tuple[str, ...], data_dir: str | None, user: str | None) -> None:
-    """Scaffold the layout and the reference project into a new git repository DIRECTORY."""
+def init(directory: str, template: str, approvers: tuple[str, ...], data_dir: str | None, synthetic: bool,
+         user: str | None) -> None:
+    """Scaffold a project from a template into a new git repository DIRECTORY."""
     from branchops.scaffold import init_project
-    path = init_project(directory, approvers=list(approvers), data_dir=data_dir, user=user or "branchops-init")
-    click.echo(f"initialised {path} with branches: main, ds1, {', '.join(STAGE_NAMES)}")
+    path = init_project(directory, template=template, approvers=list(approvers), data_dir=data_dir,
+                        synthetic=synthetic, user=user or "branchops-init")
+    click.echo(f"initialised {path} from template {template or 'the reference project'} with branches: main, ds1, {', '.join(STAGE_NAMES)}")
 
 
 # -- config -------------------------------------------------------------------------------------------
@@ -570,13 +575,15 @@ def notify(obj: dict, event: str, branch: str, commit: str, message: str, build_
 @click.option("--workdir", default="branchops-demo", show_default=True, type=click.Path(file_okay=False),
               help="A new directory for the demo repository.")
 @click.option("--data", "data_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Folder in the Kaggle dataset's layout (e.g. ../shared/data/djia).")
-@click.option("--synthetic", is_flag=True, help="Train on generated prices (announced as such everywhere).")
-def demo(workdir: str, data_dir: str | None, synthetic: bool) -> None:
+              help="Folder holding the raw data (for the reference project: the Kaggle dataset's per-ticker files).")
+@click.option("--synthetic", is_flag=True, help="Train on the template's generated data (announced as such).")
+@click.option("--template", default=None, help="The project to play the workflow with (default: the reference "
+              "project).")
+def demo(workdir: str, data_dir: str | None, synthetic: bool, template: str) -> None:
     """Play the whole workflow end to end on this machine: merge requests, approvals, the four stages,
     a served model and a prediction."""
     from branchops.demo import run_demo, timeline
-    result = run_demo(workdir, data_dir, synthetic, echo=click.echo)
+    result = run_demo(workdir, data_dir, synthetic, echo=click.echo, template=template)
     click.echo(timeline(result))
 
 

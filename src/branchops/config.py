@@ -69,7 +69,9 @@ SecretField = Annotated[SecretRef, Field(description="{env: NAME} or {credential
 
 
 class ProjectSection(Strict):
-    name: str = Field(default="djia-sentiment", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str = Field(default="ml-project", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    # What the model does, in the project's words: the training report and the release merge request
+    # quote it to the approver.
     description: str = ""
 
 
@@ -205,8 +207,8 @@ class KubeflowRemote(Strict):
 
 class KubeflowSection(Strict):
     backend: Literal["local", "kubeflow"] = "local"
-    pipeline_name: str = Field(default="djia-sentiment", pattern=r"^[a-z0-9][a-z0-9-]*$")
-    pipeline_module: str = "pipelines/djia_pipeline.py"
+    pipeline_name: str = Field(default="training-pipeline", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    pipeline_module: str = "pipelines/pipeline.py"
     local: KubeflowLocal = KubeflowLocal()
     kubeflow: KubeflowRemote | None = None
 
@@ -235,7 +237,7 @@ class StorageTrident(Strict):
 
 class DataVolumePolicy(Strict):
     policy: Literal["new", "existing", "clone"] = "new"
-    name: K8sName = "djia-data"
+    name: K8sName = "training-data"
     snapshot: str | None = None
 
     @model_validator(mode="after")
@@ -251,11 +253,11 @@ class StorageSection(Strict):
     local: StorageLocal = StorageLocal()
     trident: StorageTrident = StorageTrident()
     data_volume: DataVolumePolicy = DataVolumePolicy()
-    model_volume: K8sName = "djia-models"
+    model_volume: K8sName = "models"
 
 
 class KaggleSource(Strict):
-    dataset: str = Field(default="szrlee/stock-time-series-20050101-to-20171231", pattern=r"^[^/\s]+/[^/\s]+$")
+    dataset: str = Field(pattern=r"^[^/\s]+/[^/\s]+$", description="owner/dataset on Kaggle")
     username: SecretRef | None = None
     key: SecretRef | None = None
 
@@ -263,34 +265,52 @@ class KaggleSource(Strict):
 
 
 class DataSection(Strict):
-    source: Literal["folder", "kaggle", "synthetic"] = "folder"
+    """Where the raw files of a new data volume come from; the project's pipeline reads them from
+    its ``source_dir`` input."""
+
+    source: Literal["folder", "kaggle", "script"]
+    # folder: copy the files matching ``files`` from this directory (relative to the repository, or absolute)
     folder: str | None = None
-    kaggle: KaggleSource = KaggleSource()
+    files: str = "*"
+    # kaggle: the pipeline downloads this dataset itself (it gets the name as its ``kaggle_dataset`` input)
+    kaggle: KaggleSource | None = None
+    # script: run ``python <script> <raw folder>`` from the checkout, e.g. to generate synthetic data. A
+    # script that writes a file named SYNTHETIC marks the data as synthetic in every report.
+    script: str | None = None
 
     @model_validator(mode="after")
-    def _folder_for_source(self) -> "DataSection":
-        if self.source == "folder" and not self.folder:
-            raise ValueError("source 'folder' needs 'folder' (a directory in the Kaggle dataset's layout)")
+    def _settings_for_source(self) -> "DataSection":
+        needed = {"folder": self.folder, "kaggle": self.kaggle, "script": self.script}[self.source]
+        if not needed:
+            raise ValueError(f"source '{self.source}' needs '{self.source}' ("
+                             + {"folder": "a directory holding the raw files",
+                                "kaggle": "{dataset: owner/name, username: {env: ...}, key: {env: ...}}",
+                                "script": "a Python file in the repository that writes the raw files"}[self.source]
+                             + ")")
         return self
 
 
-class TrainParams(Strict):
-    target: str = Field(default="AAPL", pattern=r"^[A-Z]{1,6}$")
-    window: int = Field(default=5, ge=1, le=60)
-    hidden_units: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [64, 32], min_length=1)
-    dropout: float = Field(default=0.1, ge=0, lt=1)
-    learning_rate: float = Field(default=1e-3, gt=0, le=1)
-    batch_size: int = Field(default=64, ge=1, le=65536)
-    epochs: int = Field(default=30, ge=1, le=10000)
-    patience: int = Field(default=5, ge=1)
-    seed: int = Field(default=42, ge=0)
-    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+# What the toolkit passes to every run; a pipeline declares the ones it uses, and an experiment's params
+# may not set them (see branchops.runplan).
+TOOLKIT_INPUTS = ("source_dir", "data_dir", "work_dir", "export_base", "version", "commit", "kaggle_dataset",
+                  "data_pvc", "model_pvc")
+ParamValue = Union[str, int, float, bool, list, dict]
 
 
 class Experiment(Strict):
     name: K8sName
-    params: TrainParams = TrainParams()
+    # The project's pipeline parameters for this run; checked against the compiled pipeline's inputs
+    # before any run starts.
+    params: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], ParamValue] = Field(
+        default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _no_toolkit_inputs(cls, params: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(set(params) & set(TOOLKIT_INPUTS))
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: set by branchops for every run, not by an experiment")
+        return params
 
 
 class GpuSection(Strict):
@@ -309,6 +329,9 @@ class KpiSection(Strict):
 
 class TrainingSection(Strict):
     experiments: list[Experiment] = Field(default_factory=lambda: [Experiment(name="baseline")], min_length=1)
+    # The metrics the report tabulates and reproduce compares (all of them must be in each run's
+    # metrics.json); select_by and the KPI thresholds name metrics of the same file.
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy", "roc_auc"], min_length=1)
     max_parallel_runs: int = Field(default=1, ge=1, le=64)
     timeout_s: float = Field(default=3600, gt=0)
     select_by: str = "roc_auc"
@@ -353,7 +376,7 @@ class RolloutSection(Strict):
 
 class ServingSection(Strict):
     backend: Literal["local", "kubernetes"] = "local"
-    model_name: str = Field(default="djia", pattern=r"^[A-Za-z0-9_-]+$")
+    model_name: str = Field(default="model", pattern=r"^[A-Za-z0-9_-]+$")
     release_file: str = "serving/tfserve/release.yaml"
     local: ServingLocal = ServingLocal()
     kubernetes: ServingKubernetes = ServingKubernetes()
@@ -404,9 +427,9 @@ class BranchopsConfig(Strict):
     registry: RegistrySection = RegistrySection()
     kubeflow: KubeflowSection = KubeflowSection()
     storage: StorageSection = StorageSection()
-    # no data section: the Kaggle dataset (docs/architecture.md, data sources); synthetic prices only
-    # when asked for by name
-    data: DataSection = DataSection(source="kaggle")
+    # where a new data volume's raw files come from (docs/architecture.md, data sources); the training
+    # stage needs it when it fills a volume
+    data: DataSection | None = None
     training: TrainingSection = TrainingSection()
     serving: ServingSection = ServingSection()
     notifications: list[Notifier] = Field(

@@ -1,5 +1,5 @@
 """``branchops demo``: the whole workflow (docs/architecture.md §1) on one machine, on the embedded
-defaults.
+defaults, with a project scaffolded from a template (the reference project by default).
 
 It plays the people: a data scientist (``ds1``) commits and opens merge requests, the team lead and the
 head of data science approve them, and each merge runs its stage through the local CI runner, exactly
@@ -26,7 +26,7 @@ from branchops.ci.local import merge_and_run
 from branchops.errors import BranchopsError, StageFailed
 from branchops.forge.local import LocalForge
 from branchops.runner import RunReport
-from branchops.scaffold import init_project
+from branchops.scaffold import Template, data_section, init_project, load_template, project_config
 
 log = logging.getLogger("branchops.demo")
 
@@ -34,19 +34,14 @@ DATA_SCIENTIST, LEAD, HEAD_OF_DS = "ds1", "lead", "head-of-ds"
 APPROVERS = {"build-components": [LEAD], "kf-pipeline": [LEAD], "training": [LEAD, HEAD_OF_DS],
              "deploy-model": [HEAD_OF_DS]}
 
-EXPERIMENTS = [
-    {"name": "aapl-w5", "params": {"target": "AAPL", "window": 5, "hidden_units": [64, 32], "dropout": 0.1,
-                                   "learning_rate": 0.001, "batch_size": 64, "epochs": 20, "patience": 4, "seed": 42}},
-    {"name": "aapl-w10", "params": {"target": "AAPL", "window": 10, "hidden_units": [32], "dropout": 0.2,
-                                    "learning_rate": 0.001, "batch_size": 64, "epochs": 20, "patience": 4,
-                                    "seed": 42}},
-]
 
-HOW_TO_GET_DATA = (
-    "no data: pass --data DIR (a folder in the Kaggle dataset's layout, e.g. ../shared/data/djia), or set "
-    "KAGGLE_USERNAME and KAGGLE_KEY to download szrlee/stock-time-series-20050101-to-20171231, or pass "
-    "--synthetic to try the workflow on generated prices"
-)
+def how_to_get_data(template: Template, kaggle_dataset: str | None) -> str:
+    ways = ["pass --data DIR (a folder holding the raw data files)"]
+    if kaggle_dataset:
+        ways.append(f"set KAGGLE_USERNAME and KAGGLE_KEY to download {kaggle_dataset}")
+    if template.synthetic_data:
+        ways.append("pass --synthetic to try the workflow on generated data")
+    return "no data: " + ", or ".join(ways)
 
 
 @dataclass
@@ -74,26 +69,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def data_source(data_dir: str | None, synthetic: bool) -> dict[str, Any]:
-    if data_dir:
-        folder = Path(data_dir).resolve()
-        if not any(folder.glob("*.csv")):
-            raise BranchopsError(f"--data {data_dir}: no CSV files there. {HOW_TO_GET_DATA}")
-        return {"source": "folder", "folder": str(folder)}
-    if synthetic:
-        return {"source": "synthetic"}
+def data_source(template: Template, data_dir: str | None, synthetic: bool) -> dict[str, Any]:
+    """The demo's data section: a folder, generated data, or the template's Kaggle dataset when credentials
+    are there to download it."""
+    if data_dir and not any(p.is_file() for p in Path(data_dir).glob(template.data_files)):
+        raise BranchopsError(f"--data {data_dir}: no '{template.data_files}' files there")
+    section = data_section(template, data_dir, synthetic)
+    if section:
+        return section
+    own = (yaml.safe_load(template.config_text()) or {}).get("data") or {}
+    kaggle = (own.get("kaggle") or {}).get("dataset") if own.get("source") == "kaggle" else None
     kaggle_json = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
-    if (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or kaggle_json.exists():
-        return {"source": "kaggle", "kaggle": {"dataset": "szrlee/stock-time-series-20050101-to-20171231",
-                                               "username": {"env": "KAGGLE_USERNAME"}, "key": {"env": "KAGGLE_KEY"}}}
-    raise BranchopsError(HOW_TO_GET_DATA)
+    if kaggle and ((os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or kaggle_json.exists()):
+        return own
+    raise BranchopsError(how_to_get_data(template, kaggle))
 
 
 class Demo:
-    def __init__(self, workdir: Path, echo: Callable[[str], None]):
+    def __init__(self, workdir: Path, template: Template, echo: Callable[[str], None]):
         self.workdir = workdir
+        self.template = template
         self.echo = echo
         self.result = DemoResult(workdir)
+
+    def title(self, stage: str) -> str:
+        return (self.template.demo.get("titles") or {}).get(stage) or f"{stage} of {self.template.title}"
 
     # -- the people's actions ------------------------------------------------------------------------
     def commit_as(self, user: str, branch: str, files: dict[str, str], message: str) -> str:
@@ -133,22 +133,23 @@ class Demo:
     def play(self, data: dict[str, Any]) -> DemoResult:
         echo = self.echo
         t0 = time.monotonic()
-        init_project(self.workdir, approvers=APPROVERS, user=DATA_SCIENTIST,
+        init_project(self.workdir, template=self.template.name, approvers=APPROVERS, user=DATA_SCIENTIST,
                      overrides={"data": data, "serving": {"local": {"port": free_port()}}})
-        self.result.steps.append(Step("scaffold the reference project (branchops init)", "done",
+        self.result.steps.append(Step(f"scaffold the {self.template.name} template (branchops init)", "done",
                                       time.monotonic() - t0))
-        echo(f"1. scaffolded {self.workdir} (branches main, ds1, build-components, kf-pipeline, training, "
-             "deploy-model)")
+        echo(f"1. scaffolded {self.workdir} from template {self.template.name} (branches main, ds1, "
+             "build-components, kf-pipeline, training, deploy-model)")
 
-        # The data scientist's change: the experiments of this study (two network sizes and windows).
+        # The data scientist's change: the experiments of this study, as the template's demo lists them.
         config_path = self.workdir / "config" / "branchops.yaml"
         config = yaml.safe_load(config_path.read_text())
-        config["training"]["experiments"] = EXPERIMENTS
+        experiments = self.template.demo.get("experiments") or config["training"]["experiments"]
+        config["training"]["experiments"] = experiments
         header = "".join(line + "\n" for line in config_path.read_text().splitlines() if line.startswith("#"))
         self.commit_as(DATA_SCIENTIST, "ds1", {"config/branchops.yaml": header + yaml.safe_dump(config, sort_keys=False)},
-                       "Experiments: AAPL direction with a 5- and a 10-day window")
-        self.result.synthetic = data["source"] == "synthetic"
-        echo(f"2. ds1 committed the experiments (data: {data['source']}"
+                       "Experiments: " + ", ".join(e["name"] for e in experiments))
+        self.result.synthetic = data["source"] == "script" and data.get("script") == self.template.synthetic_data
+        echo(f"2. ds1 committed the experiments {', '.join(e['name'] for e in experiments)} (data: {data['source']}"
              + (f" {data.get('folder')}" if data.get("folder") else "") + ")")
         if self.result.synthetic:
             echo("   !!! SYNTHETIC DATA: the model will be trained on generated prices, not market data !!!")
@@ -169,18 +170,18 @@ class Demo:
         echo(f"   nothing ran; the unreviewed merge !{number} was taken out of build-components again")
 
         echo("4. build-components: merge request from ds1, approved by the team lead")
-        _, reports = self.merge_request("ds1", "build-components", "Components of the DJIA sentiment model",
-                                        "Consolidate, validate, features, train, evaluate, export.", LEAD, LEAD)
+        _, reports = self.merge_request("ds1", "build-components", self.title("build-components"),
+                                        "The pipeline's components, with their tests and images.", LEAD, LEAD)
         self.record("build-components", reports)
 
         echo("5. kf-pipeline: merge request from ds1, approved by the team lead")
-        _, reports = self.merge_request("ds1", "kf-pipeline", "DJIA training pipeline",
-                                        "consolidate → validate → features → train → evaluate → export", LEAD, LEAD)
+        _, reports = self.merge_request("ds1", "kf-pipeline", self.title("kf-pipeline"),
+                                        "The training pipeline, compiled and uploaded.", LEAD, LEAD)
         self.record("kf-pipeline", reports)
 
         echo("6. training: merge request from ds1, approved by the head of data science")
-        _, reports = self.merge_request("ds1", "training", "Train the DJIA sentiment experiments",
-                                        "Two experiments; KPI: accuracy ≥ 0.5.", HEAD_OF_DS, LEAD)
+        _, reports = self.merge_request("ds1", "training", self.title("training"),
+                                        f"Experiments: {', '.join(e['name'] for e in experiments)}.", HEAD_OF_DS, LEAD)
         training = self.record("training", reports)
         best = (training.outputs.get("best") or {})
         self.result.metrics = best.get("metrics")
@@ -209,25 +210,25 @@ class Demo:
         self.result.prediction = answer
         self.result.sample_predictions = {k: v[:3] for k, v in meta["sample"]["predictions"].items()}
         self.result.steps.append(Step("predict (REST :predict)", "done", time.monotonic() - t))
-        echo(f"   POST {serving.client().model_url()}:predict with 3 rows of {len(rows[0])} lagged returns")
+        echo(f"   POST {serving.client().model_url()}:predict with 3 rows of the export's sample")
         echo(f"   -> {json.dumps(answer)}")
         echo(f"   (recorded at export time: {json.dumps(self.result.sample_predictions)})")
         return self.result
 
 
 def run_demo(workdir: str | Path, data_dir: str | None = None, synthetic: bool = False,
-             echo: Callable[[str], None] = print) -> DemoResult:
+             echo: Callable[[str], None] = print, template: str | None = None) -> DemoResult:
     target = Path(workdir).resolve()
     if target.exists() and any(target.iterdir()):
         raise BranchopsError(f"{target} exists and is not empty: give a new --workdir")
-    data = data_source(data_dir, synthetic)
+    chosen = load_template(template)
+    data = data_source(chosen, data_dir, synthetic)
     # Everything the four stages need must be installed before the first one starts, not found missing
     # at the third.
     from branchops.config import STAGES, parse_config
-    from branchops.scaffold import project_config, reference_source
-    preflight.check(parse_config(project_config(reference_source(), APPROVERS, None, False, {"data": data}),
+    preflight.check(parse_config(project_config(chosen, APPROVERS, None, False, {"data": data}),
                                  "the demo's configuration"), STAGES)
-    demo = Demo(target, echo)
+    demo = Demo(target, chosen, echo)
     return demo.play(data)
 
 
@@ -239,8 +240,9 @@ def timeline(result: DemoResult) -> str:
     lines.append(f"  {'total':<44} {'':<22} {total:>8.1f}")
     if result.metrics:
         m = result.metrics
-        lines += ["", f"model version {result.served_version}: accuracy {m.get('accuracy'):.4f}, ROC AUC "
-                      f"{m.get('roc_auc'):.4f} on the test split — {m.get('summary', '')}"]
+        numbers = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+        lines += ["", f"model version {result.served_version}: {numbers}" + (f" — {m['summary']}" if m.get("summary")
+                                                                             else "")]
     if result.synthetic:
         lines.append("!!! trained on SYNTHETIC data: these numbers say nothing about real stocks !!!")
     d = result.workdir

@@ -10,6 +10,7 @@ Exit codes (documented in the README):
   6  an external system (registry, Kubeflow, Kubernetes, GitHub, Jenkins) failed or timed out
   7  bad input data
   8  a library or program the stage needs is not installed (nothing ran)
+  9  not found: no such template, run, merge request or component
 """
 
 from __future__ import annotations
@@ -49,3 +50,9 @@ class MissingRequirement(BranchopsError):
     """The machine lacks what a stage needs: said before the stage starts, with no record written."""
 
     exit_code = 8
+
+
+class NotFound(BranchopsError):
+    """What the user named does not exist (a template, a run, a merge request, a component)."""
+
+    exit_code = 9

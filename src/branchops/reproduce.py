@@ -4,7 +4,6 @@ version with the same parameters again, and compare the metrics with the recorde
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from branchops import gitops
@@ -13,12 +12,11 @@ from branchops.lineage import find_training_run
 from branchops.runner import config_at, working_config, workspace_at
 
 log = logging.getLogger(__name__)
-COMPARED = ("accuracy", "roc_auc", "precision", "recall", "f1")
 
 
 def reproduce(repo_path: str, key: str, experiment: str | None = None, tolerance: float = 1e-6) -> dict[str, Any]:
     from branchops.engine import make_engine
-    from branchops.stages.training import compiled_pipeline, pipeline_params, read_metrics, run_paths
+    from branchops.runplan import compile_workspace, pipeline_params, read_metrics, run_paths
     from branchops.storage import make_storage
 
     repo = gitops.open_repo(repo_path)
@@ -46,11 +44,7 @@ def reproduce(repo_path: str, key: str, experiment: str | None = None, tolerance
              snapshot, data_volume.name)
 
     with workspace_at(repo, commit, state, f"reproduce-{name}") as workspace:
-        from branchops.stages.base import StageContext
-        ctx = StageContext(stage="training", branch=boot.branch_for("training"), workspace=workspace,
-                           git_dir=Path(repo.git_dir), state_dir=state, config=config, source_commit=commit,
-                           run_id=run.run_id, record_dir="", merge_request=None, forge=None, notifier=None)
-        compiled, _ = compiled_pipeline(ctx)
+        compiled, _ = compile_workspace(config, workspace)
         recorded_hash = (outputs.get("lineage") or {}).get("pipeline", {}).get("spec_hash")
         if recorded_hash and compiled.spec_hash != recorded_hash:
             raise StageFailed(f"commit {commit[:12]} now compiles to spec {compiled.spec_hash[:16]}, not the "
@@ -59,15 +53,16 @@ def reproduce(repo_path: str, key: str, experiment: str | None = None, tolerance
         upload = engine.find_version(config.kubeflow.pipeline_name, compiled.spec_hash)
         if upload is None:
             raise StageFailed(f"pipeline version {compiled.spec_hash[:16]} is no longer registered")
-        paths = run_paths(config, data_volume, model_volume, f"reproductions/{name}")
-        params = pipeline_params(paths, int(entry["model"]["version"]), commit, None, data_volume, model_volume,
-                                 entry["params"])
-        result = engine.run(f"{ctx.branch}-reproduce", upload, name, params, config.training.timeout_s)
+        paths = run_paths(storage, data_volume, model_volume, f"reproductions/{name}")
+        params = pipeline_params(compiled.spec, paths, int(entry["model"]["version"]), commit, None, data_volume,
+                                 model_volume, entry["params"])
+        result = engine.run(f"{boot.branch_for('training')}-reproduce", upload, name, params,
+                            config.training.timeout_s)
     if not result.succeeded:
         raise StageFailed(f"the reproduction run {name} {result.state}: {result.error}")
-    metrics = read_metrics(result.outputs, paths)
+    metrics = read_metrics(result.outputs, paths, config.training.metrics)
     original = entry.get("metrics") or {}
-    comparison = {k: {"recorded": original.get(k), "reproduced": (metrics or {}).get(k)} for k in COMPARED}
+    comparison = {k: {"recorded": original.get(k), "reproduced": metrics.get(k)} for k in config.training.metrics}
     same = all(v["recorded"] is not None and v["reproduced"] is not None
                and abs(v["recorded"] - v["reproduced"]) <= tolerance for v in comparison.values())
     return {"run_id": run.run_id, "experiment": wanted, "commit": commit, "data_snapshot": snapshot,

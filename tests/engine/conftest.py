@@ -35,7 +35,7 @@ TINY_PIPELINE = '''
 from typing import NamedTuple
 
 
-def build_pipeline(images=None, gpu=None):
+def build_pipeline(images=None, gpu=None, mounts=None):
     from kfp import dsl
 
     images = images or {}

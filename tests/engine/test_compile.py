@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from branchops.config import GpuSection, TrainParams
+from branchops.config import GpuSection, load_config
 from branchops.engine.base import spec_parameters
 from branchops.engine.compile import compile_pipeline, is_pinned, spec_images
 from branchops.errors import ConfigError, StageFailed
@@ -107,7 +107,9 @@ def test_every_step_mounts_both_volumes_and_nothing_is_cached_or_pip_installed()
 
 def test_pipeline_parameters_cover_every_training_parameter_of_the_config():
     params = spec_parameters(compile_pipeline(REPO_ROOT, MODULE, None, None).spec)
-    assert set(TrainParams.model_fields) <= set(params)
+    config = load_config(REPO_ROOT)
+    for experiment in config.training.experiments:
+        assert set(experiment.params) <= set(params), experiment.name
     assert {"source_dir", "data_dir", "work_dir", "export_base", "version", "commit", "data_pvc", "model_pvc"} <= set(params)
     assert params["hidden_units"]["type"] == "LIST" and params["epochs"]["type"] == "NUMBER_INTEGER"
 

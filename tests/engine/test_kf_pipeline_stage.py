@@ -11,6 +11,7 @@ import yaml
 from branchops.config import parse_config
 from branchops.errors import ConfigError, StageFailed
 from branchops.images import discover_components
+from branchops import runplan
 from branchops.stages import kf_pipeline
 from branchops.stages.base import StageContext
 
@@ -23,7 +24,10 @@ NAMES = ("consolidate", "validate", "features", "train", "evaluate", "export")
 
 
 def context(tmp_path: Path, config_text: str = "", commit: str = "c0ffee" * 6 + "beef") -> StageContext:
-    config = parse_config(APPROVERS + config_text)
+    """The reference project's configuration, with ``config_text``'s sections laid over it."""
+    from branchops.scaffold import deep_merge
+    reference = yaml.safe_load((REPO_ROOT / "config" / "branchops.yaml").read_text())
+    config = parse_config(yaml.safe_dump(deep_merge(reference, yaml.safe_load(APPROVERS + config_text))))
     return StageContext(stage="kf-pipeline", branch="kf-pipeline", workspace=REPO_ROOT, git_dir=tmp_path / "git",
                         state_dir=tmp_path / "state", config=config, source_commit=commit, run_id="20261123T170000Z-c0ffee",
                         record_dir="records/kf-pipeline/x", merge_request=None, forge=None, notifier=None,
@@ -49,7 +53,7 @@ def test_local_upload_then_a_rerun_uploads_nothing(tmp_path: Path):
     assert any("already uploaded" in line for line in kf_pipeline.plan(ctx2))
 
     # What the training stage does: compile the same commit again and find the version by its hash.
-    compiled, _ = kf_pipeline.compile_workspace(ctx.config, REPO_ROOT)
+    compiled, _ = runplan.compile_workspace(ctx.config, REPO_ROOT)
     from branchops.engine import make_engine
 
     found = make_engine(ctx.config, ctx.state_dir, REPO_ROOT).find_version("djia-sentiment", compiled.version_name)

@@ -1,18 +1,34 @@
-"""Without data the demo says how to get some; --synthetic data is DJIA-shaped, passes the reference
-project's own validation, and is marked as synthetic so that every report can say so."""
+"""Without data the demo says how to get some; the reference project's synthetic data script
+(data/synthetic_prices.py, what --synthetic runs) writes DJIA-shaped prices that pass the project's own
+validation, and marks them so that branchops says "synthetic" in every report."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
 from click.testing import CliRunner
 
-from branchops import synthetic
 from branchops.cli import main
+from branchops.stages.training import SYNTHETIC_MARKER, is_synthetic
+
+SCRIPT = Path(__file__).resolve().parents[2] / "data" / "synthetic_prices.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("synthetic_prices", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic = _load_script()
 
 
 def test_demo_without_data_explains_how_to_get_it(tmp_path, monkeypatch):
@@ -59,12 +75,21 @@ def test_synthetic_prices_have_the_kaggle_layout_and_are_marked(tmp_path):
             assert int(row[5]) > 0 and row[6] == ticker, (path.name, row)
     assert len(calendars) == 1  # every ticker trades on the same days, as the features expect
 
-    # The marker is what says "synthetic": the same files without it are not.
-    assert synthetic.is_synthetic(folder)
-    assert "SYNTHETIC" in (folder / synthetic.MARKER).read_text()
-    (folder / synthetic.MARKER).unlink()
-    assert not synthetic.is_synthetic(folder)
-    assert not synthetic.is_synthetic(tmp_path / "never-generated")
+    # The marker is what says "synthetic" to branchops: the same files without it are not.
+    assert synthetic.MARKER == SYNTHETIC_MARKER and is_synthetic(folder)
+    assert "SYNTHETIC" in (folder / SYNTHETIC_MARKER).read_text()
+    (folder / SYNTHETIC_MARKER).unlink()
+    assert not is_synthetic(folder)
+    assert not is_synthetic(tmp_path / "never-generated")
+
+
+def test_the_script_runs_as_data_source_script_runs_it(tmp_path):
+    """data.source: script runs `python <script> <raw folder>`: the same files, and the marker."""
+    subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "raw")], check=True, capture_output=True)
+    direct = synthetic.generate(tmp_path / "direct")
+    assert is_synthetic(tmp_path / "raw")
+    for name, path in price_files(direct).items():
+        assert (tmp_path / "raw" / path.name).read_bytes() == path.read_bytes(), name
 
 
 def test_synthetic_prices_are_repeatable_for_a_seed_and_differ_between_seeds(tmp_path):
@@ -75,7 +100,7 @@ def test_synthetic_prices_are_repeatable_for_a_seed_and_differ_between_seeds(tmp
         assert (again / name).read_bytes() == (first / name).read_bytes(), name
     assert all((other / name).read_bytes() != (first / name).read_bytes()
                for name in (path.name for path in price_files(first).values()))
-    assert synthetic.is_synthetic(again) and synthetic.is_synthetic(other)
+    assert is_synthetic(again) and is_synthetic(other)
 
 
 def test_synthetic_prices_pass_the_reference_validation_without_a_repair(tmp_path):

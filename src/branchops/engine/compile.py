@@ -39,7 +39,7 @@ def spec_images(spec: bytes) -> list[str]:
 
 
 def load_pipeline_module(workspace: Path, module: str):
-    """Import ``module`` (a path relative to the workspace, e.g. ``pipelines/djia_pipeline.py``)
+    """Import ``module`` (a path relative to the workspace, e.g. ``pipelines/pipeline.py``)
     under a private name, so two workspaces never share a cached module."""
     path = (workspace / module).resolve()
     if not path.is_file():
@@ -54,13 +54,16 @@ def load_pipeline_module(workspace: Path, module: str):
     except Exception as exc:  # the user's pipeline code: report it as theirs, with its own message
         raise StageFailed(f"{module}: importing the pipeline module failed: {type(exc).__name__}: {exc}") from exc
     if not callable(getattr(mod, "build_pipeline", None)):
-        raise ConfigError(f"{module}: defines no build_pipeline(images, gpu) function")
+        raise ConfigError(f"{module}: defines no build_pipeline(images, gpu, mounts) function")
     return mod
 
 
 def compile_pipeline(workspace: Path, module: str, images: Mapping[str, str] | None = None,
-                     gpu: Any | None = None) -> CompiledPipeline:
-    """Compile ``build_pipeline(images, gpu)`` of ``module`` with the kfp compiler.
+                     gpu: Any | None = None, mounts: Mapping[str, str] | None = None) -> CompiledPipeline:
+    """Compile ``build_pipeline(images, gpu, mounts)`` of ``module`` with the kfp compiler.
+
+    ``mounts`` ({"data": path, "models": path}) says where the storage port mounts the run's volumes
+    in a step on Kubernetes.
 
     With ``images`` (a registry is configured) every image must be pinned by digest, and every image
     in the compiled spec must be one of them: a step left on a tag would run whatever the tag points
@@ -75,7 +78,8 @@ def compile_pipeline(workspace: Path, module: str, images: Mapping[str, str] | N
                               "pinned: " + ", ".join(f"{n}={r}" for n, r in sorted(loose.items())))
     mod = load_pipeline_module(Path(workspace), module)
     try:
-        pipeline_func = mod.build_pipeline(images=dict(images) if images else None, gpu=gpu)
+        pipeline_func = mod.build_pipeline(images=dict(images) if images else None, gpu=gpu,
+                                           mounts=dict(mounts or {}))
         with tempfile.TemporaryDirectory(prefix="branchops-compile-") as tmp:
             out = Path(tmp) / "pipeline.yaml"
             compiler.Compiler().compile(pipeline_func=pipeline_func, package_path=str(out))

@@ -7,41 +7,10 @@ commit again (:func:`compile_workspace`) rather than by ids copied from this sta
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-from branchops.errors import ConfigError
+from branchops.runplan import compile_workspace
 from branchops.stages.base import StageContext, StageResult
 
-if TYPE_CHECKING:
-    from branchops.config import BranchopsConfig
-    from branchops.engine.base import CompiledPipeline
-
 INPUTS = ("pipelines/", "components/")
-
-
-def component_images(config: BranchopsConfig, workspace: Path) -> dict[str, str]:
-    """Each component's image pinned by digest, looked up in the registry by its content tag; empty when
-    no registry is configured (the local engine runs components as processes, not images)."""
-    if not config.registry.url:
-        if config.kubeflow.backend == "kubeflow":
-            raise ConfigError("kubeflow.backend 'kubeflow' runs component images, so it needs registry.url: "
-                              "configure the registry and merge into build-components first")
-        return {}
-    from branchops.images import image_digests  # the registry client is only needed with a registry
-
-    return image_digests(Path(workspace), config.registry)
-
-
-def compile_workspace(config: BranchopsConfig, workspace: Path) -> tuple[CompiledPipeline, dict[str, str]]:
-    """Compile the configured pipeline module of ``workspace`` exactly as this stage uploads it: the
-    same commit and configuration give the same spec hash (what the training stage looks up)."""
-    from branchops.engine.compile import compile_pipeline
-
-    images = component_images(config, workspace)
-    compiled = compile_pipeline(Path(workspace), config.kubeflow.pipeline_module, images or None,
-                                config.training.gpu)
-    return compiled, images
 
 
 def _describe_images(images: dict[str, str]) -> list[str]:

@@ -12,32 +12,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from branchops import gitops, records
 from branchops.errors import ConfigError, StageFailed
+from branchops.runplan import PLOTS_DIR, compile_workspace, pipeline_params, read_metrics, run_paths
 from branchops.stages.base import StageContext, StageResult
 
 INPUTS = ("config/", "pipelines/", "components/")
-METRIC_NAMES = ("accuracy", "roc_auc", "precision", "recall", "f1")
-PLOTS = ("learning_curves.png", "roc.png", "confusion_matrix.png")
 RELEASE_BRANCH_PREFIX = "branchops/release-"
+# A data folder holding a file of this name holds generated data: every report and summary says so.
+SYNTHETIC_MARKER = "SYNTHETIC"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Paths:
-    """Where a run reads and writes, as the pipeline's steps see it (local dirs, or PVC mount paths)."""
-
-    source_dir: str
-    data_dir: str
-    work_dir: str
-    export_base: str
-    local_work_dir: Path | None  # readable by this process (local storage only)
 
 
 def commit_version(ctx: StageContext) -> int:
@@ -57,13 +48,6 @@ def snapshot_name(volume: str, ctx: StageContext, experiment: str | None = None)
 
 # -- pipeline ------------------------------------------------------------------------------------------
 
-def compiled_pipeline(ctx: StageContext):
-    """This commit's pipeline compiled exactly as kf-pipeline uploads it (so the spec hashes agree)."""
-    from branchops.stages.kf_pipeline import compile_workspace
-    compiled, images = compile_workspace(ctx.config, ctx.workspace)
-    return compiled, images or None
-
-
 def uploaded_version(ctx: StageContext, engine, compiled):
     upload = engine.find_version(ctx.config.kubeflow.pipeline_name, compiled.spec_hash)
     if upload is None:
@@ -78,73 +62,69 @@ def uploaded_version(ctx: StageContext, engine, compiled):
 # -- data ----------------------------------------------------------------------------------------------
 
 def provide_data(ctx: StageContext, storage) -> tuple[Any, str | None]:
-    """The data volume as config's policy says, with the raw files in ``raw/``: (volume, kaggle dataset to
-    download into it, if any)."""
+    """The data volume as config's policy says, with the raw files in ``raw/``: (volume, kaggle dataset the
+    pipeline downloads into it, if any)."""
     cfg = ctx.config
     volume, needs_data = storage.provide_data_volume(cfg.storage.data_volume)
-    kaggle = None
-    if cfg.storage.backend != "local":
-        if needs_data and cfg.data.source != "kaggle":
-            raise ConfigError(f"storage '{cfg.storage.backend}': a new data volume is filled by downloading from "
-                              "Kaggle (data.source: kaggle), or use data_volume policy 'existing' or 'clone'")
-        return volume, cfg.data.kaggle.dataset if needs_data else None
-    raw = Path(volume.path) / "raw"
-    if needs_data or not raw.exists():
-        from branchops.storage.local import replace_file
-        raw.mkdir(parents=True, exist_ok=True)
-        if cfg.data.source == "folder":
-            folder = Path(cfg.data.folder or "")
-            folder = folder if folder.is_absolute() else ctx.workspace / folder
-            csvs = sorted(folder.glob("*.csv"))
-            if not csvs:
-                raise ConfigError(f"data.folder: {folder} holds no CSV files (expected the Kaggle dataset's layout)")
-            for csv in csvs:
-                replace_file(raw / csv.name, csv.read_bytes())
-            ctx.log.info("copied %d CSV files from %s into volume %s", len(csvs), folder, volume.name)
-        elif cfg.data.source == "synthetic":
-            from branchops import synthetic
-            synthetic.generate(raw)
-            ctx.log.warning("data volume %s holds SYNTHETIC prices (data.source: synthetic)", volume.name)
-        else:
-            kaggle = cfg.data.kaggle.dataset
-            for ref, var in ((cfg.data.kaggle.username, "KAGGLE_USERNAME"), (cfg.data.kaggle.key, "KAGGLE_KEY")):
-                value = ref.resolve() if ref else None
-                if value:
-                    os.environ[var] = value  # the consolidate step's kaggle client reads these
-    return volume, kaggle
+    raw = Path(volume.path) / "raw" if volume.path else None
+    if not (needs_data or (raw is not None and not raw.exists())):
+        return volume, None
+    data = cfg.data
+    if data is None:
+        raise ConfigError(f"volume {volume.name} is new and config has no 'data' section saying where its "
+                          "files come from (data.source: folder, kaggle or script)")
+    if data.source == "kaggle":
+        for ref, var in ((data.kaggle.username, "KAGGLE_USERNAME"), (data.kaggle.key, "KAGGLE_KEY")):
+            value = ref.resolve() if ref else None
+            if value:
+                os.environ[var] = value  # the pipeline's download step (a local process) reads these
+        return volume, data.kaggle.dataset
+    if raw is None:
+        raise ConfigError(f"storage '{cfg.storage.backend}': a new data volume is filled by the pipeline's own "
+                          "download (data.source: kaggle); use data_volume policy 'existing' or 'clone' for data "
+                          f"from a {data.source}")
+    from branchops.storage.local import replace_file
+    raw.mkdir(parents=True, exist_ok=True)
+    if data.source == "folder":
+        folder = Path(data.folder or "")
+        folder = folder if folder.is_absolute() else ctx.workspace / folder
+        files = sorted(p for p in folder.glob(data.files) if p.is_file())
+        if not files:
+            raise ConfigError(f"data.folder: {folder} holds no files matching '{data.files}'")
+        for path in files:
+            replace_file(raw / path.name, path.read_bytes())
+        ctx.log.info("copied %d files from %s into volume %s", len(files), folder, volume.name)
+    else:
+        script = ctx.workspace / str(data.script)
+        if not script.is_file():
+            raise ConfigError(f"data.script: {data.script} is not a file in {ctx.source_commit[:12]}")
+        ctx.log.info("data.script: running %s %s", data.script, raw)
+        done = subprocess.run([sys.executable, str(script), str(raw)], cwd=ctx.workspace, capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0:
+            raise StageFailed(f"data.script {data.script} exited {done.returncode}: "
+                              f"{(done.stderr or done.stdout).strip()[-2000:]}")
+    if is_synthetic(raw):
+        ctx.log.warning("data volume %s holds SYNTHETIC data (%s)", volume.name, raw / SYNTHETIC_MARKER)
+    return volume, None
 
 
-def run_paths(config, data_volume, model_volume, folder: str) -> Paths:
-    """The directories of a run whose work goes to ``folder`` of the model volume (``runs/<name>``)."""
-    if config.storage.backend == "local":
-        work = Path(model_volume.path) / folder
-        return Paths(str(Path(data_volume.path) / "raw"), str(data_volume.path), str(work), str(work / "export"),
-                     work)
-    work = f"/mnt/models/{folder}"
-    return Paths("/mnt/data/raw", "/mnt/data", work, f"{work}/export", None)
-
-
-def pipeline_params(paths: Paths, version: int, commit: str, kaggle: str | None, data_volume, model_volume,
-                    train_params: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline's parameters for one run (training, and reproduce with the recorded ones)."""
-    return {"source_dir": paths.source_dir, "data_dir": paths.data_dir, "work_dir": paths.work_dir,
-            "export_base": paths.export_base, "version": version, "commit": commit,
-            "kaggle_dataset": kaggle or "", "data_pvc": data_volume.name, "model_pvc": model_volume.name,
-            **train_params}
+def is_synthetic(folder: Path | None) -> bool:
+    return folder is not None and (folder / SYNTHETIC_MARKER).exists()
 
 
 # -- one experiment ------------------------------------------------------------------------------------
 
-def run_experiment(ctx: StageContext, engine, upload, storage, volumes, experiment, kaggle: str | None,
-                   version: int) -> dict[str, Any]:
+def run_experiment(ctx: StageContext, engine, upload, spec: bytes, storage, volumes, experiment,
+                   kaggle: str | None, version: int) -> dict[str, Any]:
     cfg = ctx.config
     data_volume, model_volume = volumes
     name = run_name(ctx, experiment.name)
-    paths = run_paths(cfg, data_volume, model_volume, f"runs/{name}")
-    params = pipeline_params(paths, version, ctx.source_commit, kaggle, data_volume, model_volume,
-                             experiment.params.model_dump())
+    paths = run_paths(storage, data_volume, model_volume, f"runs/{name}")
+    params = pipeline_params(spec, paths, version, ctx.source_commit, kaggle, data_volume, model_volume,
+                             experiment.params)
     ctx.log.info("experiment %s: run %s starting (%s)", experiment.name, name,
-                 ", ".join(f"{k}={v}" for k, v in experiment.params.model_dump().items()))
+                 ", ".join(f"{k}={v}" for k, v in experiment.params.items()))
     result = engine.run(ctx.branch, upload, name, params, cfg.training.timeout_s,
                         on_progress=lambda message: ctx.log.info("%s", message))
     if result.reused and not result.succeeded:
@@ -155,10 +135,10 @@ def run_experiment(ctx: StageContext, engine, upload, storage, volumes, experime
                             on_progress=lambda message: ctx.log.info("%s", message))
     entry: dict[str, Any] = {"experiment": experiment.name, "run_name": name, "run_id": result.run_id,
                              "state": result.state, "error": result.error, "duration_s": result.duration_s,
-                             "reused_run": result.reused, "params": experiment.params.model_dump()}
+                             "reused_run": result.reused, "params": experiment.params}
     if not result.succeeded:
         return entry
-    metrics = read_metrics(result.outputs, paths)
+    metrics = read_metrics(result.outputs, paths, cfg.training.metrics)
     entry["metrics"] = metrics
     entry["model"] = {"volume": model_volume.name, "path": f"runs/{name}/export/{version}", "version": version}
     if cfg.storage.snapshots:
@@ -173,23 +153,12 @@ def run_experiment(ctx: StageContext, engine, upload, storage, volumes, experime
     else:
         entry["data"] = {"volume": data_volume.name, "snapshot": None}
     if paths.local_work_dir:
-        for plot in PLOTS:
-            png = paths.local_work_dir / "plots" / plot
-            if png.exists():
-                ctx.add_artifact(f"{experiment.name}/plots/{plot}", png.read_bytes())
+        for png in sorted((paths.local_work_dir / PLOTS_DIR).glob("*.png")):
+            ctx.add_artifact(f"{experiment.name}/{PLOTS_DIR}/{png.name}", png.read_bytes())
         metrics_file = paths.local_work_dir / "metrics.json"
         if metrics_file.exists():
             ctx.add_artifact(f"{experiment.name}/metrics.json", metrics_file.read_bytes())
     return entry
-
-
-def read_metrics(outputs: dict[str, Any], paths: Paths) -> dict[str, Any]:
-    metrics = outputs.get("metrics") if isinstance(outputs.get("metrics"), dict) else None
-    if paths.local_work_dir and (paths.local_work_dir / "metrics.json").exists():
-        metrics = json.loads((paths.local_work_dir / "metrics.json").read_text())
-    if not metrics:
-        raise StageFailed(f"the run finished but reported no metrics (work dir {paths.work_dir})")
-    return metrics
 
 
 # -- KPI gate and production ---------------------------------------------------------------------------
@@ -239,45 +208,47 @@ def fmt(value: Any) -> str:
 def report_markdown(ctx: StageContext, entries: list[dict[str, Any]], best: dict[str, Any] | None,
                     production: dict[str, Any] | None, failures: list[str], lineage: dict[str, Any],
                     synthetic: bool) -> str:
-    metric = ctx.config.training.select_by
-    lines = [f"# Training report — {ctx.config.project.name} @ {ctx.source_commit[:12]}", ""]
+    cfg = ctx.config
+    metric, names = cfg.training.select_by, cfg.training.metrics
+    lines = [f"# Training report — {cfg.project.name} @ {ctx.source_commit[:12]}", ""]
+    if cfg.project.description:
+        lines += [cfg.project.description, ""]
     if synthetic:
-        lines += ["> **SYNTHETIC DATA.** These models were trained on generated prices (data.source: synthetic), "
-                  "not market data. The metrics say nothing about real stocks.", ""]
+        lines += ["> **SYNTHETIC DATA.** These models were trained on generated data (the data volume carries a "
+                  f"{SYNTHETIC_MARKER} marker), not real data. The metrics say nothing about the real world.", ""]
     mr = ctx.merge_request
     lines += [f"Merge request !{mr.number} *{mr.title}* by {mr.author}, merged by {mr.merged_by}; "
               f"run `{ctx.run_id}`.", ""]
     if best:
-        p = best["params"]
-        lines += [f"**Best experiment: `{best['experiment']}`** (by `{metric}`) — predicts whether {p['target']} closes "
-                  f"up or down on the next trading day from the log returns of all tickers over the previous "
-                  f"{p['window']} trading days; an MLP {p['hidden_units']} (dropout {p['dropout']}).", ""]
-        lines += [f"{best['metrics'].get('summary', '')}", ""]
-    lines += ["## Experiments (test split)", "",
-              "| experiment | state | " + " | ".join(METRIC_NAMES) + " | beats baselines | run time |",
-              "|---|---|" + "---|" * len(METRIC_NAMES) + "---|---|"]
+        params = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in best["params"].items())
+        lines += [f"**Best experiment: `{best['experiment']}`** (by `{metric}`), with {params or 'no parameters'}.",
+                  ""]
+        if best["metrics"].get("summary"):
+            lines += [str(best["metrics"]["summary"]), ""]
+    header = "| " + " | ".join(names) + " |"
+    lines += ["## Experiments", "", "| experiment | state " + header + " run time |",
+              "|---|---|" + "---|" * len(names) + "---|"]
     for e in entries:
         m = e.get("metrics") or {}
-        beats = (m.get("beats_baselines") or {}).get("all")
-        lines.append(f"| {e['experiment']} | {e['state']} | " + " | ".join(fmt(m.get(k)) for k in METRIC_NAMES)
-                     + f" | {'yes' if beats else 'no' if m else '-'} | {fmt(e.get('duration_s'))} s |")
+        lines.append(f"| {e['experiment']} | {e['state']} | " + " | ".join(fmt(m.get(k)) for k in names)
+                     + f" | {fmt(e.get('duration_s'))} s |")
     if best:
-        baselines = best["metrics"].get("baselines", {})
-        lines += ["", "## Against the baselines and production", "",
-                  "| | " + " | ".join(METRIC_NAMES) + " |", "|---|" + "---|" * len(METRIC_NAMES),
-                  f"| **{best['experiment']}** | " + " | ".join(fmt(best['metrics'].get(k)) for k in METRIC_NAMES) + " |"]
+        # A run's metrics.json may carry its baselines' metrics too ({"baselines": {name: {metric: value}}}).
+        baselines = best["metrics"].get("baselines") or {}
+        lines += ["", "## Against the baselines and production", "", "| " + header, "|---|" + "---|" * len(names),
+                  f"| **{best['experiment']}** | " + " | ".join(fmt(best['metrics'].get(k)) for k in names) + " |"]
         for name, values in baselines.items():
-            lines.append(f"| baseline: {name} | " + " | ".join(fmt(values.get(k)) for k in METRIC_NAMES) + " |")
+            lines.append(f"| baseline: {name} | " + " | ".join(fmt(values.get(k)) for k in names) + " |")
         if production:
-            lines.append("| production | " + " | ".join(fmt(production.get(k)) for k in METRIC_NAMES) + " |")
+            lines.append("| production | " + " | ".join(fmt(production.get(k)) for k in names) + " |")
         else:
-            lines.append("| production | no model deployed yet |" + " |" * (len(METRIC_NAMES) - 1))
-        lines += ["", "### Plots", ""]
-        for plot in PLOTS:
-            lines.append(f"![{plot}]({ctx.record_dir}/{best['experiment']}/plots/{plot})")
+            lines.append("| production | no model deployed yet |" + " |" * (len(names) - 1))
+        plots = sorted(path for path in ctx.artifacts if path.startswith(f"{best['experiment']}/{PLOTS_DIR}/"))
+        if plots:
+            lines += ["", "### Plots", ""] + [f"![{Path(p).name}]({ctx.record_dir}/{p})" for p in plots]
     lines += ["", "## KPI gate", ""]
-    kpis = ctx.config.training.kpis
-    lines.append("Thresholds: " + ", ".join(f"{k} ≥ {v:g}" for k, v in kpis.thresholds.items())
+    kpis = cfg.training.kpis
+    lines.append("Thresholds: " + (", ".join(f"{k} ≥ {v:g}" for k, v in kpis.thresholds.items()) or "none")
                  + (f"; must beat production's {metric} by {kpis.beat_production_by:g}"
                     if kpis.beat_production_by is not None else ""))
     lines.append("")
@@ -329,10 +300,11 @@ def plan(ctx: StageContext) -> list[str]:
              f"(pipeline {cfg.kubeflow.pipeline_name})"]
     dv = cfg.storage.data_volume
     steps.append(f"data volume {dv.name} ({cfg.storage.backend}): policy {dv.policy}"
-                 + (f" from snapshot {dv.snapshot}" if dv.snapshot else "") + f", data source {cfg.data.source}")
+                 + (f" from snapshot {dv.snapshot}" if dv.snapshot else "")
+                 + (f", data source {cfg.data.source}" if cfg.data else ", no data section"))
     for exp in cfg.training.experiments:
         steps.append(f"run {run_name(ctx, exp.name)} in experiment '{ctx.branch}' with "
-                     + ", ".join(f"{k}={v}" for k, v in exp.params.model_dump().items()))
+                     + (", ".join(f"{k}={v}" for k, v in exp.params.items()) or "the pipeline's defaults"))
     if cfg.storage.snapshots:
         steps.append(f"snapshot {dv.name} and {cfg.storage.model_volume} after each run")
     steps.append(f"pick the best by {cfg.training.select_by}; KPI gate "
@@ -346,27 +318,24 @@ def run(ctx: StageContext) -> StageResult:
     from branchops.storage import make_storage
 
     cfg = ctx.config
-    compiled, images = compiled_pipeline(ctx)
+    compiled, images = compile_workspace(cfg, ctx.workspace)
     engine = make_engine(cfg, ctx.state_dir, ctx.workspace)
     upload = uploaded_version(ctx, engine, compiled)
-    from branchops.engine.base import validate_params
     storage = make_storage(cfg, ctx.state_dir)
     data_volume, kaggle = provide_data(ctx, storage)
     model_volume = storage.ensure_volume(cfg.storage.model_volume)
     version = commit_version(ctx)
     # every experiment's parameters are checked against the pipeline before any run starts
     for exp in cfg.training.experiments:
-        paths = run_paths(cfg, data_volume, model_volume, f"runs/{run_name(ctx, exp.name)}")
-        validate_params(compiled.spec, pipeline_params(paths, version, ctx.source_commit, kaggle, data_volume,
-                                                       model_volume, exp.params.model_dump()))
-    from branchops.synthetic import is_synthetic
-    synthetic = cfg.data.source == "synthetic" or (
-        data_volume.path is not None and is_synthetic(Path(data_volume.path) / "raw"))
+        paths = run_paths(storage, data_volume, model_volume, f"runs/{run_name(ctx, exp.name)}")
+        pipeline_params(compiled.spec, paths, version, ctx.source_commit, kaggle, data_volume, model_volume,
+                        exp.params)
+    synthetic = is_synthetic(Path(data_volume.path) / "raw" if data_volume.path else None)
 
     with ThreadPoolExecutor(max_workers=cfg.training.max_parallel_runs) as pool:
         entries = list(pool.map(
-            lambda exp: run_experiment(ctx, engine, upload, storage, (data_volume, model_volume), exp, kaggle,
-                                       version), cfg.training.experiments))
+            lambda exp: run_experiment(ctx, engine, upload, compiled.spec, storage, (data_volume, model_volume),
+                                       exp, kaggle, version), cfg.training.experiments))
 
     succeeded = [e for e in entries if e["state"] == "SUCCEEDED"]
     metric = cfg.training.select_by

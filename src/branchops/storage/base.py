@@ -35,6 +35,10 @@ LABEL_CLONED_FROM = "branchops.io/cloned-from"  # on a cloned volume: the snapsh
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "branchops"
 
+# Where a pipeline step on Kubernetes finds the two volumes of a run: the compiler hands these to the
+# project's build_pipeline as ``mounts``, and the run's directories are paths under them.
+STEP_MOUNTS = {"data": "/mnt/data", "models": "/mnt/models"}
+
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # A label key: optional DNS-subdomain prefix and '/', then a name; a value: empty or a name.
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -155,6 +159,11 @@ class Storage(abc.ABC):
         existed = self.get_volume(policy.name) is not None
         volume = self.ensure_volume(policy.name, labels)
         return volume, (not existed) or self.is_empty(volume)
+
+    def step_dir(self, volume: Volume, role: str) -> str:
+        """The directory a pipeline step sees ``volume`` at, for ``role`` "data" or "models": the
+        volume's mount path on Kubernetes; local backends override it with the directory itself."""
+        return STEP_MOUNTS[role]
 
     def is_empty(self, volume: Volume) -> bool:
         """Whether a volume holds no data; backends that cannot tell say False (not known to be empty)."""

@@ -206,6 +206,10 @@ class LocalStorage(Storage):
     def get_volume(self, name: str) -> Volume | None:
         return self._volume(name) if self._volume_dir(name).is_dir() else None
 
+    def step_dir(self, volume: Volume, role: str) -> str:
+        # the local pipeline runner's steps are processes on this machine: they use the directory itself
+        return str(volume.path)
+
     def is_empty(self, volume: Volume) -> bool:
         directory = self._volume_dir(volume.name)
         return not directory.is_dir() or next(directory.iterdir(), None) is None

@@ -1,9 +1,9 @@
-"""Synthetic DJIA-shaped prices, for trying branchops without the Kaggle data.
+"""Synthetic DJIA-shaped prices, for trying the project without the Kaggle data.
 
-Files in the Kaggle dataset's per-ticker layout (``<TICKER>_2006-01-01_to_2018-01-01.csv`` with
-Date,Open,High,Low,Close,Volume,Name), generated from a seeded one-factor market model so that runs are
-repeatable. Everything made from them is announced as synthetic: the data carries a marker file that the
-demo and the reports check.
+``python data/synthetic_prices.py FOLDER`` writes files in the Kaggle dataset's per-ticker layout
+(``<TICKER>_2006-01-01_to_2018-01-01.csv`` with Date,Open,High,Low,Close,Volume,Name), generated from a
+seeded one-factor market model so that runs are repeatable, and a file named ``SYNTHETIC``: branchops
+announces everything trained on a folder holding it as synthetic (``data.source: script``).
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import math
 import random
+import sys
 from datetime import date, timedelta
 from pathlib import Path
 
 TICKERS = ("AABA AAPL AMZN AXP BA CAT CSCO CVX DIS GE GOOGL GS HD IBM INTC JNJ JPM KO MCD MMM MRK MSFT NKE PFE "
            "PG TRV UNH UTX VZ WMT XOM").split()
-MARKER = "SYNTHETIC_DATA.txt"
+MARKER = "SYNTHETIC"
 
 
 def business_days(start: date, end: date) -> list[date]:
@@ -48,9 +49,11 @@ def generate(folder: str | Path, seed: int = 2006, start: date = date(2006, 1, 3
                 writer.writerow([day.isoformat(), f"{open_:.2f}", f"{high:.2f}", f"{low:.2f}", f"{close:.2f}",
                                  int(rng.lognormvariate(15, 0.5)), ticker])
                 price = close
-    (out / MARKER).write_text("These prices are SYNTHETIC (branchops --synthetic), not market data.\n")
+    (out / MARKER).write_text("These prices are SYNTHETIC (data/synthetic_prices.py), not market data.\n")
     return out
 
 
-def is_synthetic(folder: str | Path) -> bool:
-    return (Path(folder) / MARKER).exists()
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python data/synthetic_prices.py FOLDER")
+    print(generate(sys.argv[1]))
