@@ -202,17 +202,34 @@ def test_protect_branch_refuses_zero_approvals(make_forge) -> None:
         make_forge().protect_branch("training", 0, "branchops", True)
 
 
-@pytest.mark.parametrize(("scopes", "permissions", "expected"), [
-    ("repo, admin:repo_hook", {"admin": True, "push": True}, []),
-    ("public_repo", {"admin": True, "push": True}, ["token scope 'repo'", "'admin:repo_hook'"]),
-    ("repo", {"admin": False, "push": True}, ["admin permission"]),
-    (None, {"admin": True, "push": False}, ["push (write) permission"]),  # fine-grained token: no scopes header
+# GitHub's docs ("Scopes for OAuth apps"): a classic token's scopes come in X-OAuth-Scopes ("repo, user";
+# empty for a token without scopes). "repo" covers public and private repositories, "public_repo" public
+# ones only; both include repository hooks, which "admin:repo_hook" / "write:repo_hook" grant alone.
+# Fine-grained tokens and GitHub Apps send no such header; the repository's "permissions" say what
+# they may do.
+@pytest.mark.parametrize(("scopes", "private", "permissions", "admin", "expected"), [
+    ("repo, admin:repo_hook", True, {"admin": True, "push": True}, True, []),
+    ("repo", True, {"admin": True, "push": True}, True, []),
+    ("public_repo, admin:repo_hook", False, {"admin": True, "push": True}, True, []),
+    ("public_repo", True, {"admin": True, "push": True}, True, ["token scope 'repo'", "'admin:repo_hook'"]),
+    ("public_repo", False, {"admin": True, "push": True}, True, []),
+    ("admin:repo_hook", False, {"admin": True, "push": True}, True, ["token scope 'repo' or 'public_repo'"]),
+    ("read:repo_hook", True, {"admin": True, "push": True}, False, ["token scope 'repo'"]),  # no bootstrap: no hooks
+    ("", True, {"admin": True, "push": True}, True, ["token scope 'repo'", "'admin:repo_hook'"]),
+    ("read:org", True, {"admin": True, "push": True}, False, ["token scope 'repo'"]),
+    ("repo", True, {"admin": False, "push": True}, True, ["admin permission"]),
+    ("repo", True, {"admin": False, "push": True}, False, []),
+    (None, True, {"admin": True, "push": False}, True, ["push (write) permission"]),
+    (None, True, {"admin": False, "push": False}, True, ["push (write) permission", "admin permission"]),
+    (None, True, {"admin": True, "push": True}, True, []),
 ])
-def test_check_token_permissions(fake_github: FakeGitHub, make_forge, scopes, permissions, expected) -> None:
+def test_check_token_permissions(fake_github: FakeGitHub, make_forge, scopes, private, permissions, admin,
+                                 expected) -> None:
     fake_github.oauth_scopes = scopes
+    fake_github.private = private
     fake_github.permissions = {"maintain": False, "triage": True, "pull": True, **permissions}
-    missing = make_forge().check_token_permissions()
-    assert len(missing) == len(expected)
+    missing = make_forge().check_token_permissions(admin=admin)
+    assert len(missing) == len(expected), missing
     for text, fragment in zip(missing, expected):
         assert fragment in text
 

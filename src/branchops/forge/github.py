@@ -41,6 +41,7 @@ _VERDICT_STATES = ("APPROVED", "CHANGES_REQUESTED", "DISMISSED")
 
 # Token scopes (classic personal access tokens) that grant what the forge does; fine-grained tokens
 # and GitHub Apps send no X-OAuth-Scopes header and are checked through the repository permissions.
+# "public_repo" grants only public repositories, and there, like "repo", repository hooks too.
 _REPO_SCOPES = ("repo", "public_repo")
 _HOOK_SCOPES = ("repo", "admin:repo_hook", "write:repo_hook")
 
@@ -449,7 +450,8 @@ class GitHubForge(Forge):
             if not granted.intersection(repo_scopes):
                 missing.append(f"token scope {' or '.join(repr(s) for s in repo_scopes)} "
                                "(pull requests, statuses, comments)")
-            if admin and not granted.intersection(_HOOK_SCOPES):
+            hook_scopes = _HOOK_SCOPES if private else (*_HOOK_SCOPES, "public_repo")
+            if admin and not granted.intersection(hook_scopes):
                 missing.append("token scope 'admin:repo_hook' (webhooks)")
         if permissions is None:
             missing.append(f"repository permissions of the token's user on {self.repository} (not reported)")
