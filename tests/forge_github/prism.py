@@ -1,6 +1,6 @@
 """Prism serving GitHub's official REST description (npm ``@octokit/openapi``), for contract tests.
 
-DESIGN.md §7: every GitHub call branchops makes is sent to Prism, which validates the request against
+Every GitHub call branchops makes is sent to Prism, which validates the request against
 GitHub's OpenAPI description and answers with the description's examples. A request that does not match
 the real API (unknown path, wrong method, missing or mistyped parameter or body field) is rejected by
 Prism (400/422/404/405) and reported in its ``sl-violations`` header.
@@ -32,6 +32,7 @@ start :class:`PrismGitHub` yourself with ``extra_operations``.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -87,6 +88,18 @@ def prism_unavailable_reason() -> str | None:
 
 # -- the description -----------------------------------------------------------------------------------
 
+def _github_description() -> dict[str, Any]:
+    # Not cached: parsed, the description takes ~90 MB, and machines running the tests are shared.
+    return json.loads(GITHUB_SPEC.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def described_example(name: str) -> Any:
+    """The value of ``components/examples/<name>`` in GitHub's description: what Prism answers with, so
+    what a test derives its expectation from."""
+    return _github_description()["components"]["examples"][name]["value"]
+
+
 _REF = re.compile(r'"\$ref":\s*"#/components/([^/"]+)/([^"]+)"')
 
 
@@ -122,8 +135,7 @@ def cut_description(spec: Mapping[str, Any], operations: Mapping[str, Sequence[s
 
 
 def write_description(target: Path, base_url: str, operations: Mapping[str, Sequence[str]]) -> Path:
-    spec = json.loads(GITHUB_SPEC.read_text(encoding="utf-8"))
-    text = json.dumps(cut_description(spec, operations))
+    text = json.dumps(cut_description(_github_description(), operations))
     # Example bodies carry absolute URLs (a pull request's "url", "Link" targets) that PyGithub follows.
     text = text.replace(SPEC_SERVER, base_url)
     cut = json.loads(text)
@@ -143,6 +155,22 @@ def multi_segment_routes(spec: Mapping[str, Any]) -> list[re.Pattern[str]]:
             head, _, tail = template.partition("{" + name + "}")
             routes.append(re.compile(
                 f"(?P<head>{_template_regex(head)})(?P<value>.+?)(?P<tail>{_template_regex(tail)})"))
+    return routes
+
+
+def operation_routes(spec: Mapping[str, Any]) -> list[tuple[str, str, re.Pattern[str]]]:
+    """``(METHOD, path template, regex of the request paths it matches)`` for every operation in ``spec``;
+    an ``x-multi-segment`` parameter spans segments, any other one is a single segment."""
+    routes = []
+    for template, item in spec["paths"].items():
+        for method, op in item.items():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            multi = {"{" + p["name"] + "}" for p in op.get("parameters", [])
+                     if isinstance(p, dict) and p.get("in") == "path" and p.get("x-multi-segment")}
+            regex = "".join(".+" if piece in multi else "[^/]+" if piece.startswith("{") else re.escape(piece)
+                            for piece in re.split(r"(\{[^}]+\})", template))
+            routes.append((method.upper(), template, re.compile(regex)))
     return routes
 
 
@@ -196,6 +224,7 @@ class PrismGitHub:
         self._prism: subprocess.Popen[bytes] | None = None
         self._prism_port = 0
         self._multi_segment: list[re.Pattern[str]] = []
+        self._operation_routes: list[tuple[str, str, re.Pattern[str]]] = []
         self.log_path = self.workdir / "prism.log"
 
     @property
@@ -206,7 +235,9 @@ class PrismGitHub:
     def start(self) -> PrismGitHub:
         self._start_proxy()
         spec = write_description(self.workdir / "github-cut.json", self.url, self.operations)
-        self._multi_segment = multi_segment_routes(json.loads(spec.read_text(encoding="utf-8")))
+        cut = json.loads(spec.read_text(encoding="utf-8"))
+        self._multi_segment = multi_segment_routes(cut)
+        self._operation_routes = operation_routes(cut)
         started = time.monotonic()
         self._prism_port = _free_port()
         with open(self.log_path, "wb") as log:
@@ -253,6 +284,14 @@ class PrismGitHub:
         if expect_calls is not None:
             assert len(made) == expect_calls, [e.describe() for e in made]
         return made
+
+    def operation_of(self, exchange: Exchange) -> tuple[str, str] | None:
+        """``(METHOD, path template)`` of the served operation ``exchange`` was a call of; None: none is."""
+        path = urlsplit(exchange.path).path
+        for method, template, regex in self._operation_routes:
+            if method == exchange.method and regex.fullmatch(path):
+                return method, template
+        return None
 
     def _preferred(self, exchange: Exchange) -> bool:
         code = self._prefer_for(exchange.method, urlsplit(exchange.path).path)

@@ -9,31 +9,39 @@ GitHub's behaviour over several calls: that is the fake's job (test_github_forge
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from branchops.config import SecretRef
-from branchops.forge.base import MergeRequest
+from branchops.errors import ExternalError
+from branchops.forge.base import Approval, MergeRequest
 
 from .conftest import TOKEN_ENV, github_settings
-from .prism import GITHUB_OPERATIONS, PrismGitHub
+from .prism import GITHUB_OPERATIONS, PrismGitHub, described_example
 
 # Values from the examples in GitHub's description (components/examples/pull-request*, review, ...).
 EXAMPLE_SOURCE, EXAMPLE_TARGET = "new-topic", "master"
 EXAMPLE_MERGE_COMMIT = "e5bd3914e2e596debea16f433f57875b5b90bcd6"
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+# components/examples/pull-request-review-items: octocat approved commit ecdd80bb...
+EXAMPLE_APPROVAL = Approval(user="octocat", head_sha="ecdd80bb57125d7ba9641ffaa4d7d2c19d3f3091",
+                            at="2019-11-17T17:43:43Z")
+# components/examples/branch-get: the tip of the branch asked for
+EXAMPLE_BRANCH_TIP = "7fd1a60b01f91b314f59955a4e4d4e80d8edf11d"
 
 
 @pytest.fixture
-def forge(prism_github: PrismGitHub, monkeypatch: pytest.MonkeyPatch) -> Any:
+def forge(prism_github: PrismGitHub, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from branchops.forge.github import GitHubForge
 
     monkeypatch.setenv(TOKEN_ENV, "test-prism-token-0000")
     prism_github.prefer.clear()
-    return GitHubForge(github_settings(prism_github.url, retries=0), per_page=30,
-                       seconds_between_requests=0, seconds_between_writes=0, backoff_factor=0)
+    yield GitHubForge(github_settings(prism_github.url, retries=0), per_page=30,
+                      seconds_between_requests=0, seconds_between_writes=0, backoff_factor=0)
+    prism_github.prefer.clear()  # the session's Prism answers the next test with the default examples
 
 
 @pytest.fixture
@@ -49,56 +57,90 @@ def calls(prism_github: PrismGitHub) -> Callable[[], list[str]]:
     return check
 
 
-def _assert_shape(mr: MergeRequest) -> None:
-    assert mr.number > 0 and mr.source and mr.target and mr.author and len(mr.head_sha) == 40
-    assert mr.state in ("open", "merged", "closed")
-    assert mr.created_at.endswith("Z")
+def _query(exchange: Any) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(exchange.path).query).items()}
 
 
 def test_get_reads_pull_request_and_reviews(forge, calls) -> None:
     mr = forge.get(1347)
-    _assert_shape(mr)
-    assert all(a.user and len(a.head_sha) == 40 and a.at for a in mr.approvals)
+    # components/examples/pull-request: merged_at is set (its "state" says "open", as a merged pull
+    # request's never does; merged_at is what says it was merged), merged by octocat.
+    assert mr == MergeRequest(
+        number=1347, title="Amazing new feature", source=EXAMPLE_SOURCE, target=EXAMPLE_TARGET, author="octocat",
+        state="merged", head_sha=SHA, body="Please pull these awesome changes in!",
+        created_at="2011-01-26T19:01:12Z", merged_at="2011-01-26T19:01:12Z", merged_by="octocat",
+        merge_commit=EXAMPLE_MERGE_COMMIT, approvals=[EXAMPLE_APPROVAL],
+        url="https://github.com/octocat/Hello-World/pull/1347")
     assert calls() == ["GET /repos/R/pulls/1347", "GET /repos/R/pulls/1347/reviews"]
 
 
-def test_find_open_and_update_existing(forge, calls) -> None:
+def test_find_open_and_update_existing(forge, calls, prism_github: PrismGitHub) -> None:
     found = forge.find_open(EXAMPLE_SOURCE, EXAMPLE_TARGET)
-    assert found is not None and (found.source, found.target) == (EXAMPLE_SOURCE, EXAMPLE_TARGET)
+    assert found is not None
+    assert (found.number, found.source, found.target) == (1347, EXAMPLE_SOURCE, EXAMPLE_TARGET)
+    assert found.approvals == [EXAMPLE_APPROVAL]
+    mark = prism_github.mark()
     mr, created = forge.open_merge_request(EXAMPLE_SOURCE, EXAMPLE_TARGET, "Deploy run 7", "**metrics**")
-    assert not created
-    _assert_shape(mr)
+    assert (mr.number, created) == (1347, False)
+    lookup, patch = prism_github.since(mark)[:2]
+    # GitHub's "head" filter is "user:ref-name"; a bare branch name would not filter at all.
+    assert _query(lookup) == {"state": "open", "head": f"octo:{EXAMPLE_SOURCE}", "base": EXAMPLE_TARGET}
+    assert (patch.method, patch.request_body) == ("PATCH", {"title": "Deploy run 7", "body": "**metrics**"})
     assert "PATCH /repos/R/pulls/1347" in calls()
+    assert "POST /repos/R/pulls" not in calls()
 
 
-def test_open_merge_request_creates(forge, calls) -> None:
+def test_open_merge_request_creates(forge, calls, prism_github: PrismGitHub) -> None:
+    # The example open pull request is new-topic -> master, so training -> deploy-model is not open yet.
+    mark = prism_github.mark()
     mr, created = forge.open_merge_request("training", "deploy-model", "Deploy run 7", "**metrics**")
-    assert created
-    _assert_shape(mr)
-    assert "POST /repos/R/pulls" in calls()
+    assert created and mr.number == 1347
+    [post] = [e for e in prism_github.since(mark) if e.method == "POST"]
+    assert post.request_body == {"head": "training", "base": "deploy-model", "title": "Deploy run 7",
+                                 "body": "**metrics**"}
+    assert calls() == ["GET /repos/R/pulls", "POST /repos/R/pulls", "GET /repos/R/pulls/1347/reviews"]
 
 
-def test_list(forge, calls) -> None:
-    for state in ("open", "merged", None):
-        for mr in forge.list(state, target="training"):
-            _assert_shape(mr)
+def test_list(forge, calls, prism_github: PrismGitHub) -> None:
+    # Every list answer is the example: #1347, merged (merged_at set). The forge asks GitHub for the
+    # states it knows ("merged" is a closed pull request) and keeps only what was asked for.
+    mark = prism_github.mark()
+    listed = {state: [(mr.number, mr.state) for mr in forge.list(state, target="training")]
+              for state in ("open", "merged", None)}
+    assert listed == {"open": [], "merged": [(1347, "merged")], None: [(1347, "merged")]}
+    assert [_query(e) for e in prism_github.since(mark)] == [
+        {"state": "open", "base": "training"}, {"state": "closed", "base": "training"},
+        {"state": "all", "base": "training"}]
     assert set(calls()) == {"GET /repos/R/pulls"}
 
 
 def test_merged_request_for_commit(forge, calls) -> None:
     mr = forge.merged_request_for_commit(EXAMPLE_MERGE_COMMIT)
-    assert mr is not None and mr.merge_commit == EXAMPLE_MERGE_COMMIT and mr.merged_by
+    assert mr is not None
+    assert (mr.number, mr.state, mr.merge_commit, mr.merged_by) == (1347, "merged", EXAMPLE_MERGE_COMMIT, "octocat")
+    assert mr.approvals == [EXAMPLE_APPROVAL]
+    # SHA is the example pull request's head: associated with it, but not what its merge produced.
     assert forge.merged_request_for_commit(SHA) is None
-    assert calls()[0] == f"GET /repos/R/commits/{EXAMPLE_MERGE_COMMIT}/pulls"
+    assert calls() == [f"GET /repos/R/commits/{EXAMPLE_MERGE_COMMIT}/pulls", "GET /repos/R/pulls/1347",
+                       "GET /repos/R/pulls/1347/reviews",
+                       f"GET /repos/R/commits/{SHA}/pulls", "GET /repos/R/pulls"]
 
 
-def test_comment_and_status(forge, calls) -> None:
-    forge.comment(1347, "## training\n| metric | value |\n|---|---|\n| accuracy | 0.61 |")
+def test_comment_and_status(forge, calls, prism_github: PrismGitHub) -> None:
+    mark = prism_github.mark()
+    report = "## training\n| metric | value |\n|---|---|\n| accuracy | 0.61 |"
+    forge.comment(1347, report)
     forge.set_commit_status(SHA, "success", "d" * 200, context="branchops/training",
                             target_url="https://ci.example/job/1")
     forge.set_commit_status(SHA, "pending", "started")
     assert calls() == ["POST /repos/R/issues/1347/comments", f"POST /repos/R/statuses/{SHA}",
                        f"POST /repos/R/statuses/{SHA}"]
+    comment, success, pending = (e.request_body for e in prism_github.since(mark))
+    assert comment == {"body": report}
+    # GitHub refuses a status description over 140 characters ("description is too long").
+    assert success == {"state": "success", "description": "d" * 139 + "…", "context": "branchops/training",
+                       "target_url": "https://ci.example/job/1"}
+    assert pending == {"state": "pending", "description": "started", "context": "branchops"}
 
 
 def test_ensure_branch_exists(forge, calls) -> None:
@@ -111,27 +153,44 @@ def test_ensure_branch_creates(forge, calls, prism_github: PrismGitHub) -> None:
     assert forge.ensure_branch("training", "main") is True
     assert calls() == ["GET /repos/R/branches/training", "GET /repos/R/branches/main",
                        "POST /repos/R/git/refs"]
+    # GitHub's "ref" is the fully qualified name; the sha is main's tip as GitHub reported it.
+    assert prism_github.exchanges[-1].request_body == {"ref": "refs/heads/training", "sha": EXAMPLE_BRANCH_TIP}
 
 
 @pytest.mark.parametrize("restrict_pushes", [True, False])
 def test_protect_branch(forge, calls, prism_github: PrismGitHub, restrict_pushes: bool) -> None:
     forge.protect_branch("training", 2, "branchops/training", restrict_pushes,
                          require_code_owner_reviews=True, bypass_users=["branchops-bot"])
-    assert calls()[-1] == "PUT /repos/R/branches/training/protection"
+    assert calls() == ["PUT /repos/R/branches/training/protection"]
     body = prism_github.exchanges[-1].request_body
-    assert body["required_pull_request_reviews"]["required_approving_review_count"] == 2
+    assert body["required_pull_request_reviews"] == {
+        "required_approving_review_count": 2, "dismiss_stale_reviews": True, "require_code_owner_reviews": True,
+        "bypass_pull_request_allowances": {"users": ["branchops-bot"]}}
+    assert body["required_status_checks"] == {"strict": False, "contexts": ["branchops/training"]}
+    assert body["enforce_admins"] is restrict_pushes
+    assert (body["allow_force_pushes"], body["allow_deletions"]) == (False, False)
 
 
-def test_ensure_webhook_updates_and_creates(forge, calls, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ensure_webhook_updates_and_creates(forge, calls, prism_github: PrismGitHub,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOOK_SECRET", "hook-secret-value")
     ref = SecretRef(env="HOOK_SECRET")
-    # The description's example hook points at https://example.com/webhook.
-    _, created = forge.ensure_webhook("https://example.com/webhook", ref, ["push", "pull_request"])
-    assert not created
+    mark = prism_github.mark()
+    # The description's example hook (id 12345678) points at https://example.com/webhook.
+    hook_id, created = forge.ensure_webhook("https://example.com/webhook", ref, ["push", "pull_request"])
+    assert (hook_id, created) == (12345678, False)
     _, created = forge.ensure_webhook("https://jenkins.example/github-webhook/", ref, ["push"])
     assert created
     assert calls() == ["GET /repos/R/hooks", "PATCH /repos/R/hooks/12345678",
                        "GET /repos/R/hooks", "POST /repos/R/hooks"]
+    _, patch, _, post = (e.request_body for e in prism_github.since(mark))
+    # GitHub never returns a hook's secret, so it is sent on every update as well as on create.
+    assert patch["config"] == {"url": "https://example.com/webhook", "content_type": "json",
+                               "secret": "hook-secret-value", "insecure_ssl": "0"}
+    assert (patch["events"], patch["active"]) == (["push", "pull_request"], True)
+    assert post["config"]["url"] == "https://jenkins.example/github-webhook/"
+    assert post["config"]["secret"] == "hook-secret-value"
+    assert (post["name"], post["events"], post["active"]) == ("web", ["push"], True)
 
 
 def test_ensure_file_creates(forge, calls, prism_github: PrismGitHub) -> None:
@@ -152,8 +211,29 @@ def test_ensure_file_updates_with_the_blob_sha(forge, calls, prism_github: Prism
 
 
 def test_check_token_permissions(forge, calls) -> None:
+    # Prism answers with components/examples/full-repository-default-response and no X-OAuth-Scopes
+    # header (so: not a classic token, nothing to say about scopes). That example grants the token's
+    # user read access only: pushing (pull requests, statuses, comments) and administering (branch
+    # protection, webhooks; bootstrap only) are missing. Token scopes are varied against the fake
+    # (test_github_forge.py), since Prism's answer has no headers to vary.
+    assert described_example("full-repository-default-response")["permissions"] == {
+        "pull": True, "push": False, "admin": False}
     missing = forge.check_token_permissions()
-    assert isinstance(missing, list)
+    assert len(missing) == 2, missing
+    assert "push (write) permission on octo/hello" in missing[0]
+    assert "admin permission on octo/hello" in missing[1]
+    assert forge.check_token_permissions(admin=False) == [missing[0]]  # without bootstrap: no admin needed
+    assert calls() == ["GET /repos/R"]  # the repository is read once per forge
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_check_token_permissions_on_a_repository_the_token_cannot_read(forge, calls, prism_github: PrismGitHub,
+                                                                       status: int) -> None:
+    # GitHub answers 404 for a private repository the token cannot see, 403 when it may not read it:
+    # the check must fail loudly, naming what it was doing, not report a short list.
+    prism_github.prefer[("GET", r"/repos/octo/hello")] = f"code={status}"
+    with pytest.raises(ExternalError, match=rf"octo/hello: checking the token's permissions failed: HTTP {status}"):
+        forge.check_token_permissions()
     assert calls() == ["GET /repos/R"]
 
 
@@ -169,15 +249,44 @@ def test_prism_rejects_a_request_github_would_reject(prism_github: PrismGitHub) 
         prism_github.assert_valid(mark)
 
 
-def test_every_listed_operation_was_exercised(prism_github: PrismGitHub, request: pytest.FixtureRequest) -> None:
-    """The cut description holds no operation that no test sent (runs last in this module)."""
-    selected = {item.nodeid for item in request.session.items if item.module is request.module}
-    defined = {name for name in globals() if name.startswith("test_")}
-    if {nodeid.split("::")[1].split("[")[0] for nodeid in selected} != defined:
-        pytest.skip("needs every test of this module selected")
-    # {path} (contents API) is GitHub's one multi-segment parameter among ours: .github/CODEOWNERS
-    templates = {(m.upper(), re.sub(r"\{[^}]+\}", "[^/]+", t.replace("{path}", "(?:.+)")))
-                 for t, ms in GITHUB_OPERATIONS.items() for m in ms}
-    sent = {(e.method, e.path.split("?")[0]) for e in prism_github.exchanges}
-    unused = sorted(f"{m} {t}" for m, t in templates if not any(sm == m and re.fullmatch(t, sp) for sm, sp in sent))
-    assert not unused, f"operations listed in GITHUB_OPERATIONS but never sent by a test: {unused}"
+def test_prism_refuses_an_operation_that_is_not_listed(prism_github: PrismGitHub) -> None:
+    """The harness can fail: a call to an operation missing from GITHUB_OPERATIONS is not served."""
+    import requests
+
+    mark = prism_github.mark()
+    response = requests.get(f"{prism_github.url}/repos/octo/hello/collaborators",
+                            headers={"Authorization": "token test-prism-token-0000"}, timeout=30)
+    assert response.status_code == 404
+    assert prism_github.operation_of(prism_github.exchanges[-1]) is None
+    with pytest.raises(AssertionError, match=r"GET /repos/octo/hello/collaborators -> 404"):
+        prism_github.assert_valid(mark)
+
+
+def test_every_listed_operation_was_exercised(forge, prism_github: PrismGitHub,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every GitHubForge call once: each operation in GITHUB_OPERATIONS is sent and Prism finds it valid,
+    and nothing else is sent (an unlisted operation would get Prism's 404)."""
+    monkeypatch.setenv("HOOK_SECRET", "hook-secret-value")
+    prism_github.prefer[("GET", r"/repos/octo/hello/branches/training")] = "code=404"
+    mark = prism_github.mark()
+
+    forge.get(1347)
+    forge.open_merge_request(EXAMPLE_SOURCE, EXAMPLE_TARGET, "Deploy run 7", "**metrics**")  # updates #1347
+    forge.open_merge_request("training", "deploy-model", "Deploy run 7", "**metrics**")  # creates
+    forge.list("open", target="training")
+    forge.merged_request_for_commit(EXAMPLE_MERGE_COMMIT)
+    forge.comment(1347, "**training** finished")
+    forge.set_commit_status(SHA, "success", "done", context="branchops/training")
+    forge.ensure_branch("training", "main")
+    forge.protect_branch("training", 1, "branchops/training", True)
+    forge.ensure_file("training", ".github/CODEOWNERS", "* @lead\n", "Set code owners")
+    ref = SecretRef(env="HOOK_SECRET")
+    forge.ensure_webhook("https://example.com/webhook", ref, ["push"])  # the example hook: updated
+    forge.ensure_webhook("https://jenkins.example/github-webhook/", ref, ["push"])  # created
+    forge.check_token_permissions()
+
+    made = prism_github.assert_valid(mark)
+    exercised = {prism_github.operation_of(e) for e in made}
+    listed = {(method.upper(), template) for template, methods in GITHUB_OPERATIONS.items() for method in methods}
+    assert exercised == listed, (f"listed but not sent: {sorted(listed - exercised)}; "
+                                 f"sent but not listed: {sorted(map(str, exercised - listed))}")
