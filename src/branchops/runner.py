@@ -7,7 +7,6 @@ The same function runs under Jenkins (``run --for-branch``) and under the local 
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import shutil
@@ -27,16 +26,11 @@ from branchops.errors import BranchopsError, ConfigError, GateRefused
 from branchops.forge import make_forge
 from branchops.notify.base import Event, make_notifier
 from branchops.secrets import mask
-from branchops.stages.base import StageContext, StageResult
+from branchops.stages import REGISTRY
+from branchops.stages.base import Stage, StageContext, StageResult
 
 log = logging.getLogger("branchops.runner")
 
-STAGE_MODULES = {
-    "build-components": "branchops.stages.build_components",
-    "kf-pipeline": "branchops.stages.kf_pipeline",
-    "training": "branchops.stages.training",
-    "deploy-model": "branchops.stages.deploy_model",
-}
 
 EXIT_CODES = {"succeeded": 0, "skipped": 0, "planned": 0, "failed": 1, "refused": GateRefused.exit_code}
 
@@ -65,10 +59,10 @@ class RunReport:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def stage_module(stage: str):
-    if stage not in STAGE_MODULES:
+def stage_module(stage: str) -> Stage:
+    if stage not in REGISTRY:
         raise ConfigError(f"unknown stage '{stage}'; stages are: {', '.join(STAGES)}")
-    return importlib.import_module(STAGE_MODULES[stage])
+    return REGISTRY[stage]
 
 
 def working_config(repo: git.Repo) -> BranchopsConfig:
@@ -213,7 +207,8 @@ def run_stage(repo_path: str | Path, stage: str, *, dry_run: bool = False, force
         ctx = StageContext(stage=stage, branch=branch, workspace=workspace, git_dir=Path(repo.git_dir),
                            state_dir=state, config=config, source_commit=source, run_id=run_id,
                            record_dir=records.record_dir(stage, run_id), merge_request=mr, forge=forge,
-                           notifier=notifier, dry_run=dry_run, log=logging.getLogger(f"branchops.stage.{stage}"))
+                           notifier=notifier, dry_run=dry_run, log=logging.getLogger(f"branchops.stage.{stage}"),
+                           approved_by=list(approvers))
         if dry_run:
             plan = [f"gate: !{mr.number} approved by {', '.join(approvers)}; would run {stage} on "
                     f"{source[:12]}"] + list(module.plan(ctx))

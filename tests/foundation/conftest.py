@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from branchops import runner
+from branchops.stages import REGISTRY
+from tests.foundation import recording_stage
 from tests.conftest import git
 
 STAGES = ("build-components", "kf-pipeline", "training", "deploy-model")
@@ -85,7 +86,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     """A project whose stages run the recording test stage instead of the real ones: these tests are
     about the runner's contract (gate, idempotency, write-back), not about what a stage does."""
     for stage in STAGES:
-        monkeypatch.setitem(runner.STAGE_MODULES, stage, "tests.foundation.recording_stage")
+        monkeypatch.setitem(REGISTRY, stage, recording_stage)
     monkeypatch.setenv("BRANCHOPS_TEST_STAGE_LOG", str(tmp_path / "stage-calls.log"))
     return make_project(tmp_path)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-from branchops import runner
+from branchops.stages import REGISTRY
+from tests.foundation import recording_stage
 from tests.foundation.conftest import make_project
 
 CONFIG = """\
@@ -16,16 +17,12 @@ notifications: [{kind: log_file}]
 def test_only_stages_whose_inputs_changed_run(tmp_path, monkeypatch, stage_calls):
     monkeypatch.setenv("BRANCHOPS_TEST_STAGE_LOG", str(tmp_path / "stage-calls.log"))
     # two stage bodies with different inputs: build-components watches src/, training watches data/
-    monkeypatch.setitem(runner.STAGE_MODULES, "build-components", "tests.foundation.recording_stage")
-    monkeypatch.setitem(runner.STAGE_MODULES, "kf-pipeline", "tests.foundation.recording_stage")
+    monkeypatch.setitem(REGISTRY, "build-components", recording_stage)
+    monkeypatch.setitem(REGISTRY, "kf-pipeline", recording_stage)
     import types
-    import sys
-    training = types.ModuleType("tests_training_stage")
-    from tests.foundation import recording_stage
-    training.INPUTS, training.plan, training.run = ("data/",), recording_stage.plan, recording_stage.run
-    monkeypatch.setitem(sys.modules, "tests_training_stage", training)
-    monkeypatch.setitem(runner.STAGE_MODULES, "training", "tests_training_stage")
-    monkeypatch.setitem(runner.STAGE_MODULES, "deploy-model", "tests_training_stage")
+    training = types.SimpleNamespace(INPUTS=("data/",), plan=recording_stage.plan, run=recording_stage.run)
+    monkeypatch.setitem(REGISTRY, "training", training)
+    monkeypatch.setitem(REGISTRY, "deploy-model", training)
     project = make_project(tmp_path, CONFIG)
     project.commit("ds1", "src/model.py", "VERSION = 2\n")
     number = project.open_mr("main")

@@ -1,7 +1,7 @@
 """What every stage receives and returns. The runner (``branchops.runner``) does the gate,
 idempotency, notifications and write-back; a stage module only does its own work.
 
-A stage module ``branchops/stages/<name>.py`` defines:
+A stage module ``branchops/stages/<name>.py``, registered in :data:`branchops.stages.REGISTRY`, defines:
 
 * ``INPUTS``: path prefixes whose change makes the stage run in single-branch mode;
 * ``plan(ctx) -> list[str]``: what the stage would do (``--dry-run``), touching nothing;
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from branchops.config import BranchopsConfig
@@ -38,6 +38,9 @@ class StageContext:
     forge: "Forge"
     notifier: "Notifier"
     dry_run: bool = False
+    # who signed the merge request off, as the gate counted them (designated approvers, not the author,
+    # approvals of the last pushed commit): what records and lineage say approved the run
+    approved_by: list[str] = field(default_factory=list)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("branchops.stage"))
 
     # Files (path relative to record_dir -> bytes) committed beside the record, e.g. metrics.json.
@@ -45,6 +48,16 @@ class StageContext:
 
     def add_artifact(self, relpath: str, content: bytes | str) -> None:
         self.artifacts[relpath] = content.encode() if isinstance(content, str) else content
+
+
+class Stage(Protocol):
+    """A stage module, as :data:`branchops.stages.REGISTRY` lists it."""
+
+    INPUTS: tuple[str, ...]
+
+    def plan(self, ctx: StageContext) -> list[str]: ...
+
+    def run(self, ctx: StageContext) -> StageResult: ...
 
 
 @dataclass
