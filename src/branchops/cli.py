@@ -560,7 +560,8 @@ def notify(obj: dict, event: str, branch: str, commit: str, message: str, build_
     build ended before any stage ran, e.g. a failed checkout or setup)."""
     from branchops import gitops
     from branchops.forge import make_forge
-    from branchops.notify.base import Event, make_notifier
+    from branchops.notify import make_notifier
+    from branchops.notify.base import Event
     config, _ = _config_and_root(obj)
     repo = gitops.open_repo(obj["repo"])
     stages = config.stages_for_branch(branch)

@@ -24,7 +24,8 @@ from branchops import __version__, gate, gitops, preflight, records
 from branchops.config import CONFIG_PATH, STAGES, BranchopsConfig, load_config, parse_config
 from branchops.errors import BranchopsError, ConfigError, GateRefused
 from branchops.forge import make_forge
-from branchops.notify.base import Event, make_notifier
+from branchops.notify import make_notifier
+from branchops.notify.base import Event
 from branchops.secrets import mask
 from branchops.stages import REGISTRY
 from branchops.stages.base import Stage, StageContext, StageResult

@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from branchops.config import parse_config
-from branchops.notify.base import Event, make_notifier
+from branchops.notify import make_notifier
+from branchops.notify.base import Event
 
 APPROVERS = "approvers: {build-components: [a], kf-pipeline: [a], training: [a], deploy-model: [a]}\n"
 

@@ -1,6 +1,7 @@
-"""The notifier port: every stage start, end, failure and refusal reaches the configured channels.
+"""The notifier's interface: the event a stage sends, a channel that delivers it, and the fan-out.
 
 A failing channel never fails the stage: its error is logged and the other channels still get the event.
+The factory that picks the channels from config is :func:`branchops.notify.make_notifier`.
 """
 
 from __future__ import annotations
@@ -47,21 +48,3 @@ class Notifier:
             except Exception as exc:  # a notification channel must never take a stage down
                 log.warning("notification via %s failed: %s", type(channel).__name__, exc)
 
-
-def make_notifier(config, state_dir, forge=None) -> Notifier:
-    channels: list[Channel] = []
-    for spec in config.notifications:
-        if spec.kind == "console":
-            from branchops.notify.console import ConsoleChannel
-            channels.append(ConsoleChannel())
-        elif spec.kind == "log_file":
-            from branchops.notify.log_file import LogFileChannel
-            channels.append(LogFileChannel(state_dir, spec.path))
-        elif spec.kind == "webhook":
-            from branchops.notify.webhook import WebhookChannel
-            channels.append(WebhookChannel(spec))
-        elif spec.kind == "forge" and forge is not None:
-            from branchops.notify.forge import ForgeChannel
-            channels.append(ForgeChannel(forge, spec, config.forge.github.status_context
-                                         if config.forge.github else "branchops"))
-    return Notifier(channels)
