@@ -1,11 +1,30 @@
 #!/usr/bin/env bash
-# Image builder / registry port: the real tools the build-components tests use (DESIGN.md §7).
+# Image builder / registry port: the real tools the build-components tests use (docs/architecture.md §7).
 # Idempotent, non-interactive; runs as root on Debian 12 after `apt-get update`.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y --no-install-recommends \
     buildah podman skopeo docker-registry busybox-static runc crun uidmap fuse-overlayfs containernetworking-plugins
+
+# The docker builder's CLI. The tests drive it against podman's Docker-compatible API (`podman system
+# service`), so no Docker daemon is wanted. Debian 12 ships the CLI only inside docker.io, together with
+# dockerd and containerd (later releases split out docker-cli). A machine that already has the docker CLI
+# keeps it: docker.io conflicts with Docker's own docker-ce-cli. podman-docker's `docker` is podman
+# itself, not the docker CLI, so it does not count.
+docker_version=$(docker --version 2>/dev/null || true)
+if [ "${docker_version#Docker version}" = "$docker_version" ]; then
+    docker_cli_candidate=$(LC_ALL=C apt-cache policy docker-cli 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    if [ -n "$docker_cli_candidate" ] && [ "$docker_cli_candidate" != "(none)" ]; then
+        apt-get install -y --no-install-recommends docker-cli
+    else
+        apt-get install -y --no-install-recommends docker.io
+        # Only the CLI was wanted: the daemons it brought along stay off.
+        if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+            systemctl disable --now docker.service docker.socket containerd.service >/dev/null 2>&1 || true
+        fi
+    fi
+fi
 
 # The Debian package ships a registry service listening on :5000; the tests start their own registry on
 # a free port, and a machine-wide one would only hold a port someone else may need.
@@ -56,3 +75,4 @@ CONF
 buildah --version
 podman --version
 skopeo --version
+docker --version

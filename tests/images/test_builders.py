@@ -1,4 +1,8 @@
-"""Which builder is chosen, and the command lines each builder runs (their documented flags)."""
+"""Which builder is chosen, and the command lines each builder runs (their documented flags).
+
+buildah and podman also run for real in test_build_real.py, docker in test_docker_real.py; kaniko only
+here, as a command line (see its test).
+"""
 
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ def test_docker_reads_credentials_from_docker_config(tmp_path):
 
 
 def test_kaniko_builds_and_pushes_in_one_call_one_at_a_time(tmp_path):
+    # Checked as a command line only: the executor ships only inside the gcr.io/kaniko-project/executor
+    # image, which cannot be pulled here, and it rewrites the root filesystem of the container it runs in.
     (argv,) = KanikoBuilder(60).commands(request(tmp_path))
     assert argv[argv.index("--context") + 1] == f"dir://{tmp_path}"
     assert argv[argv.index("--dockerfile") + 1] == str(tmp_path / "docker/train/Dockerfile")
