@@ -85,6 +85,35 @@ def config_at(repo: git.Repo, commit: str) -> BranchopsConfig:
     return parse_config(raw.decode("utf-8", errors="replace"), f"{CONFIG_PATH} @ {commit[:12]}")
 
 
+def designated_approvers(repo: git.Repo, config: BranchopsConfig, stage: str, source: str) -> list[str]:
+    """Who may approve for ``stage``: as the branch said before the merge being built (its first parent),
+    so that a merge request cannot name its own approvers. Falls back to the merged config when the branch
+    had none before (its first configuration)."""
+    commit = repo.commit(source)
+    if commit.parents:
+        try:
+            return config_at(repo, commit.parents[0].hexsha).approvers[stage]  # type: ignore[index]
+        except ConfigError:
+            pass
+    return config.approvers[stage]  # type: ignore[index]
+
+
+def last_gated_commit(repo: git.Repo, config: BranchopsConfig, stage: str, branch: str, branch_head: str,
+                      source: str) -> str | None:
+    """Where the gate starts looking: the source commit of the stage's last run on the branch (it passed the
+    gate), else where the branch left the main branch; None when neither exists (only ``source`` is gated)."""
+    previous = [r for r in records.list_records(repo, branch_head, stage)
+                if r.data.get("source_commit") and r.data["source_commit"] != source]
+    for record in reversed(previous):
+        if repo.is_ancestor(record.data["source_commit"], source):
+            return record.data["source_commit"]
+    main = gitops.branch_tip(repo, config.branches.main, config.git.remote)
+    if main and branch != config.branches.main:
+        base = repo.merge_base(main, source)
+        return base[0].hexsha if base else None
+    return None
+
+
 def first_non_bot(repo: git.Repo, sha: str, marker: str) -> str:
     commit = repo.commit(sha)
     while gitops.trailer_marks(commit.message, marker) and commit.parents:
@@ -186,15 +215,18 @@ def run_stage(repo_path: str | Path, stage: str, *, dry_run: bool = False, force
     notifier = make_notifier(config, state, forge)
 
     # -- gate ---------------------------------------------------------------------------------------
+    branch_head = gitops.branch_tip(repo, branch, remote) or tip
     try:
-        mr, approvers = gate.check(forge, source, branch, config.approvers[stage])  # type: ignore[index]
+        verdict = gate.check(forge, repo, source, branch, designated_approvers(repo, config, stage, source),
+                             last_gated_commit(repo, config, stage, branch, branch_head, source),
+                             config.bot.marker)
     except GateRefused as refusal:
         if not dry_run:
             notifier.notify(Event("refused", stage, branch, source, str(refusal)))
         return RunReport(stage=stage, branch=branch, status="refused", message=str(refusal), source_commit=source)
+    mr, approvers = verdict.merge_request, verdict.approved_by
 
     # -- idempotency --------------------------------------------------------------------------------
-    branch_head = gitops.branch_tip(repo, branch, remote) or tip
     done = [r for r in records.list_records(repo, branch_head, stage, source) if r.outcome == "succeeded"]
     if done and not force:
         return RunReport(stage=stage, branch=branch, status="skipped", source_commit=source,
@@ -209,7 +241,7 @@ def run_stage(repo_path: str | Path, stage: str, *, dry_run: bool = False, force
                            state_dir=state, config=config, source_commit=source, run_id=run_id,
                            record_dir=records.record_dir(stage, run_id), merge_request=mr, forge=forge,
                            notifier=notifier, dry_run=dry_run, log=logging.getLogger(f"branchops.stage.{stage}"),
-                           approved_by=list(approvers))
+                           approved_by=list(approvers), included=verdict.included)
         if dry_run:
             plan = [f"gate: !{mr.number} approved by {', '.join(approvers)}; would run {stage} on "
                     f"{source[:12]}"] + list(module.plan(ctx))
@@ -243,6 +275,10 @@ def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str]
         "duration_s": round(duration, 3),
         "merge_request": {"number": mr.number, "title": mr.title, "source": mr.source, "author": mr.author,
                           "approved_by": approvers, "merged_by": mr.merged_by, "url": mr.url},
+        # every merge request whose content this run used (the one above first), as the gate counted them
+        "included_merge_requests": [{"number": m.number, "title": m.title, "author": m.author,
+                                     "approved_by": counted, "merge_commit": m.merge_commit}
+                                    for m, counted in ctx.included],
         "config_digest": config.digest(), "branchops_version": __version__,
         # outputs may quote errors of external systems: mask any secret value they might carry
         "outputs": json.loads(mask(json.dumps(result.outputs, default=str))), "artifacts": sorted(ctx.artifacts),

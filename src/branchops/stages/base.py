@@ -41,6 +41,8 @@ class StageContext:
     # who signed the merge request off, as the gate counted them (designated approvers, not the author,
     # approvals of the last pushed commit): what records and lineage say approved the run
     approved_by: list[str] = field(default_factory=list)
+    # every merge request whose content the run uses, with the approvers the gate counted for each
+    included: list[tuple["MergeRequest", list[str]]] = field(default_factory=list)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("branchops.stage"))
 
     # Files (path relative to record_dir -> bytes) committed beside the record, e.g. metrics.json.
