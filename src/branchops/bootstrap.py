@@ -26,15 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from branchops.ci.jenkins import (
-    PR_STATUS_CONTEXT,
-    WEBHOOK_EVENTS,
-    WEBHOOK_PATH,
-    JenkinsClient,
-    check_jenkinsfile,
-    make_client,
-    render_job_xml,
-)
+from branchops.ci.jenkins.client import JenkinsClient, make_client
+from branchops.ci.jenkins.jenkinsfile import check_jenkinsfile
+from branchops.ci.jenkins.job import PR_STATUS_CONTEXT, WEBHOOK_EVENTS, WEBHOOK_PATH, render_job_xml
 from branchops.errors import BranchopsError, ConfigError, ExternalError
 
 if TYPE_CHECKING:

@@ -505,7 +505,7 @@ def jenkins_sync(obj: dict, dry_run: bool) -> None:
 @click.pass_obj
 def jenkins_status(obj: dict, as_json: bool) -> None:
     """The last build of every branch job."""
-    from branchops.ci.jenkins import make_client
+    from branchops.ci.jenkins.client import make_client
     config, _ = _config_and_root(obj)
     builds = make_client(config).status()
     _emit([b.to_dict() for b in builds], as_json, "\n".join(
@@ -517,7 +517,7 @@ def jenkins_status(obj: dict, as_json: bool) -> None:
 @click.pass_obj
 def jenkins_trigger(obj: dict) -> None:
     """Scan the repository now (what the webhook does on a push)."""
-    from branchops.ci.jenkins import make_client
+    from branchops.ci.jenkins.client import make_client
     config, _ = _config_and_root(obj)
     make_client(config).trigger_scan()
     click.echo("repository scan triggered")
@@ -530,7 +530,7 @@ def jenkins_trigger(obj: dict) -> None:
 @click.pass_obj
 def jenkins_logs(obj: dict, branch: str, build: int | None, no_follow: bool) -> None:
     """Stream a branch build's console log."""
-    from branchops.ci.jenkins import make_client
+    from branchops.ci.jenkins.client import make_client
     config, _ = _config_and_root(obj)
     for chunk in make_client(config).logs(branch, build, follow=not no_follow):
         click.echo(chunk, nl=False)

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from branchops.bootstrap import CODEOWNERS_PATH, bootstrap, codeowners_for, plan_bootstrap
-from branchops.ci.jenkins import PR_STATUS_CONTEXT, make_client
+from branchops.ci.jenkins.client import make_client
+from branchops.ci.jenkins.job import PR_STATUS_CONTEXT
 from branchops.errors import ConfigError, ExternalError
 
 from .conftest import REPO_ROOT, WEBHOOK_SECRET_ENV, production_config

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from branchops.bootstrap import CODEOWNERS_PATH, bootstrap, codeowners_for
-from branchops.ci.jenkins import PR_STATUS_CONTEXT, make_client
+from branchops.ci.jenkins.client import make_client
+from branchops.ci.jenkins.job import PR_STATUS_CONTEXT
 from tests.forge_github.fake_github import FakeGitHub
 
 from .conftest import REPO_ROOT, production_config

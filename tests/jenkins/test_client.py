@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from branchops.ci.jenkins import JenkinsClient, job_digest, make_client, render_job_xml, sync_job
+from branchops.ci.jenkins import sync_job
+from branchops.ci.jenkins.client import JenkinsClient, make_client
+from branchops.ci.jenkins.job import job_digest, render_job_xml
 from branchops.errors import ConfigError, ExternalError
 
 from .conftest import JENKINS_TOKEN_ENV, REPO_ROOT, production_config

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from branchops.ci.jenkins import (
+from branchops.ci.jenkins.jenkinsfile import (
     CREDENTIAL_KINDS,
     check_jenkinsfile,
     credential_ids,

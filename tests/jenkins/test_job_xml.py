@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
-from branchops.ci.jenkins import DIGEST_MARKER, job_digest, render_job_xml
+from branchops.ci.jenkins.job import DIGEST_MARKER, job_digest, render_job_xml
 from branchops.errors import ConfigError
 
 from .conftest import REPO_ROOT, production_config

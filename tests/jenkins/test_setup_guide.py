@@ -8,7 +8,8 @@ import re
 import yaml
 
 from branchops.bootstrap import plan_bootstrap
-from branchops.ci.jenkins import check_jenkinsfile, default_credentials, render_job_xml
+from branchops.ci.jenkins.jenkinsfile import check_jenkinsfile, default_credentials
+from branchops.ci.jenkins.job import render_job_xml
 from branchops.config import parse_config
 
 from .conftest import REPO_ROOT
