@@ -181,6 +181,13 @@ def run(obj: dict, stage: str | None, branch: str | None, commit: str | None, dr
     if bool(stage) == bool(branch):
         raise click.UsageError("give either STAGE or --for-branch NAME")
     if branch:
+        from branchops import gitops
+        from branchops.errors import NotFound
+        config = runner.working_config(gitops.open_repo(obj["repo"]))
+        if not config.stages_for_branch(branch):
+            # a CI job calls this only for branches that have a stage: anything else is a mistake to see
+            raise NotFound(f"'{branch}' is not a stage branch; stage branches: "
+                           + ", ".join(sorted({config.branch_for(s) for s in STAGE_NAMES})))
         reports = runner.run_branch(obj["repo"], branch, dry_run=dry_run, force=force, commit=commit)
     else:
         reports = [runner.run_stage(obj["repo"], stage, dry_run=dry_run, force=force, commit=commit)]
@@ -310,7 +317,7 @@ def mr_approve(obj: dict, number: int, user: str | None) -> None:
 @click.pass_obj
 def mr_merge(obj: dict, number: int, user: str | None, no_run: bool, as_json: bool) -> None:
     """Merge a merge request (a real merge commit) and run the target branch's stage, as CI would."""
-    from branchops.ci.local import merge_and_run
+    from branchops.merging import merge_and_run
     _local_forge(obj)
     merged, reports = merge_and_run(obj["repo"], number, _user(user), run=not no_run)
     if not as_json:

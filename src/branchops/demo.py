@@ -22,9 +22,9 @@ import git
 import yaml
 
 from branchops import gitops, preflight
-from branchops.ci.local import merge_and_run
 from branchops.errors import BranchopsError, StageFailed
 from branchops.forge.local import LocalForge
+from branchops.merging import merge_and_run
 from branchops.runner import RunReport
 from branchops.scaffold import Template, data_section, init_project, load_template, project_config
 

@@ -1,5 +1,9 @@
-"""The local CI runner: merging a merge request into a stage branch runs that branch's stage right away,
-as a Jenkins multibranch job would on the merge commit."""
+"""Merging a local merge request, then running what the merge starts, as CI would on the merge commit.
+
+This is what ``branchops mr merge`` and ``branchops demo`` do with the embedded local forge: the merge
+itself is the forge's (:meth:`LocalForge.merge`), the stages are the runner's (:func:`runner.run_branch`
+on the merge commit), behind the same gate a Jenkins build of that commit would pass.
+"""
 
 from __future__ import annotations
 
