@@ -181,6 +181,13 @@ def run(obj: dict, stage: str | None, branch: str | None, commit: str | None, dr
     if bool(stage) == bool(branch):
         raise click.UsageError("give either STAGE or --for-branch NAME")
     if branch:
+        from branchops import gitops
+        from branchops.errors import NotFound
+        config = runner.working_config(gitops.open_repo(obj["repo"]))
+        if not config.stages_for_branch(branch):
+            # a CI job calls this only for branches that have a stage: anything else is a mistake to see
+            raise NotFound(f"'{branch}' is not a stage branch; stage branches: "
+                           + ", ".join(sorted({config.branch_for(s) for s in STAGE_NAMES})))
         reports = runner.run_branch(obj["repo"], branch, dry_run=dry_run, force=force, commit=commit)
     else:
         reports = [runner.run_stage(obj["repo"], stage, dry_run=dry_run, force=force, commit=commit)]

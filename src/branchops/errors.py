@@ -11,6 +11,7 @@ Exit codes (documented in the README):
   7  bad input data
   8  a library or program the stage needs is not installed (nothing ran)
   9  not found: no such template, run, merge request or component
+ 10  another run of the same stage is in progress here (nothing was done)
 """
 
 from __future__ import annotations
@@ -56,3 +57,9 @@ class NotFound(BranchopsError):
     """What the user named does not exist (a template, a run, a merge request, a component)."""
 
     exit_code = 9
+
+
+class StageBusy(BranchopsError):
+    """Another run of the same stage holds its lock on this machine."""
+
+    exit_code = 10

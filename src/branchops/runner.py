@@ -7,8 +7,10 @@ The same function runs under Jenkins (``run --for-branch``) and under the local 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -22,10 +24,12 @@ import git
 
 from branchops import __version__, gate, gitops, preflight, records
 from branchops.config import CONFIG_PATH, STAGES, BranchopsConfig, load_config, parse_config
-from branchops.errors import BranchopsError, ConfigError, GateRefused
+from branchops.errors import BranchopsError, ConfigError, GateRefused, StageBusy
 from branchops.forge import make_forge
+from branchops.interrupt import Interrupted, handling_signals
 from branchops.notify import make_notifier
 from branchops.notify.base import Event
+from branchops.processes import ProcessId
 from branchops.secrets import mask
 from branchops.stages import REGISTRY
 from branchops.stages.base import Stage, StageContext, StageResult
@@ -33,14 +37,15 @@ from branchops.stages.base import Stage, StageContext, StageResult
 log = logging.getLogger("branchops.runner")
 
 
-EXIT_CODES = {"succeeded": 0, "skipped": 0, "planned": 0, "failed": 1, "refused": GateRefused.exit_code}
+EXIT_CODES = {"succeeded": 0, "skipped": 0, "planned": 0, "failed": 1, "refused": GateRefused.exit_code,
+              "busy": StageBusy.exit_code, "interrupted": 130}
 
 
 @dataclass
 class RunReport:
     stage: str
     branch: str
-    status: str  # succeeded | failed | refused | skipped | planned
+    status: str  # succeeded | failed | refused | skipped | planned | busy | interrupted
     message: str
     source_commit: str | None = None
     run_id: str | None = None
@@ -51,10 +56,11 @@ class RunReport:
     log_path: str | None = None
     plan: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    code: int | None = None  # the exit code when it is not the status' own (a config error: 3; SIGTERM: 143)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.status]
+        return self.code if self.code is not None else EXIT_CODES[self.status]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -171,7 +177,7 @@ def run_branch(repo_path: str | Path, branch: str, *, dry_run: bool = False, for
         return [RunReport(stage="-", branch=branch, status="skipped",
                           message=f"'{branch}' is not a stage branch; nothing to run")]
     if config.branches.mode != "single-branch":
-        return [run_stage(repo_path, stages[0], dry_run=dry_run, force=force, commit=commit)]
+        return [run_stage(repo_path, stages[0], dry_run=dry_run, force=force, commit=commit, triggered_by_push=True)]
     tip = commit or gitops.branch_tip(repo, branch, config.git.remote) or gitops.resolve(repo, "HEAD")
     if tip and gitops.is_bot_commit(repo, tip, config.bot.marker) and not force:
         return [RunReport(stage="-", branch=branch, status="skipped", source_commit=tip,
@@ -186,7 +192,7 @@ def run_branch(repo_path: str | Path, branch: str, *, dry_run: bool = False, for
             reports.append(RunReport(stage=stage, branch=branch, status="skipped", source_commit=source,
                                      message=f"none of its inputs ({', '.join(inputs)}) changed"))
             continue
-        report = run_stage(repo_path, stage, dry_run=dry_run, force=force, commit=source)
+        report = run_stage(repo_path, stage, dry_run=dry_run, force=force, commit=source, triggered_by_push=True)
         reports.append(report)
         if report.status not in ("succeeded", "skipped", "planned"):
             break
@@ -194,8 +200,13 @@ def run_branch(repo_path: str | Path, branch: str, *, dry_run: bool = False, for
 
 
 def run_stage(repo_path: str | Path, stage: str, *, dry_run: bool = False, force: bool = False,
-              commit: str | None = None) -> RunReport:
-    """Run one stage on its branch under the stage contract; never raises for a refused or failed stage."""
+              commit: str | None = None, triggered_by_push: bool = False) -> RunReport:
+    """Run one stage on its branch under the stage contract; never raises for a refused or failed stage.
+
+    ``triggered_by_push`` (what a CI job does on every push): a tip that is branchops' own commit starts
+    nothing, so record commits never trigger runs. A person running the stage by hand gets the last
+    merge under the records instead: a rerun after a failed or interrupted run just works.
+    """
     repo = gitops.open_repo(repo_path)
     boot = working_config(repo)
     module = stage_module(stage)
@@ -204,11 +215,16 @@ def run_stage(repo_path: str | Path, stage: str, *, dry_run: bool = False, force
     tip = commit or gitops.branch_tip(repo, branch, remote)
     if tip is None:
         raise BranchopsError(f"branch '{branch}' (stage {stage}) does not exist")
-    if gitops.is_bot_commit(repo, tip, boot.bot.marker) and not force:
+    if gitops.is_bot_commit(repo, tip, boot.bot.marker) and triggered_by_push and not force:
         return RunReport(stage=stage, branch=branch, status="skipped", source_commit=tip,
                          message=f"{tip[:12]} is branchops' own commit; bot commits never start a stage")
     source = first_non_bot(repo, tip, boot.bot.marker)
-    config = config_at(repo, source)
+    try:
+        config = config_at(repo, source)
+    except ConfigError as error:
+        # the merged configuration is broken: gate the merge with the branch's configuration before it,
+        # and if it was approved, say so in git and to people instead of only on this console
+        return _config_failure(repo, stage, branch, tip, source, error, dry_run)
     preflight.check(config, [stage])  # a machine that lacks a library fails here, before the gate and any record
     state = gitops.state_dir(repo)
     forge = make_forge(config, repo)
@@ -247,26 +263,158 @@ def run_stage(repo_path: str | Path, stage: str, *, dry_run: bool = False, force
                     f"{source[:12]}"] + list(module.plan(ctx))
             return RunReport(stage=stage, branch=branch, status="planned", message="dry run: nothing was changed",
                              source_commit=source, merge_request=mr.number, plan=plan)
-        with run_log(log_path):
-            return _execute(repo, module, ctx, mr, approvers, log_path)
+        with run_lock(repo, ctx) as busy:
+            if busy:
+                return busy
+            with run_log(log_path):
+                return _execute(repo, module, ctx, mr, approvers, log_path)
 
 
 def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str], log_path: Path) -> RunReport:
-    config = ctx.config
     started = datetime.now(timezone.utc)
     ctx.notifier.notify(Event("started", ctx.stage, ctx.branch, ctx.source_commit,
                               f"{ctx.stage} started for !{mr.number} ({mr.title})", ctx.run_id, mr.number))
     t0 = time.monotonic()
+    interrupted: Interrupted | None = None
     try:
-        result: StageResult = module.run(ctx)
+        with handling_signals():
+            result: StageResult = module.run(ctx)
+    except Interrupted as stop:
+        # what the stage started has been stopped on the way out (pipeline processes, remote runs)
+        interrupted = stop
+        log.error("%s interrupted: %s", ctx.stage, stop)
+        result = StageResult(outcome="failed", summary=f"interrupted ({stop}) before it finished; a rerun starts "
+                                                       "it again", error=str(stop))
     except BranchopsError as exc:
         log.error("%s failed: %s", ctx.stage, exc)
         result = StageResult(outcome="failed", summary=str(exc).splitlines()[0], error=str(exc))
     except Exception as exc:  # an unexpected failure must still leave a failed record and a notification
         log.error("%s failed unexpectedly:\n%s", ctx.stage, traceback.format_exc())
         result = StageResult(outcome="failed", summary=f"{type(exc).__name__}: {exc}", error=traceback.format_exc())
-    duration = time.monotonic() - t0
-    status = "succeeded" if result.outcome == "success" else "failed"
+    status = "interrupted" if interrupted else "succeeded" if result.outcome == "success" else "failed"
+    report = write_record(repo, ctx, status, result, started, time.monotonic() - t0, log_path)
+    if interrupted:
+        report.code = interrupted.exit_code
+    return report
+
+
+@contextmanager
+def run_lock(repo: git.Repo, ctx: StageContext) -> Iterator[RunReport | None]:
+    """Hold the stage's lock on this machine for the run; yields a "busy" report instead when another live
+    run holds it. A lock whose process is gone (SIGKILL, a lost machine) is that run's end: it is recorded
+    as abandoned, and its leftovers are cleaned, before this run takes the lock."""
+    locks = ctx.state_dir / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    path = locks / f"{ctx.stage}.json"
+    mine = {"owner": ProcessId.current().to_dict(), "run_id": ctx.run_id, "source_commit": ctx.source_commit,
+            "merge_request": ctx.merge_request.number if ctx.merge_request else None,
+            "approved_by": ctx.approved_by, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            owner = ProcessId.from_dict(holder.get("owner")) if holder else None
+            if holder is None or (owner is not None and owner.alive()):
+                who = (f"run {holder['run_id']} on {str(holder.get('source_commit'))[:12]} (process {owner.pid}, "
+                       f"since {holder.get('started_at')})") if holder and owner else "another run"
+                yield RunReport(stage=ctx.stage, branch=ctx.branch, status="busy", source_commit=ctx.source_commit,
+                                message=f"{ctx.stage} is already running here: {who}. Nothing was done; its "
+                                        "result will be in 'branchops status' when it ends.")
+                return
+            stale = path.with_name(f"{path.name}.stale-{os.getpid()}")
+            try:
+                os.rename(path, stale)  # exactly one of several newcomers takes the stale lock over
+            except FileNotFoundError:
+                continue
+            _record_abandoned(repo, ctx, holder)
+            stale.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(mine, handle)
+        break
+    try:
+        yield None
+    finally:
+        if (_read_lock(path) or {}).get("run_id") == ctx.run_id:
+            path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        return None  # being written right now: treat as held
+    return data if isinstance(data, dict) else None
+
+
+def _record_abandoned(repo: git.Repo, ctx: StageContext, holder: dict[str, Any]) -> None:
+    """Write the record a killed run could not write, and clean its checkout (its pipeline processes are
+    stopped by the engine when the run starts again)."""
+    run_id, source = str(holder.get("run_id") or ""), str(holder.get("source_commit") or "")
+    if not run_id or not source:
+        return
+    shutil.rmtree(ctx.state_dir / "workspaces" / f"{ctx.stage}-{run_id}", ignore_errors=True)
+    repo.git.worktree("prune")
+    branch_head = gitops.branch_tip(repo, ctx.branch, ctx.config.git.remote)
+    if branch_head and any(r.run_id == run_id for r in records.list_records(repo, branch_head, ctx.stage, source)):
+        return  # it got as far as its record
+    number = holder.get("merge_request")
+    try:
+        mr = ctx.forge.get(int(number)) if number is not None else ctx.merge_request
+    except BranchopsError:
+        mr = ctx.merge_request
+    owner = ProcessId.from_dict(holder.get("owner"))
+    summary = (f"abandoned: its process ({owner.pid if owner else '?'}) ended without finishing (killed, or the "
+               "machine stopped); nothing it did counts. A rerun starts it again.")
+    dead = dataclasses.replace(ctx, run_id=run_id, source_commit=source, record_dir=records.record_dir(ctx.stage, run_id),
+                               merge_request=mr, approved_by=list(holder.get("approved_by") or []), included=[],
+                               artifacts={})
+    log.warning("%s run %s was abandoned; recording it", ctx.stage, run_id)
+    started = datetime.fromisoformat(holder["started_at"]) if holder.get("started_at") else datetime.now(timezone.utc)
+    write_record(repo, dead, "abandoned", StageResult("failed", summary, error=summary), started, 0.0, None)
+
+
+def _config_failure(repo: git.Repo, stage: str, branch: str, tip: str, source: str, error: ConfigError,
+                    dry_run: bool) -> RunReport:
+    """An approved merge whose configuration is invalid ends in a failed record and a notification, gated
+    and recorded with the branch's configuration from before the merge."""
+    parent = repo.commit(source).parents[0].hexsha if repo.commit(source).parents else None
+    try:
+        config = config_at(repo, parent) if parent else None
+    except ConfigError:
+        config = None
+    if config is None or dry_run:
+        raise error  # nothing valid to gate with, or only a look: say what is wrong
+    state = gitops.state_dir(repo)
+    forge = make_forge(config, repo)
+    notifier = make_notifier(config, state, forge)
+    branch_head = gitops.branch_tip(repo, branch, config.git.remote) or tip
+    try:
+        verdict = gate.check(forge, repo, source, branch, config.approvers[stage],  # type: ignore[index]
+                             last_gated_commit(repo, config, stage, branch, branch_head, source), config.bot.marker)
+    except GateRefused as refusal:
+        notifier.notify(Event("refused", stage, branch, source, str(refusal)))
+        return RunReport(stage=stage, branch=branch, status="refused", message=str(refusal), source_commit=source)
+    run_id = records.new_run_id(source)
+    ctx = StageContext(stage=stage, branch=branch, workspace=Path(repo.working_tree_dir or state),
+                       git_dir=Path(repo.git_dir), state_dir=state, config=config, source_commit=source, run_id=run_id,
+                       record_dir=records.record_dir(stage, run_id), merge_request=verdict.merge_request, forge=forge,
+                       notifier=notifier, approved_by=verdict.approved_by, included=verdict.included)
+    problems = [line.strip() for line in str(error).splitlines() if line.strip()]
+    result = StageResult("failed", "the merged configuration is invalid, nothing ran: "
+                         + "; ".join(problems[1:4] or problems[:1]), error=str(error))
+    report = write_record(repo, ctx, "failed", result, datetime.now(timezone.utc), 0.0, None, config_valid=False)
+    report.code = error.exit_code
+    return report
+
+
+def write_record(repo: git.Repo, ctx: StageContext, status: str, result: StageResult, started: datetime,
+                 duration: float, log_path: Path | None, *, config_valid: bool = True) -> RunReport:
+    """Commit the run's record (and artifacts, and log) to the stage branch and notify its end."""
+    config, mr, approvers = ctx.config, ctx.merge_request, ctx.approved_by
     record = {
         "stage": ctx.stage, "branch": ctx.branch, "run_id": ctx.run_id, "source_commit": ctx.source_commit,
         "outcome": status, "summary": mask(result.summary), "error": mask(result.error) if result.error else None,
@@ -279,12 +427,12 @@ def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str]
         "included_merge_requests": [{"number": m.number, "title": m.title, "author": m.author,
                                      "approved_by": counted, "merge_commit": m.merge_commit}
                                     for m, counted in ctx.included],
-        "config_digest": config.digest(), "branchops_version": __version__,
+        "config_digest": config.digest() if config_valid else None, "branchops_version": __version__,
         # outputs may quote errors of external systems: mask any secret value they might carry
         "outputs": json.loads(mask(json.dumps(result.outputs, default=str))), "artifacts": sorted(ctx.artifacts),
     }
     files = {f"{ctx.record_dir}/{name}": content for name, content in ctx.artifacts.items()}
-    if log_path.exists():
+    if log_path and log_path.exists():
         files[f"{ctx.record_dir}/run.log"] = mask(log_path.read_text(encoding="utf-8", errors="replace")).encode()
     files[f"{ctx.record_dir}/record.json"] = records.to_json(record)
     message = gitops.bot_message(
@@ -300,15 +448,15 @@ def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str]
                                   f"{ctx.stage} {status} but its record could not be written: {exc}", ctx.run_id,
                                   mr.number))
         raise
-    kind = "succeeded" if status == "succeeded" else "failed"
+    kind = "succeeded" if status == "succeeded" else "failed"  # interrupted and abandoned runs did not succeed
     ctx.notifier.notify(Event(kind, ctx.stage, ctx.branch, ctx.source_commit,
                               f"{mask(result.summary)} (record {ctx.record_dir}/record.json)", ctx.run_id,
                               mr.number, details={"duration_s": round(duration, 1)}))
     return RunReport(stage=ctx.stage, branch=ctx.branch, status=status, message=mask(result.summary),
                      source_commit=ctx.source_commit, run_id=ctx.run_id,
                      record_path=f"{ctx.record_dir}/record.json", record_commit=record_commit,
-                     merge_request=mr.number, duration_s=round(duration, 3), log_path=str(log_path),
-                     outputs=result.outputs)
+                     merge_request=mr.number, duration_s=round(duration, 3),
+                     log_path=str(log_path) if log_path else None, outputs=result.outputs)
 
 
 def status(repo_path: str | Path) -> list[dict[str, Any]]:
@@ -320,13 +468,14 @@ def status(repo_path: str | Path) -> list[dict[str, Any]]:
     for stage in STAGES:
         branch = config.branch_for(stage)
         tip = gitops.branch_tip(repo, branch, config.git.remote)
-        last = records.list_records(repo, tip, stage)[-1:] if tip else []
+        # only the newest record: one listing and one read, however long the history
+        last = records.latest_record(repo, tip, stage)
         row: dict[str, Any] = {"stage": stage, "branch": branch, "tip": tip}
         if last:
-            data = last[0].data
-            log_file = state / "runs" / f"{stage}-{last[0].run_id}.log"
-            row.update(last_run=last[0].run_id, outcome=data.get("outcome"), summary=data.get("summary"),
-                       source_commit=data.get("source_commit"), finished_at=data.get("finished_at"),
-                       record=last[0].path, log=str(log_file) if log_file.exists() else None)
+            run = last.record
+            log_file = state / "runs" / f"{stage}-{last.run_id}.log"
+            row.update(last_run=last.run_id, outcome=run.outcome, summary=run.summary,
+                       source_commit=run.source_commit, finished_at=run.finished_at,
+                       record=last.path, log=str(log_file) if log_file.exists() else None)
         rows.append(row)
     return rows

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -167,3 +169,42 @@ def test_make_engine_selects_the_local_backend_under_the_repository(tmp_path: Pa
     engine = make_engine(config, tmp_path / ".branchops", workspace=tmp_path)
     assert isinstance(engine, LocalEngine)
     assert engine.root == tmp_path / ".branchops" / "kfp"
+
+
+def test_an_interrupted_run_stops_its_pipeline_and_a_rerun_starts_it_again(tiny_workspace: Path):
+    from branchops import interrupt
+
+    engine = engine_for(tiny_workspace)
+    upload = engine.upsert("tiny", compile_pipeline(tiny_workspace, "pipelines/tiny.py"))
+    out_dir = tiny_workspace / "out-stop"
+    params = {"out_dir": str(out_dir), "count": 3, "sleep_s": 120.0}
+    run_json = engine.run_dir("exp", "run-stop") / "run.json"
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            engine.run("exp", upload, "run-stop", params, 600)
+        except BaseException as exc:  # the interruption, as the runner's thread would see it
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not (run_json.exists() and json.loads(run_json.read_text()).get("pid")):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pid = json.loads(run_json.read_text())["pid"]
+    interrupt.requested.set()
+    try:
+        worker.join(60)
+    finally:
+        interrupt.requested.clear()
+    assert not worker.is_alive() and isinstance(outcome[0], interrupt.Interrupted)
+    record = json.loads(run_json.read_text())
+    assert record["state"] == "INTERRUPTED" and record["pid"] is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the pipeline's process group is gone
+
+    params["sleep_s"] = 0.0
+    result = engine.run("exp", upload, "run-stop", params, 120)
+    assert result.succeeded and not result.reused  # started again, not taken as done

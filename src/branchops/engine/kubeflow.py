@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from branchops import interrupt
 from branchops.engine.base import (
     CompiledPipeline,
     PipelineEngine,
@@ -399,6 +400,10 @@ class KubeflowEngine(PipelineEngine):
                 self._terminate(run_id, run_name)
                 return RunResult(run_id=run_id, state="TIMEOUT", reused=reused, duration_s=self._elapsed(t0),
                                  error=f"run {run_name} did not finish within {timeout_s:g} s; it was terminated")
+            if interrupt.requested.is_set():
+                # nobody will wait for this run's result: stop it on the cluster too, then report the stop
+                self._terminate(run_id, run_name)
+                interrupt.check()
             time.sleep(self.poll_interval_s)
             run = self._call(f"polling run {run_name}",
                              lambda: self.client.runs.run_service_get_run(run_id, _request_timeout=self._timeout))

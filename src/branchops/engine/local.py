@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from branchops import interrupt
 from branchops.engine.base import (
     CompiledPipeline,
     PipelineEngine,
@@ -44,6 +45,7 @@ from branchops.engine.base import (
     validate_params,
 )
 from branchops.errors import ExternalError
+from branchops.processes import ProcessId
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +206,15 @@ class LocalEngine(PipelineEngine):
             progress(f"run {run_name}: already {record['state']} (not started again)")
             return _result(record, reused=True)
         if record and record["state"] == "RUNNING" and _pid_alive(record.get("pid")):
-            raise ExternalError(f"run {run_name} of experiment {experiment} is already running "
-                                f"(process {record['pid']}); wait for it to finish")
+            owner = ProcessId.from_dict(record.get("owner"))
+            if owner is None or owner.alive():
+                raise ExternalError(f"run {run_name} of experiment {experiment} is already running "
+                                    f"(process {record['pid']}); wait for it to finish")
+            # the stage that started it died without stopping it (SIGKILL, a lost machine): nobody waits
+            # for its result, so stop it and start the run again
+            _kill_group_of(record["pid"])
+            progress(f"run {run_name}: its earlier attempt was abandoned by process {owner.pid}; stopped it, "
+                     "starting again")
 
         spec = self.version_spec(self._pipeline_name_of(upload), upload.version_name)
         validate_params(spec, params)
@@ -224,7 +233,8 @@ class LocalEngine(PipelineEngine):
         started, t0 = _now(), time.monotonic()
         record = {"run_id": run_id, "name": run_name, "experiment": experiment, "pipeline_id": upload.pipeline_id,
                   "version_id": upload.version_id, "version_name": upload.version_name, "params": params,
-                  "state": "RUNNING", "started_at": started, "outputs": {}, "error": None}
+                  "state": "RUNNING", "started_at": started, "outputs": {}, "error": None,
+                  "owner": ProcessId.current().to_dict()}
         with open(rdir / "log.txt", "w", encoding="utf-8") as log_file:
             proc = subprocess.Popen([sys.executable, "-m", "branchops.engine.local", str(rdir)],
                                     stdout=log_file, stderr=subprocess.STDOUT, env=env,
@@ -232,7 +242,15 @@ class LocalEngine(PipelineEngine):
             record["pid"] = proc.pid
             _write_json_atomic(rdir / "run.json", record)
             progress(f"run {run_name}: started locally (log: {rdir / 'log.txt'})")
-            timed_out = self._wait(proc, rdir / "log.txt", t0, timeout_s, run_name, progress)
+            try:
+                timed_out = self._wait(proc, rdir / "log.txt", t0, timeout_s, run_name, progress)
+            except BaseException:  # interrupted: never leave the pipeline running behind us
+                _kill_group(proc)
+                record.update(state="INTERRUPTED", error="stopped before it finished", finished_at=_now(),
+                              duration_s=round(time.monotonic() - t0, 3), pid=None, log=str(rdir / "log.txt"))
+                _write_json_atomic(rdir / "run.json", record)
+                progress(f"run {run_name}: stopped (interrupted); a rerun starts it again")
+                raise
 
         result = _read_json(rdir / "result.json") or {}
         if timed_out:
@@ -265,6 +283,7 @@ class LocalEngine(PipelineEngine):
             offset = _forward_task_lines(log_path, offset, run_name, progress)
             if finished:
                 return False
+            interrupt.check()
             if time.monotonic() - t0 > timeout_s:
                 _kill_group(proc)
                 return True
@@ -308,6 +327,13 @@ def _step_error(log_path: Path) -> str | None:
 
 def _strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
+
+
+def _kill_group_of(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
