@@ -1,4 +1,7 @@
-"""Local rollouts against a real server process: no dropped request, automatic rollback, canary."""
+"""Local rollouts against a real server process: no dropped request, automatic rollback, canary.
+
+Every test has a server of its own (a fresh process, state and model directory) and deploys what it
+starts from itself; only the read-only SavedModels are shared (built once per session)."""
 
 from __future__ import annotations
 
@@ -28,9 +31,10 @@ def sample_predictions(model_dir: Path) -> dict:
     return json.loads((model_dir / "assets.extra" / "branchops_model.json").read_text())["sample"]["predictions"]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rollout")
+@pytest.fixture
+def env(tmp_path):
+    """A running server of this test's own, with nothing deployed yet."""
+    root = tmp_path / "rollout"
     config = make_config(root / "models", canary_steps=[10, 50, 100])
     serving = make_serving(config, root / "state")
     assert isinstance(serving, LocalServing)
@@ -41,6 +45,15 @@ def env(tmp_path_factory):
         serving.stop()
 
 
+@pytest.fixture
+def serving_v1(env, models):
+    """The test's own server with version 1 deployed and answering as stable."""
+    serving = env["serving"]
+    result = serving.deploy(release(1), models["v1"])
+    assert (result.outcome, result.after) == ("deployed", 1), result.reason
+    return env
+
+
 def test_first_deploy_then_rolling_update_drops_no_request(env, models):
     serving = env["serving"]
     first = serving.deploy(release(1), models["v1"])
@@ -48,8 +61,9 @@ def test_first_deploy_then_rolling_update_drops_no_request(env, models):
     client = serving.client()
     before = client.metrics()
     with RequestLoop(client.model_url() + ":predict") as loop:
+        answered_before = loop.answered
         result = serving.deploy(release(2), models["v2"])
-        answered_during_rollout = loop.answered
+        answered_during_rollout = loop.answered - answered_before
     assert result.outcome == "deployed", result.reason
     assert (result.before, result.after, result.strategy) == (1, 2, "rolling")
     assert loop.failures == []
@@ -71,10 +85,10 @@ def test_first_deploy_then_rolling_update_drops_no_request(env, models):
     ("wrong_signature", 7, "signature failed"),
     ("mismatch", 8, "smoke failed"),
 ])
-def test_broken_version_is_rolled_back_while_the_old_one_keeps_answering(env, models, broken, version, check):
-    serving = env["serving"]
+def test_broken_version_is_rolled_back_while_the_old_one_keeps_answering(serving_v1, models, broken, version, check):
+    serving = serving_v1["serving"]
     live = serving.live_version()
-    assert live is not None
+    assert live == 1
     client = serving.client()
     with RequestLoop(client.model_url() + ":predict") as loop:
         result = serving.deploy(release(version), models[broken])
@@ -90,8 +104,8 @@ def test_broken_version_is_rolled_back_while_the_old_one_keeps_answering(env, mo
     assert client.predict(instances=SAMPLE)["predictions"]
 
 
-def test_canary_steps_through_weights_then_promotes(env, models):
-    serving = env["serving"]
+def test_canary_steps_through_weights_then_promotes(serving_v1, models):
+    serving = serving_v1["serving"]
     live = serving.live_version()
     client = serving.client()
     with RequestLoop(client.model_url() + ":predict") as loop:
@@ -105,11 +119,13 @@ def test_canary_steps_through_weights_then_promotes(env, models):
     assert (status.stable, status.canary, status.canary_weight) == (3, None, 0)
 
 
-def test_canary_that_breaches_latency_is_rolled_back(env, models):
+def test_canary_that_breaches_latency_is_rolled_back(serving_v1, models):
     # The same server, driven with a latency budget no request can meet.
-    strict = LocalServing(make_config(env["root"] / "models", canary_steps=[20, 100], max_p99_latency_ms=0.001),
-                          env["root"] / "state")
+    root = serving_v1["root"]
+    strict = LocalServing(make_config(root / "models", canary_steps=[20, 100], max_p99_latency_ms=0.001),
+                          root / "state")
     live = strict.live_version()
+    assert live == 1
     result = strict.deploy(release(2, "canary"), models["v2"])
     assert result.outcome == "rolled_back"
     assert result.reason.startswith("canary failed: at 20%")
@@ -118,16 +134,18 @@ def test_canary_that_breaches_latency_is_rolled_back(env, models):
     assert (status.stable, status.canary, status.canary_weight) == (live, None, 0)
 
 
-def test_same_release_again_is_a_no_op(env, models):
-    serving = env["serving"]
+def test_same_release_again_is_a_no_op(serving_v1, models):
+    serving = serving_v1["serving"]
     live = serving.live_version()
+    # Another model directory: the live version is not even looked at again.
     result = serving.deploy(release(live), models["v3"])
     assert result.outcome == "unchanged" and result.after == live
     assert [c.ok for c in result.checks] == [True]
 
 
-def test_rollback_to_a_previous_version(env):
-    serving = env["serving"]
+def test_rollback_to_a_previous_version(serving_v1, models):
+    serving = serving_v1["serving"]
+    assert serving.deploy(release(2), models["v2"]).after == 2
     result = serving.rollback_to(1)
     assert result.outcome == "deployed" and result.after == 1
     assert serving.status().stable == 1
@@ -136,8 +154,8 @@ def test_rollback_to_a_previous_version(env):
     assert serving.status().stable == 1
 
 
-def test_restart_restores_the_live_version_and_stale_pid_is_cleaned(env):
-    serving = env["serving"]
+def test_restart_restores_the_live_version_and_stale_pid_is_cleaned(serving_v1):
+    serving = serving_v1["serving"]
     live = serving.live_version()
     assert serving.stop() is True
     assert serving.status().running is False and serving.live_version() == live
@@ -150,12 +168,13 @@ def test_restart_restores_the_live_version_and_stale_pid_is_cleaned(env):
     assert serving.stop() is True and serving.stop() is False
 
 
-def test_deploy_model_stage_makes_serving_match_the_release(env, models, tmp_path):
+def test_deploy_model_stage_makes_serving_match_the_release(serving_v1, models, tmp_path):
     from branchops.serving.release import write_release
     from branchops.stages import deploy_model
     from branchops.stages.base import StageContext
     from branchops.storage import make_storage
 
+    env = serving_v1
     config = env["config"]
     state_dir = env["root"] / "state"
     volume = make_storage(config, state_dir).ensure_volume("djia-models")
@@ -173,6 +192,7 @@ def test_deploy_model_stage_makes_serving_match_the_release(env, models, tmp_pat
     assert deploy_model.plan(context()) == ["no release file at serving/tfserve/release.yaml yet: nothing to deploy"]
     write_release(workspace / config.serving.release_file, release(2))
     live = env["serving"].live_version()
+    assert live == 1
     assert any(f"live version {live} -> desired 2" in line for line in deploy_model.plan(context()))
 
     result = deploy_model.run(context())
