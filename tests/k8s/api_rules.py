@@ -178,15 +178,6 @@ def _crds() -> dict[tuple[str, str], dict[str, Any]]:
     return found
 
 
-def crd_kinds() -> list[tuple[str, str]]:
-    return sorted(_crds())
-
-
-def knows(api_version: str, kind: str) -> bool:
-    """Does this server have a schema for the kind (built in, or a CRD installed from CRD_DIR)?"""
-    return (api_version, kind) in _crds() or _builtin_schema(api_version, kind) is not None
-
-
 # -- decoding: types and unknown fields ----------------------------------------------------------------
 
 @dataclass
@@ -439,7 +430,6 @@ def review(obj: dict[str, Any], *, patch: bool = False, field_validation: str | 
     crd = _crds().get((api_version, kind))
     builtin = None if crd else _builtin_schema(api_version, kind)
     _, registry = _builtin_registry()
-    meta_validator = jsonschema.Draft202012Validator({"$ref": _OBJECT_META}, registry=registry)
     if crd:
         findings = _examine(jsonschema.Draft202012Validator(crd["structural"]), obj, (), custom=True)
         against = f"CRD {crd['kind']} ({api_version})"
@@ -450,6 +440,7 @@ def review(obj: dict[str, Any], *, patch: bool = False, field_validation: str | 
         findings = _Findings()
         against = "metadata only: no schema for this kind"
     if not builtin and isinstance(obj.get("metadata"), dict):  # ObjectMeta of a custom resource
+        meta_validator = jsonschema.Draft202012Validator({"$ref": _OBJECT_META}, registry=registry)
         meta = _examine(meta_validator, obj["metadata"], ("metadata",), custom=False)
         findings.unknown += meta.unknown
         findings.wrong_type += meta.wrong_type
