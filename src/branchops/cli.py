@@ -109,11 +109,16 @@ def config() -> None:
 
 @config.command("validate")
 @click.option("--file", "path", type=click.Path(dir_okay=False), default=None, help="Config file to check.")
+@click.option("--offline", is_flag=True, help="Check the file only, not that its stage branches exist.")
 @click.pass_obj
-def config_validate(obj: dict, path: str | None) -> None:
-    """Check the configuration; errors name the file, line, key and what was expected."""
-    from branchops.config import load_config
+def config_validate(obj: dict, path: str | None, offline: bool) -> None:
+    """Check the configuration; errors name the file, line, key and what was expected, and every stage
+    branch it names must exist (in the remote it pushes to, when it has one)."""
+    from branchops.config import check_branches_exist, load_config
     cfg = load_config(obj["repo"], path)
+    if not offline:
+        from branchops import gitops
+        check_branches_exist(cfg, gitops.open_repo(obj["repo"]))
     click.echo(f"{cfg.source}: valid")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
@@ -23,13 +24,21 @@ CONFIG_PATH = Path("config") / "branchops.yaml"
 STAGES = ("build-components", "kf-pipeline", "training", "deploy-model")
 Stage = Literal["build-components", "kf-pipeline", "training", "deploy-model"]
 
+# Bounds that turn a typo into a clear error: no wait is longer than a week, and a configuration file is
+# small and shallow (a megabyte of YAML, or 500 nested brackets, is a mistake or an attack, not a config).
+MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NESTING = 32
+
 BRANCH_NAME_PATTERN = r"^(?!/)(?!.*//)(?!.*\.\.)[A-Za-z0-9._/-]+(?<!/)(?<!\.lock)$"
 
 
 class Strict(BaseModel):
     """Every section forbids unknown keys and coerces nothing."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, regex_engine="python-re")
+    # allow_inf_nan=False: a threshold of .nan would silently disable a check, .inf would make it unreachable
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, regex_engine="python-re",
+                              allow_inf_nan=False)
 
 
 class SecretRef(Strict):
@@ -62,6 +71,14 @@ def _refuse_inline_secret(value: Any) -> Any:
         raise ValueError(
             "inline secrets are refused; reference it instead: {env: VARIABLE} or {credential: CI_CREDENTIAL_ID}"
         )
+    return value
+
+
+def _refuse_credentials_in_url(value: Any) -> Any:
+    """A URL with user:password@ (or a token as the user name, which GitHub accepts) is an inline secret."""
+    if isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+@", value):
+        raise ValueError("credentials in a URL are refused (they would be shown and committed); give the URL "
+                         "without them and the secret as {env: VARIABLE} or {credential: CI_CREDENTIAL_ID}")
     return value
 
 
@@ -107,6 +124,8 @@ class BotSection(Strict):
 
 class GitSection(Strict):
     remote: str | None = Field(default=None, description="push records to this remote (None: local refs only)")
+
+    _no_credentials = field_validator("remote", mode="before")(_refuse_credentials_in_url)
     push_retries: int = Field(default=8, ge=1, le=50)
 
 
@@ -114,7 +133,8 @@ class GitHubSettings(Strict):
     repository: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
     token: SecretField
     base_url: str = Field(default="https://api.github.com", pattern=r"^https?://")
-    timeout_s: float = Field(default=30, gt=0)
+    _base_url_plain = field_validator("base_url", mode="before")(_refuse_credentials_in_url)
+    timeout_s: float = Field(default=30, gt=0, le=MAX_TIMEOUT_S)
     retries: int = Field(default=5, ge=0, le=20)
     # A rate-limited call waits for GitHub's reset (Retry-After / X-RateLimit-Reset) up to this long,
     # then fails instead of hanging a CI job for up to an hour.
@@ -137,11 +157,12 @@ class ForgeSection(Strict):
 
 class JenkinsSettings(Strict):
     url: str = Field(pattern=r"^https?://")
+    _url_plain = field_validator("url", mode="before")(_refuse_credentials_in_url)
     user: str
     token: SecretField
     folder: str | None = None
     job: str = "branchops"
-    timeout_s: float = Field(default=30, gt=0)
+    timeout_s: float = Field(default=30, gt=0, le=MAX_TIMEOUT_S)
     scan_interval: str = Field(default="1h", pattern=r"^[0-9]+[mhd]$")
     # Jenkins credentials-store ids that the Jenkinsfile binds; the values never leave Jenkins.
     credentials: dict[str, str] = Field(default_factory=lambda: {
@@ -176,7 +197,7 @@ class RegistrySection(Strict):
     max_parallel_builds: int = Field(default=2, ge=1, le=32)
     username: str | None = None
     password: SecretRef | None = None
-    timeout_s: float = Field(default=1800, gt=0)
+    timeout_s: float = Field(default=1800, gt=0, le=MAX_TIMEOUT_S)
     # --build-arg values for every component image (e.g. BASE_IMAGE pinned by digest); part of each
     # component's content hash, so changing one rebuilds every image.
     build_args: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(default_factory=dict)
@@ -190,10 +211,11 @@ class KubeflowLocal(Strict):
 
 class KubeflowRemote(Strict):
     host: str = Field(pattern=r"^https?://")
+    _host_plain = field_validator("host", mode="before")(_refuse_credentials_in_url)
     namespace: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     auth: Literal["none", "in-cluster", "bearer", "cookie"] = "in-cluster"
     token: SecretRef | None = None
-    timeout_s: float = Field(default=60, gt=0)
+    timeout_s: float = Field(default=60, gt=0, le=MAX_TIMEOUT_S)
     retries: int = Field(default=5, ge=0, le=20)
 
     _inline = field_validator("token", mode="before")(_refuse_inline_secret)
@@ -232,7 +254,7 @@ class StorageTrident(Strict):
     snapshot_class: str = "csi-snapclass"
     size: str = Field(default="20Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$")
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"] = "ReadWriteMany"
-    ready_timeout_s: float = Field(default=600, gt=0)
+    ready_timeout_s: float = Field(default=600, gt=0, le=MAX_TIMEOUT_S)
 
 
 class DataVolumePolicy(Strict):
@@ -333,7 +355,7 @@ class TrainingSection(Strict):
     # metrics.json); select_by and the KPI thresholds name metrics of the same file.
     metrics: list[str] = Field(default_factory=lambda: ["accuracy", "roc_auc"], min_length=1)
     max_parallel_runs: int = Field(default=1, ge=1, le=64)
-    timeout_s: float = Field(default=3600, gt=0)
+    timeout_s: float = Field(default=3600, gt=0, le=MAX_TIMEOUT_S)
     select_by: str = "roc_auc"
     kpis: KpiSection = KpiSection()
     gpu: GpuSection = GpuSection()
@@ -359,7 +381,7 @@ class ServingKubernetes(Strict):
     deployment: K8sName = "tfserve"
     replicas: int = Field(default=2, ge=1)
     istio: bool = False
-    rollout_timeout_s: float = Field(default=600, gt=0)
+    rollout_timeout_s: float = Field(default=600, gt=0, le=MAX_TIMEOUT_S)
     # A pinned TF Serving image (never 'latest'); a registry mirror or a digest reference works too.
     image: str = Field(default="docker.io/tensorflow/serving:2.18.0", pattern=r"^[^\s:]+(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?$")
     max_replicas: int = Field(default=6, ge=1)
@@ -396,7 +418,7 @@ class WebhookNotifier(Strict):
     kind: Literal["webhook"]
     url: SecretField  # a Slack/Teams webhook URL is itself a credential
     format: Literal["slack", "teams"] = "slack"
-    timeout_s: float = Field(default=10, gt=0)
+    timeout_s: float = Field(default=10, gt=0, le=MAX_TIMEOUT_S)
     retries: int = Field(default=3, ge=0, le=10)
 
     _inline = field_validator("url", mode="before")(_refuse_inline_secret)
@@ -507,6 +529,37 @@ def _describe(error: dict[str, Any]) -> str:
     return msg
 
 
+def _check_shape(text: str, source: str | Path) -> None:
+    """Refuse nesting deeper than MAX_NESTING before composing (PyYAML's composer recurses per level)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ConfigError(f"{source}:{event.start_mark.line + 1}: nested more than {MAX_NESTING} levels "
+                                  "deep; a configuration is never that deep")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _refuse_duplicate_keys(root: yaml.Node | None, source: str | Path) -> None:
+    """YAML lets a repeated key silently win; in a reviewed config that hides a change, so it is an error."""
+    pending = [root] if root is not None else []
+    while pending:
+        node = pending.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value)
+                if name in seen:
+                    raise ConfigError(f"{source}:{key.start_mark.line + 1}: key '{name}' appears twice (lines "
+                                      f"{seen[name]} and {key.start_mark.line + 1}); keep one")
+                seen[name] = key.start_mark.line + 1
+                pending.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
+
+
 def _line_of(node: yaml.Node | None) -> int | None:
     return node.start_mark.line + 1 if node is not None else None
 
@@ -518,8 +571,13 @@ def validate_yaml(model: type[ModelT], text: str, source: str | Path, *, what: s
     """Parse YAML text into ``model``; a ConfigError names the file, the line, the key and what was expected.
 
     Shared by every YAML file branchops reads (the configuration, the serving release)."""
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {size:,} bytes; a {what} file is at most {MAX_CONFIG_BYTES:,} bytes")
     try:
+        _check_shape(text, source)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_duplicate_keys(root, source)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -560,6 +618,21 @@ def load_config(repo_root: str | Path = ".", path: str | Path | None = None) -> 
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not a UTF-8 text file") from None
     return parse_config(text, file)
+
+
+def check_branches_exist(config: BranchopsConfig, repo: Any) -> None:
+    """Every branch the configuration maps a stage to exists (as ``<remote>/<branch>`` when records are
+    pushed to a remote): a typo in a branch name would otherwise make every run of that stage 'nothing to do'."""
+    from branchops import gitops
+
+    remote = config.git.remote
+    names = sorted({config.branch_for(stage) for stage in STAGES} | {config.branches.main})
+    missing = [name for name in names if not gitops.branch_tip(repo, name, remote)]
+    if missing:
+        where = f"remote '{remote}' (after git fetch)" if remote else "this repository"
+        raise ConfigError(f"{config.source or CONFIG_PATH}: branches.stages names branches that do not exist in "
+                          f"{where}: {', '.join(missing)}. Create them (branchops bootstrap does) or fix the names; "
+                          "--offline checks the file alone.")
 
 
 def json_schema() -> dict[str, Any]:

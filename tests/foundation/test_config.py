@@ -58,6 +58,23 @@ BROKEN = [
     (APPROVERS + "serving:\n  local: {port: 70000}\n", 3, ["serving.local.port", "less than or equal to 65535"]),
     (APPROVERS + "ci:\n  backend: jenkins\n  jenkins: {url: 'https://ci', user: bot, token: 'abc123secret'}\n", 4,
      ["ci.jenkins.token", "inline secrets are refused"]),
+    # credentials inside a URL are an inline secret too (GitHub takes a token as the user name)
+    (APPROVERS + "git:\n  remote: 'https://bob:ghp_abcdefghijklmnop@github.com/acme/ml.git'\n", 3,
+     ["git.remote", "credentials in a URL are refused"]),
+    (APPROVERS + "git:\n  remote: 'https://ghp_abcdefghijklmnop@github.com/acme/ml.git'\n", 3,
+     ["git.remote", "credentials in a URL are refused"]),
+    (APPROVERS + "kubeflow:\n  backend: kubeflow\n  kubeflow: {host: 'https://u:p@kf.example', auth: none}\n", 4,
+     ["kubeflow.kubeflow.host", "credentials in a URL are refused"]),
+    # numbers out of range name the range; a NaN or infinite threshold is not a number to compare with
+    (APPROVERS + "training:\n  timeout_s: 1.0e+308\n", 3, ["training.timeout_s", "less than or equal to 604800"]),
+    (APPROVERS + "training:\n  kpis: {thresholds: {accuracy: .nan}}\n", 3,
+     ["training.kpis.thresholds.accuracy", "finite number"]),
+    (APPROVERS + "training:\n  kpis: {thresholds: {accuracy: .inf}}\n", 3,
+     ["training.kpis.thresholds.accuracy", "finite number"]),
+    # a repeated key would silently win; too deep a nesting is refused before it can exhaust the parser
+    (APPROVERS + "training:\n  timeout_s: 60\n  timeout_s: 6000\n", 4,
+     ["key 'timeout_s' appears twice (lines 3 and 4)"]),
+    (APPROVERS + "x: " + "[" * 500 + "]" * 500 + "\n", 2, ["nested more than 32 levels"]),
     ("- just\n- a list\n", 1, ["must be a mapping"]),
     ("approvers: [unclosed\n", None, ["not valid YAML"]),
 ]
@@ -105,13 +122,27 @@ def test_config_cli_validate_show_and_schema(tmp_path, monkeypatch):
     cfg = tmp_path / "branchops.yaml"
     cfg.write_text(APPROVERS + "forge:\n  backend: github\n  github: {repository: a/b, token: {env: GITHUB_TOKEN}}\n")
     runner = CliRunner()
-    assert runner.invoke(main, ["config", "validate", "--file", str(cfg)]).exit_code == 0
+    assert runner.invoke(main, ["config", "validate", "--offline", "--file", str(cfg)]).exit_code == 0
     shown = runner.invoke(main, ["config", "show", "--json", "--file", str(cfg)])
     assert shown.exit_code == 0
     assert "value-that-must-not-show" not in shown.output
     assert json.loads(shown.output)["forge"]["github"]["token"] == {"secret": "env GITHUB_TOKEN: set"}
     cfg.write_text(APPROVERS + "storage: {snapshots: 'False'}\n")
-    bad = runner.invoke(main, ["config", "validate", "--file", str(cfg)])
+    bad = runner.invoke(main, ["config", "validate", "--offline", "--file", str(cfg)])
     assert bad.exit_code == 3 and "storage.snapshots" in bad.output
     schema = runner.invoke(main, ["config", "schema"])
     assert json.loads(schema.output)["title"].startswith("branchops configuration")
+
+
+def test_an_oversized_configuration_is_refused_before_it_is_parsed():
+    with pytest.raises(ConfigError, match=r"[0-9,]+ bytes; a configuration file is at most 1,048,576 bytes"):
+        parse_config(APPROVERS + "# " + "x" * (2 << 20) + "\n", "config/branchops.yaml")
+
+
+def test_stage_branches_must_exist_unless_offline(tmp_path):
+    from tests.foundation.conftest import make_project
+    project = make_project(tmp_path, APPROVERS + "branches:\n  stages: {build-components: build-components, "
+                                                 "kf-pipeline: kf-pipeline, training: trainig, deploy-model: deploy-model}\n")
+    result = project.run("config", "validate", expect=3)
+    assert "trainig" in result.output and "do not exist" in result.output
+    project.run("config", "validate", "--offline")
