@@ -24,30 +24,32 @@ def _tips(repo: git.Repo, config) -> dict[str, str | None]:
 
 
 def find_training_run(repo: git.Repo, tip: str | None, key: str) -> records.StoredRecord:
+    """A training run by its id (or a unique prefix of it), or the newest one whose best model has the
+    version ``key``."""
     if tip is None:
         raise BranchopsError("the training branch does not exist")
-    runs = records.list_records(repo, tip, "training")
+    history = records.stage_history(repo, tip, "training")
     if key.isdigit():
-        for rec in reversed(runs):
-            best = (rec.data.get("outputs") or {}).get("best") or {}
-            if str((best.get("model") or {}).get("version")) == key:
+        for rec in history.newest_first():
+            if str(rec.training_outputs.model_version) == key:
                 return rec
         raise BranchopsError(f"no training run produced model version {key}")
-    matches = [r for r in runs if r.run_id == key or r.run_id.startswith(key)]
-    if len(matches) != 1:
-        known = ", ".join(r.run_id for r in runs[-5:]) or "none yet"
-        raise BranchopsError(f"{'no' if not matches else 'more than one'} training run matches '{key}' "
+    matches = [run_id for run_id in history.run_ids if run_id == key or run_id.startswith(key)]
+    found = history.read(matches) if len(matches) == 1 else []
+    if not found:
+        known = ", ".join(history.run_ids[-5:]) or "none yet"
+        raise BranchopsError(f"{'more than one' if len(matches) > 1 else 'no'} training run matches '{key}' "
                              f"(latest runs: {known})")
-    return matches[0]
+    return found[0]
 
 
 def _approval(rec: records.StoredRecord | None) -> dict[str, Any] | None:
     if rec is None:
         return None
-    mr = rec.data.get("merge_request") or {}
-    return {"run_id": rec.run_id, "commit": rec.data.get("source_commit"), "merge_request": mr.get("number"),
-            "author": mr.get("author"), "approved_by": mr.get("approved_by"), "merged_by": mr.get("merged_by"),
-            "finished_at": rec.data.get("finished_at")}
+    run = rec.record
+    mr = run.merge_request or records.MergeRequestRef()
+    return {"run_id": rec.run_id, "commit": run.source_commit, "merge_request": mr.number, "author": mr.author,
+            "approved_by": mr.approved_by, "merged_by": mr.merged_by, "finished_at": run.finished_at}
 
 
 def lineage(repo_path: str, key: str) -> dict[str, Any]:
@@ -55,34 +57,33 @@ def lineage(repo_path: str, key: str) -> dict[str, Any]:
     config = working_config(repo)
     tips = _tips(repo, config)
     run = find_training_run(repo, tips["training"], key)
-    outputs = run.data.get("outputs") or {}
-    best = outputs.get("best") or {}
-    trace = outputs.get("lineage") or {}
-    spec_hash = (trace.get("pipeline") or {}).get("spec_hash")
+    outputs = run.training_outputs
+    best = outputs.best
+    trace = outputs.lineage or records.TrainingLineage()
+    spec_hash = trace.pipeline.spec_hash if trace.pipeline else None
 
-    uploads = records.list_records(repo, tips["kf-pipeline"], "kf-pipeline") if tips["kf-pipeline"] else []
-    upload = next((r for r in reversed(uploads) if (r.data.get("outputs") or {}).get("spec_hash") == spec_hash), None)
-    images = trace.get("images")
-    builds = records.list_records(repo, tips["build-components"], "build-components") if tips["build-components"] else []
-    # the build that pushed these images: the newest record that built one of their digests
+    # the newest upload of this run's pipeline spec, and the newest build that pushed one of its images
+    upload = next((r for r in records.stage_history(repo, tips["kf-pipeline"], "kf-pipeline").newest_first()
+                   if r.pipeline_outputs.spec_hash == spec_hash), None) if spec_hash else None
+    images = trace.images
     digests = {ref.rsplit("@", 1)[-1] for ref in images.values()} if isinstance(images, dict) else set()
-    build = next((r for r in reversed(builds) if digests & {
-        c.get("digest") for c in (r.data.get("outputs") or {}).get("components", [])
-        if c.get("status") == "built"}), None)
+    build = next((r for r in records.stage_history(repo, tips["build-components"], "build-components").newest_first()
+                  if digests & r.build_outputs.built_digests()), None) if digests else None
 
-    version = str((best.get("model") or {}).get("version"))
-    deploys = records.list_records(repo, tips["deploy-model"], "deploy-model") if tips["deploy-model"] else []
-    deployments = [_approval(d) | {"outcome": d.outcome, "summary": d.data.get("summary")}
-                   for d in deploys if version in json.dumps(d.data.get("outputs") or {})]
-    metrics = best.get("metrics") or {}
+    version = outputs.model_version
+    deploys = records.stage_history(repo, tips["deploy-model"], "deploy-model").all() if version is not None else []
+    deployments = [_approval(d) | {"outcome": d.outcome, "summary": d.record.summary}
+                   for d in deploys if d.deploy_outputs.release_version == version]
+    metrics = (best.metrics if best else None) or {}
     return {
-        "model": {"name": config.serving.model_name, **(best.get("model") or {})},
-        "training": _approval(run) | {"config_digest": run.data.get("config_digest"),
-                                      "experiment": best.get("experiment"), "params": best.get("params"),
-                                      "record": run.path, "synthetic_data": outputs.get("synthetic_data", False)},
-        "pipeline": {**(trace.get("pipeline") or {}), "uploaded_by": _approval(upload)},
+        "model": {"name": config.serving.model_name, **(best.model.to_dict() if best and best.model else {})},
+        "training": _approval(run) | {"config_digest": run.record.config_digest,
+                                      "experiment": best.experiment if best else None,
+                                      "params": best.params if best else None,
+                                      "record": run.path, "synthetic_data": bool(outputs.synthetic_data)},
+        "pipeline": {**(trace.pipeline.to_dict() if trace.pipeline else {}), "uploaded_by": _approval(upload)},
         "images": {"digests": images, "built_by": _approval(build)},
-        "data": best.get("data"),
+        "data": best.data.to_dict() if best and best.data else None,
         "metrics": {k: metrics.get(k) for k in ("accuracy", "roc_auc", "precision", "recall", "f1")}
                    | {"beats_baselines": (metrics.get("beats_baselines") or {}).get("all")},
         "deployments": deployments,

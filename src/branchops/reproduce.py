@@ -23,17 +23,18 @@ def reproduce(repo_path: str, key: str, experiment: str | None = None, tolerance
     boot = working_config(repo)
     tip = gitops.branch_tip(repo, boot.branch_for("training"), boot.git.remote)
     run = find_training_run(repo, tip, key)
-    outputs = run.data.get("outputs") or {}
-    entries = [e for e in outputs.get("experiments", []) if e.get("state") == "SUCCEEDED"]
-    wanted = experiment or (outputs.get("best") or {}).get("experiment")
-    entry = next((e for e in entries if e["experiment"] == wanted), None)
-    if entry is None:
+    outputs = run.training_outputs
+    wanted = experiment or (outputs.best.experiment if outputs.best else None)
+    entry = next((e for e in outputs.experiments if e.succeeded and e.experiment == wanted), None)
+    if entry is None or entry.model is None or entry.model.version is None:
         raise BranchopsError(f"run {run.run_id} has no successful experiment '{wanted}'")
-    snapshot = (entry.get("data") or {}).get("snapshot")
+    snapshot = entry.data.snapshot if entry.data else None
     if not snapshot:
         raise BranchopsError(f"run {run.run_id} took no data snapshot (storage.snapshots was false): it cannot be "
                              "reproduced from its data")
-    commit = run.data["source_commit"]
+    commit = run.record.source_commit
+    if not commit:
+        raise BranchopsError(f"{run.path} names no source commit: run {run.run_id} cannot be reproduced")
     config = config_at(repo, commit)
     state = gitops.state_dir(repo)
     storage = make_storage(config, state)
@@ -45,7 +46,7 @@ def reproduce(repo_path: str, key: str, experiment: str | None = None, tolerance
 
     with workspace_at(repo, commit, state, f"reproduce-{name}") as workspace:
         compiled, _ = compile_workspace(config, workspace)
-        recorded_hash = (outputs.get("lineage") or {}).get("pipeline", {}).get("spec_hash")
+        recorded_hash = outputs.lineage.pipeline.spec_hash if outputs.lineage and outputs.lineage.pipeline else None
         if recorded_hash and compiled.spec_hash != recorded_hash:
             raise StageFailed(f"commit {commit[:12]} now compiles to spec {compiled.spec_hash[:16]}, not the "
                               f"recorded {recorded_hash[:16]} (a component image changed?)")
@@ -54,15 +55,14 @@ def reproduce(repo_path: str, key: str, experiment: str | None = None, tolerance
         if upload is None:
             raise StageFailed(f"pipeline version {compiled.spec_hash[:16]} is no longer registered")
         paths = run_paths(storage, data_volume, model_volume, f"reproductions/{name}")
-        params = pipeline_params(compiled.spec, paths, int(entry["model"]["version"]), commit, None, data_volume,
-                                 model_volume, entry["params"])
+        params = pipeline_params(compiled.spec, paths, entry.model.version, commit, None, data_volume,
+                                 model_volume, entry.params)
         result = engine.run(f"{boot.branch_for('training')}-reproduce", upload, name, params,
                             config.training.timeout_s)
     if not result.succeeded:
         raise StageFailed(f"the reproduction run {name} {result.state}: {result.error}")
     metrics = read_metrics(result.outputs, paths, config.training.metrics)
-    original = entry.get("metrics") or {}
-    comparison = {k: {"recorded": original.get(k), "reproduced": metrics.get(k)} for k in config.training.metrics}
+    comparison = {k: {"recorded": entry.metric(k), "reproduced": metrics.get(k)} for k in config.training.metrics}
     same = all(v["recorded"] is not None and v["reproduced"] is not None
                and abs(v["recorded"] - v["reproduced"]) <= tolerance for v in comparison.values())
     return {"run_id": run.run_id, "experiment": wanted, "commit": commit, "data_snapshot": snapshot,
