@@ -186,16 +186,15 @@ def run(obj: dict, stage: str | None, branch: str | None, commit: str | None, dr
     if bool(stage) == bool(branch):
         raise click.UsageError("give either STAGE or --for-branch NAME")
     if branch:
-        from branchops import gitops
         from branchops.errors import NotFound
-        config = runner.working_config(gitops.open_repo(obj["repo"]))
+        config = _project(obj).config
         if not config.stages_for_branch(branch):
             # a CI job calls this only for branches that have a stage: anything else is a mistake to see
             raise NotFound(f"'{branch}' is not a stage branch; stage branches: "
                            + ", ".join(sorted({config.branch_for(s) for s in STAGE_NAMES})))
-        reports = runner.run_branch(obj["repo"], branch, dry_run=dry_run, force=force, commit=commit)
+        reports = runner.run_branch(_project(obj), branch, dry_run=dry_run, force=force, commit=commit)
     else:
-        reports = [runner.run_stage(obj["repo"], stage, dry_run=dry_run, force=force, commit=commit)]
+        reports = [runner.run_stage(_project(obj), stage, dry_run=dry_run, force=force, commit=commit)]
     sys.exit(_print_reports(reports, as_json))
 
 
@@ -229,12 +228,18 @@ def mr() -> None:
     """Merge requests on the configured forge (local store by default)."""
 
 
+def _project(obj: dict):
+    """The repository of this command (-C), opened once per command."""
+    if "project" not in obj:
+        from branchops.project import Project
+        obj["project"] = Project.open(obj["repo"])
+    return obj["project"]
+
+
 def _forge(obj: dict):
-    from branchops import gitops
     from branchops.forge import make_forge
-    from branchops.runner import working_config
-    repo = gitops.open_repo(obj["repo"])
-    return make_forge(working_config(repo), repo)
+    project = _project(obj)
+    return make_forge(project.config, project.repo)
 
 
 def _local_forge(obj: dict):
@@ -324,7 +329,7 @@ def mr_merge(obj: dict, number: int, user: str | None, no_run: bool, as_json: bo
     """Merge a merge request (a real merge commit) and run the target branch's stage, as CI would."""
     from branchops.merging import merge_and_run
     _local_forge(obj)
-    merged, reports = merge_and_run(obj["repo"], number, _user(user), run=not no_run)
+    merged, reports = merge_and_run(_project(obj), number, _user(user), run=not no_run)
     if not as_json:
         click.echo(f"merged !{number} into {merged.target} as {merged.merge_commit[:12]}")
     code = _print_reports(reports, as_json) if reports or as_json else 0
@@ -414,11 +419,9 @@ def rollback(obj: dict, to_mr: int | None, user: str | None) -> None:
 # -- serving ---------------------------------------------------------------------------------------------
 
 def _serving(obj: dict):
-    from branchops import gitops
-    from branchops.runner import working_config
     from branchops.serving import make_serving
-    repo = gitops.open_repo(obj["repo"])
-    return make_serving(working_config(repo), gitops.state_dir(repo))
+    project = _project(obj)
+    return make_serving(project.config, project.state_dir)
 
 
 @main.group()
@@ -487,12 +490,8 @@ def predict(obj: dict, instances: str | None, sample: bool, version: int | None,
 # -- Jenkins, GitHub bootstrap, notifications -----------------------------------------------------------------
 
 def _config_and_root(obj: dict):
-    from pathlib import Path
-
-    from branchops import gitops
-    from branchops.runner import working_config
-    repo = gitops.open_repo(obj["repo"])
-    return working_config(repo), Path(repo.working_tree_dir or ".")
+    project = _project(obj)
+    return project.config, project.root
 
 
 @main.group()
@@ -570,15 +569,12 @@ def bootstrap(obj: dict, dry_run: bool, as_json: bool) -> None:
 def notify(obj: dict, event: str, branch: str, commit: str, message: str, build_url: str | None) -> None:
     """Send a notification through the configured channels (the Jenkinsfile's post steps use it when the
     build ended before any stage ran, e.g. a failed checkout or setup)."""
-    from branchops import gitops
-    from branchops.forge import make_forge
     from branchops.notify import make_notifier
     from branchops.notify.base import Event
-    config, _ = _config_and_root(obj)
-    repo = gitops.open_repo(obj["repo"])
+    config = _project(obj).config
     stages = config.stages_for_branch(branch)
     text = message + (f" ({build_url})" if build_url else "")
-    make_notifier(config, gitops.state_dir(repo), make_forge(config, repo)).notify(
+    make_notifier(config, _project(obj).state_dir, _forge(obj)).notify(
         Event(event, stages[0] if stages else "-", branch, commit, text))
 
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from branchops import gitops, runner
+from branchops import runner
 from branchops.forge.base import MergeRequest
 from branchops.forge.local import LocalForge
+from branchops.project import Project
 
 
-def merge_and_run(repo_path: str | Path, number: int, user: str, *, run: bool = True
+def merge_and_run(repo_path: str | Path | Project, number: int, user: str, *, run: bool = True
                   ) -> tuple[MergeRequest, list[runner.RunReport]]:
-    repo = gitops.open_repo(repo_path)
-    mr = LocalForge(repo).merge(number, user)
+    project = Project.open(repo_path)
+    mr = LocalForge(project.repo).merge(number, user)
     if not run:
         return mr, []
-    return mr, runner.run_branch(repo_path, mr.target, commit=mr.merge_commit)
+    return mr, runner.run_branch(project, mr.target, commit=mr.merge_commit)

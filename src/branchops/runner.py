@@ -23,13 +23,14 @@ from typing import Any, Iterator
 import git
 
 from branchops import __version__, gate, gitops, preflight, records
-from branchops.config import CONFIG_PATH, STAGES, BranchopsConfig, load_config, parse_config
+from branchops.config import STAGES, BranchopsConfig
 from branchops.errors import BranchopsError, ConfigError, GateRefused, StageBusy
 from branchops.forge import make_forge
 from branchops.interrupt import Interrupted, handling_signals
 from branchops.notify import make_notifier
 from branchops.notify.base import Event
 from branchops.processes import ProcessId
+from branchops.project import Project, config_at, working_config  # noqa: F401 (callers import them from here)
 from branchops.secrets import mask
 from branchops.stages import REGISTRY
 from branchops.stages.base import Stage, StageContext, StageResult
@@ -70,25 +71,6 @@ def stage_module(stage: str) -> Stage:
     if stage not in REGISTRY:
         raise ConfigError(f"unknown stage '{stage}'; stages are: {', '.join(STAGES)}")
     return REGISTRY[stage]
-
-
-def working_config(repo: git.Repo) -> BranchopsConfig:
-    """The configuration of the checkout (or, in a bare clone, of the main branch's tip)."""
-    if repo.working_tree_dir and (Path(repo.working_tree_dir) / CONFIG_PATH).exists():
-        return load_config(repo.working_tree_dir)
-    for rev in ("HEAD", "main", "master"):
-        raw = gitops.resolve(repo, rev) and gitops.read_file(repo, rev, str(CONFIG_PATH))
-        if raw:
-            return parse_config(raw.decode(), f"{rev}:{CONFIG_PATH}")
-    raise ConfigError(f"no {CONFIG_PATH} in this repository (run 'branchops init')")
-
-
-def config_at(repo: git.Repo, commit: str) -> BranchopsConfig:
-    """The configuration as reviewed and merged: read from the commit being built, not the checkout."""
-    raw = gitops.read_file(repo, commit, str(CONFIG_PATH))
-    if raw is None:
-        raise ConfigError(f"{commit[:12]}:{CONFIG_PATH}: configuration file not found in the commit being built")
-    return parse_config(raw.decode("utf-8", errors="replace"), f"{CONFIG_PATH} @ {commit[:12]}")
 
 
 def designated_approvers(repo: git.Repo, config: BranchopsConfig, stage: str, source: str) -> list[str]:
@@ -166,18 +148,18 @@ def run_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def run_branch(repo_path: str | Path, branch: str, *, dry_run: bool = False, force: bool = False,
+def run_branch(repo_path: str | Path | Project, branch: str, *, dry_run: bool = False, force: bool = False,
                commit: str | None = None) -> list[RunReport]:
     """What a multibranch job runs for ``branch``: its stage, or in single-branch mode every stage whose
     inputs changed in the merge, in workflow order, stopping at the first that does not succeed."""
-    repo = gitops.open_repo(repo_path)
-    config = working_config(repo)
+    project = Project.open(repo_path)
+    repo, config = project.repo, project.config
     stages = config.stages_for_branch(branch)
     if not stages:
         return [RunReport(stage="-", branch=branch, status="skipped",
                           message=f"'{branch}' is not a stage branch; nothing to run")]
     if config.branches.mode != "single-branch":
-        return [run_stage(repo_path, stages[0], dry_run=dry_run, force=force, commit=commit, triggered_by_push=True)]
+        return [run_stage(project, stages[0], dry_run=dry_run, force=force, commit=commit, triggered_by_push=True)]
     tip = commit or gitops.branch_tip(repo, branch, config.git.remote) or gitops.resolve(repo, "HEAD")
     if tip and gitops.is_bot_commit(repo, tip, config.bot.marker) and not force:
         return [RunReport(stage="-", branch=branch, status="skipped", source_commit=tip,
@@ -192,14 +174,14 @@ def run_branch(repo_path: str | Path, branch: str, *, dry_run: bool = False, for
             reports.append(RunReport(stage=stage, branch=branch, status="skipped", source_commit=source,
                                      message=f"none of its inputs ({', '.join(inputs)}) changed"))
             continue
-        report = run_stage(repo_path, stage, dry_run=dry_run, force=force, commit=source, triggered_by_push=True)
+        report = run_stage(project, stage, dry_run=dry_run, force=force, commit=source, triggered_by_push=True)
         reports.append(report)
         if report.status not in ("succeeded", "skipped", "planned"):
             break
     return reports
 
 
-def run_stage(repo_path: str | Path, stage: str, *, dry_run: bool = False, force: bool = False,
+def run_stage(repo_path: str | Path | Project, stage: str, *, dry_run: bool = False, force: bool = False,
               commit: str | None = None, triggered_by_push: bool = False) -> RunReport:
     """Run one stage on its branch under the stage contract; never raises for a refused or failed stage.
 
@@ -207,8 +189,8 @@ def run_stage(repo_path: str | Path, stage: str, *, dry_run: bool = False, force
     nothing, so record commits never trigger runs. A person running the stage by hand gets the last
     merge under the records instead: a rerun after a failed or interrupted run just works.
     """
-    repo = gitops.open_repo(repo_path)
-    boot = working_config(repo)
+    project = Project.open(repo_path)
+    repo, boot = project.repo, project.config
     module = stage_module(stage)
     branch = boot.branch_for(stage)
     remote = boot.git.remote
@@ -220,13 +202,13 @@ def run_stage(repo_path: str | Path, stage: str, *, dry_run: bool = False, force
                          message=f"{tip[:12]} is branchops' own commit; bot commits never start a stage")
     source = first_non_bot(repo, tip, boot.bot.marker)
     try:
-        config = config_at(repo, source)
+        config = project.config_at(source)
     except ConfigError as error:
         # the merged configuration is broken: gate the merge with the branch's configuration before it,
         # and if it was approved, say so in git and to people instead of only on this console
         return _config_failure(repo, stage, branch, tip, source, error, dry_run)
     preflight.check(config, [stage])  # a machine that lacks a library fails here, before the gate and any record
-    state = gitops.state_dir(repo)
+    state = project.state_dir
     forge = make_forge(config, repo)
     notifier = make_notifier(config, state, forge)
 
