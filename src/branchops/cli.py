@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-STAGE_NAMES = ("build-components", "kf-pipeline", "training", "deploy-model")
+from branchops import STAGES as STAGE_NAMES  # light: --help imports no schema
 
 
 def _emit(data: Any, as_json: bool, text: str | None = None) -> None:

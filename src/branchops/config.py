@@ -16,13 +16,12 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from branchops import STAGES, Stage  # re-exported: the schema's stages are the one list
 from branchops.errors import ConfigError
 from branchops.secrets import credential_env_name, read_env
 
 CONFIG_PATH = Path("config") / "branchops.yaml"
 
-STAGES = ("build-components", "kf-pipeline", "training", "deploy-model")
-Stage = Literal["build-components", "kf-pipeline", "training", "deploy-model"]
 
 # Bounds that turn a typo into a clear error: no wait is longer than a week, and a configuration file is
 # small and shallow (a megabyte of YAML, or 500 nested brackets, is a mistake or an attack, not a config).

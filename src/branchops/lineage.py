@@ -84,7 +84,7 @@ def lineage(repo_path: str, key: str) -> dict[str, Any]:
         "pipeline": {**(trace.pipeline.to_dict() if trace.pipeline else {}), "uploaded_by": _approval(upload)},
         "images": {"digests": images, "built_by": _approval(build)},
         "data": best.data.to_dict() if best and best.data else None,
-        "metrics": {k: metrics.get(k) for k in ("accuracy", "roc_auc", "precision", "recall", "f1")}
+        "metrics": {k: metrics.get(k) for k in config.training.metrics}
                    | {"beats_baselines": (metrics.get("beats_baselines") or {}).get("all")},
         "deployments": deployments,
     }

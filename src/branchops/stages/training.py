@@ -20,6 +20,8 @@ from typing import Any
 
 from branchops import gitops, records
 from branchops.errors import ConfigError, StageFailed
+from branchops.records import (BestRef, DataRef, ExperimentEntry, KpiVerdict, ModelRef, OpenedMergeRequest,
+                               PipelineRef, ProductionRef, TrainingLineage, TrainingOutputs)
 from branchops.runplan import PLOTS_DIR, compile_workspace, pipeline_params, read_metrics, run_paths
 from branchops.stages.base import StageContext, StageResult
 
@@ -116,7 +118,7 @@ def is_synthetic(folder: Path | None) -> bool:
 # -- one experiment ------------------------------------------------------------------------------------
 
 def run_experiment(ctx: StageContext, engine, upload, spec: bytes, storage, volumes, experiment,
-                   kaggle: str | None, version: int) -> dict[str, Any]:
+                   kaggle: str | None, version: int) -> ExperimentEntry:
     cfg = ctx.config
     data_volume, model_volume = volumes
     name = run_name(ctx, experiment.name)
@@ -133,25 +135,24 @@ def run_experiment(ctx: StageContext, engine, upload, spec: bytes, storage, volu
         ctx.log.info("experiment %s: the earlier run %s; retrying as %s", experiment.name, result.state, name)
         result = engine.run(ctx.branch, upload, name, params, cfg.training.timeout_s,
                             on_progress=lambda message: ctx.log.info("%s", message))
-    entry: dict[str, Any] = {"experiment": experiment.name, "run_name": name, "run_id": result.run_id,
-                             "state": result.state, "error": result.error, "duration_s": result.duration_s,
-                             "reused_run": result.reused, "params": experiment.params}
+    entry = ExperimentEntry(experiment=experiment.name, run_name=name, run_id=result.run_id, state=result.state,
+                            error=result.error, duration_s=result.duration_s, reused_run=result.reused,
+                            params=experiment.params)
     if not result.succeeded:
         return entry
-    metrics = read_metrics(result.outputs, paths, cfg.training.metrics)
-    entry["metrics"] = metrics
-    entry["model"] = {"volume": model_volume.name, "path": f"runs/{name}/export/{version}", "version": version}
+    entry.metrics = read_metrics(result.outputs, paths, cfg.training.metrics)
+    entry.model = ModelRef(volume=model_volume.name, path=f"runs/{name}/export/{version}", version=version)
     if cfg.storage.snapshots:
         labels = {"branchops.io/commit": ctx.source_commit[:40], "branchops.io/run": name[:63]}
         data_snap = storage.snapshot(data_volume.name, snapshot_name(data_volume.name, ctx), labels)
         model_snap = storage.snapshot(model_volume.name, snapshot_name(model_volume.name, ctx, experiment.name),
                                       labels)
-        entry["data"] = {"volume": data_volume.name, "snapshot": data_snap.name}
-        entry["model"]["snapshot"] = model_snap.name
+        entry.data = DataRef(volume=data_volume.name, snapshot=data_snap.name)
+        entry.model.snapshot = model_snap.name
         ctx.log.info("experiment %s: snapshots %s (data) and %s (model)", experiment.name, data_snap.name,
                      model_snap.name)
     else:
-        entry["data"] = {"volume": data_volume.name, "snapshot": None}
+        entry.data = DataRef(volume=data_volume.name, snapshot=None)
     if paths.local_work_dir:
         for png in sorted((paths.local_work_dir / PLOTS_DIR).glob("*.png")):
             ctx.add_artifact(f"{experiment.name}/{PLOTS_DIR}/{png.name}", png.read_bytes())
@@ -179,20 +180,20 @@ def production_release(ctx: StageContext) -> tuple[Any, dict[str, Any] | None]:
         return release, None
     training_tip = gitops.branch_tip(repo, ctx.branch, ctx.config.git.remote)
     found = records.find_run(repo, [training_tip] if training_tip else [], release.training.run_id)
-    best = (found.data.get("outputs") or {}).get("best") if found else None
-    return release, (best or {}).get("metrics")
+    best = found.training_outputs.best if found else None
+    return release, best.metrics if best else None
 
 
-def kpi_verdict(ctx: StageContext, best: dict[str, Any], production: dict[str, Any] | None) -> list[str]:
+def kpi_verdict(ctx: StageContext, best: ExperimentEntry, production: dict[str, Any] | None) -> list[str]:
     """The reasons the best experiment fails the KPIs (empty when it passes)."""
     kpis, metric = ctx.config.training.kpis, ctx.config.training.select_by
     failures = []
     for name, minimum in kpis.thresholds.items():
-        value = best["metrics"].get(name)
+        value = best.metric(name)
         if value is None or value < minimum:
             failures.append(f"{name} {fmt(value)} < {minimum:g} (threshold)")
     if production is not None and kpis.beat_production_by is not None:
-        ours, theirs = best["metrics"].get(metric), production.get(metric)
+        ours, theirs = best.metric(metric), production.get(metric)
         if theirs is not None and (ours is None or ours < theirs + kpis.beat_production_by):
             failures.append(f"{metric} {fmt(ours)} does not beat production's {fmt(theirs)} by "
                             f"{kpis.beat_production_by:g}")
@@ -205,8 +206,8 @@ def fmt(value: Any) -> str:
 
 # -- the report and the release merge request -----------------------------------------------------------
 
-def report_markdown(ctx: StageContext, entries: list[dict[str, Any]], best: dict[str, Any] | None,
-                    production: dict[str, Any] | None, failures: list[str], lineage: dict[str, Any],
+def report_markdown(ctx: StageContext, entries: list[ExperimentEntry], best: ExperimentEntry | None,
+                    production: dict[str, Any] | None, failures: list[str], lineage: TrainingLineage,
                     synthetic: bool) -> str:
     cfg = ctx.config
     metric, names = cfg.training.select_by, cfg.training.metrics
@@ -220,30 +221,29 @@ def report_markdown(ctx: StageContext, entries: list[dict[str, Any]], best: dict
     lines += [f"Merge request !{mr.number} *{mr.title}* by {mr.author}, merged by {mr.merged_by}; "
               f"run `{ctx.run_id}`.", ""]
     if best:
-        params = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in best["params"].items())
-        lines += [f"**Best experiment: `{best['experiment']}`** (by `{metric}`), with {params or 'no parameters'}.",
+        params = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in best.params.items())
+        lines += [f"**Best experiment: `{best.experiment}`** (by `{metric}`), with {params or 'no parameters'}.",
                   ""]
-        if best["metrics"].get("summary"):
-            lines += [str(best["metrics"]["summary"]), ""]
+        if best.metric("summary"):
+            lines += [str(best.metric("summary")), ""]
     header = "| " + " | ".join(names) + " |"
     lines += ["## Experiments", "", "| experiment | state " + header + " run time |",
               "|---|---|" + "---|" * len(names) + "---|"]
     for e in entries:
-        m = e.get("metrics") or {}
-        lines.append(f"| {e['experiment']} | {e['state']} | " + " | ".join(fmt(m.get(k)) for k in names)
-                     + f" | {fmt(e.get('duration_s'))} s |")
+        lines.append(f"| {e.experiment} | {e.state} | " + " | ".join(fmt(e.metric(k)) for k in names)
+                     + f" | {fmt(e.duration_s)} s |")
     if best:
         # A run's metrics.json may carry its baselines' metrics too ({"baselines": {name: {metric: value}}}).
-        baselines = best["metrics"].get("baselines") or {}
+        baselines = best.metric("baselines") or {}
         lines += ["", "## Against the baselines and production", "", "| " + header, "|---|" + "---|" * len(names),
-                  f"| **{best['experiment']}** | " + " | ".join(fmt(best['metrics'].get(k)) for k in names) + " |"]
+                  f"| **{best.experiment}** | " + " | ".join(fmt(best.metric(k)) for k in names) + " |"]
         for name, values in baselines.items():
             lines.append(f"| baseline: {name} | " + " | ".join(fmt(values.get(k)) for k in names) + " |")
         if production:
             lines.append("| production | " + " | ".join(fmt(production.get(k)) for k in names) + " |")
         else:
             lines.append("| production | no model deployed yet |" + " |" * (len(names) - 1))
-        plots = sorted(path for path in ctx.artifacts if path.startswith(f"{best['experiment']}/{PLOTS_DIR}/"))
+        plots = sorted(path for path in ctx.artifacts if path.startswith(f"{best.experiment}/{PLOTS_DIR}/"))
         if plots:
             lines += ["", "### Plots", ""] + [f"![{Path(p).name}]({ctx.record_dir}/{p})" for p in plots]
     lines += ["", "## KPI gate", ""]
@@ -254,14 +254,15 @@ def report_markdown(ctx: StageContext, entries: list[dict[str, Any]], best: dict
     lines.append("")
     lines.append("**Passed**: a merge request into deploy-model carries this release." if best and not failures
                  else "**Not passed**: " + "; ".join(failures or ["no experiment succeeded"]))
-    lines += ["", "## Lineage", "", "```json", json.dumps(lineage, indent=2, sort_keys=True), "```", "",
+    lines += ["", "## Lineage", "", "```json", json.dumps(lineage.to_dict(), indent=2, sort_keys=True, default=str),
+              "```", "",
               "## Reproduce", "", f"    branchops reproduce {ctx.run_id}", "",
               "clones the data snapshot into a new volume, runs the same pipeline version with the same "
               "parameters, and compares the metrics.", ""]
     return "\n".join(lines)
 
 
-def open_release_request(ctx: StageContext, best: dict[str, Any], report: str) -> tuple[int, bool]:
+def open_release_request(ctx: StageContext, best: ExperimentEntry, report: str) -> tuple[int, bool]:
     """Point the bot's release branch at deploy-model + the new release file, and upsert its merge request."""
     import git
     import yaml
@@ -269,10 +270,12 @@ def open_release_request(ctx: StageContext, best: dict[str, Any], report: str) -
     from branchops.serving.release import Release
     cfg = ctx.config
     repo = git.Repo(ctx.git_dir)
-    model = best["model"]
-    source = {"snapshot": model["snapshot"], "path": model["path"]} if model.get("snapshot") else \
-        {"volume": model["volume"], "path": model["path"]}
-    release = Release.model_validate({"model": cfg.serving.model_name, "version": model["version"], "source": source,
+    model = best.model
+    if model is None:  # a succeeded run always exports one; a record without it cannot be released
+        raise StageFailed(f"experiment {best.experiment} succeeded but recorded no model")
+    source = {"snapshot": model.snapshot, "path": model.path} if model.snapshot else \
+        {"volume": model.volume, "path": model.path}
+    release = Release.model_validate({"model": cfg.serving.model_name, "version": model.version, "source": source,
                                       "strategy": cfg.serving.rollout.strategy,
                                       "training": {"run_id": ctx.run_id, "commit": ctx.source_commit}})
     from branchops.serving.release import RELEASE_HEADER
@@ -281,13 +284,13 @@ def open_release_request(ctx: StageContext, best: dict[str, Any], report: str) -
     branch = RELEASE_BRANCH_PREFIX + cfg.serving.model_name
     base = gitops.branch_tip(repo, deploy_branch, cfg.git.remote)
     identity = gitops.Identity(cfg.bot.name, cfg.bot.email)
-    message = gitops.bot_message(f"release {cfg.serving.model_name} version {model['version']}",
-                                 f"From training run {ctx.run_id} (experiment {best['experiment']}).", cfg.bot.marker)
+    message = gitops.bot_message(f"release {cfg.serving.model_name} version {model.version}",
+                                 f"From training run {ctx.run_id} (experiment {best.experiment}).", cfg.bot.marker)
     commit = gitops.build_commit(repo, base, {cfg.serving.release_file: content.encode()}, message, identity,
                                  overwrite=True)
     gitops.set_branch(repo, branch, commit, cfg.git.remote)
-    title = (f"Deploy {cfg.serving.model_name} v{model['version']} ({best['experiment']}, "
-             f"{cfg.training.select_by} {fmt(best['metrics'].get(cfg.training.select_by))})")
+    title = (f"Deploy {cfg.serving.model_name} v{model.version} ({best.experiment}, "
+             f"{cfg.training.select_by} {fmt(best.metric(cfg.training.select_by))})")
     mr, created = ctx.forge.open_merge_request(branch, deploy_branch, title, report, cfg.bot.name)
     return mr.number, created
 
@@ -337,44 +340,42 @@ def run(ctx: StageContext) -> StageResult:
             lambda exp: run_experiment(ctx, engine, upload, compiled.spec, storage, (data_volume, model_volume),
                                        exp, kaggle, version), cfg.training.experiments))
 
-    succeeded = [e for e in entries if e["state"] == "SUCCEEDED"]
+    succeeded = [e for e in entries if e.succeeded]
     metric = cfg.training.select_by
-    best = max(succeeded, key=lambda e: e["metrics"].get(metric) or float("-inf")) if succeeded else None
+    best = max(succeeded, key=lambda e: e.metric(metric) or float("-inf")) if succeeded else None
     production_release_, production = production_release(ctx)
     failures = kpi_verdict(ctx, best, production) if best else ["no experiment succeeded"]
-    lineage = {
-        "source_commit": ctx.source_commit, "config_digest": cfg.digest(), "run_id": ctx.run_id,
-        "pipeline": {"name": cfg.kubeflow.pipeline_name, "id": upload.pipeline_id, "version_id": upload.version_id,
-                     "spec_hash": compiled.spec_hash, "engine": cfg.kubeflow.backend},
-        "images": images or "none (no registry configured: steps ran as local processes)",
-        "approved_by": sorted({a.user for a in ctx.merge_request.approvals}),
-        "best": best and {"experiment": best["experiment"], "data": best.get("data"), "model": best["model"]},
-    }
+    lineage = TrainingLineage(
+        source_commit=ctx.source_commit, config_digest=cfg.digest(), run_id=ctx.run_id,
+        pipeline=PipelineRef(name=cfg.kubeflow.pipeline_name, id=upload.pipeline_id, version_id=upload.version_id,
+                             spec_hash=compiled.spec_hash, engine=cfg.kubeflow.backend),
+        images=images or "none (no registry configured: steps ran as local processes)",
+        approved_by=sorted(ctx.approved_by),  # the approvals the gate counted, not every approval given
+        best=BestRef(experiment=best.experiment, data=best.data, model=best.model) if best else None)
     report = report_markdown(ctx, entries, best, production, failures, lineage, synthetic)
     ctx.add_artifact("report.md", report)
     if best:
-        ctx.add_artifact("metrics.json", json.dumps({e["experiment"]: e.get("metrics") for e in entries},
+        ctx.add_artifact("metrics.json", json.dumps({e.experiment: e.metrics for e in entries},
                                                     indent=2, sort_keys=True) + "\n")
-    outputs: dict[str, Any] = {"experiments": entries, "best": best, "lineage": lineage, "synthetic_data": synthetic,
-                               "kpi": {"passed": not failures, "failures": failures},
-                               "production": {"version": production_release_.version if production_release_ else None,
-                                              "metrics": production}}
-    failed_runs = [e for e in entries if e["state"] != "SUCCEEDED"]
+    outputs = TrainingOutputs(experiments=entries, best=best, lineage=lineage, synthetic_data=synthetic,
+                              kpi=KpiVerdict(passed=not failures, failures=failures),
+                              production=ProductionRef(version=production_release_.version if production_release_
+                                                       else None, metrics=production))
+    failed_runs = [e for e in entries if not e.succeeded]
     if failed_runs:
-        detail = "; ".join(f"{e['experiment']}: {e['state']} ({e['error']})" for e in failed_runs)
+        detail = "; ".join(f"{e.experiment}: {e.state} ({e.error})" for e in failed_runs)
         return StageResult("failed", f"{len(failed_runs)} of {len(entries)} runs did not succeed: {detail}",
-                           outputs, error=detail)
+                           outputs.to_dict(), error=detail)
     if failures:
         return StageResult("failed", f"KPI gate not passed, no merge request opened: {'; '.join(failures)}",
-                           outputs)
+                           outputs.to_dict())
 
     number, created = open_release_request(ctx, best, report)
-    outputs["deploy_merge_request"] = {"number": number, "created": created}
+    outputs.deploy_merge_request = OpenedMergeRequest(number=number, created=created)
     ctx.log.info("%s merge request !%d into %s", "opened" if created else "updated", number,
                  cfg.branch_for("deploy-model"))
-    summary = (f"best {best['experiment']}: {metric} {fmt(best['metrics'].get(metric))}, accuracy "
-               f"{fmt(best['metrics'].get('accuracy'))}; KPIs passed; merge request into "
-               f"{cfg.branch_for('deploy-model')} !{number} for version {best['model']['version']}")
+    summary = (f"best {best.experiment}: {metric} {fmt(best.metric(metric))}; KPIs passed; merge request into "
+               f"{cfg.branch_for('deploy-model')} !{number} for version {best.model.version if best.model else None}")
     if synthetic:
         summary = "SYNTHETIC DATA — " + summary
-    return StageResult("success", summary, outputs)
+    return StageResult("success", summary, outputs.to_dict())
