@@ -609,13 +609,10 @@ def parse_config(text: str, source: str | Path = "<string>") -> BranchopsConfig:
 
 
 def load_config(repo_root: str | Path = ".", path: str | Path | None = None) -> BranchopsConfig:
+    from branchops.files import read_text
+
     file = Path(path) if path else Path(repo_root) / CONFIG_PATH
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: configuration file not found (run 'branchops init' to create one)") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not a UTF-8 text file") from None
+    text = read_text(file, missing="configuration file not found (run 'branchops init' to create one)")
     return parse_config(text, file)
 
 

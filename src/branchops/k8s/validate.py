@@ -232,13 +232,10 @@ def validate_manifest_file(path: str | Path, *, allow_unchecked: bool = False,
     """Validate every document of a (multi-document) YAML manifest; errors name file, document, line."""
     import yaml
 
+    from branchops.files import read_text
+
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidObject(f"{file}: manifest not found") from None
-    except UnicodeDecodeError:
-        raise InvalidObject(f"{file}: not a UTF-8 text file") from None
+    text = read_text(file, missing="manifest not found", error=InvalidObject)
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
         documents = list(yaml.safe_load_all(text))

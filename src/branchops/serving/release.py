@@ -14,7 +14,6 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from branchops.errors import ConfigError
 
 RELEASE_HEADER = (
     "# Desired state of model serving (branchops deploy-model stage).\n"
@@ -79,14 +78,11 @@ def parse_release(text: str, source: str | Path = "<string>") -> Release:
 
 
 def read_release(path: str | Path) -> Release:
+    from branchops.files import read_text
+
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: release file not found (the training stage's merge request creates it)") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not a UTF-8 text file") from None
-    return parse_release(text, file)
+    return parse_release(read_text(file, missing="release file not found (the training stage's merge request "
+                                                  "creates it)"), file)
 
 
 def render_release(release: Release) -> str:
