@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from branchops.cli import main
+from branchops.records import TrainingOutputs
 from tests.conftest import git
 
 pytestmark = pytest.mark.slow
@@ -95,9 +96,14 @@ def test_kpis_met_open_one_merge_request_and_a_rerun_repeats_nothing(project):
     set_training(project, [{"name": "tiny", "params": SMALL}], {"thresholds": {"accuracy": 0.3}},
                  "A reachable KPI")
     number = approved_merge(project, "training", "reachable KPI")
+    cli("-C", str(project), "mr", "approve", str(number), "--as", "ds2")  # not a designated approver of training
     cli("-C", str(project), "mr", "merge", str(number), "--as", "lead")
     record = training_record(project)
     assert record["outcome"] == "succeeded" and record["outputs"]["kpi"]["passed"] is True
+    # the approvers the gate counted, in the record and in the lineage the report shows
+    assert record["merge_request"]["approved_by"] == record["outputs"]["lineage"]["approved_by"] == ["lead"]
+    # the typed record holds all the stage wrote: read and written again, nothing is lost or added
+    assert TrainingOutputs.model_validate(record["outputs"]).to_dict() == record["outputs"]
     requests = deploy_requests(project)
     assert len(requests) == 1 and requests[0]["state"] == "open"
     release = yaml.safe_load(git(project, "show", f"{requests[0]['source']}:serving/tfserve/release.yaml"))

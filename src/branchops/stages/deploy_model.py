@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from branchops.errors import ConfigError
+from branchops.records import DeploymentRecord, DeployOutputs, ReleaseRef
 from branchops.stages.base import StageContext, StageResult
 
 if TYPE_CHECKING:
@@ -88,18 +89,18 @@ def run(ctx: StageContext) -> StageResult:
     started = time.monotonic()
     release = _release(ctx)
     if release is None:
-        return StageResult("success", _nothing_yet(ctx), {"deployment": None})
+        return StageResult("success", _nothing_yet(ctx), DeployOutputs(deployment=None).to_dict())
     serving = make_serving(ctx.config, ctx.state_dir)
     source = resolve_model_source(ctx, release)
     result = serving.deploy(release, source)
-    outputs = {
-        "backend": serving.backend,
-        "release": release.model_dump(mode="json", exclude_none=True),
-        "model_source": str(source) if source else release.source.describe(),
-        "deployment": result.to_dict(),
-        "approved_by": sorted({a.user for a in ctx.merge_request.approvals}) if ctx.merge_request else [],
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    outputs = DeployOutputs(
+        backend=serving.backend,
+        release=ReleaseRef.model_validate(release.model_dump(mode="json", exclude_none=True)),
+        model_source=str(source) if source else release.source.describe(),
+        deployment=DeploymentRecord.model_validate(result.to_dict()),
+        approved_by=sorted(ctx.approved_by),  # the approvals the gate counted, not every approval given
+        seconds=round(time.monotonic() - started, 3),
+    ).to_dict()
     if result.outcome == "unchanged":
         return StageResult("success", f"model {release.model} version {release.version} is already live", outputs)
     if result.ok:
