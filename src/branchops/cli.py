@@ -67,7 +67,9 @@ def main(ctx: click.Context, repo: str, verbose: int, quiet: bool) -> None:
 
     \b
     Exit codes: 0 success or nothing to do, 1 stage failed, 2 usage error, 3 invalid config,
-    4 refused by the approval gate, 5 merge refused/conflict, 6 external system failed, 7 bad data.
+    4 refused by the approval gate, 5 merge refused/conflict, 6 external system failed, 7 bad data,
+    8 a needed library or program is missing, 9 not found, 10 stage already running here,
+    130/143 interrupted.
     """
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
