@@ -26,10 +26,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # the throwaway registry is test support: tests/images/local_registry.py
 
 from branchops.config import RegistrySection
 from branchops.images import build_components, discover_components
-from branchops.images.local_registry import LocalRegistry, make_busybox_base_image
+from tests.images.local_registry import LocalRegistry, make_busybox_base_image
 
 BASE_IMAGE = "localhost/branchops-bench-base:1"
 NAMES = ("consolidate", "validate", "features", "train", "evaluate", "export", "train-gpu",

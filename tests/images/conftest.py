@@ -21,8 +21,9 @@ import pytest
 import requests
 
 from branchops.config import STAGES, BranchopsConfig, RegistrySection
-from branchops.images.local_registry import LocalRegistry, make_busybox_base_image, registry_binary
 from branchops.stages.base import StageContext
+
+from .local_registry import LocalRegistry, make_busybox_base_image, registry_binary
 
 BASE_IMAGE = "localhost/branchops-test-base:1"
 COMPONENT_NAMES = ("alpha", "beta", "gamma")

@@ -14,7 +14,6 @@ import pytest
 from branchops.config import RegistrySection
 from branchops.errors import ExternalError, StageFailed
 from branchops.images import build_components, discover_components, image_digests
-from branchops.images.local_registry import LocalRegistry, free_port
 from branchops.stages import build_components as stage
 
 from .conftest import (
@@ -27,6 +26,7 @@ from .conftest import (
     skopeo_digest,
     write_component,
 )
+from .local_registry import LocalRegistry, free_port
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 

@@ -25,7 +25,6 @@ from branchops.config import RegistrySection, SecretRef
 from branchops.images import build_components
 from branchops.images.builders import BuildRequest, CommandFailed
 from branchops.images.builders.docker import DockerBuilder
-from branchops.images.local_registry import LocalRegistry
 
 from .conftest import (
     BASE_IMAGE,
@@ -35,6 +34,7 @@ from .conftest import (
     registry_digest,
     skopeo_digest,
 )
+from .local_registry import LocalRegistry
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 USER, PASSWORD, PASSWORD_ENV = "docker-pusher", "d0cker-push-token", "BRANCHOPS_TEST_DOCKER_PASSWORD"

@@ -17,11 +17,11 @@ from branchops.config import RegistrySection, SecretRef
 from branchops.errors import ConfigError, ExternalError
 from branchops.images import build_components
 from branchops.images.build import NO_BUILDER_NOTE
-from branchops.images.local_registry import LocalRegistry, free_port, registry_binary
 from branchops.images.registry import RegistryClient
 from branchops.stages import build_components as stage
 
 from .conftest import BASE_IMAGE, bcrypt_htpasswd, make_context, registry_digest, write_component
+from .local_registry import LocalRegistry, free_port, registry_binary
 
 pytestmark = pytest.mark.skipif(registry_binary() is None,
                                 reason="docker-registry is not installed (run .ci/setup.d/containers.sh)")

@@ -1,4 +1,4 @@
-"""A throwaway OCI registry and base image on one machine, for tests, benchmarks and demos.
+"""A throwaway OCI registry and base image on one machine, for the image tests and bench/bench_build.py.
 
 :class:`LocalRegistry` runs the distribution registry (Debian's ``docker-registry``, upstream's
 ``registry``) on 127.0.0.1 at a free port with its storage and config in a directory, and stops it on
