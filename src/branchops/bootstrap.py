@@ -5,10 +5,10 @@ designated approvers, and protect it (a reviewed pull request, a review from a c
 pull-request check passing, stale approvals dismissed). Then the webhook to Jenkins, and the Jenkins
 multibranch job.
 
-Every step is idempotent (the forge's ``ensure_*``/PUT calls and the job digest), so bootstrap is
-safe to run again after changing config. Before anything changes, every precondition is checked —
-the GitHub token's permissions, the Jenkins API token, the webhook secret, the Jenkinsfile against
-config, the job definition — and all problems are reported together.
+Every step is idempotent (the ``ensure_*``/PUT calls of ``branchops.forge.github_admin`` and the job
+digest), so bootstrap is safe to run again after changing config. Before anything changes, every
+precondition is checked — the GitHub token's permissions, the Jenkins API token, the webhook secret,
+the Jenkinsfile against config, the job definition — and all problems are reported together.
 
 Why pushes are not restricted for administrators: stages write their records back to their own
 branch as the bot (docs/architecture.md §4). GitHub's classic branch protection lets nobody but administrators
@@ -41,8 +41,8 @@ ActionKind = Literal["ensure-branch", "write-codeowners", "protect-branch", "ens
                      "sync-jenkins-job"]
 
 
-class BootstrapForge(Protocol):
-    """What bootstrap needs from the forge (``branchops.forge.github.GitHubForge`` provides it).
+class RepositoryAdmin(Protocol):
+    """What bootstrap needs to set up the repository (``branchops.forge.github_admin.GitHubAdmin`` provides it).
 
     ``ensure_file(branch, path, content, message) -> bool`` (True: committed, False: already so) is
     optional: without it, the CODEOWNERS content is reported for a manual commit.
@@ -185,7 +185,7 @@ def plan_bootstrap(config: BranchopsConfig) -> list[Action]:
 
 # -- doing it -----------------------------------------------------------------------------------------
 
-def _preflight(config: BranchopsConfig, forge: BootstrapForge, jenkins: JenkinsClient,
+def _preflight(config: BranchopsConfig, admin: RepositoryAdmin, jenkins: JenkinsClient,
                repo_root: str | Path) -> tuple[list[str], str | None]:
     """Every reason bootstrap would fail, found without changing anything; and the rendered job."""
     problems: list[str] = []
@@ -197,7 +197,7 @@ def _preflight(config: BranchopsConfig, forge: BootstrapForge, jenkins: JenkinsC
     elif not settings.webhook_secret.resolve():
         problems.append(f"ci.jenkins.webhook_secret: no value ({settings.webhook_secret.describe()})")
     try:
-        missing = forge.check_token_permissions()
+        missing = admin.check_token_permissions()
         problems += [f"GitHub token lacks {m}" for m in missing]
     except BranchopsError as exc:
         problems.append(f"GitHub: {exc}")
@@ -224,7 +224,7 @@ def _outcome_of(result: Any, created: str = "created", existing: str = "unchange
     return "done"
 
 
-def bootstrap(config: BranchopsConfig, dry_run: bool = False, *, forge: BootstrapForge | None = None,
+def bootstrap(config: BranchopsConfig, dry_run: bool = False, *, admin: RepositoryAdmin | None = None,
               jenkins: JenkinsClient | None = None, repo_root: str | Path = ".") -> BootstrapReport:
     """Run (or, with ``dry_run``, only check and list) the plan of :func:`plan_bootstrap`.
 
@@ -235,10 +235,10 @@ def bootstrap(config: BranchopsConfig, dry_run: bool = False, *, forge: Bootstra
     github = config.forge.github
     assert github is not None and config.ci.jenkins is not None
     report = BootstrapReport(dry_run=dry_run, repository=github.repository)
-    if forge is None:
-        from branchops.forge.github import GitHubForge
+    if admin is None:
+        from branchops.forge.github_admin import GitHubAdmin
         try:
-            forge = GitHubForge(github)
+            admin = GitHubAdmin(github)
         except ConfigError as exc:
             if not dry_run:
                 raise
@@ -246,13 +246,13 @@ def bootstrap(config: BranchopsConfig, dry_run: bool = False, *, forge: Bootstra
     jenkins = jenkins or make_client(config)
 
     job_xml = None
-    if forge is not None:
-        problems, job_xml = _preflight(config, forge, jenkins, repo_root)
+    if admin is not None:
+        problems, job_xml = _preflight(config, admin, jenkins, repo_root)
         report.problems += problems
     if report.problems and not dry_run:
         raise ExternalError("bootstrap changed nothing; fix these first:\n  " + "\n  ".join(report.problems))
 
-    if forge is not None and not hasattr(forge, "ensure_file"):
+    if admin is not None and not hasattr(admin, "ensure_file"):
         report.warnings.append(f"this forge cannot write files: commit each branch's {CODEOWNERS_PATH} shown "
                                "by `branchops bootstrap --dry-run --json` yourself, before protecting it")
     report.warnings.append("the bot's GitHub account (the Jenkins github credential) must be a repository "
@@ -268,9 +268,9 @@ def bootstrap(config: BranchopsConfig, dry_run: bool = False, *, forge: Bootstra
                     detail = f"could not read the current job: {exc}"
             report.outcomes.append(ActionOutcome(action, outcome, detail))
             continue
-        assert forge is not None and job_xml is not None
+        assert admin is not None and job_xml is not None
         try:
-            report.outcomes.append(_execute(action, config, forge, jenkins, job_xml))
+            report.outcomes.append(_execute(action, config, admin, jenkins, job_xml))
         except BranchopsError as exc:
             done = "; ".join(f"{o.action.summary} [{o.outcome}]" for o in report.outcomes) or "nothing"
             raise ExternalError(f"bootstrap stopped at: {action.summary}: {exc}\n  already done (and kept, "
@@ -278,25 +278,25 @@ def bootstrap(config: BranchopsConfig, dry_run: bool = False, *, forge: Bootstra
     return report
 
 
-def _execute(action: Action, config: BranchopsConfig, forge: BootstrapForge, jenkins: JenkinsClient,
+def _execute(action: Action, config: BranchopsConfig, admin: RepositoryAdmin, jenkins: JenkinsClient,
              job_xml: str) -> ActionOutcome:
     p = action.params
     if action.kind == "ensure-branch":
-        return ActionOutcome(action, _outcome_of(forge.ensure_branch(action.target, p["from_branch"])))
+        return ActionOutcome(action, _outcome_of(admin.ensure_branch(action.target, p["from_branch"])))
     if action.kind == "write-codeowners":
-        ensure_file = getattr(forge, "ensure_file", None)
+        ensure_file = getattr(admin, "ensure_file", None)
         if ensure_file is None:
             return ActionOutcome(action, "manual", f"commit this to {CODEOWNERS_PATH}: {p['content']!r}")
         result = ensure_file(action.target, CODEOWNERS_PATH, p["content"],
                              f"Set code owners of {action.target} from config/branchops.yaml")
         return ActionOutcome(action, _outcome_of(result, "written"))
     if action.kind == "protect-branch":
-        forge.protect_branch(action.target, p["required_approvals"], p["required_status_context"],
+        admin.protect_branch(action.target, p["required_approvals"], p["required_status_context"],
                              p["restrict_pushes"], require_code_owner_reviews=p["require_code_owner_reviews"])
         return ActionOutcome(action, "done")
     if action.kind == "ensure-webhook":
         assert config.ci.jenkins is not None and config.ci.jenkins.webhook_secret is not None
-        result = forge.ensure_webhook(action.target, config.ci.jenkins.webhook_secret, p["events"])
+        result = admin.ensure_webhook(action.target, config.ci.jenkins.webhook_secret, p["events"])
         return ActionOutcome(action, _outcome_of(result))
     if action.kind == "sync-jenkins-job":
         result = jenkins.sync(job_xml)

@@ -1,4 +1,5 @@
-"""Fixtures for the GitHub forge: a stateful fake GitHub (logic tests) and Prism (contract tests)."""
+"""Fixtures for the GitHub forge and its repository administration: a stateful fake GitHub (logic
+tests) and Prism (contract tests)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def make_forge(fake_github: FakeGitHub) -> Callable[..., Any]:
 
     def make(per_page: int = 100, **overrides: Any) -> GitHubForge:
         return GitHubForge(github_settings(fake_github.url, **overrides), per_page=per_page,
+                           seconds_between_requests=0, seconds_between_writes=0, backoff_factor=0)
+
+    return make
+
+
+@pytest.fixture
+def make_admin(fake_github: FakeGitHub) -> Callable[..., Any]:
+    """A GitHubAdmin on the fake, without PyGithub's write throttle and with instant retries."""
+    from branchops.forge.github_admin import GitHubAdmin
+
+    def make(**overrides: Any) -> GitHubAdmin:
+        return GitHubAdmin(github_settings(fake_github.url, **overrides),
                            seconds_between_requests=0, seconds_between_writes=0, backoff_factor=0)
 
     return make

@@ -56,7 +56,7 @@ PRISM_BIN = PRISM_HOME / "node_modules" / ".bin" / "prism"
 GITHUB_SPEC = PRISM_HOME / "node_modules" / "@octokit" / "openapi" / "generated" / "api.github.com.json"
 SPEC_SERVER = "https://api.github.com"
 
-# Every GitHub REST operation branchops.forge.github calls: path template -> methods.
+# Every GitHub REST operation branchops.forge.github and .github_admin call: path template -> methods.
 GITHUB_OPERATIONS: dict[str, tuple[str, ...]] = {
     "/repos/{owner}/{repo}": ("get",),
     "/repos/{owner}/{repo}/pulls": ("get", "post"),

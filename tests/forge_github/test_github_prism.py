@@ -1,9 +1,11 @@
-"""Every GitHub call of GitHubForge, sent to Prism serving GitHub's official REST description.
+"""Every GitHub call of GitHubForge and GitHubAdmin, sent to Prism serving GitHub's official REST
+description.
 
 Prism rejects any request that does not match the description (path, method, parameters, body) and
 answers valid ones with the description's examples. So these tests show that (1) each request we send
 is one GitHub documents, and (2) we parse the documented response shapes. They say nothing about
-GitHub's behaviour over several calls: that is the fake's job (test_github_forge.py).
+GitHub's behaviour over several calls: that is for the tests against the fake (test_github_forge.py,
+test_github_admin.py).
 """
 
 from __future__ import annotations
@@ -34,14 +36,31 @@ EXAMPLE_BRANCH_TIP = "7fd1a60b01f91b314f59955a4e4d4e80d8edf11d"
 
 
 @pytest.fixture
-def forge(prism_github: PrismGitHub, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from branchops.forge.github import GitHubForge
-
+def on_prism(prism_github: PrismGitHub, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[type], Any]]:
+    """Makes a GitHub client (GitHubForge, GitHubAdmin) that talks to Prism."""
     monkeypatch.setenv(TOKEN_ENV, "test-prism-token-0000")
     prism_github.prefer.clear()
-    yield GitHubForge(github_settings(prism_github.url, retries=0), per_page=30,
-                      seconds_between_requests=0, seconds_between_writes=0, backoff_factor=0)
+
+    def connect(client_class: type) -> Any:
+        return client_class(github_settings(prism_github.url, retries=0), per_page=30,
+                            seconds_between_requests=0, seconds_between_writes=0, backoff_factor=0)
+
+    yield connect
     prism_github.prefer.clear()  # the session's Prism answers the next test with the default examples
+
+
+@pytest.fixture
+def forge(on_prism: Callable[[type], Any]) -> Any:
+    from branchops.forge.github import GitHubForge
+
+    return on_prism(GitHubForge)
+
+
+@pytest.fixture
+def admin(on_prism: Callable[[type], Any]) -> Any:
+    from branchops.forge.github_admin import GitHubAdmin
+
+    return on_prism(GitHubAdmin)
 
 
 @pytest.fixture
@@ -74,14 +93,12 @@ def test_get_reads_pull_request_and_reviews(forge, calls) -> None:
     assert calls() == ["GET /repos/R/pulls/1347", "GET /repos/R/pulls/1347/reviews"]
 
 
-def test_find_open_and_update_existing(forge, calls, prism_github: PrismGitHub) -> None:
-    found = forge.find_open(EXAMPLE_SOURCE, EXAMPLE_TARGET)
-    assert found is not None
-    assert (found.number, found.source, found.target) == (1347, EXAMPLE_SOURCE, EXAMPLE_TARGET)
-    assert found.approvals == [EXAMPLE_APPROVAL]
+def test_open_merge_request_finds_and_updates_the_open_one(forge, calls, prism_github: PrismGitHub) -> None:
     mark = prism_github.mark()
     mr, created = forge.open_merge_request(EXAMPLE_SOURCE, EXAMPLE_TARGET, "Deploy run 7", "**metrics**")
     assert (mr.number, created) == (1347, False)
+    assert (mr.source, mr.target) == (EXAMPLE_SOURCE, EXAMPLE_TARGET)
+    assert mr.approvals == [EXAMPLE_APPROVAL]
     lookup, patch = prism_github.since(mark)[:2]
     # GitHub's "head" filter is "user:ref-name"; a bare branch name would not filter at all.
     assert _query(lookup) == {"state": "open", "head": f"octo:{EXAMPLE_SOURCE}", "base": EXAMPLE_TARGET}
@@ -143,14 +160,14 @@ def test_comment_and_status(forge, calls, prism_github: PrismGitHub) -> None:
     assert pending == {"state": "pending", "description": "started", "context": "branchops"}
 
 
-def test_ensure_branch_exists(forge, calls) -> None:
-    assert forge.ensure_branch("training", "main") is False
+def test_ensure_branch_exists(admin, calls) -> None:
+    assert admin.ensure_branch("training", "main") is False
     assert calls() == ["GET /repos/R/branches/training"]
 
 
-def test_ensure_branch_creates(forge, calls, prism_github: PrismGitHub) -> None:
+def test_ensure_branch_creates(admin, calls, prism_github: PrismGitHub) -> None:
     prism_github.prefer[("GET", r"/repos/octo/hello/branches/training")] = "code=404"
-    assert forge.ensure_branch("training", "main") is True
+    assert admin.ensure_branch("training", "main") is True
     assert calls() == ["GET /repos/R/branches/training", "GET /repos/R/branches/main",
                        "POST /repos/R/git/refs"]
     # GitHub's "ref" is the fully qualified name; the sha is main's tip as GitHub reported it.
@@ -158,8 +175,8 @@ def test_ensure_branch_creates(forge, calls, prism_github: PrismGitHub) -> None:
 
 
 @pytest.mark.parametrize("restrict_pushes", [True, False])
-def test_protect_branch(forge, calls, prism_github: PrismGitHub, restrict_pushes: bool) -> None:
-    forge.protect_branch("training", 2, "branchops/training", restrict_pushes,
+def test_protect_branch(admin, calls, prism_github: PrismGitHub, restrict_pushes: bool) -> None:
+    admin.protect_branch("training", 2, "branchops/training", restrict_pushes,
                          require_code_owner_reviews=True, bypass_users=["branchops-bot"])
     assert calls() == ["PUT /repos/R/branches/training/protection"]
     body = prism_github.exchanges[-1].request_body
@@ -171,15 +188,15 @@ def test_protect_branch(forge, calls, prism_github: PrismGitHub, restrict_pushes
     assert (body["allow_force_pushes"], body["allow_deletions"]) == (False, False)
 
 
-def test_ensure_webhook_updates_and_creates(forge, calls, prism_github: PrismGitHub,
+def test_ensure_webhook_updates_and_creates(admin, calls, prism_github: PrismGitHub,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOOK_SECRET", "hook-secret-value")
     ref = SecretRef(env="HOOK_SECRET")
     mark = prism_github.mark()
     # The description's example hook (id 12345678) points at https://example.com/webhook.
-    hook_id, created = forge.ensure_webhook("https://example.com/webhook", ref, ["push", "pull_request"])
+    hook_id, created = admin.ensure_webhook("https://example.com/webhook", ref, ["push", "pull_request"])
     assert (hook_id, created) == (12345678, False)
-    _, created = forge.ensure_webhook("https://jenkins.example/github-webhook/", ref, ["push"])
+    _, created = admin.ensure_webhook("https://jenkins.example/github-webhook/", ref, ["push"])
     assert created
     assert calls() == ["GET /repos/R/hooks", "PATCH /repos/R/hooks/12345678",
                        "GET /repos/R/hooks", "POST /repos/R/hooks"]
@@ -193,47 +210,47 @@ def test_ensure_webhook_updates_and_creates(forge, calls, prism_github: PrismGit
     assert (post["name"], post["events"], post["active"]) == ("web", ["push"], True)
 
 
-def test_ensure_file_creates(forge, calls, prism_github: PrismGitHub) -> None:
+def test_ensure_file_creates(admin, calls, prism_github: PrismGitHub) -> None:
     prism_github.prefer[("GET", r"/repos/octo/hello/contents/\.github/CODEOWNERS")] = "code=404"
-    assert forge.ensure_file("training", ".github/CODEOWNERS", "* @lead\n", "Set code owners") is True
+    assert admin.ensure_file("training", ".github/CODEOWNERS", "* @lead\n", "Set code owners") is True
     assert calls() == ["GET /repos/R/contents/.github/CODEOWNERS", "PUT /repos/R/contents/.github/CODEOWNERS"]
     assert prism_github.exchanges[-2].path.endswith("?ref=training")
     body = prism_github.exchanges[-1].request_body
     assert body == {"message": "Set code owners", "content": "KiBAbGVhZAo=", "branch": "training"}
 
 
-def test_ensure_file_updates_with_the_blob_sha(forge, calls, prism_github: PrismGitHub) -> None:
+def test_ensure_file_updates_with_the_blob_sha(admin, calls, prism_github: PrismGitHub) -> None:
     # The description's example file (octokit.rb's README.md, sha 3d21ec53...) differs from ours.
-    assert forge.ensure_file("training", ".github/CODEOWNERS", "* @lead\n", "Set code owners") is True
+    assert admin.ensure_file("training", ".github/CODEOWNERS", "* @lead\n", "Set code owners") is True
     assert calls() == ["GET /repos/R/contents/.github/CODEOWNERS", "PUT /repos/R/contents/.github/CODEOWNERS"]
     body = prism_github.exchanges[-1].request_body
     assert body["sha"] == "3d21ec53a331a6f037a91c368710b99387d012c1" and body["branch"] == "training"
 
 
-def test_check_token_permissions(forge, calls) -> None:
+def test_check_token_permissions(admin, calls) -> None:
     # Prism answers with components/examples/full-repository-default-response and no X-OAuth-Scopes
     # header (so: not a classic token, nothing to say about scopes). That example grants the token's
     # user read access only: pushing (pull requests, statuses, comments) and administering (branch
     # protection, webhooks; bootstrap only) are missing. Token scopes are varied against the fake
-    # (test_github_forge.py), since Prism's answer has no headers to vary.
+    # (test_github_admin.py), since Prism's answer has no headers to vary.
     assert described_example("full-repository-default-response")["permissions"] == {
         "pull": True, "push": False, "admin": False}
-    missing = forge.check_token_permissions()
+    missing = admin.check_token_permissions()
     assert len(missing) == 2, missing
     assert "push (write) permission on octo/hello" in missing[0]
     assert "admin permission on octo/hello" in missing[1]
-    assert forge.check_token_permissions(admin=False) == [missing[0]]  # without bootstrap: no admin needed
-    assert calls() == ["GET /repos/R"]  # the repository is read once per forge
+    assert admin.check_token_permissions(admin=False) == [missing[0]]  # without bootstrap: no admin needed
+    assert calls() == ["GET /repos/R"]  # the repository is read once per client
 
 
 @pytest.mark.parametrize("status", [403, 404])
-def test_check_token_permissions_on_a_repository_the_token_cannot_read(forge, calls, prism_github: PrismGitHub,
+def test_check_token_permissions_on_a_repository_the_token_cannot_read(admin, calls, prism_github: PrismGitHub,
                                                                        status: int) -> None:
     # GitHub answers 404 for a private repository the token cannot see, 403 when it may not read it:
     # the check must fail loudly, naming what it was doing, not report a short list.
     prism_github.prefer[("GET", r"/repos/octo/hello")] = f"code={status}"
     with pytest.raises(ExternalError, match=rf"octo/hello: checking the token's permissions failed: HTTP {status}"):
-        forge.check_token_permissions()
+        admin.check_token_permissions()
     assert calls() == ["GET /repos/R"]
 
 
@@ -262,10 +279,10 @@ def test_prism_refuses_an_operation_that_is_not_listed(prism_github: PrismGitHub
         prism_github.assert_valid(mark)
 
 
-def test_every_listed_operation_was_exercised(forge, prism_github: PrismGitHub,
+def test_every_listed_operation_was_exercised(forge, admin, prism_github: PrismGitHub,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every GitHubForge call once: each operation in GITHUB_OPERATIONS is sent and Prism finds it valid,
-    and nothing else is sent (an unlisted operation would get Prism's 404)."""
+    """Every GitHubForge and GitHubAdmin call once: each operation in GITHUB_OPERATIONS is sent and Prism
+    finds it valid, and nothing else is sent (an unlisted operation would get Prism's 404)."""
     monkeypatch.setenv("HOOK_SECRET", "hook-secret-value")
     prism_github.prefer[("GET", r"/repos/octo/hello/branches/training")] = "code=404"
     mark = prism_github.mark()
@@ -277,13 +294,13 @@ def test_every_listed_operation_was_exercised(forge, prism_github: PrismGitHub,
     forge.merged_request_for_commit(EXAMPLE_MERGE_COMMIT)
     forge.comment(1347, "**training** finished")
     forge.set_commit_status(SHA, "success", "done", context="branchops/training")
-    forge.ensure_branch("training", "main")
-    forge.protect_branch("training", 1, "branchops/training", True)
-    forge.ensure_file("training", ".github/CODEOWNERS", "* @lead\n", "Set code owners")
+    admin.ensure_branch("training", "main")
+    admin.protect_branch("training", 1, "branchops/training", True)
+    admin.ensure_file("training", ".github/CODEOWNERS", "* @lead\n", "Set code owners")
     ref = SecretRef(env="HOOK_SECRET")
-    forge.ensure_webhook("https://example.com/webhook", ref, ["push"])  # the example hook: updated
-    forge.ensure_webhook("https://jenkins.example/github-webhook/", ref, ["push"])  # created
-    forge.check_token_permissions()
+    admin.ensure_webhook("https://example.com/webhook", ref, ["push"])  # the example hook: updated
+    admin.ensure_webhook("https://jenkins.example/github-webhook/", ref, ["push"])  # created
+    admin.check_token_permissions()
 
     made = prism_github.assert_valid(mark)
     exercised = {prism_github.operation_of(e) for e in made}

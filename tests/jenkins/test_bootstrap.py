@@ -1,4 +1,4 @@
-"""`branchops bootstrap`: the plan, the dry run, idempotency and the preflight, with a recording forge
+"""`branchops bootstrap`: the plan, the dry run, idempotency and the preflight, with a recording admin
 fake and the Jenkins REST fake (python-jenkins runs for real against it)."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ STAGE_BRANCHES = ["build-components", "kf-pipeline", "training", "deploy-model"]
 
 
 @dataclass
-class RecordingForge:
-    """Follows GitHubForge's contract: ensure_* are idempotent and say whether they created."""
+class RecordingAdmin:
+    """Follows GitHubAdmin's contract: ensure_* are idempotent and say whether they created."""
 
     branches: dict[str, str] = field(default_factory=lambda: {"main": "sha-main"})
     files: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -72,9 +72,9 @@ class RecordingForge:
         return [c for c in self.calls if c != "check_token_permissions"]
 
 
-def run(fake: FakeJenkins, forge: RecordingForge, dry_run: bool = False, **overrides):
+def run(fake: FakeJenkins, admin: RecordingAdmin, dry_run: bool = False, **overrides):
     config = production_config(fake.url, **overrides)
-    return bootstrap(config, dry_run, forge=forge, jenkins=make_client(config), repo_root=REPO_ROOT)
+    return bootstrap(config, dry_run, admin=admin, jenkins=make_client(config), repo_root=REPO_ROOT)
 
 
 def test_the_plan_lists_every_action_in_order() -> None:
@@ -117,11 +117,11 @@ def test_single_branch_mode_protects_one_branch_owned_by_every_approver() -> Non
 
 
 def test_dry_run_lists_everything_and_changes_nothing(fake_jenkins: FakeJenkins) -> None:
-    forge = RecordingForge()
-    report = run(fake_jenkins, forge, dry_run=True)
+    admin = RecordingAdmin()
+    report = run(fake_jenkins, admin, dry_run=True)
 
     assert report.problems == []
-    assert forge.mutations() == [] and fake_jenkins.posts() == []
+    assert admin.mutations() == [] and fake_jenkins.posts() == []
     outcomes = {(o.action.kind, o.action.target): o.outcome for o in report.outcomes}
     assert len(outcomes) == 14
     assert outcomes[("sync-jenkins-job", "ml/djia/branchops")] == "would create"
@@ -131,86 +131,86 @@ def test_dry_run_lists_everything_and_changes_nothing(fake_jenkins: FakeJenkins)
 
 
 def test_a_real_run_sets_everything_up_and_a_second_run_changes_nothing(fake_jenkins: FakeJenkins) -> None:
-    forge = RecordingForge()
-    first = run(fake_jenkins, forge)
+    admin = RecordingAdmin()
+    first = run(fake_jenkins, admin)
 
-    assert set(forge.branches) == {"main", *STAGE_BRANCHES}
-    assert forge.files[("deploy-model", CODEOWNERS_PATH)].endswith("* @head-of-ds\n")
-    assert forge.protections["training"] == {"approvals": 1, "context": PR_STATUS_CONTEXT,
+    assert set(admin.branches) == {"main", *STAGE_BRANCHES}
+    assert admin.files[("deploy-model", CODEOWNERS_PATH)].endswith("* @head-of-ds\n")
+    assert admin.protections["training"] == {"approvals": 1, "context": PR_STATUS_CONTEXT,
                                              "restrict_pushes": False, "code_owners": True}
     hook_url = fake_jenkins.url + "github-webhook/"
-    assert forge.hooks[hook_url] == {"events": ["push", "pull_request"], "secret": "webhook-secret-value-42"}
+    assert admin.hooks[hook_url] == {"events": ["push", "pull_request"], "secret": "webhook-secret-value-42"}
     assert fake_jenkins.item("ml/djia/branchops") is not None
     assert {o.outcome for o in first.outcomes if o.action.kind == "ensure-branch"} == {"created"}
     assert {o.outcome for o in first.outcomes if o.action.kind == "write-codeowners"} == {"written"}
     assert next(o.outcome for o in first.outcomes if o.action.kind == "sync-jenkins-job") == "created"
-    state = (dict(forge.branches), dict(forge.files), dict(forge.protections), dict(forge.hooks))
+    state = (dict(admin.branches), dict(admin.files), dict(admin.protections), dict(admin.hooks))
     job_xml = fake_jenkins.item("ml/djia/branchops").config_xml
 
-    second = run(fake_jenkins, forge)
+    second = run(fake_jenkins, admin)
 
-    assert (forge.branches, forge.files, forge.protections, forge.hooks) == state
+    assert (admin.branches, admin.files, admin.protections, admin.hooks) == state
     assert fake_jenkins.item("ml/djia/branchops").config_xml == job_xml
     outcomes = {(o.action.kind, o.action.target): o.outcome for o in second.outcomes}
     assert {outcomes[("ensure-branch", b)] for b in STAGE_BRANCHES} == {"unchanged"}
     assert {outcomes[("write-codeowners", b)] for b in STAGE_BRANCHES} == {"unchanged"}
     assert outcomes[("ensure-webhook", hook_url)] == "updated"
     assert outcomes[("sync-jenkins-job", "ml/djia/branchops")] == "unchanged"
-    assert len(forge.hooks) == 1
+    assert len(admin.hooks) == 1
 
 
 def test_missing_permissions_are_reported_before_anything_changes(fake_jenkins: FakeJenkins,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    forge = RecordingForge(missing=["admin permission on acme/djia-mlops (branch protection, webhooks)"])
+    admin = RecordingAdmin(missing=["admin permission on acme/djia-mlops (branch protection, webhooks)"])
     monkeypatch.delenv(WEBHOOK_SECRET_ENV)
     monkeypatch.setenv("BRANCHOPS_TEST_JENKINS_TOKEN", "wrong")
     with pytest.raises(ExternalError) as err:
-        run(fake_jenkins, forge)
+        run(fake_jenkins, admin)
     message = str(err.value)
     assert message.startswith("bootstrap changed nothing")
     assert "GitHub token lacks admin permission on acme/djia-mlops" in message
     assert f"ci.jenkins.webhook_secret: no value (env {WEBHOOK_SECRET_ENV}: not set)" in message
     assert "401" in message
-    assert forge.mutations() == [] and fake_jenkins.posts() == []
+    assert admin.mutations() == [] and fake_jenkins.posts() == []
 
-    report = run(fake_jenkins, forge, dry_run=True)  # a dry run shows the same problems with the plan
+    report = run(fake_jenkins, admin, dry_run=True)  # a dry run shows the same problems with the plan
     assert len(report.problems) == 3 and len(report.outcomes) == 14
 
 
 def test_a_drifted_jenkinsfile_stops_bootstrap_before_any_change(fake_jenkins: FakeJenkins) -> None:
-    forge = RecordingForge()
+    admin = RecordingAdmin()
     with pytest.raises(ExternalError, match="Jenkinsfile: credentials: ci.jenkins.credentials.kubeflow"):
-        run(fake_jenkins, forge, ci={"jenkins": {"credentials": {
+        run(fake_jenkins, admin, ci={"jenkins": {"credentials": {
             "github": "github-token", "kaggle": "kaggle-api", "registry": "registry-push",
             "kubeconfig": "kubeconfig", "kubeflow": "kfp"}}})
-    assert forge.mutations() == []
+    assert admin.mutations() == []
 
 
 def test_a_failure_midway_says_what_was_done_and_a_rerun_completes(fake_jenkins: FakeJenkins) -> None:
-    forge = RecordingForge(fail_on="training")
+    admin = RecordingAdmin(fail_on="training")
     with pytest.raises(ExternalError) as err:
-        run(fake_jenkins, forge)
+        run(fake_jenkins, admin)
     message = str(err.value)
     assert "bootstrap stopped at: protect training" in message
     assert "protect kf-pipeline" in message and "[done]" in message
-    assert "training" in forge.branches and "training" not in forge.protections
+    assert "training" in admin.branches and "training" not in admin.protections
     assert fake_jenkins.item("ml/djia/branchops") is None
 
-    forge.fail_on = None
-    run(fake_jenkins, forge)
-    assert set(forge.protections) == set(STAGE_BRANCHES)
+    admin.fail_on = None
+    run(fake_jenkins, admin)
+    assert set(admin.protections) == set(STAGE_BRANCHES)
 
 
 def test_without_a_file_writer_codeowners_is_a_manual_step(fake_jenkins: FakeJenkins) -> None:
-    class NoFiles(RecordingForge):
+    class NoFiles(RecordingAdmin):
         def protect_branch(self, branch, *args, **kwargs):  # CODEOWNERS is committed by hand here
             self.files[(branch, CODEOWNERS_PATH)] = "by hand"
             return super().protect_branch(branch, *args, **kwargs)
 
-    forge = NoFiles()
+    admin = NoFiles()
     NoFiles.ensure_file = property(lambda self: (_ for _ in ()).throw(AttributeError("ensure_file")))
     try:
-        report = run(fake_jenkins, forge)
+        report = run(fake_jenkins, admin)
     finally:
         del NoFiles.ensure_file
     manual = [o for o in report.outcomes if o.action.kind == "write-codeowners"]

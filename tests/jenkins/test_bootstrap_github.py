@@ -1,8 +1,8 @@
-"""bootstrap through the real GitHubForge (PyGithub) and python-jenkins, each against its REST fake.
+"""bootstrap through the real GitHubAdmin (PyGithub) and python-jenkins, each against its REST fake.
 
 Both are fakes at the HTTP boundary (tests/forge_github/fake_github.py, tests/jenkins/fake_jenkins.py):
 this checks that bootstrap drives the real clients with the right calls, twice, without duplicates.
-The forge's requests themselves are checked against GitHub's OpenAPI description with Prism in
+The admin's requests themselves are checked against GitHub's OpenAPI description with Prism in
 tests/forge_github.
 """
 
@@ -30,13 +30,13 @@ def fake_github(monkeypatch: pytest.MonkeyPatch):
 
 
 def run(fake_github, fake_jenkins: FakeJenkins, dry_run: bool = False, **overrides):
-    from branchops.forge.github import GitHubForge
+    from branchops.forge.github_admin import GitHubAdmin
 
     config = production_config(fake_jenkins.url, forge={"github": {
         "base_url": fake_github.url, "timeout_s": 5, "retries": 0}}, **overrides)
-    forge = GitHubForge(config.forge.github, seconds_between_requests=0, seconds_between_writes=0,
+    admin = GitHubAdmin(config.forge.github, seconds_between_requests=0, seconds_between_writes=0,
                         backoff_factor=0)
-    return bootstrap(config, dry_run, forge=forge, jenkins=make_client(config), repo_root=REPO_ROOT)
+    return bootstrap(config, dry_run, admin=admin, jenkins=make_client(config), repo_root=REPO_ROOT)
 
 
 def test_bootstrap_with_the_real_clients_is_idempotent(fake_github, fake_jenkins: FakeJenkins) -> None:

@@ -1,5 +1,7 @@
-"""The forge port: merge requests, approvals, comments and commit statuses.
+"""The forge port: what stages and the approval gate need from a code forge.
 
+That is merge requests with their approvals, comments and commit statuses, and nothing else: setting a
+repository up (branches, protection, webhooks) is bootstrap's business (``branchops.forge.github_admin``).
 Backends: ``local`` (merge requests stored beside the repository) and ``github`` (PyGithub).
 The stage runner's approval gate only reads :class:`MergeRequest` objects, so it is the same for both.
 """
@@ -44,7 +46,7 @@ class MergeRequest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MergeRequest":
+    def from_dict(cls, data: dict) -> MergeRequest:
         data = dict(data)
         data["approvals"] = [Approval(**a) for a in data.get("approvals", [])]
         return cls(**data)
@@ -68,9 +70,6 @@ class Forge(abc.ABC):
 
     @abc.abstractmethod
     def list(self, state: MergeRequestState | None = None, target: str | None = None) -> list[MergeRequest]: ...
-
-    @abc.abstractmethod
-    def find_open(self, source: str, target: str) -> MergeRequest | None: ...
 
     @abc.abstractmethod
     def merged_request_for_commit(self, sha: str) -> MergeRequest | None:

@@ -11,10 +11,10 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import git
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def local_identity(user: str) -> gitops.Identity:
@@ -107,9 +107,6 @@ class LocalForge(Forge):
         return [self._refresh_head(mr) for mr in self._load_all()
                 if (state is None or mr.state == state) and (target is None or mr.target == target)]
 
-    def find_open(self, source: str, target: str) -> MergeRequest | None:
-        return next((mr for mr in self.list("open") if mr.source == source and mr.target == target), None)
-
     def merged_request_for_commit(self, sha: str) -> MergeRequest | None:
         return next((mr for mr in self._load_all() if mr.state == "merged" and mr.merge_commit == sha), None)
 
@@ -130,10 +127,6 @@ class LocalForge(Forge):
         statuses = json.loads(path.read_text()) if path.exists() else {}
         statuses[context] = {"state": state, "description": description, "target_url": target_url, "at": _now()}
         path.write_text(json.dumps(statuses, indent=2))
-
-    def commit_statuses(self, sha: str) -> dict:
-        path = self.statuses / f"{sha}.json"
-        return json.loads(path.read_text()) if path.exists() else {}
 
     # -- local-only actions (on GitHub these happen in its UI) --------------------------------------
     def approve(self, number: int, user: str) -> MergeRequest:
