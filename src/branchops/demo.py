@@ -156,18 +156,20 @@ class Demo:
 
         echo("3. the gate: an unapproved merge request into build-components")
         repo = git.Repo(self.workdir)
-        before = repo.commit("build-components").hexsha
-        repo.git.branch("ds1-unreviewed", "ds1")
+        repo.git.branch("ds1-unreviewed", "build-components")  # only the unreviewed commit rides on it
         self.commit_as(DATA_SCIENTIST, "ds1-unreviewed", {"components/UNREVIEWED.md": "an unreviewed change\n"},
                        "An unreviewed change")
         number, reports = self.merge_request("ds1-unreviewed", "build-components", "Unreviewed change",
                                              "Merged without approval.", None, DATA_SCIENTIST)
         self.record("build-components on an unapproved merge", reports, expected="refused")
-        # The team takes the unreviewed merge out again; nothing had run on it.
-        gitops.compare_and_swap(repo, "build-components", before, repo.commit("build-components").hexsha)
+        # The team lead reverts the unreviewed merge on the branch: until then every later run of
+        # build-components would refuse too, naming it.
+        repo.git.checkout("--quiet", "build-components")
+        repo.git.revert("--no-edit", "-m", "1", repo.commit("build-components").hexsha,
+                        env=gitops.Identity(LEAD, f"{LEAD}@users.local").env())
         repo.git.checkout("--quiet", "ds1")
         repo.git.branch("-D", "ds1-unreviewed")
-        echo(f"   nothing ran; the unreviewed merge !{number} was taken out of build-components again")
+        echo(f"   nothing ran; the team lead reverted the unreviewed merge !{number} on build-components")
 
         echo("4. build-components: merge request from ds1, approved by the team lead")
         _, reports = self.merge_request("ds1", "build-components", self.title("build-components"),

@@ -110,7 +110,8 @@ def _drop_reverted_pairs(repo: git.Repo, refused: dict[str, tuple[git.Commit, st
         if not target or target == sha or sha not in refused or len(revert.parents) != 1:
             continue
         original = refused[target][0]
-        if len(original.parents) == 1 and _diff(repo, original.parents[0].hexsha, original.hexsha) == \
+        # against the first parent: a merge is reverted with `git revert -m 1`
+        if original.parents and _diff(repo, original.parents[0].hexsha, original.hexsha) == \
                 _diff(repo, revert.hexsha, revert.parents[0].hexsha):
             del refused[sha], refused[target]
 

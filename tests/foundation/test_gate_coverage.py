@@ -81,3 +81,16 @@ def test_runs_after_a_gated_run_look_only_at_what_came_since(project, stage_call
     assert result.exit_code == 0 and len(stage_calls()) == 2
     latest = max(records(project), key=lambda r: r["started_at"])
     assert len(latest["included_merge_requests"]) == 1
+
+
+def test_an_unapproved_merge_reverted_on_the_branch_no_longer_blocks(project, stage_calls):
+    project.commit("ds1", "src/model.py", "VERSION = 2\n")
+    unapproved = project.open_mr("build-components", title="unreviewed")
+    project.run("mr", "merge", str(unapproved), "--as", "ds1", "--no-run")
+    git(project.path, "checkout", "-q", "build-components")
+    git(project.path, "revert", "--no-edit", "-m", "1", "build-components", user="lead")
+
+    # (git would not merge the reverted change again: the next merge request brings another file)
+    _, result = approved_merge(project, path="src/other.py", content="X = 1\n")
+
+    assert "build-components on build-components: succeeded" in result.output, result.output
