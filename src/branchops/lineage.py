@@ -9,7 +9,7 @@ metrics, and every deployment of that version.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import git
 
@@ -31,7 +31,7 @@ def find_training_run(repo: git.Repo, tip: str | None, key: str) -> records.Stor
     history = records.stage_history(repo, tip, "training")
     if key.isdigit():
         for rec in history.newest_first():
-            if str(rec.training_outputs.model_version) == key:
+            if str(rec.read_as(records.TrainingVersionView).model_version) == key:
                 return rec
         raise BranchopsError(f"no training run produced model version {key}")
     matches = [run_id for run_id in history.run_ids if run_id == key or run_id.startswith(key)]
@@ -41,6 +41,13 @@ def find_training_run(repo: git.Repo, tip: str | None, key: str) -> records.Stor
         raise BranchopsError(f"{'more than one' if len(matches) > 1 else 'no'} training run matches '{key}' "
                              f"(latest runs: {known})")
     return found[0]
+
+
+def _newest(repo: git.Repo, tip: str | None, stage: str, until: str,
+            matches: Callable[[records.StoredRecord], bool]) -> records.StoredRecord | None:
+    """The newest record of ``stage`` that started no later than the run id ``until`` and ``matches``."""
+    history = records.stage_history(repo, tip, stage)
+    return next((r for r in history.newest_first(until=until) if matches(r)), None)
 
 
 def _approval(rec: records.StoredRecord | None) -> dict[str, Any] | None:
@@ -62,18 +69,21 @@ def lineage(repo_path: str, key: str) -> dict[str, Any]:
     trace = outputs.lineage or records.TrainingLineage()
     spec_hash = trace.pipeline.spec_hash if trace.pipeline else None
 
-    # the newest upload of this run's pipeline spec, and the newest build that pushed one of its images
-    upload = next((r for r in records.stage_history(repo, tips["kf-pipeline"], "kf-pipeline").newest_first()
-                   if r.pipeline_outputs.spec_hash == spec_hash), None) if spec_hash else None
+    # The upload of this run's pipeline spec and the build that pushed one of its images: the newest before
+    # the run started (it needed both), so a later rerun of either stage on the same sources is not taken
+    # for them, and an old run's search does not wade through everything since.
+    upload = _newest(repo, tips["kf-pipeline"], "kf-pipeline", run.run_id,
+                     lambda r: r.read_as(records.PipelineSpecView).outputs.spec_hash == spec_hash) if spec_hash else None
     images = trace.images
     digests = {ref.rsplit("@", 1)[-1] for ref in images.values()} if isinstance(images, dict) else set()
-    build = next((r for r in records.stage_history(repo, tips["build-components"], "build-components").newest_first()
-                  if digests & r.build_outputs.built_digests()), None) if digests else None
+    build = _newest(repo, tips["build-components"], "build-components", run.run_id,
+                    lambda r: bool(digests & r.read_as(records.BuildDigestsView).built_digests())) if digests else None
 
+    # every deploy-model run whose release was this version (a rollback to it too)
     version = outputs.model_version
     deploys = records.stage_history(repo, tips["deploy-model"], "deploy-model").all() if version is not None else []
     deployments = [_approval(d) | {"outcome": d.outcome, "summary": d.record.summary}
-                   for d in deploys if d.deploy_outputs.release_version == version]
+                   for d in deploys if d.read_as(records.DeployVersionView).release_version == version]
     metrics = (best.metrics if best else None) or {}
     return {
         "model": {"name": config.serving.model_name, **(best.model.to_dict() if best and best.model else {})},

@@ -47,3 +47,18 @@ def test_a_training_run_is_found_by_version_or_by_a_unique_prefix(tmp_path: Path
     unknown = str(history.FIRST_VERSION - 1)
     with pytest.raises(BranchopsError, match=f"no training run produced model version {unknown}"):
         find_training_run(repo, tip, unknown)
+
+
+def test_the_upload_and_the_build_named_are_those_the_run_used(tmp_path: Path) -> None:
+    """A kf-pipeline or build-components run after the training run, on the same sources (same spec, same
+    image digests), did not upload or build what the training run used: the newest one before it did."""
+    project = make_project(tmp_path)
+    history.fill_history(project.path, 3)
+    later = history.run_id(5)
+    history.add_records(project.path, "kf-pipeline", "kf-pipeline",
+                        [history.pipeline_upload(1) | {"run_id": later}])
+    history.add_records(project.path, "build-components", "build-components", [history.build(1) | {"run_id": later}])
+
+    chain = json.loads(project.run("lineage", str(history.FIRST_VERSION + 1), "--json").output)
+    assert chain["pipeline"]["uploaded_by"]["run_id"] == history.run_id(1)
+    assert chain["images"]["built_by"]["run_id"] == history.run_id(1)
