@@ -4,13 +4,19 @@ Run as ``python -m branchops.serving.server --model-name NAME --base-path DIR ..
 backend starts it detached). HTTP is Flask served by waitress (multi-threaded); this module only
 maps TF Serving's URL scheme and JSON formats onto loaded SavedModels.
 
+Slow and broken clients: waitress reads each request whole before a worker thread sees it, so a client
+that never finishes its request holds a connection, not a thread. Connections are bounded
+(:data:`CONNECTION_LIMIT`, far above what a few hundred hanging clients take) and dropped after
+:data:`CHANNEL_TIMEOUT_S` without a byte, so they neither starve normal requests nor pile up.
+
 Public REST surface (the same as TensorFlow Serving's, https://www.tensorflow.org/tfx/serving/api_rest):
 
 * ``GET  /v1/models/NAME[/versions/N|/labels/L]``            model status
 * ``GET  /v1/models/NAME[/versions/N|/labels/L]/metadata``   signature metadata
 * ``POST /v1/models/NAME[/versions/N|/labels/L]:predict``    row (``instances``) or columnar (``inputs``)
 * ``GET  /monitoring/prometheus/metrics``                    requests, errors, latency per version
-* errors as ``{"error": "..."}``; a request the server cannot use gets a 4xx, never a crash.
+* errors as ``{"error": "..."}``, those waitress answers itself (413, 400, 431, 501) included; a request
+  the server cannot use gets a 4xx, never a crash.
 
 Admin surface (answered to loopback clients only; the local backend drives rollouts with it):
 ``GET /branchops/admin/health``, ``POST /branchops/admin/versions/N:load``,
@@ -43,6 +49,13 @@ from typing import Any
 log = logging.getLogger("branchops.serving.server")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# waitress' connection handling (its "adjustments"). The default limit of 100 connections let about a
+# hundred half-open connections stop the server accepting for minutes (the default channel timeout is
+# 120 s, checked every 30 s).
+CONNECTION_LIMIT = 1000
+CHANNEL_TIMEOUT_S = 15  # without a byte either way; a finished request being computed is not idle
+CLEANUP_INTERVAL_S = 5  # how often idle connections are looked for
+FILES_BESIDES_CONNECTIONS = 256  # SavedModel files, log, listener, TensorFlow's own
 MAX_NESTING = 32
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -734,6 +747,51 @@ def create_app(server: ModelServer) -> Any:
     return app
 
 
+def _json_error_channel(max_body_bytes: int) -> type:
+    """waitress' connection class, answering the errors waitress raises itself (413 body too large, 400
+    bad request syntax, 431 headers too large, 501 unknown transfer coding) as TF Serving's JSON errors
+    instead of waitress' plain text."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+    from waitress.utilities import RequestEntityTooLarge
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self) -> None:
+            error = self.request.error
+            message = (f"the request body is larger than {max_body_bytes} bytes"
+                       if isinstance(error, RequestEntityTooLarge) else f"{error.reason}: {error.body}")
+            body = json.dumps({"error": message}).encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JsonErrorChannel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    return JsonErrorChannel
+
+
+def _connection_limit() -> int:
+    """:data:`CONNECTION_LIMIT`, or fewer if this process may not open that many files; raises the soft
+    limit on open files towards the hard one first (each connection is a file descriptor)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = CONNECTION_LIMIT + FILES_BESIDES_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open files limit from %s to %s: %s", soft, raised, exc)
+    if soft == resource.RLIM_INFINITY:
+        return CONNECTION_LIMIT
+    return max(16, min(CONNECTION_LIMIT, soft - FILES_BESIDES_CONNECTIONS))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m branchops.serving.server", description=__doc__.split("\n")[0])
     parser.add_argument("--model-name", required=True)
@@ -741,24 +799,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8501, help="0 picks a free port (written to --ready-file)")
     parser.add_argument("--state-file", type=Path, help="routing state kept across restarts")
-    parser.add_argument("--ready-file", type=Path, help="written with pid and port once the port is bound")
+    parser.add_argument("--ready-file", type=Path, help="written with pid, start time and port once the port is bound")
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from waitress import create_server
+    from waitress.server import BaseWSGIServer
+
+    from branchops.processes import ProcessId
 
     model_server = ModelServer(args.model_name, args.base_path, args.state_file)
     app = create_app(model_server)
-    http = create_server(app, host=args.host, port=args.port, threads=args.threads,
-                         max_request_body_size=MAX_BODY_BYTES, ident="branchops-serving")
+    sockets: dict[int, Any] = {}
+    # waitress refuses a body of max_request_body_size bytes or more, Flask one over MAX_CONTENT_LENGTH:
+    # both let a body of exactly MAX_BODY_BYTES through.
+    http = create_server(app, map=sockets, host=args.host, port=args.port, threads=args.threads,
+                         max_request_body_size=MAX_BODY_BYTES + 1, connection_limit=_connection_limit(),
+                         channel_timeout=CHANNEL_TIMEOUT_S, cleanup_interval=CLEANUP_INTERVAL_S,
+                         asyncore_use_poll=True,  # select() cannot watch a descriptor numbered 1024 or more
+                         ident="branchops-serving")
+    error_channel = _json_error_channel(MAX_BODY_BYTES)
+    for listener in sockets.values():  # nothing is accepted before http.run()
+        if isinstance(listener, BaseWSGIServer):
+            listener.channel_class = error_channel
     port = http.effective_port  # type: ignore[union-attr]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     model_server.restore()
     if args.ready_file:
         tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "host": args.host, "port": port}))
+        tmp.write_text(json.dumps({**ProcessId.current().to_dict(), "host": args.host, "port": port}))
         tmp.replace(args.ready_file)
     log.info("serving model %s from %s on http://%s:%s", args.model_name, args.base_path, args.host, port)
     try:
