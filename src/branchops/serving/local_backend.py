@@ -4,6 +4,11 @@ State lives in ``<state_dir>/serving/``: ``server.json`` (pid, port), ``server.l
 ``routing.json`` (which versions and labels the server restores after a restart). Model versions
 live under ``<serving.local.base_path>/<model>/<version>/``, TF Serving's layout.
 
+``server.json`` names the server by process (pid and start time) and by the repository it serves (the
+real paths of the repository and its state directory). A record whose process is gone, or whose pid now
+belongs to another process, is stale and removed; a record another repository wrote (a repository copied
+with its ``.branchops``) is not this repository's server, so nothing here stops or queries that server.
+
 A rollout never touches the version that is serving: the new version is copied in (temp + rename),
 loaded in the background, checked (signature, smoke test on the export's sample), and only then
 labelled ``stable`` (rolling) or ``canary`` with stepped weights; any failed check moves the labels
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from branchops.errors import ConfigError, ExternalError
+from branchops.processes import ProcessId
 from branchops.serving.base import (
     Check,
     DeployFailed,
@@ -55,7 +61,7 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 def _pid_is_server(pid: int) -> bool:
-    """True if ``pid`` is a live branchops model server (guards against a recycled PID)."""
+    """True if ``pid`` runs a branchops model server that has not exited (a zombie has)."""
     try:
         os.kill(pid, 0)
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -63,6 +69,28 @@ def _pid_is_server(pid: int) -> bool:
     except (ProcessLookupError, PermissionError, FileNotFoundError, IndexError):
         return False
     return state != "Z" and b"branchops.serving.server" in cmdline
+
+
+def _is_running_server(process: ProcessId) -> bool:
+    """True if this very process (pid and start time) still runs a branchops model server."""
+    return process.alive() and _pid_is_server(process.pid)
+
+
+def _served_state_dir(info: dict[str, Any], pid: int) -> str | None:
+    """The real path of the state directory of the repository whose server ``pid`` is."""
+    if isinstance(info.get("state_dir"), str):
+        return info["state_dir"]
+    # A record written before records named their repository: the server's command line names its routing
+    # state file, <state_dir>/serving/routing.json (relative to the server's working directory, then).
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    if b"--state-file" not in args[:-1]:
+        return None
+    state_file = cwd / os.fsdecode(args[args.index(b"--state-file") + 1])
+    return str(state_file.resolve().parent.parent)
 
 
 class LocalServing(Serving):
@@ -80,6 +108,7 @@ class LocalServing(Serving):
         base = Path(serving.local.base_path)
         # Relative paths are relative to the repository root, the parent of the state directory.
         self.base_path = (base if base.is_absolute() else state_dir.parent / base) / self.model_name
+        self.state_dir = state_dir
         self.dir = state_dir / "serving"
         self.info_file = self.dir / "server.json"
         self.log_file = self.dir / "server.log"
@@ -89,20 +118,36 @@ class LocalServing(Serving):
 
     # -- process ----------------------------------------------------------------------------------
     def _info(self) -> dict[str, Any] | None:
+        """The server record; None without one, {} for one that cannot be read."""
         try:
-            return json.loads(self.info_file.read_text())
-        except (FileNotFoundError, ValueError):
+            info = json.loads(self.info_file.read_text())
+        except FileNotFoundError:
             return None
+        except ValueError:
+            return {}
+        return info if isinstance(info, dict) else {}
 
     def _running_info(self) -> dict[str, Any] | None:
+        """The record of this repository's running server, or None (removing a stale record)."""
         info = self._info()
-        if info and _pid_is_server(int(info.get("pid", 0))):
-            return info
-        if info:
-            log.warning("removing stale server record %s (pid %s is not a running model server)",
+        if info is None:
+            return None
+        process = ProcessId.from_dict(info)
+        if process is None or not _is_running_server(process):
+            log.warning("removing stale server record %s (pid %s is not the model server it names)",
                         self.info_file, info.get("pid"))
             self.info_file.unlink(missing_ok=True)
-        return None
+            return None
+        owner = _served_state_dir(info, process.pid)
+        if owner != str(self.state_dir.resolve()):
+            repository = info.get("repository") or (owner and str(Path(owner).parent))
+            log.warning("%s names the model server of another repository (%s, pid %s), not of this one (%s); "
+                        "leaving that server alone: this repository's server is not running (the record was "
+                        "probably copied along with the repository; remove it, or start this repository's own "
+                        "server, which replaces it)", self.info_file, repository or "unknown", process.pid,
+                        self.state_dir.resolve().parent)
+            return None
+        return info
 
     def _url(self, info: dict[str, Any]) -> str:
         host = info["host"]
@@ -132,14 +177,18 @@ class LocalServing(Serving):
         self.base_path.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         port = self.port if port is None else port
+        # Absolute paths: the server's command line says which repository it serves, whatever its cwd.
         command = [sys.executable, "-m", "branchops.serving.server", "--model-name", self.model_name,
-                   "--base-path", str(self.base_path), "--host", self.host, "--port", str(port),
-                   "--state-file", str(self.routing_file), "--ready-file", str(self.ready_file)]
+                   "--base-path", str(self.base_path.resolve()), "--host", self.host, "--port", str(port),
+                   "--state-file", str(self.routing_file.resolve()), "--ready-file", str(self.ready_file.resolve())]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         with open(self.log_file, "ab") as log_handle:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_handle,
                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
         _CHILDREN[process.pid] = process
+        # Read before anything can reap the child, so the pid cannot have passed to another process yet.
+        identity = ProcessId.of(process.pid)
+        state_dir = self.state_dir.resolve()
         deadline = time.monotonic() + self.start_timeout_s
         info: dict[str, Any] | None = None
         while time.monotonic() < deadline:
@@ -148,10 +197,11 @@ class LocalServing(Serving):
                                     f"last lines of {self.log_file}:\n{self._log_tail()}")
             if info is None and self.ready_file.exists():
                 ready = json.loads(self.ready_file.read_text())
-                if ready.get("pid") == process.pid:
-                    info = {"pid": process.pid, "host": self.host, "port": ready["port"],
-                            "model": self.model_name, "base_path": str(self.base_path),
-                            "log": str(self.log_file), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                if ProcessId.from_dict(ready) == identity:
+                    info = {**identity.to_dict(), "repository": str(state_dir.parent), "state_dir": str(state_dir),
+                            "host": self.host, "port": ready["port"], "model": self.model_name,
+                            "base_path": str(self.base_path), "log": str(self.log_file),
+                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
                     tmp = self.info_file.with_name("server.json.tmp")
                     tmp.write_text(json.dumps(info, indent=2))
                     tmp.replace(self.info_file)
@@ -163,33 +213,39 @@ class LocalServing(Serving):
                 except ExternalError:
                     pass
             time.sleep(0.2)
-        self._terminate(process.pid)
+        self._terminate(identity)
         raise ExternalError(f"the model server did not become healthy within {self.start_timeout_s:.0f}s; "
                             f"last lines of {self.log_file}:\n{self._log_tail()}")
 
     def stop(self) -> bool:
-        """Stop the server; False if none was running."""
+        """Stop this repository's server; False if it was not running (another repository's is left alone)."""
         info = self._running_info()
         if info is None:
-            self.info_file.unlink(missing_ok=True)
             return False
-        self._terminate(int(info["pid"]))
+        process = ProcessId.from_dict(info)
+        assert process is not None  # _running_info() checked it
+        self._terminate(process)
         self.info_file.unlink(missing_ok=True)
         return True
 
-    def _terminate(self, pid: int) -> None:
+    def _terminate(self, process: ProcessId) -> None:
+        pid = process.pid
+        child = _CHILDREN.pop(pid, None)
+        if child is None and not _is_running_server(process):
+            return
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        child = _CHILDREN.pop(pid, None)
         while time.monotonic() < deadline:
             if child is not None and child.poll() is not None:
                 return
-            if child is None and not _pid_is_server(pid):
+            if child is None and not _is_running_server(process):
                 return
             time.sleep(0.1)
+        if child is None and not process.alive():
+            return
         log.warning("model server pid %s ignored SIGTERM for %.0fs; killing it", pid, STOP_TIMEOUT_S)
         os.kill(pid, signal.SIGKILL)
         if child is not None:
