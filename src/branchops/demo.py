@@ -126,7 +126,9 @@ class Demo:
         self.echo(f"  {what}: {outcome}" + (f" in {report.duration_s:.1f}s" if report.duration_s else "")
                   + f" — {report.message}")
         if report.status != expected:
-            raise StageFailed(f"demo step '{what}' ended {report.status}: {report.message}")
+            failure = StageFailed(f"demo step '{what}' ended {report.status}: {report.message}")
+            failure.exit_code = report.exit_code or failure.exit_code  # bad data stays 7, and so on
+            raise failure
         return report
 
     # -- the story -----------------------------------------------------------------------------------

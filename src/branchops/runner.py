@@ -269,7 +269,8 @@ def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str]
                                                        "it again", error=str(stop))
     except BranchopsError as exc:
         log.error("%s failed: %s", ctx.stage, exc)
-        result = StageResult(outcome="failed", summary=str(exc).splitlines()[0], error=str(exc))
+        result = StageResult(outcome="failed", summary=str(exc).splitlines()[0], error=str(exc),
+                             exit_code=exc.exit_code)
     except Exception as exc:  # an unexpected failure must still leave a failed record and a notification
         log.error("%s failed unexpectedly:\n%s", ctx.stage, traceback.format_exc())
         result = StageResult(outcome="failed", summary=f"{type(exc).__name__}: {exc}", error=traceback.format_exc())
@@ -277,6 +278,8 @@ def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str]
     report = write_record(repo, ctx, status, result, started, time.monotonic() - t0, log_path)
     if interrupted:
         report.code = interrupted.exit_code
+    elif status == "failed" and result.exit_code:
+        report.code = result.exit_code  # bad data 7, an external system 6, ... rather than a bare 1
     return report
 
 

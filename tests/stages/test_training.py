@@ -84,7 +84,8 @@ def test_a_failed_run_writes_a_failed_record_opens_nothing_and_leaves_volumes_us
     broken = dict(SMALL, target="ZZZZ")  # a ticker that is not in the data: the features step rejects it
     set_training(project, [{"name": "broken", "params": broken}], {"thresholds": {}}, "A ticker we do not have")
     number = approved_merge(project, "training", "broken experiment")
-    result = cli("-C", str(project), "mr", "merge", str(number), "--as", "lead", expect=1)
+    # the features step refuses the data it was given (a DataError): bad input data, exit 7, not a crash
+    result = cli("-C", str(project), "mr", "merge", str(number), "--as", "lead", expect=7)
     assert "did not succeed" in result.output and "ZZZZ" in result.output
     record = training_record(project)
     assert record["outcome"] == "failed" and record["outputs"]["experiments"][0]["state"] == "FAILED"

@@ -68,3 +68,4 @@ class StageResult:
     summary: str
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    exit_code: int | None = None  # when a failure has a more telling exit code than 1 (bad data: 7)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from branchops import gitops, records
-from branchops.errors import ConfigError, StageFailed
+from branchops.errors import ConfigError, DataError, StageFailed
 from branchops.records import (BestRef, DataRef, ExperimentEntry, KpiVerdict, ModelRef, OpenedMergeRequest,
                                PipelineRef, ProductionRef, TrainingLineage, TrainingOutputs)
 from branchops.runplan import PLOTS_DIR, compile_workspace, pipeline_params, read_metrics, run_paths
@@ -184,6 +185,64 @@ def production_release(ctx: StageContext) -> tuple[Any, dict[str, Any] | None]:
     return release, best.metrics if best else None
 
 
+def selection_value(entry: ExperimentEntry, metric: str) -> Any:
+    """What experiments are ranked on: the run's validation value of ``metric`` (metrics.json's
+    "validation" section: folds that end before the test period) when it reports one, else its value."""
+    validation = entry.metric("validation")
+    if isinstance(validation, dict) and _number(validation.get(metric)):
+        return validation[metric]
+    return entry.metric(metric)
+
+
+def select_best(entries: list[ExperimentEntry], metric: str) -> ExperimentEntry | None:
+    succeeded = [e for e in entries if e.succeeded]
+    if not succeeded:
+        return None
+    return max(succeeded, key=lambda e: selection_value(e, metric) if _number(selection_value(e, metric))
+               else float("-inf"))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def comparison_sentence(comparison: dict[str, Any]) -> str:
+    """One comparison of metrics.json in words: the advantage, its interval and what that means."""
+    low, high, difference = comparison.get("low"), comparison.get("high"), comparison.get("difference")
+    confidence = comparison.get("confidence")
+    if not all(_number(v) for v in (low, high, difference, confidence)):
+        return f"against {comparison.get('baseline')}: malformed comparison {json.dumps(comparison, default=str)}"
+    verdict = ("significantly better" if low > 0 else
+               "not significantly better (the interval includes zero)" if high > 0 else "worse")
+    return (f"against {comparison.get('baseline')} on {comparison.get('metric')}: {difference:+.4f} "
+            f"({confidence:.0%} interval {low:+.4f} to {high:+.4f}), {verdict}")
+
+
+def significance_failures(metrics: dict[str, Any], confidence: float) -> list[str]:
+    """Why a run's comparisons with its baselines do not show it is better, significantly (empty: they do)."""
+    comparisons = metrics.get("comparisons")
+    if not isinstance(comparisons, list) or not comparisons:
+        return ["the run's metrics.json reports no comparisons with baselines (\"comparisons\"), so it cannot "
+                "show it beats them significantly (training.kpis.require_significant)"]
+    failures = []
+    for comparison in comparisons:
+        if not isinstance(comparison, dict):
+            failures.append(f"malformed comparison {comparison!r}")
+            continue
+        measured = comparison.get("confidence")
+        if _number(measured) and measured < confidence:
+            failures.append(f"against {comparison.get('baseline')}: interval at {measured:.0%} confidence, "
+                            f"below the {confidence:.0%} the KPIs ask")
+        elif not (_number(comparison.get("low")) and comparison["low"] > 0):
+            failures.append(comparison_sentence(comparison))
+    ours, constant = metrics.get("log_loss"), metrics.get("log_loss_constant")
+    if not (_number(ours) and _number(constant)):
+        failures.append("the run's metrics.json lacks log_loss or log_loss_constant")
+    elif ours >= constant:
+        failures.append(f"log loss {ours:.4f} does not beat the constant predictor's {constant:.4f}")
+    return failures
+
+
 def kpi_verdict(ctx: StageContext, best: ExperimentEntry, production: dict[str, Any] | None) -> list[str]:
     """The reasons the best experiment fails the KPIs (empty when it passes)."""
     kpis, metric = ctx.config.training.kpis, ctx.config.training.select_by
@@ -192,11 +251,23 @@ def kpi_verdict(ctx: StageContext, best: ExperimentEntry, production: dict[str, 
         value = best.metric(name)
         if value is None or value < minimum:
             failures.append(f"{name} {fmt(value)} < {minimum:g} (threshold)")
+    if kpis.require_significant:
+        failures += significance_failures(best.metrics or {}, kpis.confidence)
     if production is not None and kpis.beat_production_by is not None:
-        ours, theirs = best.metric(metric), production.get(metric)
-        if theirs is not None and (ours is None or ours < theirs + kpis.beat_production_by):
-            failures.append(f"{metric} {fmt(ours)} does not beat production's {fmt(theirs)} by "
-                            f"{kpis.beat_production_by:g}")
+        theirs = production.get(metric)
+        interval = (best.metric("intervals") or {}).get(metric)
+        if _number(theirs) and isinstance(interval, dict) and _number(interval.get("low")):
+            # production's number is one measurement; ours must clear it with its whole interval
+            if interval["low"] <= theirs + kpis.beat_production_by:
+                failures.append(f"against production on {metric}: ours {fmt(best.metric(metric))} "
+                                f"({interval.get('confidence', kpis.confidence):.0%} interval {fmt(interval['low'])} to "
+                                f"{fmt(interval.get('high'))}) does not clear production's {fmt(theirs)} "
+                                f"by {kpis.beat_production_by:g}")
+        elif theirs is not None:
+            ours = best.metric(metric)
+            if ours is None or ours < theirs + kpis.beat_production_by:
+                failures.append(f"{metric} {fmt(ours)} does not beat production's {fmt(theirs)} by "
+                                f"{kpis.beat_production_by:g}")
     return failures
 
 
@@ -205,6 +276,34 @@ def fmt(value: Any) -> str:
 
 
 # -- the report and the release merge request -----------------------------------------------------------
+
+def validation_lines(entry: ExperimentEntry, names: list[str]) -> list[str]:
+    """The run's validation section (metrics.json "validation": folds before the test period) as markdown."""
+    validation = entry.metric("validation")
+    if not isinstance(validation, dict):
+        return []
+    lines = ["", f"### Validation of `{entry.experiment}`", ""]
+    if validation.get("source"):
+        lines += [f"Source: {validation['source']}."]
+    if validation.get("final_model"):
+        lines += [f"Final model: {validation['final_model']}."]
+    folds = [f for f in validation.get("folds") or [] if isinstance(f, dict)]
+    if folds:
+        columns = [k for k in folds[0] if k not in ("fold",)]
+        lines += ["", "| fold | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        lines += [f"| {f.get('fold')} | " + " | ".join(fmt(f.get(k)) for k in columns) + " |" for f in folds]
+    intervals = validation.get("intervals") or {}
+    means = [f"{k} {fmt(validation[k])}" + (f" ({intervals[k].get('confidence', 0):.0%} interval "
+                                             f"{fmt(intervals[k].get('low'))} to {fmt(intervals[k].get('high'))})"
+                                             if isinstance(intervals.get(k), dict) else "")
+             for k in names if _number(validation.get(k))]
+    if means:
+        lines += ["", ("Mean over folds: " if folds else "") + "; ".join(means) + "."]
+    for comparison in validation.get("comparisons") or []:
+        if isinstance(comparison, dict):
+            lines.append(f"- {comparison_sentence(comparison)}")
+    return lines
+
 
 def report_markdown(ctx: StageContext, entries: list[ExperimentEntry], best: ExperimentEntry | None,
                     production: dict[str, Any] | None, failures: list[str], lineage: TrainingLineage,
@@ -222,16 +321,22 @@ def report_markdown(ctx: StageContext, entries: list[ExperimentEntry], best: Exp
               f"run `{ctx.run_id}`.", ""]
     if best:
         params = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in best.params.items())
-        lines += [f"**Best experiment: `{best.experiment}`** (by `{metric}`), with {params or 'no parameters'}.",
-                  ""]
+        ranked_on = ("its validation" if isinstance(best.metric("validation"), dict)
+                     and _number(best.metric("validation").get(metric)) else "its")
+        lines += [f"**Best experiment: `{best.experiment}`** (by {ranked_on} `{metric}`), with "
+                  f"{params or 'no parameters'}.", ""]
         if best.metric("summary"):
             lines += [str(best.metric("summary")), ""]
     header = "| " + " | ".join(names) + " |"
-    lines += ["## Experiments", "", "| experiment | state " + header + " run time |",
-              "|---|---|" + "---|" * len(names) + "---|"]
+    lines += ["## Experiments", "",
+              f"Ranked on validation `{metric}` (folds that end before the test period) where a run reports one; "
+              "the test columns are the held-out test period.", "",
+              f"| experiment | state | validation {metric} " + header + " run time |",
+              "|---|---|---|" + "---|" * len(names) + "---|"]
     for e in entries:
-        lines.append(f"| {e.experiment} | {e.state} | " + " | ".join(fmt(e.metric(k)) for k in names)
-                     + f" | {fmt(e.duration_s)} s |")
+        validation = e.metric("validation") if isinstance(e.metric("validation"), dict) else {}
+        lines.append(f"| {e.experiment} | {e.state} | {fmt(validation.get(metric))} | "
+                     + " | ".join(fmt(e.metric(k)) for k in names) + f" | {fmt(e.duration_s)} s |")
     if best:
         # A run's metrics.json may carry its baselines' metrics too ({"baselines": {name: {metric: value}}}).
         baselines = best.metric("baselines") or {}
@@ -243,17 +348,35 @@ def report_markdown(ctx: StageContext, entries: list[ExperimentEntry], best: Exp
             lines.append("| production | " + " | ".join(fmt(production.get(k)) for k in names) + " |")
         else:
             lines.append("| production | no model deployed yet |" + " |" * (len(names) - 1))
+        for comparison in best.metric("comparisons") or []:
+            if isinstance(comparison, dict):
+                lines.append(f"- test period, {comparison_sentence(comparison)}")
+        lines += validation_lines(best, names)
         plots = sorted(path for path in ctx.artifacts if path.startswith(f"{best.experiment}/{PLOTS_DIR}/"))
         if plots:
             lines += ["", "### Plots", ""] + [f"![{Path(p).name}]({ctx.record_dir}/{p})" for p in plots]
     lines += ["", "## KPI gate", ""]
     kpis = cfg.training.kpis
     lines.append("Thresholds: " + (", ".join(f"{k} ≥ {v:g}" for k, v in kpis.thresholds.items()) or "none")
+                 + (f"; must beat every baseline significantly (the lower bound of each comparison's "
+                    f"{kpis.confidence:.0%} interval above zero) and the constant predictor's log loss"
+                    if kpis.require_significant else "")
                  + (f"; must beat production's {metric} by {kpis.beat_production_by:g}"
                     if kpis.beat_production_by is not None else ""))
     lines.append("")
     lines.append("**Passed**: a merge request into deploy-model carries this release." if best and not failures
                  else "**Not passed**: " + "; ".join(failures or ["no experiment succeeded"]))
+    if best and not failures and kpis.require_significant:
+        lines += [""] + [f"- {comparison_sentence(c)}" for c in best.metric("comparisons") or []
+                         if isinstance(c, dict)]
+    others = [e for e in entries if e.succeeded and e is not best]
+    if others:
+        lines += ["", "The other experiments, judged by the same KPIs (for the record; only the best is released):",
+                  ""]
+        for e in others:
+            theirs = kpi_verdict(ctx, e, production)
+            lines.append(f"- `{e.experiment}`: " + ("would pass" if not theirs else
+                                                     "**refused**: " + "; ".join(theirs)))
     lines += ["", "## Lineage", "", "```json", json.dumps(lineage.to_dict(), indent=2, sort_keys=True, default=str),
               "```", "",
               "## Reproduce", "", f"    branchops reproduce {ctx.run_id}", "",
@@ -310,8 +433,11 @@ def plan(ctx: StageContext) -> list[str]:
                      + (", ".join(f"{k}={v}" for k, v in exp.params.items()) or "the pipeline's defaults"))
     if cfg.storage.snapshots:
         steps.append(f"snapshot {dv.name} and {cfg.storage.model_volume} after each run")
-    steps.append(f"pick the best by {cfg.training.select_by}; KPI gate "
-                 + ", ".join(f"{k} ≥ {v:g}" for k, v in cfg.training.kpis.thresholds.items())
+    kpis = cfg.training.kpis
+    gate = [f"{k} ≥ {v:g}" for k, v in kpis.thresholds.items()]
+    if kpis.require_significant:
+        gate.append(f"beat every baseline significantly ({kpis.confidence:.0%}) and the constant's log loss")
+    steps.append(f"pick the best by validation {cfg.training.select_by}; KPI gate " + (", ".join(gate) or "none")
                  + f"; if it passes, open or update the merge request into {cfg.branch_for('deploy-model')}")
     return steps
 
@@ -340,9 +466,8 @@ def run(ctx: StageContext) -> StageResult:
             lambda exp: run_experiment(ctx, engine, upload, compiled.spec, storage, (data_volume, model_volume),
                                        exp, kaggle, version), cfg.training.experiments))
 
-    succeeded = [e for e in entries if e.succeeded]
     metric = cfg.training.select_by
-    best = max(succeeded, key=lambda e: e.metric(metric) or float("-inf")) if succeeded else None
+    best = select_best(entries, metric)
     production_release_, production = production_release(ctx)
     failures = kpi_verdict(ctx, best, production) if best else ["no experiment succeeded"]
     lineage = TrainingLineage(
@@ -364,8 +489,10 @@ def run(ctx: StageContext) -> StageResult:
     failed_runs = [e for e in entries if not e.succeeded]
     if failed_runs:
         detail = "; ".join(f"{e.experiment}: {e.state} ({e.error})" for e in failed_runs)
+        # a step that refused its input data (the components' DataError) is bad data, not a broken stage
+        bad_data = any("DataError" in (e.error or "") for e in failed_runs)
         return StageResult("failed", f"{len(failed_runs)} of {len(entries)} runs did not succeed: {detail}",
-                           outputs.to_dict(), error=detail)
+                           outputs.to_dict(), error=detail, exit_code=DataError.exit_code if bad_data else None)
     if failures:
         return StageResult("failed", f"KPI gate not passed, no merge request opened: {'; '.join(failures)}",
                            outputs.to_dict())
