@@ -174,3 +174,23 @@ def test_a_record_from_before_records_named_their_repository_is_matched_by_the_s
     assert json.loads(branchops(original, "serve", "status", "--json").stdout)["pid"] == pid
     assert branchops(original, "serve", "stop").stdout.strip() == "stopped"
     assert wait_gone(pid)
+
+
+@pytest.mark.timeout(300)
+def test_an_interrupted_start_leaves_no_server_behind(tmp_path, monkeypatch, started_pids):
+    from branchops.serving import make_serving
+    from branchops.serving.client import ServingClient
+    from tests.serving.conftest import make_config
+
+    serving = make_serving(make_config(tmp_path / "models"), tmp_path / "state")
+
+    def interrupted(self):  # Ctrl-C while waiting for the new server to answer healthy
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ServingClient, "health", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        serving.start(port=0)
+    pid = json.loads(serving.ready_file.read_text())["pid"]
+    started_pids[pid] = start_time(pid)
+    assert wait_gone(pid, 5), "the server of an interrupted start kept running"
+    assert not serving.info_file.exists()

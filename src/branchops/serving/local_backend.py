@@ -188,6 +188,18 @@ class LocalServing(Serving):
         _CHILDREN[process.pid] = process
         # Read before anything can reap the child, so the pid cannot have passed to another process yet.
         identity = ProcessId.of(process.pid)
+        try:
+            return self._await_healthy(process, identity)
+        except BaseException:
+            # Failed or interrupted (Ctrl-C, a timeout) while starting: the server, in a session of its own,
+            # would otherwise keep running and hold the port, without a record if it never got ready.
+            self._terminate(identity)
+            if ProcessId.from_dict(self._info() or {}) == identity:
+                self.info_file.unlink(missing_ok=True)
+            raise
+
+    def _await_healthy(self, process: subprocess.Popen, identity: ProcessId) -> ServingStatus:
+        """Record the server once its port is bound, and return once it answers healthy."""
         state_dir = self.state_dir.resolve()
         deadline = time.monotonic() + self.start_timeout_s
         info: dict[str, Any] | None = None
@@ -213,7 +225,6 @@ class LocalServing(Serving):
                 except ExternalError:
                     pass
             time.sleep(0.2)
-        self._terminate(identity)
         raise ExternalError(f"the model server did not become healthy within {self.start_timeout_s:.0f}s; "
                             f"last lines of {self.log_file}:\n{self._log_tail()}")
 
