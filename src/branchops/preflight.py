@@ -74,7 +74,7 @@ def requirements(config: BranchopsConfig, stage: str) -> list[Requirement]:
             why = "the local pipeline engine runs the components in this Python environment"
             needs += [_extra("pandas", "data", why), _extra("pyarrow", "data", why), _tensorflow(why),
                       _extra("matplotlib", "train", f"{why} (the evaluate component draws plots)")]
-            if config.data.source == "kaggle":
+            if config.data is not None and config.data.source == "kaggle":
                 needs.append(_extra("kaggle", "data", "data.source is 'kaggle' (the data is downloaded here)"))
         if config.storage.backend == "trident":
             needs += _kubernetes("storage.backend is 'trident'")

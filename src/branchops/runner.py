@@ -169,7 +169,7 @@ def run_branch(repo_path: str | Path | Project, branch: str, *, dry_run: bool = 
     changed = gitops.changed_paths(repo, parent, source)
     reports = []
     for stage in stages:
-        inputs = stage_module(stage).INPUTS
+        inputs = stage_module(stage).inputs(config)
         if not any(path.startswith(tuple(inputs)) for path in changed):
             reports.append(RunReport(stage=stage, branch=branch, status="skipped", source_commit=source,
                                      message=f"none of its inputs ({', '.join(inputs)}) changed"))

@@ -8,7 +8,8 @@ import os
 from branchops.errors import StageFailed
 from branchops.stages.base import StageContext, StageResult
 
-INPUTS = ("src/",)
+def inputs(config) -> tuple[str, ...]:
+    return ("src/",)
 
 
 def plan(ctx: StageContext) -> list[str]:

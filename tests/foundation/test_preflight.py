@@ -103,3 +103,13 @@ def test_the_tensorflow_extras_never_install_two_tensorflow_wheels():
         assert len(tensorflow_wheels(extra)) <= 1, f"[{extra}] installs {sorted(tensorflow_wheels(extra))}"
         if extra not in ("cpu", "gpu", "all", "dev"):
             assert not tensorflow_wheels(extra), f"[{extra}] must leave the TensorFlow flavour to cpu or gpu"
+
+
+def test_requirements_of_a_config_without_a_data_section():
+    """A project may leave `data` out (its volume already holds the data): the check still answers."""
+    from branchops.config import parse_config
+    from branchops.preflight import requirements
+
+    config = parse_config("approvers: {build-components: [l], kf-pipeline: [l], training: [l], deploy-model: [l]}\n")
+    names = {need.module for need in requirements(config, "training")}
+    assert "kfp" in names and "kaggle" not in names

@@ -20,7 +20,8 @@ def test_only_stages_whose_inputs_changed_run(tmp_path, monkeypatch, stage_calls
     monkeypatch.setitem(REGISTRY, "build-components", recording_stage)
     monkeypatch.setitem(REGISTRY, "kf-pipeline", recording_stage)
     import types
-    training = types.SimpleNamespace(INPUTS=("data/",), plan=recording_stage.plan, run=recording_stage.run)
+    training = types.SimpleNamespace(inputs=lambda config: ("data/",), plan=recording_stage.plan,
+                                     run=recording_stage.run)
     monkeypatch.setitem(REGISTRY, "training", training)
     monkeypatch.setitem(REGISTRY, "deploy-model", training)
     project = make_project(tmp_path, CONFIG)
@@ -31,3 +32,16 @@ def test_only_stages_whose_inputs_changed_run(tmp_path, monkeypatch, stage_calls
     calls = [line.split()[0] for line in stage_calls()]
     assert calls == ["build-components", "kf-pipeline"]
     assert "training on main: skipped" in result.output and "none of its inputs (data/) changed" in result.output
+
+
+def test_deploy_model_watches_the_configured_release_file():
+    """A project whose release file is elsewhere (the minimal template's serving/release.yaml) still
+    deploys in single-branch mode when a release lands there."""
+    from branchops.config import parse_config
+    from branchops.stages import REGISTRY
+
+    approvers = "approvers: {build-components: [l], kf-pipeline: [l], training: [l], deploy-model: [l]}\n"
+    reference = parse_config(approvers)
+    minimal = parse_config(approvers + "serving: {release_file: serving/release.yaml}\n")
+    assert REGISTRY["deploy-model"].inputs(reference) == ("serving/tfserve/",)
+    assert REGISTRY["deploy-model"].inputs(minimal) == ("serving/",)

@@ -14,7 +14,8 @@ from pathlib import Path
 from branchops import interrupt
 from branchops.stages.base import StageContext, StageResult
 
-INPUTS = ("src/",)
+def inputs(config) -> tuple[str, ...]:
+    return ("src/",)
 
 
 def plan(ctx: StageContext) -> list[str]:

@@ -1,4 +1,4 @@
-"""The four stages, registered by name: each is one module (``INPUTS``, ``plan``, ``run``; see
+"""The four stages, registered by name: each is one module (``inputs``, ``plan``, ``run``; see
 :mod:`branchops.stages.base`). The runner looks a stage up here; nothing is found by import path, so a
 stage cannot be swapped by a string in config. The modules import their heavy libraries only inside
 ``plan``/``run``, so registering them costs nothing at start-up.

@@ -3,7 +3,7 @@ idempotency, notifications and write-back; a stage module only does its own work
 
 A stage module ``branchops/stages/<name>.py``, registered in :data:`branchops.stages.REGISTRY`, defines:
 
-* ``INPUTS``: path prefixes whose change makes the stage run in single-branch mode;
+* ``inputs(config)``: path prefixes whose change makes the stage run in single-branch mode;
 * ``plan(ctx) -> list[str]``: what the stage would do (``--dry-run``), touching nothing;
 * ``run(ctx) -> StageResult``: do the work; raise ``BranchopsError`` (or return outcome "failed").
 """
@@ -55,7 +55,7 @@ class StageContext:
 class Stage(Protocol):
     """A stage module, as :data:`branchops.stages.REGISTRY` lists it."""
 
-    INPUTS: tuple[str, ...]
+    def inputs(self, config: BranchopsConfig) -> tuple[str, ...]: ...
 
     def plan(self, ctx: StageContext) -> list[str]: ...
 

@@ -14,9 +14,13 @@ from typing import TYPE_CHECKING
 from branchops.stages.base import StageContext, StageResult
 
 if TYPE_CHECKING:
+    from branchops.config import BranchopsConfig
     from branchops.images.build import BuildReport
 
-INPUTS = ("components/", "docker/")
+
+def inputs(config: BranchopsConfig) -> tuple[str, ...]:
+    """Path prefixes whose change runs this stage in single-branch mode."""
+    return ("components/", "docker/")
 
 
 def _log_dir(ctx: StageContext) -> Path:

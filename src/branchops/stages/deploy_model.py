@@ -17,9 +17,14 @@ from branchops.records import DeploymentRecord, DeployOutputs, ReleaseRef
 from branchops.stages.base import StageContext, StageResult
 
 if TYPE_CHECKING:
+    from branchops.config import BranchopsConfig
     from branchops.serving.release import Release
 
-INPUTS = ("serving/tfserve/",)
+
+def inputs(config: BranchopsConfig) -> tuple[str, ...]:
+    """The release file's folder: in single-branch mode a change there (a new release) runs this stage."""
+    folder = str(Path(config.serving.release_file).parent)
+    return (f"{folder}/",) if folder != "." else (config.serving.release_file,)
 
 
 def _release(ctx: StageContext) -> Release | None:

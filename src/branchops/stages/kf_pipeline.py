@@ -7,10 +7,18 @@ commit again (:func:`compile_workspace`) rather than by ids copied from this sta
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from branchops.runplan import compile_workspace
 from branchops.stages.base import StageContext, StageResult
 
-INPUTS = ("pipelines/", "components/")
+if TYPE_CHECKING:
+    from branchops.config import BranchopsConfig
+
+
+def inputs(config: BranchopsConfig) -> tuple[str, ...]:
+    """Path prefixes whose change runs this stage in single-branch mode."""
+    return ("pipelines/", "components/")
 
 
 def _describe_images(images: dict[str, str]) -> list[str]:
