@@ -13,6 +13,7 @@ written.  Repairs of the values themselves are the validate component's job.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import logging
 import os
@@ -90,6 +91,7 @@ def run(source_dir: str, data_dir: str, kaggle_dataset: str | None = None) -> di
 
 def read_price_file(path: Path):
     """Read one CSV of the dataset with every value checked; raise DataError naming file/line/column."""
+    import numpy as np
     import pandas as pd
 
     name = path.name
@@ -150,6 +152,13 @@ def read_price_file(path: Path):
             bad = converted.isna() & values.notna() & (text != "")
             line = int(bad.idxmax()) if bad.any() else int(lines[0])
             raise DataError(f"{text[line]!r} is not a number", file=name, row=line, column=column)
+        # The C parser reads inf, -Infinity and numbers too large for a double as infinite floats; like
+        # "NaN" they are not prices (a single inf Close trains a model that answers the same for every row).
+        infinite = values.notna() & ~np.isfinite(values.to_numpy(dtype="float64", na_value=np.nan))
+        if infinite.any():
+            line = int(infinite.idxmax())
+            raise DataError(f"{_raw_cell(path, line, column)!r} is not a finite number", file=name, row=line,
+                            column=column)
         out[column] = values.astype("float64")
     volume = out["Volume"]
     fractional = volume.notna() & (volume != volume.round())
@@ -177,6 +186,18 @@ def read_price_file(path: Path):
     out[SOURCE_FILE] = name
     out[SOURCE_LINE] = lines.to_numpy(dtype="int64")
     return out.reset_index(drop=True)
+
+
+def _raw_cell(path: Path, line: int, column: str) -> str:
+    """The text of one cell as written in the file (for the message; pandas has already parsed it)."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        # numbered like pandas reads them: blank lines are skipped, the header is line 1
+        rows = (row for row in csv.reader(handle) if row)
+        header = [cell.strip() for cell in next(rows)]
+        for number, row in enumerate(rows, start=2):
+            if number == line:
+                return row[header.index(column)].strip()
+    return "?"
 
 
 def _decodes_if_truncated(head: bytes) -> bool:

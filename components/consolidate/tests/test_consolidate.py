@@ -3,7 +3,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -16,6 +18,7 @@ from components.common.errors import ComponentError, DataError
 COMBINED_ALL = "all_stocks_2006-01-01_to_2018-01-01.csv"
 COMBINED_2017 = "all_stocks_2017-01-01_to_2018-01-01.csv"
 VALUES = ["Date", "Open", "High", "Low", "Close", "Volume", "Name"]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _run(source: Path, data: Path) -> dict:
@@ -156,6 +159,39 @@ def test_non_numeric_price_names_file_line_and_column(small_source, tmp_path):
     path.write_text("\n".join(lines) + "\n")
     _assert_rejected(small_source, tmp_path, "IBM_2006-01-01_to_2018-01-01.csv, line 21, column Close",
                      "'12;5' is not a number")
+
+
+@pytest.mark.parametrize(("column", "text"), [("Close", "inf"), ("Close", "-inf"), ("High", "inf"),
+                                               ("Low", "-Infinity"), ("Open", "1e999"), ("Volume", "inf")])
+def test_infinite_value_is_rejected_like_a_non_number(small_source, tmp_path, column, text):
+    """pandas reads inf, -Infinity and overflowing numbers as floats; a price must be a finite number."""
+    path = small_source / "MSFT_2006-01-01_to_2018-01-01.csv"
+    lines = path.read_text().splitlines()
+    fields = lines[11].split(",")
+    fields[VALUES.index(column)] = text
+    lines[11] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    error = _assert_rejected(small_source, tmp_path, f"MSFT_2006-01-01_to_2018-01-01.csv, line 12, column {column}",
+                             f"{text!r} is not a finite number")
+    assert (error.file, error.row, error.column) == ("MSFT_2006-01-01_to_2018-01-01.csv", 12, column)
+
+
+def test_infinite_close_exits_7_through_the_entry_point(small_source, tmp_path):
+    path = small_source / "AAPL_2006-01-01_to_2018-01-01.csv"
+    lines = path.read_text().splitlines()
+    fields = lines[4].split(",")
+    fields[VALUES.index("Close")] = "inf"
+    lines[4] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    params = {"source_dir": str(small_source), "data_dir": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-m", "components", "consolidate", "--params", json.dumps(params)],
+                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300, check=False)
+    assert done.returncode == 7, done.stderr[-2000:]
+    assert done.stdout == ""
+    assert ("data error: AAPL_2006-01-01_to_2018-01-01.csv, line 5, column Close: 'inf' is not a finite number"
+            in done.stderr)
+    assert not (tmp_path / "data" / "prices.parquet").exists()
 
 
 def test_ragged_csv_is_rejected(small_source, tmp_path):
