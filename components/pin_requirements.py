@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 DIRECT = {
     # kaggle imports six (kaggle/models/upload_file.py) without declaring it
     "consolidate": ["pandas", "pyarrow", "kaggle", "six"],
-    "validate": ["pandas", "pyarrow"],
+    "validate": ["pandas", "pyarrow", "exchange-calendars"],
     "features": ["pandas", "pyarrow", "numpy"],
     "train": ["tensorflow-cpu"],
     "evaluate": ["tensorflow-cpu", "matplotlib"],
