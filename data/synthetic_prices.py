@@ -12,7 +12,7 @@ import csv
 import math
 import random
 import sys
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 TICKERS = ("AABA AAPL AMZN AXP BA CAT CSCO CVX DIS GE GOOGL GS HD IBM INTC JNJ JPM KO MCD MMM MRK MSFT NKE PFE "
@@ -21,12 +21,11 @@ MARKER = "SYNTHETIC"
 
 
 def business_days(start: date, end: date) -> list[date]:
-    days, day = [], start
-    while day <= end:
-        if day.weekday() < 5:
-            days.append(day)
-        day += timedelta(days=1)
-    return days
+    """The New York Stock Exchange's trading days: the only days the reference validation accepts."""
+    import exchange_calendars
+
+    sessions = exchange_calendars.get_calendar("XNYS", start=start.isoformat(), end=end.isoformat()).sessions
+    return [day.date() for day in sessions]
 
 
 def generate(folder: str | Path, seed: int = 2006, start: date = date(2006, 1, 3), end: date = date(2017, 12, 29)
