@@ -5,20 +5,28 @@ Reads ``prices.parquet`` from the data folder and writes ``validated.parquet`` a
 the source file, line and column, and writes nothing.  Every decision is one entry of ``RULES`` below
 (documented in components/README.md) and is counted in the report with a few examples.
 
-The features use only Close, so Close is never guessed: an empty, zero or negative Close is rejected.
-Open/High/Low are kept for users who build other features, and their dirt is repaired conservatively.
+The features use only Close, so Close is never guessed: an empty, zero, negative or infinite Close, or
+one that jumps by more than ``max_daily_move`` from the day before, is rejected.  Rows must lie on days the
+exchange was open (``exchange_calendar``, a maintained calendar of the ``exchange_calendars`` package),
+inside the range their file's name states and not after today, and the tickers must be the configured
+universe (``tickers``).  Open/High/Low are kept for users who build other features, and their dirt is
+repaired conservatively -- never by widening High/Low to a value beyond the daily-move bound.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from components.common.errors import DataError
+from components.common.errors import ComponentError, DataError
 from components.common.io import require_file, staged_outputs, write_json_atomic
-from components.common.schema import PRICE_COLUMNS, SOURCE_FILE, SOURCE_LINE
+from components.common.schema import PRICE_COLUMNS, SOURCE_FILE, SOURCE_LINE, STATED_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +37,38 @@ REPORT_FILE = "validation_report.json"
 # carrying the last Close forward.  Longer holes mean the ticker was not traded or the file is cut.
 MAX_GAP_DAYS = 5
 _EXAMPLES = 5
+# The configured universe of the reference project: the 31 tickers of the Kaggle dataset (the 30 Dow Jones
+# stocks of 2017 and AABA).  The features and the served model's input are built from exactly these.
+REFERENCE_TICKERS = ("AABA", "AAPL", "AMZN", "AXP", "BA", "CAT", "CSCO", "CVX", "DIS", "GE", "GOOGL", "GS", "HD",
+                     "IBM", "INTC", "JNJ", "JPM", "KO", "MCD", "MMM", "MRK", "MSFT", "NKE", "PFE", "PG", "TRV",
+                     "UNH", "UTX", "VZ", "WMT", "XOM")
+# Split-adjusted Closes of these stocks moved at most 1.48x in a day from 2006 to 2017 (AABA, 2008-02-01,
+# the Microsoft bid); a factor of 3 between consecutive Closes is a typo or an unadjusted split.
+MAX_DAILY_MOVE = 3.0
+# The New York Stock Exchange in exchange_calendars, which keeps its holidays and unscheduled closures.
+EXCHANGE_CALENDAR = "XNYS"
 
 # kind -> (decision, rule); the report counts each kind.
 RULES: dict[str, tuple[str, str]] = {
+    "missing_ticker": ("rejected", ("a ticker of the configured universe (tickers) has no rows: the features "
+                                    "and the model's input would silently lose it")),
+    "unexpected_ticker": ("rejected", "a ticker that is not in the configured universe (tickers)"),
     "duplicate_rows": ("repaired", "the same ticker, date and values twice: one copy is kept"),
     "conflicting_duplicate_dates": ("rejected", "the same ticker and date with different values"),
+    "non_finite_value": ("rejected", ("Open, High, Low, Close or Volume is infinite (inf, -inf): like an empty "
+                                      "Close it cannot be trained on, and a High/Low repair would spread it")),
     "empty_close": ("rejected", "Close is empty: the features are built from Close, which cannot be guessed"),
     "non_positive_close": ("rejected", "Close is zero or negative"),
     "negative_price": ("rejected", "Open, High or Low is negative"),
+    "outside_stated_range": ("rejected", ("dated outside the range its file's name states "
+                                          "(TICKER_<first>_to_<last>.csv)")),
+    "future_date": ("rejected", "dated after today"),
+    "not_a_trading_day": ("rejected", ("dated on a day the exchange was closed: a weekend, a holiday or an "
+                                       "unscheduled closure, as the maintained calendar exchange_calendar "
+                                       "records them")),
+    "daily_move_beyond_bound": ("rejected", ("Close moved by more than the factor max_daily_move from the "
+                                             "ticker's previous Close: split-adjusted prices do not jump like "
+                                             "that, so the value or the split adjustment is wrong")),
     "empty_open": ("repaired", ("Open is empty: set to the previous trading day's Close of the ticker "
                                 "(the same day's Close on the ticker's first day)")),
     "zero_price": ("repaired", "Open, High or Low is 0.0 (a placeholder, not a price): treated as empty"),
@@ -44,6 +76,9 @@ RULES: dict[str, tuple[str, str]] = {
                                     "Open and Close")),
     "high_low_not_bracketing": ("repaired", ("High below max(Open, Close) or Low above min(Open, Close): "
                                              "High/Low widened to bracket Open and Close")),
+    "repair_beyond_bound": ("rejected", ("filling or widening High/Low would take an Open more than the factor "
+                                         "max_daily_move away from the row's Close: a repair never writes a "
+                                         "bad value")),
     "negative_volume": ("rejected", "Volume is negative"),
     "empty_volume": ("repaired", "Volume is empty: set to 0"),
     "zero_volume": ("kept", "Volume is 0 (counted only; volume is not a feature)"),
@@ -55,21 +90,25 @@ RULES: dict[str, tuple[str, str]] = {
 }
 
 
-def run(data_dir: str) -> dict[str, Any]:
+def run(data_dir: str, tickers: Sequence[str] = REFERENCE_TICKERS, max_daily_move: float = MAX_DAILY_MOVE,
+        exchange_calendar: str = EXCHANGE_CALENDAR) -> dict[str, Any]:
     import pandas as pd
 
     started = time.monotonic()
+    checks = _checked_parameters(tickers, max_daily_move, exchange_calendar)
     source = require_file(Path(data_dir) / INPUT_FILE, "consolidate")
     try:
         prices = pd.read_parquet(source)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise DataError(f"cannot read Parquet: {exc}", file=str(source)) from None
-    validated, counts, examples, rows_in = validate_prices(prices, str(source))
+    validated, counts, examples, rows_in = validate_prices(prices, str(source), **checks)
     tickers = sorted(validated["Name"].unique().tolist())
     report = {
         "rows_in": rows_in,
         "rows_out": len(validated),
         "tickers": tickers,
+        "checks": {"tickers": sorted(checks["tickers"]), "max_daily_move": checks["max_daily_move"],
+                   "exchange_calendar": checks["exchange_calendar"]},
         "date_range": {"first": validated["Date"].min().strftime("%Y-%m-%d"),
                        "last": validated["Date"].max().strftime("%Y-%m-%d")},
         "trading_days": int(validated["Date"].nunique()),
@@ -96,7 +135,26 @@ def run(data_dir: str) -> dict[str, Any]:
     }
 
 
-def validate_prices(prices, parquet_name: str = INPUT_FILE):
+def _checked_parameters(tickers, max_daily_move, exchange_calendar) -> dict[str, Any]:
+    """Refuse parameters that would weaken a check (exit 1: the pipeline is wrong, not the data)."""
+    import exchange_calendars
+
+    if (isinstance(tickers, str) or not isinstance(tickers, Sequence) or not tickers
+            or not all(isinstance(t, str) and t.strip() for t in tickers)):
+        raise ComponentError(f"tickers must be a non-empty list of ticker names, not {tickers!r}")
+    if (isinstance(max_daily_move, bool) or not isinstance(max_daily_move, (int, float))
+            or not math.isfinite(max_daily_move) or max_daily_move <= 1):
+        raise ComponentError(f"max_daily_move must be a finite factor above 1 (e.g. 3 for a 3x jump), "
+                             f"not {max_daily_move!r}")
+    if exchange_calendar not in exchange_calendars.get_calendar_names(include_aliases=True):
+        raise ComponentError(f"exchange_calendar {exchange_calendar!r} is not a calendar of exchange_calendars "
+                             "(e.g. XNYS for the New York Stock Exchange)")
+    return {"tickers": tuple(t.strip() for t in tickers), "max_daily_move": float(max_daily_move),
+            "exchange_calendar": exchange_calendar}
+
+
+def validate_prices(prices, parquet_name: str = INPUT_FILE, *, tickers: Sequence[str] = REFERENCE_TICKERS,
+                    max_daily_move: float = MAX_DAILY_MOVE, exchange_calendar: str = EXCHANGE_CALENDAR):
     """Return (validated frame, counts per kind, examples per kind, rows in). Raises DataError."""
     import numpy as np
     import pandas as pd
@@ -138,6 +196,25 @@ def validate_prices(prices, parquet_name: str = INPUT_FILE):
                             f"{len(hit)} such row(s) in all)",
                             file=str(row[SOURCE_FILE]), row=int(row[SOURCE_LINE]), column=column)
 
+    def first_hit(mask):
+        hit = np.flatnonzero(np.asarray(mask, dtype=bool))
+        return frame.iloc[hit[0]] if len(hit) else None
+
+    # 0. the configured universe: exactly these tickers, each with rows
+    present = set(frame["Name"].unique().tolist())
+    missing = sorted(set(tickers) - present)
+    if missing:
+        raise DataError(
+            f"no rows of {', '.join(missing)}, which the configured universe of {len(set(tickers))} tickers "
+            f"expects (rejected: {RULES['missing_ticker'][1]}); add their files or change the universe",
+            file=parquet_name, column="Name")
+    foreign = ~frame["Name"].isin(list(tickers))
+    row = first_hit(foreign)
+    if row is not None:
+        reject("unexpected_ticker", foreign, "Name",
+               f"{row['Name']} is not in the configured universe of {len(set(tickers))} tickers; add it there "
+               "or remove its rows")
+
     # 1. duplicate dates per ticker
     value_columns = ["Name", "Date", *PRICE_COLUMNS, "Volume"]
     exact = frame.duplicated(subset=value_columns, keep="first")
@@ -156,6 +233,9 @@ def validate_prices(prices, parquet_name: str = INPUT_FILE):
     repairs = repairs.reset_index(drop=True)
 
     # 2. Close: the only column the features read, so never guessed
+    for column in ("Close", "Open", "High", "Low", "Volume"):
+        infinite = np.isinf(frame[column].to_numpy())
+        reject("non_finite_value", infinite, column, f"{column} is {_first(frame, infinite, column)}")
     reject("empty_close", frame["Close"].isna(), "Close", "Close is empty")
     reject("non_positive_close", frame["Close"] <= 0, "Close", f"Close is {_first(frame, frame['Close'] <= 0, 'Close')}")
     for column in ("Open", "High", "Low"):
@@ -164,7 +244,40 @@ def validate_prices(prices, parquet_name: str = INPUT_FILE):
     reject("negative_volume", frame["Volume"] < 0, "Volume",
            f"Volume is {_first(frame, frame['Volume'] < 0, 'Volume')}")
 
-    # 3. Open/High/Low: zero is a placeholder for "unknown"
+    # 3. dates: inside the file's stated range, not in the future, on days the exchange was open
+    first_day, last_day = _stated_ranges(frame[SOURCE_FILE])
+    for outside, bound, side in ((frame["Date"] > last_day, last_day, "after"),
+                                 (frame["Date"] < first_day, first_day, "before")):
+        row = first_hit(outside)
+        if row is not None:
+            stated = bound[row.name]
+            reject("outside_stated_range", outside, "Date",
+                   f"dated {side} {stated:%Y-%m-%d}, the {'last' if side == 'after' else 'first'} day its file "
+                   "name states")
+    today = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+    reject("future_date", frame["Date"] > today, "Date", f"dated after today ({today:%Y-%m-%d})")
+    sessions = _sessions(exchange_calendar, frame["Date"].min(), frame["Date"].max())
+    closed = ~frame["Date"].isin(sessions)
+    row = first_hit(closed)
+    if row is not None:
+        reject("not_a_trading_day", closed, "Date",
+               f"{exchange_calendar} was closed on {row['Date']:%Y-%m-%d} (a {row['Date']:%A})")
+
+    # 4. Close against the ticker's previous Close: a jump beyond the bound is a typo or a missed split
+    previous = frame.groupby("Name", sort=False)[["Close", "Date", SOURCE_FILE, SOURCE_LINE]].shift(1)
+    ratio = frame["Close"] / previous["Close"]
+    jump = (np.abs(np.log(ratio)) > math.log(max_daily_move)).fillna(False)
+    row = first_hit(jump)
+    if row is not None:
+        before = previous.loc[row.name]
+        where = (f"line {int(before[SOURCE_LINE])}" if before[SOURCE_FILE] == row[SOURCE_FILE]
+                 else f"{before[SOURCE_FILE]} line {int(before[SOURCE_LINE])}")
+        reject("daily_move_beyond_bound", jump, "Close",
+               f"Close {float(row['Close'])!r} is {ratio[row.name]:.3g} times the previous Close "
+               f"{float(before['Close'])!r} on {before['Date']:%Y-%m-%d} ({where}), more than a factor of "
+               f"{max_daily_move:g}")
+
+    # 5. Open/High/Low: zero is a placeholder for "unknown"
     for column in ("Open", "High", "Low"):
         zero = frame[column] == 0
         note("zero_price", zero, column, f"{column} 0.0 treated as empty")
@@ -173,6 +286,7 @@ def validate_prices(prices, parquet_name: str = INPUT_FILE):
     empty_open = frame["Open"].isna()
     note("empty_open", empty_open, "Open", "Open set to previous Close")
     frame.loc[empty_open, "Open"] = previous_close[empty_open].fillna(frame["Close"][empty_open])
+    recorded = frame[["High", "Low"]].copy()
     for column, pick in (("High", np.fmax), ("Low", np.fmin)):
         empty = frame[column].isna()
         note("empty_high_low", empty, column, f"{column} set from Open/Close")
@@ -183,15 +297,26 @@ def validate_prices(prices, parquet_name: str = INPUT_FILE):
     note("high_low_not_bracketing", unbracketed, "High", "High/Low widened to bracket Open/Close")
     frame["High"] = np.fmax(frame["High"], top)
     frame["Low"] = np.fmin(frame["Low"], bottom)
+    # Close and a filled Open are within the bound by now, so a repaired High/Low beyond it came from an Open
+    # that is itself wrong; writing it would hide the bad value inside the recorded range.
+    for column, beyond in (("High", frame["High"] > frame["Close"] * max_daily_move),
+                           ("Low", frame["Low"] < frame["Close"] / max_daily_move)):
+        widened = beyond & (frame[column] != recorded[column])
+        row = first_hit(widened)
+        if row is not None:
+            reject("repair_beyond_bound", widened, "Open",
+                   f"Open {float(row['Open'])!r} is {row['Open'] / row['Close']:.3g} times the row's Close "
+                   f"{float(row['Close'])!r}; the repair would widen {column} to {float(row[column])!r}, more "
+                   f"than a factor of {max_daily_move:g} from Close")
 
-    # 4. Volume
+    # 6. Volume
     empty_volume = frame["Volume"].isna()
     note("empty_volume", empty_volume, "Volume", "Volume set to 0")
     frame.loc[empty_volume, "Volume"] = 0
     note("zero_volume", (frame["Volume"] == 0) & ~empty_volume, "Volume")
     frame["repairs"] = repairs.astype(str)
 
-    # 5. the common calendar
+    # 7. the common calendar
     frame, gaps = _fill_calendar_gaps(frame)
     if gaps:
         counts["calendar_gaps"] = sum(len(g["dates"]) for g in gaps)
@@ -200,6 +325,43 @@ def validate_prices(prices, parquet_name: str = INPUT_FILE):
     frame[SOURCE_LINE] = frame[SOURCE_LINE].astype("Int64")
     ordered = ["Date", "Name", *PRICE_COLUMNS, "Volume", "repairs", SOURCE_FILE, SOURCE_LINE]
     return frame[ordered].reset_index(drop=True), counts, examples, rows_in
+
+
+def _stated_ranges(files):
+    """Per row, the first and last day its file's name states (NaT where the name states none)."""
+    import pandas as pd
+
+    first, last = {}, {}
+    for name in files.unique().tolist():
+        match = re.search(STATED_RANGE, str(name))
+        if not match:
+            continue
+        try:
+            first[name], last[name] = (pd.Timestamp(match.group(g)) for g in ("first", "last"))
+        except ValueError:
+            raise DataError(f"the file name states the range {match.group('first')} to {match.group('last')}, "
+                            "which are not dates", file=str(name)) from None
+    return files.map(first).astype("datetime64[ns]"), files.map(last).astype("datetime64[ns]")
+
+
+def _sessions(calendar_name: str, first_day, last_day):
+    """The exchange's trading days from first_day to last_day, from the maintained calendar."""
+    import exchange_calendars
+    import pandas as pd
+
+    # a margin on both sides so that a range of closed days still yields a calendar (it needs a session)
+    margin = pd.Timedelta(days=14)
+    try:
+        with warnings.catch_warnings():
+            # exchange_calendars 4.13 reads tz-aware Series.values, which pandas 3.1 deprecates; the values it
+            # gets are still right at the pinned pandas, and the warning would fill every validate log
+            warnings.filterwarnings("ignore", message="Series.values returning an ndarray that drops timezone")
+            calendar = exchange_calendars.get_calendar(calendar_name, start=first_day - margin,
+                                                       end=last_day + margin)
+    except exchange_calendars.errors.CalendarError as exc:
+        raise DataError(f"the {calendar_name} calendar cannot check the dates {first_day:%Y-%m-%d} to "
+                        f"{last_day:%Y-%m-%d}: {exc}") from None
+    return calendar.sessions
 
 
 def _fill_calendar_gaps(frame):
