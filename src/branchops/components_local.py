@@ -9,16 +9,17 @@ import sys
 from pathlib import Path
 
 from branchops import gitops
-from branchops.errors import DataError, StageFailed
+from branchops.errors import DataError, NotFound, StageFailed
 
 
 def run_component(repo_path: str | Path, name: str, params: dict) -> dict:
     repo = gitops.open_repo(repo_path)
     root = Path(repo.working_tree_dir or gitops.main_worktree(repo))
     if not (root / "components" / name).is_dir():
-        available = sorted(p.name for p in (root / "components").iterdir()
-                           if p.is_dir() and (p / "__init__.py").exists() and p.name not in ("common", "tests"))
-        raise StageFailed(f"no component '{name}' in {root / 'components'}; available: {', '.join(available)}")
+        folder = root / "components"
+        available = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").exists()
+                           and p.name not in ("common", "tests")) if folder.is_dir() else []
+        raise NotFound(f"no component '{name}' in {root / 'components'}; available: {', '.join(available) or 'none'}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "components", name, "--params", json.dumps(params)],
                           cwd=root, env=env, stdout=subprocess.PIPE, text=True)

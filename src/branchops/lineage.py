@@ -14,7 +14,7 @@ from typing import Any, Callable
 import git
 
 from branchops import gitops, records
-from branchops.errors import BranchopsError
+from branchops.errors import BranchopsError, NotFound
 from branchops.runner import working_config
 
 
@@ -27,18 +27,18 @@ def find_training_run(repo: git.Repo, tip: str | None, key: str) -> records.Stor
     """A training run by its id (or a unique prefix of it), or the newest one whose best model has the
     version ``key``."""
     if tip is None:
-        raise BranchopsError("the training branch does not exist")
+        raise NotFound("the training branch does not exist")
     history = records.stage_history(repo, tip, "training")
     if key.isdigit():
         for rec in history.newest_first():
             if str(rec.read_as(records.TrainingVersionView).model_version) == key:
                 return rec
-        raise BranchopsError(f"no training run produced model version {key}")
+        raise NotFound(f"no training run produced model version {key}")
     matches = [run_id for run_id in history.run_ids if run_id == key or run_id.startswith(key)]
     found = history.read(matches) if len(matches) == 1 else []
     if not found:
         known = ", ".join(history.run_ids[-5:]) or "none yet"
-        raise BranchopsError(f"{'more than one' if len(matches) > 1 else 'no'} training run matches '{key}' "
+        raise (BranchopsError if matches else NotFound)(f"{'more than one' if len(matches) > 1 else 'no'} training run matches '{key}' "
                              f"(latest runs: {known})")
     return found[0]
 

@@ -157,3 +157,9 @@ def test_an_unapproved_merge_with_a_broken_config_is_refused_not_recorded(projec
 def test_a_branch_with_no_stage_is_an_error_for_run_for_branch(project):
     result = project.run("run", "--for-branch", "ds1", expect=9)
     assert "not a stage branch" in result.output
+
+
+def test_what_does_not_exist_exits_9(project):
+    assert "no training run" in project.run("lineage", "20990101T000000Z-nothing", expect=9).output
+    assert "no component" in project.run("component", "nope", expect=9).output
+    assert "does not exist" in project.run("mr", "approve", "99", "--as", "lead", expect=9).output

@@ -19,7 +19,7 @@ from pathlib import Path
 import git
 
 from branchops import gitops
-from branchops.errors import MergeError
+from branchops.errors import MergeError, NotFound
 from branchops.forge.base import Approval, CommitState, Forge, MergeRequest, MergeRequestState
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class LocalForge(Forge):
     def get(self, number: int) -> MergeRequest:
         path = self._path(number)
         if not path.exists():
-            raise MergeError(f"merge request !{number} does not exist")
+            raise NotFound(f"merge request !{number} does not exist")
         return self._refresh_head(MergeRequest.from_dict(json.loads(path.read_text())))
 
     def list(self, state: MergeRequestState | None = None, target: str | None = None) -> list[MergeRequest]:
