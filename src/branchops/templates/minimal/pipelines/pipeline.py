@@ -53,19 +53,20 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
 
     # The images carry their dependencies (kfp included): nothing is pip-installed when a step starts.
     @dsl.component(base_image=image("prepare"), install_kfp_package=False)
-    def prepare(source_dir: str, work_dir: str, test_fraction: float) -> dict:
+    def prepare(source_dir: str, work_dir: str, test_fraction: float, val_fraction: float) -> dict:
         from components.prepare import run
 
-        return run(source_dir=source_dir, work_dir=work_dir, test_fraction=test_fraction)
+        return run(source_dir=source_dir, work_dir=work_dir, test_fraction=test_fraction, val_fraction=val_fraction)
 
     @dsl.component(base_image=image("train"), install_kfp_package=False)
     def train(work_dir: str, export_base: str, version: int, commit: str, hidden_units: int,
-              learning_rate: float, epochs: int, l2: float, seed: int
+              learning_rate: float, epochs: int, l2: float, seed: int, confidence: float
               ) -> NamedTuple("TrainOutputs", [("metrics", dict), ("model", dict)]):
         from components.train import run
 
         result = run(work_dir=work_dir, export_base=export_base, version=version, commit=commit,
-                     hidden_units=hidden_units, learning_rate=learning_rate, epochs=epochs, l2=l2, seed=seed)
+                     hidden_units=hidden_units, learning_rate=learning_rate, epochs=epochs, l2=l2, seed=seed,
+                     confidence=confidence)
         return result["metrics"], result["model"]
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Generated points: prepare (check, split), train (fit, "
@@ -79,16 +80,19 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
         data_pvc: str = "minimal-data",
         model_pvc: str = "minimal-models",
         test_fraction: float = 0.2,
+        val_fraction: float = 0.2,
         hidden_units: int = 0,
         learning_rate: float = 0.05,
         epochs: int = 20,
         l2: float = 0.0,
         seed: int = 1,
+        confidence: float = 0.95,
     ) -> PipelineOutputs:
-        prepared = prepare(source_dir=source_dir, work_dir=work_dir, test_fraction=test_fraction)
+        prepared = prepare(source_dir=source_dir, work_dir=work_dir, test_fraction=test_fraction,
+                           val_fraction=val_fraction)
         trained = train(work_dir=work_dir, export_base=export_base, version=version, commit=commit,
-                        hidden_units=hidden_units, learning_rate=learning_rate, epochs=epochs, l2=l2,
-                        seed=seed).after(prepared)
+                        hidden_units=hidden_units, learning_rate=learning_rate, epochs=epochs, l2=l2, seed=seed,
+                        confidence=confidence).after(prepared)
         for step in (prepared, trained):
             # No step is cached: each writes its results into a volume, and a cache hit would skip that
             # write (a fresh or cloned volume would then lack the files the next step reads).

@@ -1,5 +1,9 @@
 """The split that ``prepare`` writes into the work folder and ``train`` reads: one NumPy file holding
-the features and labels of the training and test rows, in the column order of ``FEATURES``."""
+the features and labels of the training, validation and test rows, in the column order of ``FEATURES``.
+
+The model is fitted on the training rows; experiments are compared on the validation rows; the test
+rows are scored once, for the model an experiment produced (so choosing the best experiment does not
+tune it to the test rows)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from components.common.errors import DataError
 FEATURES = ("x1", "x2", "x3", "x4")
 LABEL = "label"
 SPLIT_FILE = "split.npz"
-ARRAYS = ("X_train", "y_train", "X_test", "y_test")
+ARRAYS = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
 
 
 def save_split(work_dir: str | Path, arrays: dict[str, Any]) -> Path:

@@ -1,12 +1,12 @@
-"""Prepare: check the raw ``points.csv`` and split it into training and test rows.
+"""Prepare: check the raw ``points.csv`` and split it into training, validation and test rows.
 
 Reads ``source_dir/points.csv`` (header ``x1,x2,x3,x4,label``; features are finite numbers, the label is
 0 or 1) and writes ``work_dir/split.npz`` (components.common.dataset). A file that cannot be trusted is
 rejected whole with a DataError naming the line and column to look at; nothing is repaired or dropped
 silently, so the model is trained on exactly the rows in the file.
 
-The split is random but fixed (``SPLIT_SEED``): every experiment of a commit is scored on the same
-test rows, so their metrics compare.
+The split is random but fixed (``SPLIT_SEED``): experiments with the same fractions are compared on the
+same validation rows and scored on the same test rows.
 """
 
 from __future__ import annotations
@@ -27,24 +27,31 @@ SPLIT_SEED = 0
 MIN_ROWS = 20  # fewer leave a test split too small to say anything
 
 
-def run(source_dir: str, work_dir: str, test_fraction: float = 0.2) -> dict[str, Any]:
+def run(source_dir: str, work_dir: str, test_fraction: float = 0.2, val_fraction: float = 0.2) -> dict[str, Any]:
+    """Split the rows: ``test_fraction`` and ``val_fraction`` of them (each a share of all rows) for testing
+    and validation, the rest for training."""
     import numpy as np
 
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction must lie between 0 and 1 (exclusive), got {test_fraction!r}")
+    for name, fraction in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+            raise DataError(f"{name} must lie between 0 and 1 (exclusive), got {fraction!r}")
+    if test_fraction + val_fraction >= 1.0:
+        raise DataError(f"test_fraction + val_fraction is {test_fraction + val_fraction:g}: no rows left to train on")
     path = Path(source_dir) / SOURCE_FILE
     X, y = read_points(path)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
-    n_test = max(1, round(len(y) * test_fraction))
-    test, train = order[:n_test], order[n_test:]
-    for name, part in (("training", train), ("test", test)):
+    n_test, n_val = max(1, round(len(y) * test_fraction)), max(1, round(len(y) * val_fraction))
+    parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    for name, part in parts.items():
         if len(set(y[part].tolist())) < 2:
-            raise DataError(f"the {name} split holds only one class; change test_fraction or add rows",
-                            file=str(path))
-    written = save_split(work_dir, {"X_train": X[train], "y_train": y[train], "X_test": X[test], "y_test": y[test]})
-    result = {"rows": len(y), "train_rows": len(train), "test_rows": len(test),
+            raise DataError(f"the {name} split holds {'only one class' if len(part) else 'no rows'}; change "
+                            "test_fraction or val_fraction, or add rows", file=str(path))
+    written = save_split(work_dir, {f"{axis}_{name}": (X if axis == "X" else y)[part]
+                                    for name, part in parts.items() for axis in ("X", "y")})
+    result = {"rows": len(y), **{f"{name}_rows": len(part) for name, part in parts.items()},
               "positive_fraction": round(float(y.mean()), 4), "split": str(written)}
-    log.info("prepared %s: %d training and %d test rows", path, len(train), len(test))
+    log.info("prepared %s: %d training, %d validation and %d test rows", path, len(parts["train"]),
+             len(parts["val"]), len(parts["test"]))
     return result
 
 

@@ -1,10 +1,17 @@
 """Train: fit a small Keras classifier on the split, score it on the test rows, export it for serving.
 
-Reads ``work_dir/split.npz`` (written by prepare) and writes what branchops reads back from a run:
+Reads ``work_dir/split.npz`` (written by prepare): the model is fitted on the training rows, watched on
+the validation rows (the learning curve, and ``validation`` in metrics.json, on which branchops ranks the
+experiments), and scored on the test rows. Writes what branchops reads back from a run:
 
-* ``work_dir/metrics.json``: accuracy, ROC AUC and log loss on the test rows, the same metrics of a
-  baseline that always answers the training split's majority class, and a one-sentence summary;
-* ``work_dir/plots/learning_curve.png``: the loss per epoch on the training and test rows;
+* ``work_dir/metrics.json``: accuracy, ROC AUC and log loss on the test rows, and what the KPI gate
+  weighs them against: the same metrics of a baseline that always answers the training split's majority
+  class (``baselines``), the log loss of the constant predictor answering the training share of positives
+  (``log_loss_constant``), the model's advantage over the baseline with a bootstrap interval
+  (``comparisons``: ``[{baseline, metric, difference, low, high, confidence}]``; significant when ``low``
+  is above zero), the model's own metrics with intervals (``intervals``), the validation rows' metrics
+  (``validation``), and a one-sentence summary;
+* ``work_dir/plots/learning_curve.png``: the loss per epoch on the training and validation rows;
 * ``export_base/<version>/``: a SavedModel in TensorFlow Serving's layout. Its ``serving_default``
   signature takes ``features`` (float32 [None, 4], raw values in the order of FEATURES: the
   normalisation is inside the graph) and returns ``probability`` (float32 [None]) and ``label`` (int64
@@ -40,26 +47,39 @@ THRESHOLD = 0.5
 BATCH_SIZE = 64
 SAMPLE_ROWS = 8
 EPSILON = 1e-7  # keeps log loss finite when a probability rounds to exactly 0 or 1
+# The intervals: the test points are independent of each other, so the rows are resampled one by one,
+# the same resamples for the model and the baseline (a paired comparison). Seeded: a rerun reports the
+# same interval. `confidence` must be at least training.kpis.confidence or the gate does not count it.
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
 
 
 def run(work_dir: str, export_base: str, version: int, commit: str, hidden_units: int = 0,
-        learning_rate: float = 0.05, epochs: int = 20, l2: float = 0.0, seed: int = 1) -> dict[str, Any]:
-    _check(version, commit, hidden_units, learning_rate, epochs, l2, seed)
+        learning_rate: float = 0.05, epochs: int = 20, l2: float = 0.0, seed: int = 1,
+        confidence: float = 0.95) -> dict[str, Any]:
+    _check(version, commit, hidden_units, learning_rate, epochs, l2, seed, confidence)
     work = Path(work_dir)
     split = load_split(work)
 
     import keras
+    import numpy as np
 
     keras.utils.set_random_seed(seed)
     model = build_model(split["X_train"], hidden_units, float(learning_rate), float(l2))
-    log.info("training on CPU: %d training rows, %d test rows, %d epochs", len(split["y_train"]),
-             len(split["y_test"]), epochs)
+    log.info("training on CPU: %d training rows, %d validation rows, %d epochs", len(split["y_train"]),
+             len(split["y_val"]), epochs)
     history = model.fit(split["X_train"], split["y_train"].astype("float32"), batch_size=BATCH_SIZE, epochs=epochs,
-                        validation_data=(split["X_test"], split["y_test"].astype("float32")), verbose=0,
+                        validation_data=(split["X_val"], split["y_val"].astype("float32")), verbose=0,
                         callbacks=[_epoch_log(epochs)])
 
-    probability = model.predict(split["X_test"], batch_size=1024, verbose=0).ravel()
-    metrics = evaluate(split["y_test"], probability, split["y_train"])
+    def predict(X):
+        return model.predict(X, batch_size=1024, verbose=0).ravel()
+
+    metrics = evaluate(split["y_test"], predict(split["X_test"]), split["y_train"], float(confidence))
+    val_probability = predict(split["X_val"])
+    metrics["validation"] = {"accuracy": float(np.mean((val_probability >= THRESHOLD) == split["y_val"])),
+                             "roc_auc": roc_auc(split["y_val"], val_probability),
+                             "log_loss": log_loss(split["y_val"], val_probability), "rows": len(split["y_val"])}
     _write_json(work / METRICS_FILE, metrics)
     plot_learning_curve(history.history, work / PLOT_FILE)
     exported = export(model, split["X_test"], Path(export_base), version, commit)
@@ -109,24 +129,53 @@ def log_loss(y, probability) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def evaluate(y_test, probability, y_train) -> dict[str, Any]:
-    """The model's test metrics beside those of the baseline that answers the training majority class
-    (with the training share of positives as its probability: a constant ranks nothing, AUC 0.5)."""
+def evaluate(y_test, probability, y_train, confidence: float = 0.95) -> dict[str, Any]:
+    """The model's test metrics, the majority-class baseline's, and the model's advantage over it with
+    bootstrap intervals (the baseline answers one class with the training share of positives as its
+    probability: it ranks nothing, so its ROC AUC is 0.5)."""
     import numpy as np
 
-    y_test = np.asarray(y_test)
-    accuracy = float(np.mean((probability >= THRESHOLD).astype("int64") == y_test))
+    y, p = np.asarray(y_test).astype("int64"), np.asarray(probability, dtype="float64")
     prior = float(np.mean(y_train))
-    majority = int(prior >= 0.5)
-    baseline = {"accuracy": float(np.mean(y_test == majority)), "roc_auc": 0.5,
-                "log_loss": log_loss(y_test, np.full(len(y_test), prior))}
-    metrics = {"accuracy": accuracy, "roc_auc": roc_auc(y_test, probability), "log_loss": log_loss(y_test, probability),
-               "test_rows": len(y_test), "baselines": {"majority": baseline}}
-    metrics["beats_baselines"] = bool(metrics["accuracy"] > baseline["accuracy"] and metrics["roc_auc"] > 0.5)
-    metrics["summary"] = (f"{accuracy:.1%} of {len(y_test)} test points classified right (always answering the "
-                          f"majority class: {baseline['accuracy']:.1%}); ROC AUC {metrics['roc_auc']:.3f}, "
-                          f"log loss {metrics['log_loss']:.3f}.")
-    return metrics
+    correct = ((p >= THRESHOLD).astype("int64") == y).astype("float64")
+    majority_correct = (y == int(prior >= 0.5)).astype("float64")
+    baseline = {"accuracy": float(majority_correct.mean()), "roc_auc": 0.5, "log_loss": log_loss(y, np.full(len(y), prior))}
+    model = {"accuracy": float(correct.mean()), "roc_auc": roc_auc(y, p), "log_loss": log_loss(y, p)}
+
+    picks = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(y), size=(BOOTSTRAP_RESAMPLES, len(y)))
+    accuracy_draws = correct[picks].mean(axis=1)
+    auc_draws = np.array([_roc_auc_or_nan(y[idx], p[idx]) for idx in picks])
+    draws = {"accuracy": (accuracy_draws, accuracy_draws - majority_correct[picks].mean(axis=1)),
+             "roc_auc": (auc_draws, auc_draws - 0.5)}
+    comparisons, intervals = [], {}
+    for metric, (own, advantage) in draws.items():
+        low, high = _percentile_interval(own, confidence)
+        intervals[metric] = {"value": model[metric], "low": low, "high": high, "confidence": confidence}
+        low, high = _percentile_interval(advantage, confidence)
+        comparisons.append({"baseline": "majority", "metric": metric, "difference": model[metric] - baseline[metric],
+                            "low": low, "high": high, "confidence": confidence})
+    beats = {"majority": {c["metric"]: c["low"] > 0 for c in comparisons}}
+    beats["all"] = all(c["low"] > 0 for c in comparisons) and model["log_loss"] < baseline["log_loss"]
+    auc = intervals["roc_auc"]
+    summary = (f"{model['accuracy']:.1%} of {len(y)} test points classified right (always answering the majority "
+               f"class: {baseline['accuracy']:.1%}); ROC AUC {model['roc_auc']:.3f} ({confidence:.0%} interval "
+               f"{auc['low']:.3f} to {auc['high']:.3f}); log loss {model['log_loss']:.3f} (constant predictor: "
+               f"{baseline['log_loss']:.3f}).")
+    return {**model, "log_loss_constant": baseline["log_loss"], "test_rows": len(y), "baselines": {"majority": baseline},
+            "comparisons": comparisons, "intervals": intervals, "beats_baselines": beats, "summary": summary}
+
+
+def _roc_auc_or_nan(y, score) -> float:
+    """ROC AUC of a resample, NaN when it drew rows of one class only (left out of the interval)."""
+    return roc_auc(y, score) if 0 < int(y.sum()) < len(y) else float("nan")
+
+
+def _percentile_interval(draws, confidence: float) -> tuple[float, float]:
+    import numpy as np
+
+    finite = draws[np.isfinite(draws)]
+    low, high = np.quantile(finite, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
 
 
 def plot_learning_curve(history: dict[str, list[float]], path: Path) -> None:
@@ -139,7 +188,7 @@ def plot_learning_curve(history: dict[str, list[float]], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(6, 4))
     epochs = range(1, len(history["loss"]) + 1)
     axes.plot(epochs, history["loss"], label="training rows")
-    axes.plot(epochs, history["val_loss"], label="test rows")
+    axes.plot(epochs, history["val_loss"], label="validation rows")
     axes.set_xlabel("epoch")
     axes.set_ylabel("loss (binary cross-entropy)")
     axes.set_title("Learning curve")
@@ -211,14 +260,14 @@ def _epoch_log(epochs: int):
     import keras
 
     def line(epoch: int, logs: dict) -> None:
-        log.info("epoch %d/%d: loss %.4f, accuracy %.4f, test loss %.4f", epoch + 1, epochs, logs["loss"],
+        log.info("epoch %d/%d: loss %.4f, accuracy %.4f, validation loss %.4f", epoch + 1, epochs, logs["loss"],
                  logs["accuracy"], logs["val_loss"])
 
     return keras.callbacks.LambdaCallback(on_epoch_end=line)
 
 
 def _check(version: int, commit: str, hidden_units: int, learning_rate: float, epochs: int, l2: float,
-           seed: int) -> None:
+           seed: int, confidence: float) -> None:
     def whole(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
@@ -237,6 +286,8 @@ def _check(version: int, commit: str, hidden_units: int, learning_rate: float, e
         problems.append(f"l2 must be a number >= 0, got {l2!r}")
     if not whole(seed):
         problems.append(f"seed must be a whole number, got {seed!r}")
+    if not isinstance(confidence, (int, float)) or isinstance(confidence, bool) or not 0.5 <= confidence < 1:
+        problems.append(f"confidence must be a number in [0.5, 1), got {confidence!r}")
     if problems:
         raise DataError("; ".join(problems))
 

@@ -43,12 +43,12 @@ def test_every_row_lands_in_exactly_one_split(tmp_path):
     result = run(source_dir=str(source.parent), work_dir=str(tmp_path / "work"), test_fraction=0.25)
 
     split = load_split(tmp_path / "work")
-    assert (result["rows"], result["train_rows"], result["test_rows"]) == (100, 75, 25)
-    assert split["X_train"].shape == (75, 4) and split["X_test"].shape == (25, 4)
+    assert (result["rows"], result["train_rows"], result["val_rows"], result["test_rows"]) == (100, 55, 20, 25)
+    assert [split[f"X_{part}"].shape for part in ("train", "val", "test")] == [(55, 4), (20, 4), (25, 4)]
     assert split["X_train"].dtype == np.float32 and split["y_train"].dtype == np.int64
     file_rows = np.loadtxt(source, delimiter=",", skiprows=1, dtype="float32")
-    split_rows = np.vstack([np.column_stack([split["X_train"], split["y_train"]]),
-                            np.column_stack([split["X_test"], split["y_test"]])])
+    split_rows = np.vstack([np.column_stack([split[f"X_{part}"], split[f"y_{part}"]])
+                            for part in ("train", "val", "test")])
     assert sorted(map(tuple, split_rows.tolist())) == sorted(map(tuple, file_rows.tolist()))
     assert result["positive_fraction"] == 0.5
 
@@ -88,6 +88,17 @@ def test_an_unusable_file_is_refused(tmp_path, content, expected):
     (tmp_path / "raw" / "points.csv").write_bytes(content)
     with pytest.raises(DataError, match=expected):
         run(source_dir=str(tmp_path / "raw"), work_dir=str(tmp_path / "work"))
+
+
+@pytest.mark.parametrize(("fractions", "expected"), [
+    ({"test_fraction": 0.0}, "test_fraction must lie between 0 and 1"),
+    ({"val_fraction": 1.5}, "val_fraction must lie between 0 and 1"),
+    ({"test_fraction": 0.5, "val_fraction": 0.5}, "no rows left to train on"),
+])
+def test_fractions_that_leave_no_split_are_refused(tmp_path, fractions, expected):
+    source = points_csv(tmp_path / "raw")
+    with pytest.raises(DataError, match=expected):
+        run(source_dir=str(source.parent), work_dir=str(tmp_path / "work"), **fractions)
 
 
 def test_a_missing_file_or_a_single_class_is_refused(tmp_path):
