@@ -78,6 +78,8 @@ def data_source(template: Template, data_dir: str | None, synthetic: bool) -> di
     if section:
         return section
     own = (yaml.safe_load(template.config_text()) or {}).get("data") or {}
+    if own and own.get("source") != "kaggle":
+        return own  # the template brings its data itself (a folder or a script)
     kaggle = (own.get("kaggle") or {}).get("dataset") if own.get("source") == "kaggle" else None
     kaggle_json = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
     if kaggle and ((os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or kaggle_json.exists()):
@@ -154,7 +156,7 @@ class Demo:
         echo(f"2. ds1 committed the experiments {', '.join(e['name'] for e in experiments)} (data: {data['source']}"
              + (f" {data.get('folder')}" if data.get("folder") else "") + ")")
         if self.result.synthetic:
-            echo("   !!! SYNTHETIC DATA: the model will be trained on generated prices, not market data !!!")
+            echo("   !!! SYNTHETIC DATA: the model will be trained on generated data, not real data !!!")
 
         echo("3. the gate: an unapproved merge request into build-components")
         repo = git.Repo(self.workdir)
@@ -248,7 +250,7 @@ def timeline(result: DemoResult) -> str:
         lines += ["", f"model version {result.served_version}: {numbers}" + (f" — {m['summary']}" if m.get("summary")
                                                                              else "")]
     if result.synthetic:
-        lines.append("!!! trained on SYNTHETIC data: these numbers say nothing about real stocks !!!")
+        lines.append("!!! trained on SYNTHETIC data: these numbers say nothing about the real world !!!")
     d = result.workdir
     lines += ["", f"try next, in {d}:",
               f"  branchops -C {d} status",

@@ -95,9 +95,16 @@ def lineage(repo_path: str, key: str) -> dict[str, Any]:
         "images": {"digests": images, "built_by": _approval(build)},
         "data": best.data.to_dict() if best and best.data else None,
         "metrics": {k: metrics.get(k) for k in config.training.metrics}
-                   | {"beats_baselines": (metrics.get("beats_baselines") or {}).get("all")},
+                   | {"beats_baselines": _beats_all(metrics.get("beats_baselines"))},
         "deployments": deployments,
     }
+
+
+def _beats_all(value: Any) -> bool | None:
+    """A run's own verdict on its baselines: a plain boolean, or per baseline with an overall "all"."""
+    if isinstance(value, dict):
+        value = value.get("all")
+    return value if isinstance(value, bool) else None
 
 
 def render(chain: dict[str, Any]) -> str:

@@ -68,14 +68,9 @@ def requirements(config: BranchopsConfig, stage: str) -> list[Requirement]:
         needs.append(_extra("kfp", "kubeflow", f"{stage} compiles the pipeline with the Kubeflow Pipelines SDK"))
         if config.kubeflow.backend == "local":
             needs.append(_extra("docker", "kubeflow", "Kubeflow's local runner imports the docker SDK"))
+    # What a project's own components import (pandas, TensorFlow, ...) is the project's to install: a
+    # missing one fails that step with its ModuleNotFoundError in the run's record. Here: the toolkit's own.
     if stage == "training":
-        if config.kubeflow.backend == "local":
-            # the local runner runs the components in this Python environment
-            why = "the local pipeline engine runs the components in this Python environment"
-            needs += [_extra("pandas", "data", why), _extra("pyarrow", "data", why), _tensorflow(why),
-                      _extra("matplotlib", "train", f"{why} (the evaluate component draws plots)")]
-            if config.data is not None and config.data.source == "kaggle":
-                needs.append(_extra("kaggle", "data", "data.source is 'kaggle' (the data is downloaded here)"))
         if config.storage.backend == "trident":
             needs += _kubernetes("storage.backend is 'trident'")
     if stage == "deploy-model":
