@@ -17,13 +17,12 @@ ROLLBACK_BRANCH_PREFIX = "branchops/rollback-"
 
 
 def release_merges(repo: git.Repo, tip: str, release_file: str) -> list[git.Commit]:
-    """Merges on the deploy branch's first-parent line that changed the release, newest first."""
-    changed = []
-    for commit in repo.iter_commits(tip, first_parent=True):
-        if len(commit.parents) >= 2 and gitops.read_file(repo, commit.parents[0].hexsha, release_file) != \
-                gitops.read_file(repo, commit.hexsha, release_file):
-            changed.append(commit)
-    return changed
+    """Merges on the deploy branch's first-parent line that changed the release, newest first.
+
+    One ``git log``: along the first parents a commit touches a path when it differs from its first
+    parent there, so git walks the branch's (many) record commits itself instead of this process."""
+    found = repo.git.log("--first-parent", "--merges", "--format=%H", tip, "--", release_file)
+    return [repo.commit(sha) for sha in found.split()]
 
 
 def prepare_rollback(repo_path: str, user: str, to_merge_request: int | None = None) -> tuple[MergeRequest, bool, str]:
