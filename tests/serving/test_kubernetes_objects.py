@@ -23,8 +23,9 @@ TFSERVE = Path(__file__).resolve().parents[2] / "serving" / "tfserve"
 
 
 def config(**kubernetes) -> BranchopsConfig:
+    # the reference project's model (the shipped manifests under serving/tfserve are its)
     return BranchopsConfig.model_validate({"approvers": {s: ["lead"] for s in STAGES},
-                                           "serving": {"kubernetes": kubernetes}})
+                                           "serving": {"model_name": "djia", "kubernetes": kubernetes}})
 
 
 def all_objects(builder: ObjectBuilder) -> list[dict]:
@@ -102,8 +103,9 @@ def test_canary_replica_ratio():
 
 
 def test_shipped_manifests_match_the_generator_and_are_valid():
-    default = BranchopsConfig.model_validate({"approvers": {s: ["approver"] for s in STAGES}})
-    for name, text in render_manifests(default).items():
+    from branchops.config import load_config
+    project = load_config(TFSERVE.parents[1])  # the manifests are the reference project's
+    for name, text in render_manifests(project).items():
         shipped = TFSERVE / name
         assert shipped.read_text() == text, (
             f"{shipped} is stale: run python -m branchops.serving.kubernetes_backend serving/tfserve")

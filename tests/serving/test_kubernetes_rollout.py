@@ -201,7 +201,7 @@ def cluster(models, tmp_path):
 def backend(cluster: FakeCluster, **kubernetes) -> KubernetesServing:
     config = BranchopsConfig.model_validate({
         "approvers": {s: ["lead"] for s in STAGES},
-        "serving": {"backend": "kubernetes", "kubernetes": {"replicas": 2, "rollout_timeout_s": 60, **kubernetes},
+        "serving": {"backend": "kubernetes", "model_name": "djia", "kubernetes": {"replicas": 2, "rollout_timeout_s": 60, **kubernetes},
                     "rollout": {"canary_steps": [10, 50, 100], "requests_per_step": 6, "max_p99_latency_ms": 60000}},
     })
     serving = KubernetesServing(config, Path("."), api=cluster)  # type: ignore[arg-type]
