@@ -71,28 +71,28 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
         return run(data_dir=data_dir)
 
     @dsl.component(base_image=image("features"), install_kfp_package=False)
-    def features(data_dir: str, work_dir: str, target: str, window: int, val_fraction: float,
-                 test_fraction: float) -> dict:
+    def features(data_dir: str, work_dir: str, target: str, target_kind: str, window: int, val_fraction: float,
+                 test_fraction: float, purge_gap: int) -> dict:
         from components.features import run
 
-        return run(data_dir=data_dir, work_dir=work_dir, target=target, window=window,
-                   val_fraction=val_fraction, test_fraction=test_fraction)
+        return run(data_dir=data_dir, work_dir=work_dir, target=target, target_kind=target_kind, window=window,
+                   val_fraction=val_fraction, test_fraction=test_fraction, purge_gap=purge_gap)
 
     @dsl.component(base_image=image("train"), install_kfp_package=False)
     def train(work_dir: str, hidden_units: list, dropout: float, learning_rate: float, batch_size: int,
-              epochs: int, patience: int, seed: int) -> dict:
+              epochs: int, patience: int, seed: int, walk_forward_folds: int) -> dict:
         from components.train import run
 
         # KFP passes lists as protobuf ListValues, whose numbers are doubles.
         return run(work_dir=work_dir, hidden_units=[int(u) for u in hidden_units], dropout=dropout,
                    learning_rate=learning_rate, batch_size=batch_size, epochs=epochs, patience=patience,
-                   seed=seed)
+                   seed=seed, walk_forward_folds=walk_forward_folds)
 
     @dsl.component(base_image=image("evaluate"), install_kfp_package=False)
-    def evaluate(work_dir: str) -> dict:
+    def evaluate(work_dir: str, confidence: float, seed: int) -> dict:
         from components.evaluate import run
 
-        return run(work_dir=work_dir)
+        return run(work_dir=work_dir, confidence=confidence, seed=seed)
 
     @dsl.component(base_image=image("export"), install_kfp_package=False)
     def export(work_dir: str, export_base: str, version: int, commit: str) -> dict:
@@ -101,7 +101,8 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
         return run(work_dir=work_dir, export_base=export_base, version=version, commit=commit)
 
     @dsl.pipeline(name=PIPELINE_NAME,
-                  description="DJIA 30: consolidate, validate, features, train, evaluate, export")
+                  description="DJIA 30: consolidate, validate, features (direction or turbulence target), train "
+                              "with walk-forward folds, evaluate against baselines with intervals, export")
     def djia_pipeline(
         source_dir: str,
         data_dir: str,
@@ -113,7 +114,14 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
         data_pvc: str = "djia-data",
         model_pvc: str = "djia-models",
         target: str = "AAPL",
+        # direction: next-day up/down; turbulence: next 5 days more turbulent than the last month
+        target_kind: str = "direction",
         window: int = 5,
+        # labelled days dropped between the splits and before each walk-forward fold: >= the label horizon
+        purge_gap: int = 5,
+        walk_forward_folds: int = 5,
+        # of the intervals of the model's advantage over each baseline (the KPI gate reads them)
+        confidence: float = 0.95,
         hidden_units: list = [64, 32],  # noqa: B006 - a KFP default value, never mutated
         dropout: float = 0.1,
         learning_rate: float = 0.001,
@@ -129,14 +137,15 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
         steps.append(consolidated)
         validated = validate(data_dir=data_dir).after(consolidated)
         steps.append(validated)
-        featured = features(data_dir=data_dir, work_dir=work_dir, target=target, window=window,
-                            val_fraction=val_fraction, test_fraction=test_fraction).after(validated)
+        featured = features(data_dir=data_dir, work_dir=work_dir, target=target, target_kind=target_kind,
+                            window=window, val_fraction=val_fraction, test_fraction=test_fraction,
+                            purge_gap=purge_gap).after(validated)
         steps.append(featured)
         trained = train(work_dir=work_dir, hidden_units=hidden_units, dropout=dropout,
                         learning_rate=learning_rate, batch_size=batch_size, epochs=epochs,
-                        patience=patience, seed=seed).after(featured)
+                        patience=patience, seed=seed, walk_forward_folds=walk_forward_folds).after(featured)
         steps.append(trained)
-        evaluated = evaluate(work_dir=work_dir).after(trained)
+        evaluated = evaluate(work_dir=work_dir, confidence=confidence, seed=seed).after(trained)
         steps.append(evaluated)
         exported = export(work_dir=work_dir, export_base=export_base, version=version,
                           commit=commit).after(evaluated)

@@ -1,8 +1,26 @@
-"""Evaluate: the model against two naive baselines on the test split, plus plots.
+"""Evaluate: the model against naive baselines, with intervals, on the test split and on walk-forward folds.
 
-Writes ``metrics.json`` (accuracy, ROC AUC, precision, recall, F1 and the confusion matrix for the
-model, the majority-class baseline and the "same as yesterday" baseline, and whether the model beats
-each baseline) and ``plots/learning_curves.png``, ``plots/roc.png``, ``plots/confusion_matrix.png``.
+Writes ``metrics.json`` and ``plots/learning_curves.png``, ``plots/roc.png``, ``plots/confusion_matrix.png``.
+
+``metrics.json`` (the shape the toolkit's KPI gate reads, see docs/architecture.md §8):
+
+* top level: the model's test metrics (accuracy, roc_auc, precision, recall, f1, log_loss) and
+  ``log_loss_constant``, the log loss of a constant predictor answering the training split's share of
+  positives every day;
+* ``comparisons``: ``[{"baseline", "metric", "difference", "low", "high", "confidence"}]`` -- the model's
+  ROC AUC minus each baseline's on the test days, with a paired moving-block bootstrap interval over the
+  test days (blocks keep the days' serial dependence and the overlap of multi-day labels; seeded, numpy
+  only).  A model earns its deploy when every ``low`` is above zero and ``log_loss`` < ``log_loss_constant``;
+* ``intervals``: the model's test ROC AUC with its interval, and ``log_loss_gain`` (the constant's log
+  loss minus the model's, with its interval);
+* ``validation``: the same metrics and comparisons on the walk-forward folds (rows before the test
+  period only; see train), per fold and as the mean over folds with an interval.  Experiments are ranked on
+  this section, so the test split is used once, for the chosen model;
+* ``baselines``: each baseline's test metrics; ``beats_baselines``: whether each comparison is significant.
+
+Baselines: **majority_class** (the training split's majority every day) and **persistence** (the last
+label known on the label day: for direction, yesterday's direction; for turbulence, whether the 5 days
+before were more turbulent than the 22 before them).
 """
 
 from __future__ import annotations
@@ -20,8 +38,6 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 PLOTS_DIR = "plots"
 THRESHOLD = 0.5
-# a baseline is beaten when the model is strictly better on these
-COMPARED_ON = ("accuracy", "roc_auc")
 
 
 def classification_metrics(y_true, probability, threshold: float = THRESHOLD) -> dict[str, Any]:
@@ -87,22 +103,118 @@ def roc_curve(y_true, score):
     return fpr, tpr
 
 
-def run(work_dir: str) -> dict[str, Any]:
+BASELINES = ("majority_class", "persistence")
+BOOTSTRAP_RESAMPLES = 1000
+# About a trading month: longer than the 5-day label windows, so overlapping labels stay in one block
+BLOCK_DAYS = 20
+LOG_LOSS_EPS = 1e-7
+
+
+def log_loss(y_true, probability) -> float:
     import numpy as np
 
+    return float(np.mean(_day_log_loss(np.asarray(y_true), np.asarray(probability, dtype="float64"))))
+
+
+def _day_log_loss(y, p):
+    import numpy as np
+
+    p = np.clip(p, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def fast_roc_auc(y, score) -> float:
+    """roc_auc for bootstrap loops (average ranks by binary search; NaN with a single class)."""
+    import numpy as np
+
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ordered = np.sort(score)
+    ranks = (np.searchsorted(ordered, score, "left") + np.searchsorted(ordered, score, "right") + 1) / 2.0
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def block_bootstrap_indices(n: int, resamples: int, block_days: int, rng):
+    """Moving-block resamples of 0..n-1: each row a list of n indices made of consecutive runs."""
+    import numpy as np
+
+    block = max(1, min(block_days, n))
+    blocks = -(-n // block)
+    starts = rng.integers(0, n - block + 1, size=(resamples, blocks))
+    return (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :n]
+
+
+def compare(y, model_score, baseline_scores: dict, constant, confidence: float, seed: int,
+            groups=None, block_days: int = BLOCK_DAYS) -> tuple[list[dict], dict]:
+    """The model's advantage over each baseline (roc_auc) and over the constant (log_loss), with paired
+    bootstrap intervals; and the model's own roc_auc interval.  With ``groups`` (walk-forward folds) the
+    days are resampled within each group and the statistic is the mean of the groups' values.  ``constant``:
+    the constant predictor's probability, one number or one per day."""
+    import numpy as np
+
+    y = np.asarray(y).astype(int)
+    model_score = np.asarray(model_score, dtype="float64")
+    groups = np.zeros(len(y), dtype=int) if groups is None else np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    constant_loss = _day_log_loss(y, np.broadcast_to(np.asarray(constant, dtype="float64"), y.shape))
+    model_loss = _day_log_loss(y, model_score)
+    statistics = {("model", "roc_auc"): lambda idx: fast_roc_auc(y[idx], model_score[idx]),
+                  ("constant", "log_loss"): lambda idx: float(np.mean(constant_loss[idx] - model_loss[idx]))}
+    def auc_advantage(baseline_score):
+        return lambda idx: fast_roc_auc(y[idx], model_score[idx]) - fast_roc_auc(y[idx], baseline_score[idx])
+
+    for name, score in baseline_scores.items():
+        statistics[(name, "roc_auc")] = auc_advantage(np.asarray(score, dtype="float64"))
+
+    def over_groups(statistic, picks):
+        return float(np.mean([statistic(m[p]) for m, p in zip(members, picks)]))
+
+    rng = np.random.default_rng(seed)
+    resampled = [block_bootstrap_indices(len(m), BOOTSTRAP_RESAMPLES, block_days, rng) for m in members]
+    identity = [np.arange(len(m)) for m in members]
+    alpha = 1 - confidence
+    results = {}
+    for key, statistic in statistics.items():
+        point = over_groups(statistic, identity)
+        draws = np.array([over_groups(statistic, [r[b] for r in resampled]) for b in range(BOOTSTRAP_RESAMPLES)])
+        draws = draws[np.isfinite(draws)]
+        low, high = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
+        results[key] = {"difference": round(point, 6), "low": round(float(low), 6), "high": round(float(high), 6),
+                        "confidence": confidence}
+    comparisons = [{"baseline": name, "metric": metric, **results[(name, metric)]}
+                   for name, metric in results if name not in ("model", "constant")]
+    own = results[("model", "roc_auc")]
+    return comparisons, {"roc_auc": {"value": own["difference"], "low": own["low"], "high": own["high"],
+                                     "confidence": confidence},
+                         # the constant's log loss minus the model's: positive when the model is better
+                         "log_loss_gain": results[("constant", "log_loss")]}
+
+
+def run(work_dir: str, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    import numpy as np
+
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.5 <= confidence < 1:
+        raise DataError(f"confidence must be a number in [0.5, 1), got {confidence!r}")
     work = Path(work_dir)
     model_path = require_file(work / "model.keras", "train")
     features_path = require_file(work / "features.npz", "features")
     history_path = require_file(work / "history.json", "train")
+    walk_forward_path = require_file(work / "walk_forward.npz", "train")
     with np.load(features_path) as data:
-        needed = ("X_test", "y_test", "yesterday_up_test", "y_train", "dates_test")
+        needed = ("X_test", "y_test", "persistence_test", "y_train", "dates_test")
         missing = [k for k in needed if k not in data.files]
         if missing:
             raise DataError(f"missing array(s) {', '.join(missing)}; rerun the features component",
                             file=str(features_path))
         X_test, y_test = data["X_test"], data["y_test"]
-        yesterday_up, y_train, dates = data["yesterday_up_test"], data["y_train"], data["dates_test"]
+        persistence, y_train, dates = data["persistence_test"], data["y_train"], data["dates_test"]
+    with np.load(walk_forward_path) as data:
+        folds = {k: data[k] for k in data.files}
     history = json.loads(history_path.read_text())
+    meta_path = work / "features.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
 
     import keras
 
@@ -118,19 +230,23 @@ def run(work_dir: str) -> dict[str, Any]:
         "model": probability,
         # a constant score: predicts the training split's majority class every day
         "majority_class": np.full(len(y_test), float(majority)),
-        "same_as_yesterday": yesterday_up.astype("float64"),
+        "persistence": persistence.astype("float64"),
     }
     results = {name: classification_metrics(y_test, score) for name, score in scores.items()}
-    model_metrics = results["model"]
-    beats: dict[str, Any] = {}
-    for baseline in ("majority_class", "same_as_yesterday"):
-        beats[baseline] = {
-            metric: _better(model_metrics[metric], results[baseline][metric]) for metric in COMPARED_ON
-        }
-    beats["all"] = all(v for b in ("majority_class", "same_as_yesterday") for v in beats[b].values())
-    summary = _summary(model_metrics, results, beats)
+    model_metrics = {**results["model"], "log_loss": round(log_loss(y_test, probability), 6)}
+    comparisons, intervals = compare(y_test, probability, {b: scores[b] for b in BASELINES}, share_up_train,
+                                     confidence, seed)
+    validation = {**_walk_forward_section(folds, confidence, seed), "final_model": history.get("final_model")}
+    log_loss_constant = round(log_loss(y_test, np.full(len(y_test), share_up_train)), 6)
+    beats: dict[str, Any] = {c["baseline"]: {c["metric"]: c["low"] > 0} for c in comparisons}
+    beats["constant"] = {"log_loss": model_metrics["log_loss"] < log_loss_constant}
+    beats["all"] = all(c["low"] > 0 for c in comparisons) and beats["constant"]["log_loss"]
+    summary = _summary(model_metrics, log_loss_constant, intervals, comparisons, validation, len(y_test))
     metrics = {
-        **{k: model_metrics[k] for k in ("accuracy", "roc_auc", "precision", "recall", "f1")},
+        **{k: model_metrics[k] for k in ("accuracy", "roc_auc", "precision", "recall", "f1", "log_loss")},
+        "log_loss_constant": log_loss_constant,
+        "predicts": meta.get("predicts"),
+        "target_kind": meta.get("target_kind"),
         "split": "test",
         "rows": len(y_test),
         "first_date": str(dates[0]),
@@ -138,16 +254,22 @@ def run(work_dir: str) -> dict[str, Any]:
         "threshold": THRESHOLD,
         "share_up": round(float(np.mean(y_test)), 6),
         "model": model_metrics,
+        "comparisons": comparisons,
+        "intervals": intervals,
+        "validation": validation,
         "baselines": {
             "majority_class": {**results["majority_class"], "predicts": "up" if majority else "down",
                                "share_up_in_train": round(share_up_train, 6)},
-            "same_as_yesterday": {**results["same_as_yesterday"],
-                                  "predicts": "the target's direction on the day before the label day"},
+            "persistence": {**results["persistence"],
+                            "predicts": "the last label known on the label day"},
         },
         "beats_baselines": beats,
-        "compared_on": list(COMPARED_ON),
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "block_days": BLOCK_DAYS, "seed": seed,
+                      "interval": f"two-sided {confidence:.0%} percentile interval of a paired moving-block "
+                                  "bootstrap over the evaluation days"},
         "summary": summary,
-        "training": {k: history.get(k) for k in ("epochs_run", "best_epoch", "stopped_early", "device")},
+        "training": {k: history.get(k) for k in ("epochs_run", "best_epoch", "stopped_early", "device",
+                                                 "final_model")},
     }
     with staged_outputs(work) as staging:
         write_json_atomic(staging / METRICS_FILE, metrics)
@@ -160,29 +282,66 @@ def run(work_dir: str) -> dict[str, Any]:
     return {
         "metrics": str(work / METRICS_FILE),
         "plots": [str(work / PLOTS_DIR / n) for n in ("learning_curves.png", "roc.png", "confusion_matrix.png")],
-        **{k: metrics[k] for k in ("accuracy", "roc_auc", "precision", "recall", "f1")},
+        **{k: metrics[k] for k in ("accuracy", "roc_auc", "precision", "recall", "f1", "log_loss",
+                                   "log_loss_constant")},
+        "comparisons": comparisons,
+        "validation": {k: validation[k] for k in ("roc_auc", "accuracy", "log_loss", "folds_count")},
         "beats_baselines": beats,
         "summary": summary,
     }
 
 
-def _better(model_value, baseline_value) -> bool:
-    if model_value is None:
-        return False
-    if baseline_value is None:
-        return True
-    return model_value > baseline_value
+def _walk_forward_section(folds: dict[str, Any], confidence: float, seed: int) -> dict[str, Any]:
+    import numpy as np
+
+    per_fold = []
+    baselines = {"majority_class": np.zeros(len(folds["y"])), "persistence": folds["persistence"].astype("float64")}
+    constant = np.zeros(len(folds["y"]))
+    for index in np.unique(folds["fold"]):
+        rows = folds["fold"] == index
+        y, p = folds["y"][rows], folds["probability"][rows]
+        share = float(folds["train_share"][index])
+        baselines["majority_class"][rows] = 1.0 if share >= 0.5 else 0.0
+        constant[rows] = share
+        auc = roc_auc(y, p)
+        per_fold.append({"fold": int(index) + 1, "first_date": str(folds["dates"][rows][0]),
+                         "last_date": str(folds["dates"][rows][-1]), "rows": int(rows.sum()),
+                         "train_rows": int(folds["train_rows"][index]),
+                         "roc_auc": None if auc is None else round(auc, 6),
+                         "accuracy": round(float(np.mean((p >= THRESHOLD) == y)), 6),
+                         "log_loss": round(log_loss(y, p), 6),
+                         "log_loss_constant": round(log_loss(y, np.full(len(y), share)), 6),
+                         "persistence_roc_auc": roc_auc(y, folds["persistence"][rows])})
+    # the constant differs per fold (each fold's training share): it is passed per day
+    comparisons, intervals = compare(folds["y"], folds["probability"], baselines, constant, confidence, seed,
+                                     groups=folds["fold"])
+
+    def mean(key):
+        values = [f[key] for f in per_fold if f[key] is not None]
+        return round(float(np.mean(values)), 6) if values else None
+
+    return {"source": "walk-forward folds before the test period (the test split is not used)",
+            "purge_gap": int(folds["purge_gap"]), "folds_count": len(per_fold), "folds": per_fold,
+            "roc_auc": mean("roc_auc"), "accuracy": mean("accuracy"), "log_loss": mean("log_loss"),
+            "log_loss_constant": mean("log_loss_constant"), "intervals": intervals, "comparisons": comparisons}
 
 
-def _summary(model_metrics, results, beats) -> str:
+def _summary(model_metrics, log_loss_constant, intervals, comparisons, validation, rows) -> str:
     def fmt(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    parts = [f"model accuracy {fmt(model_metrics['accuracy'])}, ROC AUC {fmt(model_metrics['roc_auc'])}"]
-    for baseline in ("majority_class", "same_as_yesterday"):
-        verdict = "beats" if all(beats[baseline].values()) else "does NOT beat"
-        parts.append(f"{verdict} {baseline.replace('_', '-')} (accuracy {fmt(results[baseline]['accuracy'])}, "
-                     f"ROC AUC {fmt(results[baseline]['roc_auc'])})")
+    auc = intervals["roc_auc"]
+    parts = [f"test ({rows} days): ROC AUC {fmt(model_metrics['roc_auc'])} [{fmt(auc['low'])}, {fmt(auc['high'])}], "
+             f"accuracy {fmt(model_metrics['accuracy'])}"]
+    for c in comparisons:
+        verdict = "significantly better than" if c["low"] > 0 else "NOT significantly better than"
+        parts.append(f"{verdict} {c['baseline'].replace('_', '-')} on {c['metric']} "
+                     f"({c['difference']:+.3f}, {c['confidence']:.0%} interval [{c['low']:+.3f}, {c['high']:+.3f}])")
+    verdict = "beats" if model_metrics["log_loss"] < log_loss_constant else "does NOT beat"
+    parts.append(f"log loss {model_metrics['log_loss']:.3f} {verdict} the constant predictor's {log_loss_constant:.3f}")
+    wf = validation["intervals"]["roc_auc"]
+    parts.append(f"walk-forward ({validation['folds_count']} folds) ROC AUC {fmt(validation['roc_auc'])} "
+                 f"[{fmt(wf['low'])}, {fmt(wf['high'])}]")
     return "; ".join(parts)
 
 

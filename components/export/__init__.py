@@ -1,11 +1,14 @@
 """Export: the trained model as a SavedModel in TensorFlow Serving's layout, with metadata and a sample.
 
 ``export_base/<version>/`` holds ``saved_model.pb`` and ``variables/`` with the signature
-``serving_default``: input ``lagged_returns`` (float32 [None, n_features], raw lagged log returns in the
-order of ``feature_names``; the normalisation is inside the graph) and outputs ``probability_up``
-(float32 [None]) and ``direction`` (int64 [None], 1 = up).  ``assets.extra/branchops_model.json`` carries
-the feature order, tickers, window, training commit and a fixed sample of test inputs with the
-predictions the exported graph gave for them (the deploy stage's smoke test replays it).
+``serving_default``: input ``lagged_returns`` (float32 [None, n_features], the raw features in the order
+of ``feature_names``: lagged log returns for the direction target, lagged mean absolute returns for the
+turbulence target; the normalisation is inside the graph) and outputs ``probability_up`` (float32 [None],
+the probability that the label is 1: "up" for direction, "more turbulent" for turbulence) and ``direction``
+(int64 [None], 1 when probability_up >= 0.5).  ``assets.extra/branchops_model.json`` carries what the
+model predicts (``predicts``, ``target_kind``), the feature order, tickers, window, training commit and a
+fixed sample of test inputs with the predictions the exported graph gave for them (the deploy stage's
+smoke test replays it).
 
 The version is built in a hidden temporary folder under ``export_base`` and renamed into place, so
 TensorFlow Serving (which watches ``export_base``) never sees half a version.  Versions are immutable:
@@ -102,6 +105,12 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
             "target": meta["target"],
             "window": meta["window"],
             "label": meta.get("label"),
+            # what the served numbers mean: probability_up is the probability that the label is 1 (for the
+            # turbulence target: that the next 5 days are more turbulent than the last month)
+            "target_kind": meta.get("target_kind", "direction"),
+            "predicts": meta.get("predicts"),
+            "outputs_meaning": {"probability_up": f"probability that {meta.get('predicts') or 'the label is 1'}",
+                                "direction": "1 when probability_up >= 0.5, else 0"},
             "threshold": THRESHOLD,
             "commit": commit,
             "version": version,

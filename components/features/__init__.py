@@ -1,15 +1,23 @@
-"""Features and label: lagged log returns of every ticker, and the target's direction the next day.
+"""Features and label for one of two targets (``target_kind``), from Closes of the days before the label.
 
-For a label on trading day t (the target ticker's Close of day t above its Close of day t-1 is "up" = 1,
-anything else -- down or unchanged -- is 0) the features are the log returns of all tickers on days
-t-1, t-2, ..., t-window: each uses Closes of day t-1 or earlier, so nothing from the label's day or later
-enters a feature.  Rows are split chronologically (train, then validation, then test).  The arrays are
-raw returns; normalisation is learnt from the training split inside the model (see train), so the
-exported model takes raw returns too.
+* ``direction``: on trading day t, 1 if the target ticker's Close of day t is above its Close of day t-1
+  ("up"), else 0 (down or unchanged); features: the log returns of all tickers on days t-1 ... t-window.
+  Label horizon 1 day.  On this data it has no honest signal: it is kept so the KPI gate can refuse it.
+* ``turbulence``: 1 if the target's mean absolute log return over days t ... t+4 is above its mean over
+  the 22 trading days before t ("the next 5 days are more turbulent than the last month"); features: the
+  mean absolute log return of the target and of the market (the mean return of all tickers) over the
+  last 1, 5, 22 and 250 trading days before t.  Label horizon 5 days.
+
+Every feature uses Closes of day t-1 or earlier.  Rows are split chronologically (train, then validation,
+then test), and ``purge_gap`` labelled days (at least the label horizon) are dropped before each later
+split, so no training label's window reaches into a day that a later split's label covers
+(:func:`check_no_leak`).  The arrays are raw; normalisation is learnt from the training split inside the
+model (see train), so the exported model takes raw values too.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -25,6 +33,16 @@ ARRAYS_FILE = "features.npz"
 META_FILE = "features.json"
 SPLITS = ("train", "val", "test")
 MIN_ROWS_PER_SPLIT = 20
+TARGET_KINDS = ("direction", "turbulence")
+# trading days a label looks ahead (its window is t .. t + horizon - 1)
+LABEL_HORIZON = {"direction": 1, "turbulence": 5}
+TURBULENCE_LOOKBACK = 22
+TURBULENCE_SPANS = (1, 5, 22, 250)
+PREDICTS = {
+    "direction": "whether {target} closes above the previous trading day's Close (1 = up)",
+    "turbulence": "whether {target}'s mean absolute daily log return over the next 5 trading days (the label "
+                  "day and the 4 after it) is above its mean over the 22 trading days before (1 = more turbulent)",
+}
 
 
 def feature_names(tickers: list[str], window: int) -> list[str]:
@@ -32,8 +50,7 @@ def feature_names(tickers: list[str], window: int) -> list[str]:
     return [f"{ticker}_ret_lag{lag}" for lag in range(1, window + 1) for ticker in tickers]
 
 
-def build_features(prices, target: str, window: int):
-    """Return (X float32 [n, window*tickers], y int32 [n], yesterday_up int32 [n], label dates, tickers)."""
+def _closes_and_returns(prices, target: str):
     import numpy as np
 
     closes = prices.pivot(index="Date", columns="Name", values="Close").sort_index()
@@ -47,7 +64,15 @@ def build_features(prices, target: str, window: int):
         raise DataError(f"target ticker {target!r} is not in the data; tickers: {', '.join(tickers)}")
     returns = np.log(closes.to_numpy(dtype="float64"))
     returns = returns[1:] - returns[:-1]  # returns[i] is the return on day i+1 (close i+1 over close i)
-    return_days = closes.index[1:]
+    return closes, tickers, returns, closes.index[1:]
+
+
+def build_features(prices, target: str, window: int):
+    """Direction: (X float32 [n, window*tickers], y int32 [n], persistence int32 [n], label dates, tickers);
+    persistence is 1 if the target went up on the day before the label day."""
+    import numpy as np
+
+    closes, tickers, returns, return_days = _closes_and_returns(prices, target)
     target_col = tickers.index(target)
     n = len(returns) - window
     if n <= 0:
@@ -61,50 +86,127 @@ def build_features(prices, target: str, window: int):
     return X.astype("float32"), y, yesterday_up, dates, tickers
 
 
-def split_bounds(n: int, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
+def turbulence_feature_names(target: str) -> list[str]:
+    return [f"{who}_mean_abs_ret_{span}d" for who in (target, "market") for span in TURBULENCE_SPANS]
+
+
+def build_turbulence_features(prices, target: str):
+    """Turbulence: (X float32 [n, 8], y int32 [n], persistence int32 [n], label dates, tickers).
+
+    persistence is the last label known on day t: were days t-5 .. t-1 more turbulent than the 22 days
+    before them?"""
+    import numpy as np
+
+    closes, tickers, returns, return_days = _closes_and_returns(prices, target)
+    horizon, lookback = LABEL_HORIZON["turbulence"], TURBULENCE_LOOKBACK
+    stock = np.abs(returns[:, tickers.index(target)])
+    market = np.abs(returns.mean(axis=1))
+    # trailing[k][i]: mean of the k values before index i (indices i-k .. i-1)
+    def trailing(values, k):
+        sums = np.concatenate([[0.0], np.cumsum(values)])
+        out = np.full(len(values) + 1, np.nan)
+        out[k:] = (sums[k:] - sums[:-k]) / k
+        return out[:-1]
+
+    first = max(max(TURBULENCE_SPANS), lookback + horizon)
+    last = len(returns) - horizon  # the label window t .. t+4 must lie inside the data
+    if last - first <= 0:
+        raise DataError(f"{len(closes)} trading days are not enough for the turbulence target "
+                        f"({first + horizon + 1} at least)")
+    days = np.arange(first, last + 1)
+    X = np.stack([trailing(series, span)[days] for series in (stock, market) for span in TURBULENCE_SPANS], axis=1)
+    ahead = np.array([stock[t:t + horizon].mean() for t in days])
+    month = trailing(stock, lookback)[days]
+    y = (ahead > month).astype("int32")
+    recent = trailing(stock, horizon)[days]
+    month_before = trailing(stock, lookback)[days - horizon]
+    persistence = (recent > month_before).astype("int32")
+    return X.astype("float32"), y, persistence, return_days[days], tickers
+
+
+def check_no_leak(label_days, bounds: dict[str, tuple[int, int]], horizon: int) -> None:
+    """Refuse splits where a label of an earlier split covers a day that a later split's label covers:
+    the last label window of each split must end before the first label day of the next one."""
+    ordered = [s for s in SPLITS if s in bounds]
+    for earlier, later in itertools.pairwise(ordered):
+        last_label_window_end = bounds[earlier][1] - 1 + horizon - 1
+        if last_label_window_end >= bounds[later][0]:
+            raise DataError(f"the {earlier} split's last label looks {horizon} day(s) ahead to "
+                            f"{label_days[min(last_label_window_end, len(label_days) - 1)]}, which is a label day "
+                            f"of the {later} split (from {label_days[bounds[later][0]]}): labels leak across the "
+                            f"splits; the purge gap must be at least the label horizon ({horizon})")
+
+
+def split_bounds(n: int, val_fraction: float, test_fraction: float,
+                 purge_gap: int = 0) -> dict[str, tuple[int, int]]:
+    """Row ranges of the splits; ``purge_gap`` rows before validation and before test belong to none."""
     n_test = round(n * test_fraction)
     n_val = round(n * val_fraction)
-    n_train = n - n_val - n_test
-    return {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    n_train = n - n_val - n_test - 2 * purge_gap
+    val_start = n_train + purge_gap
+    test_start = val_start + n_val + purge_gap
+    return {"train": (0, n_train), "val": (val_start, val_start + n_val), "test": (test_start, n)}
 
 
 def run(data_dir: str, work_dir: str, target: str, window: int, val_fraction: float,
-        test_fraction: float) -> dict[str, Any]:
+        test_fraction: float, target_kind: str = "direction", purge_gap: int | None = None) -> dict[str, Any]:
+    """``purge_gap`` None: the label horizon of ``target_kind``; smaller than it is refused."""
     import numpy as np
     import pandas as pd
 
     started = time.monotonic()
     _check_params(target, window, val_fraction, test_fraction)
+    if target_kind not in TARGET_KINDS:
+        raise DataError(f"target_kind must be one of {', '.join(TARGET_KINDS)}, got {target_kind!r}")
+    horizon = LABEL_HORIZON[target_kind]
+    purge_gap = horizon if purge_gap is None else purge_gap
+    if isinstance(purge_gap, bool) or not isinstance(purge_gap, int) or purge_gap < horizon:
+        raise DataError(f"purge_gap must be a whole number of days >= the label horizon of {target_kind} "
+                        f"({horizon}), got {purge_gap!r}")
     source = require_file(Path(data_dir) / INPUT_FILE, "validate")
     prices = pd.read_parquet(source, columns=["Date", "Name", "Close"])
-    X, y, yesterday_up, dates, tickers = build_features(prices, target, window)
-    bounds = split_bounds(len(y), val_fraction, test_fraction)
+    if target_kind == "direction":
+        X, y, persistence, dates, tickers = build_features(prices, target, window)
+        names = feature_names(tickers, window)
+    else:
+        X, y, persistence, dates, tickers = build_turbulence_features(prices, target)
+        names = turbulence_feature_names(target)
+    bounds = split_bounds(len(y), val_fraction, test_fraction, purge_gap)
+    day_strings = np.array([f"{d:%Y-%m-%d}" for d in dates])
+    check_no_leak(day_strings, bounds, horizon)
     for split, (lo, hi) in bounds.items():
         if hi - lo < MIN_ROWS_PER_SPLIT:
             raise DataError(f"the {split} split would have {hi - lo} rows (fewer than {MIN_ROWS_PER_SPLIT}); "
                             f"{len(y)} labelled days in all -- use more data or other fractions")
     arrays: dict[str, Any] = {}
     meta_splits = {}
-    day_strings = np.array([f"{d:%Y-%m-%d}" for d in dates])
     for split, (lo, hi) in bounds.items():
         arrays[f"X_{split}"] = X[lo:hi]
         arrays[f"y_{split}"] = y[lo:hi]
-        arrays[f"yesterday_up_{split}"] = yesterday_up[lo:hi]
+        arrays[f"persistence_{split}"] = persistence[lo:hi]
         arrays[f"dates_{split}"] = day_strings[lo:hi]
         meta_splits[split] = {"rows": hi - lo, "first_date": str(day_strings[lo]),
                               "last_date": str(day_strings[hi - 1]),
                               "share_up": round(float(y[lo:hi].mean()), 4)}
-    names = feature_names(tickers, window)
     meta = {
         "feature_names": names,
         "n_features": len(names),
         "tickers": tickers,
         "target": target,
-        "window": window,
-        "label": f"1 if {target}'s Close on the label day is above the previous trading day's Close, else 0",
-        "features": "log returns of every ticker on the `window` trading days before the label day "
-                    "(lag 1 = the day before); raw, not normalised",
-        "baseline_inputs": "yesterday_up_<split>: 1 if the target went up on the day before the label day",
+        "target_kind": target_kind,
+        "window": window if target_kind == "direction" else None,
+        "label_horizon": horizon,
+        "purge_gap": purge_gap,
+        "predicts": PREDICTS[target_kind].format(target=target),
+        "label": "1 if " + PREDICTS[target_kind].format(target=target).removeprefix("whether "),
+        "features": ("log returns of every ticker on the `window` trading days before the label day "
+                     "(lag 1 = the day before); raw, not normalised") if target_kind == "direction" else
+                    (f"mean absolute log return of {target} and of the market (mean return of all tickers) over "
+                     f"the last {', '.join(map(str, TURBULENCE_SPANS))} trading days before the label day; raw"),
+        "baseline_inputs": "persistence_<split>: " + (
+            "1 if the target went up on the day before the label day" if target_kind == "direction" else
+            "1 if the 5 days before the label day were more turbulent than the 22 days before them "
+            "(the last label known on the label day)"),
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "splits": meta_splits,
@@ -112,7 +214,8 @@ def run(data_dir: str, work_dir: str, target: str, window: int, val_fraction: fl
     }
     with staged_outputs(work_dir) as staging:
         with open(staging / ARRAYS_FILE, "wb") as handle:
-            np.savez(handle, **arrays)
+            # train's walk-forward folds purge the same gap between their training rows and their fold
+            np.savez(handle, **arrays, label_horizon=np.int32(horizon), purge_gap=np.int32(purge_gap))
         write_json_atomic(staging / META_FILE, meta)
     log.info("features: %d rows x %d features for %s (window %d) in %.1fs; train %d, val %d, test %d",
              len(y), len(names), target, window, time.monotonic() - started,

@@ -1,7 +1,16 @@
-"""Train: a Keras MLP on the lagged returns, seeded, with early stopping and resumable checkpoints.
+"""Train: a Keras MLP (no hidden layer: a logistic regression) on the features, seeded, with early
+stopping and resumable checkpoints, and a walk-forward evaluation of the same configuration.
 
-Reads ``features.npz`` from the work folder and writes ``model.keras`` and ``history.json``.  The model
-starts with a Normalization layer adapted on the training split, so it takes raw returns.
+Reads ``features.npz`` from the work folder and writes ``model.keras``, ``walk_forward.npz`` and
+``history.json``.  The model starts with a Normalization layer adapted on the training split, so it takes
+raw values.  The final model is trained on the training split, early-stopped on the validation split.
+
+Walk-forward (rolling origin): the rows before the test period (train and validation) are cut into
+``walk_forward_folds`` consecutive folds after an initial window; for each fold a fresh model of the same
+configuration is trained for ``epochs`` epochs on every row before it, less the last ``purge_gap`` rows
+(the features' purge gap, at least the label horizon), and predicts the fold.  The test period is never
+touched.  ``walk_forward.npz`` holds each fold's labels, predictions, persistence inputs and its training
+rows' share of positives, for evaluate.
 
 Resuming: after an epoch (at most every ``CHECKPOINT_EVERY_S`` seconds) the full model with its optimizer
 state, the best weights so far and the early-stopping state are written to ``checkpoints/epoch-NNNNN/``
@@ -33,6 +42,8 @@ log = logging.getLogger(__name__)
 FEATURES_FILE = "features.npz"
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
+WALK_FORWARD_FILE = "walk_forward.npz"
+MIN_WALK_FORWARD_FOLDS = 2
 CHECKPOINT_DIR = "checkpoints"
 # Saving a checkpoint costs a few tens of milliseconds; an epoch on this data costs about as much, so
 # checkpoints are time-based to keep the training throughput within a few percent of a bare fit.
@@ -41,9 +52,10 @@ MONITOR = "val_loss"
 
 
 def run(work_dir: str, hidden_units: list[int], dropout: float, learning_rate: float, batch_size: int,
-        epochs: int, patience: int, seed: int) -> dict[str, Any]:
+        epochs: int, patience: int, seed: int, walk_forward_folds: int = 5) -> dict[str, Any]:
     return train(work_dir, hidden_units=hidden_units, dropout=dropout, learning_rate=learning_rate,
-                 batch_size=batch_size, epochs=epochs, patience=patience, seed=seed)
+                 batch_size=batch_size, epochs=epochs, patience=patience, seed=seed,
+                 walk_forward_folds=walk_forward_folds)
 
 
 def load_training_arrays(work_dir: str | Path):
@@ -51,10 +63,52 @@ def load_training_arrays(work_dir: str | Path):
 
     path = require_file(Path(work_dir) / FEATURES_FILE, "features")
     with np.load(path) as data:
-        missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data.files]
+        needed = ("X_train", "y_train", "X_val", "y_val", "persistence_train", "persistence_val", "dates_train",
+                  "dates_val", "purge_gap")
+        missing = [k for k in needed if k not in data.files]
         if missing:
             raise DataError(f"missing array(s) {', '.join(missing)}; rerun the features component", file=str(path))
-        return {k: data[k] for k in ("X_train", "y_train", "X_val", "y_val")}
+        return {k: data[k] for k in needed}
+
+
+def fold_bounds(n_rows: int, folds: int, purge_gap: int) -> list[tuple[int, int, int]]:
+    """(end of the fold's training rows, fold start, fold end) for each fold: an initial window of about a
+    third of the rows, then ``folds`` folds of equal length up to ``n_rows``."""
+    size = n_rows // (folds + 2)
+    first = n_rows - folds * size
+    bounds = [(start - purge_gap, start, start + size) for start in range(first, n_rows, size)]
+    if size < 20 or bounds[0][0] < 20:
+        raise DataError(f"{n_rows} rows before the test period are too few for {folds} walk-forward folds")
+    return bounds
+
+
+def walk_forward(arrays: dict[str, Any], params: dict[str, Any], folds: int) -> dict[str, Any]:
+    """Rolling-origin predictions of fresh models of this configuration; the test split is not used."""
+    import keras
+    import numpy as np
+
+    X = np.concatenate([arrays["X_train"], arrays["X_val"]])
+    y = np.concatenate([arrays["y_train"], arrays["y_val"]])
+    persistence = np.concatenate([arrays["persistence_train"], arrays["persistence_val"]])
+    dates = np.concatenate([arrays["dates_train"], arrays["dates_val"]])
+    out: dict[str, list] = {k: [] for k in ("fold", "y", "probability", "persistence", "dates")}
+    train_share, train_rows = [], []
+    for index, (train_end, start, end) in enumerate(fold_bounds(len(y), folds, int(arrays["purge_gap"]))):
+        keras.utils.set_random_seed(params["seed"] + 1000 * (index + 1))
+        model = build_model(X[:train_end], params["hidden_units"], params["dropout"], params["learning_rate"],
+                            params["seed"])
+        model.fit(X[:train_end], y[:train_end].astype("float32"), batch_size=params["batch_size"],
+                  epochs=params["epochs"], shuffle=True, verbose=0)
+        out["fold"].append(np.full(end - start, index, dtype="int32"))
+        out["probability"].append(model.predict(X[start:end], batch_size=4096, verbose=0).ravel())
+        for key, values in (("y", y), ("persistence", persistence), ("dates", dates)):
+            out[key].append(values[start:end])
+        train_share.append(float(y[:train_end].mean()))
+        train_rows.append(train_end)
+        log.info("walk-forward fold %d/%d: trained on %d rows up to %s, predicted %s .. %s", index + 1, folds,
+                 train_end, dates[train_end - 1], dates[start], dates[end - 1])
+    return {**{k: np.concatenate(v) for k, v in out.items()}, "train_share": np.array(train_share),
+            "train_rows": np.array(train_rows), "purge_gap": arrays["purge_gap"]}
 
 
 def build_model(X_train, hidden_units: list[int], dropout: float, learning_rate: float, seed: int):
@@ -67,12 +121,13 @@ def build_model(X_train, hidden_units: list[int], dropout: float, learning_rate:
     variance = X_train.astype("float64").var(axis=0)
     normalise = keras.layers.Normalization(mean=mean, variance=variance, name="normalise")
     x = normalise(inputs)
+    # no hidden layer: a logistic regression
     for i, units in enumerate(hidden_units):
         x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
         if dropout > 0:
             x = keras.layers.Dropout(dropout, seed=seed + i, name=f"dropout_{i}")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="probability_up")(x)
-    model = keras.Model(inputs, outputs, name="djia_direction_mlp")
+    model = keras.Model(inputs, outputs, name="djia_mlp")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="binary_crossentropy",
                   metrics=["accuracy"])
     return model
@@ -102,10 +157,15 @@ def epoch_batches(X, y, batch_size: int, seed: int, first_epoch: int, last_epoch
 
 
 def train(work_dir: str, *, hidden_units: list[int], dropout: float, learning_rate: float, batch_size: int,
-          epochs: int, patience: int, seed: int, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
-          extra_callbacks: tuple = ()) -> dict[str, Any]:
+          epochs: int, patience: int, seed: int, walk_forward_folds: int = 5,
+          checkpoint_every_s: float = CHECKPOINT_EVERY_S, extra_callbacks: tuple = ()) -> dict[str, Any]:
     """run() with knobs for tests and benchmarks (checkpoint cadence, extra Keras callbacks)."""
     params = _check_params(hidden_units, dropout, learning_rate, batch_size, epochs, patience, seed)
+    if (isinstance(walk_forward_folds, bool) or not isinstance(walk_forward_folds, int)
+            or walk_forward_folds < MIN_WALK_FORWARD_FOLDS):
+        raise DataError(f"walk_forward_folds must be a whole number >= {MIN_WALK_FORWARD_FOLDS}, "
+                        f"got {walk_forward_folds!r}")
+    params["walk_forward_folds"] = walk_forward_folds
     started = time.monotonic()
     work = Path(work_dir)
     arrays = load_training_arrays(work)
@@ -164,6 +224,11 @@ def train(work_dir: str, *, hidden_units: list[int], dropout: float, learning_ra
     staging = work / f".{MODEL_FILE}.{np.random.default_rng().integers(1 << 30)}.keras"
     model.save(staging)
     staging.replace(work / MODEL_FILE)
+    folds = walk_forward(arrays, params, walk_forward_folds)
+    wf_staging = work / f".{WALK_FORWARD_FILE}.{np.random.default_rng().integers(1 << 30)}.npz"
+    with open(wf_staging, "wb") as handle:
+        np.savez(handle, **folds)
+    wf_staging.replace(work / WALK_FORWARD_FILE)
     history = {
         "params": params,
         "device": device,
@@ -171,6 +236,10 @@ def train(work_dir: str, *, hidden_units: list[int], dropout: float, learning_ra
         "best_epoch": state["best_epoch"],
         f"best_{MONITOR}": state["best"],
         "stopped_early": state["wait"] >= patience and state["epoch"] < epochs,
+        "final_model": "trained on the training split, early-stopped on the validation split",
+        "walk_forward": {"folds": walk_forward_folds, "purge_gap": int(arrays["purge_gap"]),
+                         "train_rows": [int(r) for r in folds["train_rows"]],
+                         "epochs": epochs, "early_stopping": False},
         "resumed_at_epochs": state["resumed_at"],
         "train_seconds": round(state["train_seconds"], 3),
         "history": state["history"],
@@ -188,7 +257,8 @@ def _finished_run(work: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | N
         history = json.loads((work / HISTORY_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if history.get("fingerprint") == fingerprint and (work / MODEL_FILE).is_file():
+    if (history.get("fingerprint") == fingerprint and (work / MODEL_FILE).is_file()
+            and (work / WALK_FORWARD_FILE).is_file()):
         return history
     return None
 
@@ -361,8 +431,9 @@ def _check_params(hidden_units, dropout, learning_rate, batch_size, epochs, pati
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise DataError(f"{name} must be a whole number >= {minimum}, got {value!r}")
 
-    if not isinstance(hidden_units, (list, tuple)) or not hidden_units:
-        raise DataError(f"hidden_units must be a non-empty list of layer sizes, got {hidden_units!r}")
+    if not isinstance(hidden_units, (list, tuple)):
+        raise DataError(f"hidden_units must be a list of layer sizes (empty: a logistic regression), "
+                        f"got {hidden_units!r}")
     for units in hidden_units:
         whole("each of hidden_units", units, 1)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:

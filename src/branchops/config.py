@@ -342,9 +342,17 @@ class GpuSection(Strict):
 
 
 class KpiSection(Strict):
-    # metric name -> minimum value the best experiment must reach
-    thresholds: dict[str, float] = Field(default_factory=lambda: {"accuracy": 0.5})
-    # when a model is in production, the candidate must beat it on select_by by at least this much
+    # metric name -> minimum value the best experiment must reach (none by default: a fixed bar below the
+    # baselines lets a constant model through; the significance rule below is the default gate)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    # The run's metrics.json must report "comparisons" ([{baseline, metric, difference, low, high,
+    # confidence}], docs/architecture.md §8) and "log_loss"/"log_loss_constant": the model passes only if
+    # every comparison's lower bound is above zero at `confidence` or more, and its log loss is below the
+    # constant predictor's.
+    require_significant: bool = True
+    confidence: float = Field(default=0.95, ge=0.5, lt=1)
+    # when a model is in production, the candidate must beat it on select_by by at least this much (by the
+    # lower bound of the candidate's interval when its metrics.json reports one under "intervals")
     beat_production_by: float | None = Field(default=0.0, ge=0)
 
 

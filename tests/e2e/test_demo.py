@@ -102,7 +102,7 @@ def test_a_second_release_then_a_rollback_by_revert_brings_the_first_back(demo):
     config = yaml.safe_load(config_path.read_text())
     config["training"]["experiments"] = [{"name": "aapl-small", "params": {
         "target": "AAPL", "window": 3, "hidden_units": [16], "epochs": 4, "patience": 2, "seed": 7}}]
-    config["training"]["kpis"] = {"thresholds": {}, "beat_production_by": None}
+    config["training"]["kpis"] = {"thresholds": {}, "require_significant": False, "beat_production_by": None}
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     git(workdir, "commit", "-q", "-am", "A smaller network")
     opened = json.loads(branchops("-C", str(workdir), "mr", "open", "--source", "ds1", "--target", "training",

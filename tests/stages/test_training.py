@@ -93,9 +93,28 @@ def test_a_failed_run_writes_a_failed_record_opens_nothing_and_leaves_volumes_us
     assert (project / ".branchops" / "volumes" / "djia-data" / "validated.parquet").exists()
 
 
+def test_the_default_gate_refuses_next_day_direction_naming_each_comparison_with_its_interval(project):
+    """No threshold configured: the default gate asks for a significant advantage over every baseline,
+    which a next-day direction model does not have."""
+    set_training(project, [{"name": "direction", "params": SMALL}], {}, "Default KPIs")
+    number = approved_merge(project, "training", "default KPIs")
+    result = cli("-C", str(project), "mr", "merge", str(number), "--as", "lead", expect=1)
+    assert "KPI gate not passed" in result.output
+    record = training_record(project)
+    failures = record["outputs"]["kpi"]["failures"]
+    assert record["outputs"]["kpi"]["passed"] is False and deploy_requests(project) == []
+    for where in ("test period", "validation"):
+        assert any(f.startswith(f"{where}, against majority_class on roc_auc") and "95% interval" in f
+                   for f in failures), failures
+    report = git(project, "show", f"training:records/training/{record['run_id']}/report.md")
+    assert "must beat every baseline significantly" in report and "### Validation of `direction`" in report
+    assert "(by its validation `roc_auc`)" in report
+
+
 def test_kpis_met_open_one_merge_request_and_a_rerun_repeats_nothing(project):
-    set_training(project, [{"name": "tiny", "params": SMALL}], {"thresholds": {"accuracy": 0.3}},
-                 "A reachable KPI")
+    # a threshold alone, the significance rule switched off: the stage's release path, not the model, is tested
+    set_training(project, [{"name": "tiny", "params": SMALL}],
+                 {"thresholds": {"accuracy": 0.3}, "require_significant": False}, "A reachable KPI")
     number = approved_merge(project, "training", "reachable KPI")
     cli("-C", str(project), "mr", "approve", str(number), "--as", "ds2")  # not a designated approver of training
     cli("-C", str(project), "mr", "merge", str(number), "--as", "lead")

@@ -28,6 +28,9 @@ def test_saved_model_has_the_serving_contract_and_answers_the_sample(exported, t
     assert meta["input"] == "lagged_returns" and meta["outputs"] == ["probability_up", "direction"]
     assert meta["feature_names"] == features_meta["feature_names"] and meta["tickers"] == features_meta["tickers"]
     assert (meta["target"], meta["window"], meta["commit"], meta["version"]) == ("AAPL", 5, "0123abc", 3)
+    # what the served probability means travels with the model
+    assert meta["target_kind"] == "direction" and meta["predicts"] == features_meta["predicts"]
+    assert "closes above the previous trading day's Close" in meta["outputs_meaning"]["probability_up"]
     assert len(meta["sample"]["instances"]) == 8
 
     serving = tf.saved_model.load(str(base / "3")).signatures["serving_default"]

@@ -25,10 +25,10 @@ def test_real_data_shapes_names_and_chronological_split(real_work_dir):
     assert meta["n_features"] == n_features and len(meta["feature_names"]) == n_features
     assert meta["feature_names"][:2] == ["AABA_ret_lag1", "AAPL_ret_lag1"]
     assert meta["feature_names"][-1] == "XOM_ret_lag5"
-    # 3,020 trading days -> 3,019 returns -> 3,014 labelled days with a 5-day window
-    assert meta["rows"] == 3014
+    # 3,020 trading days -> 3,019 returns -> 3,014 labelled days with a 5-day window, less the purge gaps
+    assert meta["rows"] == 3014 and meta["purge_gap"] == meta["label_horizon"] == 1
     total = sum(len(arrays[f"y_{s}"]) for s in features.SPLITS)
-    assert total == 3014 and arrays["X_train"].shape[1] == n_features
+    assert total == 3014 - 2 and arrays["X_train"].shape[1] == n_features
     assert len(arrays["y_test"]) == round(3014 * 0.15) == len(arrays["y_val"])
     train, val, test = (arrays[f"dates_{s}"] for s in features.SPLITS)
     assert train[-1] < val[0] and val[-1] < test[0]
@@ -49,7 +49,7 @@ def test_label_and_baseline_input_follow_the_target_closes(real_data_dir, real_w
     expected_up = (log_return.loc[days] > 0).astype(int).to_numpy()
     assert (arrays["y_test"] == expected_up).all()
     previous_days = [close.index[close.index.get_loc(d) - 1] for d in days]
-    assert (arrays["yesterday_up_test"] == (log_return.loc[previous_days] > 0).astype(int).to_numpy()).all()
+    assert (arrays["persistence_test"] == (log_return.loc[previous_days] > 0).astype(int).to_numpy()).all()
     lag1 = meta["feature_names"].index("AAPL_ret_lag1")
     np.testing.assert_allclose(arrays["X_test"][:, lag1], log_return.loc[previous_days].to_numpy(), rtol=1e-5)
 
@@ -130,3 +130,102 @@ def test_missing_input_says_which_component_to_run(tmp_path):
     with pytest.raises(DataError, match="validated.parquet; run the validate component first"):
         features.run(data_dir=str(tmp_path), work_dir=str(tmp_path / "w"), **PARAMS)
     shutil.rmtree(tmp_path / "w", ignore_errors=True)
+
+
+TURBULENCE = {**PARAMS, "target_kind": "turbulence"}
+
+
+@pytest.fixture(scope="module")
+def turbulence_work_dir(real_data_dir, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("turbulence")
+    features.run(data_dir=str(real_data_dir), work_dir=str(work), **TURBULENCE)
+    return work
+
+
+def test_turbulence_label_features_and_persistence_follow_the_target_closes(real_data_dir, turbulence_work_dir):
+    """Recomputed here with pandas rolling windows, independently of the component's cumulative sums."""
+    import pandas as pd
+
+    arrays = _load(turbulence_work_dir)
+    meta = json.loads((turbulence_work_dir / "features.json").read_text())
+    assert meta["target_kind"] == "turbulence" and meta["label_horizon"] == 5 and meta["purge_gap"] == 5
+    assert meta["feature_names"] == ["AAPL_mean_abs_ret_1d", "AAPL_mean_abs_ret_5d", "AAPL_mean_abs_ret_22d",
+                                     "AAPL_mean_abs_ret_250d", "market_mean_abs_ret_1d", "market_mean_abs_ret_5d",
+                                     "market_mean_abs_ret_22d", "market_mean_abs_ret_250d"]
+    assert "more turbulent" in meta["predicts"]
+    prices = pd.read_parquet(real_data_dir / "validated.parquet")
+    closes = prices.pivot(index="Date", columns="Name", values="Close").sort_index()
+    returns = np.log(closes).diff().iloc[1:]
+    stock = returns["AAPL"].abs()
+    market = returns.mean(axis=1).abs()
+    # value on day d: the mean over the k days before d (shift(1): day d itself is excluded)
+    past = {k: (stock.rolling(k).mean().shift(1), market.rolling(k).mean().shift(1)) for k in (1, 5, 22, 250)}
+    ahead = stock[::-1].rolling(5).mean()[::-1]  # days d .. d+4
+    days = pd.to_datetime(arrays["dates_test"])
+    expected_y = (ahead.loc[days] > past[22][0].loc[days]).astype(int).to_numpy()
+    np.testing.assert_array_equal(arrays["y_test"], expected_y)
+    expected_X = np.stack([past[k][i].loc[days].to_numpy() for i in (0, 1) for k in (1, 5, 22, 250)], axis=1)
+    np.testing.assert_allclose(arrays["X_test"], expected_X, rtol=1e-5)
+    # persistence: the last label known on day d (days d-5 .. d-1 against the 22 before them)
+    known = (past[5][0] > past[22][0].shift(5)).astype(int)
+    np.testing.assert_array_equal(arrays["persistence_test"], known.loc[days].to_numpy())
+    # the last label's window ends on the last day of the data
+    assert arrays["dates_test"][-1] == f"{returns.index[-5]:%Y-%m-%d}"
+
+
+def test_turbulence_features_do_not_change_when_the_label_day_or_later_changes(real_data_dir, tmp_path):
+    import pandas as pd
+
+    prices = pd.read_parquet(real_data_dir / "validated.parquet")
+    cut = pd.Timestamp(np.sort(prices["Date"].unique())[2000])
+    changed = prices.copy()
+    later = changed["Date"] >= cut
+    changed.loc[later, "Close"] *= np.random.default_rng(1).uniform(0.5, 1.5, int(later.sum()))
+    (tmp_path / "p").mkdir()
+    changed.to_parquet(tmp_path / "p" / "validated.parquet", index=False)
+    features.run(data_dir=str(real_data_dir), work_dir=str(tmp_path / "a"), **TURBULENCE)
+    features.run(data_dir=str(tmp_path / "p"), work_dir=str(tmp_path / "b"), **TURBULENCE)
+    a, b = _load(tmp_path / "a"), _load(tmp_path / "b")
+    X_a, X_b = (np.concatenate([d[f"X_{s}"] for s in features.SPLITS]) for d in (a, b))
+    label_days = pd.to_datetime(np.concatenate([a[f"dates_{s}"] for s in features.SPLITS]))
+    np.testing.assert_array_equal(X_a[label_days <= cut], X_b[label_days <= cut])
+    assert not np.array_equal(X_a[label_days > cut], X_b[label_days > cut])
+
+
+def test_splits_are_purged_by_the_label_horizon(turbulence_work_dir):
+    """Between the splits lie at least purge_gap unlabelled trading days: the last training label's
+    5-day window ends before the first validation label day."""
+    import pandas as pd
+
+    arrays = _load(turbulence_work_dir)
+    calendar = pd.bdate_range("2006-01-01", "2018-01-01")  # a superset of the trading days
+    for earlier, later in (("train", "val"), ("val", "test")):
+        last, first = pd.Timestamp(arrays[f"dates_{earlier}"][-1]), pd.Timestamp(arrays[f"dates_{later}"][0])
+        days_between = ((calendar > last) & (calendar < first)).sum()
+        assert days_between >= 5, (earlier, later, last, first)
+
+
+def test_a_purge_gap_below_the_label_horizon_is_refused(real_data_dir, tmp_path):
+    with pytest.raises(DataError, match=r"purge_gap must be a whole number of days >= the label horizon of "
+                                        r"turbulence \(5\), got 4"):
+        features.run(data_dir=str(real_data_dir), work_dir=str(tmp_path / "w"), **TURBULENCE, purge_gap=4)
+    assert not (tmp_path / "w" / "features.npz").exists()
+
+
+def test_a_leak_of_one_days_label_into_training_is_caught():
+    days = np.array([f"d{i}" for i in range(100)])
+    horizon = 5
+    # the last training label (row 59) looks at rows 59..63; validation starting at row 63 shares one day
+    leaking = {"train": (0, 60), "val": (63, 80), "test": (85, 100)}
+    with pytest.raises(DataError, match="labels leak across the splits"):
+        features.check_no_leak(days, leaking, horizon)
+    # one more row of gap and the windows no longer touch
+    features.check_no_leak(days, {"train": (0, 60), "val": (64, 80), "test": (85, 100)}, horizon)
+    bounds = features.split_bounds(100, 0.15, 0.15, purge_gap=horizon)
+    features.check_no_leak(days, bounds, horizon)
+    assert bounds["val"][0] - bounds["train"][1] == horizon == bounds["test"][0] - bounds["val"][1]
+
+
+def test_unknown_target_kind_is_refused(tmp_path):
+    with pytest.raises(DataError, match="target_kind must be one of direction, turbulence, got 'volume'"):
+        features.run(data_dir=str(tmp_path), work_dir=str(tmp_path / "w"), **{**PARAMS, "target_kind": "volume"})

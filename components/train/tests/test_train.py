@@ -79,7 +79,8 @@ def test_changed_parameters_start_afresh(real_work_dir, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"hidden_units": []}, "hidden_units must be a non-empty list of layer sizes"),
+    ({"hidden_units": 16}, "hidden_units must be a list of layer sizes (empty: a logistic regression)"),
+    ({"walk_forward_folds": 1}, "walk_forward_folds must be a whole number >= 2, got 1"),
     ({"hidden_units": [64, 0]}, "each of hidden_units must be a whole number >= 1, got 0"),
     ({"dropout": 1.0}, "dropout must be a number in [0, 1), got 1.0"),
     ({"learning_rate": 0}, "learning_rate must be a number in (0, 1], got 0"),
@@ -95,3 +96,34 @@ def test_bad_hyper_parameters_are_named(tmp_path, override, message):
 def test_missing_features_say_which_component_to_run(tmp_path):
     with pytest.raises(DataError, match="features.npz; run the features component first"):
         train.run(str(tmp_path), **SMALL)
+
+
+def test_walk_forward_folds_end_before_the_test_period_and_purge_the_gap(real_work_dir, tmp_path):
+    work = _work(real_work_dir, tmp_path / "w")
+    train.run(str(work), **{**SMALL, "hidden_units": [], "epochs": 1, "walk_forward_folds": 5})
+    with np.load(work / "walk_forward.npz") as data:
+        folds = {k: data[k] for k in data.files}
+    with np.load(work / "features.npz") as data:
+        test_first, val_last = data["dates_test"][0], data["dates_val"][-1]
+        before_test = np.concatenate([data["dates_train"], data["dates_val"]])
+        purge_gap = int(data["purge_gap"])
+    assert sorted(set(folds["fold"].tolist())) == [0, 1, 2, 3, 4]
+    assert max(folds["dates"]) == val_last < test_first  # the test period is never predicted
+    for index in range(5):
+        fold_dates = folds["dates"][folds["fold"] == index]
+        fold_start = int(np.flatnonzero(before_test == fold_dates[0])[0])
+        # the fold's model saw the rows before it, less the purge gap
+        assert folds["train_rows"][index] == fold_start - purge_gap
+        assert len(fold_dates) >= 20 and list(fold_dates) == sorted(fold_dates)
+    assert len(folds["probability"]) == len(folds["y"]) == len(folds["persistence"])
+    history = json.loads((work / "history.json").read_text())
+    assert history["walk_forward"]["folds"] == 5 and "validation split" in history["final_model"]
+
+
+def test_fold_bounds_purge_and_refuse_too_few_rows():
+    bounds = train.fold_bounds(700, 5, 5)
+    assert len(bounds) == 5 and bounds[-1][2] == 700
+    for train_end, start, end in bounds:
+        assert start - train_end == 5 and end - start == 100
+    with pytest.raises(DataError, match="too few for 5 walk-forward folds"):
+        train.fold_bounds(100, 5, 5)

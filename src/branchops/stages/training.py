@@ -219,27 +219,39 @@ def comparison_sentence(comparison: dict[str, Any]) -> str:
 
 
 def significance_failures(metrics: dict[str, Any], confidence: float) -> list[str]:
-    """Why a run's comparisons with its baselines do not show it is better, significantly (empty: they do)."""
+    """Why a run's comparisons with its baselines do not show it is better, significantly (empty: they do).
+
+    The test period's comparisons are required; the validation section's (folds before the test period),
+    when reported, must hold too: a configuration tuned until the test period looks good does not carry
+    its luck into folds it was not tuned on."""
     comparisons = metrics.get("comparisons")
     if not isinstance(comparisons, list) or not comparisons:
         return ["the run's metrics.json reports no comparisons with baselines (\"comparisons\"), so it cannot "
                 "show it beats them significantly (training.kpis.require_significant)"]
+    failures = _comparison_failures(comparisons, confidence, "test period")
+    validation = metrics.get("validation")
+    if isinstance(validation, dict) and isinstance(validation.get("comparisons"), list):
+        failures += _comparison_failures(validation["comparisons"], confidence, "validation")
+    ours, constant = metrics.get("log_loss"), metrics.get("log_loss_constant")
+    if not (_number(ours) and _number(constant)):
+        failures.append("the run's metrics.json lacks log_loss or log_loss_constant")
+    elif ours >= constant:
+        failures.append(f"log loss {ours:.4f} does not beat the constant predictor's {constant:.4f}")
+    return failures
+
+
+def _comparison_failures(comparisons: list[Any], confidence: float, where: str) -> list[str]:
     failures = []
     for comparison in comparisons:
         if not isinstance(comparison, dict):
             failures.append(f"malformed comparison {comparison!r}")
             continue
         measured = comparison.get("confidence")
-        if _number(measured) and measured < confidence:
-            failures.append(f"against {comparison.get('baseline')}: interval at {measured:.0%} confidence, "
-                            f"below the {confidence:.0%} the KPIs ask")
+        if not _number(measured) or measured < confidence:
+            failures.append(f"{where}, against {comparison.get('baseline')}: interval at {fmt(measured)} "
+                            f"confidence, not the {confidence:.0%} the KPIs ask")
         elif not (_number(comparison.get("low")) and comparison["low"] > 0):
-            failures.append(comparison_sentence(comparison))
-    ours, constant = metrics.get("log_loss"), metrics.get("log_loss_constant")
-    if not (_number(ours) and _number(constant)):
-        failures.append("the run's metrics.json lacks log_loss or log_loss_constant")
-    elif ours >= constant:
-        failures.append(f"log loss {ours:.4f} does not beat the constant predictor's {constant:.4f}")
+            failures.append(f"{where}, {comparison_sentence(comparison)}")
     return failures
 
 
@@ -348,9 +360,9 @@ def report_markdown(ctx: StageContext, entries: list[ExperimentEntry], best: Exp
             lines.append("| production | " + " | ".join(fmt(production.get(k)) for k in names) + " |")
         else:
             lines.append("| production | no model deployed yet |" + " |" * (len(names) - 1))
-        for comparison in best.metric("comparisons") or []:
-            if isinstance(comparison, dict):
-                lines.append(f"- test period, {comparison_sentence(comparison)}")
+        test_comparisons = [c for c in best.metric("comparisons") or [] if isinstance(c, dict)]
+        if test_comparisons:
+            lines += [""] + [f"- test period, {comparison_sentence(c)}" for c in test_comparisons]
         lines += validation_lines(best, names)
         plots = sorted(path for path in ctx.artifacts if path.startswith(f"{best.experiment}/{PLOTS_DIR}/"))
         if plots:
@@ -367,8 +379,11 @@ def report_markdown(ctx: StageContext, entries: list[ExperimentEntry], best: Exp
     lines.append("**Passed**: a merge request into deploy-model carries this release." if best and not failures
                  else "**Not passed**: " + "; ".join(failures or ["no experiment succeeded"]))
     if best and not failures and kpis.require_significant:
-        lines += [""] + [f"- {comparison_sentence(c)}" for c in best.metric("comparisons") or []
-                         if isinstance(c, dict)]
+        validation = best.metric("validation") if isinstance(best.metric("validation"), dict) else {}
+        lines += [""] + [f"- {where}, {comparison_sentence(c)}"
+                         for where, found in (("test period", best.metric("comparisons")),
+                                              ("validation", validation.get("comparisons")))
+                         for c in found or [] if isinstance(c, dict)]
     others = [e for e in entries if e.succeeded and e is not best]
     if others:
         lines += ["", "The other experiments, judged by the same KPIs (for the record; only the best is released):",
