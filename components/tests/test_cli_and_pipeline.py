@@ -61,7 +61,8 @@ def test_real_data_end_to_end_through_the_entry_point(djia_dir, tmp_path):
     assert "epoch 1/3" in trained.stderr and "ETA" in trained.stderr
     assert _result(trained)["epochs_run"] >= 1
     evaluated = _result(_component("evaluate", work_dir=str(work)))
-    assert set(evaluated["beats_baselines"]) == {"majority_class", "same_as_yesterday", "all"}
+    assert set(evaluated["beats_baselines"]) == {"majority_class", "persistence", "constant", "all"}
+    assert [c["baseline"] for c in evaluated["comparisons"]] == ["majority_class", "persistence"]
     exported = _result(_component("export", work_dir=str(work), export_base=str(models), version=1,
                                   commit="e2e0000"))
     assert exported["export_path"] == str(models / "1")
