@@ -55,8 +55,11 @@ def main() -> None:
     from branchops.engine.compile import compile_pipeline
 
     images = {n: f"127.0.0.1:5000/djia/{n}@sha256:{'0123456789abcdef' * 4}" for n in NAMES}
-    gpu = GpuSection(count=1, node_selector={"accelerator": "a100"},
-                     tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    gpu = GpuSection(
+        count=1,
+        node_selector={"accelerator": "a100"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp)
         (workspace / "pipelines").mkdir()
@@ -68,15 +71,21 @@ def main() -> None:
         # Interleave the two so machine load affects both alike.
         ref_times, base_times = [], []
         for _ in range(args.runs):
-            ref_times += timed(lambda: compile_pipeline(REPO_ROOT, "pipelines/djia_pipeline.py", images, gpu), 1)
-            base_times += timed(lambda: compile_pipeline(workspace, "pipelines/trivial.py", trivial_images), 1)
+            ref_times += timed(
+                lambda: compile_pipeline(REPO_ROOT, "pipelines/djia_pipeline.py", images, gpu), 1
+            )
+            base_times += timed(
+                lambda: compile_pipeline(workspace, "pipelines/trivial.py", trivial_images), 1
+            )
 
     import_times = []
     for _ in range(max(3, args.runs // 5)):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import kfp.compiler, kfp.dsl"], check=True)
         import_times.append(time.perf_counter() - t0)
-    python_only = statistics.median(timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), 3))
+    python_only = statistics.median(
+        timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), 3)
+    )
 
     ref, base = statistics.median(ref_times), statistics.median(base_times)
     kfp_import = statistics.median(import_times) - python_only
@@ -92,8 +101,10 @@ def main() -> None:
         "|---|---:|",
         *[f"| {name} | {seconds * 1000:.1f} |" for name, seconds in rows],
         "",
-        (f"Ratio reference / trivial: **{ref / base:.2f}×**; a compile costs {ref * 1000:.0f} ms on top of the "
-         f"{kfp_import * 1000:.0f} ms kfp import."),
+        (
+            f"Ratio reference / trivial: **{ref / base:.2f}×**; a compile costs {ref * 1000:.0f} ms on top of the "
+            f"{kfp_import * 1000:.0f} ms kfp import."
+        ),
         "",
     ]
     text = "\n".join(lines)

@@ -61,13 +61,21 @@ def bench_data_path(source: Path, runs: int) -> dict:
     for _ in range(runs):
         for mode in ("components", "pandas"):
             with tempfile.TemporaryDirectory() as out:
-                done = subprocess.run([sys.executable, "-c", DATA_PATH_CHILD, str(REPO_ROOT), mode, str(source), out],
-                                      capture_output=True, text=True, check=True)
+                done = subprocess.run(
+                    [sys.executable, "-c", DATA_PATH_CHILD, str(REPO_ROOT), mode, str(source), out],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 results[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return {mode: {"seconds": statistics.median(r["seconds"] for r in rs),
-                   "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
-                   "all_seconds": [round(r["seconds"], 3) for r in rs]}
-            for mode, rs in results.items()}
+    return {
+        mode: {
+            "seconds": statistics.median(r["seconds"] for r in rs),
+            "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
+            "all_seconds": [round(r["seconds"], 3) for r in rs],
+        }
+        for mode, rs in results.items()
+    }
 
 
 def bench_training(source: Path, runs: int, epochs: int) -> dict:
@@ -81,8 +89,14 @@ def bench_training(source: Path, runs: int, epochs: int) -> dict:
         data, work = scratch / "data", scratch / "work"
         consolidate.run(source_dir=str(source), data_dir=str(data))
         validate.run(data_dir=str(data))
-        features.run(data_dir=str(data), work_dir=str(work), target="AAPL", window=5, val_fraction=0.15,
-                     test_fraction=0.15)
+        features.run(
+            data_dir=str(data),
+            work_dir=str(work),
+            target="AAPL",
+            window=5,
+            val_fraction=0.15,
+            test_fraction=0.15,
+        )
         arrays = train.load_training_arrays(work)
         n_train = len(arrays["y_train"])
 
@@ -102,12 +116,24 @@ def bench_training(source: Path, runs: int, epochs: int) -> dict:
         def bare_fit(index: int) -> float:
             started = time.perf_counter()
             keras.utils.set_random_seed(MODEL["seed"])
-            model = train.build_model(arrays["X_train"], MODEL["hidden_units"], MODEL["dropout"],
-                                      MODEL["learning_rate"], MODEL["seed"])
-            model.fit(arrays["X_train"], arrays["y_train"].astype("float32"), batch_size=MODEL["batch_size"],
-                      epochs=epochs, validation_data=(arrays["X_val"], arrays["y_val"].astype("float32")),
-                      # the component's validation batch size, so that only the component's own work differs
-                      validation_batch_size=max(MODEL["batch_size"], 1024), shuffle=True, verbose=0)
+            model = train.build_model(
+                arrays["X_train"],
+                MODEL["hidden_units"],
+                MODEL["dropout"],
+                MODEL["learning_rate"],
+                MODEL["seed"],
+            )
+            model.fit(
+                arrays["X_train"],
+                arrays["y_train"].astype("float32"),
+                batch_size=MODEL["batch_size"],
+                epochs=epochs,
+                validation_data=(arrays["X_val"], arrays["y_val"].astype("float32")),
+                # the component's validation batch size, so that only the component's own work differs
+                validation_batch_size=max(MODEL["batch_size"], 1024),
+                shuffle=True,
+                verbose=0,
+            )
             model.save(scratch / f"bare-{index}.keras")
             return time.perf_counter() - started
 
@@ -115,13 +141,25 @@ def bench_training(source: Path, runs: int, epochs: int) -> dict:
             # the component's own overhead alone: the same tf.data batches, no checkpoints, no bookkeeping
             started = time.perf_counter()
             keras.utils.set_random_seed(MODEL["seed"])
-            model = train.build_model(arrays["X_train"], MODEL["hidden_units"], MODEL["dropout"],
-                                      MODEL["learning_rate"], MODEL["seed"])
-            batches = train.epoch_batches(arrays["X_train"], arrays["y_train"], MODEL["batch_size"], MODEL["seed"],
-                                          0, epochs)
-            model.fit(batches, epochs=epochs, steps_per_epoch=-(-n_train // MODEL["batch_size"]),
-                      validation_data=(arrays["X_val"], arrays["y_val"].astype("float32")),
-                      validation_batch_size=max(MODEL["batch_size"], 1024), shuffle=False, verbose=0)
+            model = train.build_model(
+                arrays["X_train"],
+                MODEL["hidden_units"],
+                MODEL["dropout"],
+                MODEL["learning_rate"],
+                MODEL["seed"],
+            )
+            batches = train.epoch_batches(
+                arrays["X_train"], arrays["y_train"], MODEL["batch_size"], MODEL["seed"], 0, epochs
+            )
+            model.fit(
+                batches,
+                epochs=epochs,
+                steps_per_epoch=-(-n_train // MODEL["batch_size"]),
+                validation_data=(arrays["X_val"], arrays["y_val"].astype("float32")),
+                validation_batch_size=max(MODEL["batch_size"], 1024),
+                shuffle=False,
+                verbose=0,
+            )
             model.save(scratch / f"bare-batches-{index}.keras")
             return time.perf_counter() - started
 
@@ -134,11 +172,21 @@ def bench_training(source: Path, runs: int, epochs: int) -> dict:
             bare.append(bare_fit(index))
             bare_batches.append(bare_fit_on_component_batches(index))
         c, b, bb = statistics.median(component), statistics.median(bare), statistics.median(bare_batches)
-        return {"epochs": epochs, "train_rows": n_train, "component_s": c, "bare_s": b, "bare_batches_s": bb,
-                "component_samples_per_s": n_train * epochs / c, "bare_samples_per_s": n_train * epochs / b,
-                "bare_batches_samples_per_s": n_train * epochs / bb,
-                "ratio": b / c, "ratio_same_batches": bb / c, "all_component_s": [round(x, 3) for x in component],
-                "all_bare_s": [round(x, 3) for x in bare], "all_bare_batches_s": [round(x, 3) for x in bare_batches]}
+        return {
+            "epochs": epochs,
+            "train_rows": n_train,
+            "component_s": c,
+            "bare_s": b,
+            "bare_batches_s": bb,
+            "component_samples_per_s": n_train * epochs / c,
+            "bare_samples_per_s": n_train * epochs / b,
+            "bare_batches_samples_per_s": n_train * epochs / bb,
+            "ratio": b / c,
+            "ratio_same_batches": bb / c,
+            "all_component_s": [round(x, 3) for x in component],
+            "all_bare_s": [round(x, 3) for x in bare],
+            "all_bare_batches_s": [round(x, 3) for x in bare_batches],
+        }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -155,34 +203,63 @@ def main() -> int:
     data_path = bench_data_path(source, args.runs)
     training = bench_training(source, args.runs, args.epochs)
     comp, plain = data_path["components"], data_path["pandas"]
-    header = (f"Median of {args.runs} runs; {platform.machine()}, {os.cpu_count()} CPU cores (shared with other "
-              f"jobs), Python {platform.python_version()}. "
-              f"`python bench/bench_components.py --runs {args.runs} --epochs {args.epochs}`")
-    training_row = (f"| training throughput, {training['epochs']} epochs x {training['train_rows']} rows "
-                    f"(samples/s; baseline: bare `model.fit`, same model and arrays) | "
-                    f"{training['component_samples_per_s']:.0f} ({training['component_s']:.2f} s) | "
-                    f"{training['bare_samples_per_s']:.0f} ({training['bare_s']:.2f} s) | "
-                    f"**{training['ratio']:.3f}** (goal >= 0.95) |")
-    same_batches_row = (f"| same, baseline: bare `model.fit` on the component's own tf.data batches (the "
-                        f"component's bookkeeping alone) | {training['component_samples_per_s']:.0f} | "
-                        f"{training['bare_batches_samples_per_s']:.0f} ({training['bare_batches_s']:.2f} s) | "
-                        f"{training['ratio_same_batches']:.3f} |")
-    time_row = (f"| consolidate + validate + features, 93,612 rows: wall time (baseline: `pd.read_csv` of the 31 "
-                f"files) | {comp['seconds']:.2f} s | {plain['seconds']:.2f} s | "
-                f"{comp['seconds'] / plain['seconds']:.1f}x |")
-    memory_row = (f"| same: peak memory (RSS of the process) | {comp['peak_rss_mib']:.0f} MiB | "
-                  f"{plain['peak_rss_mib']:.0f} MiB | {comp['peak_rss_mib'] / plain['peak_rss_mib']:.2f}x |")
-    raw = (f"Raw times: training component {training['all_component_s']} s, bare fit {training['all_bare_s']} s, "
-           f"bare fit on the component's batches {training['all_bare_batches_s']} s; "
-           f"data path {comp['all_seconds']} s, pandas {plain['all_seconds']} s.")
-    note = ("All training sides fit the same model for the same epochs on the same rows, validating every "
-            "epoch with the same batch size, and save the model. The component feeds batches from a tf.data "
-            "pipeline of per-epoch index permutations (so that a resumed run replays the same batches), which "
-            "costs less than the array adapter with `shuffle=True` of the plain fit: a ratio above 1 in the "
-            "first row comes from that. The second row isolates the component's own bookkeeping (reading and "
-            "hashing the features, checkpoints, early-stopping state, progress log).")
-    lines = ["## Components (issue 3)", "", header, "", "| measurement | components | baseline | ratio |",
-             "|---|---|---|---|", training_row, same_batches_row, time_row, memory_row, "", raw, "", note, ""]
+    header = (
+        f"Median of {args.runs} runs; {platform.machine()}, {os.cpu_count()} CPU cores (shared with other "
+        f"jobs), Python {platform.python_version()}. "
+        f"`python bench/bench_components.py --runs {args.runs} --epochs {args.epochs}`"
+    )
+    training_row = (
+        f"| training throughput, {training['epochs']} epochs x {training['train_rows']} rows "
+        f"(samples/s; baseline: bare `model.fit`, same model and arrays) | "
+        f"{training['component_samples_per_s']:.0f} ({training['component_s']:.2f} s) | "
+        f"{training['bare_samples_per_s']:.0f} ({training['bare_s']:.2f} s) | "
+        f"**{training['ratio']:.3f}** (goal >= 0.95) |"
+    )
+    same_batches_row = (
+        f"| same, baseline: bare `model.fit` on the component's own tf.data batches (the "
+        f"component's bookkeeping alone) | {training['component_samples_per_s']:.0f} | "
+        f"{training['bare_batches_samples_per_s']:.0f} ({training['bare_batches_s']:.2f} s) | "
+        f"{training['ratio_same_batches']:.3f} |"
+    )
+    time_row = (
+        f"| consolidate + validate + features, 93,612 rows: wall time (baseline: `pd.read_csv` of the 31 "
+        f"files) | {comp['seconds']:.2f} s | {plain['seconds']:.2f} s | "
+        f"{comp['seconds'] / plain['seconds']:.1f}x |"
+    )
+    memory_row = (
+        f"| same: peak memory (RSS of the process) | {comp['peak_rss_mib']:.0f} MiB | "
+        f"{plain['peak_rss_mib']:.0f} MiB | {comp['peak_rss_mib'] / plain['peak_rss_mib']:.2f}x |"
+    )
+    raw = (
+        f"Raw times: training component {training['all_component_s']} s, bare fit {training['all_bare_s']} s, "
+        f"bare fit on the component's batches {training['all_bare_batches_s']} s; "
+        f"data path {comp['all_seconds']} s, pandas {plain['all_seconds']} s."
+    )
+    note = (
+        "All training sides fit the same model for the same epochs on the same rows, validating every "
+        "epoch with the same batch size, and save the model. The component feeds batches from a tf.data "
+        "pipeline of per-epoch index permutations (so that a resumed run replays the same batches), which "
+        "costs less than the array adapter with `shuffle=True` of the plain fit: a ratio above 1 in the "
+        "first row comes from that. The second row isolates the component's own bookkeeping (reading and "
+        "hashing the features, checkpoints, early-stopping state, progress log)."
+    )
+    lines = [
+        "## Components (issue 3)",
+        "",
+        header,
+        "",
+        "| measurement | components | baseline | ratio |",
+        "|---|---|---|---|",
+        training_row,
+        same_batches_row,
+        time_row,
+        memory_row,
+        "",
+        raw,
+        "",
+        note,
+        "",
+    ]
     out = REPO_ROOT / "bench" / "results" / "components.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))

@@ -53,13 +53,18 @@ approvers:
   training: [lead, head-of-ds]
   deploy-model: [head-of-ds]
 """
-USER = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@users.local", "GIT_COMMITTER_NAME": "bench",
-        "GIT_COMMITTER_EMAIL": "bench@users.local"}
+USER = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@users.local",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@users.local",
+}
 
 
 def git(repo: Path, *args: str, data: bytes | None = None) -> str:
-    done = subprocess.run(["git", *args], cwd=repo, input=data, capture_output=True, check=True,
-                          env={**os.environ, **USER})
+    done = subprocess.run(
+        ["git", *args], cwd=repo, input=data, capture_output=True, check=True, env={**os.environ, **USER}
+    )
     return done.stdout.decode().strip()
 
 
@@ -75,75 +80,185 @@ def run_id(i: int) -> str:
 def envelope(stage: str, i: int, outputs: dict, summary: str) -> dict:
     """record.json as ``runner._execute`` writes it."""
     commit = hashlib.sha1(str(i).encode()).hexdigest()
-    return {"stage": stage, "branch": stage, "run_id": run_id(i), "source_commit": commit, "outcome": "succeeded",
-            "summary": summary, "error": None, "started_at": "2026-01-01T00:00:00+00:00",
-            "finished_at": "2026-01-01T00:01:00+00:00", "duration_s": 60.0,
-            "merge_request": {"number": i + 1, "title": f"change {i}", "source": "ds1", "author": "ds1",
-                              "approved_by": ["lead"], "merged_by": "lead", "url": None},
-            "config_digest": hashlib.sha256(f"config-{i}".encode()).hexdigest(), "branchops_version": "0.1.0",
-            "outputs": outputs, "artifacts": ["report.md"] if stage == "training" else []}
+    return {
+        "stage": stage,
+        "branch": stage,
+        "run_id": run_id(i),
+        "source_commit": commit,
+        "outcome": "succeeded",
+        "summary": summary,
+        "error": None,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "finished_at": "2026-01-01T00:01:00+00:00",
+        "duration_s": 60.0,
+        "merge_request": {
+            "number": i + 1,
+            "title": f"change {i}",
+            "source": "ds1",
+            "author": "ds1",
+            "approved_by": ["lead"],
+            "merged_by": "lead",
+            "url": None,
+        },
+        "config_digest": hashlib.sha256(f"config-{i}".encode()).hexdigest(),
+        "branchops_version": "0.1.0",
+        "outputs": outputs,
+        "artifacts": ["report.md"] if stage == "training" else [],
+    }
 
 
 def build_record(i: int) -> dict:
-    components = [{"name": name, "status": "built", "tag": f"t{i}", "image": f"registry.local/{name}:t{i}",
-                   "digest": digest(name, i), "tests": "passed", "build_s": 1.5, "test_s": 0.5, "reason": None}
-                  for name in ("prepare", "train", "evaluate")]
-    return envelope("build-components", i, {"registry": "registry.local", "builder": "buildah", "note": None,
-                                            "components": components}, "3 images built")
+    components = [
+        {
+            "name": name,
+            "status": "built",
+            "tag": f"t{i}",
+            "image": f"registry.local/{name}:t{i}",
+            "digest": digest(name, i),
+            "tests": "passed",
+            "build_s": 1.5,
+            "test_s": 0.5,
+            "reason": None,
+        }
+        for name in ("prepare", "train", "evaluate")
+    ]
+    return envelope(
+        "build-components",
+        i,
+        {"registry": "registry.local", "builder": "buildah", "note": None, "components": components},
+        "3 images built",
+    )
 
 
 def pipeline_record(i: int) -> dict:
     spec = digest("spec", i).split(":")[1]
-    return envelope("kf-pipeline", i, {"engine": "local", "pipeline_name": "djia", "pipeline_id": "p-1",
-                                       "version_id": f"v-{i}", "version_name": spec, "spec_hash": spec,
-                                       "uploaded": True, "images": {}}, f"uploaded version {spec[:16]}")
+    return envelope(
+        "kf-pipeline",
+        i,
+        {
+            "engine": "local",
+            "pipeline_name": "djia",
+            "pipeline_id": "p-1",
+            "version_id": f"v-{i}",
+            "version_name": spec,
+            "spec_hash": spec,
+            "uploaded": True,
+            "images": {},
+        },
+        f"uploaded version {spec[:16]}",
+    )
 
 
 def experiment(i: int, name: str, accuracy: float) -> dict:
     version = FIRST_VERSION + i
-    return {"experiment": name, "run_name": f"{i:012d}-{name}", "run_id": f"kfp-{i}-{name}", "state": "SUCCEEDED",
-            "error": None, "duration_s": 30.0, "reused_run": False, "params": {"epochs": 30, "units": 64},
-            "metrics": {"accuracy": accuracy, "roc_auc": accuracy + 0.01, "precision": 0.5, "recall": 0.5,
-                        "f1": 0.5, "beats_baselines": {"all": True}},
-            "model": {"volume": "djia-models", "path": f"runs/{i}-{name}/export/{version}", "version": version,
-                      "snapshot": f"djia-models-{i:012d}-{name}"},
-            "data": {"volume": "djia-data", "snapshot": f"djia-data-{i:012d}"}}
+    return {
+        "experiment": name,
+        "run_name": f"{i:012d}-{name}",
+        "run_id": f"kfp-{i}-{name}",
+        "state": "SUCCEEDED",
+        "error": None,
+        "duration_s": 30.0,
+        "reused_run": False,
+        "params": {"epochs": 30, "units": 64},
+        "metrics": {
+            "accuracy": accuracy,
+            "roc_auc": accuracy + 0.01,
+            "precision": 0.5,
+            "recall": 0.5,
+            "f1": 0.5,
+            "beats_baselines": {"all": True},
+        },
+        "model": {
+            "volume": "djia-models",
+            "path": f"runs/{i}-{name}/export/{version}",
+            "version": version,
+            "snapshot": f"djia-models-{i:012d}-{name}",
+        },
+        "data": {"volume": "djia-data", "snapshot": f"djia-data-{i:012d}"},
+    }
 
 
 def training_record(i: int) -> dict:
     entries = [experiment(i, "baseline", 0.52), experiment(i, "wide", 0.54)]
     best = entries[1]
     images = {name: f"registry.local/{name}@{digest(name, i)}" for name in ("prepare", "train", "evaluate")}
-    lineage = {"source_commit": hashlib.sha1(str(i).encode()).hexdigest(), "config_digest": "c" * 64,
-               "run_id": run_id(i), "images": images, "approved_by": ["lead"],
-               "pipeline": {"name": "djia", "id": "p-1", "version_id": f"v-{i}",
-                            "spec_hash": digest("spec", i).split(":")[1], "engine": "local"},
-               "best": {"experiment": best["experiment"], "data": best["data"], "model": best["model"]}}
-    return envelope("training", i, {"experiments": entries, "best": best, "lineage": lineage,
-                                    "synthetic_data": False, "kpi": {"passed": True, "failures": []},
-                                    "production": {"version": FIRST_VERSION + i - 1 if i else None, "metrics": None},
-                                    "deploy_merge_request": {"number": 10_000 + i, "created": True}},
-                    f"best wide: accuracy 0.54; merge request !{10_000 + i}")
+    lineage = {
+        "source_commit": hashlib.sha1(str(i).encode()).hexdigest(),
+        "config_digest": "c" * 64,
+        "run_id": run_id(i),
+        "images": images,
+        "approved_by": ["lead"],
+        "pipeline": {
+            "name": "djia",
+            "id": "p-1",
+            "version_id": f"v-{i}",
+            "spec_hash": digest("spec", i).split(":")[1],
+            "engine": "local",
+        },
+        "best": {"experiment": best["experiment"], "data": best["data"], "model": best["model"]},
+    }
+    return envelope(
+        "training",
+        i,
+        {
+            "experiments": entries,
+            "best": best,
+            "lineage": lineage,
+            "synthetic_data": False,
+            "kpi": {"passed": True, "failures": []},
+            "production": {"version": FIRST_VERSION + i - 1 if i else None, "metrics": None},
+            "deploy_merge_request": {"number": 10_000 + i, "created": True},
+        },
+        f"best wide: accuracy 0.54; merge request !{10_000 + i}",
+    )
 
 
 def deploy_record(i: int) -> dict:
     version = FIRST_VERSION + i
-    release = {"model": "djia", "version": version,
-               "source": {"snapshot": f"djia-models-{i:012d}-wide", "path": f"runs/{i}-wide/export/{version}"},
-               "training": {"run_id": run_id(i), "commit": hashlib.sha1(str(i).encode()).hexdigest()}}
+    release = {
+        "model": "djia",
+        "version": version,
+        "source": {"snapshot": f"djia-models-{i:012d}-wide", "path": f"runs/{i}-wide/export/{version}"},
+        "training": {"run_id": run_id(i), "commit": hashlib.sha1(str(i).encode()).hexdigest()},
+    }
     before = version - 1 if i else None
-    deployment = {"model": "djia", "version": version, "strategy": "rolling", "outcome": "deployed",
-                  "before": before, "after": version, "reason": None, "ok": True, "canary_steps": [],
-                  "checks": [{"name": "signature", "ok": True, "detail": "matches", "seconds": 0.1},
-                             {"name": "smoke", "ok": True, "detail": "3 rows", "seconds": 0.2}],
-                  "timings": {"copy": 0.1, "load": 1.0}}
-    return envelope("deploy-model", i, {"backend": "local", "release": release, "model_source": "/volumes/x",
-                                        "deployment": deployment, "approved_by": ["head-of-ds"], "seconds": 1.4},
-                    f"model djia: version {before} -> version {version} (rolling)")
+    deployment = {
+        "model": "djia",
+        "version": version,
+        "strategy": "rolling",
+        "outcome": "deployed",
+        "before": before,
+        "after": version,
+        "reason": None,
+        "ok": True,
+        "canary_steps": [],
+        "checks": [
+            {"name": "signature", "ok": True, "detail": "matches", "seconds": 0.1},
+            {"name": "smoke", "ok": True, "detail": "3 rows", "seconds": 0.2},
+        ],
+        "timings": {"copy": 0.1, "load": 1.0},
+    }
+    return envelope(
+        "deploy-model",
+        i,
+        {
+            "backend": "local",
+            "release": release,
+            "model_source": "/volumes/x",
+            "deployment": deployment,
+            "approved_by": ["head-of-ds"],
+            "seconds": 1.4,
+        },
+        f"model djia: version {before} -> version {version} (rolling)",
+    )
 
 
-RECORDS = {"build-components": build_record, "kf-pipeline": pipeline_record, "training": training_record,
-           "deploy-model": deploy_record}
+RECORDS = {
+    "build-components": build_record,
+    "kf-pipeline": pipeline_record,
+    "training": training_record,
+    "deploy-model": deploy_record,
+}
 
 
 def add_records(repo: Path, stage: str, count: int) -> None:
@@ -152,14 +267,18 @@ def add_records(repo: Path, stage: str, count: int) -> None:
         return
     parent = git(repo, "rev-parse", f"refs/heads/{stage}")
     message = f"{count} records"
-    chunks = [f"commit refs/heads/{stage}\ncommitter bench <bench@users.local> 1767225600 +0000\n"
-              f"data {len(message)}\n{message}\nfrom {parent}\n".encode()]
+    chunks = [
+        f"commit refs/heads/{stage}\ncommitter bench <bench@users.local> 1767225600 +0000\n"
+        f"data {len(message)}\n{message}\nfrom {parent}\n".encode()
+    ]
     for i in range(count):
         folder = f"records/{stage}/{run_id(i)}"
         record = (json.dumps(RECORDS[stage](i), indent=2, sort_keys=True) + "\n").encode()
         log = f"{stage} run {i}: did its work\n".encode() * 20
         for name, content in (("record.json", record), ("run.log", log)):
-            chunks.append(f"M 100644 inline {folder}/{name}\ndata {len(content)}\n".encode() + content + b"\n")
+            chunks.append(
+                f"M 100644 inline {folder}/{name}\ndata {len(content)}\n".encode() + content + b"\n"
+            )
     git(repo, "fast-import", "--quiet", "--force", data=b"".join(chunks))
 
 
@@ -207,13 +326,19 @@ def measure(root: Path, count: int, runs: int) -> dict[str, list[float]]:
     for _ in range(runs):
         for name, args in cases.items():
             times[name].append(timed_ls_tree(repo) if args is None else timed_cli(repo, *args))
-    print("  " + ", ".join(f"{name} {statistics.median(t) * 1000:.0f} ms" for name, t in times.items()), flush=True)
+    print(
+        "  " + ", ".join(f"{name} {statistics.median(t) * 1000:.0f} ms" for name, t in times.items()),
+        flush=True,
+    )
     return times
 
 
 GOALS = {1000: 0.5, 10000: 2.0}  # seconds, for each command (issue "Integrity under faults", item 7)
-MEASURED = (("status", "`status`"), ("lineage latest", "`lineage` of the latest version"),
-            ("lineage first", "`lineage` of the first version (the worst case: every training record is read)"))
+MEASURED = (
+    ("status", "`status`"),
+    ("lineage latest", "`lineage` of the latest version"),
+    ("lineage first", "`lineage` of the first version (the worst case: every training record is read)"),
+)
 
 
 def ms(values: list[float] | None) -> str:
@@ -227,8 +352,10 @@ def verdicts(results: dict[int, dict[str, list[float]]]) -> list[str]:
             continue
         for name, label in MEASURED:
             median = statistics.median(results[count][name])
-            lines.append(f"- {count:,} records, {label}: {median:.2f} s, goal < {limit:g} s: "
-                         f"**{'met' if median < limit else 'not met'}**")
+            lines.append(
+                f"- {count:,} records, {label}: {median:.2f} s, goal < {limit:g} s: "
+                f"**{'met' if median < limit else 'not met'}**"
+            )
     return lines
 
 
@@ -236,29 +363,43 @@ def report(results: dict[int, dict[str, list[float]]], runs: int, sizes: list[in
     load = os.getloadavg()[0]
     largest = max(results)
     training_bytes = len(json.dumps(training_record(0), indent=2, sort_keys=True)) * largest
-    lines = ["## Record history (`bench/bench_history.py`)", "",
-             f"Median of {runs} runs per size, in process through the CLI entry; {os.cpu_count()} CPU cores "
-             f"(shared, 1-minute load average {load:.1f} at the end), {platform.machine()}, Python "
-             f"{platform.python_version()}, git {git(ROOT, '--version').split()[-1]}. Each of the four stage "
-             "branches holds N records (training run i made model version i, deploy-model run i deployed it), "
-             "packed as after `git gc`. "
-             f"`python bench/bench_history.py --sizes {' '.join(map(str, sizes))} --runs {runs}`", "",
-             "| records per stage | `status` | `lineage` latest version | `lineage` first version "
-             "| `git ls-tree` of records/training (baseline) |", "|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Record history (`bench/bench_history.py`)",
+        "",
+        f"Median of {runs} runs per size, in process through the CLI entry; {os.cpu_count()} CPU cores "
+        f"(shared, 1-minute load average {load:.1f} at the end), {platform.machine()}, Python "
+        f"{platform.python_version()}, git {git(ROOT, '--version').split()[-1]}. Each of the four stage "
+        "branches holds N records (training run i made model version i, deploy-model run i deployed it), "
+        "packed as after `git gc`. "
+        f"`python bench/bench_history.py --sizes {' '.join(map(str, sizes))} --runs {runs}`",
+        "",
+        "| records per stage | `status` | `lineage` latest version | `lineage` first version "
+        "| `git ls-tree` of records/training (baseline) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for count, times in results.items():
-        lines.append(f"| {count:,} | {ms(times['status'])} | {ms(times.get('lineage latest'))} | "
-                     f"{ms(times.get('lineage first'))} | {ms(times['baseline'])} |")
+        lines.append(
+            f"| {count:,} | {ms(times['status'])} | {ms(times.get('lineage latest'))} | "
+            f"{ms(times.get('lineage first'))} | {ms(times['baseline'])} |"
+        )
     lines += [""] + verdicts(results)
-    lines += ["", "Reading: `status` lists each stage's records folder and reads only its newest record; `lineage` "
-              "reads the newest training records until one made the version, the kf-pipeline and "
-              "build-components records from before that run until the upload and the build it used, and "
-              "every deploy-model record (a version's deployments may be anywhere after it), each batch in one "
-              f"`git cat-file` process. What remains at {largest:,} is reading the records' bytes: the first "
-              f"version's lineage reads all {largest:,} training records ({training_bytes / 2**20:.0f} MiB of "
-              "JSON) and as many deploy-model records.", "",
-              "Raw times (s): " + "; ".join(
-                  f"{count}: " + ", ".join(f"{name} {[round(t, 3) for t in values]}" for name, values in times.items())
-                  for count, times in results.items())]
+    lines += [
+        "",
+        "Reading: `status` lists each stage's records folder and reads only its newest record; `lineage` "
+        "reads the newest training records until one made the version, the kf-pipeline and "
+        "build-components records from before that run until the upload and the build it used, and "
+        "every deploy-model record (a version's deployments may be anywhere after it), each batch in one "
+        f"`git cat-file` process. What remains at {largest:,} is reading the records' bytes: the first "
+        f"version's lineage reads all {largest:,} training records ({training_bytes / 2**20:.0f} MiB of "
+        "JSON) and as many deploy-model records.",
+        "",
+        "Raw times (s): "
+        + "; ".join(
+            f"{count}: "
+            + ", ".join(f"{name} {[round(t, 3) for t in values]}" for name, values in times.items())
+            for count, times in results.items()
+        ),
+    ]
     return lines
 
 

@@ -41,11 +41,32 @@ def experiments() -> dict[str, dict]:
 def measure(data: Path, work: Path, params: dict, target: str) -> dict:
     from components import evaluate, features, train
 
-    features.run(data_dir=str(data), work_dir=str(work), target=target, target_kind=params["target_kind"],
-                 window=params.get("window", 5), val_fraction=0.15, test_fraction=0.15,
-                 purge_gap=params["purge_gap"])
-    train.run(work_dir=str(work), **{k: params[k] for k in ("hidden_units", "dropout", "learning_rate", "batch_size",
-                                                            "epochs", "patience", "seed", "walk_forward_folds")})
+    features.run(
+        data_dir=str(data),
+        work_dir=str(work),
+        target=target,
+        target_kind=params["target_kind"],
+        window=params.get("window", 5),
+        val_fraction=0.15,
+        test_fraction=0.15,
+        purge_gap=params["purge_gap"],
+    )
+    train.run(
+        work_dir=str(work),
+        **{
+            k: params[k]
+            for k in (
+                "hidden_units",
+                "dropout",
+                "learning_rate",
+                "batch_size",
+                "epochs",
+                "patience",
+                "seed",
+                "walk_forward_folds",
+            )
+        },
+    )
     evaluate.run(work_dir=str(work), seed=params["seed"])
     return json.loads((work / "metrics.json").read_text())
 
@@ -59,12 +80,16 @@ def row(name: str, target: str, m: dict) -> str:
     wf = v["intervals"]["roc_auc"]
     by = {c["baseline"]: c for c in v["comparisons"]}
     test = {c["baseline"]: c for c in m["comparisons"]}
-    passed = (all(c["low"] > 0 for c in m["comparisons"] + v["comparisons"])
-              and m["log_loss"] < m["log_loss_constant"])
-    return (f"| {name} | {target} | **{v['roc_auc']:.3f}** [{wf['low']:.3f}, {wf['high']:.3f}] | "
-            f"{interval(by['persistence'])} | {interval(by['majority_class'])} | "
-            f"{m['roc_auc']:.3f} [{m['intervals']['roc_auc']['low']:.3f}, {m['intervals']['roc_auc']['high']:.3f}] | "
-            f"{interval(test['persistence'])} | {'passes' if passed else 'refused'} |")
+    passed = (
+        all(c["low"] > 0 for c in m["comparisons"] + v["comparisons"])
+        and m["log_loss"] < m["log_loss_constant"]
+    )
+    return (
+        f"| {name} | {target} | **{v['roc_auc']:.3f}** [{wf['low']:.3f}, {wf['high']:.3f}] | "
+        f"{interval(by['persistence'])} | {interval(by['majority_class'])} | "
+        f"{m['roc_auc']:.3f} [{m['intervals']['roc_auc']['low']:.3f}, {m['intervals']['roc_auc']['high']:.3f}] | "
+        f"{interval(test['persistence'])} | {'passes' if passed else 'refused'} |"
+    )
 
 
 def main() -> None:
@@ -86,22 +111,29 @@ def main() -> None:
                 metrics = measure(data, Path(tmp) / f"{name}-{target}", params, target)
                 rows.append(row(name, target, metrics))
                 print(rows[-1], flush=True)
-    text = "\n".join([
-        "## Reference model: honest signal (issue 14)", "",
-        "Real DJIA data; the experiments of `config/branchops.yaml`; walk-forward = 5 rolling-origin folds before "
-        "the test period (purge gap 5 days), mean ROC AUC over folds; test = the held-out last 15 %. Intervals: "
-        "two-sided 95 %, paired moving-block bootstrap (20-day blocks, 1,000 resamples, seeded) over the "
-        "evaluation days. Differences are the model's ROC AUC minus the baseline's. `python bench/bench_model.py "
-        f"--targets {' '.join(args.targets)}` ({time.monotonic() - started:.0f} s).", "",
-        "| configuration | target | walk-forward ROC AUC | vs persistence (walk-forward) | vs majority class "
-        "(walk-forward) | test ROC AUC | vs persistence (test) | KPI gate |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows, "",
-        "Reading: the turbulence configuration beats both baselines significantly on the walk-forward folds "
-        "wherever the first column's interval and the next two stay above zero; the single 15 % test period "
-        "(about 415 days, some 20 blocks of a month) gives a wide interval against persistence, and the gate "
-        "refuses a model whose test interval includes zero. Next-day direction has no advantage over either "
-        "baseline.", ""])
+    text = "\n".join(
+        [
+            "## Reference model: honest signal (issue 14)",
+            "",
+            "Real DJIA data; the experiments of `config/branchops.yaml`; walk-forward = 5 rolling-origin folds before "
+            "the test period (purge gap 5 days), mean ROC AUC over folds; test = the held-out last 15 %. Intervals: "
+            "two-sided 95 %, paired moving-block bootstrap (20-day blocks, 1,000 resamples, seeded) over the "
+            "evaluation days. Differences are the model's ROC AUC minus the baseline's. `python bench/bench_model.py "
+            f"--targets {' '.join(args.targets)}` ({time.monotonic() - started:.0f} s).",
+            "",
+            "| configuration | target | walk-forward ROC AUC | vs persistence (walk-forward) | vs majority class "
+            "(walk-forward) | test ROC AUC | vs persistence (test) | KPI gate |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "Reading: the turbulence configuration beats both baselines significantly on the walk-forward folds "
+            "wherever the first column's interval and the next two stay above zero; the single 15 % test period "
+            "(about 415 days, some 20 blocks of a month) gives a wide interval against persistence, and the gate "
+            "refuses a model whose test interval includes zero. Next-day direction has no advantage over either "
+            "baseline.",
+            "",
+        ]
+    )
     out = REPO_ROOT / "bench" / "results" / "model.md"
     out.write_text(text)
     print(f"wrote {out}")

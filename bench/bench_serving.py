@@ -39,7 +39,9 @@ def build_model(target: Path, seed: int, falsify_sample: bool = False) -> Path:
     class Model(tf.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.weights_ = [tf.Variable(rng.normal(0, 0.1, (a, b)).astype("float32")) for a, b in zip(sizes, sizes[1:])]
+            self.weights_ = [
+                tf.Variable(rng.normal(0, 0.1, (a, b)).astype("float32")) for a, b in zip(sizes, sizes[1:])
+            ]
 
         @tf.function(input_signature=[tf.TensorSpec([None, N_FEATURES], tf.float32, name="lagged_returns")])
         def serve(self, lagged_returns):
@@ -53,12 +55,22 @@ def build_model(target: Path, seed: int, falsify_sample: bool = False) -> Path:
     tf.saved_model.save(model, str(target), signatures={"serving_default": model.serve})
     sample = rng.normal(0, 0.02, (4, N_FEATURES)).astype("float32")
     out = model.serve(tf.constant(sample))
-    meta = {"input": "lagged_returns", "outputs": ["probability_up", "direction"],
-            "feature_names": [f"f{i}" for i in range(N_FEATURES)], "commit": "0" * 40, "version": int(target.name),
-            "sample": {"instances": sample.tolist(),
-                       "predictions": {"probability_up": [p + (0.3 if falsify_sample else 0.0)
-                                                          for p in out["probability_up"].numpy().tolist()],
-                                       "direction": out["direction"].numpy().tolist()}}}
+    meta = {
+        "input": "lagged_returns",
+        "outputs": ["probability_up", "direction"],
+        "feature_names": [f"f{i}" for i in range(N_FEATURES)],
+        "commit": "0" * 40,
+        "version": int(target.name),
+        "sample": {
+            "instances": sample.tolist(),
+            "predictions": {
+                "probability_up": [
+                    p + (0.3 if falsify_sample else 0.0) for p in out["probability_up"].numpy().tolist()
+                ],
+                "direction": out["direction"].numpy().tolist(),
+            },
+        },
+    }
     (target / "assets.extra").mkdir()
     (target / "assets.extra" / "branchops_model.json").write_text(json.dumps(meta))
     return target
@@ -125,17 +137,29 @@ def main() -> int:
         fn(lagged_returns=x)["probability_up"].numpy()
 
     in_process()
-    config = BranchopsConfig.model_validate({"approvers": {s: ["a"] for s in STAGES},
-                                             "serving": {"local": {"base_path": str(work / "serving")}}})
+    config = BranchopsConfig.model_validate(
+        {"approvers": {s: ["a"] for s in STAGES}, "serving": {"local": {"base_path": str(work / "serving")}}}
+    )
     serving = LocalServing(config, work / "state")
     serving.start(port=0)
-    keys = ("inproc_p50", "inproc_p99", "inproc_rps", "rest_p50", "rest_p99", "rest_rps", "rest_rps_4",
-            "rollout_s", "rollback_s", "auto_rollback_s")
+    keys = (
+        "inproc_p50",
+        "inproc_p99",
+        "inproc_rps",
+        "rest_p50",
+        "rest_p99",
+        "rest_rps",
+        "rest_rps_4",
+        "rollout_s",
+        "rollback_s",
+        "auto_rollback_s",
+    )
     rows: dict[str, list[float]] = {k: [] for k in keys}
 
     def release(version: int) -> Release:
-        return Release.model_validate({"model": "djia", "version": version,
-                                       "source": {"volume": "m", "path": str(version)}})
+        return Release.model_validate(
+            {"model": "djia", "version": version, "source": {"volume": "m", "path": str(version)}}
+        )
 
     try:
         assert serving.deploy(release(1), v1).ok
@@ -153,15 +177,20 @@ def main() -> int:
                 rows[f"{name}_p99"].append(pct(lat, 99))
                 rows[f"{name}_rps"].append(rps)
             rows["rest_rps_4"].append(concurrent_throughput(url, row, 4, args.requests // 4))
-            for key, action, expect_ok in (("rollout_s", lambda: serving.deploy(release(2), v2), True),
-                                           ("rollback_s", lambda: serving.rollback_to(1), True),
-                                           ("auto_rollback_s", lambda: serving.deploy(release(3), broken), False)):
+            for key, action, expect_ok in (
+                ("rollout_s", lambda: serving.deploy(release(2), v2), True),
+                ("rollback_s", lambda: serving.rollback_to(1), True),
+                ("auto_rollback_s", lambda: serving.deploy(release(3), broken), False),
+            ):
                 started = time.perf_counter()
                 result = action()
                 rows[key].append(time.perf_counter() - started)
                 assert result.ok == expect_ok, (key, result.reason)
-            print(f"run {run + 1}/{args.runs}: in-process p50 {rows['inproc_p50'][-1]:.2f} ms, "
-                  f"REST p50 {rows['rest_p50'][-1]:.2f} ms, rollout {rows['rollout_s'][-1]:.2f} s", file=sys.stderr)
+            print(
+                f"run {run + 1}/{args.runs}: in-process p50 {rows['inproc_p50'][-1]:.2f} ms, "
+                f"REST p50 {rows['rest_p50'][-1]:.2f} ms, rollout {rows['rollout_s'][-1]:.2f} s",
+                file=sys.stderr,
+            )
     finally:
         serving.stop()
 

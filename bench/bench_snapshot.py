@@ -93,10 +93,17 @@ def measure(small_files: int, runs: int, copy_runs: int, where: str | None) -> d
         copy_times = time_copies(large, base, copy_runs)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return {"files": small_files, "small_bytes": small_bytes, "large_bytes": large_bytes,
-            "small": small_times, "large": large_times, "copy": copy_times,
-            "t_small": statistics.median(small_times), "t_large": statistics.median(large_times),
-            "t_copy": statistics.median(copy_times)}
+    return {
+        "files": small_files,
+        "small_bytes": small_bytes,
+        "large_bytes": large_bytes,
+        "small": small_times,
+        "large": large_times,
+        "copy": copy_times,
+        "t_small": statistics.median(small_times),
+        "t_large": statistics.median(large_times),
+        "t_copy": statistics.median(copy_times),
+    }
 
 
 def main() -> int:
@@ -111,13 +118,17 @@ def main() -> int:
     lines = [
         "## Local snapshots (`bench/bench_snapshot.py`)",
         "",
-        (f"Machine: {os.cpu_count()} cores shared with other jobs; volumes on the filesystem of "
-        f"`{args.dir or tempfile.gettempdir()}` (ext4: hard links, no reflinks). Each volume: N small files of "
-        "4 KiB in 10 folders plus a few big files (2 in the 10 MiB volume, 4 in the 1 GiB one). "
-        f"Median of {args.runs} snapshot runs (10 MiB and 1 GiB alternated) and of {args.copy_runs} `cp -a` runs."),
+        (
+            f"Machine: {os.cpu_count()} cores shared with other jobs; volumes on the filesystem of "
+            f"`{args.dir or tempfile.gettempdir()}` (ext4: hard links, no reflinks). Each volume: N small files of "
+            "4 KiB in 10 folders plus a few big files (2 in the 10 MiB volume, 4 in the 1 GiB one). "
+            f"Median of {args.runs} snapshot runs (10 MiB and 1 GiB alternated) and of {args.copy_runs} `cp -a` runs."
+        ),
         "",
-        ("| small files | snapshot 10 MiB | snapshot 1 GiB | `cp -a` 1 GiB (baseline) | 1 GiB / 10 MiB (goal <= 2) "
-        "| `cp -a` / snapshot (goal >= 100x) | snapshot cost per file |"),
+        (
+            "| small files | snapshot 10 MiB | snapshot 1 GiB | `cp -a` 1 GiB (baseline) | 1 GiB / 10 MiB (goal <= 2) "
+            "| `cp -a` / snapshot (goal >= 100x) | snapshot cost per file |"
+        ),
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -126,7 +137,8 @@ def main() -> int:
             f"| {r['files']} | {r['t_small'] * 1000:.1f} ms | {r['t_large'] * 1000:.1f} ms | {r['t_copy'] * 1000:.0f} ms "
             f"| **{ratio:.2f}** ({'met' if ratio <= 2 else 'not met'}) "
             f"| **{speedup:.0f}x** ({'met' if speedup >= 100 else 'not met'}) "
-            f"| {r['t_large'] / (r['files'] + 4) * 1e6:.0f} us |")
+            f"| {r['t_large'] / (r['files'] + 4) * 1e6:.0f} us |"
+        )
     lines += [
         "",
         "Reading: a snapshot costs a stat, a chmod and a link per file plus its metadata, and nothing per "
@@ -134,8 +146,12 @@ def main() -> int:
         "over `cp -a` is largest for volumes of few big files and shrinks as the files get many and small. "
         "`cp -a` read from the page cache (files just written), the most favourable case for the baseline. "
         "Spread on this shared machine (min-max): "
-        + "; ".join(f"{r['files']} files: snapshot 1 GiB {min(r['large']) * 1000:.0f}-{max(r['large']) * 1000:.0f} ms, "
-                    f"`cp -a` {min(r['copy']) * 1000:.0f}-{max(r['copy']) * 1000:.0f} ms" for r in results) + ".",
+        + "; ".join(
+            f"{r['files']} files: snapshot 1 GiB {min(r['large']) * 1000:.0f}-{max(r['large']) * 1000:.0f} ms, "
+            f"`cp -a` {min(r['copy']) * 1000:.0f}-{max(r['copy']) * 1000:.0f} ms"
+            for r in results
+        )
+        + ".",
         "",
     ]
     out = Path(args.out)
@@ -143,8 +159,10 @@ def main() -> int:
     out.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     for r in results:
-        print(f"{r['files']} files — all times (s): 10 MiB {[round(t, 4) for t in r['small']]}, "
-              f"1 GiB {[round(t, 4) for t in r['large']]}, cp -a {[round(t, 3) for t in r['copy']]}")
+        print(
+            f"{r['files']} files — all times (s): 10 MiB {[round(t, 4) for t in r['small']]}, "
+            f"1 GiB {[round(t, 4) for t in r['large']]}, cp -a {[round(t, 3) for t in r['copy']]}"
+        )
     return 0
 
 

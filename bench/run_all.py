@@ -33,14 +33,21 @@ def main() -> None:
             print(f"== {script.name}", flush=True)
             if subprocess.run([sys.executable, str(script)]).returncode != 0:
                 failed.append(area)
-    parts = ["# Benchmarks", "",
-             "Every number is measured against a baseline in the same run, as a median of several runs, on "
-             f"the project's CI machine kind (2 cores, {platform.machine()}, Python {platform.python_version()}). "
-             "Re-run with `python bench/run_all.py`.", "",
-             f"Assembled {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.", ""]
+    parts = [
+        "# Benchmarks",
+        "",
+        "Every number is measured against a baseline in the same run, as a median of several runs, on "
+        f"the project's CI machine kind (2 cores, {platform.machine()}, Python {platform.python_version()}). "
+        "Re-run with `python bench/run_all.py`.",
+        "",
+        f"Assembled {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        "",
+    ]
     for area in ORDER:
         result = BENCH / "results" / f"{area}.md"
-        parts += [result.read_text().strip(), ""] if result.exists() else [f"## {area}", "", "not run yet", ""]
+        parts += (
+            [result.read_text().strip(), ""] if result.exists() else [f"## {area}", "", "not run yet", ""]
+        )
     (BENCH / "README.md").write_text("\n".join(parts))
     print(f"wrote {BENCH / 'README.md'}")
     sys.exit(1 if failed else 0)

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_MODEL = {"hidden_units": [16], "dropout": 0.1, "learning_rate": 0.003, "batch_size": 128, "epochs": 3,
-              "patience": 2, "seed": 7}
+TINY_MODEL = {
+    "hidden_units": [16],
+    "dropout": 0.1,
+    "learning_rate": 0.003,
+    "batch_size": 128,
+    "epochs": 3,
+    "patience": 2,
+    "seed": 7,
+}
 
 
 def djia_folder() -> Path:
@@ -54,8 +61,14 @@ def real_work_dir(real_data_dir: Path, tmp_path_factory) -> Path:
     from components import features
 
     work = tmp_path_factory.mktemp("djia-work")
-    features.run(data_dir=str(real_data_dir), work_dir=str(work), target="AAPL", window=5, val_fraction=0.15,
-                 test_fraction=0.15)
+    features.run(
+        data_dir=str(real_data_dir),
+        work_dir=str(work),
+        target="AAPL",
+        window=5,
+        val_fraction=0.15,
+        test_fraction=0.15,
+    )
     return work
 
 

@@ -43,7 +43,9 @@ def closure(roots: list[str]) -> dict[str, str]:
         for line in dist.requires or []:
             requirement = Requirement(line)
             if requirement.marker is not None:
-                wanted = any(requirement.marker.evaluate({**environment, "extra": e}) for e in (extras or {""}))
+                wanted = any(
+                    requirement.marker.evaluate({**environment, "extra": e}) for e in (extras or {""})
+                )
                 if not wanted:
                     continue
             dep = _canonical(requirement.name)
@@ -62,7 +64,8 @@ def main() -> int:
     version = metadata.version("tensorflow-cpu")
     (here / "train" / "requirements-gpu.txt").write_text(
         HEADER + "# GPU variant of the training image: the same TensorFlow release with its CUDA wheels.\n"
-        f"tensorflow[and-cuda]=={version}\n")
+        f"tensorflow[and-cuda]=={version}\n"
+    )
     return 0
 
 

@@ -15,8 +15,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
-TICKERS = ("AABA AAPL AMZN AXP BA CAT CSCO CVX DIS GE GOOGL GS HD IBM INTC JNJ JPM KO MCD MMM MRK MSFT NKE PFE "
-           "PG TRV UNH UTX VZ WMT XOM").split()
+TICKERS = (
+    "AABA AAPL AMZN AXP BA CAT CSCO CVX DIS GE GOOGL GS HD IBM INTC JNJ JPM KO MCD MMM MRK MSFT NKE PFE "
+    "PG TRV UNH UTX VZ WMT XOM"
+).split()
 MARKER = "SYNTHETIC"
 
 
@@ -28,8 +30,9 @@ def business_days(start: date, end: date) -> list[date]:
     return [day.date() for day in sessions]
 
 
-def generate(folder: str | Path, seed: int = 2006, start: date = date(2006, 1, 3), end: date = date(2017, 12, 29)
-             ) -> Path:
+def generate(
+    folder: str | Path, seed: int = 2006, start: date = date(2006, 1, 3), end: date = date(2017, 12, 29)
+) -> Path:
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -45,8 +48,17 @@ def generate(folder: str | Path, seed: int = 2006, start: date = date(2006, 1, 3
                 close = price * math.exp(beta * m + rng.gauss(0, idio))
                 high = max(open_, close) * math.exp(abs(rng.gauss(0, 0.006)))
                 low = min(open_, close) * math.exp(-abs(rng.gauss(0, 0.006)))
-                writer.writerow([day.isoformat(), f"{open_:.2f}", f"{high:.2f}", f"{low:.2f}", f"{close:.2f}",
-                                 int(rng.lognormvariate(15, 0.5)), ticker])
+                writer.writerow(
+                    [
+                        day.isoformat(),
+                        f"{open_:.2f}",
+                        f"{high:.2f}",
+                        f"{low:.2f}",
+                        f"{close:.2f}",
+                        int(rng.lognormvariate(15, 0.5)),
+                        ticker,
+                    ]
+                )
                 price = close
     (out / MARKER).write_text("These prices are SYNTHETIC (data/synthetic_prices.py), not market data.\n")
     return out

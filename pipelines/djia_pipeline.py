@@ -41,8 +41,9 @@ class PipelineOutputs(NamedTuple):
     model: dict
 
 
-def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = None,
-                   mounts: Mapping[str, str] | None = None):
+def build_pipeline(
+    images: Mapping[str, str] | None = None, gpu: Any | None = None, mounts: Mapping[str, str] | None = None
+):
     """The pipeline function, with ``images`` (component name -> image reference), ``gpu`` (a
     GpuSection-like object: count, resource, node_selector, tolerations) and ``mounts`` (where the data
     and model volumes are mounted in a step: {"data": path, "models": path}) applied."""
@@ -71,22 +72,55 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
         return run(data_dir=data_dir)
 
     @dsl.component(base_image=image("features"), install_kfp_package=False)
-    def features(data_dir: str, work_dir: str, target: str, target_kind: str, window: int, val_fraction: float,
-                 test_fraction: float, purge_gap: int) -> dict:
+    def features(
+        data_dir: str,
+        work_dir: str,
+        target: str,
+        target_kind: str,
+        window: int,
+        val_fraction: float,
+        test_fraction: float,
+        purge_gap: int,
+    ) -> dict:
         from components.features import run
 
-        return run(data_dir=data_dir, work_dir=work_dir, target=target, target_kind=target_kind, window=window,
-                   val_fraction=val_fraction, test_fraction=test_fraction, purge_gap=purge_gap)
+        return run(
+            data_dir=data_dir,
+            work_dir=work_dir,
+            target=target,
+            target_kind=target_kind,
+            window=window,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            purge_gap=purge_gap,
+        )
 
     @dsl.component(base_image=image("train"), install_kfp_package=False)
-    def train(work_dir: str, hidden_units: list, dropout: float, learning_rate: float, batch_size: int,
-              epochs: int, patience: int, seed: int, walk_forward_folds: int) -> dict:
+    def train(
+        work_dir: str,
+        hidden_units: list,
+        dropout: float,
+        learning_rate: float,
+        batch_size: int,
+        epochs: int,
+        patience: int,
+        seed: int,
+        walk_forward_folds: int,
+    ) -> dict:
         from components.train import run
 
         # KFP passes lists as protobuf ListValues, whose numbers are doubles.
-        return run(work_dir=work_dir, hidden_units=[int(u) for u in hidden_units], dropout=dropout,
-                   learning_rate=learning_rate, batch_size=batch_size, epochs=epochs, patience=patience,
-                   seed=seed, walk_forward_folds=walk_forward_folds)
+        return run(
+            work_dir=work_dir,
+            hidden_units=[int(u) for u in hidden_units],
+            dropout=dropout,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            epochs=epochs,
+            patience=patience,
+            seed=seed,
+            walk_forward_folds=walk_forward_folds,
+        )
 
     @dsl.component(base_image=image("evaluate"), install_kfp_package=False)
     def evaluate(work_dir: str, confidence: float, seed: int) -> dict:
@@ -100,9 +134,11 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
 
         return run(work_dir=work_dir, export_base=export_base, version=version, commit=commit)
 
-    @dsl.pipeline(name=PIPELINE_NAME,
-                  description="DJIA 30: consolidate, validate, features (direction or turbulence target), train "
-                              "with walk-forward folds, evaluate against baselines with intervals, export")
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="DJIA 30: consolidate, validate, features (direction or turbulence target), train "
+        "with walk-forward folds, evaluate against baselines with intervals, export",
+    )
     def djia_pipeline(
         source_dir: str,
         data_dir: str,
@@ -137,18 +173,34 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
         steps.append(consolidated)
         validated = validate(data_dir=data_dir).after(consolidated)
         steps.append(validated)
-        featured = features(data_dir=data_dir, work_dir=work_dir, target=target, target_kind=target_kind,
-                            window=window, val_fraction=val_fraction, test_fraction=test_fraction,
-                            purge_gap=purge_gap).after(validated)
+        featured = features(
+            data_dir=data_dir,
+            work_dir=work_dir,
+            target=target,
+            target_kind=target_kind,
+            window=window,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            purge_gap=purge_gap,
+        ).after(validated)
         steps.append(featured)
-        trained = train(work_dir=work_dir, hidden_units=hidden_units, dropout=dropout,
-                        learning_rate=learning_rate, batch_size=batch_size, epochs=epochs,
-                        patience=patience, seed=seed, walk_forward_folds=walk_forward_folds).after(featured)
+        trained = train(
+            work_dir=work_dir,
+            hidden_units=hidden_units,
+            dropout=dropout,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            epochs=epochs,
+            patience=patience,
+            seed=seed,
+            walk_forward_folds=walk_forward_folds,
+        ).after(featured)
         steps.append(trained)
         evaluated = evaluate(work_dir=work_dir, confidence=confidence, seed=seed).after(trained)
         steps.append(evaluated)
-        exported = export(work_dir=work_dir, export_base=export_base, version=version,
-                          commit=commit).after(evaluated)
+        exported = export(work_dir=work_dir, export_base=export_base, version=version, commit=commit).after(
+            evaluated
+        )
         steps.append(exported)
 
         for step in steps:
@@ -165,11 +217,17 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
             for toleration in gpu.tolerations or []:
                 unknown = set(toleration) - _TOLERATION_KEYS
                 if unknown:
-                    raise ValueError(f"training.gpu.tolerations: unknown keys {sorted(unknown)}; "
-                                     f"expected some of {sorted(_TOLERATION_KEYS)}")
-                kubernetes.add_toleration(trained, key=toleration.get("key"),
-                                          operator=toleration.get("operator", "Equal"),
-                                          value=toleration.get("value"), effect=toleration.get("effect"))
+                    raise ValueError(
+                        f"training.gpu.tolerations: unknown keys {sorted(unknown)}; "
+                        f"expected some of {sorted(_TOLERATION_KEYS)}"
+                    )
+                kubernetes.add_toleration(
+                    trained,
+                    key=toleration.get("key"),
+                    operator=toleration.get("operator", "Equal"),
+                    value=toleration.get("value"),
+                    effect=toleration.get("effect"),
+                )
 
         # The pipeline's outputs: what the training stage records (metrics, where the model went).
         return PipelineOutputs(metrics=evaluated.output, model=exported.output)

@@ -21,11 +21,20 @@ def djia_data_dir() -> Path | None:
 def djia_dir() -> Path:
     path = djia_data_dir()
     if path is None:
-        pytest.skip("the real DJIA files are not at ../shared/data/djia (set BRANCHOPS_DJIA_DATA to point at them)")
+        pytest.skip(
+            "the real DJIA files are not at ../shared/data/djia (set BRANCHOPS_DJIA_DATA to point at them)"
+        )
     return path
 
 
 def git(cwd: Path, *args: str, user: str = "ds1") -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": user, "GIT_AUTHOR_EMAIL": f"{user}@users.local",
-           "GIT_COMMITTER_NAME": user, "GIT_COMMITTER_EMAIL": f"{user}@users.local"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": user,
+        "GIT_AUTHOR_EMAIL": f"{user}@users.local",
+        "GIT_COMMITTER_NAME": user,
+        "GIT_COMMITTER_EMAIL": f"{user}@users.local",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()

@@ -19,8 +19,9 @@ class DataError(ComponentError):
     at that line.
     """
 
-    def __init__(self, message: str, *, file: str | None = None, row: int | None = None,
-                 column: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, file: str | None = None, row: int | None = None, column: str | None = None
+    ) -> None:
         self.file = file
         self.row = row
         self.column = column

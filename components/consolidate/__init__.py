@@ -47,14 +47,17 @@ def run(source_dir: str, data_dir: str, kaggle_dataset: str | None = None) -> di
     if not files:
         raise DataError(
             f"no CSV files in {source}; expected the Kaggle dataset's layout "
-            "(TICKER_2006-01-01_to_2018-01-01.csv files and/or all_stocks_*.csv)")
+            "(TICKER_2006-01-01_to_2018-01-01.csv files and/or all_stocks_*.csv)"
+        )
     tables = [read_price_file(path) for path in files]
     prices, file_stats, dropped = _merge(tables)
     tickers = sorted(prices["Name"].unique().tolist())
     if len(tickers) < 2:
         raise DataError(
             f"only one ticker ({', '.join(tickers)}) in {source}; the features use the returns of all "
-            "tickers, so the source must hold at least two", file=str(source))
+            "tickers, so the source must hold at least two",
+            file=str(source),
+        )
     report = {
         "source_dir": str(source),
         "kaggle_dataset": kaggle_dataset,
@@ -71,13 +74,18 @@ def run(source_dir: str, data_dir: str, kaggle_dataset: str | None = None) -> di
         },
         "empty_cells": {c: int(prices[c].isna().sum()) for c in (*PRICE_COLUMNS, "Volume")},
         "note": "value repairs (empty cells, zero prices, High/Low, calendar gaps) are decided and "
-                "counted by the validate component in validation_report.json",
+        "counted by the validate component in validation_report.json",
     }
     with staged_outputs(data_dir) as staging:
         prices.to_parquet(staging / PRICES_FILE, index=False)
         write_json_atomic(staging / REPORT_FILE, report)
-    log.info("consolidated %d rows of %d tickers from %d files in %.1fs", len(prices), len(tickers),
-             len(files), time.monotonic() - started)
+    log.info(
+        "consolidated %d rows of %d tickers from %d files in %.1fs",
+        len(prices),
+        len(tickers),
+        len(files),
+        time.monotonic() - started,
+    )
     return {
         "prices": str(Path(data_dir) / PRICES_FILE),
         "report": str(Path(data_dir) / REPORT_FILE),
@@ -96,8 +104,9 @@ def read_price_file(path: Path):
 
     name = path.name
     if path.stat().st_size == 0:
-        raise DataError("the file is empty (0 bytes); expected a CSV with columns " + ",".join(CSV_COLUMNS),
-                        file=name)
+        raise DataError(
+            "the file is empty (0 bytes); expected a CSV with columns " + ",".join(CSV_COLUMNS), file=name
+        )
     with path.open("rb") as handle:
         head = handle.read(_SNIFF_BYTES)
     try:
@@ -107,17 +116,26 @@ def read_price_file(path: Path):
     except UnicodeDecodeError:
         # a cut in the middle of a multi-byte character at the sniff boundary is not binary
         if b"\x00" in head or not _decodes_if_truncated(head):
-            raise DataError("not a CSV text file (binary content); expected UTF-8 text with columns "
-                            + ",".join(CSV_COLUMNS), file=name) from None
+            raise DataError(
+                "not a CSV text file (binary content); expected UTF-8 text with columns "
+                + ",".join(CSV_COLUMNS),
+                file=name,
+            ) from None
     numeric = (*PRICE_COLUMNS, "Volume")
     try:
         # Typed read with the C parser (fast); only an empty cell counts as missing, so "NaN", "null" or
         # "n/a" in a price column leave it non-numeric and are reported below with their line.
-        frame = pd.read_csv(path, dtype={"Date": str, "Name": str}, keep_default_na=False,
-                            na_values={c: [""] for c in numeric}, skipinitialspace=True)
+        frame = pd.read_csv(
+            path,
+            dtype={"Date": str, "Name": str},
+            keep_default_na=False,
+            na_values={c: [""] for c in numeric},
+            skipinitialspace=True,
+        )
     except pd.errors.EmptyDataError:
-        raise DataError("the file has no header line; expected columns " + ",".join(CSV_COLUMNS),
-                        file=name) from None
+        raise DataError(
+            "the file has no header line; expected columns " + ",".join(CSV_COLUMNS), file=name
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"not a well-formed CSV file: {exc}".strip(), file=name) from None
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -125,7 +143,10 @@ def read_price_file(path: Path):
     if missing:
         raise DataError(
             f"missing column(s) {', '.join(missing)}; found {', '.join(frame.columns) or 'none'}, "
-            f"expected {', '.join(CSV_COLUMNS)}", file=name, row=1)
+            f"expected {', '.join(CSV_COLUMNS)}",
+            file=name,
+            row=1,
+        )
     extra = [c for c in frame.columns if c not in CSV_COLUMNS]
     if extra:
         log.warning("%s: ignoring extra column(s) %s", name, ", ".join(extra))
@@ -157,15 +178,20 @@ def read_price_file(path: Path):
         infinite = values.notna() & ~np.isfinite(values.to_numpy(dtype="float64", na_value=np.nan))
         if infinite.any():
             line = int(infinite.idxmax())
-            raise DataError(f"{_raw_cell(path, line, column)!r} is not a finite number", file=name, row=line,
-                            column=column)
+            raise DataError(
+                f"{_raw_cell(path, line, column)!r} is not a finite number",
+                file=name,
+                row=line,
+                column=column,
+            )
         out[column] = values.astype("float64")
     volume = out["Volume"]
     fractional = volume.notna() & (volume != volume.round())
     if fractional.any():
         line = int(fractional.idxmax())
-        raise DataError(f"Volume {volume[line]!r} is not a whole number of shares", file=name, row=line,
-                        column="Volume")
+        raise DataError(
+            f"Volume {volume[line]!r} is not a whole number of shares", file=name, row=line, column="Volume"
+        )
     out["Volume"] = volume.astype("Int64")
     tickers = frame["Name"].fillna("").astype(str).str.strip()
     empty = tickers == ""
@@ -182,7 +208,10 @@ def read_price_file(path: Path):
             raise DataError(
                 f"the file is named for ticker {expected} but holds rows of {tickers[line]}; a per-ticker "
                 "file must hold one ticker (combined files are named all_stocks_*.csv)",
-                file=name, row=line, column="Name")
+                file=name,
+                row=line,
+                column="Name",
+            )
     out[SOURCE_FILE] = name
     out[SOURCE_LINE] = lines.to_numpy(dtype="int64")
     return out.reset_index(drop=True)
@@ -224,7 +253,9 @@ def _merge(tables: list):
         seen |= names
     if not overlap:
         # the usual per-ticker layout: no ticker in two files, so no row can be counted twice
-        frame = frame.sort_values(["Name", "Date", SOURCE_FILE, SOURCE_LINE], kind="stable").reset_index(drop=True)
+        frame = frame.sort_values(["Name", "Date", SOURCE_FILE, SOURCE_LINE], kind="stable").reset_index(
+            drop=True
+        )
         return frame, _file_stats(tables, frame), 0
     # A row identical to a row of an earlier file (a combined file and a per-ticker file, or the two
     # combined files overlapping in 2017) is the same observation: keep the first file's copy only.
@@ -245,8 +276,13 @@ def _merge(tables: list):
             f"{first['Name']} on {_day(first['Date'])} differs between {first[SOURCE_FILE]} line "
             f"{first[SOURCE_LINE]} and {other[SOURCE_FILE]} line {other[SOURCE_LINE]} ({detail}); the files "
             "do not come from the same dataset -- remove one of them",
-            file=str(first[SOURCE_FILE]), row=int(first[SOURCE_LINE]), column=differing[0] if differing else None)
-    frame = frame.sort_values(["Name", "Date", SOURCE_FILE, SOURCE_LINE], kind="stable").reset_index(drop=True)
+            file=str(first[SOURCE_FILE]),
+            row=int(first[SOURCE_LINE]),
+            column=differing[0] if differing else None,
+        )
+    frame = frame.sort_values(["Name", "Date", SOURCE_FILE, SOURCE_LINE], kind="stable").reset_index(
+        drop=True
+    )
     return frame, _file_stats(tables, frame), dropped
 
 
@@ -256,13 +292,15 @@ def _file_stats(tables: list, frame) -> list[dict[str, Any]]:
     for table in tables:
         name = table[SOURCE_FILE].iloc[0]
         rows_used = int(used.get(name, 0))
-        stats.append({
-            "file": name,
-            "layout": "combined" if name.startswith(COMBINED_PREFIX) else "per-ticker",
-            "rows": len(table),
-            "rows_used": rows_used,
-            "rows_already_in_other_files": len(table) - rows_used,
-        })
+        stats.append(
+            {
+                "file": name,
+                "layout": "combined" if name.startswith(COMBINED_PREFIX) else "per-ticker",
+                "rows": len(table),
+                "rows_used": rows_used,
+                "rows_already_in_other_files": len(table) - rows_used,
+            }
+        )
     return stats
 
 
@@ -290,7 +328,8 @@ def download_kaggle_dataset(dataset: str, target: Path) -> None:
     if not _kaggle_credentials_present():
         raise ComponentError(
             "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or mount "
-            "kaggle.json and point KAGGLE_CONFIG_DIR at its folder")
+            "kaggle.json and point KAGGLE_CONFIG_DIR at its folder"
+        )
     target.mkdir(parents=True, exist_ok=True)
     captured = io.StringIO()
     try:
@@ -303,7 +342,9 @@ def download_kaggle_dataset(dataset: str, target: Path) -> None:
     except SystemExit:
         raise ComponentError(f"Kaggle refused the credentials: {captured.getvalue().strip()}") from None
     except Exception as exc:  # network, 403/404 from Kaggle: say which dataset and why
-        raise ComponentError(f"downloading Kaggle dataset {dataset} failed: {type(exc).__name__}: {exc}") from exc
+        raise ComponentError(
+            f"downloading Kaggle dataset {dataset} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         if captured.getvalue().strip():
             log.info("kaggle: %s", captured.getvalue().strip())
@@ -315,6 +356,9 @@ def _kaggle_credentials_present() -> bool:
         return True
     if os.environ.get("KAGGLE_API_TOKEN"):  # kaggle >= 1.8 access tokens (a value or a file path)
         return True
-    folders = [os.environ.get("KAGGLE_CONFIG_DIR"), str(Path.home() / ".kaggle"),
-               str(Path.home() / ".config" / "kaggle")]
+    folders = [
+        os.environ.get("KAGGLE_CONFIG_DIR"),
+        str(Path.home() / ".kaggle"),
+        str(Path.home() / ".config" / "kaggle"),
+    ]
     return any(folder and (Path(folder) / "kaggle.json").is_file() for folder in folders)

@@ -89,7 +89,6 @@ def roc_auc(y_true, score) -> float | None:
     return float((ranks[y_true == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-
 def roc_curve(y_true, score):
     import numpy as np
 
@@ -146,8 +145,16 @@ def block_bootstrap_indices(n: int, resamples: int, block_days: int, rng):
     return (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :n]
 
 
-def compare(y, model_score, baseline_scores: dict, constant, confidence: float, seed: int,
-            groups=None, block_days: int = BLOCK_DAYS) -> tuple[list[dict], dict]:
+def compare(
+    y,
+    model_score,
+    baseline_scores: dict,
+    constant,
+    confidence: float,
+    seed: int,
+    groups=None,
+    block_days: int = BLOCK_DAYS,
+) -> tuple[list[dict], dict]:
     """The model's advantage over each baseline (roc_auc) and over the constant (log_loss), with paired
     bootstrap intervals; and the model's own roc_auc interval.  With ``groups`` (walk-forward folds) the
     days are resampled within each group and the statistic is the mean of the groups' values.  ``constant``:
@@ -160,8 +167,11 @@ def compare(y, model_score, baseline_scores: dict, constant, confidence: float, 
     members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
     constant_loss = _day_log_loss(y, np.broadcast_to(np.asarray(constant, dtype="float64"), y.shape))
     model_loss = _day_log_loss(y, model_score)
-    statistics = {("model", "roc_auc"): lambda idx: fast_roc_auc(y[idx], model_score[idx]),
-                  ("constant", "log_loss"): lambda idx: float(np.mean(constant_loss[idx] - model_loss[idx]))}
+    statistics = {
+        ("model", "roc_auc"): lambda idx: fast_roc_auc(y[idx], model_score[idx]),
+        ("constant", "log_loss"): lambda idx: float(np.mean(constant_loss[idx] - model_loss[idx])),
+    }
+
     def auc_advantage(baseline_score):
         return lambda idx: fast_roc_auc(y[idx], model_score[idx]) - fast_roc_auc(y[idx], baseline_score[idx])
 
@@ -178,18 +188,33 @@ def compare(y, model_score, baseline_scores: dict, constant, confidence: float, 
     results = {}
     for key, statistic in statistics.items():
         point = over_groups(statistic, identity)
-        draws = np.array([over_groups(statistic, [r[b] for r in resampled]) for b in range(BOOTSTRAP_RESAMPLES)])
+        draws = np.array(
+            [over_groups(statistic, [r[b] for r in resampled]) for b in range(BOOTSTRAP_RESAMPLES)]
+        )
         draws = draws[np.isfinite(draws)]
         low, high = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
-        results[key] = {"difference": round(point, 6), "low": round(float(low), 6), "high": round(float(high), 6),
-                        "confidence": confidence}
-    comparisons = [{"baseline": name, "metric": metric, **results[(name, metric)]}
-                   for name, metric in results if name not in ("model", "constant")]
+        results[key] = {
+            "difference": round(point, 6),
+            "low": round(float(low), 6),
+            "high": round(float(high), 6),
+            "confidence": confidence,
+        }
+    comparisons = [
+        {"baseline": name, "metric": metric, **results[(name, metric)]}
+        for name, metric in results
+        if name not in ("model", "constant")
+    ]
     own = results[("model", "roc_auc")]
-    return comparisons, {"roc_auc": {"value": own["difference"], "low": own["low"], "high": own["high"],
-                                     "confidence": confidence},
-                         # the constant's log loss minus the model's: positive when the model is better
-                         "log_loss_gain": results[("constant", "log_loss")]}
+    return comparisons, {
+        "roc_auc": {
+            "value": own["difference"],
+            "low": own["low"],
+            "high": own["high"],
+            "confidence": confidence,
+        },
+        # the constant's log loss minus the model's: positive when the model is better
+        "log_loss_gain": results[("constant", "log_loss")],
+    }
 
 
 def run(work_dir: str, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
@@ -206,8 +231,10 @@ def run(work_dir: str, confidence: float = 0.95, seed: int = 0) -> dict[str, Any
         needed = ("X_test", "y_test", "persistence_test", "y_train", "dates_test")
         missing = [k for k in needed if k not in data.files]
         if missing:
-            raise DataError(f"missing array(s) {', '.join(missing)}; rerun the features component",
-                            file=str(features_path))
+            raise DataError(
+                f"missing array(s) {', '.join(missing)}; rerun the features component",
+                file=str(features_path),
+            )
         X_test, y_test = data["X_test"], data["y_test"]
         persistence, y_train, dates = data["persistence_test"], data["y_train"], data["dates_test"]
     with np.load(walk_forward_path) as data:
@@ -220,8 +247,11 @@ def run(work_dir: str, confidence: float = 0.95, seed: int = 0) -> dict[str, Any
 
     model = keras.models.load_model(model_path)
     if model.input_shape[-1] != X_test.shape[1]:
-        raise DataError(f"the model takes {model.input_shape[-1]} features but features.npz has "
-                        f"{X_test.shape[1]}; retrain after rerunning features", file=str(model_path))
+        raise DataError(
+            f"the model takes {model.input_shape[-1]} features but features.npz has "
+            f"{X_test.shape[1]}; retrain after rerunning features",
+            file=str(model_path),
+        )
     probability = model.predict(X_test, batch_size=4096, verbose=0).ravel()
 
     share_up_train = float(np.mean(y_train))
@@ -234,8 +264,9 @@ def run(work_dir: str, confidence: float = 0.95, seed: int = 0) -> dict[str, Any
     }
     results = {name: classification_metrics(y_test, score) for name, score in scores.items()}
     model_metrics = {**results["model"], "log_loss": round(log_loss(y_test, probability), 6)}
-    comparisons, intervals = compare(y_test, probability, {b: scores[b] for b in BASELINES}, share_up_train,
-                                     confidence, seed)
+    comparisons, intervals = compare(
+        y_test, probability, {b: scores[b] for b in BASELINES}, share_up_train, confidence, seed
+    )
     validation = {**_walk_forward_section(folds, confidence, seed), "final_model": history.get("final_model")}
     log_loss_constant = round(log_loss(y_test, np.full(len(y_test), share_up_train)), 6)
     beats: dict[str, Any] = {c["baseline"]: {c["metric"]: c["low"] > 0} for c in comparisons}
@@ -258,18 +289,25 @@ def run(work_dir: str, confidence: float = 0.95, seed: int = 0) -> dict[str, Any
         "intervals": intervals,
         "validation": validation,
         "baselines": {
-            "majority_class": {**results["majority_class"], "predicts": "up" if majority else "down",
-                               "share_up_in_train": round(share_up_train, 6)},
-            "persistence": {**results["persistence"],
-                            "predicts": "the last label known on the label day"},
+            "majority_class": {
+                **results["majority_class"],
+                "predicts": "up" if majority else "down",
+                "share_up_in_train": round(share_up_train, 6),
+            },
+            "persistence": {**results["persistence"], "predicts": "the last label known on the label day"},
         },
         "beats_baselines": beats,
-        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "block_days": BLOCK_DAYS, "seed": seed,
-                      "interval": f"two-sided {confidence:.0%} percentile interval of a paired moving-block "
-                                  "bootstrap over the evaluation days"},
+        "bootstrap": {
+            "resamples": BOOTSTRAP_RESAMPLES,
+            "block_days": BLOCK_DAYS,
+            "seed": seed,
+            "interval": f"two-sided {confidence:.0%} percentile interval of a paired moving-block "
+            "bootstrap over the evaluation days",
+        },
         "summary": summary,
-        "training": {k: history.get(k) for k in ("epochs_run", "best_epoch", "stopped_early", "device",
-                                                 "final_model")},
+        "training": {
+            k: history.get(k) for k in ("epochs_run", "best_epoch", "stopped_early", "device", "final_model")
+        },
     }
     with staged_outputs(work) as staging:
         write_json_atomic(staging / METRICS_FILE, metrics)
@@ -281,9 +319,13 @@ def run(work_dir: str, confidence: float = 0.95, seed: int = 0) -> dict[str, Any
     log.info("%s", summary)
     return {
         "metrics": str(work / METRICS_FILE),
-        "plots": [str(work / PLOTS_DIR / n) for n in ("learning_curves.png", "roc.png", "confusion_matrix.png")],
-        **{k: metrics[k] for k in ("accuracy", "roc_auc", "precision", "recall", "f1", "log_loss",
-                                   "log_loss_constant")},
+        "plots": [
+            str(work / PLOTS_DIR / n) for n in ("learning_curves.png", "roc.png", "confusion_matrix.png")
+        ],
+        **{
+            k: metrics[k]
+            for k in ("accuracy", "roc_auc", "precision", "recall", "f1", "log_loss", "log_loss_constant")
+        },
         "comparisons": comparisons,
         "validation": {k: validation[k] for k in ("roc_auc", "accuracy", "log_loss", "folds_count")},
         "beats_baselines": beats,
@@ -295,7 +337,10 @@ def _walk_forward_section(folds: dict[str, Any], confidence: float, seed: int) -
     import numpy as np
 
     per_fold = []
-    baselines = {"majority_class": np.zeros(len(folds["y"])), "persistence": folds["persistence"].astype("float64")}
+    baselines = {
+        "majority_class": np.zeros(len(folds["y"])),
+        "persistence": folds["persistence"].astype("float64"),
+    }
     constant = np.zeros(len(folds["y"]))
     for index in np.unique(folds["fold"]):
         rows = folds["fold"] == index
@@ -304,26 +349,41 @@ def _walk_forward_section(folds: dict[str, Any], confidence: float, seed: int) -
         baselines["majority_class"][rows] = 1.0 if share >= 0.5 else 0.0
         constant[rows] = share
         auc = roc_auc(y, p)
-        per_fold.append({"fold": int(index) + 1, "first_date": str(folds["dates"][rows][0]),
-                         "last_date": str(folds["dates"][rows][-1]), "rows": int(rows.sum()),
-                         "train_rows": int(folds["train_rows"][index]),
-                         "roc_auc": None if auc is None else round(auc, 6),
-                         "accuracy": round(float(np.mean((p >= THRESHOLD) == y)), 6),
-                         "log_loss": round(log_loss(y, p), 6),
-                         "log_loss_constant": round(log_loss(y, np.full(len(y), share)), 6),
-                         "persistence_roc_auc": roc_auc(y, folds["persistence"][rows])})
+        per_fold.append(
+            {
+                "fold": int(index) + 1,
+                "first_date": str(folds["dates"][rows][0]),
+                "last_date": str(folds["dates"][rows][-1]),
+                "rows": int(rows.sum()),
+                "train_rows": int(folds["train_rows"][index]),
+                "roc_auc": None if auc is None else round(auc, 6),
+                "accuracy": round(float(np.mean((p >= THRESHOLD) == y)), 6),
+                "log_loss": round(log_loss(y, p), 6),
+                "log_loss_constant": round(log_loss(y, np.full(len(y), share)), 6),
+                "persistence_roc_auc": roc_auc(y, folds["persistence"][rows]),
+            }
+        )
     # the constant differs per fold (each fold's training share): it is passed per day
-    comparisons, intervals = compare(folds["y"], folds["probability"], baselines, constant, confidence, seed,
-                                     groups=folds["fold"])
+    comparisons, intervals = compare(
+        folds["y"], folds["probability"], baselines, constant, confidence, seed, groups=folds["fold"]
+    )
 
     def mean(key):
         values = [f[key] for f in per_fold if f[key] is not None]
         return round(float(np.mean(values)), 6) if values else None
 
-    return {"source": "walk-forward folds before the test period (the test split is not used)",
-            "purge_gap": int(folds["purge_gap"]), "folds_count": len(per_fold), "folds": per_fold,
-            "roc_auc": mean("roc_auc"), "accuracy": mean("accuracy"), "log_loss": mean("log_loss"),
-            "log_loss_constant": mean("log_loss_constant"), "intervals": intervals, "comparisons": comparisons}
+    return {
+        "source": "walk-forward folds before the test period (the test split is not used)",
+        "purge_gap": int(folds["purge_gap"]),
+        "folds_count": len(per_fold),
+        "folds": per_fold,
+        "roc_auc": mean("roc_auc"),
+        "accuracy": mean("accuracy"),
+        "log_loss": mean("log_loss"),
+        "log_loss_constant": mean("log_loss_constant"),
+        "intervals": intervals,
+        "comparisons": comparisons,
+    }
 
 
 def _summary(model_metrics, log_loss_constant, intervals, comparisons, validation, rows) -> str:
@@ -331,17 +391,25 @@ def _summary(model_metrics, log_loss_constant, intervals, comparisons, validatio
         return "n/a" if v is None else f"{v:.3f}"
 
     auc = intervals["roc_auc"]
-    parts = [f"test ({rows} days): ROC AUC {fmt(model_metrics['roc_auc'])} [{fmt(auc['low'])}, {fmt(auc['high'])}], "
-             f"accuracy {fmt(model_metrics['accuracy'])}"]
+    parts = [
+        f"test ({rows} days): ROC AUC {fmt(model_metrics['roc_auc'])} [{fmt(auc['low'])}, {fmt(auc['high'])}], "
+        f"accuracy {fmt(model_metrics['accuracy'])}"
+    ]
     for c in comparisons:
         verdict = "significantly better than" if c["low"] > 0 else "NOT significantly better than"
-        parts.append(f"{verdict} {c['baseline'].replace('_', '-')} on {c['metric']} "
-                     f"({c['difference']:+.3f}, {c['confidence']:.0%} interval [{c['low']:+.3f}, {c['high']:+.3f}])")
+        parts.append(
+            f"{verdict} {c['baseline'].replace('_', '-')} on {c['metric']} "
+            f"({c['difference']:+.3f}, {c['confidence']:.0%} interval [{c['low']:+.3f}, {c['high']:+.3f}])"
+        )
     verdict = "beats" if model_metrics["log_loss"] < log_loss_constant else "does NOT beat"
-    parts.append(f"log loss {model_metrics['log_loss']:.3f} {verdict} the constant predictor's {log_loss_constant:.3f}")
+    parts.append(
+        f"log loss {model_metrics['log_loss']:.3f} {verdict} the constant predictor's {log_loss_constant:.3f}"
+    )
     wf = validation["intervals"]["roc_auc"]
-    parts.append(f"walk-forward ({validation['folds_count']} folds) ROC AUC {fmt(validation['roc_auc'])} "
-                 f"[{fmt(wf['low'])}, {fmt(wf['high'])}]")
+    parts.append(
+        f"walk-forward ({validation['folds_count']} folds) ROC AUC {fmt(validation['roc_auc'])} "
+        f"[{fmt(wf['low'])}, {fmt(wf['high'])}]"
+    )
     return "; ".join(parts)
 
 

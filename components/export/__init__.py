@@ -43,8 +43,9 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
     import numpy as np
 
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise DataError(f"version must be a whole number >= 1 (TensorFlow Serving's version folders), "
-                        f"got {version!r}")
+        raise DataError(
+            f"version must be a whole number >= 1 (TensorFlow Serving's version folders), got {version!r}"
+        )
     if not isinstance(commit, str) or not commit.strip():
         raise DataError("commit must name the git commit the model was trained from")
     work = Path(work_dir)
@@ -65,8 +66,11 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
     model = keras.models.load_model(model_path)
     n_features = int(model.input_shape[-1])
     if n_features != len(meta["feature_names"]):
-        raise DataError(f"the model takes {n_features} features but features.json lists "
-                        f"{len(meta['feature_names'])}; retrain after rerunning features", file=str(model_path))
+        raise DataError(
+            f"the model takes {n_features} features but features.json lists "
+            f"{len(meta['feature_names'])}; retrain after rerunning features",
+            file=str(model_path),
+        )
 
     staging = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=base))
     try:
@@ -82,8 +86,10 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
             }
 
         archive.add_endpoint(
-            name=SIGNATURE, fn=serve,
-            input_signature=[tf.TensorSpec(shape=(None, n_features), dtype=tf.float32, name=INPUT_NAME)])
+            name=SIGNATURE,
+            fn=serve,
+            input_signature=[tf.TensorSpec(shape=(None, n_features), dtype=tf.float32, name=INPUT_NAME)],
+        )
         archive.write_out(str(target), verbose=False)
 
         # the sample's predictions come from the exported graph itself, as a server would compute them
@@ -93,8 +99,10 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
         direction = answer["direction"].numpy()
         keras_probability = model.predict(instances, verbose=0).ravel()
         if not np.allclose(probability_up, keras_probability, atol=1e-5):
-            raise ComponentError("the exported graph answers differently from the trained model "
-                                 f"({probability_up[:3]} vs {keras_probability[:3]})")
+            raise ComponentError(
+                "the exported graph answers differently from the trained model "
+                f"({probability_up[:3]} vs {keras_probability[:3]})"
+            )
         metadata = {
             "input": INPUT_NAME,
             "outputs": list(OUTPUTS),
@@ -109,16 +117,20 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
             # turbulence target: that the next 5 days are more turbulent than the last month)
             "target_kind": meta.get("target_kind", "direction"),
             "predicts": meta.get("predicts"),
-            "outputs_meaning": {"probability_up": f"probability that {meta.get('predicts') or 'the label is 1'}",
-                                "direction": "1 when probability_up >= 0.5, else 0"},
+            "outputs_meaning": {
+                "probability_up": f"probability that {meta.get('predicts') or 'the label is 1'}",
+                "direction": "1 when probability_up >= 0.5, else 0",
+            },
             "threshold": THRESHOLD,
             "commit": commit,
             "version": version,
             "sample": {
                 "dates": [str(d) for d in _test_dates(work, sample_index)],
                 "instances": instances.tolist(),
-                "predictions": {"probability_up": [float(p) for p in probability_up],
-                                "direction": [int(d) for d in direction]},
+                "predictions": {
+                    "probability_up": [float(p) for p in probability_up],
+                    "direction": [int(d) for d in direction],
+                },
             },
         }
         write_json_atomic(target / "assets.extra" / METADATA_FILE, metadata)
@@ -128,9 +140,17 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported version %d of %s to %s", version, meta["target"], final)
-    return {"export_path": str(final), "version": version, "commit": commit, "signature": SIGNATURE,
-            "input": INPUT_NAME, "outputs": list(OUTPUTS), "n_features": n_features, "already_exported": False,
-            "metadata": str(final / "assets.extra" / METADATA_FILE)}
+    return {
+        "export_path": str(final),
+        "version": version,
+        "commit": commit,
+        "signature": SIGNATURE,
+        "input": INPUT_NAME,
+        "outputs": list(OUTPUTS),
+        "n_features": n_features,
+        "already_exported": False,
+        "metadata": str(final / "assets.extra" / METADATA_FILE),
+    }
 
 
 def _existing_version(final: Path, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -139,18 +159,33 @@ def _existing_version(final: Path, metadata: dict[str, Any]) -> dict[str, Any]:
         existing = json.loads(existing_file.read_text())
     except (OSError, ValueError):
         existing = {}
-    same = (existing.get("commit") == metadata["commit"]
-            and existing.get("feature_names") == metadata["feature_names"]
-            and _close(existing.get("sample", {}).get("predictions", {}).get("probability_up"),
-                       metadata["sample"]["predictions"]["probability_up"]))
+    same = (
+        existing.get("commit") == metadata["commit"]
+        and existing.get("feature_names") == metadata["feature_names"]
+        and _close(
+            existing.get("sample", {}).get("predictions", {}).get("probability_up"),
+            metadata["sample"]["predictions"]["probability_up"],
+        )
+    )
     if not same:
         raise ComponentError(
             f"version {metadata['version']} already exists in {final.parent} with another model "
-            f"(commit {existing.get('commit', 'unknown')}); versions are immutable -- export a new version")
-    log.info("version %d already exported from commit %s; nothing to do", metadata["version"], metadata["commit"])
-    return {"export_path": str(final), "version": metadata["version"], "commit": metadata["commit"],
-            "signature": SIGNATURE, "input": INPUT_NAME, "outputs": list(OUTPUTS),
-            "n_features": metadata["n_features"], "already_exported": True, "metadata": str(existing_file)}
+            f"(commit {existing.get('commit', 'unknown')}); versions are immutable -- export a new version"
+        )
+    log.info(
+        "version %d already exported from commit %s; nothing to do", metadata["version"], metadata["commit"]
+    )
+    return {
+        "export_path": str(final),
+        "version": metadata["version"],
+        "commit": metadata["commit"],
+        "signature": SIGNATURE,
+        "input": INPUT_NAME,
+        "outputs": list(OUTPUTS),
+        "n_features": metadata["n_features"],
+        "already_exported": True,
+        "metadata": str(existing_file),
+    }
 
 
 def _close(a, b) -> bool:

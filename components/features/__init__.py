@@ -41,7 +41,7 @@ TURBULENCE_SPANS = (1, 5, 22, 250)
 PREDICTS = {
     "direction": "whether {target} closes above the previous trading day's Close (1 = up)",
     "turbulence": "whether {target}'s mean absolute daily log return over the next 5 trading days (the label "
-                  "day and the 4 after it) is above its mean over the 22 trading days before (1 = more turbulent)",
+    "day and the 4 after it) is above its mean over the 22 trading days before (1 = more turbulent)",
 }
 
 
@@ -58,8 +58,12 @@ def _closes_and_returns(prices, target: str):
     closes = closes[tickers]
     if closes.isna().any().any():
         day, ticker = closes.isna().stack().idxmax()
-        raise DataError(f"{ticker} has no Close on {day:%Y-%m-%d} while other tickers do; run the validate "
-                        "component first (it fills short calendar gaps)", file=INPUT_FILE, column="Close")
+        raise DataError(
+            f"{ticker} has no Close on {day:%Y-%m-%d} while other tickers do; run the validate "
+            "component first (it fills short calendar gaps)",
+            file=INPUT_FILE,
+            column="Close",
+        )
     if target not in tickers:
         raise DataError(f"target ticker {target!r} is not in the data; tickers: {', '.join(tickers)}")
     returns = np.log(closes.to_numpy(dtype="float64"))
@@ -78,11 +82,11 @@ def build_features(prices, target: str, window: int):
     if n <= 0:
         raise DataError(f"{len(closes)} trading days are not enough for a window of {window} days")
     # sample j: label day = return day window+j; lag k feature = return on day window+j-k (k = 1..window)
-    X = np.concatenate([returns[window - lag: window - lag + n] for lag in range(1, window + 1)], axis=1)
-    label_returns = returns[window: window + n, target_col]
+    X = np.concatenate([returns[window - lag : window - lag + n] for lag in range(1, window + 1)], axis=1)
+    label_returns = returns[window : window + n, target_col]
     y = (label_returns > 0).astype("int32")
-    yesterday_up = (returns[window - 1: window - 1 + n, target_col] > 0).astype("int32")
-    dates = return_days[window: window + n]
+    yesterday_up = (returns[window - 1 : window - 1 + n, target_col] > 0).astype("int32")
+    dates = return_days[window : window + n]
     return X.astype("float32"), y, yesterday_up, dates, tickers
 
 
@@ -101,6 +105,7 @@ def build_turbulence_features(prices, target: str):
     horizon, lookback = LABEL_HORIZON["turbulence"], TURBULENCE_LOOKBACK
     stock = np.abs(returns[:, tickers.index(target)])
     market = np.abs(returns.mean(axis=1))
+
     # trailing[k][i]: mean of the k values before index i (indices i-k .. i-1)
     def trailing(values, k):
         sums = np.concatenate([[0.0], np.cumsum(values)])
@@ -111,11 +116,15 @@ def build_turbulence_features(prices, target: str):
     first = max(max(TURBULENCE_SPANS), lookback + horizon)
     last = len(returns) - horizon  # the label window t .. t+4 must lie inside the data
     if last - first <= 0:
-        raise DataError(f"{len(closes)} trading days are not enough for the turbulence target "
-                        f"({first + horizon + 1} at least)")
+        raise DataError(
+            f"{len(closes)} trading days are not enough for the turbulence target "
+            f"({first + horizon + 1} at least)"
+        )
     days = np.arange(first, last + 1)
-    X = np.stack([trailing(series, span)[days] for series in (stock, market) for span in TURBULENCE_SPANS], axis=1)
-    ahead = np.array([stock[t:t + horizon].mean() for t in days])
+    X = np.stack(
+        [trailing(series, span)[days] for series in (stock, market) for span in TURBULENCE_SPANS], axis=1
+    )
+    ahead = np.array([stock[t : t + horizon].mean() for t in days])
     month = trailing(stock, lookback)[days]
     y = (ahead > month).astype("int32")
     recent = trailing(stock, horizon)[days]
@@ -131,14 +140,17 @@ def check_no_leak(label_days, bounds: dict[str, tuple[int, int]], horizon: int) 
     for earlier, later in itertools.pairwise(ordered):
         last_label_window_end = bounds[earlier][1] - 1 + horizon - 1
         if last_label_window_end >= bounds[later][0]:
-            raise DataError(f"the {earlier} split's last label looks {horizon} day(s) ahead to "
-                            f"{label_days[min(last_label_window_end, len(label_days) - 1)]}, which is a label day "
-                            f"of the {later} split (from {label_days[bounds[later][0]]}): labels leak across the "
-                            f"splits; the purge gap must be at least the label horizon ({horizon})")
+            raise DataError(
+                f"the {earlier} split's last label looks {horizon} day(s) ahead to "
+                f"{label_days[min(last_label_window_end, len(label_days) - 1)]}, which is a label day "
+                f"of the {later} split (from {label_days[bounds[later][0]]}): labels leak across the "
+                f"splits; the purge gap must be at least the label horizon ({horizon})"
+            )
 
 
-def split_bounds(n: int, val_fraction: float, test_fraction: float,
-                 purge_gap: int = 0) -> dict[str, tuple[int, int]]:
+def split_bounds(
+    n: int, val_fraction: float, test_fraction: float, purge_gap: int = 0
+) -> dict[str, tuple[int, int]]:
     """Row ranges of the splits; ``purge_gap`` rows before validation and before test belong to none."""
     n_test = round(n * test_fraction)
     n_val = round(n * val_fraction)
@@ -148,8 +160,16 @@ def split_bounds(n: int, val_fraction: float, test_fraction: float,
     return {"train": (0, n_train), "val": (val_start, val_start + n_val), "test": (test_start, n)}
 
 
-def run(data_dir: str, work_dir: str, target: str, window: int, val_fraction: float,
-        test_fraction: float, target_kind: str = "direction", purge_gap: int | None = None) -> dict[str, Any]:
+def run(
+    data_dir: str,
+    work_dir: str,
+    target: str,
+    window: int,
+    val_fraction: float,
+    test_fraction: float,
+    target_kind: str = "direction",
+    purge_gap: int | None = None,
+) -> dict[str, Any]:
     """``purge_gap`` None: the label horizon of ``target_kind``; smaller than it is refused."""
     import numpy as np
     import pandas as pd
@@ -161,8 +181,10 @@ def run(data_dir: str, work_dir: str, target: str, window: int, val_fraction: fl
     horizon = LABEL_HORIZON[target_kind]
     purge_gap = horizon if purge_gap is None else purge_gap
     if isinstance(purge_gap, bool) or not isinstance(purge_gap, int) or purge_gap < horizon:
-        raise DataError(f"purge_gap must be a whole number of days >= the label horizon of {target_kind} "
-                        f"({horizon}), got {purge_gap!r}")
+        raise DataError(
+            f"purge_gap must be a whole number of days >= the label horizon of {target_kind} "
+            f"({horizon}), got {purge_gap!r}"
+        )
     source = require_file(Path(data_dir) / INPUT_FILE, "validate")
     prices = pd.read_parquet(source, columns=["Date", "Name", "Close"])
     if target_kind == "direction":
@@ -176,8 +198,10 @@ def run(data_dir: str, work_dir: str, target: str, window: int, val_fraction: fl
     check_no_leak(day_strings, bounds, horizon)
     for split, (lo, hi) in bounds.items():
         if hi - lo < MIN_ROWS_PER_SPLIT:
-            raise DataError(f"the {split} split would have {hi - lo} rows (fewer than {MIN_ROWS_PER_SPLIT}); "
-                            f"{len(y)} labelled days in all -- use more data or other fractions")
+            raise DataError(
+                f"the {split} split would have {hi - lo} rows (fewer than {MIN_ROWS_PER_SPLIT}); "
+                f"{len(y)} labelled days in all -- use more data or other fractions"
+            )
     arrays: dict[str, Any] = {}
     meta_splits = {}
     for split, (lo, hi) in bounds.items():
@@ -185,9 +209,12 @@ def run(data_dir: str, work_dir: str, target: str, window: int, val_fraction: fl
         arrays[f"y_{split}"] = y[lo:hi]
         arrays[f"persistence_{split}"] = persistence[lo:hi]
         arrays[f"dates_{split}"] = day_strings[lo:hi]
-        meta_splits[split] = {"rows": hi - lo, "first_date": str(day_strings[lo]),
-                              "last_date": str(day_strings[hi - 1]),
-                              "share_up": round(float(y[lo:hi].mean()), 4)}
+        meta_splits[split] = {
+            "rows": hi - lo,
+            "first_date": str(day_strings[lo]),
+            "last_date": str(day_strings[hi - 1]),
+            "share_up": round(float(y[lo:hi].mean()), 4),
+        }
     meta = {
         "feature_names": names,
         "n_features": len(names),
@@ -199,14 +226,22 @@ def run(data_dir: str, work_dir: str, target: str, window: int, val_fraction: fl
         "purge_gap": purge_gap,
         "predicts": PREDICTS[target_kind].format(target=target),
         "label": "1 if " + PREDICTS[target_kind].format(target=target).removeprefix("whether "),
-        "features": ("log returns of every ticker on the `window` trading days before the label day "
-                     "(lag 1 = the day before); raw, not normalised") if target_kind == "direction" else
-                    (f"mean absolute log return of {target} and of the market (mean return of all tickers) over "
-                     f"the last {', '.join(map(str, TURBULENCE_SPANS))} trading days before the label day; raw"),
-        "baseline_inputs": "persistence_<split>: " + (
-            "1 if the target went up on the day before the label day" if target_kind == "direction" else
-            "1 if the 5 days before the label day were more turbulent than the 22 days before them "
-            "(the last label known on the label day)"),
+        "features": (
+            "log returns of every ticker on the `window` trading days before the label day "
+            "(lag 1 = the day before); raw, not normalised"
+        )
+        if target_kind == "direction"
+        else (
+            f"mean absolute log return of {target} and of the market (mean return of all tickers) over "
+            f"the last {', '.join(map(str, TURBULENCE_SPANS))} trading days before the label day; raw"
+        ),
+        "baseline_inputs": "persistence_<split>: "
+        + (
+            "1 if the target went up on the day before the label day"
+            if target_kind == "direction"
+            else "1 if the 5 days before the label day were more turbulent than the 22 days before them "
+            "(the last label known on the label day)"
+        ),
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "splits": meta_splits,
@@ -217,9 +252,15 @@ def run(data_dir: str, work_dir: str, target: str, window: int, val_fraction: fl
             # train's walk-forward folds purge the same gap between their training rows and their fold
             np.savez(handle, **arrays, label_horizon=np.int32(horizon), purge_gap=np.int32(purge_gap))
         write_json_atomic(staging / META_FILE, meta)
-    log.info("features: %d rows x %d features for %s (window %d) in %.1fs; train %d, val %d, test %d",
-             len(y), len(names), target, window, time.monotonic() - started,
-             *(meta_splits[s]["rows"] for s in SPLITS))
+    log.info(
+        "features: %d rows x %d features for %s (window %d) in %.1fs; train %d, val %d, test %d",
+        len(y),
+        len(names),
+        target,
+        window,
+        time.monotonic() - started,
+        *(meta_splits[s]["rows"] for s in SPLITS),
+    )
     return {
         "features": str(Path(work_dir) / ARRAYS_FILE),
         "metadata": str(Path(work_dir) / META_FILE),

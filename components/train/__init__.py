@@ -51,11 +51,28 @@ CHECKPOINT_EVERY_S = 20.0
 MONITOR = "val_loss"
 
 
-def run(work_dir: str, hidden_units: list[int], dropout: float, learning_rate: float, batch_size: int,
-        epochs: int, patience: int, seed: int, walk_forward_folds: int = 5) -> dict[str, Any]:
-    return train(work_dir, hidden_units=hidden_units, dropout=dropout, learning_rate=learning_rate,
-                 batch_size=batch_size, epochs=epochs, patience=patience, seed=seed,
-                 walk_forward_folds=walk_forward_folds)
+def run(
+    work_dir: str,
+    hidden_units: list[int],
+    dropout: float,
+    learning_rate: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    seed: int,
+    walk_forward_folds: int = 5,
+) -> dict[str, Any]:
+    return train(
+        work_dir,
+        hidden_units=hidden_units,
+        dropout=dropout,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=patience,
+        seed=seed,
+        walk_forward_folds=walk_forward_folds,
+    )
 
 
 def load_training_arrays(work_dir: str | Path):
@@ -63,11 +80,22 @@ def load_training_arrays(work_dir: str | Path):
 
     path = require_file(Path(work_dir) / FEATURES_FILE, "features")
     with np.load(path) as data:
-        needed = ("X_train", "y_train", "X_val", "y_val", "persistence_train", "persistence_val", "dates_train",
-                  "dates_val", "purge_gap")
+        needed = (
+            "X_train",
+            "y_train",
+            "X_val",
+            "y_val",
+            "persistence_train",
+            "persistence_val",
+            "dates_train",
+            "dates_val",
+            "purge_gap",
+        )
         missing = [k for k in needed if k not in data.files]
         if missing:
-            raise DataError(f"missing array(s) {', '.join(missing)}; rerun the features component", file=str(path))
+            raise DataError(
+                f"missing array(s) {', '.join(missing)}; rerun the features component", file=str(path)
+            )
         return {k: data[k] for k in needed}
 
 
@@ -95,20 +123,38 @@ def walk_forward(arrays: dict[str, Any], params: dict[str, Any], folds: int) -> 
     train_share, train_rows = [], []
     for index, (train_end, start, end) in enumerate(fold_bounds(len(y), folds, int(arrays["purge_gap"]))):
         keras.utils.set_random_seed(params["seed"] + 1000 * (index + 1))
-        model = build_model(X[:train_end], params["hidden_units"], params["dropout"], params["learning_rate"],
-                            params["seed"])
-        model.fit(X[:train_end], y[:train_end].astype("float32"), batch_size=params["batch_size"],
-                  epochs=params["epochs"], shuffle=True, verbose=0)
+        model = build_model(
+            X[:train_end], params["hidden_units"], params["dropout"], params["learning_rate"], params["seed"]
+        )
+        model.fit(
+            X[:train_end],
+            y[:train_end].astype("float32"),
+            batch_size=params["batch_size"],
+            epochs=params["epochs"],
+            shuffle=True,
+            verbose=0,
+        )
         out["fold"].append(np.full(end - start, index, dtype="int32"))
         out["probability"].append(model.predict(X[start:end], batch_size=4096, verbose=0).ravel())
         for key, values in (("y", y), ("persistence", persistence), ("dates", dates)):
             out[key].append(values[start:end])
         train_share.append(float(y[:train_end].mean()))
         train_rows.append(train_end)
-        log.info("walk-forward fold %d/%d: trained on %d rows up to %s, predicted %s .. %s", index + 1, folds,
-                 train_end, dates[train_end - 1], dates[start], dates[end - 1])
-    return {**{k: np.concatenate(v) for k, v in out.items()}, "train_share": np.array(train_share),
-            "train_rows": np.array(train_rows), "purge_gap": arrays["purge_gap"]}
+        log.info(
+            "walk-forward fold %d/%d: trained on %d rows up to %s, predicted %s .. %s",
+            index + 1,
+            folds,
+            train_end,
+            dates[train_end - 1],
+            dates[start],
+            dates[end - 1],
+        )
+    return {
+        **{k: np.concatenate(v) for k, v in out.items()},
+        "train_share": np.array(train_share),
+        "train_rows": np.array(train_rows),
+        "purge_gap": arrays["purge_gap"],
+    }
 
 
 def build_model(X_train, hidden_units: list[int], dropout: float, learning_rate: float, seed: int):
@@ -128,8 +174,11 @@ def build_model(X_train, hidden_units: list[int], dropout: float, learning_rate:
             x = keras.layers.Dropout(dropout, seed=seed + i, name=f"dropout_{i}")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="probability_up")(x)
     model = keras.Model(inputs, outputs, name="djia_mlp")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="binary_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -146,25 +195,44 @@ def epoch_batches(X, y, batch_size: int, seed: int, first_epoch: int, last_epoch
     y_t = tf.constant(y.astype("float32").reshape(-1, 1))
 
     def one_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
-                                                         seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), epoch])
+        )
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
-    return (tf.data.Dataset.range(first_epoch, last_epoch)
-            .flat_map(one_epoch)
-            .map(lambda idx: (tf.gather(X_t, idx), tf.gather(y_t, idx)), num_parallel_calls=1)
-            .prefetch(2))
+    return (
+        tf.data.Dataset.range(first_epoch, last_epoch)
+        .flat_map(one_epoch)
+        .map(lambda idx: (tf.gather(X_t, idx), tf.gather(y_t, idx)), num_parallel_calls=1)
+        .prefetch(2)
+    )
 
 
-def train(work_dir: str, *, hidden_units: list[int], dropout: float, learning_rate: float, batch_size: int,
-          epochs: int, patience: int, seed: int, walk_forward_folds: int = 5,
-          checkpoint_every_s: float = CHECKPOINT_EVERY_S, extra_callbacks: tuple = ()) -> dict[str, Any]:
+def train(
+    work_dir: str,
+    *,
+    hidden_units: list[int],
+    dropout: float,
+    learning_rate: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    seed: int,
+    walk_forward_folds: int = 5,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    extra_callbacks: tuple = (),
+) -> dict[str, Any]:
     """run() with knobs for tests and benchmarks (checkpoint cadence, extra Keras callbacks)."""
     params = _check_params(hidden_units, dropout, learning_rate, batch_size, epochs, patience, seed)
-    if (isinstance(walk_forward_folds, bool) or not isinstance(walk_forward_folds, int)
-            or walk_forward_folds < MIN_WALK_FORWARD_FOLDS):
-        raise DataError(f"walk_forward_folds must be a whole number >= {MIN_WALK_FORWARD_FOLDS}, "
-                        f"got {walk_forward_folds!r}")
+    if (
+        isinstance(walk_forward_folds, bool)
+        or not isinstance(walk_forward_folds, int)
+        or walk_forward_folds < MIN_WALK_FORWARD_FOLDS
+    ):
+        raise DataError(
+            f"walk_forward_folds must be a whole number >= {MIN_WALK_FORWARD_FOLDS}, "
+            f"got {walk_forward_folds!r}"
+        )
     params["walk_forward_folds"] = walk_forward_folds
     started = time.monotonic()
     work = Path(work_dir)
@@ -196,25 +264,58 @@ def train(work_dir: str, *, hidden_units: list[int], dropout: float, learning_ra
         model = keras.models.load_model(checkpoints.model_path(state))
         best_weights = checkpoints.load_best_weights(state)
         state["resumed_at"].append(int(state["epoch"]))
-        log.info("resuming from checkpoint after epoch %d of %d (best %s %.4f at epoch %d)", state["epoch"],
-                 epochs, MONITOR, state["best"], state["best_epoch"])
+        log.info(
+            "resuming from checkpoint after epoch %d of %d (best %s %.4f at epoch %d)",
+            state["epoch"],
+            epochs,
+            MONITOR,
+            state["best"],
+            state["best_epoch"],
+        )
     else:
         model = build_model(arrays["X_train"], hidden_units, dropout, learning_rate, seed)
-        state = {"epoch": 0, "best": math.inf, "best_epoch": 0, "wait": 0, "history": {}, "resumed_at": [],
-                 "train_seconds": 0.0}
-    log.info("training on %s: %d train rows, %d val rows, %d features, up to %d epochs", device,
-             len(arrays["y_train"]), len(arrays["y_val"]), arrays["X_train"].shape[1], epochs)
+        state = {
+            "epoch": 0,
+            "best": math.inf,
+            "best_epoch": 0,
+            "wait": 0,
+            "history": {},
+            "resumed_at": [],
+            "train_seconds": 0.0,
+        }
+    log.info(
+        "training on %s: %d train rows, %d val rows, %d features, up to %d epochs",
+        device,
+        len(arrays["y_train"]),
+        len(arrays["y_val"]),
+        arrays["X_train"].shape[1],
+        epochs,
+    )
 
     first_epoch = int(state["epoch"])
     if first_epoch < epochs and state["wait"] < patience:
         steps = math.ceil(len(arrays["y_train"]) / batch_size)
         data = epoch_batches(arrays["X_train"], arrays["y_train"], batch_size, seed, first_epoch, epochs)
-        tracker = ResumableEarlyStopping(checkpoints, state, best_weights, epochs=epochs, patience=patience,
-                                         checkpoint_every_s=checkpoint_every_s, seed=seed)
-        model.fit(data, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                  validation_data=(arrays["X_val"], arrays["y_val"].astype("float32")),
-                  validation_batch_size=max(batch_size, 1024),
-                  callbacks=[tracker, *extra_callbacks], shuffle=False, verbose=0)
+        tracker = ResumableEarlyStopping(
+            checkpoints,
+            state,
+            best_weights,
+            epochs=epochs,
+            patience=patience,
+            checkpoint_every_s=checkpoint_every_s,
+            seed=seed,
+        )
+        model.fit(
+            data,
+            epochs=epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps,
+            validation_data=(arrays["X_val"], arrays["y_val"].astype("float32")),
+            validation_batch_size=max(batch_size, 1024),
+            callbacks=[tracker, *extra_callbacks],
+            shuffle=False,
+            verbose=0,
+        )
         best_weights = tracker.best_weights
     if best_weights is None:
         raise ComponentError("training ended without any epoch; nothing to save")
@@ -237,9 +338,13 @@ def train(work_dir: str, *, hidden_units: list[int], dropout: float, learning_ra
         f"best_{MONITOR}": state["best"],
         "stopped_early": state["wait"] >= patience and state["epoch"] < epochs,
         "final_model": "trained on the training split, early-stopped on the validation split",
-        "walk_forward": {"folds": walk_forward_folds, "purge_gap": int(arrays["purge_gap"]),
-                         "train_rows": [int(r) for r in folds["train_rows"]],
-                         "epochs": epochs, "early_stopping": False},
+        "walk_forward": {
+            "folds": walk_forward_folds,
+            "purge_gap": int(arrays["purge_gap"]),
+            "train_rows": [int(r) for r in folds["train_rows"]],
+            "epochs": epochs,
+            "early_stopping": False,
+        },
         "resumed_at_epochs": state["resumed_at"],
         "train_seconds": round(state["train_seconds"], 3),
         "history": state["history"],
@@ -247,8 +352,14 @@ def train(work_dir: str, *, hidden_units: list[int], dropout: float, learning_ra
     }
     write_json_atomic(work / HISTORY_FILE, history)
     checkpoints.clear()
-    log.info("trained %d epochs (best epoch %d, %s %.4f) in %.1fs", history["epochs_run"], history["best_epoch"],
-             MONITOR, history[f"best_{MONITOR}"], time.monotonic() - started)
+    log.info(
+        "trained %d epochs (best epoch %d, %s %.4f) in %.1fs",
+        history["epochs_run"],
+        history["best_epoch"],
+        MONITOR,
+        history[f"best_{MONITOR}"],
+        time.monotonic() - started,
+    )
     return _summary(work, history, already_trained=False)
 
 
@@ -257,8 +368,11 @@ def _finished_run(work: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | N
         history = json.loads((work / HISTORY_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if (history.get("fingerprint") == fingerprint and (work / MODEL_FILE).is_file()
-            and (work / WALK_FORWARD_FILE).is_file()):
+    if (
+        history.get("fingerprint") == fingerprint
+        and (work / MODEL_FILE).is_file()
+        and (work / WALK_FORWARD_FILE).is_file()
+    ):
         return history
     return None
 
@@ -295,8 +409,9 @@ class Checkpoints:
             log.warning("ignoring unreadable checkpoint in %s (%s); starting afresh", self.folder, exc)
             return None
         if state.pop("fingerprint", None) != self.fingerprint:
-            log.warning("checkpoint in %s was made with other parameters or features; starting afresh",
-                        self.folder)
+            log.warning(
+                "checkpoint in %s was made with other parameters or features; starting afresh", self.folder
+            )
             return None
         state["folder"] = latest["folder"]
         return state
@@ -356,8 +471,17 @@ class ResumableEarlyStopping:
 
 
 class _ResumableMixin:
-    def _setup(self, checkpoints: Checkpoints, state: dict[str, Any], best_weights: list | None, *, epochs: int,
-               patience: int, checkpoint_every_s: float, seed: int) -> None:
+    def _setup(
+        self,
+        checkpoints: Checkpoints,
+        state: dict[str, Any],
+        best_weights: list | None,
+        *,
+        epochs: int,
+        patience: int,
+        checkpoint_every_s: float,
+        seed: int,
+    ) -> None:
         self.checkpoints = checkpoints
         self.state = state
         self.best_weights = best_weights
@@ -400,10 +524,18 @@ class _ResumableMixin:
         # the first epoch includes tracing; the recent ones predict the rest better
         recent = self.epoch_times[1:][-5:] or self.epoch_times
         mean = sum(recent) / len(recent)
-        log.info("epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f (%.2fs/epoch, ETA %s)%s",
-                 epoch + 1, self.epochs, logs.get("loss", math.nan), logs.get("accuracy", math.nan),
-                 logs.get("val_loss", math.nan), logs.get("val_accuracy", math.nan), mean,
-                 _duration(0 if stop else remaining * mean), " - early stop" if stop else "")
+        log.info(
+            "epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f (%.2fs/epoch, ETA %s)%s",
+            epoch + 1,
+            self.epochs,
+            logs.get("loss", math.nan),
+            logs.get("accuracy", math.nan),
+            logs.get("val_loss", math.nan),
+            logs.get("val_accuracy", math.nan),
+            mean,
+            _duration(0 if stop else remaining * mean),
+            " - early stop" if stop else "",
+        )
         if stop:
             self.model.stop_training = True
         elif remaining > 0 and time.monotonic() - self.last_saved >= self.checkpoint_every_s:
@@ -432,18 +564,29 @@ def _check_params(hidden_units, dropout, learning_rate, batch_size, epochs, pati
             raise DataError(f"{name} must be a whole number >= {minimum}, got {value!r}")
 
     if not isinstance(hidden_units, (list, tuple)):
-        raise DataError(f"hidden_units must be a list of layer sizes (empty: a logistic regression), "
-                        f"got {hidden_units!r}")
+        raise DataError(
+            f"hidden_units must be a list of layer sizes (empty: a logistic regression), got {hidden_units!r}"
+        )
     for units in hidden_units:
         whole("each of hidden_units", units, 1)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise DataError(f"dropout must be a number in [0, 1), got {dropout!r}")
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not 0 < learning_rate <= 1:
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, (int, float))
+        or not 0 < learning_rate <= 1
+    ):
         raise DataError(f"learning_rate must be a number in (0, 1], got {learning_rate!r}")
     whole("batch_size", batch_size, 1)
     whole("epochs", epochs, 1)
     whole("patience", patience, 1)
     whole("seed", seed, 0)
-    return {"hidden_units": [int(u) for u in hidden_units], "dropout": float(dropout),
-            "learning_rate": float(learning_rate), "batch_size": int(batch_size), "epochs": int(epochs),
-            "patience": int(patience), "seed": int(seed)}
+    return {
+        "hidden_units": [int(u) for u in hidden_units],
+        "dropout": float(dropout),
+        "learning_rate": float(learning_rate),
+        "batch_size": int(batch_size),
+        "epochs": int(epochs),
+        "patience": int(patience),
+        "seed": int(seed),
+    }

@@ -31,6 +31,7 @@ def _user(explicit: str | None) -> str:
     if os.environ.get("BRANCHOPS_USER"):
         return os.environ["BRANCHOPS_USER"]
     from branchops import gitops
+
     try:
         name = gitops.open_repo(".").config_reader().get_value("user", "name", "")
     except Exception:
@@ -45,16 +46,20 @@ class BranchopsGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from branchops.errors import BranchopsError  # light module
+
         try:
             return super().invoke(ctx)
         except BranchopsError as exc:
             from branchops.secrets import mask
+
             click.echo(f"error: {mask(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
 
 
 @click.group(cls=BranchopsGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "--repo", "repo", default=".", metavar="DIR", help="Repository to work in (default: here).")
+@click.option(
+    "-C", "--repo", "repo", default=".", metavar="DIR", help="Repository to work in (default: here)."
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="branchops")
@@ -77,32 +82,66 @@ def main(ctx: click.Context, repo: str, verbose: int, quiet: bool) -> None:
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
     from branchops.secrets import install_log_masking
+
     install_log_masking()
     ctx.obj = {"repo": repo}
 
 
 # -- init ---------------------------------------------------------------------------------------------
 
+
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--template", default=None,
-              help="The project to start from (default: the reference project; an unknown name lists the templates).")
-@click.option("--approver", "approvers", multiple=True, default=("lead",), show_default=True,
-              help="Designated approver of every stage branch (repeatable).")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder holding the raw data to train on (else: the template's own data source).")
-@click.option("--synthetic", is_flag=True, help="Train on the template's generated data (marked as synthetic).")
+@click.option(
+    "--template",
+    default=None,
+    help="The project to start from (default: the reference project; an unknown name lists the templates).",
+)
+@click.option(
+    "--approver",
+    "approvers",
+    multiple=True,
+    default=("lead",),
+    show_default=True,
+    help="Designated approver of every stage branch (repeatable).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder holding the raw data to train on (else: the template's own data source).",
+)
+@click.option(
+    "--synthetic", is_flag=True, help="Train on the template's generated data (marked as synthetic)."
+)
 @click.option("--as", "user", default=None, help="Author of the initial commit.")
-def init(directory: str, template: str, approvers: tuple[str, ...], data_dir: str | None, synthetic: bool,
-         user: str | None) -> None:
+def init(
+    directory: str,
+    template: str,
+    approvers: tuple[str, ...],
+    data_dir: str | None,
+    synthetic: bool,
+    user: str | None,
+) -> None:
     """Scaffold a project from a template into a new git repository DIRECTORY."""
     from branchops.scaffold import init_project
-    path = init_project(directory, template=template, approvers=list(approvers), data_dir=data_dir,
-                        synthetic=synthetic, user=user or "branchops-init")
-    click.echo(f"initialised {path} from template {template or 'the reference project'} with branches: main, ds1, {', '.join(STAGE_NAMES)}")
+
+    path = init_project(
+        directory,
+        template=template,
+        approvers=list(approvers),
+        data_dir=data_dir,
+        synthetic=synthetic,
+        user=user or "branchops-init",
+    )
+    click.echo(
+        f"initialised {path} from template {template or 'the reference project'} with branches: main, ds1, {', '.join(STAGE_NAMES)}"
+    )
 
 
 # -- config -------------------------------------------------------------------------------------------
+
 
 @main.group()
 def config() -> None:
@@ -117,9 +156,11 @@ def config_validate(obj: dict, path: str | None, offline: bool) -> None:
     """Check the configuration; errors name the file, line, key and what was expected, and every stage
     branch it names must exist (in the remote it pushes to, when it has one)."""
     from branchops.config import check_branches_exist, load_config
+
     cfg = load_config(obj["repo"], path)
     if not offline:
         from branchops import gitops
+
         check_branches_exist(cfg, gitops.open_repo(obj["repo"]))
     click.echo(f"{cfg.source}: valid")
 
@@ -133,6 +174,7 @@ def config_show(obj: dict, as_json: bool, path: str | None) -> None:
     import yaml
 
     from branchops.config import load_config, masked_view
+
     view = masked_view(load_config(obj["repo"], path))
     _emit(view, as_json, None if as_json else yaml.safe_dump(view, sort_keys=False))
 
@@ -142,6 +184,7 @@ def config_show(obj: dict, as_json: bool, path: str | None) -> None:
 def config_schema(output: str | None) -> None:
     """Export the JSON Schema of the configuration (for editor completion and checks)."""
     from branchops.config import json_schema
+
     text = json.dumps(json_schema(), indent=2)
     if output:
         with open(output, "w", encoding="utf-8") as fh:
@@ -152,6 +195,7 @@ def config_schema(output: str | None) -> None:
 
 
 # -- run / status -------------------------------------------------------------------------------------
+
 
 def _print_reports(reports: list, as_json: bool) -> int:
     if as_json:
@@ -175,25 +219,40 @@ def _print_reports(reports: list, as_json: bool) -> int:
 
 @main.command()
 @click.argument("stage", type=click.Choice(STAGE_NAMES), required=False)
-@click.option("--for-branch", "branch", default=None, help="Run the stage(s) mapped to this branch (CI jobs).")
+@click.option(
+    "--for-branch", "branch", default=None, help="Run the stage(s) mapped to this branch (CI jobs)."
+)
 @click.option("--commit", default=None, help="Build this commit instead of the branch tip.")
 @click.option("--dry-run", is_flag=True, help="Show what would be done; touch nothing.")
-@click.option("--force", is_flag=True, help="Run again even if this commit already ran (the gate still applies).")
+@click.option(
+    "--force", is_flag=True, help="Run again even if this commit already ran (the gate still applies)."
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def run(obj: dict, stage: str | None, branch: str | None, commit: str | None, dry_run: bool, force: bool,
-        as_json: bool) -> None:
+def run(
+    obj: dict,
+    stage: str | None,
+    branch: str | None,
+    commit: str | None,
+    dry_run: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Run STAGE on its branch (or, with --for-branch, whatever that branch maps to)."""
     from branchops import runner
+
     if bool(stage) == bool(branch):
         raise click.UsageError("give either STAGE or --for-branch NAME")
     if branch:
         from branchops.errors import NotFound
+
         config = _project(obj).config
         if not config.stages_for_branch(branch):
             # a CI job calls this only for branches that have a stage: anything else is a mistake to see
-            raise NotFound(f"'{branch}' is not a stage branch; stage branches: "
-                           + ", ".join(sorted({config.branch_for(s) for s in STAGE_NAMES})))
+            raise NotFound(
+                f"'{branch}' is not a stage branch; stage branches: "
+                + ", ".join(sorted({config.branch_for(s) for s in STAGE_NAMES}))
+            )
         reports = runner.run_branch(_project(obj), branch, dry_run=dry_run, force=force, commit=commit)
     else:
         reports = [runner.run_stage(_project(obj), stage, dry_run=dry_run, force=force, commit=commit)]
@@ -206,6 +265,7 @@ def run(obj: dict, stage: str | None, branch: str | None, commit: str | None, dr
 def status(obj: dict, as_json: bool) -> None:
     """Per stage branch: last run, outcome, record and log."""
     from branchops import runner
+
     rows = runner.status(obj["repo"])
     if as_json:
         _emit(rows, True)
@@ -225,6 +285,7 @@ def status(obj: dict, as_json: bool) -> None:
 
 # -- merge requests -----------------------------------------------------------------------------------
 
+
 @main.group()
 def mr() -> None:
     """Merge requests on the configured forge (local store by default)."""
@@ -234,28 +295,36 @@ def _project(obj: dict):
     """The repository of this command (-C), opened once per command."""
     if "project" not in obj:
         from branchops.project import Project
+
         obj["project"] = Project.open(obj["repo"])
     return obj["project"]
 
 
 def _forge(obj: dict):
     from branchops.forge import make_forge
+
     project = _project(obj)
     return make_forge(project.config, project.repo)
 
 
 def _local_forge(obj: dict):
     from branchops.forge.local import LocalForge
+
     forge = _forge(obj)
     if not isinstance(forge, LocalForge):
-        raise click.UsageError("approvals and merges happen in GitHub's interface when forge.backend is github")
+        raise click.UsageError(
+            "approvals and merges happen in GitHub's interface when forge.backend is github"
+        )
     return forge
 
 
 def _describe_mr(m) -> str:
     approvals = ", ".join(f"{a.user}@{a.head_sha[:7]}" for a in m.approvals) or "none"
-    lines = [f"!{m.number} [{m.state}] {m.title}", f"  {m.source} -> {m.target}  by {m.author}  "
-             f"head {m.head_sha[:12]}", f"  approvals: {approvals}"]
+    lines = [
+        f"!{m.number} [{m.state}] {m.title}",
+        f"  {m.source} -> {m.target}  by {m.author}  head {m.head_sha[:12]}",
+        f"  approvals: {approvals}",
+    ]
     if m.merge_commit:
         lines.append(f"  merged by {m.merged_by} as {m.merge_commit[:12]}")
     return "\n".join(lines)
@@ -269,11 +338,16 @@ def _describe_mr(m) -> str:
 @click.option("--as", "user", default=None, help="Author.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def mr_open(obj: dict, source: str, target: str, title: str, body: str, user: str | None, as_json: bool) -> None:
+def mr_open(
+    obj: dict, source: str, target: str, title: str, body: str, user: str | None, as_json: bool
+) -> None:
     """Open a merge request (or update the open one from SOURCE into TARGET)."""
     request, created = _forge(obj).open_merge_request(source, target, title, body, _user(user))
-    _emit(request.to_dict() | {"created": created}, as_json,
-          f"{'opened' if created else 'updated'} !{request.number}: {source} -> {target}")
+    _emit(
+        request.to_dict() | {"created": created},
+        as_json,
+        f"{'opened' if created else 'updated'} !{request.number}: {source} -> {target}",
+    )
 
 
 @mr.command("list")
@@ -283,7 +357,11 @@ def mr_open(obj: dict, source: str, target: str, title: str, body: str, user: st
 def mr_list(obj: dict, state: str | None, as_json: bool) -> None:
     """List merge requests."""
     items = _forge(obj).list(state)
-    _emit([m.to_dict() for m in items], as_json, "\n".join(_describe_mr(m) for m in items) or "no merge requests")
+    _emit(
+        [m.to_dict() for m in items],
+        as_json,
+        "\n".join(_describe_mr(m) for m in items) or "no merge requests",
+    )
 
 
 @mr.command("show")
@@ -330,6 +408,7 @@ def mr_approve(obj: dict, number: int, user: str | None) -> None:
 def mr_merge(obj: dict, number: int, user: str | None, no_run: bool, as_json: bool) -> None:
     """Merge a merge request (a real merge commit) and run the target branch's stage, as CI would."""
     from branchops.merging import merge_and_run
+
     _local_forge(obj)
     merged, reports = merge_and_run(_project(obj), number, _user(user), run=not no_run)
     if not as_json:
@@ -349,14 +428,21 @@ def mr_close(obj: dict, number: int) -> None:
 
 # -- components ---------------------------------------------------------------------------------------
 
+
 @main.command()
 @click.argument("name")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="Component parameter; VALUE is parsed as JSON when it can be (repeatable).")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Component parameter; VALUE is parsed as JSON when it can be (repeatable).",
+)
 @click.pass_obj
 def component(obj: dict, name: str, params: tuple[str, ...]) -> None:
     """Run one pipeline component of this repository locally on a folder (no pipeline needed)."""
     from branchops.components_local import run_component
+
     parsed = {}
     for item in params:
         key, sep, value = item.partition("=")
@@ -372,6 +458,7 @@ def component(obj: dict, name: str, params: tuple[str, ...]) -> None:
 
 # -- lineage, reproduce, rollback ------------------------------------------------------------------------
 
+
 @main.command()
 @click.argument("key", metavar="RUN_OR_MODEL_VERSION")
 @click.option("--json", "as_json", is_flag=True)
@@ -381,6 +468,7 @@ def lineage(obj: dict, key: str, as_json: bool) -> None:
     images, data and model snapshots, metrics, deployments (read from git alone)."""
     from branchops.lineage import lineage as trace
     from branchops.lineage import render
+
     chain = trace(obj["repo"], key)
     _emit(chain, as_json, None if as_json else render(chain))
 
@@ -393,12 +481,15 @@ def lineage(obj: dict, key: str, as_json: bool) -> None:
 def reproduce(obj: dict, run_id: str, experiment: str | None, as_json: bool) -> None:
     """Re-run a training run from its data snapshot and compare the metrics."""
     from branchops.reproduce import reproduce as again
+
     result = again(obj["repo"], run_id, experiment)
     if as_json:
         _emit(result, True)
     else:
-        click.echo(f"reproduced {result['run_id']} / {result['experiment']} from snapshot {result['data_snapshot']} "
-                   f"(cloned into {result['cloned_volume']})")
+        click.echo(
+            f"reproduced {result['run_id']} / {result['experiment']} from snapshot {result['data_snapshot']} "
+            f"(cloned into {result['cloned_volume']})"
+        )
         for name, pair in result["metrics"].items():
             click.echo(f"  {name:<10} recorded {pair['recorded']}  reproduced {pair['reproduced']}")
         click.echo("identical metrics" if result["identical"] else "metrics DIFFER from the record")
@@ -412,16 +503,21 @@ def reproduce(obj: dict, run_id: str, experiment: str | None, as_json: bool) -> 
 def rollback(obj: dict, to_mr: int | None, user: str | None) -> None:
     """Prepare the revert of the latest deployment as a merge request into deploy-model."""
     from branchops.rollback import prepare_rollback
+
     request, created, reason = prepare_rollback(obj["repo"], _user(user), to_mr)
     click.echo(f"{'opened' if created else 'updated'} !{request.number}: {request.title} ({reason})")
-    click.echo(f"approve and merge it to roll back: branchops mr approve {request.number} --as APPROVER && "
-               f"branchops mr merge {request.number}")
+    click.echo(
+        f"approve and merge it to roll back: branchops mr approve {request.number} --as APPROVER && "
+        f"branchops mr merge {request.number}"
+    )
 
 
 # -- serving ---------------------------------------------------------------------------------------------
 
+
 def _serving(obj: dict):
     from branchops.serving import make_serving
+
     project = _project(obj)
     return make_serving(project.config, project.state_dir)
 
@@ -438,8 +534,11 @@ def serve() -> None:
 def serve_start(obj: dict, port: int | None, as_json: bool) -> None:
     """Start the server (or show the running one) and wait until it answers."""
     state = _serving(obj).start(port)
-    _emit(state.to_dict(), as_json, f"serving {state.model} at {state.url} (pid {state.pid}), "
-                                    f"stable version {state.stable}")
+    _emit(
+        state.to_dict(),
+        as_json,
+        f"serving {state.model} at {state.url} (pid {state.pid}), stable version {state.stable}",
+    )
 
 
 @serve.command("stop")
@@ -455,9 +554,11 @@ def serve_stop(obj: dict) -> None:
 def serve_status(obj: dict, as_json: bool) -> None:
     """Is the server up, which versions are loaded, which is stable or canary."""
     state = _serving(obj).status()
-    text = (f"{state.model}: {'running at ' + str(state.url) if state.running else 'not running'}; stable "
-            f"{state.stable}, canary {state.canary} ({state.canary_weight}%); versions "
-            + (", ".join(f"{v}={s}" for v, s in state.versions.items()) or "none"))
+    text = (
+        f"{state.model}: {'running at ' + str(state.url) if state.running else 'not running'}; stable "
+        f"{state.stable}, canary {state.canary} ({state.canary_weight}%); versions "
+        + (", ".join(f"{v}={s}" for v, s in state.versions.items()) or "none")
+    )
     _emit(state.to_dict(), as_json, text)
 
 
@@ -474,6 +575,7 @@ def predict(obj: dict, instances: str | None, sample: bool, version: int | None,
     expected = None
     if sample:
         from branchops.serving.base import find_version_dir, read_model_metadata
+
         live = version or serving.live_version()
         if live is None:
             raise click.UsageError("no model version is live yet")
@@ -491,6 +593,7 @@ def predict(obj: dict, instances: str | None, sample: bool, version: int | None,
 
 # -- Jenkins, GitHub bootstrap, notifications -----------------------------------------------------------------
 
+
 def _config_and_root(obj: dict):
     project = _project(obj)
     return project.config, project.root
@@ -502,15 +605,21 @@ def jenkins() -> None:
 
 
 @jenkins.command("sync")
-@click.option("--dry-run", is_flag=True, help="Say whether the job would be created or updated; change nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Say whether the job would be created or updated; change nothing."
+)
 @click.pass_obj
 def jenkins_sync(obj: dict, dry_run: bool) -> None:
     """Create or update the multibranch job (idempotent), after checking the Jenkinsfile against config."""
     from branchops.ci.jenkins import sync_job
+
     config, root = _config_and_root(obj)
     result = sync_job(config, root, dry_run=dry_run)
-    click.echo(f"{result.job}: {result.outcome}" + (f" ({result.url})" if result.url else "")
-               + (f"; folders created: {', '.join(result.folders_created)}" if result.folders_created else ""))
+    click.echo(
+        f"{result.job}: {result.outcome}"
+        + (f" ({result.url})" if result.url else "")
+        + (f"; folders created: {', '.join(result.folders_created)}" if result.folders_created else "")
+    )
 
 
 @jenkins.command("status")
@@ -519,11 +628,19 @@ def jenkins_sync(obj: dict, dry_run: bool) -> None:
 def jenkins_status(obj: dict, as_json: bool) -> None:
     """The last build of every branch job."""
     from branchops.ci.jenkins.client import make_client
+
     config, _ = _config_and_root(obj)
     builds = make_client(config).status()
-    _emit([b.to_dict() for b in builds], as_json, "\n".join(
-        f"{b.branch:<20} #{b.number if b.number is not None else '-':<5} {b.result or 'never built':<10} "
-        f"{b.started_at or ''} {b.url or ''}" for b in builds) or "no branch jobs yet")
+    _emit(
+        [b.to_dict() for b in builds],
+        as_json,
+        "\n".join(
+            f"{b.branch:<20} #{b.number if b.number is not None else '-':<5} {b.result or 'never built':<10} "
+            f"{b.started_at or ''} {b.url or ''}"
+            for b in builds
+        )
+        or "no branch jobs yet",
+    )
 
 
 @jenkins.command("trigger")
@@ -531,6 +648,7 @@ def jenkins_status(obj: dict, as_json: bool) -> None:
 def jenkins_trigger(obj: dict) -> None:
     """Scan the repository now (what the webhook does on a push)."""
     from branchops.ci.jenkins.client import make_client
+
     config, _ = _config_and_root(obj)
     make_client(config).trigger_scan()
     click.echo("repository scan triggered")
@@ -544,6 +662,7 @@ def jenkins_trigger(obj: dict) -> None:
 def jenkins_logs(obj: dict, branch: str, build: int | None, no_follow: bool) -> None:
     """Stream a branch build's console log."""
     from branchops.ci.jenkins.client import make_client
+
     config, _ = _config_and_root(obj)
     for chunk in make_client(config).logs(branch, build, follow=not no_follow):
         click.echo(chunk, nl=False)
@@ -556,6 +675,7 @@ def jenkins_logs(obj: dict, branch: str, build: int | None, no_follow: bool) -> 
 def bootstrap(obj: dict, dry_run: bool, as_json: bool) -> None:
     """Set up GitHub and Jenkins for this repository: stage branches, protection, webhook, job."""
     from branchops.bootstrap import bootstrap as run_bootstrap
+
     config, root = _config_and_root(obj)
     report = run_bootstrap(config, dry_run, repo_root=root)
     _emit(report.to_dict(), as_json, "\n".join(report.lines()))
@@ -573,27 +693,42 @@ def notify(obj: dict, event: str, branch: str, commit: str, message: str, build_
     build ended before any stage ran, e.g. a failed checkout or setup)."""
     from branchops.notify import make_notifier
     from branchops.notify.base import Event
+
     config = _project(obj).config
     stages = config.stages_for_branch(branch)
     text = message + (f" ({build_url})" if build_url else "")
     make_notifier(config, _project(obj).state_dir, _forge(obj)).notify(
-        Event(event, stages[0] if stages else "-", branch, commit, text))
+        Event(event, stages[0] if stages else "-", branch, commit, text)
+    )
 
 
 # -- demo ------------------------------------------------------------------------------------------------
 
+
 @main.command()
-@click.option("--workdir", default="branchops-demo", show_default=True, type=click.Path(file_okay=False),
-              help="A new directory for the demo repository.")
-@click.option("--data", "data_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Folder holding the raw data (for the reference project: the Kaggle dataset's per-ticker files).")
+@click.option(
+    "--workdir",
+    default="branchops-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="A new directory for the demo repository.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder holding the raw data (for the reference project: the Kaggle dataset's per-ticker files).",
+)
 @click.option("--synthetic", is_flag=True, help="Train on the template's generated data (announced as such).")
-@click.option("--template", default=None, help="The project to play the workflow with (default: the reference "
-              "project).")
+@click.option(
+    "--template", default=None, help="The project to play the workflow with (default: the reference project)."
+)
 def demo(workdir: str, data_dir: str | None, synthetic: bool, template: str) -> None:
     """Play the whole workflow end to end on this machine: merge requests, approvals, the four stages,
     a served model and a prediction."""
     from branchops.demo import run_demo, timeline
+
     result = run_demo(workdir, data_dir, synthetic, echo=click.echo, template=template)
     click.echo(timeline(result))
 

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from branchops import STAGES, Stage  # re-exported: the schema's stages are the one list
 from branchops.errors import ConfigError
@@ -36,8 +44,9 @@ class Strict(BaseModel):
     """Every section forbids unknown keys and coerces nothing."""
 
     # allow_inf_nan=False: a threshold of .nan would silently disable a check, .inf would make it unreachable
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, regex_engine="python-re",
-                              allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, regex_engine="python-re", allow_inf_nan=False
+    )
 
 
 class SecretRef(Strict):
@@ -76,8 +85,10 @@ def _refuse_inline_secret(value: Any) -> Any:
 def _refuse_credentials_in_url(value: Any) -> Any:
     """A URL with user:password@ (or a token as the user name, which GitHub accepts) is an inline secret."""
     if isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+@", value):
-        raise ValueError("credentials in a URL are refused (they would be shown and committed); give the URL "
-                         "without them and the secret as {env: VARIABLE} or {credential: CI_CREDENTIAL_ID}")
+        raise ValueError(
+            "credentials in a URL are refused (they would be shown and committed); give the URL "
+            "without them and the secret as {env: VARIABLE} or {credential: CI_CREDENTIAL_ID}"
+        )
     return value
 
 
@@ -108,8 +119,10 @@ class BranchesSection(Strict):
         seen: dict[str, str] = {}
         for stage, branch in stages.items():
             if branch in seen:
-                raise ValueError(f"stages '{seen[branch]}' and '{stage}' both map to branch '{branch}'; "
-                                 "use mode: single-branch to run every stage on one branch")
+                raise ValueError(
+                    f"stages '{seen[branch]}' and '{stage}' both map to branch '{branch}'; "
+                    "use mode: single-branch to run every stage on one branch"
+                )
             seen[branch] = stage
         return stages
 
@@ -122,7 +135,9 @@ class BotSection(Strict):
 
 
 class GitSection(Strict):
-    remote: str | None = Field(default=None, description="push records to this remote (None: local refs only)")
+    remote: str | None = Field(
+        default=None, description="push records to this remote (None: local refs only)"
+    )
 
     _no_credentials = field_validator("remote", mode="before")(_refuse_credentials_in_url)
     push_retries: int = Field(default=8, ge=1, le=50)
@@ -164,10 +179,15 @@ class JenkinsSettings(Strict):
     timeout_s: float = Field(default=30, gt=0, le=MAX_TIMEOUT_S)
     scan_interval: str = Field(default="1h", pattern=r"^[0-9]+[mhd]$")
     # Jenkins credentials-store ids that the Jenkinsfile binds; the values never leave Jenkins.
-    credentials: dict[str, str] = Field(default_factory=lambda: {
-        "github": "github-token", "kaggle": "kaggle-api", "registry": "registry-push",
-        "kubeconfig": "kubeconfig", "kubeflow": "kubeflow-token",
-    })
+    credentials: dict[str, str] = Field(
+        default_factory=lambda: {
+            "github": "github-token",
+            "kaggle": "kaggle-api",
+            "registry": "registry-push",
+            "kubeconfig": "kubeconfig",
+            "kubeflow": "kubeflow-token",
+        }
+    )
     # The shared secret GitHub signs webhook deliveries with (`branchops bootstrap` sets it on the
     # webhook; Jenkins holds the same value as credential github-webhook-secret). None: unsigned.
     webhook_secret: SecretRef | None = None
@@ -199,7 +219,9 @@ class RegistrySection(Strict):
     timeout_s: float = Field(default=1800, gt=0, le=MAX_TIMEOUT_S)
     # --build-arg values for every component image (e.g. BASE_IMAGE pinned by digest); part of each
     # component's content hash, so changing one rebuilds every image.
-    build_args: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(default_factory=dict)
+    build_args: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(
+        default_factory=dict
+    )
 
     _inline = field_validator("password", mode="before")(_refuse_inline_secret)
 
@@ -252,7 +274,9 @@ class StorageTrident(Strict):
     storage_class: str = "ontap-flexvol"
     snapshot_class: str = "csi-snapclass"
     size: str = Field(default="20Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$")
-    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"] = "ReadWriteMany"
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"] = (
+        "ReadWriteMany"
+    )
     ready_timeout_s: float = Field(default=600, gt=0, le=MAX_TIMEOUT_S)
 
 
@@ -303,18 +327,31 @@ class DataSection(Strict):
     def _settings_for_source(self) -> "DataSection":
         needed = {"folder": self.folder, "kaggle": self.kaggle, "script": self.script}[self.source]
         if not needed:
-            raise ValueError(f"source '{self.source}' needs '{self.source}' ("
-                             + {"folder": "a directory holding the raw files",
-                                "kaggle": "{dataset: owner/name, username: {env: ...}, key: {env: ...}}",
-                                "script": "a Python file in the repository that writes the raw files"}[self.source]
-                             + ")")
+            raise ValueError(
+                f"source '{self.source}' needs '{self.source}' ("
+                + {
+                    "folder": "a directory holding the raw files",
+                    "kaggle": "{dataset: owner/name, username: {env: ...}, key: {env: ...}}",
+                    "script": "a Python file in the repository that writes the raw files",
+                }[self.source]
+                + ")"
+            )
         return self
 
 
 # What the toolkit passes to every run; a pipeline declares the ones it uses, and an experiment's params
 # may not set them (see branchops.runplan).
-TOOLKIT_INPUTS = ("source_dir", "data_dir", "work_dir", "export_base", "version", "commit", "kaggle_dataset",
-                  "data_pvc", "model_pvc")
+TOOLKIT_INPUTS = (
+    "source_dir",
+    "data_dir",
+    "work_dir",
+    "export_base",
+    "version",
+    "commit",
+    "kaggle_dataset",
+    "data_pvc",
+    "model_pvc",
+)
 ParamValue = Union[str, int, float, bool, list, dict]
 
 
@@ -323,7 +360,8 @@ class Experiment(Strict):
     # The project's pipeline parameters for this run; checked against the compiled pipeline's inputs
     # before any run starts.
     params: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], ParamValue] = Field(
-        default_factory=dict)
+        default_factory=dict
+    )
 
     @field_validator("params")
     @classmethod
@@ -390,7 +428,10 @@ class ServingKubernetes(Strict):
     istio: bool = False
     rollout_timeout_s: float = Field(default=600, gt=0, le=MAX_TIMEOUT_S)
     # A pinned TF Serving image (never 'latest'); a registry mirror or a digest reference works too.
-    image: str = Field(default="docker.io/tensorflow/serving:2.18.0", pattern=r"^[^\s:]+(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?$")
+    image: str = Field(
+        default="docker.io/tensorflow/serving:2.18.0",
+        pattern=r"^[^\s:]+(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?$",
+    )
     max_replicas: int = Field(default=6, ge=1)
     serving_volume_size: str = Field(default="10Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$")
 
@@ -472,7 +513,9 @@ class BranchopsConfig(Strict):
     def _every_stage_has_approvers(cls, approvers: dict[str, list[str]]) -> dict[str, list[str]]:
         missing = [s for s in STAGES if not approvers.get(s)]
         if missing:
-            raise ValueError(f"every stage needs at least one designated approver; none for: {', '.join(missing)}")
+            raise ValueError(
+                f"every stage needs at least one designated approver; none for: {', '.join(missing)}"
+            )
         return approvers
 
     @property
@@ -498,6 +541,7 @@ class BranchopsConfig(Strict):
 
 
 # -- loading ---------------------------------------------------------------------------------------
+
 
 def _node_for(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
     """The YAML node to point at for a pydantic error location: the value for a scalar, the key for a
@@ -528,11 +572,17 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "bool_type":
         return f"expected a boolean (true or false, unquoted), got {error.get('input')!r}"
     if kind in ("int_type", "float_type", "string_type", "list_type", "dict_type", "model_type"):
-        expected = {"int_type": "an integer", "float_type": "a number", "string_type": "a string",
-                    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}[kind]
+        expected = {
+            "int_type": "an integer",
+            "float_type": "a number",
+            "string_type": "a string",
+            "list_type": "a list",
+            "dict_type": "a mapping",
+            "model_type": "a mapping",
+        }[kind]
         return f"expected {expected}, got {error.get('input')!r}"
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     return msg
 
 
@@ -543,8 +593,10 @@ def _check_shape(text: str, source: str | Path) -> None:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_NESTING:
-                raise ConfigError(f"{source}:{event.start_mark.line + 1}: nested more than {MAX_NESTING} levels "
-                                  "deep; a configuration is never that deep")
+                raise ConfigError(
+                    f"{source}:{event.start_mark.line + 1}: nested more than {MAX_NESTING} levels "
+                    "deep; a configuration is never that deep"
+                )
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
 
@@ -559,8 +611,10 @@ def _refuse_duplicate_keys(root: yaml.Node | None, source: str | Path) -> None:
             for key, value in node.value:
                 name = str(key.value)
                 if name in seen:
-                    raise ConfigError(f"{source}:{key.start_mark.line + 1}: key '{name}' appears twice (lines "
-                                      f"{seen[name]} and {key.start_mark.line + 1}); keep one")
+                    raise ConfigError(
+                        f"{source}:{key.start_mark.line + 1}: key '{name}' appears twice (lines "
+                        f"{seen[name]} and {key.start_mark.line + 1}); keep one"
+                    )
                 seen[name] = key.start_mark.line + 1
                 pending.append(value)
         elif isinstance(node, yaml.SequenceNode):
@@ -600,8 +654,11 @@ def validate_yaml(model: type[ModelT], text: str, source: str | Path, *, what: s
         lines = []
         for error in exc.errors():
             # pydantic adds the discriminator's value (e.g. 'webhook') after a list index: not a key in the file
-            loc = tuple(p for i, p in enumerate(error["loc"])
-                        if not (i > 0 and isinstance(error["loc"][i - 1], int) and p in NOTIFIER_KINDS))
+            loc = tuple(
+                p
+                for i, p in enumerate(error["loc"])
+                if not (i > 0 and isinstance(error["loc"][i - 1], int) and p in NOTIFIER_KINDS)
+            )
             key = ".".join(str(p) for p in loc) or "(top level)"
             line = _line_of(_node_for(root, loc))
             lines.append(f"{source}:{line or '?'}: {key}: {_describe(error)}")
@@ -610,8 +667,13 @@ def validate_yaml(model: type[ModelT], text: str, source: str | Path, *, what: s
 
 def parse_config(text: str, source: str | Path = "<string>") -> BranchopsConfig:
     """Parse and validate config text; raise ConfigError naming file, line, key and what was expected."""
-    config = validate_yaml(BranchopsConfig, text, source, what="configuration",
-                           shape="the configuration must be a mapping of sections")
+    config = validate_yaml(
+        BranchopsConfig,
+        text,
+        source,
+        what="configuration",
+        shape="the configuration must be a mapping of sections",
+    )
     config._source = Path(source) if source != "<string>" else None
     return config
 
@@ -634,9 +696,11 @@ def check_branches_exist(config: BranchopsConfig, repo: Any) -> None:
     missing = [name for name in names if not gitops.branch_tip(repo, name, remote)]
     if missing:
         where = f"remote '{remote}' (after git fetch)" if remote else "this repository"
-        raise ConfigError(f"{config.source or CONFIG_PATH}: branches.stages names branches that do not exist in "
-                          f"{where}: {', '.join(missing)}. Create them (branchops bootstrap does) or fix the names; "
-                          "--offline checks the file alone.")
+        raise ConfigError(
+            f"{config.source or CONFIG_PATH}: branches.stages names branches that do not exist in "
+            f"{where}: {', '.join(missing)}. Create them (branchops bootstrap does) or fix the names; "
+            "--offline checks the file alone."
+        )
 
 
 def json_schema() -> dict[str, Any]:

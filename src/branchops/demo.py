@@ -31,8 +31,12 @@ from branchops.scaffold import Template, data_section, init_project, load_templa
 log = logging.getLogger("branchops.demo")
 
 DATA_SCIENTIST, LEAD, HEAD_OF_DS = "ds1", "lead", "head-of-ds"
-APPROVERS = {"build-components": [LEAD], "kf-pipeline": [LEAD], "training": [LEAD, HEAD_OF_DS],
-             "deploy-model": [HEAD_OF_DS]}
+APPROVERS = {
+    "build-components": [LEAD],
+    "kf-pipeline": [LEAD],
+    "training": [LEAD, HEAD_OF_DS],
+    "deploy-model": [HEAD_OF_DS],
+}
 
 
 def how_to_get_data(template: Template, kaggle_dataset: str | None) -> str:
@@ -82,7 +86,9 @@ def data_source(template: Template, data_dir: str | None, synthetic: bool) -> di
         return own  # the template brings its data itself (a folder or a script)
     kaggle = (own.get("kaggle") or {}).get("dataset") if own.get("source") == "kaggle" else None
     kaggle_json = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
-    if kaggle and ((os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or kaggle_json.exists()):
+    if kaggle and (
+        (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or kaggle_json.exists()
+    ):
         return own
     raise BranchopsError(how_to_get_data(template, kaggle))
 
@@ -110,23 +116,38 @@ class Demo:
         repo.git.commit("--quiet", "-m", message, env=env)
         return repo.head.commit.hexsha
 
-    def merge_request(self, source: str, target: str, title: str, body: str, approver: str | None,
-                      merger: str, author: str = DATA_SCIENTIST) -> tuple[int, list[RunReport]]:
+    def merge_request(
+        self,
+        source: str,
+        target: str,
+        title: str,
+        body: str,
+        approver: str | None,
+        merger: str,
+        author: str = DATA_SCIENTIST,
+    ) -> tuple[int, list[RunReport]]:
         forge = LocalForge(gitops.open_repo(self.workdir))
         mr, _ = forge.open_merge_request(source, target, title, body, author)
         if approver:
             forge.approve(mr.number, approver)
-        self.echo(f"  !{mr.number} {source} -> {target}: {title}"
-                  + (f" — approved by {approver}" if approver else " — NOT approved"))
+        self.echo(
+            f"  !{mr.number} {source} -> {target}: {title}"
+            + (f" — approved by {approver}" if approver else " — NOT approved")
+        )
         _, reports = merge_and_run(self.workdir, mr.number, merger)
         return mr.number, reports
 
     def record(self, what: str, reports: list[RunReport], expected: str = "succeeded") -> RunReport:
         report = reports[0]
-        outcome = "refused as expected" if report.status == "refused" and expected == "refused" else report.status
+        outcome = (
+            "refused as expected" if report.status == "refused" and expected == "refused" else report.status
+        )
         self.result.steps.append(Step(what, outcome, report.duration_s or 0.0, report.record_path))
-        self.echo(f"  {what}: {outcome}" + (f" in {report.duration_s:.1f}s" if report.duration_s else "")
-                  + f" — {report.message}")
+        self.echo(
+            f"  {what}: {outcome}"
+            + (f" in {report.duration_s:.1f}s" if report.duration_s else "")
+            + f" — {report.message}"
+        )
         if report.status != expected:
             failure = StageFailed(f"demo step '{what}' ended {report.status}: {report.message}")
             failure.exit_code = report.exit_code or failure.exit_code  # bad data stays 7, and so on
@@ -137,12 +158,22 @@ class Demo:
     def play(self, data: dict[str, Any]) -> DemoResult:
         echo = self.echo
         t0 = time.monotonic()
-        init_project(self.workdir, template=self.template.name, approvers=APPROVERS, user=DATA_SCIENTIST,
-                     overrides={"data": data, "serving": {"local": {"port": free_port()}}})
-        self.result.steps.append(Step(f"scaffold the {self.template.name} template (branchops init)", "done",
-                                      time.monotonic() - t0))
-        echo(f"1. scaffolded {self.workdir} from template {self.template.name} (branches main, ds1, "
-             "build-components, kf-pipeline, training, deploy-model)")
+        init_project(
+            self.workdir,
+            template=self.template.name,
+            approvers=APPROVERS,
+            user=DATA_SCIENTIST,
+            overrides={"data": data, "serving": {"local": {"port": free_port()}}},
+        )
+        self.result.steps.append(
+            Step(
+                f"scaffold the {self.template.name} template (branchops init)", "done", time.monotonic() - t0
+            )
+        )
+        echo(
+            f"1. scaffolded {self.workdir} from template {self.template.name} (branches main, ds1, "
+            "build-components, kf-pipeline, training, deploy-model)"
+        )
 
         # The data scientist's change: the experiments of this study, as the template's demo lists them.
         config_path = self.workdir / "config" / "branchops.yaml"
@@ -150,46 +181,88 @@ class Demo:
         experiments = self.template.demo.get("experiments") or config["training"]["experiments"]
         config["training"]["experiments"] = experiments
         header = "".join(line + "\n" for line in config_path.read_text().splitlines() if line.startswith("#"))
-        self.commit_as(DATA_SCIENTIST, "ds1", {"config/branchops.yaml": header + yaml.safe_dump(config, sort_keys=False)},
-                       "Experiments: " + ", ".join(e["name"] for e in experiments))
-        self.result.synthetic = data["source"] == "script" and data.get("script") == self.template.synthetic_data
-        echo(f"2. ds1 committed the experiments {', '.join(e['name'] for e in experiments)} (data: {data['source']}"
-             + (f" {data.get('folder')}" if data.get("folder") else "") + ")")
+        self.commit_as(
+            DATA_SCIENTIST,
+            "ds1",
+            {"config/branchops.yaml": header + yaml.safe_dump(config, sort_keys=False)},
+            "Experiments: " + ", ".join(e["name"] for e in experiments),
+        )
+        self.result.synthetic = (
+            data["source"] == "script" and data.get("script") == self.template.synthetic_data
+        )
+        echo(
+            f"2. ds1 committed the experiments {', '.join(e['name'] for e in experiments)} (data: {data['source']}"
+            + (f" {data.get('folder')}" if data.get("folder") else "")
+            + ")"
+        )
         if self.result.synthetic:
             echo("   !!! SYNTHETIC DATA: the model will be trained on generated data, not real data !!!")
 
         echo("3. the gate: an unapproved merge request into build-components")
         repo = git.Repo(self.workdir)
         repo.git.branch("ds1-unreviewed", "build-components")  # only the unreviewed commit rides on it
-        self.commit_as(DATA_SCIENTIST, "ds1-unreviewed", {"components/UNREVIEWED.md": "an unreviewed change\n"},
-                       "An unreviewed change")
-        number, reports = self.merge_request("ds1-unreviewed", "build-components", "Unreviewed change",
-                                             "Merged without approval.", None, DATA_SCIENTIST)
+        self.commit_as(
+            DATA_SCIENTIST,
+            "ds1-unreviewed",
+            {"components/UNREVIEWED.md": "an unreviewed change\n"},
+            "An unreviewed change",
+        )
+        number, reports = self.merge_request(
+            "ds1-unreviewed",
+            "build-components",
+            "Unreviewed change",
+            "Merged without approval.",
+            None,
+            DATA_SCIENTIST,
+        )
         self.record("build-components on an unapproved merge", reports, expected="refused")
         # The team lead reverts the unreviewed merge on the branch: until then every later run of
         # build-components would refuse too, naming it.
         repo.git.checkout("--quiet", "build-components")
-        repo.git.revert("--no-edit", "-m", "1", repo.commit("build-components").hexsha,
-                        env=gitops.Identity(LEAD, f"{LEAD}@users.local").env())
+        repo.git.revert(
+            "--no-edit",
+            "-m",
+            "1",
+            repo.commit("build-components").hexsha,
+            env=gitops.Identity(LEAD, f"{LEAD}@users.local").env(),
+        )
         repo.git.checkout("--quiet", "ds1")
         repo.git.branch("-D", "ds1-unreviewed")
         echo(f"   nothing ran; the team lead reverted the unreviewed merge !{number} on build-components")
 
         echo("4. build-components: merge request from ds1, approved by the team lead")
-        _, reports = self.merge_request("ds1", "build-components", self.title("build-components"),
-                                        "The pipeline's components, with their tests and images.", LEAD, LEAD)
+        _, reports = self.merge_request(
+            "ds1",
+            "build-components",
+            self.title("build-components"),
+            "The pipeline's components, with their tests and images.",
+            LEAD,
+            LEAD,
+        )
         self.record("build-components", reports)
 
         echo("5. kf-pipeline: merge request from ds1, approved by the team lead")
-        _, reports = self.merge_request("ds1", "kf-pipeline", self.title("kf-pipeline"),
-                                        "The training pipeline, compiled and uploaded.", LEAD, LEAD)
+        _, reports = self.merge_request(
+            "ds1",
+            "kf-pipeline",
+            self.title("kf-pipeline"),
+            "The training pipeline, compiled and uploaded.",
+            LEAD,
+            LEAD,
+        )
         self.record("kf-pipeline", reports)
 
         echo("6. training: merge request from ds1, approved by the head of data science")
-        _, reports = self.merge_request("ds1", "training", self.title("training"),
-                                        f"Experiments: {', '.join(e['name'] for e in experiments)}.", HEAD_OF_DS, LEAD)
+        _, reports = self.merge_request(
+            "ds1",
+            "training",
+            self.title("training"),
+            f"Experiments: {', '.join(e['name'] for e in experiments)}.",
+            HEAD_OF_DS,
+            LEAD,
+        )
         training = self.record("training", reports)
-        best = (training.outputs.get("best") or {})
+        best = training.outputs.get("best") or {}
         self.result.metrics = best.get("metrics")
         deploy_mr = (training.outputs.get("deploy_merge_request") or {}).get("number")
         if not deploy_mr:
@@ -207,6 +280,7 @@ class Demo:
         from branchops.runner import working_config
         from branchops.serving import make_serving
         from branchops.serving.base import find_version_dir, read_model_metadata
+
         git.Repo(self.workdir).git.checkout("--quiet", "main")
         serving = make_serving(working_config(gitops.open_repo(self.workdir)), gitops.state_dir(repo))
         meta = read_model_metadata(find_version_dir(serving.base_path, self.result.served_version))
@@ -222,8 +296,13 @@ class Demo:
         return self.result
 
 
-def run_demo(workdir: str | Path, data_dir: str | None = None, synthetic: bool = False,
-             echo: Callable[[str], None] = print, template: str | None = None) -> DemoResult:
+def run_demo(
+    workdir: str | Path,
+    data_dir: str | None = None,
+    synthetic: bool = False,
+    echo: Callable[[str], None] = print,
+    template: str | None = None,
+) -> DemoResult:
     target = Path(workdir).resolve()
     if target.exists() and any(target.iterdir()):
         raise BranchopsError(f"{target} exists and is not empty: give a new --workdir")
@@ -232,8 +311,13 @@ def run_demo(workdir: str | Path, data_dir: str | None = None, synthetic: bool =
     # Everything the four stages need must be installed before the first one starts, not found missing
     # at the third.
     from branchops.config import STAGES, parse_config
-    preflight.check(parse_config(project_config(chosen, APPROVERS, None, False, {"data": data}),
-                                 "the demo's configuration"), STAGES)
+
+    preflight.check(
+        parse_config(
+            project_config(chosen, APPROVERS, None, False, {"data": data}), "the demo's configuration"
+        ),
+        STAGES,
+    )
     demo = Demo(target, chosen, echo)
     return demo.play(data)
 
@@ -247,16 +331,22 @@ def timeline(result: DemoResult) -> str:
     if result.metrics:
         m = result.metrics
         numbers = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
-        lines += ["", f"model version {result.served_version}: {numbers}" + (f" — {m['summary']}" if m.get("summary")
-                                                                             else "")]
+        lines += [
+            "",
+            f"model version {result.served_version}: {numbers}"
+            + (f" — {m['summary']}" if m.get("summary") else ""),
+        ]
     if result.synthetic:
         lines.append("!!! trained on SYNTHETIC data: these numbers say nothing about the real world !!!")
     d = result.workdir
-    lines += ["", f"try next, in {d}:",
-              f"  branchops -C {d} status",
-              f"  branchops -C {d} lineage {result.served_version}",
-              f"  branchops -C {d} predict --sample",
-              f"  branchops -C {d} mr list",
-              f"  branchops -C {d} rollback --as ds1      # prepares the revert as a merge request",
-              f"  branchops -C {d} serve stop"]
+    lines += [
+        "",
+        f"try next, in {d}:",
+        f"  branchops -C {d} status",
+        f"  branchops -C {d} lineage {result.served_version}",
+        f"  branchops -C {d} predict --sample",
+        f"  branchops -C {d} mr list",
+        f"  branchops -C {d} rollback --as ds1      # prepares the revert as a merge request",
+        f"  branchops -C {d} serve stop",
+    ]
     return "\n".join(lines)

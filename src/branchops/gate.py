@@ -44,15 +44,18 @@ def counted_approvals(mr: MergeRequest, designated: list[str]) -> tuple[list[str
         elif approval.user not in designated:
             reasons.append(f"{approval.user} is not a designated approver of '{mr.target}'")
         elif approval.head_sha != mr.head_sha:
-            reasons.append(f"{approval.user} approved {approval.head_sha[:12]}, before the last push "
-                           f"({mr.head_sha[:12]})")
+            reasons.append(
+                f"{approval.user} approved {approval.head_sha[:12]}, before the last push "
+                f"({mr.head_sha[:12]})"
+            )
         elif approval.user not in counted:
             counted.append(approval.user)
     return counted, reasons
 
 
-def _approved_merge(forge: Forge, commit: str, branch: str, designated: list[str]
-                    ) -> tuple[MergeRequest | None, list[str], str]:
+def _approved_merge(
+    forge: Forge, commit: str, branch: str, designated: list[str]
+) -> tuple[MergeRequest | None, list[str], str]:
     """(merge request, counted approvers, why not) for one commit on the branch's first-parent line."""
     mr = forge.merged_request_for_commit(commit)
     if mr is None:
@@ -61,24 +64,41 @@ def _approved_merge(forge: Forge, commit: str, branch: str, designated: list[str
         return mr, [], f"merged !{mr.number} into '{mr.target}', not into '{branch}'"
     counted, reasons = counted_approvals(mr, designated)
     if not counted:
-        return mr, [], (f"merge request !{mr.number} ({mr.source} into {branch}) was merged without a valid "
-                        f"approval: {'; '.join(reasons) if reasons else 'nobody approved it'}")
+        return (
+            mr,
+            [],
+            (
+                f"merge request !{mr.number} ({mr.source} into {branch}) was merged without a valid "
+                f"approval: {'; '.join(reasons) if reasons else 'nobody approved it'}"
+            ),
+        )
     return mr, counted, ""
 
 
-def check(forge: Forge, repo: git.Repo, commit: str, branch: str, designated: list[str], since: str | None,
-          bot_marker: str) -> Verdict:
+def check(
+    forge: Forge,
+    repo: git.Repo,
+    commit: str,
+    branch: str,
+    designated: list[str],
+    since: str | None,
+    bot_marker: str,
+) -> Verdict:
     """Gate the run of ``commit`` on ``branch``: ``commit`` and every commit on the branch's first-parent
     line after ``since`` (the source of the last gated run; None: only ``commit``) must be an approved merge
     of a merge request into ``branch`` or branchops' own commit. GateRefused names every one that is not."""
     mr, counted, why = _approved_merge(forge, commit, branch, designated)
     if mr is None or not counted:
         if mr is None:
-            raise GateRefused(f"commit {commit[:12]} on '{branch}' is {why}. Stages run only on approved merge "
-                              f"requests: open one into '{branch}' and have it approved by one of: "
-                              f"{', '.join(designated)}.")
-        raise GateRefused(f"commit {commit[:12]}: {why}. Designated approvers of '{branch}': "
-                          f"{', '.join(designated)}. Nothing was run.")
+            raise GateRefused(
+                f"commit {commit[:12]} on '{branch}' is {why}. Stages run only on approved merge "
+                f"requests: open one into '{branch}' and have it approved by one of: "
+                f"{', '.join(designated)}."
+            )
+        raise GateRefused(
+            f"commit {commit[:12]}: {why}. Designated approvers of '{branch}': "
+            f"{', '.join(designated)}. Nothing was run."
+        )
     included = [(mr, counted)]
     refused: dict[str, tuple[git.Commit, str]] = {}
     for earlier in _first_parent_line(repo, commit, since)[1:]:
@@ -97,7 +117,8 @@ def check(forge: Forge, repo: git.Repo, commit: str, branch: str, designated: li
             f"brought in since its last gated run{f' ({since[:12]})' if since else ''}:\n  "
             + "\n  ".join(unapproved)
             + f"\nRevert them on '{branch}' (git revert, through a merge request), or bring the change in through "
-              f"a merge request approved by one of: {', '.join(designated)}. Nothing was run.")
+            f"a merge request approved by one of: {', '.join(designated)}. Nothing was run."
+        )
     return Verdict(mr, counted, included)
 
 
@@ -111,8 +132,9 @@ def _drop_reverted_pairs(repo: git.Repo, refused: dict[str, tuple[git.Commit, st
             continue
         original = refused[target][0]
         # against the first parent: a merge is reverted with `git revert -m 1`
-        if original.parents and _diff(repo, original.parents[0].hexsha, original.hexsha) == \
-                _diff(repo, revert.hexsha, revert.parents[0].hexsha):
+        if original.parents and _diff(repo, original.parents[0].hexsha, original.hexsha) == _diff(
+            repo, revert.hexsha, revert.parents[0].hexsha
+        ):
             del refused[sha], refused[target]
 
 
@@ -131,11 +153,15 @@ def _first_parent_line(repo: git.Repo, commit: str, since: str | None) -> list[g
     except git.GitCommandError:
         is_ancestor = False
     if not is_ancestor:
-        raise GateRefused(f"the last gated run's commit {since[:12]} is no longer in the history of {commit[:12]}: "
-                          "the branch was rewritten. Restore it, or have an administrator start over on a new "
-                          "branch. Nothing was run.")
+        raise GateRefused(
+            f"the last gated run's commit {since[:12]} is no longer in the history of {commit[:12]}: "
+            "the branch was rewritten. Restore it, or have an administrator start over on a new "
+            "branch. Nothing was run."
+        )
     line = list(repo.iter_commits(f"{since}..{commit}", first_parent=True, max_count=MAX_COMMITS + 1))
     if len(line) > MAX_COMMITS:
-        raise GateRefused(f"more than {MAX_COMMITS} commits since the last gated run ({since[:12]}): too many to "
-                          "gate one by one. Nothing was run.")
+        raise GateRefused(
+            f"more than {MAX_COMMITS} commits since the last gated run ({since[:12]}): too many to "
+            "gate one by one. Nothing was run."
+        )
     return line

@@ -33,8 +33,12 @@ class Identity:
     email: str
 
     def env(self) -> dict[str, str]:
-        return {"GIT_AUTHOR_NAME": self.name, "GIT_AUTHOR_EMAIL": self.email,
-                "GIT_COMMITTER_NAME": self.name, "GIT_COMMITTER_EMAIL": self.email}
+        return {
+            "GIT_AUTHOR_NAME": self.name,
+            "GIT_AUTHOR_EMAIL": self.email,
+            "GIT_COMMITTER_NAME": self.name,
+            "GIT_COMMITTER_EMAIL": self.email,
+        }
 
 
 def open_repo(path: str | Path = ".") -> git.Repo:
@@ -102,17 +106,27 @@ def is_bot_commit(repo: git.Repo, sha: str, marker: str) -> bool:
     return trailer_marks(repo.commit(sha).message, marker)
 
 
-def _run_git(repo: git.Repo, args: list[str], *, input: bytes | None = None, env: dict[str, str] | None = None
-             ) -> str:
-    proc = subprocess.run(["git", *args], cwd=repo.git_dir, input=input, capture_output=True,
-                          env={**os.environ, **(env or {})})
+def _run_git(
+    repo: git.Repo, args: list[str], *, input: bytes | None = None, env: dict[str, str] | None = None
+) -> str:
+    proc = subprocess.run(
+        ["git", *args], cwd=repo.git_dir, input=input, capture_output=True, env={**os.environ, **(env or {})}
+    )
     if proc.returncode != 0:
         raise git.GitCommandError(["git", *args], proc.returncode, proc.stderr)
     return proc.stdout.decode().strip()
 
 
-def build_commit(repo: git.Repo, parent: str | None, files: dict[str, bytes], message: str, identity: Identity,
-                 *, overwrite: bool = False, extra_parents: tuple[str, ...] = ()) -> str:
+def build_commit(
+    repo: git.Repo,
+    parent: str | None,
+    files: dict[str, bytes],
+    message: str,
+    identity: Identity,
+    *,
+    overwrite: bool = False,
+    extra_parents: tuple[str, ...] = (),
+) -> str:
     """A commit of ``parent``'s tree plus ``files``, made without touching any working tree or index."""
     with tempfile.TemporaryDirectory(prefix="branchops-index-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
@@ -140,8 +154,17 @@ def compare_and_swap(repo: git.Repo, branch: str, new: str, old: str | None) -> 
         return False
 
 
-def commit_to_branch(repo: git.Repo, branch: str, files: dict[str, bytes], message: str, identity: Identity, *,
-                     remote: str | None = None, retries: int = 8, overwrite: bool = False) -> str:
+def commit_to_branch(
+    repo: git.Repo,
+    branch: str,
+    files: dict[str, bytes],
+    message: str,
+    identity: Identity,
+    *,
+    remote: str | None = None,
+    retries: int = 8,
+    overwrite: bool = False,
+) -> str:
     """Add ``files`` to ``branch`` in one commit, retrying on a newer tip (local CAS, or push to remote).
 
     Returns the new commit. With a remote, the commit is pushed and the local remote-tracking ref
@@ -150,7 +173,9 @@ def commit_to_branch(repo: git.Repo, branch: str, files: dict[str, bytes], messa
     for attempt in range(1, retries + 1):
         if remote:
             try:
-                _run_git(repo, ["fetch", "--quiet", remote, f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}"])
+                _run_git(
+                    repo, ["fetch", "--quiet", remote, f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}"]
+                )
             except git.GitCommandError as exc:
                 if "couldn't find remote ref" not in str(exc.stderr):
                     raise ExternalError(f"git fetch {remote} {branch} failed: {exc.stderr.strip()}") from None
@@ -162,8 +187,14 @@ def commit_to_branch(repo: git.Repo, branch: str, files: dict[str, bytes], messa
                 _run_git(repo, ["update-ref", f"refs/remotes/{remote}/{branch}", commit])
                 return commit
             except git.GitCommandError as exc:
-                log.info("push to %s/%s rejected (attempt %d/%d), rebasing on the new tip: %s",
-                         remote, branch, attempt, retries, str(exc.stderr).strip().splitlines()[-1:])
+                log.info(
+                    "push to %s/%s rejected (attempt %d/%d), rebasing on the new tip: %s",
+                    remote,
+                    branch,
+                    attempt,
+                    retries,
+                    str(exc.stderr).strip().splitlines()[-1:],
+                )
         elif compare_and_swap(repo, branch, commit, tip):
             return commit
         # Another writer moved the branch: back off a little (jittered) and rebuild on the new tip.

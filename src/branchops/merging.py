@@ -15,8 +15,9 @@ from branchops.forge.local import LocalForge
 from branchops.project import Project
 
 
-def merge_and_run(repo_path: str | Path | Project, number: int, user: str, *, run: bool = True
-                  ) -> tuple[MergeRequest, list[runner.RunReport]]:
+def merge_and_run(
+    repo_path: str | Path | Project, number: int, user: str, *, run: bool = True
+) -> tuple[MergeRequest, list[runner.RunReport]]:
     project = Project.open(repo_path)
     mr = LocalForge(project.repo).merge(number, user)
     if not run:

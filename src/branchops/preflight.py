@@ -47,14 +47,19 @@ def _extra(module: str, extra: str, why: str) -> Requirement:
 
 
 def _tensorflow(why: str) -> Requirement:
-    return Requirement(why=why, module="tensorflow",
-                       install="pip install 'branchops[cpu]' (or 'branchops[gpu]' on a GPU machine)")
+    return Requirement(
+        why=why,
+        module="tensorflow",
+        install="pip install 'branchops[cpu]' (or 'branchops[gpu]' on a GPU machine)",
+    )
 
 
 def _kubernetes(why: str) -> list[Requirement]:
-    return [_extra("kubernetes", "kubernetes", why),
-            _extra("kubernetes_validate", "kubernetes", f"{why} (every object is validated before it is sent)"),
-            _extra("jsonschema", "kubernetes", f"{why} (CSI snapshot objects are validated against their CRD)")]
+    return [
+        _extra("kubernetes", "kubernetes", why),
+        _extra("kubernetes_validate", "kubernetes", f"{why} (every object is validated before it is sent)"),
+        _extra("jsonschema", "kubernetes", f"{why} (CSI snapshot objects are validated against their CRD)"),
+    ]
 
 
 def requirements(config: BranchopsConfig, stage: str) -> list[Requirement]:
@@ -65,7 +70,9 @@ def requirements(config: BranchopsConfig, stage: str) -> list[Requirement]:
     if stage == "build-components":
         needs.append(_extra("pytest", "build", "build-components runs each component's tests with pytest"))
     elif stage in ("kf-pipeline", "training"):
-        needs.append(_extra("kfp", "kubeflow", f"{stage} compiles the pipeline with the Kubeflow Pipelines SDK"))
+        needs.append(
+            _extra("kfp", "kubeflow", f"{stage} compiles the pipeline with the Kubeflow Pipelines SDK")
+        )
         if config.kubeflow.backend == "local":
             needs.append(_extra("docker", "kubeflow", "Kubeflow's local runner imports the docker SDK"))
     # What a project's own components import (pandas, TensorFlow, ...) is the project's to install: a

@@ -32,7 +32,9 @@ def config_at(repo: git.Repo, commit: str) -> BranchopsConfig:
     """The configuration as reviewed and merged: read from the commit being built, not the checkout."""
     raw = gitops.read_file(repo, commit, str(CONFIG_PATH))
     if raw is None:
-        raise ConfigError(f"{commit[:12]}:{CONFIG_PATH}: configuration file not found in the commit being built")
+        raise ConfigError(
+            f"{commit[:12]}:{CONFIG_PATH}: configuration file not found in the commit being built"
+        )
     return parse_config(raw.decode("utf-8", errors="replace"), f"{CONFIG_PATH} @ {commit[:12]}")
 
 

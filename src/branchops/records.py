@@ -52,6 +52,7 @@ def record_dir(stage: str, run_id: str) -> str:
 
 # -- the typed records ---------------------------------------------------------------------------------
 
+
 class RecordPart(BaseModel):
     """A part of a record as its JSON holds it: read leniently, written back in the same shape."""
 
@@ -62,8 +63,11 @@ class RecordPart(BaseModel):
 
     @model_serializer(mode="wrap")
     def _leave_out_what_does_not_apply(self, handler) -> dict[str, Any]:
-        return {key: value for key, value in handler(self).items()
-                if value is not None or key not in self.OMIT_WHEN_NONE}
+        return {
+            key: value
+            for key, value in handler(self).items()
+            if value is not None or key not in self.OMIT_WHEN_NONE
+        }
 
     def to_dict(self) -> dict[str, Any]:
         # plain Python (values of free-form fields as they are): the runner writes it with json.dumps
@@ -111,6 +115,7 @@ class RunRecord(RecordPart):
 
 
 # training
+
 
 class ModelRef(RecordPart):
     """A trained model: its export directory inside the model volume, and the snapshot taken of it."""
@@ -210,6 +215,7 @@ class TrainingOutputs(RecordPart):
 
 # deploy-model
 
+
 class ReleaseSourceRef(RecordPart):
     OMIT_WHEN_NONE = frozenset({"volume", "snapshot"})
     volume: str | None = None
@@ -273,6 +279,7 @@ class DeployOutputs(RecordPart):
 
 # kf-pipeline and build-components (read by lineage)
 
+
 class PipelineUploadOutputs(RecordPart):
     engine: str | None = None
     pipeline_name: str | None = None
@@ -304,6 +311,7 @@ class BuildOutputs(RecordPart):
 
 # A record read with its stage's outputs typed: one parse of the JSON, straight into the models.
 
+
 class TrainingRun(RunRecord):
     outputs: TrainingOutputs = TrainingOutputs()
 
@@ -322,6 +330,7 @@ class BuildRun(RunRecord):
 
 # Narrow views: the one field a search through the history compares, parsed from a record's JSON without
 # building the rest of it (several times faster than the whole record, which matters over 10,000 of them).
+
 
 class _Version(RecordPart):
     version: int | None = None
@@ -380,6 +389,7 @@ Parsed = TypeVar("Parsed", bound=RecordPart)
 
 # -- reading -------------------------------------------------------------------------------------------
 
+
 @dataclass
 class StoredRecord:
     """A record as found on a branch; parsed only when asked, into the typed model the reader wants."""
@@ -396,8 +406,9 @@ class StoredRecord:
             try:
                 self._parsed[model] = model.model_validate_json(self.raw)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(record)'}: {e['msg']}"
-                                     for e in exc.errors())
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or '(record)'}: {e['msg']}" for e in exc.errors()
+                )
                 raise BranchopsError(f"{self.path}: not a readable branchops record: {problems}") from None
         return self._parsed[model]  # type: ignore[return-value]
 
@@ -455,10 +466,17 @@ def _cat_files(repo: git.Repo, specs: list[str]) -> list[bytes | None]:
     # Into a file, not a pipe: git writes the records without waiting for this process to empty a 64 KiB
     # pipe over and over (a third faster for 10,000 records).
     with tempfile.TemporaryFile() as output:
-        done = subprocess.run(["git", "cat-file", "--batch"], cwd=repo.git_dir, stdout=output,
-                              stderr=subprocess.PIPE, input="".join(f"{spec}\n" for spec in specs).encode())
+        done = subprocess.run(
+            ["git", "cat-file", "--batch"],
+            cwd=repo.git_dir,
+            stdout=output,
+            stderr=subprocess.PIPE,
+            input="".join(f"{spec}\n" for spec in specs).encode(),
+        )
         if done.returncode != 0:
-            raise BranchopsError(f"git cat-file failed reading {len(specs)} records: {done.stderr.decode().strip()}")
+            raise BranchopsError(
+                f"git cat-file failed reading {len(specs)} records: {done.stderr.decode().strip()}"
+            )
         output.seek(0)
         out = output.read()
     pos, blobs = 0, []
@@ -470,7 +488,7 @@ def _cat_files(repo: git.Repo, specs: list[str]) -> list[bytes | None]:
             pos = end + 1
             continue
         size = int(header[2])
-        blobs.append(out[end + 1:end + 1 + size] if header[1] == b"blob" else None)
+        blobs.append(out[end + 1 : end + 1 + size] if header[1] == b"blob" else None)
         pos = end + 1 + size + 1  # the content is followed by a newline
     return blobs
 
@@ -492,8 +510,11 @@ class StageHistory:
     def read(self, run_ids: list[str]) -> list[StoredRecord]:
         """These runs' records, in the order given, in one read; runs without a record.json are left out."""
         blobs = _cat_files(self.repo, [f"{self.folders[run_id]}:{RECORD_FILE}" for run_id in run_ids])
-        return [StoredRecord(self.stage, run_id, f"{record_dir(self.stage, run_id)}/{RECORD_FILE}", raw)
-                for run_id, raw in zip(run_ids, blobs) if raw is not None]
+        return [
+            StoredRecord(self.stage, run_id, f"{record_dir(self.stage, run_id)}/{RECORD_FILE}", raw)
+            for run_id, raw in zip(run_ids, blobs)
+            if raw is not None
+        ]
 
     def latest(self) -> StoredRecord | None:
         for record in self.newest_first(batch=1):
@@ -523,7 +544,9 @@ def latest_record(repo: git.Repo, rev: str | None, stage: str) -> StoredRecord |
     return stage_history(repo, rev, stage).latest()
 
 
-def list_records(repo: git.Repo, rev: str, stage: str, source_commit: str | None = None) -> list[StoredRecord]:
+def list_records(
+    repo: git.Repo, rev: str, stage: str, source_commit: str | None = None
+) -> list[StoredRecord]:
     """The records of ``stage`` at ``rev``, oldest first; only those of ``source_commit`` if given."""
     history = stage_history(repo, rev, stage)
     run_ids = [r for r in history.run_ids if not source_commit or r.endswith(source_commit[:SHORT_SHA])]

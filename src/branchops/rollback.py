@@ -25,7 +25,9 @@ def release_merges(repo: git.Repo, tip: str, release_file: str) -> list[git.Comm
     return [repo.commit(sha) for sha in found.split()]
 
 
-def prepare_rollback(repo_path: str, user: str, to_merge_request: int | None = None) -> tuple[MergeRequest, bool, str]:
+def prepare_rollback(
+    repo_path: str, user: str, to_merge_request: int | None = None
+) -> tuple[MergeRequest, bool, str]:
     """Open (or update) the merge request that restores the release before the latest deploy merge
     (or the release as it was at merge request ``to_merge_request``)."""
     repo = gitops.open_repo(repo_path)
@@ -46,7 +48,9 @@ def prepare_rollback(repo_path: str, user: str, to_merge_request: int | None = N
     else:
         merges = release_merges(repo, tip, release_file)
         if not merges:
-            raise BranchopsError(f"no merge into '{deploy_branch}' changed {release_file}: nothing to roll back")
+            raise BranchopsError(
+                f"no merge into '{deploy_branch}' changed {release_file}: nothing to roll back"
+            )
         latest = merges[0]
         wanted = gitops.read_file(repo, latest.parents[0].hexsha, release_file)
         reason = f"revert {latest.hexsha[:12]} ({latest.summary})"
@@ -60,8 +64,10 @@ def prepare_rollback(repo_path: str, user: str, to_merge_request: int | None = N
     commit = gitops.build_commit(repo, tip, {release_file: wanted}, message, identity, overwrite=True)
     branch = ROLLBACK_BRANCH_PREFIX + config.serving.model_name
     gitops.set_branch(repo, branch, commit, config.git.remote)
-    body = (f"Restores `{release_file}` to model **{desired.get('model')} version {desired.get('version')}** "
-            f"({reason}).\n\nMerging this (after approval) makes that release the desired state again; the "
-            "deploy-model stage then rolls serving back to it.")
+    body = (
+        f"Restores `{release_file}` to model **{desired.get('model')} version {desired.get('version')}** "
+        f"({reason}).\n\nMerging this (after approval) makes that release the desired state again; the "
+        "deploy-model stage then rolls serving back to it."
+    )
     mr, created = forge.open_merge_request(branch, deploy_branch, message.splitlines()[0], body, user)
     return mr, created, reason

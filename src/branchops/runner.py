@@ -38,8 +38,15 @@ from branchops.stages.base import Stage, StageContext, StageResult
 log = logging.getLogger("branchops.runner")
 
 
-EXIT_CODES = {"succeeded": 0, "skipped": 0, "planned": 0, "failed": 1, "refused": GateRefused.exit_code,
-              "busy": StageBusy.exit_code, "interrupted": 130}
+EXIT_CODES = {
+    "succeeded": 0,
+    "skipped": 0,
+    "planned": 0,
+    "failed": 1,
+    "refused": GateRefused.exit_code,
+    "busy": StageBusy.exit_code,
+    "interrupted": 130,
+}
 
 
 @dataclass
@@ -86,12 +93,16 @@ def designated_approvers(repo: git.Repo, config: BranchopsConfig, stage: str, so
     return config.approvers[stage]  # type: ignore[index]
 
 
-def last_gated_commit(repo: git.Repo, config: BranchopsConfig, stage: str, branch: str, branch_head: str,
-                      source: str) -> str | None:
+def last_gated_commit(
+    repo: git.Repo, config: BranchopsConfig, stage: str, branch: str, branch_head: str, source: str
+) -> str | None:
     """Where the gate starts looking: the source commit of the stage's last run on the branch (it passed the
     gate), else where the branch left the main branch; None when neither exists (only ``source`` is gated)."""
-    previous = [r for r in records.list_records(repo, branch_head, stage)
-                if r.data.get("source_commit") and r.data["source_commit"] != source]
+    previous = [
+        r
+        for r in records.list_records(repo, branch_head, stage)
+        if r.data.get("source_commit") and r.data["source_commit"] != source
+    ]
     for record in reversed(previous):
         if repo.is_ancestor(record.data["source_commit"], source):
             return record.data["source_commit"]
@@ -134,6 +145,7 @@ def run_log(path: Path) -> Iterator[None]:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     from branchops.secrets import MaskingFilter
+
     handler.addFilter(MaskingFilter())
     root = logging.getLogger()
     root.addHandler(handler)
@@ -148,22 +160,43 @@ def run_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def run_branch(repo_path: str | Path | Project, branch: str, *, dry_run: bool = False, force: bool = False,
-               commit: str | None = None) -> list[RunReport]:
+def run_branch(
+    repo_path: str | Path | Project,
+    branch: str,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    commit: str | None = None,
+) -> list[RunReport]:
     """What a multibranch job runs for ``branch``: its stage, or in single-branch mode every stage whose
     inputs changed in the merge, in workflow order, stopping at the first that does not succeed."""
     project = Project.open(repo_path)
     repo, config = project.repo, project.config
     stages = config.stages_for_branch(branch)
     if not stages:
-        return [RunReport(stage="-", branch=branch, status="skipped",
-                          message=f"'{branch}' is not a stage branch; nothing to run")]
+        return [
+            RunReport(
+                stage="-",
+                branch=branch,
+                status="skipped",
+                message=f"'{branch}' is not a stage branch; nothing to run",
+            )
+        ]
     if config.branches.mode != "single-branch":
-        return [run_stage(project, stages[0], dry_run=dry_run, force=force, commit=commit, triggered_by_push=True)]
+        return [
+            run_stage(project, stages[0], dry_run=dry_run, force=force, commit=commit, triggered_by_push=True)
+        ]
     tip = commit or gitops.branch_tip(repo, branch, config.git.remote) or gitops.resolve(repo, "HEAD")
     if tip and gitops.is_bot_commit(repo, tip, config.bot.marker) and not force:
-        return [RunReport(stage="-", branch=branch, status="skipped", source_commit=tip,
-                          message="the latest commit is branchops' own record; bot commits never start a stage")]
+        return [
+            RunReport(
+                stage="-",
+                branch=branch,
+                status="skipped",
+                source_commit=tip,
+                message="the latest commit is branchops' own record; bot commits never start a stage",
+            )
+        ]
     source = first_non_bot(repo, tip, config.bot.marker)
     parent = repo.commit(source).parents[0].hexsha if repo.commit(source).parents else None
     changed = gitops.changed_paths(repo, parent, source)
@@ -171,18 +204,34 @@ def run_branch(repo_path: str | Path | Project, branch: str, *, dry_run: bool = 
     for stage in stages:
         inputs = stage_module(stage).inputs(config)
         if not any(path.startswith(tuple(inputs)) for path in changed):
-            reports.append(RunReport(stage=stage, branch=branch, status="skipped", source_commit=source,
-                                     message=f"none of its inputs ({', '.join(inputs)}) changed"))
+            reports.append(
+                RunReport(
+                    stage=stage,
+                    branch=branch,
+                    status="skipped",
+                    source_commit=source,
+                    message=f"none of its inputs ({', '.join(inputs)}) changed",
+                )
+            )
             continue
-        report = run_stage(project, stage, dry_run=dry_run, force=force, commit=source, triggered_by_push=True)
+        report = run_stage(
+            project, stage, dry_run=dry_run, force=force, commit=source, triggered_by_push=True
+        )
         reports.append(report)
         if report.status not in ("succeeded", "skipped", "planned"):
             break
     return reports
 
 
-def run_stage(repo_path: str | Path | Project, stage: str, *, dry_run: bool = False, force: bool = False,
-              commit: str | None = None, triggered_by_push: bool = False) -> RunReport:
+def run_stage(
+    repo_path: str | Path | Project,
+    stage: str,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    commit: str | None = None,
+    triggered_by_push: bool = False,
+) -> RunReport:
     """Run one stage on its branch under the stage contract; never raises for a refused or failed stage.
 
     ``triggered_by_push`` (what a CI job does on every push): a tip that is branchops' own commit starts
@@ -198,8 +247,13 @@ def run_stage(repo_path: str | Path | Project, stage: str, *, dry_run: bool = Fa
     if tip is None:
         raise BranchopsError(f"branch '{branch}' (stage {stage}) does not exist")
     if gitops.is_bot_commit(repo, tip, boot.bot.marker) and triggered_by_push and not force:
-        return RunReport(stage=stage, branch=branch, status="skipped", source_commit=tip,
-                         message=f"{tip[:12]} is branchops' own commit; bot commits never start a stage")
+        return RunReport(
+            stage=stage,
+            branch=branch,
+            status="skipped",
+            source_commit=tip,
+            message=f"{tip[:12]} is branchops' own commit; bot commits never start a stage",
+        )
     source = first_non_bot(repo, tip, boot.bot.marker)
     try:
         config = project.config_at(source)
@@ -207,7 +261,9 @@ def run_stage(repo_path: str | Path | Project, stage: str, *, dry_run: bool = Fa
         # the merged configuration is broken: gate the merge with the branch's configuration before it,
         # and if it was approved, say so in git and to people instead of only on this console
         return _config_failure(repo, stage, branch, tip, source, error, dry_run)
-    preflight.check(config, [stage])  # a machine that lacks a library fails here, before the gate and any record
+    preflight.check(
+        config, [stage]
+    )  # a machine that lacks a library fails here, before the gate and any record
     state = project.state_dir
     forge = make_forge(config, repo)
     notifier = make_notifier(config, state, forge)
@@ -215,36 +271,72 @@ def run_stage(repo_path: str | Path | Project, stage: str, *, dry_run: bool = Fa
     # -- gate ---------------------------------------------------------------------------------------
     branch_head = gitops.branch_tip(repo, branch, remote) or tip
     try:
-        verdict = gate.check(forge, repo, source, branch, designated_approvers(repo, config, stage, source),
-                             last_gated_commit(repo, config, stage, branch, branch_head, source),
-                             config.bot.marker)
+        verdict = gate.check(
+            forge,
+            repo,
+            source,
+            branch,
+            designated_approvers(repo, config, stage, source),
+            last_gated_commit(repo, config, stage, branch, branch_head, source),
+            config.bot.marker,
+        )
     except GateRefused as refusal:
         if not dry_run:
             notifier.notify(Event("refused", stage, branch, source, str(refusal)))
-        return RunReport(stage=stage, branch=branch, status="refused", message=str(refusal), source_commit=source)
+        return RunReport(
+            stage=stage, branch=branch, status="refused", message=str(refusal), source_commit=source
+        )
     mr, approvers = verdict.merge_request, verdict.approved_by
 
     # -- idempotency --------------------------------------------------------------------------------
     done = [r for r in records.list_records(repo, branch_head, stage, source) if r.outcome == "succeeded"]
     if done and not force:
-        return RunReport(stage=stage, branch=branch, status="skipped", source_commit=source,
-                         run_id=done[-1].run_id, record_path=done[-1].path, merge_request=mr.number,
-                         message=f"already ran successfully on {source[:12]} (record {done[-1].path}); "
-                                 "use --force to run it again")
+        return RunReport(
+            stage=stage,
+            branch=branch,
+            status="skipped",
+            source_commit=source,
+            run_id=done[-1].run_id,
+            record_path=done[-1].path,
+            merge_request=mr.number,
+            message=f"already ran successfully on {source[:12]} (record {done[-1].path}); "
+            "use --force to run it again",
+        )
 
     run_id = records.new_run_id(source)
     log_path = state / "runs" / f"{stage}-{run_id}.log"
     with workspace_at(repo, source, state, f"{stage}-{run_id}") as workspace:
-        ctx = StageContext(stage=stage, branch=branch, workspace=workspace, git_dir=Path(repo.git_dir),
-                           state_dir=state, config=config, source_commit=source, run_id=run_id,
-                           record_dir=records.record_dir(stage, run_id), merge_request=mr, forge=forge,
-                           notifier=notifier, dry_run=dry_run, log=logging.getLogger(f"branchops.stage.{stage}"),
-                           approved_by=list(approvers), included=verdict.included)
+        ctx = StageContext(
+            stage=stage,
+            branch=branch,
+            workspace=workspace,
+            git_dir=Path(repo.git_dir),
+            state_dir=state,
+            config=config,
+            source_commit=source,
+            run_id=run_id,
+            record_dir=records.record_dir(stage, run_id),
+            merge_request=mr,
+            forge=forge,
+            notifier=notifier,
+            dry_run=dry_run,
+            log=logging.getLogger(f"branchops.stage.{stage}"),
+            approved_by=list(approvers),
+            included=verdict.included,
+        )
         if dry_run:
-            plan = [f"gate: !{mr.number} approved by {', '.join(approvers)}; would run {stage} on "
-                    f"{source[:12]}"] + list(module.plan(ctx))
-            return RunReport(stage=stage, branch=branch, status="planned", message="dry run: nothing was changed",
-                             source_commit=source, merge_request=mr.number, plan=plan)
+            plan = [
+                f"gate: !{mr.number} approved by {', '.join(approvers)}; would run {stage} on {source[:12]}"
+            ] + list(module.plan(ctx))
+            return RunReport(
+                stage=stage,
+                branch=branch,
+                status="planned",
+                message="dry run: nothing was changed",
+                source_commit=source,
+                merge_request=mr.number,
+                plan=plan,
+            )
         with run_lock(repo, ctx) as busy:
             if busy:
                 return busy
@@ -252,10 +344,21 @@ def run_stage(repo_path: str | Path | Project, stage: str, *, dry_run: bool = Fa
                 return _execute(repo, module, ctx, mr, approvers, log_path)
 
 
-def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str], log_path: Path) -> RunReport:
+def _execute(
+    repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str], log_path: Path
+) -> RunReport:
     started = datetime.now(timezone.utc)
-    ctx.notifier.notify(Event("started", ctx.stage, ctx.branch, ctx.source_commit,
-                              f"{ctx.stage} started for !{mr.number} ({mr.title})", ctx.run_id, mr.number))
+    ctx.notifier.notify(
+        Event(
+            "started",
+            ctx.stage,
+            ctx.branch,
+            ctx.source_commit,
+            f"{ctx.stage} started for !{mr.number} ({mr.title})",
+            ctx.run_id,
+            mr.number,
+        )
+    )
     t0 = time.monotonic()
     interrupted: Interrupted | None = None
     try:
@@ -265,15 +368,21 @@ def _execute(repo: git.Repo, module, ctx: StageContext, mr, approvers: list[str]
         # what the stage started has been stopped on the way out (pipeline processes, remote runs)
         interrupted = stop
         log.error("%s interrupted: %s", ctx.stage, stop)
-        result = StageResult(outcome="failed", summary=f"interrupted ({stop}) before it finished; a rerun starts "
-                                                       "it again", error=str(stop))
+        result = StageResult(
+            outcome="failed",
+            summary=f"interrupted ({stop}) before it finished; a rerun starts it again",
+            error=str(stop),
+        )
     except BranchopsError as exc:
         log.error("%s failed: %s", ctx.stage, exc)
-        result = StageResult(outcome="failed", summary=str(exc).splitlines()[0], error=str(exc),
-                             exit_code=exc.exit_code)
+        result = StageResult(
+            outcome="failed", summary=str(exc).splitlines()[0], error=str(exc), exit_code=exc.exit_code
+        )
     except Exception as exc:  # an unexpected failure must still leave a failed record and a notification
         log.error("%s failed unexpectedly:\n%s", ctx.stage, traceback.format_exc())
-        result = StageResult(outcome="failed", summary=f"{type(exc).__name__}: {exc}", error=traceback.format_exc())
+        result = StageResult(
+            outcome="failed", summary=f"{type(exc).__name__}: {exc}", error=traceback.format_exc()
+        )
     status = "interrupted" if interrupted else "succeeded" if result.outcome == "success" else "failed"
     report = write_record(repo, ctx, status, result, started, time.monotonic() - t0, log_path)
     if interrupted:
@@ -291,9 +400,14 @@ def run_lock(repo: git.Repo, ctx: StageContext) -> Iterator[RunReport | None]:
     locks = ctx.state_dir / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     path = locks / f"{ctx.stage}.json"
-    mine = {"owner": ProcessId.current().to_dict(), "run_id": ctx.run_id, "source_commit": ctx.source_commit,
-            "merge_request": ctx.merge_request.number if ctx.merge_request else None,
-            "approved_by": ctx.approved_by, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    mine = {
+        "owner": ProcessId.current().to_dict(),
+        "run_id": ctx.run_id,
+        "source_commit": ctx.source_commit,
+        "merge_request": ctx.merge_request.number if ctx.merge_request else None,
+        "approved_by": ctx.approved_by,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     while True:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -301,11 +415,22 @@ def run_lock(repo: git.Repo, ctx: StageContext) -> Iterator[RunReport | None]:
             holder = _read_lock(path)
             owner = ProcessId.from_dict(holder.get("owner")) if holder else None
             if holder is None or (owner is not None and owner.alive()):
-                who = (f"run {holder['run_id']} on {str(holder.get('source_commit'))[:12]} (process {owner.pid}, "
-                       f"since {holder.get('started_at')})") if holder and owner else "another run"
-                yield RunReport(stage=ctx.stage, branch=ctx.branch, status="busy", source_commit=ctx.source_commit,
-                                message=f"{ctx.stage} is already running here: {who}. Nothing was done; its "
-                                        "result will be in 'branchops status' when it ends.")
+                who = (
+                    (
+                        f"run {holder['run_id']} on {str(holder.get('source_commit'))[:12]} (process {owner.pid}, "
+                        f"since {holder.get('started_at')})"
+                    )
+                    if holder and owner
+                    else "another run"
+                )
+                yield RunReport(
+                    stage=ctx.stage,
+                    branch=ctx.branch,
+                    status="busy",
+                    source_commit=ctx.source_commit,
+                    message=f"{ctx.stage} is already running here: {who}. Nothing was done; its "
+                    "result will be in 'branchops status' when it ends.",
+                )
                 return
             stale = path.with_name(f"{path.name}.stale-{os.getpid()}")
             try:
@@ -344,7 +469,9 @@ def _record_abandoned(repo: git.Repo, ctx: StageContext, holder: dict[str, Any])
     shutil.rmtree(ctx.state_dir / "workspaces" / f"{ctx.stage}-{run_id}", ignore_errors=True)
     repo.git.worktree("prune")
     branch_head = gitops.branch_tip(repo, ctx.branch, ctx.config.git.remote)
-    if branch_head and any(r.run_id == run_id for r in records.list_records(repo, branch_head, ctx.stage, source)):
+    if branch_head and any(
+        r.run_id == run_id for r in records.list_records(repo, branch_head, ctx.stage, source)
+    ):
         return  # it got as far as its record
     number = holder.get("merge_request")
     try:
@@ -352,18 +479,32 @@ def _record_abandoned(repo: git.Repo, ctx: StageContext, holder: dict[str, Any])
     except BranchopsError:
         mr = ctx.merge_request
     owner = ProcessId.from_dict(holder.get("owner"))
-    summary = (f"abandoned: its process ({owner.pid if owner else '?'}) ended without finishing (killed, or the "
-               "machine stopped); nothing it did counts. A rerun starts it again.")
-    dead = dataclasses.replace(ctx, run_id=run_id, source_commit=source, record_dir=records.record_dir(ctx.stage, run_id),
-                               merge_request=mr, approved_by=list(holder.get("approved_by") or []), included=[],
-                               artifacts={})
+    summary = (
+        f"abandoned: its process ({owner.pid if owner else '?'}) ended without finishing (killed, or the "
+        "machine stopped); nothing it did counts. A rerun starts it again."
+    )
+    dead = dataclasses.replace(
+        ctx,
+        run_id=run_id,
+        source_commit=source,
+        record_dir=records.record_dir(ctx.stage, run_id),
+        merge_request=mr,
+        approved_by=list(holder.get("approved_by") or []),
+        included=[],
+        artifacts={},
+    )
     log.warning("%s run %s was abandoned; recording it", ctx.stage, run_id)
-    started = datetime.fromisoformat(holder["started_at"]) if holder.get("started_at") else datetime.now(timezone.utc)
+    started = (
+        datetime.fromisoformat(holder["started_at"])
+        if holder.get("started_at")
+        else datetime.now(timezone.utc)
+    )
     write_record(repo, dead, "abandoned", StageResult("failed", summary, error=summary), started, 0.0, None)
 
 
-def _config_failure(repo: git.Repo, stage: str, branch: str, tip: str, source: str, error: ConfigError,
-                    dry_run: bool) -> RunReport:
+def _config_failure(
+    repo: git.Repo, stage: str, branch: str, tip: str, source: str, error: ConfigError, dry_run: bool
+) -> RunReport:
     """An approved merge whose configuration is invalid ends in a failed record and a notification, gated
     and recorded with the branch's configuration from before the merge."""
     parent = repo.commit(source).parents[0].hexsha if repo.commit(source).parents else None
@@ -378,70 +519,164 @@ def _config_failure(repo: git.Repo, stage: str, branch: str, tip: str, source: s
     notifier = make_notifier(config, state, forge)
     branch_head = gitops.branch_tip(repo, branch, config.git.remote) or tip
     try:
-        verdict = gate.check(forge, repo, source, branch, config.approvers[stage],  # type: ignore[index]
-                             last_gated_commit(repo, config, stage, branch, branch_head, source), config.bot.marker)
+        verdict = gate.check(
+            forge,
+            repo,
+            source,
+            branch,
+            config.approvers[stage],  # type: ignore[index]
+            last_gated_commit(repo, config, stage, branch, branch_head, source),
+            config.bot.marker,
+        )
     except GateRefused as refusal:
         notifier.notify(Event("refused", stage, branch, source, str(refusal)))
-        return RunReport(stage=stage, branch=branch, status="refused", message=str(refusal), source_commit=source)
+        return RunReport(
+            stage=stage, branch=branch, status="refused", message=str(refusal), source_commit=source
+        )
     run_id = records.new_run_id(source)
-    ctx = StageContext(stage=stage, branch=branch, workspace=Path(repo.working_tree_dir or state),
-                       git_dir=Path(repo.git_dir), state_dir=state, config=config, source_commit=source, run_id=run_id,
-                       record_dir=records.record_dir(stage, run_id), merge_request=verdict.merge_request, forge=forge,
-                       notifier=notifier, approved_by=verdict.approved_by, included=verdict.included)
+    ctx = StageContext(
+        stage=stage,
+        branch=branch,
+        workspace=Path(repo.working_tree_dir or state),
+        git_dir=Path(repo.git_dir),
+        state_dir=state,
+        config=config,
+        source_commit=source,
+        run_id=run_id,
+        record_dir=records.record_dir(stage, run_id),
+        merge_request=verdict.merge_request,
+        forge=forge,
+        notifier=notifier,
+        approved_by=verdict.approved_by,
+        included=verdict.included,
+    )
     problems = [line.strip() for line in str(error).splitlines() if line.strip()]
-    result = StageResult("failed", "the merged configuration is invalid, nothing ran: "
-                         + "; ".join(problems[1:4] or problems[:1]), error=str(error))
-    report = write_record(repo, ctx, "failed", result, datetime.now(timezone.utc), 0.0, None, config_valid=False)
+    result = StageResult(
+        "failed",
+        "the merged configuration is invalid, nothing ran: " + "; ".join(problems[1:4] or problems[:1]),
+        error=str(error),
+    )
+    report = write_record(
+        repo, ctx, "failed", result, datetime.now(timezone.utc), 0.0, None, config_valid=False
+    )
     report.code = error.exit_code
     return report
 
 
-def write_record(repo: git.Repo, ctx: StageContext, status: str, result: StageResult, started: datetime,
-                 duration: float, log_path: Path | None, *, config_valid: bool = True) -> RunReport:
+def write_record(
+    repo: git.Repo,
+    ctx: StageContext,
+    status: str,
+    result: StageResult,
+    started: datetime,
+    duration: float,
+    log_path: Path | None,
+    *,
+    config_valid: bool = True,
+) -> RunReport:
     """Commit the run's record (and artifacts, and log) to the stage branch and notify its end."""
     config, mr, approvers = ctx.config, ctx.merge_request, ctx.approved_by
     record = {
-        "stage": ctx.stage, "branch": ctx.branch, "run_id": ctx.run_id, "source_commit": ctx.source_commit,
-        "outcome": status, "summary": mask(result.summary), "error": mask(result.error) if result.error else None,
+        "stage": ctx.stage,
+        "branch": ctx.branch,
+        "run_id": ctx.run_id,
+        "source_commit": ctx.source_commit,
+        "outcome": status,
+        "summary": mask(result.summary),
+        "error": mask(result.error) if result.error else None,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(duration, 3),
-        "merge_request": {"number": mr.number, "title": mr.title, "source": mr.source, "author": mr.author,
-                          "approved_by": approvers, "merged_by": mr.merged_by, "url": mr.url},
+        "merge_request": {
+            "number": mr.number,
+            "title": mr.title,
+            "source": mr.source,
+            "author": mr.author,
+            "approved_by": approvers,
+            "merged_by": mr.merged_by,
+            "url": mr.url,
+        },
         # every merge request whose content this run used (the one above first), as the gate counted them
-        "included_merge_requests": [{"number": m.number, "title": m.title, "author": m.author,
-                                     "approved_by": counted, "merge_commit": m.merge_commit}
-                                    for m, counted in ctx.included],
-        "config_digest": config.digest() if config_valid else None, "branchops_version": __version__,
+        "included_merge_requests": [
+            {
+                "number": m.number,
+                "title": m.title,
+                "author": m.author,
+                "approved_by": counted,
+                "merge_commit": m.merge_commit,
+            }
+            for m, counted in ctx.included
+        ],
+        "config_digest": config.digest() if config_valid else None,
+        "branchops_version": __version__,
         # outputs may quote errors of external systems: mask any secret value they might carry
-        "outputs": json.loads(mask(json.dumps(result.outputs, default=str))), "artifacts": sorted(ctx.artifacts),
+        "outputs": json.loads(mask(json.dumps(result.outputs, default=str))),
+        "artifacts": sorted(ctx.artifacts),
     }
     files = {f"{ctx.record_dir}/{name}": content for name, content in ctx.artifacts.items()}
     if log_path and log_path.exists():
-        files[f"{ctx.record_dir}/run.log"] = mask(log_path.read_text(encoding="utf-8", errors="replace")).encode()
+        files[f"{ctx.record_dir}/run.log"] = mask(
+            log_path.read_text(encoding="utf-8", errors="replace")
+        ).encode()
     files[f"{ctx.record_dir}/record.json"] = records.to_json(record)
     message = gitops.bot_message(
         f"{ctx.stage}: {status} for !{mr.number} ({ctx.source_commit[:12]})",
-        f"{mask(result.summary)}\n\nRun: {ctx.run_id}\nRecord: {ctx.record_dir}/record.json", config.bot.marker)
+        f"{mask(result.summary)}\n\nRun: {ctx.run_id}\nRecord: {ctx.record_dir}/record.json",
+        config.bot.marker,
+    )
     try:
         record_commit = gitops.commit_to_branch(
-            repo, ctx.branch, files, message, gitops.Identity(config.bot.name, config.bot.email),
-            remote=config.git.remote, retries=config.git.push_retries)
+            repo,
+            ctx.branch,
+            files,
+            message,
+            gitops.Identity(config.bot.name, config.bot.email),
+            remote=config.git.remote,
+            retries=config.git.push_retries,
+        )
     except BranchopsError as exc:
         # the work is done but git does not say so: that is a failure, and people must hear about it
-        ctx.notifier.notify(Event("failed", ctx.stage, ctx.branch, ctx.source_commit,
-                                  f"{ctx.stage} {status} but its record could not be written: {exc}", ctx.run_id,
-                                  mr.number))
+        ctx.notifier.notify(
+            Event(
+                "failed",
+                ctx.stage,
+                ctx.branch,
+                ctx.source_commit,
+                f"{ctx.stage} {status} but its record could not be written: {exc}",
+                ctx.run_id,
+                mr.number,
+            )
+        )
         raise
-    kind = "succeeded" if status == "succeeded" else "failed"  # interrupted and abandoned runs did not succeed
-    ctx.notifier.notify(Event(kind, ctx.stage, ctx.branch, ctx.source_commit,
-                              f"{mask(result.summary)} (record {ctx.record_dir}/record.json)", ctx.run_id,
-                              mr.number, details={"duration_s": round(duration, 1)}))
-    return RunReport(stage=ctx.stage, branch=ctx.branch, status=status, message=mask(result.summary),
-                     source_commit=ctx.source_commit, run_id=ctx.run_id,
-                     record_path=f"{ctx.record_dir}/record.json", record_commit=record_commit,
-                     merge_request=mr.number, duration_s=round(duration, 3),
-                     log_path=str(log_path) if log_path else None, outputs=result.outputs)
+    kind = (
+        "succeeded" if status == "succeeded" else "failed"
+    )  # interrupted and abandoned runs did not succeed
+    ctx.notifier.notify(
+        Event(
+            kind,
+            ctx.stage,
+            ctx.branch,
+            ctx.source_commit,
+            f"{mask(result.summary)} (record {ctx.record_dir}/record.json)",
+            ctx.run_id,
+            mr.number,
+            details={"duration_s": round(duration, 1)},
+        )
+    )
+    return RunReport(
+        stage=ctx.stage,
+        branch=ctx.branch,
+        status=status,
+        message=mask(result.summary),
+        source_commit=ctx.source_commit,
+        run_id=ctx.run_id,
+        record_path=f"{ctx.record_dir}/record.json",
+        record_commit=record_commit,
+        merge_request=mr.number,
+        duration_s=round(duration, 3),
+        log_path=str(log_path) if log_path else None,
+        outputs=result.outputs,
+    )
 
 
 def status(repo_path: str | Path) -> list[dict[str, Any]]:
@@ -459,8 +694,14 @@ def status(repo_path: str | Path) -> list[dict[str, Any]]:
         if last:
             run = last.record
             log_file = state / "runs" / f"{stage}-{last.run_id}.log"
-            row.update(last_run=last.run_id, outcome=run.outcome, summary=run.summary,
-                       source_commit=run.source_commit, finished_at=run.finished_at,
-                       record=last.path, log=str(log_file) if log_file.exists() else None)
+            row.update(
+                last_run=last.run_id,
+                outcome=run.outcome,
+                summary=run.summary,
+                source_commit=run.source_commit,
+                finished_at=run.finished_at,
+                record=last.path,
+                log=str(log_file) if log_file.exists() else None,
+            )
         rows.append(row)
     return rows

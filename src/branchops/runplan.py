@@ -44,8 +44,10 @@ def component_images(config: BranchopsConfig, workspace: Path) -> dict[str, str]
     no registry is configured (the local engine runs components as processes, not images)."""
     if not config.registry.url:
         if config.kubeflow.backend == "kubeflow":
-            raise ConfigError("kubeflow.backend 'kubeflow' runs component images, so it needs registry.url: "
-                              "configure the registry and merge into build-components first")
+            raise ConfigError(
+                "kubeflow.backend 'kubeflow' runs component images, so it needs registry.url: "
+                "configure the registry and merge into build-components first"
+            )
         return {}
     from branchops.images import image_digests  # the registry client is only needed with a registry
 
@@ -59,8 +61,13 @@ def compile_workspace(config: BranchopsConfig, workspace: Path) -> tuple[Compile
     from branchops.storage.base import STEP_MOUNTS
 
     images = component_images(config, workspace)
-    compiled = compile_pipeline(Path(workspace), config.kubeflow.pipeline_module, images or None,
-                                config.training.gpu, dict(STEP_MOUNTS))
+    compiled = compile_pipeline(
+        Path(workspace),
+        config.kubeflow.pipeline_module,
+        images or None,
+        config.training.gpu,
+        dict(STEP_MOUNTS),
+    )
     return compiled, images
 
 
@@ -72,15 +79,31 @@ def run_paths(storage: Storage, data_volume: Volume, model_volume: Volume, folde
     return Paths(f"{data.rstrip('/')}/raw", data, work, f"{work}/export", readable)
 
 
-def pipeline_params(spec: bytes | dict[str, Any], paths: Paths, version: int, commit: str, kaggle: str | None,
-                    data_volume: Volume, model_volume: Volume, params: dict[str, Any]) -> dict[str, Any]:
+def pipeline_params(
+    spec: bytes | dict[str, Any],
+    paths: Paths,
+    version: int,
+    commit: str,
+    kaggle: str | None,
+    data_volume: Volume,
+    model_volume: Volume,
+    params: dict[str, Any],
+) -> dict[str, Any]:
     """One run's parameters: the toolkit inputs the pipeline declares, then the experiment's ``params``;
     checked against the compiled pipeline (unknown names, missing required ones, wrong types)."""
     from branchops.engine.base import spec_parameters, validate_params
 
-    toolkit = {"source_dir": paths.source_dir, "data_dir": paths.data_dir, "work_dir": paths.work_dir,
-               "export_base": paths.export_base, "version": version, "commit": commit,
-               "kaggle_dataset": kaggle or "", "data_pvc": data_volume.name, "model_pvc": model_volume.name}
+    toolkit = {
+        "source_dir": paths.source_dir,
+        "data_dir": paths.data_dir,
+        "work_dir": paths.work_dir,
+        "export_base": paths.export_base,
+        "version": version,
+        "commit": commit,
+        "kaggle_dataset": kaggle or "",
+        "data_pvc": data_volume.name,
+        "model_pvc": model_volume.name,
+    }
     declared = spec_parameters(spec)
     merged = {name: value for name, value in toolkit.items() if name in declared} | dict(params)
     validate_params(spec, merged)
@@ -95,7 +118,11 @@ def read_metrics(outputs: dict[str, Any], paths: Paths, names: list[str]) -> dic
         metrics = json.loads((paths.local_work_dir / METRICS_FILE).read_text())
     if not metrics:
         raise StageFailed(f"the run finished but reported no metrics (no {METRICS_FILE} in {paths.work_dir})")
-    missing = [n for n in names if not isinstance(metrics.get(n), (int, float)) or isinstance(metrics.get(n), bool)]
+    missing = [
+        n for n in names if not isinstance(metrics.get(n), (int, float)) or isinstance(metrics.get(n), bool)
+    ]
     if missing:
-        raise StageFailed(f"the run's {METRICS_FILE} lacks the metrics training.metrics names: {', '.join(missing)}")
+        raise StageFailed(
+            f"the run's {METRICS_FILE} lacks the metrics training.metrics names: {', '.join(missing)}"
+        )
     return metrics

@@ -56,7 +56,9 @@ def available_templates() -> list[str]:
 def default_template() -> str:
     """The template whose ``template.yaml`` says ``default: true`` (the reference project)."""
     for name in available_templates():
-        if (yaml.safe_load((TEMPLATES_DIR / name / TEMPLATE_FILE).read_text(encoding="utf-8")) or {}).get("default"):
+        if (yaml.safe_load((TEMPLATES_DIR / name / TEMPLATE_FILE).read_text(encoding="utf-8")) or {}).get(
+            "default"
+        ):
             return name
     raise BranchopsError(f"no template in {TEMPLATES_DIR} is marked default: true")
 
@@ -69,9 +71,15 @@ def load_template(name: str | None = None) -> Template:
     meta = yaml.safe_load((path / TEMPLATE_FILE).read_text(encoding="utf-8")) or {}
     if not (path / CONFIG_PATH).is_file():
         raise BranchopsError(f"template '{name}' has no {CONFIG_PATH} (is the installation complete? {path})")
-    return Template(name=name, path=path, description=meta.get("description", ""), title=meta.get("title", name),
-                    synthetic_data=meta.get("synthetic_data"), data_files=meta.get("data_files", "*"),
-                    demo=meta.get("demo") or {})
+    return Template(
+        name=name,
+        path=path,
+        description=meta.get("description", ""),
+        title=meta.get("title", name),
+        synthetic_data=meta.get("synthetic_data"),
+        data_files=meta.get("data_files", "*"),
+        demo=meta.get("demo") or {},
+    )
 
 
 def data_section(template: Template, data_dir: str | None, synthetic: bool) -> dict[str, Any] | None:
@@ -80,7 +88,9 @@ def data_section(template: Template, data_dir: str | None, synthetic: bool) -> d
         return {"source": "folder", "folder": str(Path(data_dir).resolve()), "files": template.data_files}
     if synthetic:
         if not template.synthetic_data:
-            raise BranchopsError(f"template '{template.name}' ships no synthetic data script; pass --data DIR")
+            raise BranchopsError(
+                f"template '{template.name}' ships no synthetic data script; pass --data DIR"
+            )
         return {"source": "script", "script": template.synthetic_data}
     return None
 
@@ -88,18 +98,29 @@ def data_section(template: Template, data_dir: str | None, synthetic: bool) -> d
 def deep_merge(base: dict, overrides: dict) -> dict:
     merged = dict(base)
     for key, value in overrides.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
+        merged[key] = (
+            deep_merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
     return merged
 
 
-def project_config(template: Template, approvers: list[str] | dict[str, list[str]], data_dir: str | None,
-                   synthetic: bool, overrides: dict | None = None) -> str:
+def project_config(
+    template: Template,
+    approvers: list[str] | dict[str, list[str]],
+    data_dir: str | None,
+    synthetic: bool,
+    overrides: dict | None = None,
+) -> str:
     """The template's config with this project's approvers and data source filled in (comments kept)."""
     text = template.config_text()
     data = yaml.safe_load(text)
-    data["approvers"] = ({stage: list(approvers[stage]) for stage in STAGES} if isinstance(approvers, dict)
-                         else {stage: list(approvers) for stage in STAGES})
+    data["approvers"] = (
+        {stage: list(approvers[stage]) for stage in STAGES}
+        if isinstance(approvers, dict)
+        else {stage: list(approvers) for stage in STAGES}
+    )
     section = data_section(template, data_dir, synthetic)
     if section:
         data["data"] = section
@@ -110,14 +131,23 @@ def project_config(template: Template, approvers: list[str] | dict[str, list[str
     return rendered
 
 
-def init_project(directory: str | Path, *, approvers: list[str] | dict[str, list[str]], template: str | None = None,
-                 data_dir: str | None = None, synthetic: bool = False, user: str = "branchops-init",
-                 overrides: dict | None = None) -> Path:
+def init_project(
+    directory: str | Path,
+    *,
+    approvers: list[str] | dict[str, list[str]],
+    template: str | None = None,
+    data_dir: str | None = None,
+    synthetic: bool = False,
+    user: str = "branchops-init",
+    overrides: dict | None = None,
+) -> Path:
     target = Path(directory).resolve()
     if target.exists() and any(target.iterdir()):
         raise BranchopsError(f"{target} exists and is not empty; choose a new directory")
     chosen = load_template(template)
-    config = project_config(chosen, approvers, data_dir, synthetic, overrides)  # checked before anything is written
+    config = project_config(
+        chosen, approvers, data_dir, synthetic, overrides
+    )  # checked before anything is written
     target.mkdir(parents=True, exist_ok=True)
     for entry in sorted(chosen.path.iterdir()):
         if entry.name == TEMPLATE_FILE or IGNORED(str(chosen.path), [entry.name]):
@@ -130,9 +160,12 @@ def init_project(directory: str | Path, *, approvers: list[str] | dict[str, list
     (target / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
     if not (target / "README.md").exists():
         (target / "README.md").write_text(
-            f"# {chosen.title}\n\n{chosen.description}\n\nStage branches: " + ", ".join(STAGES)
+            f"# {chosen.title}\n\n{chosen.description}\n\nStage branches: "
+            + ", ".join(STAGES)
             + ". Work on `ds1`, open merge requests into a stage branch, get them approved, merge. "
-            "`branchops status` shows what ran.\n", encoding="utf-8")
+            "`branchops status` shows what ran.\n",
+            encoding="utf-8",
+        )
 
     repo = git.Repo.init(target, initial_branch="main")
     identity = gitops.Identity(user, f"{user}@users.local")
@@ -140,7 +173,9 @@ def init_project(directory: str | Path, *, approvers: list[str] | dict[str, list
         cw.set_value("user", "name", identity.name)
         cw.set_value("user", "email", identity.email)
     repo.git.add("--all")
-    repo.git.commit("--quiet", "-m", f"Scaffold the {chosen.name} template (branchops init)", env=identity.env())
+    repo.git.commit(
+        "--quiet", "-m", f"Scaffold the {chosen.name} template (branchops init)", env=identity.env()
+    )
     for branch in (*STAGES, DEV_BRANCH):
         repo.git.branch(branch)
     repo.git.checkout("--quiet", DEV_BRANCH)

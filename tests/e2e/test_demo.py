@@ -18,9 +18,12 @@ pytestmark = pytest.mark.slow
 
 
 def branchops(*args: str, cwd: Path | None = None, expect: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "branchops.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=1500)
-    assert proc.returncode == expect, f"branchops {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "branchops.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=1500
+    )
+    assert proc.returncode == expect, (
+        f"branchops {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    )
     return proc
 
 
@@ -46,8 +49,12 @@ def demo(tmp_path_factory, djia_dir):
 def test_the_demo_plays_every_stage_and_serves_the_model(demo):
     workdir, out = demo
     assert "refused as expected" in out and "timeline" in out
-    for branch, stage in (("build-components", "build-components"), ("kf-pipeline", "kf-pipeline"),
-                          ("training", "training"), ("deploy-model", "deploy-model")):
+    for branch, stage in (
+        ("build-components", "build-components"),
+        ("kf-pipeline", "kf-pipeline"),
+        ("training", "training"),
+        ("deploy-model", "deploy-model"),
+    ):
         assert record_of(workdir, branch, stage)["outcome"] == "succeeded"
 
     # the unapproved merge ran nothing: only one build-components record, for the approved merge
@@ -60,9 +67,13 @@ def test_the_demo_plays_every_stage_and_serves_the_model(demo):
     best = training["outputs"]["best"]
     assert training["merge_request"]["approved_by"] == ["head-of-ds"]
     assert set(best["metrics"]) >= {"accuracy", "roc_auc", "baselines", "beats_baselines"}
-    assert best["data"]["snapshot"].startswith("djia-data-") and best["model"]["snapshot"].startswith("djia-models-")
+    assert best["data"]["snapshot"].startswith("djia-data-") and best["model"]["snapshot"].startswith(
+        "djia-models-"
+    )
     snapshots = workdir / ".branchops" / "volumes" / ".snapshots"
-    assert (snapshots / best["data"]["snapshot"]).is_dir() and (snapshots / best["model"]["snapshot"]).is_dir()
+    assert (snapshots / best["data"]["snapshot"]).is_dir() and (
+        snapshots / best["model"]["snapshot"]
+    ).is_dir()
     report = git(workdir, "show", f"training:records/training/{training['run_id']}/report.md")
     assert "Against the baselines and production" in report and "branchops reproduce" in report
 
@@ -100,13 +111,39 @@ def test_a_second_release_then_a_rollback_by_revert_brings_the_first_back(demo):
     git(workdir, "checkout", "-q", "ds1")
     config_path = workdir / "config" / "branchops.yaml"
     config = yaml.safe_load(config_path.read_text())
-    config["training"]["experiments"] = [{"name": "aapl-small", "params": {
-        "target": "AAPL", "window": 3, "hidden_units": [16], "epochs": 4, "patience": 2, "seed": 7}}]
+    config["training"]["experiments"] = [
+        {
+            "name": "aapl-small",
+            "params": {
+                "target": "AAPL",
+                "window": 3,
+                "hidden_units": [16],
+                "epochs": 4,
+                "patience": 2,
+                "seed": 7,
+            },
+        }
+    ]
     config["training"]["kpis"] = {"thresholds": {}, "require_significant": False, "beat_production_by": None}
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     git(workdir, "commit", "-q", "-am", "A smaller network")
-    opened = json.loads(branchops("-C", str(workdir), "mr", "open", "--source", "ds1", "--target", "training",
-                                  "--title", "Smaller network", "--as", "ds1", "--json").stdout)
+    opened = json.loads(
+        branchops(
+            "-C",
+            str(workdir),
+            "mr",
+            "open",
+            "--source",
+            "ds1",
+            "--target",
+            "training",
+            "--title",
+            "Smaller network",
+            "--as",
+            "ds1",
+            "--json",
+        ).stdout
+    )
     branchops("-C", str(workdir), "mr", "approve", str(opened["number"]), "--as", "head-of-ds")
     branchops("-C", str(workdir), "mr", "merge", str(opened["number"]), "--as", "lead")
     training = record_of(workdir, "training", "training")

@@ -22,23 +22,43 @@ from tests.conftest import git
 
 pytestmark = pytest.mark.slow
 
-APPROVERS = {"build-components": ["lead"], "kf-pipeline": ["lead"], "training": ["head-of-ds"],
-             "deploy-model": ["head-of-ds"]}
+APPROVERS = {
+    "build-components": ["lead"],
+    "kf-pipeline": ["lead"],
+    "training": ["head-of-ds"],
+    "deploy-model": ["head-of-ds"],
+}
 # The data scientist's study, which differs from the template's: other widths, and a test split of a
 # quarter of the rows for the second experiment (so the record shows each run got its own parameters).
 EXPERIMENTS = [
     {"name": "logistic", "params": {"hidden_units": 0, "learning_rate": 0.1, "epochs": 8, "seed": 3}},
-    {"name": "hidden-4", "params": {"hidden_units": 4, "learning_rate": 0.05, "epochs": 8, "l2": 0.001, "seed": 3,
-                                    "test_fraction": 0.25}},
+    {
+        "name": "hidden-4",
+        "params": {
+            "hidden_units": 4,
+            "learning_rate": 0.05,
+            "epochs": 8,
+            "l2": 0.001,
+            "seed": 3,
+            "test_fraction": 0.25,
+        },
+    },
 ]
 ROWS = 2000  # data/make_points.py
 
 
 def branchops(project: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "branchops.cli", "-C", str(project), *args], capture_output=True,
-                          text=True, timeout=900, check=False)
-    assert proc.returncode == expect, (f"branchops {' '.join(args)} -> {proc.returncode} (expected {expect})\n"
-                                       f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "branchops.cli", "-C", str(project), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == expect, (
+        f"branchops {' '.join(args)} -> {proc.returncode} (expected {expect})\n"
+        f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
     return proc
 
 
@@ -48,10 +68,31 @@ def records(project: Path, branch: str, stage: str) -> list[dict]:
     return [json.loads(git(project, "show", f"{branch}:{path}")) for path in paths]
 
 
-def open_approve_merge(project: Path, target: str, title: str, approver: str | None, merger: str,
-                       expect: int = 0, source: str = "ds1") -> int:
-    opened = json.loads(branchops(project, "mr", "open", "--source", source, "--target", target, "--title", title,
-                                  "--as", "ds1", "--json").stdout)
+def open_approve_merge(
+    project: Path,
+    target: str,
+    title: str,
+    approver: str | None,
+    merger: str,
+    expect: int = 0,
+    source: str = "ds1",
+) -> int:
+    opened = json.loads(
+        branchops(
+            project,
+            "mr",
+            "open",
+            "--source",
+            source,
+            "--target",
+            target,
+            "--title",
+            title,
+            "--as",
+            "ds1",
+            "--json",
+        ).stdout
+    )
     if approver:
         branchops(project, "mr", "approve", str(opened["number"]), "--as", approver)
     branchops(project, "mr", "merge", str(opened["number"]), "--as", merger, expect=expect)
@@ -61,13 +102,22 @@ def open_approve_merge(project: Path, target: str, title: str, approver: str | N
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     path = tmp_path_factory.mktemp("second") / "points"
-    init_project(path, template="minimal", approvers=APPROVERS, user="ds1",
-                 overrides={"serving": {"local": {"port": free_port()}}})
+    init_project(
+        path,
+        template="minimal",
+        approvers=APPROVERS,
+        user="ds1",
+        overrides={"serving": {"local": {"port": free_port()}}},
+    )
     try:
         yield path
     finally:
-        subprocess.run([sys.executable, "-m", "branchops.cli", "-C", str(path), "serve", "stop"], timeout=120,
-                       capture_output=True, check=False)
+        subprocess.run(
+            [sys.executable, "-m", "branchops.cli", "-C", str(path), "serve", "stop"],
+            timeout=120,
+            capture_output=True,
+            check=False,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +166,10 @@ def test_training_ran_each_experiment_with_its_own_parameters(project, delivered
         assert run["state"] == "SUCCEEDED" and run["params"] == experiment["params"]
         metrics = run["metrics"]
         assert all(isinstance(metrics[name], float) for name in ("accuracy", "roc_auc", "log_loss"))
-        assert metrics["baselines"]["majority"]["roc_auc"] == 0.5 and metrics["log_loss"] < metrics["log_loss_constant"]
+        assert (
+            metrics["baselines"]["majority"]["roc_auc"] == 0.5
+            and metrics["log_loss"] < metrics["log_loss_constant"]
+        )
         # the points follow a learnable rule: each run beats the majority class significantly
         assert [c["low"] > 0 for c in metrics["comparisons"]] == [True, True]
         assert metrics["beats_baselines"]["all"] is True
@@ -126,10 +179,14 @@ def test_training_ran_each_experiment_with_its_own_parameters(project, delivered
 
     # select_by roc_auc, on the validation rows: the test rows do not pick the model they score
     best = outputs["best"]
-    assert best["metrics"]["validation"]["roc_auc"] == max(r["metrics"]["validation"]["roc_auc"] for r in runs.values())
+    assert best["metrics"]["validation"]["roc_auc"] == max(
+        r["metrics"]["validation"]["roc_auc"] for r in runs.values()
+    )
     assert outputs["kpi"] == {"passed": True, "failures": []}
     assert outputs["synthetic_data"] is True  # data/make_points.py writes the SYNTHETIC marker
-    assert best["data"]["snapshot"].startswith("minimal-data-") and best["model"]["snapshot"].startswith("minimal-models-")
+    assert best["data"]["snapshot"].startswith("minimal-data-") and best["model"]["snapshot"].startswith(
+        "minimal-models-"
+    )
 
     files = git(project, "ls-tree", "-r", "--name-only", "training").splitlines()
     record_dir = f"records/training/{training['run_id']}"
@@ -144,7 +201,9 @@ def test_the_release_was_approved_merged_and_serves_the_exported_sample(project,
     training, release_mr = delivered
     best = training["outputs"]["best"]
     version = best["model"]["version"]
-    assert release_mr["state"] == "open" and "Training report" in release_mr["body"]  # as listed before the merge
+    assert (
+        release_mr["state"] == "open" and "Training report" in release_mr["body"]
+    )  # as listed before the merge
     merged = json.loads(branchops(project, "mr", "show", str(release_mr["number"]), "--json").stdout)
     assert merged["state"] == "merged"
     release = yaml.safe_load(git(project, "show", "deploy-model:serving/release.yaml"))
@@ -171,7 +230,10 @@ def test_lineage_traces_the_served_model_to_its_approvals(project, delivered):
     lineage = json.loads(branchops(project, "lineage", str(version), "--json").stdout)
     assert lineage["model"]["name"] == "points" and lineage["model"]["version"] == version
     assert lineage["training"]["run_id"] == training["run_id"]
-    assert lineage["training"]["experiment"] == best["experiment"] and lineage["training"]["params"] == best["params"]
+    assert (
+        lineage["training"]["experiment"] == best["experiment"]
+        and lineage["training"]["params"] == best["params"]
+    )
     assert lineage["training"]["synthetic_data"] is True
     assert lineage["data"]["snapshot"] == best["data"]["snapshot"]
     assert lineage["metrics"]["roc_auc"] == best["metrics"]["roc_auc"]
@@ -188,8 +250,9 @@ def test_the_gate_refuses_an_unapproved_merge_and_runs_nothing(project, delivere
     pipeline.write_text(pipeline.read_text().replace("epochs: int = 20", "epochs: int = 30"))
     git(project, "commit", "-q", "-am", "Train longer by default")
 
-    open_approve_merge(project, "kf-pipeline", "Unreviewed: longer training", approver=None, merger="ds1",
-                       expect=4)
+    open_approve_merge(
+        project, "kf-pipeline", "Unreviewed: longer training", approver=None, merger="ds1", expect=4
+    )
     assert len(records(project, "kf-pipeline", "kf-pipeline")) == 1  # still only the approved run's record
     assert sorted(p.name for p in pipelines.iterdir()) == versions_before  # nothing compiled or uploaded
     notifications = (project / ".branchops" / "notifications.log").read_text()

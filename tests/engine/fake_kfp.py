@@ -44,11 +44,24 @@ _COMMON = {"async_req", "_return_http_data_only", "_preload_content", "_request_
 
 
 def _api_error(status: int, message: str) -> ApiException:
-    exc = ApiException(status=status, reason={400: "Bad Request", 404: "Not Found", 409: "Conflict",
-                                              500: "Internal Server Error", 503: "Service Unavailable"}
-                       .get(status, "Error"))
-    exc.body = json.dumps({"error": message, "code": {400: 3, 404: 5, 409: 6}.get(status, 13),
-                           "message": message, "details": []})
+    exc = ApiException(
+        status=status,
+        reason={
+            400: "Bad Request",
+            404: "Not Found",
+            409: "Conflict",
+            500: "Internal Server Error",
+            503: "Service Unavailable",
+        }.get(status, "Error"),
+    )
+    exc.body = json.dumps(
+        {
+            "error": message,
+            "code": {400: 3, 404: 5, 409: 6}.get(status, 13),
+            "message": message,
+            "details": [],
+        }
+    )
     return exc
 
 
@@ -72,7 +85,7 @@ def _matches(obj: Any, filter_json: str | None) -> bool:
 def _page(items: list[Any], page_size: int | None, page_token: str | None) -> tuple[list[Any], str | None]:
     start = int(page_token or 0)
     size = page_size or 20
-    chunk = items[start:start + size]
+    chunk = items[start : start + size]
     nxt = str(start + size) if start + size < len(items) else None
     return chunk, nxt
 
@@ -93,9 +106,15 @@ class _Pipelines(_Api):
     def pipeline_service_list_pipelines(self, **kw: Any) -> V2beta1ListPipelinesResponse:
         self._enter("list_pipelines", kw, {"namespace", "page_token", "page_size", "sort_by", "filter"})
         ns = kw.get("namespace") or ""
-        items = [p for p in self._fake.pipelines.values() if (p.namespace or "") == ns and _matches(p, kw.get("filter"))]
+        items = [
+            p
+            for p in self._fake.pipelines.values()
+            if (p.namespace or "") == ns and _matches(p, kw.get("filter"))
+        ]
         page, nxt = _page(items, kw.get("page_size"), kw.get("page_token"))
-        return V2beta1ListPipelinesResponse(pipelines=page or None, total_size=len(items), next_page_token=nxt)
+        return V2beta1ListPipelinesResponse(
+            pipelines=page or None, total_size=len(items), next_page_token=nxt
+        )
 
     def pipeline_service_create_pipeline(self, pipeline: V2beta1Pipeline, **kw: Any) -> V2beta1Pipeline:
         self._enter("create_pipeline", kw, set())
@@ -105,24 +124,36 @@ class _Pipelines(_Api):
         ns = pipeline.namespace or ""
         if any((p.namespace or "") == ns and p.name == name for p in self._fake.pipelines.values()):
             raise _api_error(409, f"Already exist error: pipeline {name} in namespace {ns!r}")
-        created = V2beta1Pipeline(pipeline_id=str(uuid.uuid4()), name=name, display_name=pipeline.display_name or name,
-                                  description=pipeline.description, namespace=pipeline.namespace, created_at=_now())
+        created = V2beta1Pipeline(
+            pipeline_id=str(uuid.uuid4()),
+            name=name,
+            display_name=pipeline.display_name or name,
+            description=pipeline.description,
+            namespace=pipeline.namespace,
+            created_at=_now(),
+        )
         self._fake.pipelines[created.pipeline_id] = created
         return created
 
-    def pipeline_service_list_pipeline_versions(self, pipeline_id: str, **kw: Any
-                                                ) -> V2beta1ListPipelineVersionsResponse:
+    def pipeline_service_list_pipeline_versions(
+        self, pipeline_id: str, **kw: Any
+    ) -> V2beta1ListPipelineVersionsResponse:
         self._enter("list_pipeline_versions", kw, {"page_token", "page_size", "sort_by", "filter"})
         if pipeline_id not in self._fake.pipelines:
             raise _api_error(404, f"Pipeline {pipeline_id} not found")
-        items = [v for v in self._fake.versions.values()
-                 if v.pipeline_id == pipeline_id and _matches(v, kw.get("filter"))]
+        items = [
+            v
+            for v in self._fake.versions.values()
+            if v.pipeline_id == pipeline_id and _matches(v, kw.get("filter"))
+        ]
         page, nxt = _page(items, kw.get("page_size"), kw.get("page_token"))
-        return V2beta1ListPipelineVersionsResponse(pipeline_versions=page or None, total_size=len(items),
-                                                   next_page_token=nxt)
+        return V2beta1ListPipelineVersionsResponse(
+            pipeline_versions=page or None, total_size=len(items), next_page_token=nxt
+        )
 
-    def pipeline_service_get_pipeline_version(self, pipeline_id: str, pipeline_version_id: str, **kw: Any
-                                              ) -> V2beta1PipelineVersion:
+    def pipeline_service_get_pipeline_version(
+        self, pipeline_id: str, pipeline_version_id: str, **kw: Any
+    ) -> V2beta1PipelineVersion:
         self._enter("get_pipeline_version", kw, set())
         version = self._fake.versions.get(pipeline_version_id)
         if version is None or version.pipeline_id != pipeline_id:
@@ -132,13 +163,17 @@ class _Pipelines(_Api):
 
 class _PipelineUploads(_Api):
     def upload_pipeline_version(self, uploadfile: str, **kw: Any) -> V2beta1PipelineVersion:
-        self._enter("upload_pipeline_version", kw, {"name", "display_name", "pipelineid", "description", "tags"})
+        self._enter(
+            "upload_pipeline_version", kw, {"name", "display_name", "pipelineid", "description", "tags"}
+        )
         with open(uploadfile, "rb") as f:  # the generated client sends the file at this path
             content = f.read()
         try:
             documents = [d for d in yaml.safe_load_all(content) if d is not None]
         except yaml.YAMLError:
-            raise _api_error(400, "Failed to create a pipeline version. Error reading pipeline spec file") from None
+            raise _api_error(
+                400, "Failed to create a pipeline version. Error reading pipeline spec file"
+            ) from None
         if not documents or "root" not in documents[0]:
             raise _api_error(400, "Failed to create a pipeline version. Invalid pipeline spec")
         pipeline_id = kw.get("pipelineid")
@@ -147,11 +182,20 @@ class _PipelineUploads(_Api):
         name = kw.get("name") or kw.get("display_name") or uploadfile.rsplit("/", 1)[-1].split(".")[0]
         if any(v.pipeline_id == pipeline_id and v.name == name for v in self._fake.versions.values()):
             raise _api_error(409, "Failed to create a pipeline version")
-        spec: Any = documents[0] if len(documents) == 1 else {"pipeline_spec": documents[0],
-                                                               "platform_spec": documents[1]}
-        version = V2beta1PipelineVersion(pipeline_id=pipeline_id, pipeline_version_id=str(uuid.uuid4()), name=name,
-                                         display_name=kw.get("display_name") or name,
-                                         description=kw.get("description"), created_at=_now(), pipeline_spec=spec)
+        spec: Any = (
+            documents[0]
+            if len(documents) == 1
+            else {"pipeline_spec": documents[0], "platform_spec": documents[1]}
+        )
+        version = V2beta1PipelineVersion(
+            pipeline_id=pipeline_id,
+            pipeline_version_id=str(uuid.uuid4()),
+            name=name,
+            display_name=kw.get("display_name") or name,
+            description=kw.get("description"),
+            created_at=_now(),
+            pipeline_spec=spec,
+        )
         self._fake.versions[version.pipeline_version_id] = version
         self._fake.uploaded_specs.append(content)
         return version
@@ -161,32 +205,53 @@ class _Experiments(_Api):
     def experiment_service_list_experiments(self, **kw: Any) -> V2beta1ListExperimentsResponse:
         self._enter("list_experiments", kw, {"page_token", "page_size", "sort_by", "filter", "namespace"})
         ns = kw.get("namespace") or ""
-        items = [e for e in self._fake.experiments.values()
-                 if (e.namespace or "") == ns and _matches(e, kw.get("filter"))]
+        items = [
+            e
+            for e in self._fake.experiments.values()
+            if (e.namespace or "") == ns and _matches(e, kw.get("filter"))
+        ]
         page, nxt = _page(items, kw.get("page_size"), kw.get("page_token"))
-        return V2beta1ListExperimentsResponse(experiments=page or None, total_size=len(items), next_page_token=nxt)
+        return V2beta1ListExperimentsResponse(
+            experiments=page or None, total_size=len(items), next_page_token=nxt
+        )
 
-    def experiment_service_create_experiment(self, experiment: V2beta1Experiment, **kw: Any) -> V2beta1Experiment:
+    def experiment_service_create_experiment(
+        self, experiment: V2beta1Experiment, **kw: Any
+    ) -> V2beta1Experiment:
         self._enter("create_experiment", kw, set())
         if self._fake.multi_user and not experiment.namespace:
-            raise _api_error(400, "Invalid input error: In multi-user mode, experiment namespace must be specified")
+            raise _api_error(
+                400, "Invalid input error: In multi-user mode, experiment namespace must be specified"
+            )
         ns = experiment.namespace or ""
-        if any((e.namespace or "") == ns and e.display_name == experiment.display_name
-               for e in self._fake.experiments.values()):
+        if any(
+            (e.namespace or "") == ns and e.display_name == experiment.display_name
+            for e in self._fake.experiments.values()
+        ):
             raise _api_error(409, f"Already exist error: experiment {experiment.display_name}")
-        created = V2beta1Experiment(experiment_id=str(uuid.uuid4()), display_name=experiment.display_name,
-                                    description=experiment.description, namespace=experiment.namespace,
-                                    created_at=_now(), storage_state="AVAILABLE")
+        created = V2beta1Experiment(
+            experiment_id=str(uuid.uuid4()),
+            display_name=experiment.display_name,
+            description=experiment.description,
+            namespace=experiment.namespace,
+            created_at=_now(),
+            storage_state="AVAILABLE",
+        )
         self._fake.experiments[created.experiment_id] = created
         return created
 
 
 class _Runs(_Api):
     def run_service_list_runs(self, **kw: Any) -> V2beta1ListRunsResponse:
-        self._enter("list_runs", kw, {"namespace", "experiment_id", "page_token", "page_size", "sort_by", "filter"})
-        items = [r for r in self._fake.runs.values()
-                 if (not kw.get("experiment_id") or r.experiment_id == kw["experiment_id"])
-                 and _matches(r, kw.get("filter"))]
+        self._enter(
+            "list_runs", kw, {"namespace", "experiment_id", "page_token", "page_size", "sort_by", "filter"}
+        )
+        items = [
+            r
+            for r in self._fake.runs.values()
+            if (not kw.get("experiment_id") or r.experiment_id == kw["experiment_id"])
+            and _matches(r, kw.get("filter"))
+        ]
         page, nxt = _page(items, kw.get("page_size"), kw.get("page_token"))
         return V2beta1ListRunsResponse(runs=page or None, total_size=len(items), next_page_token=nxt)
 
@@ -198,9 +263,16 @@ class _Runs(_Api):
             raise _api_error(400, "Invalid input error: pipeline version reference not found")
         if run.experiment_id not in self._fake.experiments:
             raise _api_error(404, f"Experiment {run.experiment_id} not found")
-        created = V2beta1Run(run_id=str(uuid.uuid4()), display_name=run.display_name, experiment_id=run.experiment_id,
-                             pipeline_version_reference=ref, runtime_config=run.runtime_config,
-                             created_at=_now(), state="PENDING", storage_state="AVAILABLE")
+        created = V2beta1Run(
+            run_id=str(uuid.uuid4()),
+            display_name=run.display_name,
+            experiment_id=run.experiment_id,
+            pipeline_version_reference=ref,
+            runtime_config=run.runtime_config,
+            created_at=_now(),
+            state="PENDING",
+            storage_state="AVAILABLE",
+        )
         self._fake.runs[created.run_id] = created
         self._fake.run_scripts[created.run_id] = deque(self._fake.next_run_script)
         return created

@@ -22,10 +22,19 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 def oci_manifest(seed: str) -> bytes:
     """A minimal OCI image manifest whose config blob digest (and so its own digest) depends on ``seed``."""
     config_digest = "sha256:" + hashlib.sha256(seed.encode()).hexdigest()
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                  "digest": config_digest, "size": len(seed)},
-                       "layers": []}, sort_keys=True).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": len(seed),
+            },
+            "layers": [],
+        },
+        sort_keys=True,
+    ).encode()
 
 
 class FakeRegistry:
@@ -61,7 +70,9 @@ def _handler_for(registry: FakeRegistry) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def _answer(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        def _answer(
+            self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))

@@ -31,7 +31,9 @@ def executors(spec: bytes) -> dict[str, dict]:
 
 def platform(spec: bytes) -> dict:
     documents = list(yaml.safe_load_all(spec))
-    return documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(documents) > 1 else {}
+    return (
+        documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(documents) > 1 else {}
+    )
 
 
 def test_same_sources_compile_to_the_same_bytes_in_two_processes():
@@ -43,7 +45,10 @@ def test_same_sources_compile_to_the_same_bytes_in_two_processes():
         compiled = compile_pipeline(Path({str(REPO_ROOT)!r}), {MODULE!r}, images, None)
         sys.stdout.buffer.write(compiled.spec)
     """)
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1]
     in_process = compile_pipeline(REPO_ROOT, MODULE, pinned_images(), None)
     assert in_process.spec == runs[0]
@@ -52,7 +57,9 @@ def test_same_sources_compile_to_the_same_bytes_in_two_processes():
 
 def test_a_different_image_digest_is_a_different_version():
     first = compile_pipeline(REPO_ROOT, MODULE, pinned_images("ab"), None)
-    second = compile_pipeline(REPO_ROOT, MODULE, {**pinned_images("ab"), "train": pinned_images("cd")["train"]}, None)
+    second = compile_pipeline(
+        REPO_ROOT, MODULE, {**pinned_images("ab"), "train": pinned_images("cd")["train"]}, None
+    )
     assert first.spec_hash != second.spec_hash
 
 
@@ -72,8 +79,12 @@ def test_a_tag_only_image_is_refused():
 
 
 def test_gpu_request_node_selector_and_tolerations_go_on_the_training_step_only():
-    gpu = GpuSection(count=2, resource="nvidia.com/gpu", node_selector={"accelerator": "a100"},
-                     tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    gpu = GpuSection(
+        count=2,
+        resource="nvidia.com/gpu",
+        node_selector={"accelerator": "a100"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
     spec = compile_pipeline(REPO_ROOT, MODULE, pinned_images(), gpu).spec
     execs = executors(spec)
     train = execs["exec-train"]["container"]["resources"]["accelerator"]
@@ -81,7 +92,9 @@ def test_gpu_request_node_selector_and_tolerations_go_on_the_training_step_only(
     assert not any("resources" in e["container"] for name, e in execs.items() if name != "exec-train")
     k8s = platform(spec)
     assert k8s["exec-train"]["nodeSelector"]["labels"] == {"accelerator": "a100"}
-    assert k8s["exec-train"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert k8s["exec-train"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     assert "nodeSelector" not in k8s["exec-evaluate"]
 
 
@@ -97,7 +110,10 @@ def test_every_step_mounts_both_volumes_and_nothing_is_cached_or_pip_installed()
     spec = compile_pipeline(REPO_ROOT, MODULE, pinned_images(), None).spec
     k8s = platform(spec)
     for name in NAMES:
-        mounts = {m["mountPath"]: m["pvcNameParameter"]["componentInputParameter"] for m in k8s[f"exec-{name}"]["pvcMount"]}
+        mounts = {
+            m["mountPath"]: m["pvcNameParameter"]["componentInputParameter"]
+            for m in k8s[f"exec-{name}"]["pvcMount"]
+        }
         assert mounts == {"/mnt/data": "data_pvc", "/mnt/models": "model_pvc"}
     document = next(iter(yaml.safe_load_all(spec)))
     tasks = document["root"]["dag"]["tasks"]
@@ -110,7 +126,16 @@ def test_pipeline_parameters_cover_every_training_parameter_of_the_config():
     config = load_config(REPO_ROOT)
     for experiment in config.training.experiments:
         assert set(experiment.params) <= set(params), experiment.name
-    assert {"source_dir", "data_dir", "work_dir", "export_base", "version", "commit", "data_pvc", "model_pvc"} <= set(params)
+    assert {
+        "source_dir",
+        "data_dir",
+        "work_dir",
+        "export_base",
+        "version",
+        "commit",
+        "data_pvc",
+        "model_pvc",
+    } <= set(params)
     assert params["hidden_units"]["type"] == "LIST" and params["epochs"]["type"] == "NUMBER_INTEGER"
 
 
@@ -122,5 +147,7 @@ def test_a_missing_module_or_builder_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="no build_pipeline"):
         compile_pipeline(tmp_path, "pipelines/p.py")
     (tmp_path / "pipelines" / "broken.py").write_text("import not_a_module_anywhere\n")
-    with pytest.raises(StageFailed, match="broken.py: importing the pipeline module failed: ModuleNotFoundError"):
+    with pytest.raises(
+        StageFailed, match="broken.py: importing the pipeline module failed: ModuleNotFoundError"
+    ):
         compile_pipeline(tmp_path, "pipelines/broken.py")

@@ -34,8 +34,11 @@ def server():
         def do_GET(self):
             recorder.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
             status = recorder.statuses.pop(0) if recorder.statuses else 200
-            body = json.dumps({"pipelines": [], "total_size": 0} if status == 200 else
-                              {"error": "upstream connect error", "code": 14, "message": "unavailable"}).encode()
+            body = json.dumps(
+                {"pipelines": [], "total_size": 0}
+                if status == 200
+                else {"error": "upstream connect error", "code": 14, "message": "unavailable"}
+            ).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -61,9 +64,12 @@ def remote(url: str, **kw) -> KubeflowRemote:
     return KubeflowRemote(host=url, namespace="team-a", retries=2, timeout_s=5, **kw)
 
 
-def look_up(settings: KubeflowRemote, token_paths=None, engine: KubeflowEngine | None = None) -> KubeflowEngine:
-    engine = engine or KubeflowEngine(settings, client_factory=functools.partial(make_client, token_paths=token_paths),
-                                      backoff_s=0)
+def look_up(
+    settings: KubeflowRemote, token_paths=None, engine: KubeflowEngine | None = None
+) -> KubeflowEngine:
+    engine = engine or KubeflowEngine(
+        settings, client_factory=functools.partial(make_client, token_paths=token_paths), backoff_s=0
+    )
     assert engine.find_version("djia-sentiment", "a" * 64) is None
     return engine
 
@@ -97,7 +103,9 @@ def test_in_cluster_reads_the_service_account_token_file_at_each_request(server,
     service_account = tmp_path / "serviceaccount" / "token"
     service_account.parent.mkdir()
     service_account.write_text("sa-token-1\n")
-    engine = look_up(remote(server.url, auth="in-cluster"), token_paths=(str(projected), str(service_account)))
+    engine = look_up(
+        remote(server.url, auth="in-cluster"), token_paths=(str(projected), str(service_account))
+    )
     assert server.requests[-1][1]["authorization"] == "Bearer sa-token-1"
     service_account.write_text("sa-token-2\n")  # the kubelet rotated it
     look_up(remote(server.url, auth="in-cluster"), engine=engine)
@@ -114,7 +122,9 @@ def test_in_cluster_prefers_kfps_projected_token(tmp_path: Path, monkeypatch):
 def test_in_cluster_without_a_token_says_what_to_do(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH", raising=False)
     settings = remote("http://127.0.0.1:9", auth="in-cluster")
-    with pytest.raises(ConfigError, match="no service-account token was found.*use auth 'bearer' or 'cookie'"):
+    with pytest.raises(
+        ConfigError, match="no service-account token was found.*use auth 'bearer' or 'cookie'"
+    ):
         client_kwargs(settings, token_paths=(str(tmp_path / "none"),))
 
 
@@ -130,7 +140,9 @@ def test_real_client_errors_are_retried_then_reported(server):
     assert len(server.requests) == 3
 
     server.statuses = [503, 503, 503]
-    with pytest.raises(ExternalError, match=r"looking up pipeline djia-sentiment failed after 3 attempts: unavailable"):
+    with pytest.raises(
+        ExternalError, match=r"looking up pipeline djia-sentiment failed after 3 attempts: unavailable"
+    ):
         look_up(remote(server.url, auth="none"))
 
 
@@ -140,6 +152,10 @@ def test_an_unreachable_server_is_an_external_error():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = KubeflowRemote(host=f"http://127.0.0.1:{port}", namespace="team-a", retries=1, timeout_s=2, auth="none")
-    with pytest.raises(ExternalError, match=f"Kubeflow Pipelines at http://127.0.0.1:{port}: looking up pipeline"):
+    settings = KubeflowRemote(
+        host=f"http://127.0.0.1:{port}", namespace="team-a", retries=1, timeout_s=2, auth="none"
+    )
+    with pytest.raises(
+        ExternalError, match=f"Kubeflow Pipelines at http://127.0.0.1:{port}: looking up pipeline"
+    ):
         KubeflowEngine(settings, backoff_s=0).find_version("djia-sentiment", "a" * 64)

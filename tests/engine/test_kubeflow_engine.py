@@ -29,8 +29,12 @@ def settings(**overrides) -> KubeflowRemote:
 
 
 def engine_with(fake: FakeKfpClient, **overrides) -> KubeflowEngine:
-    return KubeflowEngine(settings(**overrides), client_factory=lambda _s: FakeKfpClientView(fake),
-                          poll_interval_s=0, backoff_s=0)
+    return KubeflowEngine(
+        settings(**overrides),
+        client_factory=lambda _s: FakeKfpClientView(fake),
+        poll_interval_s=0,
+        backoff_s=0,
+    )
 
 
 @pytest.fixture
@@ -57,7 +61,10 @@ def test_the_same_spec_twice_is_not_uploaded_again(compiled):
     engine = engine_with(fake)
     first = engine.upsert("djia-sentiment", compiled, "c1")
     second = engine.upsert("djia-sentiment", compiled, "c2")
-    assert not second.created and (second.pipeline_id, second.version_id) == (first.pipeline_id, first.version_id)
+    assert not second.created and (second.pipeline_id, second.version_id) == (
+        first.pipeline_id,
+        first.version_id,
+    )
     assert fake.count("upload_pipeline_version") == 1 and fake.count("create_pipeline") == 1
     assert engine.find_version("djia-sentiment", compiled.spec_hash) == second
     assert engine.find_version("djia-sentiment", "f" * 64) is None
@@ -71,7 +78,9 @@ def test_a_changed_spec_is_a_new_version_of_the_existing_pipeline(tiny_workspace
     write_tiny_workspace(tiny_workspace, TINY_PIPELINE.replace("count: int = 4", "count: int = 5"))
     changed = compile_pipeline(tiny_workspace, "pipelines/tiny.py")
     second = engine.upsert("djia-sentiment", changed)
-    assert second.created and second.pipeline_id == first.pipeline_id and second.version_id != first.version_id
+    assert (
+        second.created and second.pipeline_id == first.pipeline_id and second.version_id != first.version_id
+    )
     assert len(fake.pipelines) == 1 and len(fake.versions) == 2
 
 
@@ -79,13 +88,15 @@ def test_a_version_uploaded_concurrently_is_found_after_the_409(compiled, tmp_pa
     fake = FakeKfpClient()
     engine = engine_with(fake)
     pipeline = fake.pipelines_api.pipeline_service_create_pipeline(
-        V2beta1Pipeline(name="djia-sentiment", display_name="djia-sentiment"))
+        V2beta1Pipeline(name="djia-sentiment", display_name="djia-sentiment")
+    )
 
     def someone_else_uploads_first():
         path = tmp_path / "p.yaml"
         path.write_bytes(compiled.spec)
-        fake.pipeline_uploads.upload_pipeline_version(str(path), name=compiled.spec_hash,
-                                                      pipelineid=pipeline.pipeline_id)
+        fake.pipeline_uploads.upload_pipeline_version(
+            str(path), name=compiled.spec_hash, pipelineid=pipeline.pipeline_id
+        )
 
     # Between our lookup and our upload, another stage uploads the same spec: the server answers 409.
     fake.fail_next("upload_pipeline_version", someone_else_uploads_first)
@@ -96,7 +107,9 @@ def test_a_version_uploaded_concurrently_is_found_after_the_409(compiled, tmp_pa
 
 def test_transient_errors_are_retried(compiled):
     fake = FakeKfpClient()
-    fake.fail_next("list_pipelines", 503, urllib3.exceptions.ReadTimeoutError(None, None, "Read timed out."), 502)
+    fake.fail_next(
+        "list_pipelines", 503, urllib3.exceptions.ReadTimeoutError(None, None, "Read timed out."), 502
+    )
     upload = engine_with(fake).upsert("djia-sentiment", compiled)
     assert upload.created and fake.count("list_pipelines") == 4
     assert all(kwargs["_request_timeout"] == 5 for name, kwargs in fake.calls if name == "list_pipelines")
@@ -116,7 +129,9 @@ def test_a_server_that_keeps_failing_gives_a_clear_error_after_the_configured_re
 def test_an_auth_failure_is_not_retried_and_says_what_to_check(compiled):
     fake = FakeKfpClient()
     fake.fail_next("list_pipelines", 401)
-    with pytest.raises(ExternalError, match=r"refused looking up pipeline djia-sentiment: HTTP 401.*auth \('none'\)"):
+    with pytest.raises(
+        ExternalError, match=r"refused looking up pipeline djia-sentiment: HTTP 401.*auth \('none'\)"
+    ):
         engine_with(fake).upsert("djia-sentiment", compiled)
     assert fake.count("list_pipelines") == 1
 
@@ -135,8 +150,12 @@ def test_a_run_creates_the_branch_experiment_and_waits_for_success(compiled):
     engine = engine_with(fake, namespace="team-a")
     upload = engine.upsert("djia-sentiment", compiled)
     messages: list[str] = []
-    result = engine.run("training", upload, "abc1234-baseline", {"out_dir": "/mnt/models/x"}, 60, messages.append)
-    assert result.state == "SUCCEEDED" and result.error is None and not result.reused and is_uuid(result.run_id)
+    result = engine.run(
+        "training", upload, "abc1234-baseline", {"out_dir": "/mnt/models/x"}, 60, messages.append
+    )
+    assert (
+        result.state == "SUCCEEDED" and result.error is None and not result.reused and is_uuid(result.run_id)
+    )
     [experiment] = fake.experiments.values()
     assert experiment.display_name == "training" and experiment.namespace == "team-a"
     run = fake.runs[result.run_id]
@@ -162,10 +181,15 @@ def test_a_create_whose_answer_was_lost_does_not_start_a_second_run(compiled):
 
     def created_but_timed_out():
         # The server starts the run, but its answer never arrives.
-        fake.runs_api.run_service_create_run(V2beta1Run(
-            display_name="abc1234-baseline", experiment_id=next(iter(fake.experiments)),
-            pipeline_version_reference=V2beta1PipelineVersionReference(
-                pipeline_id=upload.pipeline_id, pipeline_version_id=upload.version_id)))
+        fake.runs_api.run_service_create_run(
+            V2beta1Run(
+                display_name="abc1234-baseline",
+                experiment_id=next(iter(fake.experiments)),
+                pipeline_version_reference=V2beta1PipelineVersionReference(
+                    pipeline_id=upload.pipeline_id, pipeline_version_id=upload.version_id
+                ),
+            )
+        )
         raise urllib3.exceptions.ReadTimeoutError(None, None, "Read timed out.")
 
     fake.fail_next("create_run", created_but_timed_out)

@@ -44,7 +44,9 @@ def test_upsert_registers_a_spec_once_and_new_specs_as_new_versions(tiny_workspa
     write_tiny_workspace(tiny_workspace, changed)
     other = compile_pipeline(tiny_workspace, "pipelines/tiny.py")
     second = engine.upsert("tiny", other, "commit 3333333")
-    assert second.created and second.pipeline_id == first.pipeline_id and second.version_id != first.version_id
+    assert (
+        second.created and second.pipeline_id == first.pipeline_id and second.version_id != first.version_id
+    )
     assert engine.version_spec("tiny", second.version_name) == other.spec
     assert engine.find_version("tiny", "0" * 64) is None
     assert engine.find_version("never-uploaded", compiled.spec_hash) is None
@@ -54,7 +56,9 @@ def test_concurrent_upserts_of_one_spec_make_one_version(tiny_workspace: Path):
     compiled = compile_pipeline(tiny_workspace, "pipelines/tiny.py")
     # A race shows only sometimes: several rounds, each a fresh registry, its upserts released at once.
     for round_number in range(ROUNDS):
-        engine = LocalEngine(tiny_workspace.parent / f"state-{round_number}" / "kfp", workspace=tiny_workspace)
+        engine = LocalEngine(
+            tiny_workspace.parent / f"state-{round_number}" / "kfp", workspace=tiny_workspace
+        )
         start_together = threading.Barrier(UPSERTERS)
 
         def upsert_when_all_are_ready(engine=engine, start_together=start_together):
@@ -67,10 +71,15 @@ def test_concurrent_upserts_of_one_spec_make_one_version(tiny_workspace: Path):
             results = [future.result(timeout=60) for future in futures]
         assert len(results) == UPSERTERS
         assert sum(r.created for r in results) == 1, f"round {round_number}: {results}"
-        assert len({(r.pipeline_id, r.version_id, r.version_name) for r in results}) == 1, f"round {round_number}"
+        assert len({(r.pipeline_id, r.version_id, r.version_name) for r in results}) == 1, (
+            f"round {round_number}"
+        )
         assert results[0].version_name == compiled.spec_hash
-        versions = [p for p in (engine.root / "pipelines" / "tiny" / "versions").iterdir()
-                    if not p.name.startswith(".")]
+        versions = [
+            p
+            for p in (engine.root / "pipelines" / "tiny" / "versions").iterdir()
+            if not p.name.startswith(".")
+        ]
         assert [v.name for v in versions] == [compiled.spec_hash]
         assert engine.find_version("tiny", compiled.spec_hash).version_id == results[0].version_id
         record = json.loads((engine.root / "pipelines" / "tiny" / "pipeline.json").read_text())
@@ -92,25 +101,37 @@ def test_upserts_from_separate_processes_make_one_pipeline_and_one_version(tiny_
     compiled = compile_pipeline(tiny_workspace, "pipelines/tiny.py")
     spawn = multiprocessing.get_context("spawn")
     processes = 4
-    with ProcessPoolExecutor(max_workers=processes, mp_context=spawn, initializer=_share_barrier,
-                             initargs=(spawn.Barrier(processes),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=processes,
+        mp_context=spawn,
+        initializer=_share_barrier,
+        initargs=(spawn.Barrier(processes),),
+    ) as pool:
         for round_number in range(ROUNDS):
             root = tiny_workspace.parent / f"shared-state-{round_number}" / "kfp"
-            futures = [pool.submit(_upsert_once_all_processes_are_ready, root, tiny_workspace, compiled)
-                       for _ in range(processes)]
+            futures = [
+                pool.submit(_upsert_once_all_processes_are_ready, root, tiny_workspace, compiled)
+                for _ in range(processes)
+            ]
             results = [future.result(timeout=120) for future in futures]
             assert sum(r.created for r in results) == 1, f"round {round_number}: {results}"
-            assert len({(r.pipeline_id, r.version_id) for r in results}) == 1, f"round {round_number}: {results}"
+            assert len({(r.pipeline_id, r.version_id) for r in results}) == 1, (
+                f"round {round_number}: {results}"
+            )
             record = json.loads((root / "pipelines" / "tiny" / "pipeline.json").read_text())
             assert record["pipeline_id"] == results[0].pipeline_id
 
 
-def test_a_tiny_pipeline_runs_end_to_end_with_kfp_local_and_a_rerun_is_not_started_again(tiny_workspace: Path):
+def test_a_tiny_pipeline_runs_end_to_end_with_kfp_local_and_a_rerun_is_not_started_again(
+    tiny_workspace: Path,
+):
     engine = engine_for(tiny_workspace)
     upload = engine.upsert("tiny", compile_pipeline(tiny_workspace, "pipelines/tiny.py"))
     out_dir = tiny_workspace.parent / "volume"
     messages: list[str] = []
-    result = engine.run("ds1-training", upload, "run-a", {"out_dir": str(out_dir), "count": 5}, 300, messages.append)
+    result = engine.run(
+        "ds1-training", upload, "run-a", {"out_dir": str(out_dir), "count": 5}, 300, messages.append
+    )
     assert result.state == "SUCCEEDED", result.error
     assert result.outputs["summary"] == {"total": 10}
     assert json.loads((out_dir / "numbers.json").read_text()) == [0, 1, 2, 3, 4]
@@ -129,7 +150,9 @@ def test_a_tiny_pipeline_runs_end_to_end_with_kfp_local_and_a_rerun_is_not_start
 def test_a_failing_step_gives_a_failed_run_with_the_steps_own_error(tiny_workspace: Path):
     engine = engine_for(tiny_workspace)
     upload = engine.upsert("tiny", compile_pipeline(tiny_workspace, "pipelines/tiny.py"))
-    result = engine.run("exp", upload, "run-fail", {"out_dir": str(tiny_workspace / "o"), "count": 3, "fail": True}, 300)
+    result = engine.run(
+        "exp", upload, "run-fail", {"out_dir": str(tiny_workspace / "o"), "count": 3, "fail": True}, 300
+    )
     assert result.state == "FAILED"
     assert "produce" in result.error and "ValueError: asked to fail (count=3)" in result.error
     assert "\x1b[" not in result.error
@@ -165,7 +188,9 @@ def test_bad_names_are_refused(tiny_workspace: Path):
 
 
 def test_make_engine_selects_the_local_backend_under_the_repository(tmp_path: Path):
-    config = parse_config("approvers: {build-components: [a], kf-pipeline: [a], training: [a], deploy-model: [a]}\n")
+    config = parse_config(
+        "approvers: {build-components: [a], kf-pipeline: [a], training: [a], deploy-model: [a]}\n"
+    )
     engine = make_engine(config, tmp_path / ".branchops", workspace=tmp_path)
     assert isinstance(engine, LocalEngine)
     assert engine.root == tmp_path / ".branchops" / "kfp"

@@ -18,17 +18,27 @@ COMPONENTS = ("consolidate", "validate", "features", "train", "evaluate", "expor
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not DJIA.is_dir(), reason=f"DJIA data not found at {DJIA} (set BRANCHOPS_DJIA_DATA)"),
-    pytest.mark.skipif(not all((REPO_ROOT / "components" / c / "__init__.py").is_file() for c in COMPONENTS),
-                       reason="the reference components are not all present under components/"),
+    pytest.mark.skipif(
+        not all((REPO_ROOT / "components" / c / "__init__.py").is_file() for c in COMPONENTS),
+        reason="the reference components are not all present under components/",
+    ),
 ]
 
 
 def test_reference_pipeline_runs_end_to_end_on_djia_with_the_local_engine(tmp_path: Path):
     engine = LocalEngine(tmp_path / "kfp", workspace=REPO_ROOT)
     upload = engine.upsert("djia-sentiment", compile_pipeline(REPO_ROOT, "pipelines/djia_pipeline.py"))
-    params = {"source_dir": str(DJIA), "data_dir": str(tmp_path / "data"), "work_dir": str(tmp_path / "models" / "r1"),
-              "export_base": str(tmp_path / "models" / "export"), "version": 1, "commit": "0123456789ab",
-              "hidden_units": [16, 8], "epochs": 2, "batch_size": 128}
+    params = {
+        "source_dir": str(DJIA),
+        "data_dir": str(tmp_path / "data"),
+        "work_dir": str(tmp_path / "models" / "r1"),
+        "export_base": str(tmp_path / "models" / "export"),
+        "version": 1,
+        "commit": "0123456789ab",
+        "hidden_units": [16, 8],
+        "epochs": 2,
+        "batch_size": 128,
+    }
     messages: list[str] = []
     result = engine.run("training", upload, "r1-small", params, 1800, messages.append)
     assert result.state == "SUCCEEDED", result.error

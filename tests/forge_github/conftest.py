@@ -24,8 +24,14 @@ def fake_github(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGitHub]:
 
 
 def github_settings(base_url: str, **overrides: Any) -> GitHubSettings:
-    values: dict[str, Any] = {"repository": "octo/hello", "token": {"env": TOKEN_ENV}, "base_url": base_url,
-                              "timeout_s": 5.0, "retries": 2, "rate_limit_max_wait_s": 10.0}
+    values: dict[str, Any] = {
+        "repository": "octo/hello",
+        "token": {"env": TOKEN_ENV},
+        "base_url": base_url,
+        "timeout_s": 5.0,
+        "retries": 2,
+        "rate_limit_max_wait_s": 10.0,
+    }
     values.update(overrides)
     return GitHubSettings.model_validate(values)
 
@@ -36,8 +42,13 @@ def make_forge(fake_github: FakeGitHub) -> Callable[..., Any]:
     from branchops.forge.github import GitHubForge
 
     def make(per_page: int = 100, **overrides: Any) -> GitHubForge:
-        return GitHubForge(github_settings(fake_github.url, **overrides), per_page=per_page,
-                           seconds_between_requests=0, seconds_between_writes=0, backoff_factor=0)
+        return GitHubForge(
+            github_settings(fake_github.url, **overrides),
+            per_page=per_page,
+            seconds_between_requests=0,
+            seconds_between_writes=0,
+            backoff_factor=0,
+        )
 
     return make
 
@@ -48,7 +59,11 @@ def make_admin(fake_github: FakeGitHub) -> Callable[..., Any]:
     from branchops.forge.github_admin import GitHubAdmin
 
     def make(**overrides: Any) -> GitHubAdmin:
-        return GitHubAdmin(github_settings(fake_github.url, **overrides),
-                           seconds_between_requests=0, seconds_between_writes=0, backoff_factor=0)
+        return GitHubAdmin(
+            github_settings(fake_github.url, **overrides),
+            seconds_between_requests=0,
+            seconds_between_writes=0,
+            backoff_factor=0,
+        )
 
     return make

@@ -52,6 +52,7 @@ class Fault:
 @dataclass
 class Hook:
     """Runs ``action`` just before the next ``times`` matching requests are answered (races)."""
+
     method: str
     path: re.Pattern[str]
     action: Callable[[], None]
@@ -89,14 +90,25 @@ class FakePull:
 class FakeGitHub:
     """``with FakeGitHub("octo/hello") as fake: ...``; ``fake.url`` is the ``base_url`` for PyGithub."""
 
-    def __init__(self, repository: str = "octo/hello", *, token: str = "ghp_faketoken123456",
-                 oauth_scopes: str | None = "repo, admin:repo_hook", permissions: dict[str, bool] | None = None,
-                 private: bool = True) -> None:
+    def __init__(
+        self,
+        repository: str = "octo/hello",
+        *,
+        token: str = "ghp_faketoken123456",
+        oauth_scopes: str | None = "repo, admin:repo_hook",
+        permissions: dict[str, bool] | None = None,
+        private: bool = True,
+    ) -> None:
         self.owner, self.repo = repository.split("/")
         self.token = token
         self.oauth_scopes = oauth_scopes
-        self.permissions = permissions or {"admin": True, "maintain": True, "push": True, "triage": True,
-                                           "pull": True}
+        self.permissions = permissions or {
+            "admin": True,
+            "maintain": True,
+            "push": True,
+            "triage": True,
+            "pull": True,
+        }
         self.private = private
         self.pulls: dict[int, FakePull] = {}
         self.statuses: list[dict[str, Any]] = []
@@ -156,11 +168,29 @@ class FakeGitHub:
             self._next_id += 1
             return self._next_id
 
-    def add_pull(self, head: str, base: str, *, user: str = "ds1", head_sha: str = "1" * 40,
-                 title: str = "change", body: str = "", state: str = "open") -> int:
+    def add_pull(
+        self,
+        head: str,
+        base: str,
+        *,
+        user: str = "ds1",
+        head_sha: str = "1" * 40,
+        title: str = "change",
+        body: str = "",
+        state: str = "open",
+    ) -> int:
         number = len(self.pulls) + 1
-        self.pulls[number] = FakePull(number=number, title=title, body=body, head=head, base=base, user=user,
-                                      head_sha=head_sha, commits=[head_sha], state=state)
+        self.pulls[number] = FakePull(
+            number=number,
+            title=title,
+            body=body,
+            head=head,
+            base=base,
+            user=user,
+            head_sha=head_sha,
+            commits=[head_sha],
+            state=state,
+        )
         return number
 
     def push(self, number: int, sha: str) -> None:
@@ -168,21 +198,53 @@ class FakeGitHub:
         pull.head_sha = sha
         pull.commits.append(sha)
 
-    def review(self, number: int, user: str, state: str, *, commit_id: str | None = None,
-               submitted_at: str = "2026-01-02T00:00:00Z") -> None:
+    def review(
+        self,
+        number: int,
+        user: str,
+        state: str,
+        *,
+        commit_id: str | None = None,
+        submitted_at: str = "2026-01-02T00:00:00Z",
+    ) -> None:
         pull = self.pulls[number]
-        pull.reviews.append({"id": self._id(), "user": user, "state": state,
-                             "commit_id": commit_id or pull.head_sha, "submitted_at": submitted_at})
+        pull.reviews.append(
+            {
+                "id": self._id(),
+                "user": user,
+                "state": state,
+                "commit_id": commit_id or pull.head_sha,
+                "submitted_at": submitted_at,
+            }
+        )
 
     def merge(self, number: int, *, by: str, merge_sha: str, at: str = "2026-01-03T00:00:00Z") -> None:
         pull = self.pulls[number]
         pull.state, pull.merged_at, pull.merged_by, pull.merge_commit_sha = "closed", at, by, merge_sha
 
-    def fail(self, method: str, path_regex: str, status: int, *, headers: dict[str, str] | None = None,
-             body: dict[str, Any] | None = None, times: int = 1, delay_s: float = 0.0) -> None:
+    def fail(
+        self,
+        method: str,
+        path_regex: str,
+        status: int,
+        *,
+        headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+        times: int = 1,
+        delay_s: float = 0.0,
+    ) -> None:
         """Answer the next ``times`` matching requests with this error (or delay them by ``delay_s``)."""
-        self._faults.append(Fault(method, re.compile(path_regex), status, headers or {},
-                                  body if body is not None else {"message": "fault injected"}, times, delay_s))
+        self._faults.append(
+            Fault(
+                method,
+                re.compile(path_regex),
+                status,
+                headers or {},
+                body if body is not None else {"message": "fault injected"},
+                times,
+                delay_s,
+            )
+        )
 
     def before(self, method: str, path_regex: str, action: Callable[[], None], *, times: int = 1) -> None:
         """Run ``action`` before answering the next ``times`` matching requests (e.g. a concurrent commit)."""
@@ -233,11 +295,15 @@ class FakeGitHub:
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
             handler.close_connection = True
 
-    def _respond(self, handler: BaseHTTPRequestHandler, record: Recorded, base: str
-                 ) -> tuple[int, dict[str, str], Any]:
+    def _respond(
+        self, handler: BaseHTTPRequestHandler, record: Recorded, base: str
+    ) -> tuple[int, dict[str, str], Any]:
         if handler.headers.get("Authorization") != f"token {self.token}":
-            return 401, {}, {"message": "Bad credentials",
-                             "documentation_url": "https://docs.github.com/rest"}
+            return (
+                401,
+                {},
+                {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"},
+            )
         for hook in self._hooks_before:
             if hook.times > 0 and hook.method == record.method and hook.path.fullmatch(record.path):
                 hook.times -= 1
@@ -258,29 +324,59 @@ class FakeGitHub:
         prefix = f"/repos/{self.owner}/{self.repo}"
         if not r.path.startswith(prefix):
             return 404, {}, {"message": "Not Found"}
-        path = r.path[len(prefix):]
+        path = r.path[len(prefix) :]
         q = {k: v[0] for k, v in r.query.items()}
         m = re.fullmatch
         if path == "" and r.method == "GET":
             return 200, {}, self._repo_json(base)
         if path == "/pulls" and r.method == "GET":
-            pulls = [p for p in sorted(self.pulls.values(), key=lambda p: -p.number)
-                     if q.get("state", "open") in ("all", p.state)
-                     and ("head" not in q or q["head"] == f"{self.owner}:{p.head}")
-                     and ("base" not in q or q["base"] == p.base)]
+            pulls = [
+                p
+                for p in sorted(self.pulls.values(), key=lambda p: -p.number)
+                if q.get("state", "open") in ("all", p.state)
+                and ("head" not in q or q["head"] == f"{self.owner}:{p.head}")
+                and ("base" not in q or q["base"] == p.base)
+            ]
             return self._page(r, base, [self._pull_json(p, base, simple=True) for p in pulls])
         if path == "/pulls" and r.method == "POST":
             b = r.body or {}
             missing = [k for k in ("head", "base") if k not in b]
             if missing:
-                return 422, {}, {"message": "Validation Failed", "errors": [
-                    {"resource": "PullRequest", "code": "missing_field", "field": k} for k in missing]}
-            if any(p.state == "open" and p.head == b["head"] and p.base == b["base"] for p in self.pulls.values()):
-                return 422, {}, {"message": "Validation Failed", "errors": [
-                    {"resource": "PullRequest", "code": "custom",
-                     "message": f"A pull request already exists for {self.owner}:{b['head']}."}]}
-            number = self.add_pull(b["head"], b["base"], user="branchops-bot", title=b.get("title", ""),
-                                   body=b.get("body") or "", head_sha=self.branches.get(b["head"], "2" * 40))
+                return (
+                    422,
+                    {},
+                    {
+                        "message": "Validation Failed",
+                        "errors": [
+                            {"resource": "PullRequest", "code": "missing_field", "field": k} for k in missing
+                        ],
+                    },
+                )
+            if any(
+                p.state == "open" and p.head == b["head"] and p.base == b["base"] for p in self.pulls.values()
+            ):
+                return (
+                    422,
+                    {},
+                    {
+                        "message": "Validation Failed",
+                        "errors": [
+                            {
+                                "resource": "PullRequest",
+                                "code": "custom",
+                                "message": f"A pull request already exists for {self.owner}:{b['head']}.",
+                            }
+                        ],
+                    },
+                )
+            number = self.add_pull(
+                b["head"],
+                b["base"],
+                user="branchops-bot",
+                title=b.get("title", ""),
+                body=b.get("body") or "",
+                head_sha=self.branches.get(b["head"], "2" * 40),
+            )
             return 201, {}, self._pull_json(self.pulls[number], base)
         if mm := m(r"/pulls/(\d+)", path):
             pull = self.pulls[int(mm[1])]
@@ -294,36 +390,77 @@ class FakeGitHub:
             return self._page(r, base, [self._review_json(rv, pull, base) for rv in pull.reviews])
         if mm := m(r"/commits/([0-9a-f]{40})/pulls", path):
             sha = mm[1]
-            pulls = [] if self.association_lag else [
-                p for p in self.pulls.values() if sha in p.commits or p.merge_commit_sha == sha]
+            pulls = (
+                []
+                if self.association_lag
+                else [p for p in self.pulls.values() if sha in p.commits or p.merge_commit_sha == sha]
+            )
             return self._page(r, base, [self._pull_json(p, base, simple=True) for p in pulls])
         if mm := m(r"/issues/(\d+)/comments", path):
             pull = self.pulls[int(mm[1])]
             pull.comments.append(r.body["body"])
-            return 201, {}, {"id": self._id(), "body": r.body["body"], "user": self._user("branchops-bot"),
-                             "url": f"{base}{prefix}/issues/comments/{self._next_id}",
-                             "html_url": f"https://github.com/{self.owner}/{self.repo}/pull/{pull.number}",
-                             "created_at": "2026-01-04T00:00:00Z", "updated_at": "2026-01-04T00:00:00Z"}
+            return (
+                201,
+                {},
+                {
+                    "id": self._id(),
+                    "body": r.body["body"],
+                    "user": self._user("branchops-bot"),
+                    "url": f"{base}{prefix}/issues/comments/{self._next_id}",
+                    "html_url": f"https://github.com/{self.owner}/{self.repo}/pull/{pull.number}",
+                    "created_at": "2026-01-04T00:00:00Z",
+                    "updated_at": "2026-01-04T00:00:00Z",
+                },
+            )
         if mm := m(r"/statuses/([0-9a-f]{40})", path):
             b = r.body or {}
             if len(b.get("description") or "") > 140:
-                return 422, {}, {"message": "Validation Failed", "errors": [
-                    {"resource": "Status", "code": "custom", "field": "description",
-                     "message": "description is too long (maximum is 140 characters)"}]}
-            status = {"id": self._id(), "state": b["state"], "description": b.get("description"),
-                      "context": b.get("context", "default"), "target_url": b.get("target_url"),
-                      "sha": mm[1], "created_at": "2026-01-04T00:00:00Z", "updated_at": "2026-01-04T00:00:00Z",
-                      "url": f"{base}{prefix}/statuses/{mm[1]}"}
+                return (
+                    422,
+                    {},
+                    {
+                        "message": "Validation Failed",
+                        "errors": [
+                            {
+                                "resource": "Status",
+                                "code": "custom",
+                                "field": "description",
+                                "message": "description is too long (maximum is 140 characters)",
+                            }
+                        ],
+                    },
+                )
+            status = {
+                "id": self._id(),
+                "state": b["state"],
+                "description": b.get("description"),
+                "context": b.get("context", "default"),
+                "target_url": b.get("target_url"),
+                "sha": mm[1],
+                "created_at": "2026-01-04T00:00:00Z",
+                "updated_at": "2026-01-04T00:00:00Z",
+                "url": f"{base}{prefix}/statuses/{mm[1]}",
+            }
             self.statuses.append(status)
             return 201, {}, status
         if mm := m(r"/branches/([^/]+)", path):
             name = mm[1]
             if name not in self.branches:
                 return 404, {}, {"message": "Branch not found"}
-            return 200, {}, {"name": name, "protected": name in self.protections,
-                             "commit": {"sha": self.branches[name], "url": f"{base}{prefix}/commits/{self.branches[name]}"},
-                             "_links": {"self": f"{base}{prefix}/branches/{name}"},
-                             "protection_url": f"{base}{prefix}/branches/{name}/protection"}
+            return (
+                200,
+                {},
+                {
+                    "name": name,
+                    "protected": name in self.protections,
+                    "commit": {
+                        "sha": self.branches[name],
+                        "url": f"{base}{prefix}/commits/{self.branches[name]}",
+                    },
+                    "_links": {"self": f"{base}{prefix}/branches/{name}"},
+                    "protection_url": f"{base}{prefix}/branches/{name}/protection",
+                },
+            )
         if mm := m(r"/branches/([^/]+)/protection", path):
             self.protections[mm[1]] = r.body
             return 200, {}, {"url": f"{base}{prefix}/branches/{mm[1]}/protection"}
@@ -332,8 +469,15 @@ class FakeGitHub:
             if name in self.branches:
                 return 422, {}, {"message": "Reference already exists"}
             self.branches[name] = r.body["sha"]
-            return 201, {}, {"ref": r.body["ref"], "url": f"{base}{prefix}/git/refs/heads/{name}",
-                             "object": {"sha": r.body["sha"], "type": "commit", "url": ""}}
+            return (
+                201,
+                {},
+                {
+                    "ref": r.body["ref"],
+                    "url": f"{base}{prefix}/git/refs/heads/{name}",
+                    "object": {"sha": r.body["sha"], "type": "commit", "url": ""},
+                },
+            )
         if mm := m(r"/contents/(.+)", path):
             return self._contents(r, unquote(mm[1]), q, base)
         if path == "/hooks" and r.method == "GET":
@@ -349,7 +493,9 @@ class FakeGitHub:
             return 200, {}, self._hook_json(hook, base)
         return 404, {}, {"message": "Not Found"}
 
-    def _contents(self, r: Recorded, path: str, q: dict[str, str], base: str) -> tuple[int, dict[str, str], Any]:
+    def _contents(
+        self, r: Recorded, path: str, q: dict[str, str], base: str
+    ) -> tuple[int, dict[str, str], Any]:
         if r.method == "GET":
             ref = q.get("ref", "main")
             if ref not in self.branches:
@@ -360,14 +506,22 @@ class FakeGitHub:
             inside = sorted(p for p in tree if p.startswith(path.rstrip("/") + "/"))
             if not inside:
                 return 404, {}, {"message": "Not Found"}
-            names = sorted({p[len(path.rstrip("/")) + 1:].split("/")[0] for p in inside})
-            return 200, {}, [self._directory_entry_json(f"{path.rstrip('/')}/{n}", tree, ref, base) for n in names]
+            names = sorted({p[len(path.rstrip("/")) + 1 :].split("/")[0] for p in inside})
+            return (
+                200,
+                {},
+                [self._directory_entry_json(f"{path.rstrip('/')}/{n}", tree, ref, base) for n in names],
+            )
         if r.method != "PUT":
             return 404, {}, {"message": "Not Found"}
         b = r.body or {}
         missing = [k for k in ("message", "content") if k not in b]
         if missing:
-            return 422, {}, {"message": "Invalid request.\n\n" + ", ".join(f'"{k}" wasn\'t supplied.' for k in missing)}
+            return (
+                422,
+                {},
+                {"message": "Invalid request.\n\n" + ", ".join(f'"{k}" wasn\'t supplied.' for k in missing)},
+            )
         branch = b.get("branch", "main")
         if branch not in self.branches:
             return 404, {}, {"message": f"Branch {branch} not found"}
@@ -382,41 +536,79 @@ class FakeGitHub:
         except ValueError:
             return 422, {}, {"message": "content is not valid Base64"}
         sha = self.commit_file(branch, path, data, b["message"])
-        commit = {"sha": sha, "url": f"{base}/repos/{self.owner}/{self.repo}/git/commits/{sha}",
-                  "html_url": f"https://github.com/{self.owner}/{self.repo}/commit/{sha}", "message": b["message"],
-                  "author": {"name": "branchops-bot", "email": "bot@example.invalid", "date": "2026-01-05T00:00:00Z"},
-                  "committer": {"name": "branchops-bot", "email": "bot@example.invalid", "date": "2026-01-05T00:00:00Z"},
-                  "tree": {"sha": "e" * 40, "url": ""}, "parents": []}
-        return (201 if current is None else 200), {}, {
-            "content": self._content_json(path, data, branch, base, with_content=False), "commit": commit}
+        commit = {
+            "sha": sha,
+            "url": f"{base}/repos/{self.owner}/{self.repo}/git/commits/{sha}",
+            "html_url": f"https://github.com/{self.owner}/{self.repo}/commit/{sha}",
+            "message": b["message"],
+            "author": {
+                "name": "branchops-bot",
+                "email": "bot@example.invalid",
+                "date": "2026-01-05T00:00:00Z",
+            },
+            "committer": {
+                "name": "branchops-bot",
+                "email": "bot@example.invalid",
+                "date": "2026-01-05T00:00:00Z",
+            },
+            "tree": {"sha": "e" * 40, "url": ""},
+            "parents": [],
+        }
+        return (
+            (201 if current is None else 200),
+            {},
+            {"content": self._content_json(path, data, branch, base, with_content=False), "commit": commit},
+        )
 
-    def _content_json(self, path: str, data: bytes, ref: str, base: str, *, with_content: bool) -> dict[str, Any]:
+    def _content_json(
+        self, path: str, data: bytes, ref: str, base: str, *, with_content: bool
+    ) -> dict[str, Any]:
         sha = git_blob_sha(data)
         url = f"{base}/repos/{self.owner}/{self.repo}/contents/{quote(path)}?ref={quote(ref, safe='')}"
         out: dict[str, Any] = {
-            "type": "file", "name": path.rsplit("/", 1)[-1], "path": path, "sha": sha, "size": len(data), "url": url,
+            "type": "file",
+            "name": path.rsplit("/", 1)[-1],
+            "path": path,
+            "sha": sha,
+            "size": len(data),
+            "url": url,
             "git_url": f"{base}/repos/{self.owner}/{self.repo}/git/blobs/{sha}",
             "html_url": f"https://github.com/{self.owner}/{self.repo}/blob/{ref}/{path}",
             "download_url": f"https://raw.example.invalid/{self.owner}/{self.repo}/{ref}/{path}",
-            "_links": {"self": url, "git": f"{base}/repos/{self.owner}/{self.repo}/git/blobs/{sha}",
-                       "html": f"https://github.com/{self.owner}/{self.repo}/blob/{ref}/{path}"}}
+            "_links": {
+                "self": url,
+                "git": f"{base}/repos/{self.owner}/{self.repo}/git/blobs/{sha}",
+                "html": f"https://github.com/{self.owner}/{self.repo}/blob/{ref}/{path}",
+            },
+        }
         if with_content:
             if len(data) > self.large_file_bytes:
                 out.update(encoding="none", content="")
             else:
                 encoded = base64.b64encode(data).decode()
                 # GitHub wraps the base64 text in lines of 60 characters.
-                out.update(encoding="base64",
-                           content="".join(encoded[i:i + 60] + "\n" for i in range(0, len(encoded), 60)))
+                out.update(
+                    encoding="base64",
+                    content="".join(encoded[i : i + 60] + "\n" for i in range(0, len(encoded), 60)),
+                )
         return out
 
     def _directory_entry_json(self, path: str, tree: dict[str, bytes], ref: str, base: str) -> dict[str, Any]:
         if path in tree:
             return self._content_json(path, tree[path], ref, base, with_content=False)
         url = f"{base}/repos/{self.owner}/{self.repo}/contents/{quote(path)}?ref={quote(ref, safe='')}"
-        return {"type": "dir", "name": path.rsplit("/", 1)[-1], "path": path, "sha": "d" * 40, "size": 0,
-                "url": url, "git_url": None, "html_url": None, "download_url": None,
-                "_links": {"self": url, "git": None, "html": None}}
+        return {
+            "type": "dir",
+            "name": path.rsplit("/", 1)[-1],
+            "path": path,
+            "sha": "d" * 40,
+            "size": 0,
+            "url": url,
+            "git_url": None,
+            "html_url": None,
+            "download_url": None,
+            "_links": {"self": url, "git": None, "html": None},
+        }
 
     # -- shapes --------------------------------------------------------------------------------------
 
@@ -433,47 +625,92 @@ class FakeGitHub:
                 links.append(f'<{base}{r.path}?per_page={per_page}&page={page + 1}{extra}>; rel="next"')
             links.append(f'<{base}{r.path}?per_page={per_page}&page={last}{extra}>; rel="last"')
             headers["Link"] = ", ".join(links)
-        return 200, headers, items[(page - 1) * per_page: page * per_page]
+        return 200, headers, items[(page - 1) * per_page : page * per_page]
 
     def _user(self, login: str) -> dict[str, Any]:
-        return {"login": login, "id": abs(hash(login)) % 10**6, "type": "User",
-                "url": f"https://api.example.invalid/users/{login}"}
+        return {
+            "login": login,
+            "id": abs(hash(login)) % 10**6,
+            "type": "User",
+            "url": f"https://api.example.invalid/users/{login}",
+        }
 
     def _repo_json(self, base: str) -> dict[str, Any]:
-        return {"id": 1, "name": self.repo, "full_name": f"{self.owner}/{self.repo}", "private": self.private,
-                "owner": self._user(self.owner), "url": f"{base}/repos/{self.owner}/{self.repo}",
-                "default_branch": "main", "permissions": dict(self.permissions)}
+        return {
+            "id": 1,
+            "name": self.repo,
+            "full_name": f"{self.owner}/{self.repo}",
+            "private": self.private,
+            "owner": self._user(self.owner),
+            "url": f"{base}/repos/{self.owner}/{self.repo}",
+            "default_branch": "main",
+            "permissions": dict(self.permissions),
+        }
 
     def _pull_json(self, p: FakePull, base: str, *, simple: bool = False) -> dict[str, Any]:
         url = f"{base}/repos/{self.owner}/{self.repo}/pulls/{p.number}"
         data: dict[str, Any] = {
-            "url": url, "id": p.number + 500, "number": p.number, "state": p.state, "title": p.title,
-            "body": p.body or None, "user": self._user(p.user),
+            "url": url,
+            "id": p.number + 500,
+            "number": p.number,
+            "state": p.state,
+            "title": p.title,
+            "body": p.body or None,
+            "user": self._user(p.user),
             "html_url": f"https://github.com/{self.owner}/{self.repo}/pull/{p.number}",
-            "created_at": p.created_at, "updated_at": p.created_at, "closed_at": p.merged_at,
-            "merged_at": p.merged_at, "merge_commit_sha": p.merge_commit_sha,
-            "head": {"label": f"{self.owner}:{p.head}", "ref": p.head, "sha": p.head_sha, "user": self._user(self.owner)},
-            "base": {"label": f"{self.owner}:{p.base}", "ref": p.base, "sha": self.branches.get(p.base, "0" * 40),
-                     "user": self._user(self.owner)},
+            "created_at": p.created_at,
+            "updated_at": p.created_at,
+            "closed_at": p.merged_at,
+            "merged_at": p.merged_at,
+            "merge_commit_sha": p.merge_commit_sha,
+            "head": {
+                "label": f"{self.owner}:{p.head}",
+                "ref": p.head,
+                "sha": p.head_sha,
+                "user": self._user(self.owner),
+            },
+            "base": {
+                "label": f"{self.owner}:{p.base}",
+                "ref": p.base,
+                "sha": self.branches.get(p.base, "0" * 40),
+                "user": self._user(self.owner),
+            },
         }
         if not simple:  # only the single-pull-request endpoints carry these
-            data.update(merged=p.merged_at is not None,
-                        merged_by=self._user(p.merged_by) if p.merged_by else None,
-                        mergeable=None, comments=len(p.comments), commits=len(p.commits))
+            data.update(
+                merged=p.merged_at is not None,
+                merged_by=self._user(p.merged_by) if p.merged_by else None,
+                mergeable=None,
+                comments=len(p.comments),
+                commits=len(p.commits),
+            )
         return data
 
     def _review_json(self, rv: dict[str, Any], p: FakePull, base: str) -> dict[str, Any]:
-        return {"id": rv["id"], "user": self._user(rv["user"]), "body": "", "state": rv["state"],
-                "commit_id": rv["commit_id"], "submitted_at": rv["submitted_at"],
-                "html_url": f"https://github.com/{self.owner}/{self.repo}/pull/{p.number}#pullrequestreview-{rv['id']}",
-                "pull_request_url": f"{base}/repos/{self.owner}/{self.repo}/pulls/{p.number}",
-                "author_association": "MEMBER"}
+        return {
+            "id": rv["id"],
+            "user": self._user(rv["user"]),
+            "body": "",
+            "state": rv["state"],
+            "commit_id": rv["commit_id"],
+            "submitted_at": rv["submitted_at"],
+            "html_url": f"https://github.com/{self.owner}/{self.repo}/pull/{p.number}#pullrequestreview-{rv['id']}",
+            "pull_request_url": f"{base}/repos/{self.owner}/{self.repo}/pulls/{p.number}",
+            "author_association": "MEMBER",
+        }
 
     def _hook_json(self, hook: dict[str, Any], base: str) -> dict[str, Any]:
         config = {k: v for k, v in hook.get("config", {}).items() if k != "secret"}
         if "secret" in hook.get("config", {}):
             config["secret"] = "********"  # GitHub never returns the secret
-        return {"type": "Repository", "id": hook["id"], "name": "web", "active": hook.get("active", True),
-                "events": hook.get("events", ["push"]), "config": config,
-                "url": f"{base}/repos/{self.owner}/{self.repo}/hooks/{hook['id']}",
-                "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}
+        return {
+            "type": "Repository",
+            "id": hook["id"],
+            "name": "web",
+            "active": hook.get("active", True),
+            "events": hook.get("events", ["push"]),
+            "config": config,
+            "url": f"{base}/repos/{self.owner}/{self.repo}/hooks/{hook['id']}",
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+        }

@@ -88,6 +88,7 @@ def prism_unavailable_reason() -> str | None:
 
 # -- the description -----------------------------------------------------------------------------------
 
+
 def _github_description() -> dict[str, Any]:
     # Not cached: parsed, the description takes ~90 MB, and machines running the tests are shared.
     return json.loads(GITHUB_SPEC.read_text(encoding="utf-8"))
@@ -110,8 +111,11 @@ def cut_description(spec: Mapping[str, Any], operations: Mapping[str, Sequence[s
         item = spec["paths"].get(template)
         if item is None:
             raise KeyError(f"{template} is not in GitHub's description")
-        kept = {k: v for k, v in item.items() if k not in ("get", "put", "post", "patch", "delete", "head",
-                                                            "options", "trace")}
+        kept = {
+            k: v
+            for k, v in item.items()
+            if k not in ("get", "put", "post", "patch", "delete", "head", "options", "trace")
+        }
         for method in methods:
             if method not in item:
                 raise KeyError(f"{method.upper()} {template} is not in GitHub's description")
@@ -149,12 +153,20 @@ def multi_segment_routes(spec: Mapping[str, Any]) -> list[re.Pattern[str]]:
     template's start (``head``), that parameter (``value``) and the rest (``tail``)."""
     routes = []
     for template, item in spec["paths"].items():
-        params = [p for op in item.values() if isinstance(op, dict) for p in op.get("parameters", [])
-                  if isinstance(p, dict) and p.get("in") == "path" and p.get("x-multi-segment")]
+        params = [
+            p
+            for op in item.values()
+            if isinstance(op, dict)
+            for p in op.get("parameters", [])
+            if isinstance(p, dict) and p.get("in") == "path" and p.get("x-multi-segment")
+        ]
         for name in {p["name"] for p in params}:
             head, _, tail = template.partition("{" + name + "}")
-            routes.append(re.compile(
-                f"(?P<head>{_template_regex(head)})(?P<value>.+?)(?P<tail>{_template_regex(tail)})"))
+            routes.append(
+                re.compile(
+                    f"(?P<head>{_template_regex(head)})(?P<value>.+?)(?P<tail>{_template_regex(tail)})"
+                )
+            )
     return routes
 
 
@@ -166,18 +178,24 @@ def operation_routes(spec: Mapping[str, Any]) -> list[tuple[str, str, re.Pattern
         for method, op in item.items():
             if not isinstance(op, dict) or "responses" not in op:
                 continue
-            multi = {"{" + p["name"] + "}" for p in op.get("parameters", [])
-                     if isinstance(p, dict) and p.get("in") == "path" and p.get("x-multi-segment")}
-            regex = "".join(".+" if piece in multi else "[^/]+" if piece.startswith("{") else re.escape(piece)
-                            for piece in re.split(r"(\{[^}]+\})", template))
+            multi = {
+                "{" + p["name"] + "}"
+                for p in op.get("parameters", [])
+                if isinstance(p, dict) and p.get("in") == "path" and p.get("x-multi-segment")
+            }
+            regex = "".join(
+                ".+" if piece in multi else "[^/]+" if piece.startswith("{") else re.escape(piece)
+                for piece in re.split(r"(\{[^}]+\})", template)
+            )
             routes.append((method.upper(), template, re.compile(regex)))
     return routes
 
 
 def _template_regex(part: str) -> str:
     """A regex for a piece of a path template: each ``{parameter}`` is one segment."""
-    return "".join("[^/]+" if piece.startswith("{") else re.escape(piece)
-                   for piece in re.split(r"(\{[^}]+\})", part))
+    return "".join(
+        "[^/]+" if piece.startswith("{") else re.escape(piece) for piece in re.split(r"(\{[^}]+\})", part)
+    )
 
 
 def encode_multi_segment(path: str, routes: Sequence[re.Pattern[str]]) -> str:
@@ -189,6 +207,7 @@ def encode_multi_segment(path: str, routes: Sequence[re.Pattern[str]]) -> str:
 
 
 # -- the recording proxy ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Exchange:
@@ -203,8 +222,13 @@ class Exchange:
         return [v for v in self.violations if (v.get("location") or [""])[0] == "request"]
 
     def describe(self) -> str:
-        found = "; ".join(f"{'.'.join(map(str, v.get('location', [])))}: {v.get('message')}"
-                          for v in self.request_violations) or "no request violations"
+        found = (
+            "; ".join(
+                f"{'.'.join(map(str, v.get('location', [])))}: {v.get('message')}"
+                for v in self.request_violations
+            )
+            or "no request violations"
+        )
         return f"{self.method} {self.path} -> {self.status} ({found})"
 
 
@@ -242,9 +266,21 @@ class PrismGitHub:
         self._prism_port = _free_port()
         with open(self.log_path, "wb") as log:
             self._prism = subprocess.Popen(
-                [str(PRISM_BIN), "mock", "--host", "127.0.0.1", "--port", str(self._prism_port),
-                 "--verboseLevel", "warn", str(spec)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [
+                    str(PRISM_BIN),
+                    "mock",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self._prism_port),
+                    "--verboseLevel",
+                    "warn",
+                    str(spec),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         self._wait_until_answering(started)
         self.startup_s = time.monotonic() - started
         return self
@@ -350,7 +386,8 @@ class PrismGitHub:
                 conn = http.client.HTTPConnection("127.0.0.1", owner._prism_port, timeout=60)
                 split = urlsplit(self.path)
                 forwarded = encode_multi_segment(split.path, owner._multi_segment) + (
-                    f"?{split.query}" if split.query else "")
+                    f"?{split.query}" if split.query else ""
+                )
                 conn.request(self.command, forwarded, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
@@ -360,8 +397,9 @@ class PrismGitHub:
                     request_body = json.loads(body) if body else None
                 except ValueError:
                     request_body = body
-                owner.exchanges.append(Exchange(self.command, self.path, response.status, violations,
-                                                request_body))
+                owner.exchanges.append(
+                    Exchange(self.command, self.path, response.status, violations, request_body)
+                )
                 self.send_response(response.status)
                 for name, value in response.getheaders():
                     if name.lower() in ("transfer-encoding", "connection", "content-length", "keep-alive"):

@@ -15,8 +15,9 @@ from branchops.errors import ConfigError, ExternalError
 from .fake_github import FakeGitHub
 
 
-def test_ensure_branch_protect_and_webhook_are_idempotent(fake_github: FakeGitHub, make_admin,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ensure_branch_protect_and_webhook_are_idempotent(
+    fake_github: FakeGitHub, make_admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOOK_SECRET", "s3cret-value")
     admin = make_admin()
 
@@ -35,8 +36,9 @@ def test_ensure_branch_protect_and_webhook_are_idempotent(fake_github: FakeGitHu
 
     ref = SecretRef(env="HOOK_SECRET")
     hook_id, created = admin.ensure_webhook("https://jenkins.example/github-webhook/", ref, ["push"])
-    same_id, created_again = admin.ensure_webhook("https://jenkins.example/github-webhook/", ref,
-                                                  ["push", "pull_request"])
+    same_id, created_again = admin.ensure_webhook(
+        "https://jenkins.example/github-webhook/", ref, ["push", "pull_request"]
+    )
     assert (created, created_again, same_id) == (True, False, hook_id)
     assert list(fake_github.hooks) == [hook_id]
     assert fake_github.hooks[hook_id]["events"] == ["push", "pull_request"]
@@ -53,24 +55,46 @@ def test_protect_branch_refuses_zero_approvals(make_admin) -> None:
 # ones only; both include repository hooks, which "admin:repo_hook" / "write:repo_hook" grant alone.
 # Fine-grained tokens and GitHub Apps send no such header; the repository's "permissions" say what
 # they may do.
-@pytest.mark.parametrize(("scopes", "private", "permissions", "admin", "expected"), [
-    ("repo, admin:repo_hook", True, {"admin": True, "push": True}, True, []),
-    ("repo", True, {"admin": True, "push": True}, True, []),
-    ("public_repo, admin:repo_hook", False, {"admin": True, "push": True}, True, []),
-    ("public_repo", True, {"admin": True, "push": True}, True, ["token scope 'repo'", "'admin:repo_hook'"]),
-    ("public_repo", False, {"admin": True, "push": True}, True, []),
-    ("admin:repo_hook", False, {"admin": True, "push": True}, True, ["token scope 'repo' or 'public_repo'"]),
-    ("read:repo_hook", True, {"admin": True, "push": True}, False, ["token scope 'repo'"]),  # no bootstrap: no hooks
-    ("", True, {"admin": True, "push": True}, True, ["token scope 'repo'", "'admin:repo_hook'"]),
-    ("read:org", True, {"admin": True, "push": True}, False, ["token scope 'repo'"]),
-    ("repo", True, {"admin": False, "push": True}, True, ["admin permission"]),
-    ("repo", True, {"admin": False, "push": True}, False, []),
-    (None, True, {"admin": True, "push": False}, True, ["push (write) permission"]),
-    (None, True, {"admin": False, "push": False}, True, ["push (write) permission", "admin permission"]),
-    (None, True, {"admin": True, "push": True}, True, []),
-])
-def test_check_token_permissions(fake_github: FakeGitHub, make_admin, scopes, private, permissions, admin,
-                                 expected) -> None:
+@pytest.mark.parametrize(
+    ("scopes", "private", "permissions", "admin", "expected"),
+    [
+        ("repo, admin:repo_hook", True, {"admin": True, "push": True}, True, []),
+        ("repo", True, {"admin": True, "push": True}, True, []),
+        ("public_repo, admin:repo_hook", False, {"admin": True, "push": True}, True, []),
+        (
+            "public_repo",
+            True,
+            {"admin": True, "push": True},
+            True,
+            ["token scope 'repo'", "'admin:repo_hook'"],
+        ),
+        ("public_repo", False, {"admin": True, "push": True}, True, []),
+        (
+            "admin:repo_hook",
+            False,
+            {"admin": True, "push": True},
+            True,
+            ["token scope 'repo' or 'public_repo'"],
+        ),
+        (
+            "read:repo_hook",
+            True,
+            {"admin": True, "push": True},
+            False,
+            ["token scope 'repo'"],
+        ),  # no bootstrap: no hooks
+        ("", True, {"admin": True, "push": True}, True, ["token scope 'repo'", "'admin:repo_hook'"]),
+        ("read:org", True, {"admin": True, "push": True}, False, ["token scope 'repo'"]),
+        ("repo", True, {"admin": False, "push": True}, True, ["admin permission"]),
+        ("repo", True, {"admin": False, "push": True}, False, []),
+        (None, True, {"admin": True, "push": False}, True, ["push (write) permission"]),
+        (None, True, {"admin": False, "push": False}, True, ["push (write) permission", "admin permission"]),
+        (None, True, {"admin": True, "push": True}, True, []),
+    ],
+)
+def test_check_token_permissions(
+    fake_github: FakeGitHub, make_admin, scopes, private, permissions, admin, expected
+) -> None:
     fake_github.oauth_scopes = scopes
     fake_github.private = private
     fake_github.permissions = {"maintain": False, "triage": True, "pull": True, **permissions}
@@ -130,8 +154,9 @@ def test_ensure_file_compares_bytes_exactly(fake_github: FakeGitHub, make_admin)
     assert fake_github.files("main")[CODEOWNERS] == text.encode("utf-8")
 
 
-def test_ensure_file_retries_once_when_someone_commits_in_between(fake_github: FakeGitHub,
-                                                                  make_admin) -> None:
+def test_ensure_file_retries_once_when_someone_commits_in_between(
+    fake_github: FakeGitHub, make_admin
+) -> None:
     fake_github.commit_file("main", CODEOWNERS, "* @old\n")
     # Between our read and our write, someone else changes the file: GitHub answers 409.
     fake_github.before("PUT", CONTENTS, lambda: fake_github.commit_file("main", CODEOWNERS, "* @theirs\n"))
@@ -150,12 +175,17 @@ def test_ensure_file_created_concurrently_is_updated(fake_github: FakeGitHub, ma
     assert fake_github.files("main")[CODEOWNERS] == b"* @lead\n"
 
 
-def test_ensure_file_conflict_that_is_no_race_is_an_external_error(fake_github: FakeGitHub,
-                                                                  make_admin) -> None:
+def test_ensure_file_conflict_that_is_no_race_is_an_external_error(
+    fake_github: FakeGitHub, make_admin
+) -> None:
     fake_github.commit_file("main", CODEOWNERS, "* @old\n")
-    fake_github.fail("PUT", CONTENTS, 409, times=5,
-                     body={"message": "Repository rule violations found\n\nChanges must be made through a "
-                                      "pull request."})
+    fake_github.fail(
+        "PUT",
+        CONTENTS,
+        409,
+        times=5,
+        body={"message": "Repository rule violations found\n\nChanges must be made through a pull request."},
+    )
     with pytest.raises(ExternalError) as err:
         make_admin().ensure_file("main", CODEOWNERS, "* @lead\n", "m")
     message = str(err.value)

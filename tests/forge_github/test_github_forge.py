@@ -28,14 +28,22 @@ def test_latest_review_per_user_counts(fake_github: FakeGitHub, make_forge) -> N
     fake_github.review(n, "lead", "APPROVED", submitted_at="2026-01-02T10:00:00Z")
     fake_github.review(n, "lead", "CHANGES_REQUESTED", submitted_at="2026-01-02T11:00:00Z")
     fake_github.review(n, "head", "APPROVED", submitted_at="2026-01-02T12:00:00Z")
-    fake_github.review(n, "head", "COMMENTED", submitted_at="2026-01-02T13:00:00Z")  # leaves approval standing
+    fake_github.review(
+        n, "head", "COMMENTED", submitted_at="2026-01-02T13:00:00Z"
+    )  # leaves approval standing
     fake_github.review(n, "other", "APPROVED", submitted_at="2026-01-02T09:00:00Z")
     fake_github.review(n, "other", "DISMISSED", submitted_at="2026-01-02T14:00:00Z")
 
     mr = make_forge().get(n)
 
     assert mr.approvals == [Approval(user="head", head_sha=SHA_A, at="2026-01-02T12:00:00Z")]
-    assert (mr.source, mr.target, mr.author, mr.state, mr.head_sha) == ("ds1", "build-components", "ds1", "open", SHA_A)
+    assert (mr.source, mr.target, mr.author, mr.state, mr.head_sha) == (
+        "ds1",
+        "build-components",
+        "ds1",
+        "open",
+        SHA_A,
+    )
 
 
 def test_reapproval_after_changes_requested_counts(fake_github: FakeGitHub, make_forge) -> None:
@@ -56,8 +64,9 @@ def test_approval_before_last_push_keeps_its_commit(fake_github: FakeGitHub, mak
     assert [(a.user, a.head_sha) for a in mr.approvals] == [("lead", SHA_A)]  # the gate refuses it
 
 
-def test_merged_request_for_commit_picks_the_merge_not_a_containing_pr(fake_github: FakeGitHub,
-                                                                       make_forge) -> None:
+def test_merged_request_for_commit_picks_the_merge_not_a_containing_pr(
+    fake_github: FakeGitHub, make_forge
+) -> None:
     # Both pull requests contain SHA_A; only #2 was merged as MERGE.
     first = fake_github.add_pull("ds2", "training", head_sha=SHA_A)
     second = fake_github.add_pull("ds1", "training", head_sha=SHA_A)
@@ -75,8 +84,9 @@ def test_merged_request_for_commit_picks_the_merge_not_a_containing_pr(fake_gith
     assert forge.merged_request_for_commit("d4" * 20) is None  # a direct push
 
 
-def test_merged_request_found_while_github_has_not_linked_the_commit_yet(fake_github: FakeGitHub,
-                                                                       make_forge) -> None:
+def test_merged_request_found_while_github_has_not_linked_the_commit_yet(
+    fake_github: FakeGitHub, make_forge
+) -> None:
     n = fake_github.add_pull("ds1", "training", head_sha=SHA_A)
     fake_github.merge(n, by="lead", merge_sha=MERGE)
     fake_github.association_lag = True
@@ -119,7 +129,9 @@ def test_list_filters_state_and_target(fake_github: FakeGitHub, make_forge) -> N
     assert len(forge.list()) == 4
 
 
-def test_open_merge_request_creates_then_updates_never_duplicates(fake_github: FakeGitHub, make_forge) -> None:
+def test_open_merge_request_creates_then_updates_never_duplicates(
+    fake_github: FakeGitHub, make_forge
+) -> None:
     forge = make_forge()
 
     first, created = forge.open_merge_request("training", "deploy-model", "Deploy run 1", "report 1")
@@ -158,8 +170,9 @@ def test_comment_and_commit_status(fake_github: FakeGitHub, make_forge) -> None:
     forge = make_forge()
 
     forge.comment(n, "**training** finished: accuracy 0.61")
-    forge.set_commit_status(SHA_A, "failure", "x" * 300, context="branchops/training",
-                            target_url="https://ci.example/job/1")
+    forge.set_commit_status(
+        SHA_A, "failure", "x" * 300, context="branchops/training", target_url="https://ci.example/job/1"
+    )
 
     assert fake_github.pulls[n].comments == ["**training** finished: accuracy 0.61"]
     [status] = fake_github.statuses
@@ -177,8 +190,9 @@ def test_server_errors_are_retried(fake_github: FakeGitHub, make_forge) -> None:
 
 def test_persistent_server_error_becomes_external_error(fake_github: FakeGitHub, make_forge) -> None:
     n = fake_github.add_pull("ds1", "training")
-    fake_github.fail("GET", rf"/repos/octo/hello/pulls/{n}", 503, body={"message": "Service Unavailable"},
-                     times=10)
+    fake_github.fail(
+        "GET", rf"/repos/octo/hello/pulls/{n}", 503, body={"message": "Service Unavailable"}, times=10
+    )
     with pytest.raises(ExternalError) as err:
         make_forge(retries=2).get(n)
     assert "octo/hello" in str(err.value) and "HTTP 503" in str(err.value)
@@ -193,18 +207,28 @@ def test_not_found_is_external_error_naming_the_call(fake_github: FakeGitHub, ma
 
 def test_primary_rate_limit_waits_for_reset(fake_github: FakeGitHub, make_forge) -> None:
     n = fake_github.add_pull("ds1", "training")
-    fake_github.fail("GET", rf"/repos/octo/hello/pulls/{n}", 403, times=1,
-                     headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()))},
-                     body={"message": "API rate limit exceeded for user ID 1."})
+    fake_github.fail(
+        "GET",
+        rf"/repos/octo/hello/pulls/{n}",
+        403,
+        times=1,
+        headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()))},
+        body={"message": "API rate limit exceeded for user ID 1."},
+    )
     assert make_forge().get(n).number == n
     assert [r.status for r in fake_github.calls("GET", rf"/repos/octo/hello/pulls/{n}")] == [403, 200]
 
 
 def test_secondary_rate_limit_honours_retry_after(fake_github: FakeGitHub, make_forge) -> None:
     n = fake_github.add_pull("ds1", "training")
-    fake_github.fail("POST", rf"/repos/octo/hello/issues/{n}/comments", 429, times=1,
-                     headers={"Retry-After": "1"},
-                     body={"message": "You have exceeded a secondary rate limit."})
+    fake_github.fail(
+        "POST",
+        rf"/repos/octo/hello/issues/{n}/comments",
+        429,
+        times=1,
+        headers={"Retry-After": "1"},
+        body={"message": "You have exceeded a secondary rate limit."},
+    )
     make_forge().comment(n, "hello")
     assert fake_github.pulls[n].comments == ["hello"]
     assert len(fake_github.calls("POST", rf"/repos/octo/hello/issues/{n}/comments")) == 2
@@ -212,9 +236,14 @@ def test_secondary_rate_limit_honours_retry_after(fake_github: FakeGitHub, make_
 
 def test_rate_limit_longer_than_allowed_fails_at_once(fake_github: FakeGitHub, make_forge) -> None:
     n = fake_github.add_pull("ds1", "training")
-    fake_github.fail("GET", rf"/repos/octo/hello/pulls/{n}", 403, times=5,
-                     headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 3600)},
-                     body={"message": "API rate limit exceeded for user ID 1."})
+    fake_github.fail(
+        "GET",
+        rf"/repos/octo/hello/pulls/{n}",
+        403,
+        times=5,
+        headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 3600)},
+        body={"message": "API rate limit exceeded for user ID 1."},
+    )
     with pytest.raises(ExternalError, match=r"rate limit .*rate_limit_max_wait_s=10s"):
         make_forge(rate_limit_max_wait_s=10.0).get(n)
     assert len(fake_github.calls("GET", rf"/repos/octo/hello/pulls/{n}")) == 1
@@ -227,9 +256,9 @@ def test_timeout_becomes_external_error(fake_github: FakeGitHub, make_forge) -> 
         make_forge(timeout_s=0.5, retries=1).get(n)
 
 
-def test_bad_token_is_external_error_without_the_token(fake_github: FakeGitHub, make_forge,
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_token_is_external_error_without_the_token(
+    fake_github: FakeGitHub, make_forge, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     wrong = "ghp_wrongtoken987654321"
     monkeypatch.setenv(TOKEN_ENV, wrong)
     caplog.set_level(logging.DEBUG)

@@ -29,8 +29,9 @@ EXAMPLE_SOURCE, EXAMPLE_TARGET = "new-topic", "master"
 EXAMPLE_MERGE_COMMIT = "e5bd3914e2e596debea16f433f57875b5b90bcd6"
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 # components/examples/pull-request-review-items: octocat approved commit ecdd80bb...
-EXAMPLE_APPROVAL = Approval(user="octocat", head_sha="ecdd80bb57125d7ba9641ffaa4d7d2c19d3f3091",
-                            at="2019-11-17T17:43:43Z")
+EXAMPLE_APPROVAL = Approval(
+    user="octocat", head_sha="ecdd80bb57125d7ba9641ffaa4d7d2c19d3f3091", at="2019-11-17T17:43:43Z"
+)
 # components/examples/branch-get: the tip of the branch asked for
 EXAMPLE_BRANCH_TIP = "7fd1a60b01f91b314f59955a4e4d4e80d8edf11d"
 
@@ -42,8 +43,13 @@ def on_prism(prism_github: PrismGitHub, monkeypatch: pytest.MonkeyPatch) -> Iter
     prism_github.prefer.clear()
 
     def connect(client_class: type) -> Any:
-        return client_class(github_settings(prism_github.url, retries=0), per_page=30,
-                            seconds_between_requests=0, seconds_between_writes=0, backoff_factor=0)
+        return client_class(
+            github_settings(prism_github.url, retries=0),
+            per_page=30,
+            seconds_between_requests=0,
+            seconds_between_writes=0,
+            backoff_factor=0,
+        )
 
     yield connect
     prism_github.prefer.clear()  # the session's Prism answers the next test with the default examples
@@ -70,8 +76,10 @@ def calls(prism_github: PrismGitHub) -> Callable[[], list[str]]:
 
     def check() -> list[str]:
         # Follow-up calls use the URLs in the description's examples (octocat/Hello-World).
-        return [f"{e.method} {re.sub(r'^/repos/[^/]+/[^/]+', '/repos/R', e.path.split('?')[0])}"
-                for e in prism_github.assert_valid(mark)]
+        return [
+            f"{e.method} {re.sub(r'^/repos/[^/]+/[^/]+', '/repos/R', e.path.split('?')[0])}"
+            for e in prism_github.assert_valid(mark)
+        ]
 
     return check
 
@@ -85,11 +93,21 @@ def test_get_reads_pull_request_and_reviews(forge, calls) -> None:
     # components/examples/pull-request: merged_at is set (its "state" says "open", as a merged pull
     # request's never does; merged_at is what says it was merged), merged by octocat.
     assert mr == MergeRequest(
-        number=1347, title="Amazing new feature", source=EXAMPLE_SOURCE, target=EXAMPLE_TARGET, author="octocat",
-        state="merged", head_sha=SHA, body="Please pull these awesome changes in!",
-        created_at="2011-01-26T19:01:12Z", merged_at="2011-01-26T19:01:12Z", merged_by="octocat",
-        merge_commit=EXAMPLE_MERGE_COMMIT, approvals=[EXAMPLE_APPROVAL],
-        url="https://github.com/octocat/Hello-World/pull/1347")
+        number=1347,
+        title="Amazing new feature",
+        source=EXAMPLE_SOURCE,
+        target=EXAMPLE_TARGET,
+        author="octocat",
+        state="merged",
+        head_sha=SHA,
+        body="Please pull these awesome changes in!",
+        created_at="2011-01-26T19:01:12Z",
+        merged_at="2011-01-26T19:01:12Z",
+        merged_by="octocat",
+        merge_commit=EXAMPLE_MERGE_COMMIT,
+        approvals=[EXAMPLE_APPROVAL],
+        url="https://github.com/octocat/Hello-World/pull/1347",
+    )
     assert calls() == ["GET /repos/R/pulls/1347", "GET /repos/R/pulls/1347/reviews"]
 
 
@@ -113,8 +131,12 @@ def test_open_merge_request_creates(forge, calls, prism_github: PrismGitHub) -> 
     mr, created = forge.open_merge_request("training", "deploy-model", "Deploy run 7", "**metrics**")
     assert created and mr.number == 1347
     [post] = [e for e in prism_github.since(mark) if e.method == "POST"]
-    assert post.request_body == {"head": "training", "base": "deploy-model", "title": "Deploy run 7",
-                                 "body": "**metrics**"}
+    assert post.request_body == {
+        "head": "training",
+        "base": "deploy-model",
+        "title": "Deploy run 7",
+        "body": "**metrics**",
+    }
     assert calls() == ["GET /repos/R/pulls", "POST /repos/R/pulls", "GET /repos/R/pulls/1347/reviews"]
 
 
@@ -122,41 +144,62 @@ def test_list(forge, calls, prism_github: PrismGitHub) -> None:
     # Every list answer is the example: #1347, merged (merged_at set). The forge asks GitHub for the
     # states it knows ("merged" is a closed pull request) and keeps only what was asked for.
     mark = prism_github.mark()
-    listed = {state: [(mr.number, mr.state) for mr in forge.list(state, target="training")]
-              for state in ("open", "merged", None)}
+    listed = {
+        state: [(mr.number, mr.state) for mr in forge.list(state, target="training")]
+        for state in ("open", "merged", None)
+    }
     assert listed == {"open": [], "merged": [(1347, "merged")], None: [(1347, "merged")]}
     assert [_query(e) for e in prism_github.since(mark)] == [
-        {"state": "open", "base": "training"}, {"state": "closed", "base": "training"},
-        {"state": "all", "base": "training"}]
+        {"state": "open", "base": "training"},
+        {"state": "closed", "base": "training"},
+        {"state": "all", "base": "training"},
+    ]
     assert set(calls()) == {"GET /repos/R/pulls"}
 
 
 def test_merged_request_for_commit(forge, calls) -> None:
     mr = forge.merged_request_for_commit(EXAMPLE_MERGE_COMMIT)
     assert mr is not None
-    assert (mr.number, mr.state, mr.merge_commit, mr.merged_by) == (1347, "merged", EXAMPLE_MERGE_COMMIT, "octocat")
+    assert (mr.number, mr.state, mr.merge_commit, mr.merged_by) == (
+        1347,
+        "merged",
+        EXAMPLE_MERGE_COMMIT,
+        "octocat",
+    )
     assert mr.approvals == [EXAMPLE_APPROVAL]
     # SHA is the example pull request's head: associated with it, but not what its merge produced.
     assert forge.merged_request_for_commit(SHA) is None
-    assert calls() == [f"GET /repos/R/commits/{EXAMPLE_MERGE_COMMIT}/pulls", "GET /repos/R/pulls/1347",
-                       "GET /repos/R/pulls/1347/reviews",
-                       f"GET /repos/R/commits/{SHA}/pulls", "GET /repos/R/pulls"]
+    assert calls() == [
+        f"GET /repos/R/commits/{EXAMPLE_MERGE_COMMIT}/pulls",
+        "GET /repos/R/pulls/1347",
+        "GET /repos/R/pulls/1347/reviews",
+        f"GET /repos/R/commits/{SHA}/pulls",
+        "GET /repos/R/pulls",
+    ]
 
 
 def test_comment_and_status(forge, calls, prism_github: PrismGitHub) -> None:
     mark = prism_github.mark()
     report = "## training\n| metric | value |\n|---|---|\n| accuracy | 0.61 |"
     forge.comment(1347, report)
-    forge.set_commit_status(SHA, "success", "d" * 200, context="branchops/training",
-                            target_url="https://ci.example/job/1")
+    forge.set_commit_status(
+        SHA, "success", "d" * 200, context="branchops/training", target_url="https://ci.example/job/1"
+    )
     forge.set_commit_status(SHA, "pending", "started")
-    assert calls() == ["POST /repos/R/issues/1347/comments", f"POST /repos/R/statuses/{SHA}",
-                       f"POST /repos/R/statuses/{SHA}"]
+    assert calls() == [
+        "POST /repos/R/issues/1347/comments",
+        f"POST /repos/R/statuses/{SHA}",
+        f"POST /repos/R/statuses/{SHA}",
+    ]
     comment, success, pending = (e.request_body for e in prism_github.since(mark))
     assert comment == {"body": report}
     # GitHub refuses a status description over 140 characters ("description is too long").
-    assert success == {"state": "success", "description": "d" * 139 + "…", "context": "branchops/training",
-                       "target_url": "https://ci.example/job/1"}
+    assert success == {
+        "state": "success",
+        "description": "d" * 139 + "…",
+        "context": "branchops/training",
+        "target_url": "https://ci.example/job/1",
+    }
     assert pending == {"state": "pending", "description": "started", "context": "branchops"}
 
 
@@ -168,28 +211,44 @@ def test_ensure_branch_exists(admin, calls) -> None:
 def test_ensure_branch_creates(admin, calls, prism_github: PrismGitHub) -> None:
     prism_github.prefer[("GET", r"/repos/octo/hello/branches/training")] = "code=404"
     assert admin.ensure_branch("training", "main") is True
-    assert calls() == ["GET /repos/R/branches/training", "GET /repos/R/branches/main",
-                       "POST /repos/R/git/refs"]
+    assert calls() == [
+        "GET /repos/R/branches/training",
+        "GET /repos/R/branches/main",
+        "POST /repos/R/git/refs",
+    ]
     # GitHub's "ref" is the fully qualified name; the sha is main's tip as GitHub reported it.
-    assert prism_github.exchanges[-1].request_body == {"ref": "refs/heads/training", "sha": EXAMPLE_BRANCH_TIP}
+    assert prism_github.exchanges[-1].request_body == {
+        "ref": "refs/heads/training",
+        "sha": EXAMPLE_BRANCH_TIP,
+    }
 
 
 @pytest.mark.parametrize("restrict_pushes", [True, False])
 def test_protect_branch(admin, calls, prism_github: PrismGitHub, restrict_pushes: bool) -> None:
-    admin.protect_branch("training", 2, "branchops/training", restrict_pushes,
-                         require_code_owner_reviews=True, bypass_users=["branchops-bot"])
+    admin.protect_branch(
+        "training",
+        2,
+        "branchops/training",
+        restrict_pushes,
+        require_code_owner_reviews=True,
+        bypass_users=["branchops-bot"],
+    )
     assert calls() == ["PUT /repos/R/branches/training/protection"]
     body = prism_github.exchanges[-1].request_body
     assert body["required_pull_request_reviews"] == {
-        "required_approving_review_count": 2, "dismiss_stale_reviews": True, "require_code_owner_reviews": True,
-        "bypass_pull_request_allowances": {"users": ["branchops-bot"]}}
+        "required_approving_review_count": 2,
+        "dismiss_stale_reviews": True,
+        "require_code_owner_reviews": True,
+        "bypass_pull_request_allowances": {"users": ["branchops-bot"]},
+    }
     assert body["required_status_checks"] == {"strict": False, "contexts": ["branchops/training"]}
     assert body["enforce_admins"] is restrict_pushes
     assert (body["allow_force_pushes"], body["allow_deletions"]) == (False, False)
 
 
-def test_ensure_webhook_updates_and_creates(admin, calls, prism_github: PrismGitHub,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ensure_webhook_updates_and_creates(
+    admin, calls, prism_github: PrismGitHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOOK_SECRET", "hook-secret-value")
     ref = SecretRef(env="HOOK_SECRET")
     mark = prism_github.mark()
@@ -198,12 +257,20 @@ def test_ensure_webhook_updates_and_creates(admin, calls, prism_github: PrismGit
     assert (hook_id, created) == (12345678, False)
     _, created = admin.ensure_webhook("https://jenkins.example/github-webhook/", ref, ["push"])
     assert created
-    assert calls() == ["GET /repos/R/hooks", "PATCH /repos/R/hooks/12345678",
-                       "GET /repos/R/hooks", "POST /repos/R/hooks"]
+    assert calls() == [
+        "GET /repos/R/hooks",
+        "PATCH /repos/R/hooks/12345678",
+        "GET /repos/R/hooks",
+        "POST /repos/R/hooks",
+    ]
     _, patch, _, post = (e.request_body for e in prism_github.since(mark))
     # GitHub never returns a hook's secret, so it is sent on every update as well as on create.
-    assert patch["config"] == {"url": "https://example.com/webhook", "content_type": "json",
-                               "secret": "hook-secret-value", "insecure_ssl": "0"}
+    assert patch["config"] == {
+        "url": "https://example.com/webhook",
+        "content_type": "json",
+        "secret": "hook-secret-value",
+        "insecure_ssl": "0",
+    }
     assert (patch["events"], patch["active"]) == (["push", "pull_request"], True)
     assert post["config"]["url"] == "https://jenkins.example/github-webhook/"
     assert post["config"]["secret"] == "hook-secret-value"
@@ -234,7 +301,10 @@ def test_check_token_permissions(admin, calls) -> None:
     # protection, webhooks; bootstrap only) are missing. Token scopes are varied against the fake
     # (test_github_admin.py), since Prism's answer has no headers to vary.
     assert described_example("full-repository-default-response")["permissions"] == {
-        "pull": True, "push": False, "admin": False}
+        "pull": True,
+        "push": False,
+        "admin": False,
+    }
     missing = admin.check_token_permissions()
     assert len(missing) == 2, missing
     assert "push (write) permission on octo/hello" in missing[0]
@@ -244,12 +314,15 @@ def test_check_token_permissions(admin, calls) -> None:
 
 
 @pytest.mark.parametrize("status", [403, 404])
-def test_check_token_permissions_on_a_repository_the_token_cannot_read(admin, calls, prism_github: PrismGitHub,
-                                                                       status: int) -> None:
+def test_check_token_permissions_on_a_repository_the_token_cannot_read(
+    admin, calls, prism_github: PrismGitHub, status: int
+) -> None:
     # GitHub answers 404 for a private repository the token cannot see, 403 when it may not read it:
     # the check must fail loudly, naming what it was doing, not report a short list.
     prism_github.prefer[("GET", r"/repos/octo/hello")] = f"code={status}"
-    with pytest.raises(ExternalError, match=rf"octo/hello: checking the token's permissions failed: HTTP {status}"):
+    with pytest.raises(
+        ExternalError, match=rf"octo/hello: checking the token's permissions failed: HTTP {status}"
+    ):
         admin.check_token_permissions()
     assert calls() == ["GET /repos/R"]
 
@@ -259,8 +332,12 @@ def test_prism_rejects_a_request_github_would_reject(prism_github: PrismGitHub) 
     import requests
 
     mark = prism_github.mark()
-    response = requests.post(f"{prism_github.url}/repos/octo/hello/pulls", json={"title": "x", "base": "main"},
-                             headers={"Authorization": "token test-prism-token-0000"}, timeout=30)
+    response = requests.post(
+        f"{prism_github.url}/repos/octo/hello/pulls",
+        json={"title": "x", "base": "main"},
+        headers={"Authorization": "token test-prism-token-0000"},
+        timeout=30,
+    )
     assert response.status_code in (400, 422)
     with pytest.raises(AssertionError, match=r"request\.body: .*'head'"):
         prism_github.assert_valid(mark)
@@ -271,16 +348,20 @@ def test_prism_refuses_an_operation_that_is_not_listed(prism_github: PrismGitHub
     import requests
 
     mark = prism_github.mark()
-    response = requests.get(f"{prism_github.url}/repos/octo/hello/collaborators",
-                            headers={"Authorization": "token test-prism-token-0000"}, timeout=30)
+    response = requests.get(
+        f"{prism_github.url}/repos/octo/hello/collaborators",
+        headers={"Authorization": "token test-prism-token-0000"},
+        timeout=30,
+    )
     assert response.status_code == 404
     assert prism_github.operation_of(prism_github.exchanges[-1]) is None
     with pytest.raises(AssertionError, match=r"GET /repos/octo/hello/collaborators -> 404"):
         prism_github.assert_valid(mark)
 
 
-def test_every_listed_operation_was_exercised(forge, admin, prism_github: PrismGitHub,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_listed_operation_was_exercised(
+    forge, admin, prism_github: PrismGitHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every GitHubForge and GitHubAdmin call once: each operation in GITHUB_OPERATIONS is sent and Prism
     finds it valid, and nothing else is sent (an unlisted operation would get Prism's 404)."""
     monkeypatch.setenv("HOOK_SECRET", "hook-secret-value")
@@ -304,6 +385,10 @@ def test_every_listed_operation_was_exercised(forge, admin, prism_github: PrismG
 
     made = prism_github.assert_valid(mark)
     exercised = {prism_github.operation_of(e) for e in made}
-    listed = {(method.upper(), template) for template, methods in GITHUB_OPERATIONS.items() for method in methods}
-    assert exercised == listed, (f"listed but not sent: {sorted(listed - exercised)}; "
-                                 f"sent but not listed: {sorted(map(str, exercised - listed))}")
+    listed = {
+        (method.upper(), template) for template, methods in GITHUB_OPERATIONS.items() for method in methods
+    }
+    assert exercised == listed, (
+        f"listed but not sent: {sorted(listed - exercised)}; "
+        f"sent but not listed: {sorted(map(str, exercised - listed))}"
+    )

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from branchops.stages import REGISTRY
-from tests.foundation import recording_stage
 from tests.conftest import git
+from tests.foundation import recording_stage
 
 STAGES = ("build-components", "kf-pipeline", "training", "deploy-model")
 
@@ -33,12 +33,15 @@ class Project:
 
     def run(self, *args: str, expect: int | None = 0):
         from branchops.cli import main
+
         result = self.cli.invoke(main, ["-C", str(self.path), *args], catch_exceptions=False)
         if expect is not None:
             assert result.exit_code == expect, f"{args}: exit {result.exit_code}\n{result.output}"
         return result
 
-    def commit(self, branch: str, path: str, content: str, user: str = "ds1", message: str | None = None) -> str:
+    def commit(
+        self, branch: str, path: str, content: str, user: str = "ds1", message: str | None = None
+    ) -> str:
         git(self.path, "checkout", "-q", branch)
         file = self.path / path
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -58,9 +61,11 @@ class Project:
         return [line for line in out.splitlines() if line.startswith(prefix)]
 
     def open_mr(self, target: str, author: str = "ds1", source: str = "ds1", title: str = "change") -> int:
-        result = self.run("mr", "open", "--source", source, "--target", target, "--title", title, "--as", author,
-                          "--json")
+        result = self.run(
+            "mr", "open", "--source", source, "--target", target, "--title", title, "--as", author, "--json"
+        )
         import json
+
         return json.loads(result.output)["number"]
 
 
@@ -96,4 +101,5 @@ def stage_calls(tmp_path: Path):
     def read() -> list[str]:
         path = tmp_path / "stage-calls.log"
         return path.read_text().splitlines() if path.exists() else []
+
     return read

@@ -8,6 +8,7 @@ import os
 from branchops.errors import StageFailed
 from branchops.stages.base import StageContext, StageResult
 
+
 def inputs(config) -> tuple[str, ...]:
     return ("src/",)
 

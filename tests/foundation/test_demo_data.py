@@ -11,8 +11,10 @@ from branchops.scaffold import load_template
 
 
 def test_a_template_that_brings_its_data_needs_no_flag():
-    assert data_source(load_template("minimal"), None, False) == {"source": "script",
-                                                                  "script": "data/make_points.py"}
+    assert data_source(load_template("minimal"), None, False) == {
+        "source": "script",
+        "script": "data/make_points.py",
+    }
 
 
 def test_the_reference_project_needs_data_credentials_or_a_flag(monkeypatch, tmp_path):

@@ -27,11 +27,28 @@ def approved_merge(project, target="build-components"):
 
 
 def start_waiting_run(project, control: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "BRANCHOPS_TEST_STAGE_DIR": str(control),
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.foundation.waiting_stage", "-C", str(project.path),
-                             "run", "build-components", *args], env=env, cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "BRANCHOPS_TEST_STAGE_DIR": str(control),
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.foundation.waiting_stage",
+            "-C",
+            str(project.path),
+            "run",
+            "build-components",
+            *args,
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not (control / "started").exists():
         assert proc.poll() is None, proc.stdout.read()
@@ -61,8 +78,9 @@ def control(tmp_path):
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_an_interrupted_run_leaves_an_interrupted_record_and_a_plain_rerun_succeeds(tmp_path, control, signum,
-                                                                                    code):
+def test_an_interrupted_run_leaves_an_interrupted_record_and_a_plain_rerun_succeeds(
+    tmp_path, control, signum, code
+):
     project = make_project(tmp_path)
     approved_merge(project)
     proc = start_waiting_run(project, control)

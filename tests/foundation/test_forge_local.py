@@ -62,7 +62,10 @@ def test_comments_and_merged_request_lookup(project):
 
 
 def test_unknown_request_and_bad_branches_are_clear_errors(project):
-    assert "does not exist" in project.run("mr", "show", "42", expect=9).output  # not found, not "merge refused"
-    result = project.run("mr", "open", "--source", "nope", "--target", "training", "--title", "x", "--as", "a",
-                         expect=5)
+    assert (
+        "does not exist" in project.run("mr", "show", "42", expect=9).output
+    )  # not found, not "merge refused"
+    result = project.run(
+        "mr", "open", "--source", "nope", "--target", "training", "--title", "x", "--as", "a", expect=5
+    )
     assert "source branch 'nope' does not exist" in result.output

@@ -148,6 +148,7 @@ def test_failed_stage_writes_a_failed_record_and_exits_1(project, stage_calls, a
     record = json.loads(git(project.path, "show", f"build-components:{record_path}"))
     assert record["outcome"] == "failed" and "told to fail" in record["error"]
     # the failure is visible on the forge too: a failure status on the merge commit
-    statuses = json.loads((project.path / ".branchops" / "commit-statuses" /
-                           f"{record['source_commit']}.json").read_text())
+    statuses = json.loads(
+        (project.path / ".branchops" / "commit-statuses" / f"{record['source_commit']}.json").read_text()
+    )
     assert statuses["branchops/build-components"]["state"] == "failure"

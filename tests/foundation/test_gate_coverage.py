@@ -9,7 +9,9 @@ import json
 from tests.conftest import git
 
 
-def approved_merge(project, target="build-components", path="src/model.py", content="VERSION = 2\n", expect=0):
+def approved_merge(
+    project, target="build-components", path="src/model.py", content="VERSION = 2\n", expect=0
+):
     project.commit("ds1", path, content)
     number = project.open_mr(target)
     project.run("mr", "approve", str(number), "--as", "lead")
@@ -48,7 +50,9 @@ def test_a_revert_of_something_else_does_not_excuse_a_direct_push(project, stage
     pushed = project.commit("build-components", "src/config.py", "EPOCHS = 2\n", message="quick epochs tweak")
     git(project.path, "checkout", "-q", "build-components")
     # a "revert" message naming the push, but a different change
-    project.commit("build-components", "src/other.py", "X = 1\n", message=f"Revert\n\nThis reverts commit {pushed}.")
+    project.commit(
+        "build-components", "src/other.py", "X = 1\n", message=f"Revert\n\nThis reverts commit {pushed}."
+    )
     _, result = approved_merge(project, expect=4)
     assert pushed[:12] in result.output and stage_calls() == []
 
@@ -65,8 +69,11 @@ def test_an_unapproved_merge_left_on_the_branch_blocks_the_next_run(project, sta
 
 
 def test_a_merge_request_cannot_name_its_own_approvers(project, stage_calls):
-    config = (project.path / "config" / "branchops.yaml").read_text().replace(
-        "build-components: [lead]", "build-components: [lead, mallory]")
+    config = (
+        (project.path / "config" / "branchops.yaml")
+        .read_text()
+        .replace("build-components: [lead]", "build-components: [lead, mallory]")
+    )
     project.commit("ds1", "config/branchops.yaml", config)
     number = project.open_mr("build-components")
     project.run("mr", "approve", str(number), "--as", "mallory")

@@ -119,13 +119,17 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> GitReads:
 def increments(costs: dict[int, int]) -> tuple[float, float]:
     """What each further record cost, over the first and over the second step of SIZES."""
     small, middle, large = SIZES
-    return (costs[middle] - costs[small]) / (middle - small), (costs[large] - costs[middle]) / (large - middle)
+    return (costs[middle] - costs[small]) / (middle - small), (costs[large] - costs[middle]) / (
+        large - middle
+    )
 
 
 def test_lineage_reads_at_most_linearly_more_as_the_history_grows(histories, reads: GitReads) -> None:
     # the first model version: its training run is the oldest, so every stage's records are searched
-    costs = {count: reads.of(lambda: project.run("lineage", str(history.FIRST_VERSION), "--json"))
-             for count, project in histories.items()}
+    costs = {
+        count: reads.of(lambda: project.run("lineage", str(history.FIRST_VERSION), "--json"))
+        for count, project in histories.items()
+    }
     first, second = increments(costs)
     # all of it is read (every deploy record is checked for the version): the counters see the records
     assert costs[SIZES[-1]] >= SIZES[-1] * len(history.SUMMARY_PADDING), costs
@@ -146,13 +150,18 @@ def test_status_lists_the_history_but_reads_only_the_newest_records(histories, r
 def test_finding_a_training_run_reads_at_most_linearly_more(histories, reads: GitReads) -> None:
     """``reproduce`` and ``lineage`` find their run this way: by version (newest first, here the oldest
     run: all of them), and by run id (one listing and one read)."""
+
     def find(project: Path, key: str) -> None:
         repo = gitops.open_repo(project.path)
         find_training_run(repo, project.tip("training"), key)
 
-    by_version = {count: reads.of(lambda: find(project, str(history.FIRST_VERSION)))
-                  for count, project in histories.items()}
+    by_version = {
+        count: reads.of(lambda: find(project, str(history.FIRST_VERSION)))
+        for count, project in histories.items()
+    }
     first, second = increments(by_version)
     assert second <= 1.2 * first, by_version
-    by_id = {count: reads.of(lambda: find(project, history.run_id(0))) for count, project in histories.items()}
+    by_id = {
+        count: reads.of(lambda: find(project, history.run_id(0))) for count, project in histories.items()
+    }
     assert increments(by_id)[1] <= len(history.SUMMARY_PADDING), by_id

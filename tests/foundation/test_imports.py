@@ -34,9 +34,12 @@ def package_modules(root: Path) -> dict[str, Path]:
 
 def _is_type_checking_block(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and any(
-        isinstance(n, ast.Name) and n.id == "TYPE_CHECKING"
-        or isinstance(n, ast.Attribute) and n.attr == "TYPE_CHECKING"
-        for n in ast.walk(node.test))
+        isinstance(n, ast.Name)
+        and n.id == "TYPE_CHECKING"
+        or isinstance(n, ast.Attribute)
+        and n.attr == "TYPE_CHECKING"
+        for n in ast.walk(node.test)
+    )
 
 
 def _imported_names(tree: ast.Module, module: str, is_package: bool) -> list[str]:
@@ -55,7 +58,7 @@ def _imported_names(tree: ast.Module, module: str, is_package: bool) -> list[str
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
-                    anchor = own_package.split(".")[:len(own_package.split(".")) - (child.level - 1)]
+                    anchor = own_package.split(".")[: len(own_package.split(".")) - (child.level - 1)]
                     base = ".".join(anchor + ([base] if base else []))
                 names += [f"{base}.{alias.name}" for alias in child.names]
             pending.append(child)
@@ -138,14 +141,15 @@ def test_branchops_modules_import_each_other_without_a_circle() -> None:
     graph = import_graph(PACKAGE_ROOT)
     circles = import_circles(graph)
     assert not circles, "import circles between branchops modules (lazy imports included):\n" + "\n".join(
-        "  " + " -> ".join(circle) for circle in circles)
+        "  " + " -> ".join(circle) for circle in circles
+    )
 
 
 def test_the_graph_holds_the_imports_the_source_makes() -> None:
     graph = import_graph(PACKAGE_ROOT)
     assert "branchops.templates" not in " ".join(graph), "a folder without __init__.py holds no modules"
-    assert "branchops.gitops" in graph["branchops.runner"]          # at module level
-    assert "branchops.runner" in graph["branchops.cli"]             # inside a command function
+    assert "branchops.gitops" in graph["branchops.runner"]  # at module level
+    assert "branchops.runner" in graph["branchops.cli"]  # inside a command function
     assert "branchops.notify.console" in graph["branchops.notify"]  # inside the notifier factory
     assert "branchops.notify.base" not in graph["branchops.stages.base"]  # only under TYPE_CHECKING
 

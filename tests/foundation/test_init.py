@@ -24,8 +24,11 @@ def untouchable_state(project: Path) -> tuple[str, str, dict[str, bytes]]:
     (merge requests, registered pipelines, records and logs under .branchops)."""
     refs = git(project, "for-each-ref", "--format=%(refname) %(objectname)")
     checkout = git(project, "status", "--porcelain", "--ignored", "--branch")
-    files = {str(path.relative_to(project)): path.read_bytes() for path in sorted(project.rglob("*"))
-             if path.is_file() and ".git" not in path.relative_to(project).parts}
+    files = {
+        str(path.relative_to(project)): path.read_bytes()
+        for path in sorted(project.rglob("*"))
+        if path.is_file() and ".git" not in path.relative_to(project).parts
+    }
     return refs, checkout, files
 
 
@@ -33,7 +36,9 @@ def test_init_scaffolds_a_repository_whose_stage_runs_on_an_approved_merge(tmp_p
     project = tmp_path / "proj"
     cli("init", str(project), "--approver", "lead", "--approver", "head-of-ds")
     branches = git(project, "branch", "--format=%(refname:short)").split()
-    assert sorted(branches) == sorted(["main", "ds1", "build-components", "kf-pipeline", "training", "deploy-model"])
+    assert sorted(branches) == sorted(
+        ["main", "ds1", "build-components", "kf-pipeline", "training", "deploy-model"]
+    )
     for folder in ("components", "pipelines", "docker", "serving", "config", "jenkins"):
         assert (project / folder).is_dir(), folder
     config = yaml.safe_load((project / "config" / "branchops.yaml").read_text())
@@ -41,8 +46,23 @@ def test_init_scaffolds_a_repository_whose_stage_runs_on_an_approved_merge(tmp_p
     cli("-C", str(project), "config", "validate")
 
     before = git(project, "rev-parse", "kf-pipeline")
-    opened = json.loads(cli("-C", str(project), "mr", "open", "--source", "ds1", "--target", "kf-pipeline",
-                            "--title", "pipeline", "--as", "ds1", "--json").output)
+    opened = json.loads(
+        cli(
+            "-C",
+            str(project),
+            "mr",
+            "open",
+            "--source",
+            "ds1",
+            "--target",
+            "kf-pipeline",
+            "--title",
+            "pipeline",
+            "--as",
+            "ds1",
+            "--json",
+        ).output
+    )
     cli("-C", str(project), "mr", "approve", str(opened["number"]), "--as", "lead")
     cli("-C", str(project), "mr", "merge", str(opened["number"]), "--as", "lead", "--no-run")
     merged = git(project, "rev-parse", "kf-pipeline")

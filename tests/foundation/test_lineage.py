@@ -15,14 +15,19 @@ from branchops.lineage import find_training_run
 from tests.foundation import record_history as history
 from tests.foundation.conftest import make_project
 
+
 def test_lineage_lists_the_deployments_of_the_version_and_no_others(tmp_path: Path) -> None:
     """Deploy run 2 rolled serving from version 1 to 2: its record names version 1 (as ``before``), but it
     deployed version 2. Run 3 deployed version 1 again (a rollback) and is one of version 1's deployments."""
     project = make_project(tmp_path)
     history.fill_history(project.path, 3)
     version_1 = history.FIRST_VERSION + 1
-    history.add_records(project.path, "deploy-model", "deploy-model",
-                        [history.deployment(3, version=version_1, before=history.FIRST_VERSION + 2)])
+    history.add_records(
+        project.path,
+        "deploy-model",
+        "deploy-model",
+        [history.deployment(3, version=version_1, before=history.FIRST_VERSION + 2)],
+    )
 
     chain = json.loads(project.run("lineage", str(version_1), "--json").output)
     assert [d["run_id"] for d in chain["deployments"]] == [history.run_id(1), history.run_id(3)]
@@ -55,9 +60,12 @@ def test_the_upload_and_the_build_named_are_those_the_run_used(tmp_path: Path) -
     project = make_project(tmp_path)
     history.fill_history(project.path, 3)
     later = history.run_id(5)
-    history.add_records(project.path, "kf-pipeline", "kf-pipeline",
-                        [history.pipeline_upload(1) | {"run_id": later}])
-    history.add_records(project.path, "build-components", "build-components", [history.build(1) | {"run_id": later}])
+    history.add_records(
+        project.path, "kf-pipeline", "kf-pipeline", [history.pipeline_upload(1) | {"run_id": later}]
+    )
+    history.add_records(
+        project.path, "build-components", "build-components", [history.build(1) | {"run_id": later}]
+    )
 
     chain = json.loads(project.run("lineage", str(history.FIRST_VERSION + 1), "--json").output)
     assert chain["pipeline"]["uploaded_by"]["run_id"] == history.run_id(1)

@@ -39,11 +39,15 @@ def webhook_server():
     server.shutdown()
 
 
-def test_webhook_is_retried_and_delivers_slack_and_teams_payloads(webhook_server, monkeypatch, tmp_path, caplog):
+def test_webhook_is_retried_and_delivers_slack_and_teams_payloads(
+    webhook_server, monkeypatch, tmp_path, caplog
+):
     url, received = webhook_server
     monkeypatch.setenv("CHAT_WEBHOOK", url)
-    config = parse_config(APPROVERS + "notifications:\n  - {kind: webhook, url: {env: CHAT_WEBHOOK}, retries: 3}\n"
-                          "  - {kind: webhook, url: {env: CHAT_WEBHOOK}, format: teams}\n")
+    config = parse_config(
+        APPROVERS + "notifications:\n  - {kind: webhook, url: {env: CHAT_WEBHOOK}, retries: 3}\n"
+        "  - {kind: webhook, url: {env: CHAT_WEBHOOK}, format: teams}\n"
+    )
     notifier = make_notifier(config, tmp_path / ".branchops")
     event = Event("failed", "training", "training", "a" * 40, "KPI accuracy 0.48 < 0.5", "run-1", 7)
     with caplog.at_level(logging.WARNING):
@@ -56,9 +60,12 @@ def test_webhook_is_retried_and_delivers_slack_and_teams_payloads(webhook_server
 def test_an_unreachable_webhook_does_not_fail_the_caller_and_hides_its_url(monkeypatch, tmp_path, caplog):
     secret_url = "http://127.0.0.1:9/hooks/T111/very-secret-token"
     monkeypatch.setenv("CHAT_WEBHOOK", secret_url)
-    config = parse_config(APPROVERS + "notifications:\n  - {kind: webhook, url: {env: CHAT_WEBHOOK}, retries: 1,"
-                          " timeout_s: 1}\n  - {kind: log_file}\n")
+    config = parse_config(
+        APPROVERS + "notifications:\n  - {kind: webhook, url: {env: CHAT_WEBHOOK}, retries: 1,"
+        " timeout_s: 1}\n  - {kind: log_file}\n"
+    )
     from branchops.secrets import install_log_masking
+
     install_log_masking(logging.getLogger())
     caplog.handler.addFilter(__import__("branchops.secrets", fromlist=["MaskingFilter"]).MaskingFilter())
     notifier = make_notifier(config, tmp_path / ".branchops")

@@ -35,10 +35,18 @@ def branchops_without(tmp_path: Path, hidden: list[str], *args: str) -> subproce
     shim = tmp_path / "shim"
     shim.mkdir(exist_ok=True)
     (shim / "sitecustomize.py").write_text(HIDE_MODULES)
-    env = {**os.environ, "HIDE_MODULES": ",".join(hidden),
-           "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", "from branchops.cli import main; main()", *args],
-                          env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "HIDE_MODULES": ",".join(hidden),
+        "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", "from branchops.cli import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def approved_merge(project, target: str) -> None:
@@ -47,10 +55,13 @@ def approved_merge(project, target: str) -> None:
     project.run("mr", "merge", str(number), "--as", "lead", "--no-run")
 
 
-@pytest.mark.parametrize("stage, hidden, named, extra", [
-    ("kf-pipeline", ["kfp"], "'kfp'", "branchops[kubeflow]"),
-    ("build-components", ["pytest"], "'pytest'", "branchops[build]"),
-])
+@pytest.mark.parametrize(
+    "stage, hidden, named, extra",
+    [
+        ("kf-pipeline", ["kfp"], "'kfp'", "branchops[kubeflow]"),
+        ("build-components", ["pytest"], "'pytest'", "branchops[build]"),
+    ],
+)
 def test_a_missing_library_is_named_before_the_stage_starts(tmp_path, stage, hidden, named, extra):
     project = make_project(tmp_path)
     project.commit("ds1", "src/model.py", "VERSION = 2\n")
@@ -71,8 +82,9 @@ def test_with_everything_installed_the_same_merge_gets_past_the_check(tmp_path):
     project = make_project(tmp_path)
     project.commit("ds1", "src/model.py", "VERSION = 2\n")
     approved_merge(project, "build-components")
-    result = branchops_without(tmp_path, ["a_module_nobody_imports"], "-C", str(project.path), "run",
-                               "build-components")
+    result = branchops_without(
+        tmp_path, ["a_module_nobody_imports"], "-C", str(project.path), "run", "build-components"
+    )
     assert result.returncode != 8, result.stderr
     assert "not installed" not in result.stderr
     assert project.files("build-components"), "the stage ran and wrote its record"
@@ -86,7 +98,8 @@ def test_the_tensorflow_extras_never_install_two_tensorflow_wheels():
     from packaging.requirements import Requirement
 
     extras = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
 
     def tensorflow_wheels(extra: str) -> set[str]:
         wheels: set[str] = set()
@@ -110,6 +123,8 @@ def test_requirements_of_a_config_without_a_data_section():
     from branchops.config import parse_config
     from branchops.preflight import requirements
 
-    config = parse_config("approvers: {build-components: [l], kf-pipeline: [l], training: [l], deploy-model: [l]}\n")
+    config = parse_config(
+        "approvers: {build-components: [l], kf-pipeline: [l], training: [l], deploy-model: [l]}\n"
+    )
     names = {need.module for need in requirements(config, "training")}
     assert "kfp" in names and "kaggle" not in names

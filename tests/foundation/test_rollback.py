@@ -17,8 +17,14 @@ RELEASE = "serving/tfserve/release.yaml"
 
 
 def release(version: int) -> str:
-    return yaml.safe_dump({"model": "djia", "version": version,
-                           "source": {"volume": "models", "path": f"runs/r/export/{version}"}}, sort_keys=False)
+    return yaml.safe_dump(
+        {
+            "model": "djia",
+            "version": version,
+            "source": {"volume": "models", "path": f"runs/r/export/{version}"},
+        },
+        sort_keys=False,
+    )
 
 
 def merge_into_deploy(project, name: str, files: dict[str, str], base: str = "deploy-model") -> str:
@@ -38,6 +44,7 @@ def merge_into_deploy(project, name: str, files: dict[str, str], base: str = "de
 def record_commits(project, count: int) -> None:
     """The bot's record commits on deploy-model between the merges."""
     from tests.foundation import record_history as history
+
     for i in range(count):
         history.add_records(project.path, "deploy-model", "deploy-model", [history.deployment(i)])
     git(project.path, "checkout", "-q", "-f", "deploy-model")
@@ -60,7 +67,11 @@ def test_the_merges_that_changed_the_release_are_found_among_record_commits(tmp_
 
     # a revert through a merge request is a release merge too: the next rollback goes back from it
     third = merge_into_deploy(project, "revert-2", {RELEASE: release(1)})
-    assert [c.hexsha for c in release_merges(repo, project.tip("deploy-model"), RELEASE)] == [third, second, first]
+    assert [c.hexsha for c in release_merges(repo, project.tip("deploy-model"), RELEASE)] == [
+        third,
+        second,
+        first,
+    ]
 
 
 def test_rollback_prepares_the_release_before_the_latest_release_merge(tmp_path: Path) -> None:

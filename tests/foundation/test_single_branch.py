@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from branchops.stages import REGISTRY
 from tests.foundation import recording_stage
 from tests.foundation.conftest import make_project
@@ -20,8 +19,10 @@ def test_only_stages_whose_inputs_changed_run(tmp_path, monkeypatch, stage_calls
     monkeypatch.setitem(REGISTRY, "build-components", recording_stage)
     monkeypatch.setitem(REGISTRY, "kf-pipeline", recording_stage)
     import types
-    training = types.SimpleNamespace(inputs=lambda config: ("data/",), plan=recording_stage.plan,
-                                     run=recording_stage.run)
+
+    training = types.SimpleNamespace(
+        inputs=lambda config: ("data/",), plan=recording_stage.plan, run=recording_stage.run
+    )
     monkeypatch.setitem(REGISTRY, "training", training)
     monkeypatch.setitem(REGISTRY, "deploy-model", training)
     project = make_project(tmp_path, CONFIG)
@@ -31,7 +32,9 @@ def test_only_stages_whose_inputs_changed_run(tmp_path, monkeypatch, stage_calls
     result = project.run("mr", "merge", str(number), "--as", "ds1")
     calls = [line.split()[0] for line in stage_calls()]
     assert calls == ["build-components", "kf-pipeline"]
-    assert "training on main: skipped" in result.output and "none of its inputs (data/) changed" in result.output
+    assert (
+        "training on main: skipped" in result.output and "none of its inputs (data/) changed" in result.output
+    )
 
 
 def test_deploy_model_watches_the_configured_release_file():

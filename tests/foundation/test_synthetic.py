@@ -37,15 +37,49 @@ def test_demo_without_data_explains_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
     result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo")])
     assert result.exit_code == 1
-    assert "--data DIR" in result.output and "KAGGLE_USERNAME" in result.output and "--synthetic" in result.output
+    assert (
+        "--data DIR" in result.output
+        and "KAGGLE_USERNAME" in result.output
+        and "--synthetic" in result.output
+    )
     assert not (tmp_path / "demo").exists()
 
 
 # The Kaggle dataset "DJIA 30 Stock Time Series" (szrlee/stock-time-series-20050101-to-20171231): one file
 # per ticker, named and laid out like this, trading days from 2006-01-03 to 2017-12-29.
-KAGGLE_TICKERS = {"AABA", "AAPL", "AMZN", "AXP", "BA", "CAT", "CSCO", "CVX", "DIS", "GE", "GOOGL", "GS", "HD",
-                  "IBM", "INTC", "JNJ", "JPM", "KO", "MCD", "MMM", "MRK", "MSFT", "NKE", "PFE", "PG", "TRV",
-                  "UNH", "UTX", "VZ", "WMT", "XOM"}
+KAGGLE_TICKERS = {
+    "AABA",
+    "AAPL",
+    "AMZN",
+    "AXP",
+    "BA",
+    "CAT",
+    "CSCO",
+    "CVX",
+    "DIS",
+    "GE",
+    "GOOGL",
+    "GS",
+    "HD",
+    "IBM",
+    "INTC",
+    "JNJ",
+    "JPM",
+    "KO",
+    "MCD",
+    "MMM",
+    "MRK",
+    "MSFT",
+    "NKE",
+    "PFE",
+    "PG",
+    "TRV",
+    "UNH",
+    "UTX",
+    "VZ",
+    "WMT",
+    "XOM",
+}
 KAGGLE_HEADER = ["Date", "Open", "High", "Low", "Close", "Volume", "Name"]
 FIRST_DAY, LAST_DAY = date(2006, 1, 3), date(2017, 12, 29)
 
@@ -58,7 +92,9 @@ def test_synthetic_prices_have_the_kaggle_layout_and_are_marked(tmp_path):
     folder = synthetic.generate(tmp_path / "raw")
     files = price_files(folder)
     assert set(files) == KAGGLE_TICKERS
-    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".csv") == sorted(p.name for p in files.values())
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".csv") == sorted(
+        p.name for p in files.values()
+    )
     calendars = set()
     for ticker, path in files.items():
         with path.open(newline="") as handle:
@@ -98,8 +134,10 @@ def test_synthetic_prices_are_repeatable_for_a_seed_and_differ_between_seeds(tmp
     other = synthetic.generate(tmp_path / "other", seed=8)
     for name in (path.name for path in price_files(first).values()):
         assert (again / name).read_bytes() == (first / name).read_bytes(), name
-    assert all((other / name).read_bytes() != (first / name).read_bytes()
-               for name in (path.name for path in price_files(first).values()))
+    assert all(
+        (other / name).read_bytes() != (first / name).read_bytes()
+        for name in (path.name for path in price_files(first).values())
+    )
     assert is_synthetic(again) and is_synthetic(other)
 
 

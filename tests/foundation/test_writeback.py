@@ -43,8 +43,15 @@ def test_force_runs_again_but_never_bypasses_the_gate(project, stage_calls):
 
 def _write(repo_path: Path, index: int, remote: str | None) -> str:
     repo = gitops.open_repo(repo_path)
-    return gitops.commit_to_branch(repo, "training", {f"records/concurrency/{index}.json": b"{}\n"},
-                                   f"record {index}", BOT, remote=remote, retries=50)
+    return gitops.commit_to_branch(
+        repo,
+        "training",
+        {f"records/concurrency/{index}.json": b"{}\n"},
+        f"record {index}",
+        BOT,
+        remote=remote,
+        retries=50,
+    )
 
 
 def test_ten_concurrent_local_write_backs_all_land(tmp_path):
@@ -73,10 +80,14 @@ def test_ten_concurrent_processes_pushing_to_one_remote_all_land(tmp_path):
         clone = tmp_path / f"agent{i}"
         git(tmp_path, "clone", "-q", str(remote), str(clone))
         clones.append(clone)
-    code = ("import sys; from pathlib import Path; from tests.foundation.test_writeback import _write; "
-            "_write(Path(sys.argv[1]), int(sys.argv[2]), 'origin')")
+    code = (
+        "import sys; from pathlib import Path; from tests.foundation.test_writeback import _write; "
+        "_write(Path(sys.argv[1]), int(sys.argv[2]), 'origin')"
+    )
     root = Path(__file__).resolve().parents[2]
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(c), str(i)], cwd=root) for i, c in enumerate(clones)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(c), str(i)], cwd=root) for i, c in enumerate(clones)
+    ]
     assert [p.wait(timeout=300) for p in procs] == [0] * 10
     files = git(remote, "ls-tree", "-r", "--name-only", "training").splitlines()
     assert sorted(files) == sorted(f"records/concurrency/{i}.json" for i in range(10))

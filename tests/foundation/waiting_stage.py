@@ -14,6 +14,7 @@ from pathlib import Path
 from branchops import interrupt
 from branchops.stages.base import StageContext, StageResult
 
+
 def inputs(config) -> tuple[str, ...]:
     return ("src/",)
 
@@ -24,8 +25,12 @@ def plan(ctx: StageContext) -> list[str]:
 
 def run(ctx: StageContext) -> StageResult:
     control = Path(os.environ["BRANCHOPS_TEST_STAGE_DIR"])
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     (control / "child.pid").write_text(str(child.pid))
     (control / "started").write_text(ctx.run_id)
     try:
@@ -39,8 +44,8 @@ def run(ctx: StageContext) -> StageResult:
 
 
 if __name__ == "__main__":  # run branchops with this body registered for every stage
-    from branchops.stages import REGISTRY
     from branchops.cli import main
+    from branchops.stages import REGISTRY
 
     for name in list(REGISTRY):
         REGISTRY[name] = sys.modules[__name__]

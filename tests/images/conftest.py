@@ -28,9 +28,11 @@ from .local_registry import LocalRegistry, make_busybox_base_image, registry_bin
 BASE_IMAGE = "localhost/branchops-test-base:1"
 COMPONENT_NAMES = ("alpha", "beta", "gamma")
 # The manifest media types a client accepts (OCI image spec and Docker's image manifest v2, schema 2).
-MANIFEST_ACCEPT = ("application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
-                   "application/vnd.docker.distribution.manifest.v2+json, "
-                   "application/vnd.docker.distribution.manifest.list.v2+json")
+MANIFEST_ACCEPT = (
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json"
+)
 
 
 def _missing_tools() -> list[str]:
@@ -50,21 +52,28 @@ def container_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if missing:
         pytest.skip(f"container tools not installed: {', '.join(missing)} (run .ci/setup.d/containers.sh)")
     root = tmp_path_factory.mktemp("containers")
-    (root / "storage.conf").write_text(textwrap.dedent(f"""\
+    (root / "storage.conf").write_text(
+        textwrap.dedent(f"""\
         [storage]
         driver = "vfs"
         graphroot = "{root / 'graph'}"
         runroot = "{root / 'run'}"
-        """))
-    (root / "containers.conf").write_text(textwrap.dedent("""\
+        """)
+    )
+    (root / "containers.conf").write_text(
+        textwrap.dedent("""\
         [containers]
         default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
         [engine]
         runtime = "runc"
-        """))
+        """)
+    )
     # An unqualified name is never looked up on Docker Hub; the registry fixture adds its own entry.
     (root / "registries.conf").write_text('unqualified-search-registries = []\n')
-    saved = {k: os.environ.get(k) for k in ("CONTAINERS_STORAGE_CONF", "CONTAINERS_CONF", "CONTAINERS_REGISTRIES_CONF")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("CONTAINERS_STORAGE_CONF", "CONTAINERS_CONF", "CONTAINERS_REGISTRIES_CONF")
+    }
     os.environ["CONTAINERS_STORAGE_CONF"] = str(root / "storage.conf")
     os.environ["CONTAINERS_CONF"] = str(root / "containers.conf")
     os.environ["CONTAINERS_REGISTRIES_CONF"] = str(root / "registries.conf")
@@ -78,8 +87,13 @@ def container_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             else:
                 os.environ[key] = value
         # vfs layers are plain directories; unmount anything buildah left mounted, then remove.
-        subprocess.run(["buildah", "rm", "--all"], env={**os.environ, "CONTAINERS_STORAGE_CONF": str(root / "storage.conf")},
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            ["buildah", "rm", "--all"],
+            env={**os.environ, "CONTAINERS_STORAGE_CONF": str(root / "storage.conf")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -110,10 +124,12 @@ def bcrypt_htpasswd(path: Path, user: str, password: str) -> Path:
 
 # -- reading the registry without branchops ---------------------------------------------------------
 
+
 def registry_api(registry_url: str, path: str, auth: tuple[str, str] | None = None) -> requests.Response:
     """``GET /v2/<path>`` on a plain-HTTP registry, as a client that shares no code with branchops."""
-    return requests.get(f"http://{registry_url}/v2/{path}", headers={"Accept": MANIFEST_ACCEPT}, auth=auth,
-                        timeout=30)
+    return requests.get(
+        f"http://{registry_url}/v2/{path}", headers={"Accept": MANIFEST_ACCEPT}, auth=auth, timeout=30
+    )
 
 
 def error_codes(response: requests.Response) -> list[str]:
@@ -128,13 +144,16 @@ def registry_digest(registry_url: str, repository: str, tag: str, auth: tuple[st
     """The digest of the manifest the registry serves for ``repository:tag`` (which must exist)."""
     response = registry_api(registry_url, f"{repository}/manifests/{tag}", auth)
     assert response.status_code == 200, f"{repository}:{tag}: HTTP {response.status_code} {response.text}"
-    digest = "sha256:" + hashlib.sha256(response.content).hexdigest()  # a manifest's digest is that of its bytes
+    digest = (
+        "sha256:" + hashlib.sha256(response.content).hexdigest()
+    )  # a manifest's digest is that of its bytes
     assert response.headers.get("Docker-Content-Digest") == digest
     return digest
 
 
-def assert_not_in_registry(registry_url: str, repository: str, tag: str,
-                           auth: tuple[str, str] | None = None) -> None:
+def assert_not_in_registry(
+    registry_url: str, repository: str, tag: str, auth: tuple[str, str] | None = None
+) -> None:
     """The registry itself answers that ``repository:tag`` does not exist.
 
     The distribution spec's answer is HTTP 404 with MANIFEST_UNKNOWN (or NAME_UNKNOWN when the repository
@@ -143,8 +162,9 @@ def assert_not_in_registry(registry_url: str, repository: str, tag: str,
     """
     manifest = registry_api(registry_url, f"{repository}/manifests/{tag}", auth)
     assert manifest.status_code == 404, f"{repository}:{tag}: HTTP {manifest.status_code} {manifest.text}"
-    assert error_codes(manifest) and set(error_codes(manifest)) <= {"MANIFEST_UNKNOWN", "NAME_UNKNOWN"}, \
+    assert error_codes(manifest) and set(error_codes(manifest)) <= {"MANIFEST_UNKNOWN", "NAME_UNKNOWN"}, (
         manifest.text
+    )
     tags = registry_api(registry_url, f"{repository}/tags/list", auth)
     if tags.status_code == 404:
         assert error_codes(tags) == ["NAME_UNKNOWN"], tags.text
@@ -156,28 +176,49 @@ def assert_not_in_registry(registry_url: str, repository: str, tag: str,
 def skopeo_digest(image: str) -> str | None:
     """The digest as skopeo (an independent client) sees it, or None when the registry says the tag does
     not exist; any other skopeo failure fails the test."""
-    done = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{image}"],
-                          capture_output=True, check=False)
+    done = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{image}"],
+        capture_output=True,
+        check=False,
+    )
     if done.returncode != 0:
         error = done.stderr.decode(errors="replace")
         if "manifest unknown" in error or "name unknown" in error:
             return None
         pytest.fail(f"skopeo could not read {image}: {error}")
-    digest = subprocess.run(["skopeo", "manifest-digest", "/dev/stdin"], input=done.stdout, capture_output=True,
-                            check=True)
+    digest = subprocess.run(
+        ["skopeo", "manifest-digest", "/dev/stdin"], input=done.stdout, capture_output=True, check=True
+    )
     return digest.stdout.decode().strip()
 
 
 def make_context(workspace: Path, state_dir: Path, registry_cfg: RegistrySection, dry_run: bool = False):
     config = BranchopsConfig(approvers={s: ["lead"] for s in STAGES}, registry=registry_cfg)
-    return StageContext(stage="build-components", branch="build-components", workspace=workspace,
-                        git_dir=workspace, state_dir=state_dir, config=config, source_commit="0" * 40,
-                        run_id="20260101T000000Z-000000000000", record_dir="records/build-components/x",
-                        merge_request=None, forge=None, notifier=None, dry_run=dry_run)  # type: ignore[arg-type]
+    return StageContext(
+        stage="build-components",
+        branch="build-components",
+        workspace=workspace,
+        git_dir=workspace,
+        state_dir=state_dir,
+        config=config,
+        source_commit="0" * 40,
+        run_id="20260101T000000Z-000000000000",
+        record_dir="records/build-components/x",
+        merge_request=None,
+        forge=None,
+        notifier=None,
+        dry_run=dry_run,
+    )  # type: ignore[arg-type]
 
 
-def write_component(workspace: Path, name: str, value: int = 1, test_passes: bool = True,
-                    source_dir: str | None = None, run_step: bool = False) -> None:
+def write_component(
+    workspace: Path,
+    name: str,
+    value: int = 1,
+    test_passes: bool = True,
+    source_dir: str | None = None,
+    run_step: bool = False,
+) -> None:
     """A component package, its tests and its Dockerfile (FROM ${BASE_IMAGE}, copies its sources).
 
     ``run_step`` adds a RUN instruction (a real container started by runc during the build); only one
@@ -190,17 +231,21 @@ def write_component(workspace: Path, name: str, value: int = 1, test_passes: boo
     (package / "requirements.txt").write_text("# pins of this component\n")
     expected = value if test_passes else value + 1000
     (package / "tests" / f"test_{src}.py").write_text(
-        f"from components.{src} import VALUE\n\n\ndef test_value():\n    assert VALUE == {expected}\n")
+        f"from components.{src} import VALUE\n\n\ndef test_value():\n    assert VALUE == {expected}\n"
+    )
     dockerfile = workspace / "docker" / name / "Dockerfile"
     dockerfile.parent.mkdir(parents=True, exist_ok=True)
-    dockerfile.write_text(textwrap.dedent(f"""\
+    dockerfile.write_text(
+        textwrap.dedent(f"""\
         ARG BASE_IMAGE=python:3.11-slim
         FROM ${{BASE_IMAGE}}
         WORKDIR /app
         COPY components/__init__.py components/__main__.py components/
         COPY components/common/ components/common/
         COPY components/{src}/ components/{src}/
-        """) + (f"RUN test -f /app/components/{src}/__init__.py\n" if run_step else ""))
+        """)
+        + (f"RUN test -f /app/components/{src}/__init__.py\n" if run_step else "")
+    )
 
 
 @pytest.fixture

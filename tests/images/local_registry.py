@@ -58,7 +58,9 @@ class LocalRegistry:
             "version: 0.1\n"
             "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth, encoding="utf-8")
+            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth,
+            encoding="utf-8",
+        )
         return config
 
     def start(self, timeout_s: float = 30) -> Self:
@@ -67,8 +69,13 @@ class LocalRegistry:
             raise ExternalError("no registry binary found (install Debian's docker-registry)")
         config = self._write_config()
         log_file = (self.root / "registry.log").open("ab")
-        self._process = subprocess.Popen([binary, "serve", str(config)], stdout=log_file, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self._process = subprocess.Popen(
+            [binary, "serve", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log_file.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -111,8 +118,13 @@ def make_busybox_base_image(reference: str = "localhost/branchops-base:busybox")
 
     buildah and podman share the local image store, so both builders find it.
     """
-    exists = subprocess.run(["buildah", "inspect", "--type", "image", reference], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=False)
+    exists = subprocess.run(
+        ["buildah", "inspect", "--type", "image", reference],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     if exists.returncode == 0:
         return reference
     busybox = next((p for p in BUSYBOX_PATHS if os.path.exists(p)), None)
@@ -133,5 +145,7 @@ def make_busybox_base_image(reference: str = "localhost/branchops-base:busybox")
         _run(["buildah", "config", "--cmd", "/bin/sh", "--env", "PATH=/bin", container])
         _run(["buildah", "commit", "--quiet", container, reference])
     finally:
-        subprocess.run(["buildah", "rm", container], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            ["buildah", "rm", container], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
+        )
     return reference

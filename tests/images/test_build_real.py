@@ -32,13 +32,22 @@ pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
 
 def registry_config(registry: LocalRegistry, namespace: str, builder: str = "buildah") -> RegistrySection:
-    return RegistrySection(url=f"{registry.url}/{namespace}", insecure=True, builder=builder,
-                           max_parallel_builds=2, build_args={"BASE_IMAGE": BASE_IMAGE}, timeout_s=300)
+    return RegistrySection(
+        url=f"{registry.url}/{namespace}",
+        insecure=True,
+        builder=builder,
+        max_parallel_builds=2,
+        build_args={"BASE_IMAGE": BASE_IMAGE},
+        timeout_s=300,
+    )
 
 
-@pytest.mark.parametrize(("builder", "names"), [("buildah", ("alpha", "beta", "gamma")), ("podman", ("alpha",))])
-def test_first_run_pushes_every_image_and_a_second_run_builds_nothing(make_workspace, registry, tmp_path, builder,
-                                                                      names):
+@pytest.mark.parametrize(
+    ("builder", "names"), [("buildah", ("alpha", "beta", "gamma")), ("podman", ("alpha",))]
+)
+def test_first_run_pushes_every_image_and_a_second_run_builds_nothing(
+    make_workspace, registry, tmp_path, builder, names
+):
     workspace = make_workspace(salt=f"first-{builder}", names=names)
     cfg = registry_config(registry, f"first-{builder}", builder)
 
@@ -97,7 +106,10 @@ def test_failing_component_test_pushes_nothing_and_fails_the_stage(make_workspac
     assert_not_in_registry(registry.url, "failing-test/beta", by_name["beta"]["tag"])
     assert skopeo_digest(f"{registry.url}/failing-test/beta:{by_name['beta']['tag']}") is None
     # The same questions about alpha, built in the same run, are answered with its manifest.
-    assert registry_digest(registry.url, "failing-test/alpha", by_name["alpha"]["tag"]) == by_name["alpha"]["digest"]
+    assert (
+        registry_digest(registry.url, "failing-test/alpha", by_name["alpha"]["tag"])
+        == by_name["alpha"]["digest"]
+    )
     assert result.outcome == "failed"
     assert by_name["beta"]["status"] == "failed" and by_name["beta"]["tests"] == "failed"
     assert "tests failed" in result.error
@@ -143,8 +155,9 @@ def image_digests_missing(workspace: Path, cfg: RegistrySection) -> bool:
 def test_registry_down_is_a_clear_error_and_nothing_runs(make_workspace, container_store, tmp_path):
     workspace = make_workspace(salt="registry-down")
     down = f"127.0.0.1:{free_port()}"  # nothing listens there
-    cfg = RegistrySection(url=f"{down}/ns", insecure=True, builder="buildah",
-                          build_args={"BASE_IMAGE": BASE_IMAGE})
+    cfg = RegistrySection(
+        url=f"{down}/ns", insecure=True, builder="buildah", build_args={"BASE_IMAGE": BASE_IMAGE}
+    )
     ctx = make_context(workspace, tmp_path / "state", cfg)
 
     with pytest.raises(ExternalError, match=rf"registry http://{down} is unreachable") as caught:

@@ -18,16 +18,22 @@ from branchops.images.builders.podman import PodmanBuilder
 
 
 def request(tmp_path: Path, insecure: bool = True, auth: bool = True) -> BuildRequest:
-    return BuildRequest(workspace=tmp_path, dockerfile="docker/train/Dockerfile", image="reg:5000/ns/train:abc",
-                        build_args={"BASE_IMAGE": "python:3.11-slim"}, labels={"io.branchops.component": "train"},
-                        insecure=insecure, auth_dir=tmp_path / "auth" if auth else None,
-                        digest_file=tmp_path / "train.digest")
+    return BuildRequest(
+        workspace=tmp_path,
+        dockerfile="docker/train/Dockerfile",
+        image="reg:5000/ns/train:abc",
+        build_args={"BASE_IMAGE": "python:3.11-slim"},
+        labels={"io.branchops.component": "train"},
+        insecure=insecure,
+        auth_dir=tmp_path / "auth" if auth else None,
+        digest_file=tmp_path / "train.digest",
+    )
 
 
 def test_podman_builds_with_layers_and_pushes_with_a_digest_file(tmp_path):
     build, push = PodmanBuilder(60).commands(request(tmp_path))
     assert build[:3] == ["podman", "build", "--layers"] and build[-1] == "."
-    assert ["--build-arg", "BASE_IMAGE=python:3.11-slim"] == build[build.index("--build-arg"):][:2]
+    assert ["--build-arg", "BASE_IMAGE=python:3.11-slim"] == build[build.index("--build-arg") :][:2]
     assert push[:4] == ["podman", "push", "--digestfile", str(tmp_path / "train.digest")]
     assert "--tls-verify=false" in push and push[-1] == "docker://reg:5000/ns/train:abc"
     assert "--authfile" in build and "--authfile" in push

@@ -33,8 +33,14 @@ def test_discovers_components_with_their_sources(workspace):
     assert [c.name for c in components] == ["alpha", "beta"]
     alpha = components[0]
     assert alpha.dockerfile == "docker/alpha/Dockerfile" and alpha.source_dir == "components/alpha"
-    assert {"components/alpha/__init__.py", "components/alpha/requirements.txt", "components/common/io.py",
-            "components/__init__.py", "components/__main__.py", "docker/alpha/Dockerfile"} <= set(alpha.files)
+    assert {
+        "components/alpha/__init__.py",
+        "components/alpha/requirements.txt",
+        "components/common/io.py",
+        "components/__init__.py",
+        "components/__main__.py",
+        "docker/alpha/Dockerfile",
+    } <= set(alpha.files)
     assert not any(f.startswith("components/beta") for f in alpha.files)
     assert len(alpha.content_tag) >= 16 and int(alpha.content_tag, 16) >= 0
 
@@ -53,7 +59,8 @@ def test_shared_sources_dockerfile_and_build_args_change_every_tag_they_reach(wo
     before = tags(workspace)
     assert all(before[n] != t for n, t in tags(workspace, BASE_IMAGE="python:3.12-slim").items())
     (workspace / "docker" / "alpha" / "Dockerfile").write_text(
-        (workspace / "docker" / "alpha" / "Dockerfile").read_text() + "ENV X=1\n")
+        (workspace / "docker" / "alpha" / "Dockerfile").read_text() + "ENV X=1\n"
+    )
     after = tags(workspace)
     assert after["alpha"] != before["alpha"] and after["beta"] == before["beta"]
 
@@ -96,8 +103,10 @@ def test_files_the_dockerfile_copies_from_elsewhere_are_hashed(workspace):
 
 
 def test_copy_sources_parsing():
-    text = ('FROM x AS build\nCOPY --from=build /a /b\nCOPY ["a b.txt", "c/", "/dst/"]\n'
-            "ADD https://example.com/f.tgz /f\nCOPY ./x \\\n  y/ /app/\n# COPY ignored /z\nCOPY $ARGDIR /q\n")
+    text = (
+        'FROM x AS build\nCOPY --from=build /a /b\nCOPY ["a b.txt", "c/", "/dst/"]\n'
+        "ADD https://example.com/f.tgz /f\nCOPY ./x \\\n  y/ /app/\n# COPY ignored /z\nCOPY $ARGDIR /q\n"
+    )
     assert copied_sources(text) == ["a b.txt", "c", "x", "y"]
 
 

@@ -60,8 +60,9 @@ def docker_auth_registry(container_store: Path, tmp_path_factory) -> Iterator[Lo
 
 
 @pytest.fixture(scope="module")
-def docker_host(container_store: Path, registry: LocalRegistry, docker_auth_registry: LocalRegistry,
-                tmp_path_factory) -> Iterator[str]:
+def docker_host(
+    container_store: Path, registry: LocalRegistry, docker_auth_registry: LocalRegistry, tmp_path_factory
+) -> Iterator[str]:
     """``unix://...`` of a podman API service on the test store, started after both registries are in
     registries.conf (the service reads it once)."""
     missing = _docker_cli_missing()
@@ -72,9 +73,14 @@ def docker_host(container_store: Path, registry: LocalRegistry, docker_auth_regi
     # No login stored on this machine may authenticate a push for the tests: only what the CLI sends counts.
     env = {**os.environ, "REGISTRY_AUTH_FILE": str(root / "no-logins.json")}
     with (root / "service.log").open("ab") as log:
-        service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        service = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         _wait_for_socket(sock, service, root / "service.log")
         yield f"unix://{sock}"
@@ -114,17 +120,30 @@ def docker_env(docker_host: str, monkeypatch, tmp_path) -> str:
 
 def image_labels(image: str) -> dict[str, str]:
     """The labels of ``image``'s config, as skopeo reads them from the registry."""
-    done = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{image}"], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", f"docker://{image}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["Labels"] or {}
 
 
-def test_docker_cli_builds_through_podman_and_pushes_what_the_registry_serves(make_workspace, registry, docker_env,
-                                                                              tmp_path):
-    workspace = make_workspace(salt="docker-cli", names=("alpha", "beta"))  # alpha's Dockerfile has a RUN step
-    cfg = RegistrySection(url=f"{registry.url}/docker-cli", insecure=True, builder="docker", max_parallel_builds=2,
-                          build_args={"BASE_IMAGE": BASE_IMAGE}, timeout_s=300)
+def test_docker_cli_builds_through_podman_and_pushes_what_the_registry_serves(
+    make_workspace, registry, docker_env, tmp_path
+):
+    workspace = make_workspace(
+        salt="docker-cli", names=("alpha", "beta")
+    )  # alpha's Dockerfile has a RUN step
+    cfg = RegistrySection(
+        url=f"{registry.url}/docker-cli",
+        insecure=True,
+        builder="docker",
+        max_parallel_builds=2,
+        build_args={"BASE_IMAGE": BASE_IMAGE},
+        timeout_s=300,
+    )
 
     first = build_components(workspace, cfg, tmp_path / "logs1")
 
@@ -137,7 +156,10 @@ def test_docker_cli_builds_through_podman_and_pushes_what_the_registry_serves(ma
         # The build arguments and labels reached the engine: the image is FROM the busybox base (a default
         # python:3.11-slim could not be pulled here) and carries the component's labels.
         labels = image_labels(entry.image)
-        assert (labels["io.branchops.component"], labels["io.branchops.content-tag"]) == (entry.name, entry.tag)
+        assert (labels["io.branchops.component"], labels["io.branchops.content-tag"]) == (
+            entry.name,
+            entry.tag,
+        )
         log_text = Path(entry.log).read_text()
         assert f"$ docker build -f docker/{entry.name}/Dockerfile -t {entry.image}" in log_text
         assert f"$ docker push {entry.image}" in log_text
@@ -149,13 +171,21 @@ def test_docker_cli_builds_through_podman_and_pushes_what_the_registry_serves(ma
     assert {c.name: c.digest for c in second.skipped} == {c.name: c.digest for c in first.built}
 
 
-def test_docker_push_logs_in_with_docker_config_and_is_refused_without(make_workspace, docker_auth_registry,
-                                                                       docker_env, monkeypatch, tmp_path):
+def test_docker_push_logs_in_with_docker_config_and_is_refused_without(
+    make_workspace, docker_auth_registry, docker_env, monkeypatch, tmp_path
+):
     url = docker_auth_registry.url
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     workspace = make_workspace(salt="docker-auth", names=("alpha",))
-    cfg = RegistrySection(url=f"{url}/private", insecure=True, builder="docker", username=USER,
-                          password=SecretRef(env=PASSWORD_ENV), build_args={"BASE_IMAGE": BASE_IMAGE}, timeout_s=300)
+    cfg = RegistrySection(
+        url=f"{url}/private",
+        insecure=True,
+        builder="docker",
+        username=USER,
+        password=SecretRef(env=PASSWORD_ENV),
+        build_args={"BASE_IMAGE": BASE_IMAGE},
+        timeout_s=300,
+    )
 
     report = build_components(workspace, cfg, tmp_path / "logs")
 
@@ -166,10 +196,19 @@ def test_docker_push_logs_in_with_docker_config_and_is_refused_without(make_work
 
     # The same image pushed without the login (no DOCKER_CONFIG from the builder) is refused by the registry.
     anonymous = f"{url}/private/alpha:anonymous"
-    request = BuildRequest(workspace=workspace, dockerfile="docker/alpha/Dockerfile", image=anonymous,
-                           build_args={"BASE_IMAGE": BASE_IMAGE}, labels={}, insecure=True, auth_dir=None,
-                           digest_file=tmp_path / "anonymous.digest")
-    with (tmp_path / "anonymous.log").open("w") as log, \
-            pytest.raises(CommandFailed, match=r"'docker push' exited with 1: .*authentication required"):
+    request = BuildRequest(
+        workspace=workspace,
+        dockerfile="docker/alpha/Dockerfile",
+        image=anonymous,
+        build_args={"BASE_IMAGE": BASE_IMAGE},
+        labels={},
+        insecure=True,
+        auth_dir=None,
+        digest_file=tmp_path / "anonymous.digest",
+    )
+    with (
+        (tmp_path / "anonymous.log").open("w") as log,
+        pytest.raises(CommandFailed, match=r"'docker push' exited with 1: .*authentication required"),
+    ):
         DockerBuilder(300).build_and_push(request, log)
     assert_not_in_registry(url, "private/alpha", "anonymous", auth=(USER, PASSWORD))

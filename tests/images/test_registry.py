@@ -23,8 +23,9 @@ from branchops.stages import build_components as stage
 from .conftest import BASE_IMAGE, bcrypt_htpasswd, make_context, registry_digest, write_component
 from .local_registry import LocalRegistry, free_port, registry_binary
 
-pytestmark = pytest.mark.skipif(registry_binary() is None,
-                                reason="docker-registry is not installed (run .ci/setup.d/containers.sh)")
+pytestmark = pytest.mark.skipif(
+    registry_binary() is None, reason="docker-registry is not installed (run .ci/setup.d/containers.sh)"
+)
 USER, PASSWORD_ENV = "ci-pusher", "BRANCHOPS_TEST_REGISTRY_PASSWORD"
 PASSWORD = "s3cret-push-token"
 
@@ -53,7 +54,9 @@ def test_missing_tag_is_none(plain_registry):
 def test_registry_down_names_the_url():
     url = f"127.0.0.1:{free_port()}"
     client = RegistryClient(RegistrySection(url=url, insecure=True))
-    with pytest.raises(ExternalError, match=rf"registry http://{url} is unreachable or failing \(4 attempts\)"):
+    with pytest.raises(
+        ExternalError, match=rf"registry http://{url} is unreachable or failing \(4 attempts\)"
+    ):
         client.manifest_digest("train", "abc")
 
 
@@ -71,22 +74,26 @@ def test_basic_auth(auth_registry, monkeypatch):
         anonymous.manifest_digest("train", "abc")
 
     monkeypatch.setenv(PASSWORD_ENV, "wrong-password")
-    wrong = RegistryClient(RegistrySection(url=url, insecure=True, username=USER,
-                                           password=SecretRef(env=PASSWORD_ENV)))
+    wrong = RegistryClient(
+        RegistrySection(url=url, insecure=True, username=USER, password=SecretRef(env=PASSWORD_ENV))
+    )
     with pytest.raises(ExternalError, match=f"user '{USER}'") as caught:
         wrong.manifest_digest("train", "abc")
     assert "wrong-password" not in str(caught.value)
 
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    right = RegistryClient(RegistrySection(url=url, insecure=True, username=USER,
-                                           password=SecretRef(env=PASSWORD_ENV)))
+    right = RegistryClient(
+        RegistrySection(url=url, insecure=True, username=USER, password=SecretRef(env=PASSWORD_ENV))
+    )
     assert right.manifest_digest("train", "abc") is None
 
 
 def test_password_reference_that_is_not_set_is_a_config_error(monkeypatch):
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
     with pytest.raises(ConfigError, match=f"registry.password: env {PASSWORD_ENV}: not set"):
-        RegistryClient(RegistrySection(url="127.0.0.1:1", username=USER, password=SecretRef(env=PASSWORD_ENV)))
+        RegistryClient(
+            RegistrySection(url="127.0.0.1:1", username=USER, password=SecretRef(env=PASSWORD_ENV))
+        )
 
 
 def record_process_arguments(monkeypatch) -> list[list[str]]:
@@ -95,7 +102,9 @@ def record_process_arguments(monkeypatch) -> list[list[str]]:
 
     class RecordingPopen(subprocess.Popen):
         def __init__(self, args, *rest, **kwargs):
-            started.append([os.fsdecode(args)] if isinstance(args, (str, bytes)) else [os.fsdecode(a) for a in args])
+            started.append(
+                [os.fsdecode(args)] if isinstance(args, (str, bytes)) else [os.fsdecode(a) for a in args]
+            )
             super().__init__(args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
@@ -103,14 +112,20 @@ def record_process_arguments(monkeypatch) -> list[list[str]]:
 
 
 def files_containing(root: Path, secrets: tuple[str, ...]) -> list[Path]:
-    return [path for path in root.rglob("*") if path.is_file() and not path.is_symlink()
-            and any(secret.encode() in path.read_bytes() for secret in secrets)]
+    return [
+        path
+        for path in root.rglob("*")
+        if path.is_file()
+        and not path.is_symlink()
+        and any(secret.encode() in path.read_bytes() for secret in secrets)
+    ]
 
 
 @pytest.mark.containers
 @pytest.mark.slow
-def test_push_with_credentials_never_shows_the_password(auth_registry, container_store, make_workspace,
-                                                        monkeypatch, tmp_path, caplog):
+def test_push_with_credentials_never_shows_the_password(
+    auth_registry, container_store, make_workspace, monkeypatch, tmp_path, caplog
+):
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     # The login file is written with tempfile, which honours TMPDIR (and caches it in tempfile.tempdir):
     # point both at a folder of this test, so whatever is left behind is found where it really is.
@@ -121,8 +136,14 @@ def test_push_with_credentials_never_shows_the_password(auth_registry, container
     # The forms the password could leak in: itself, and the base64 user:password of a docker config.json.
     secrets = (PASSWORD, base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
     workspace = make_workspace(salt="auth", names=("alpha",))
-    cfg = RegistrySection(url=f"{auth_registry.url}/private", insecure=True, builder="buildah",
-                          username=USER, password=SecretRef(env=PASSWORD_ENV), build_args={"BASE_IMAGE": BASE_IMAGE})
+    cfg = RegistrySection(
+        url=f"{auth_registry.url}/private",
+        insecure=True,
+        builder="buildah",
+        username=USER,
+        password=SecretRef(env=PASSWORD_ENV),
+        build_args={"BASE_IMAGE": BASE_IMAGE},
+    )
     ctx = make_context(workspace, tmp_path / "state", cfg)
     process_arguments = record_process_arguments(monkeypatch)
     caplog.set_level(logging.DEBUG)
@@ -132,7 +153,10 @@ def test_push_with_credentials_never_shows_the_password(auth_registry, container
     assert result.outcome == "success", result.summary
     assert result.outputs["built"] == ["alpha"]
     (alpha,) = result.outputs["components"]
-    assert registry_digest(auth_registry.url, "private/alpha", alpha["tag"], auth=(USER, PASSWORD)) == alpha["digest"]
+    assert (
+        registry_digest(auth_registry.url, "private/alpha", alpha["tag"], auth=(USER, PASSWORD))
+        == alpha["digest"]
+    )
     # Nowhere: command lines, the record (outputs, summary, artifacts), the log messages, any file under this
     # test's folders (temp files, the stage's logs, the workspace), and no login folder left behind.
     for secret in secrets:

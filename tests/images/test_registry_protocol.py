@@ -56,13 +56,16 @@ class Handler(BaseHTTPRequestHandler):
                 return self._answer(401, {})
             if "scope=repository%3Ateam%2Ftrain%3Apull" not in self.path or "service=fake" not in self.path:
                 return self._answer(400, {})
-            return self._answer(200, {"Content-Type": "application/json"}, json.dumps({"token": TOKEN}).encode())
+            return self._answer(
+                200, {"Content-Type": "application/json"}, json.dumps({"token": TOKEN}).encode()
+            )
         if self.server.failures_before_success > 0:
             self.server.failures_before_success -= 1
             return self._answer(503, {})
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            challenge = (f'Bearer realm="http://{host}/token",service="fake",'
-                         f'scope="repository:team/train:pull"')
+            challenge = (
+                f'Bearer realm="http://{host}/token",service="fake",scope="repository:team/train:pull"'
+            )
             return self._answer(401, {"WWW-Authenticate": challenge})
         accepted = self.headers.get("Accept", "")
         if self.path != "/v2/team/train/manifests/abc" or MANIFEST_TYPES[0] not in accepted:
@@ -88,8 +91,14 @@ def fake() -> Iterator[FakeRegistry]:
 
 def client_for(fake: FakeRegistry, monkeypatch, password: str = "hunter22") -> RegistryClient:
     monkeypatch.setenv("FAKE_REGISTRY_PASSWORD", password)
-    return RegistryClient(RegistrySection(url=f"127.0.0.1:{fake.server_port}/team", insecure=True, username="bot",
-                                          password=SecretRef(env="FAKE_REGISTRY_PASSWORD")))
+    return RegistryClient(
+        RegistrySection(
+            url=f"127.0.0.1:{fake.server_port}/team",
+            insecure=True,
+            username="bot",
+            password=SecretRef(env="FAKE_REGISTRY_PASSWORD"),
+        )
+    )
 
 
 def test_bearer_token_handshake(fake, monkeypatch):

@@ -24,17 +24,28 @@ def production_config(jenkins_url: str = "https://jenkins.example.com", **overri
     ``overrides`` replace top-level sections (merged one level deep).
     """
     data = yaml.safe_load((REPO_ROOT / "config" / "branchops.yaml").read_text(encoding="utf-8"))
-    data["forge"] = {"backend": "github",
-                     "github": {"repository": "acme/djia-mlops", "token": {"credential": "github-token"}}}
-    data["ci"] = {"backend": "jenkins",
-                  "jenkins": {"url": jenkins_url, "user": "admin", "token": {"env": JENKINS_TOKEN_ENV},
-                              "folder": "ml/djia", "timeout_s": 5,
-                              "webhook_secret": {"env": WEBHOOK_SECRET_ENV}}}
+    data["forge"] = {
+        "backend": "github",
+        "github": {"repository": "acme/djia-mlops", "token": {"credential": "github-token"}},
+    }
+    data["ci"] = {
+        "backend": "jenkins",
+        "jenkins": {
+            "url": jenkins_url,
+            "user": "admin",
+            "token": {"env": JENKINS_TOKEN_ENV},
+            "folder": "ml/djia",
+            "timeout_s": 5,
+            "webhook_secret": {"env": WEBHOOK_SECRET_ENV},
+        },
+    }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             merged = dict(data[key])
             for k, v in value.items():
-                merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+                merged[k] = (
+                    {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+                )
             data[key] = merged
         else:
             data[key] = value

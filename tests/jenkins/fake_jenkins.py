@@ -121,8 +121,14 @@ class FakeJenkins:
         return [p for m, p, _ in self.requests if m == "POST"]
 
     # -- request handling -----------------------------------------------------------------------------
-    def _send(self, h: BaseHTTPRequestHandler, status: int, body: str | bytes = b"", ctype: str = "text/plain",
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: str | bytes = b"",
+        ctype: str = "text/plain",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         data = body.encode() if isinstance(body, str) else body
         h.send_response(status)
         h.send_header("Content-Type", ctype)
@@ -145,9 +151,13 @@ class FakeJenkins:
             self.requests.append((method, h.path, dict(h.headers)))
             expected = "Basic " + base64.b64encode(f"{self.user}:{self.token}".encode()).decode()
             if h.headers.get("Authorization") != expected:
-                return self._send(h, 401, "Unauthorized", headers={"WWW-Authenticate": 'Basic realm="Jenkins"'})
-            if method == "POST" and (h.headers.get(CRUMB_FIELD) != self.crumb
-                                     or f"{SESSION_COOKIE}={self.session}" not in (h.headers.get("Cookie") or "")):
+                return self._send(
+                    h, 401, "Unauthorized", headers={"WWW-Authenticate": 'Basic realm="Jenkins"'}
+                )
+            if method == "POST" and (
+                h.headers.get(CRUMB_FIELD) != self.crumb
+                or f"{SESSION_COOKIE}={self.session}" not in (h.headers.get("Cookie") or "")
+            ):
                 return self._send(h, 403, "No valid crumb was included in the request")
             try:
                 self._route(h, method, split.path, query, body)
@@ -156,16 +166,28 @@ class FakeJenkins:
 
     def _route(self, h, method: str, path: str, query: dict[str, str], body: bytes) -> None:
         if path == "/crumbIssuer/api/json":
-            body = json.dumps({"_class": "hudson.security.csrf.DefaultCrumbIssuer", "crumb": self.crumb,
-                               "crumbRequestField": CRUMB_FIELD})
-            return self._send(h, 200, body, "application/json;charset=utf-8",
-                              {"Set-Cookie": f"{SESSION_COOKIE}={self.session}; Path=/; HttpOnly"})
+            body = json.dumps(
+                {
+                    "_class": "hudson.security.csrf.DefaultCrumbIssuer",
+                    "crumb": self.crumb,
+                    "crumbRequestField": CRUMB_FIELD,
+                }
+            )
+            return self._send(
+                h,
+                200,
+                body,
+                "application/json;charset=utf-8",
+                {"Set-Cookie": f"{SESSION_COOKIE}={self.session}; Path=/; HttpOnly"},
+            )
         if path == "/me/api/json":
             return self._json(h, {"_class": "hudson.model.User", "id": self.user, "fullName": self.user})
         if path == "/queue/api/json":
             return self._json(h, {"_class": "hudson.model.Queue", "items": self.queue})
         if path in ("/", "/api/json"):
-            return self._json(h, {"_class": "hudson.model.Hudson", "jobs": self._children_json(self.root, "")})
+            return self._json(
+                h, {"_class": "hudson.model.Hudson", "jobs": self._children_json(self.root, "")}
+            )
         segments = [unquote(s) for s in path.strip("/").split("/")]
         # Walk job/<name> pairs down the item tree.
         node, names, i = self.root, [], 0
@@ -214,8 +236,11 @@ class FakeJenkins:
     # -- behaviours -----------------------------------------------------------------------------------
     def _create(self, h, parent: Item, query: dict[str, str], body: bytes) -> None:
         name = query.get("name", "")
-        form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()} \
-            if h.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded") else {}
+        form = (
+            {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
+            if h.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded")
+            else {}
+        )
         if parent.cls not in (FOLDER, "hudson.model.Hudson"):
             raise KeyError("createItem outside a folder")
         if not name or "/" in name:
@@ -226,7 +251,9 @@ class FakeJenkins:
         if mode:
             if mode != FOLDER:
                 return self._send(h, 400, f"unknown mode {mode}")
-            parent.children[name] = Item(name, FOLDER, config_xml=f'<{FOLDER} plugin="cloudbees-folder@6.955"/>')
+            parent.children[name] = Item(
+                name, FOLDER, config_xml=f'<{FOLDER} plugin="cloudbees-folder@6.955"/>'
+            )
             return self._send(h, 302, "", headers={"Location": self.url})
         if not h.headers.get("Content-Type", "").startswith(("text/xml", "application/xml")):
             return self._send(h, 400, "No mode and no XML body")
@@ -254,29 +281,57 @@ class FakeJenkins:
             if child.builds:
                 last = child.builds[-1]
                 color = {"SUCCESS": "blue", "FAILURE": "red", None: "blue_anime"}.get(last.result, "aborted")
-            out.append({"_class": child.cls, "name": child.name, "url": f"{url}job/{quote(child.name, safe='')}/",
-                        "color": color})
+            out.append(
+                {
+                    "_class": child.cls,
+                    "name": child.name,
+                    "url": f"{url}job/{quote(child.name, safe='')}/",
+                    "color": color,
+                }
+            )
         return out
 
     def _item_json(self, node: Item, url: str) -> dict:
-        data = {"_class": node.cls, "name": node.name, "displayName": node.display_name or node.name,
-                "fullName": node.name, "url": url}
+        data = {
+            "_class": node.cls,
+            "name": node.name,
+            "displayName": node.display_name or node.name,
+            "fullName": node.name,
+            "url": url,
+        }
         if node.cls in (FOLDER, MULTIBRANCH):
             data["jobs"] = self._children_json(node, url)
         if node.cls == MULTIBRANCH:
             data["disabled"] = node.disabled
         if node.cls in (WORKFLOW_JOB, FREESTYLE):
-            refs = [{"_class": "org.jenkinsci.plugins.workflow.job.WorkflowRun", "number": b.number,
-                     "url": f"{url}{b.number}/"} for b in reversed(node.builds)]
-            data.update(builds=refs, lastBuild=refs[0] if refs else None,
-                        firstBuild=refs[-1] if refs else None, nextBuildNumber=len(node.builds) + 1,
-                        buildable=True, inQueue=False)
+            refs = [
+                {
+                    "_class": "org.jenkinsci.plugins.workflow.job.WorkflowRun",
+                    "number": b.number,
+                    "url": f"{url}{b.number}/",
+                }
+                for b in reversed(node.builds)
+            ]
+            data.update(
+                builds=refs,
+                lastBuild=refs[0] if refs else None,
+                firstBuild=refs[-1] if refs else None,
+                nextBuildNumber=len(node.builds) + 1,
+                buildable=True,
+                inQueue=False,
+            )
         return data
 
     def _build_json(self, build: Build, url: str) -> dict:
-        return {"_class": "org.jenkinsci.plugins.workflow.job.WorkflowRun", "number": build.number,
-                "result": build.result, "building": build.result is None, "timestamp": build.timestamp_ms,
-                "duration": 0 if build.result is None else build.duration_ms, "url": f"{url}{build.number}/"}
+        return {
+            "_class": "org.jenkinsci.plugins.workflow.job.WorkflowRun",
+            "number": build.number,
+            "result": build.result,
+            "building": build.result is None,
+            "timestamp": build.timestamp_ms,
+            "duration": 0 if build.result is None else build.duration_ms,
+            "url": f"{url}{build.number}/",
+        }
 
     def _progressive(self, h, build: Build, start: int) -> None:
         if build.result is None:

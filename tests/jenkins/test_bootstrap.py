@@ -50,15 +50,26 @@ class RecordingAdmin:
         self.files[(branch, path)] = content
         return True
 
-    def protect_branch(self, branch: str, required_approvals: int, required_status_context: str,
-                       restrict_pushes: bool, *, require_code_owner_reviews: bool = False) -> None:
+    def protect_branch(
+        self,
+        branch: str,
+        required_approvals: int,
+        required_status_context: str,
+        restrict_pushes: bool,
+        *,
+        require_code_owner_reviews: bool = False,
+    ) -> None:
         self.calls.append(f"protect_branch {branch}")
         if self.fail_on == branch:
             raise ExternalError(f"GitHub: protecting branch {branch} failed: 422")
         assert branch in self.branches, "protect an existing branch"
         assert (branch, CODEOWNERS_PATH) in self.files, "CODEOWNERS before protection"
-        self.protections[branch] = {"approvals": required_approvals, "context": required_status_context,
-                                    "restrict_pushes": restrict_pushes, "code_owners": require_code_owner_reviews}
+        self.protections[branch] = {
+            "approvals": required_approvals,
+            "context": required_status_context,
+            "restrict_pushes": restrict_pushes,
+            "code_owners": require_code_owner_reviews,
+        }
 
     def ensure_webhook(self, url: str, secret_ref: Any, events: Sequence[str]) -> tuple[int, bool]:
         self.calls.append("ensure_webhook")
@@ -83,24 +94,36 @@ def test_the_plan_lists_every_action_in_order() -> None:
     expected = []
     for branch in STAGE_BRANCHES:
         expected += [("ensure-branch", branch), ("write-codeowners", branch), ("protect-branch", branch)]
-    expected += [("ensure-webhook", "https://jenkins.example.com/github-webhook/"),
-                 ("sync-jenkins-job", "ml/djia/branchops")]
+    expected += [
+        ("ensure-webhook", "https://jenkins.example.com/github-webhook/"),
+        ("sync-jenkins-job", "ml/djia/branchops"),
+    ]
     assert sorted(kinds) == sorted(expected)
     assert kinds[-2:] == expected[-2:]
     for branch in STAGE_BRANCHES:  # each branch: created, then owned, then protected
         order = [k for k, t in kinds if t == branch]
         assert order == ["ensure-branch", "write-codeowners", "protect-branch"]
     protect = next(a for a in actions if a.kind == "protect-branch" and a.target == "training")
-    assert protect.params == {"required_approvals": 1, "required_status_context": PR_STATUS_CONTEXT,
-                              "restrict_pushes": False, "require_code_owner_reviews": True}
-    assert "@lead @head-of-ds" in next(a.summary for a in actions if a.kind == "write-codeowners"
-                                       and a.target == "training")
+    assert protect.params == {
+        "required_approvals": 1,
+        "required_status_context": PR_STATUS_CONTEXT,
+        "restrict_pushes": False,
+        "require_code_owner_reviews": True,
+    }
+    assert "@lead @head-of-ds" in next(
+        a.summary for a in actions if a.kind == "write-codeowners" and a.target == "training"
+    )
 
 
 def test_codeowners_names_the_stage_approvers_as_github_owners() -> None:
-    config = production_config(approvers={"build-components": ["alice", "@acme/ml-leads"],
-                                          "kf-pipeline": ["bob@example.com"], "training": ["carol"],
-                                          "deploy-model": ["dave", "alice"]})
+    config = production_config(
+        approvers={
+            "build-components": ["alice", "@acme/ml-leads"],
+            "kf-pipeline": ["bob@example.com"],
+            "training": ["carol"],
+            "deploy-model": ["dave", "alice"],
+        }
+    )
     assert codeowners_for(config, "build-components").splitlines()[-1] == "* @alice @acme/ml-leads"
     assert codeowners_for(config, "kf-pipeline").splitlines()[-1] == "* bob@example.com"
     assert codeowners_for(config, "deploy-model").splitlines()[-1] == "* @dave @alice"
@@ -111,7 +134,10 @@ def test_codeowners_names_the_stage_approvers_as_github_owners() -> None:
 def test_single_branch_mode_protects_one_branch_owned_by_every_approver() -> None:
     config = production_config(branches={"mode": "single-branch", "single_branch": "main"})
     actions = plan_bootstrap(config)
-    assert [(a.kind, a.target) for a in actions][:2] == [("write-codeowners", "main"), ("protect-branch", "main")]
+    assert [(a.kind, a.target) for a in actions][:2] == [
+        ("write-codeowners", "main"),
+        ("protect-branch", "main"),
+    ]
     assert not any(a.kind == "ensure-branch" for a in actions)
     assert codeowners_for(config, "main").splitlines()[-1] == "* @lead @head-of-ds"
 
@@ -136,8 +162,12 @@ def test_a_real_run_sets_everything_up_and_a_second_run_changes_nothing(fake_jen
 
     assert set(admin.branches) == {"main", *STAGE_BRANCHES}
     assert admin.files[("deploy-model", CODEOWNERS_PATH)].endswith("* @head-of-ds\n")
-    assert admin.protections["training"] == {"approvals": 1, "context": PR_STATUS_CONTEXT,
-                                             "restrict_pushes": False, "code_owners": True}
+    assert admin.protections["training"] == {
+        "approvals": 1,
+        "context": PR_STATUS_CONTEXT,
+        "restrict_pushes": False,
+        "code_owners": True,
+    }
     hook_url = fake_jenkins.url + "github-webhook/"
     assert admin.hooks[hook_url] == {"events": ["push", "pull_request"], "secret": "webhook-secret-value-42"}
     assert fake_jenkins.item("ml/djia/branchops") is not None
@@ -159,8 +189,9 @@ def test_a_real_run_sets_everything_up_and_a_second_run_changes_nothing(fake_jen
     assert len(admin.hooks) == 1
 
 
-def test_missing_permissions_are_reported_before_anything_changes(fake_jenkins: FakeJenkins,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_permissions_are_reported_before_anything_changes(
+    fake_jenkins: FakeJenkins, monkeypatch: pytest.MonkeyPatch
+) -> None:
     admin = RecordingAdmin(missing=["admin permission on acme/djia-mlops (branch protection, webhooks)"])
     monkeypatch.delenv(WEBHOOK_SECRET_ENV)
     monkeypatch.setenv("BRANCHOPS_TEST_JENKINS_TOKEN", "wrong")
@@ -180,9 +211,21 @@ def test_missing_permissions_are_reported_before_anything_changes(fake_jenkins: 
 def test_a_drifted_jenkinsfile_stops_bootstrap_before_any_change(fake_jenkins: FakeJenkins) -> None:
     admin = RecordingAdmin()
     with pytest.raises(ExternalError, match="Jenkinsfile: credentials: ci.jenkins.credentials.kubeflow"):
-        run(fake_jenkins, admin, ci={"jenkins": {"credentials": {
-            "github": "github-token", "kaggle": "kaggle-api", "registry": "registry-push",
-            "kubeconfig": "kubeconfig", "kubeflow": "kfp"}}})
+        run(
+            fake_jenkins,
+            admin,
+            ci={
+                "jenkins": {
+                    "credentials": {
+                        "github": "github-token",
+                        "kaggle": "kaggle-api",
+                        "registry": "registry-push",
+                        "kubeconfig": "kubeconfig",
+                        "kubeflow": "kfp",
+                    }
+                }
+            },
+        )
     assert admin.mutations() == []
 
 

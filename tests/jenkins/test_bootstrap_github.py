@@ -32,10 +32,14 @@ def fake_github(monkeypatch: pytest.MonkeyPatch):
 def run(fake_github, fake_jenkins: FakeJenkins, dry_run: bool = False, **overrides):
     from branchops.forge.github_admin import GitHubAdmin
 
-    config = production_config(fake_jenkins.url, forge={"github": {
-        "base_url": fake_github.url, "timeout_s": 5, "retries": 0}}, **overrides)
-    admin = GitHubAdmin(config.forge.github, seconds_between_requests=0, seconds_between_writes=0,
-                        backoff_factor=0)
+    config = production_config(
+        fake_jenkins.url,
+        forge={"github": {"base_url": fake_github.url, "timeout_s": 5, "retries": 0}},
+        **overrides,
+    )
+    admin = GitHubAdmin(
+        config.forge.github, seconds_between_requests=0, seconds_between_writes=0, backoff_factor=0
+    )
     return bootstrap(config, dry_run, admin=admin, jenkins=make_client(config), repo_root=REPO_ROOT)
 
 
@@ -49,7 +53,9 @@ def test_bootstrap_with_the_real_clients_is_idempotent(fake_github, fake_jenkins
 
     stage_branches = {"build-components", "kf-pipeline", "training", "deploy-model"}
     assert set(fake_github.branches) == {"main"} | stage_branches
-    created_at = {r.body["sha"] for r in fake_github.requests if r.method == "POST" and r.path.endswith("/git/refs")}
+    created_at = {
+        r.body["sha"] for r in fake_github.requests if r.method == "POST" and r.path.endswith("/git/refs")
+    }
     assert created_at == {"a" * 40}  # every stage branch starts at main's tip
     assert set(fake_github.protections) == stage_branches
     protection = fake_github.protections["training"]
@@ -68,12 +74,17 @@ def test_bootstrap_with_the_real_clients_is_idempotent(fake_github, fake_jenkins
     for branch in stage_branches:
         assert fake_github.files(branch) == {CODEOWNERS_PATH: codeowners_for(config, branch).encode()}
     assert fake_github.files("main") == {}
-    writes = [i for i, r in enumerate(fake_github.requests)
-              if r.method == "PUT" and r.path.endswith("/contents/.github/CODEOWNERS")]
+    writes = [
+        i
+        for i, r in enumerate(fake_github.requests)
+        if r.method == "PUT" and r.path.endswith("/contents/.github/CODEOWNERS")
+    ]
     assert sorted(fake_github.requests[i].body["branch"] for i in writes) == sorted(stage_branches)
     for i in writes:
         branch = fake_github.requests[i].body["branch"]
-        protect = next(j for j, r in enumerate(fake_github.requests) if r.path.endswith(f"/{branch}/protection"))
+        protect = next(
+            j for j, r in enumerate(fake_github.requests) if r.path.endswith(f"/{branch}/protection")
+        )
         assert i < protect
     assert {o.outcome for o in report.outcomes if o.action.kind == "write-codeowners"} == {"planned"}
 
@@ -87,7 +98,9 @@ def test_bootstrap_with_the_real_clients_is_idempotent(fake_github, fake_jenkins
     assert next(o.outcome for o in second.outcomes if o.action.kind == "sync-jenkins-job") == "unchanged"
 
 
-def test_changed_approvers_update_codeowners_on_their_branch_only(fake_github, fake_jenkins: FakeJenkins) -> None:
+def test_changed_approvers_update_codeowners_on_their_branch_only(
+    fake_github, fake_jenkins: FakeJenkins
+) -> None:
     run(fake_github, fake_jenkins)
     before = dict(fake_github.branches)
     approvers = dict(production_config(fake_jenkins.url).approvers)
@@ -96,7 +109,11 @@ def test_changed_approvers_update_codeowners_on_their_branch_only(fake_github, f
     report = run(fake_github, fake_jenkins, approvers=approvers)
 
     outcomes = {o.action.target: o.outcome for o in report.outcomes if o.action.kind == "write-codeowners"}
-    assert outcomes == {"build-components": "unchanged", "kf-pipeline": "unchanged", "training": "written",
-                        "deploy-model": "unchanged"}
+    assert outcomes == {
+        "build-components": "unchanged",
+        "kf-pipeline": "unchanged",
+        "training": "written",
+        "deploy-model": "unchanged",
+    }
     assert fake_github.files("training")[CODEOWNERS_PATH].decode().endswith("\n* @carol @acme/ml-leads\n")
     assert {b for b in fake_github.branches if fake_github.branches[b] != before[b]} == {"training"}

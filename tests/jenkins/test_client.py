@@ -93,13 +93,16 @@ def test_an_item_of_another_kind_is_never_overwritten(fake_jenkins: FakeJenkins)
 def test_a_job_where_a_folder_should_be_is_refused(fake_jenkins: FakeJenkins) -> None:
     fake_jenkins.root.children["ml"] = Item("ml", FREESTYLE, config_xml="<project/>")
     client, xml = client_for(fake_jenkins)
-    with pytest.raises(ExternalError, match="'ml' exists and is a hudson.model.FreeStyleProject, not a folder"):
+    with pytest.raises(
+        ExternalError, match="'ml' exists and is a hudson.model.FreeStyleProject, not a folder"
+    ):
         client.sync(xml)
     assert fake_jenkins.posts() == []
 
 
-def test_a_wrong_token_is_reported_with_what_to_check(fake_jenkins: FakeJenkins,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wrong_token_is_reported_with_what_to_check(
+    fake_jenkins: FakeJenkins, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(JENKINS_TOKEN_ENV, "not-the-token")
     client, xml = client_for(fake_jenkins)
     with pytest.raises(ExternalError) as err:
@@ -120,8 +123,9 @@ def test_a_missing_permission_is_reported(fake_jenkins: FakeJenkins) -> None:
     assert "<interval>3600000</interval>" in fake_jenkins.item("ml/djia/branchops").config_xml
 
 
-def test_no_token_in_the_environment_names_the_variable(fake_jenkins: FakeJenkins,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_token_in_the_environment_names_the_variable(
+    fake_jenkins: FakeJenkins, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(JENKINS_TOKEN_ENV)
     client, xml = client_for(fake_jenkins)
     with pytest.raises(ConfigError, match=f"ci.jenkins.token.*{JENKINS_TOKEN_ENV}.*not set"):
@@ -130,12 +134,24 @@ def test_no_token_in_the_environment_names_the_variable(fake_jenkins: FakeJenkin
 
 def test_sync_job_refuses_a_drifted_jenkinsfile(fake_jenkins: FakeJenkins, tmp_path) -> None:
     import shutil
+
     for name in ("Jenkinsfile",):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     shutil.copytree(REPO_ROOT / "jenkins", tmp_path / "jenkins", ignore=shutil.ignore_patterns("rbac"))
-    config = production_config(fake_jenkins.url, ci={"jenkins": {"credentials": {
-        "github": "gh-bot", "kaggle": "kaggle-api", "registry": "registry-push", "kubeconfig": "kubeconfig",
-        "kubeflow": "kubeflow-token"}}})
+    config = production_config(
+        fake_jenkins.url,
+        ci={
+            "jenkins": {
+                "credentials": {
+                    "github": "gh-bot",
+                    "kaggle": "kaggle-api",
+                    "registry": "registry-push",
+                    "kubeconfig": "kubeconfig",
+                    "kubeflow": "kubeflow-token",
+                }
+            }
+        },
+    )
     with pytest.raises(ConfigError, match="'gh-bot' is not bound"):
         sync_job(config, tmp_path)
     assert fake_jenkins.posts() == []
@@ -151,10 +167,17 @@ def _job_with_branches(fake: FakeJenkins) -> JenkinsClient:
     fake.add_branch(job, "feature/x", [Build(4, "SUCCESS", ["fine\n"])])
     fake.add_branch(job, "kf-pipeline", [])
     fake.add_branch(job, "PR-3", [Build(1, "SUCCESS", ["tests\n"])])
-    fake.queue.append({"id": 17, "why": "Waiting for next available executor",
-                       "task": {"name": "kf-pipeline", "url": f"{fake.url}job/ml/job/djia/job/branchops/job/kf-pipeline/"}})
-    fake.queue.append({"id": 18, "why": "other job",
-                       "task": {"name": "x", "url": f"{fake.url}job/other/"}})
+    fake.queue.append(
+        {
+            "id": 17,
+            "why": "Waiting for next available executor",
+            "task": {
+                "name": "kf-pipeline",
+                "url": f"{fake.url}job/ml/job/djia/job/branchops/job/kf-pipeline/",
+            },
+        }
+    )
+    fake.queue.append({"id": 18, "why": "other job", "task": {"name": "x", "url": f"{fake.url}job/other/"}})
     return client
 
 

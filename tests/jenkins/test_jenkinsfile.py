@@ -31,6 +31,7 @@ GROOVY_CHECK = Path(__file__).with_name("check_groovy_syntax.groovy")
 
 # -- syntax: Debian's groovy ------------------------------------------------------------------------
 
+
 def groovy_env() -> dict[str, str]:
     if shutil.which("groovy") is None:
         pytest.skip("groovy is not installed (apt-get install groovy; .ci/setup.d/jenkins.sh does it)")
@@ -44,8 +45,14 @@ def groovy_env() -> dict[str, str]:
 
 
 def groovy_check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["groovy", str(GROOVY_CHECK), str(path)], check=False, capture_output=True, text=True,
-                          env=groovy_env(), timeout=300)
+    return subprocess.run(
+        ["groovy", str(GROOVY_CHECK), str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=groovy_env(),
+        timeout=300,
+    )
 
 
 def test_groovy_parses_the_jenkinsfile() -> None:
@@ -69,6 +76,7 @@ def test_every_shell_script_of_the_jenkinsfile_parses() -> None:
 
 
 # -- structure read back ----------------------------------------------------------------------------
+
 
 def test_the_declarative_structure() -> None:
     model = read_jenkinsfile(JENKINSFILE)
@@ -102,29 +110,59 @@ def test_the_jenkinsfile_is_in_step_with_config(config_name: str) -> None:
 
 DRIFTS = {
     "a missing option": (("    timestamps()\n", ""), "`timestamps` is missing"),
-    "a hard-coded stage": (('.venv/bin/branchops run --for-branch "$BRANCH_NAME"', ".venv/bin/branchops run training"),
-                           "no step runs"),
-    "shell tracing": (("set -euo pipefail\n                                # The builder",
-                       "set -euxo pipefail\n                                # The builder"), "set -x"),
-    "a traced credentials script": ((("'''#!/bin/bash\n                                set -euo pipefail\n"
-                                      "                                # The builder"),
-                                     ("'''\n                                set -euo pipefail\n"
-                                      "                                # The builder")), "runs with `sh -xe`"),
+    "a hard-coded stage": (
+        ('.venv/bin/branchops run --for-branch "$BRANCH_NAME"', ".venv/bin/branchops run training"),
+        "no step runs",
+    ),
+    "shell tracing": (
+        (
+            "set -euo pipefail\n                                # The builder",
+            "set -euxo pipefail\n                                # The builder",
+        ),
+        "set -x",
+    ),
+    "a traced credentials script": (
+        (
+            (
+                "'''#!/bin/bash\n                                set -euo pipefail\n"
+                "                                # The builder"
+            ),
+            (
+                "'''\n                                set -euo pipefail\n"
+                "                                # The builder"
+            ),
+        ),
+        "runs with `sh -xe`",
+    ),
     "pull requests running stages": (("when { not { changeRequest() } }", ""), "skipped for pull requests"),
     "a credential of the wrong kind": (
-        (("usernamePassword(credentialsId: 'kaggle-api', usernameVariable: 'KAGGLE_USERNAME', "
-          "passwordVariable: 'BRANCHOPS_CRED_KAGGLE_API')"),
-         "string(credentialsId: 'kaggle-api', variable: 'BRANCHOPS_CRED_KAGGLE_API')"),
-        "'kaggle-api' (kaggle) is bound as string, expected usernamePassword"),
+        (
+            (
+                "usernamePassword(credentialsId: 'kaggle-api', usernameVariable: 'KAGGLE_USERNAME', "
+                "passwordVariable: 'BRANCHOPS_CRED_KAGGLE_API')"
+            ),
+            "string(credentialsId: 'kaggle-api', variable: 'BRANCHOPS_CRED_KAGGLE_API')",
+        ),
+        "'kaggle-api' (kaggle) is bound as string, expected usernamePassword",
+    ),
     "a credential bound to the wrong variable": (
         ("variable: 'BRANCHOPS_CRED_KUBEFLOW_TOKEN'", "variable: 'KF_TOKEN'"),
-        "must be bound to BRANCHOPS_CRED_KUBEFLOW_TOKEN"),
+        "must be bound to BRANCHOPS_CRED_KUBEFLOW_TOKEN",
+    ),
     "an extra credential": (
-        ("string(credentialsId: 'kubeflow-token'", ("string(credentialsId: 'prod-db', variable: 'X'),\n"
-                                                    "                            string(credentialsId: 'kubeflow-token'")),
-        "binds 'prod-db', which ci.jenkins.credentials does not name"),
-    "a too short timeout": (("timeout(time: 6, unit: 'HOURS')", "timeout(time: 45, unit: 'MINUTES')"),
-                            "timeout 2700s is shorter than the training stage may take"),
+        (
+            "string(credentialsId: 'kubeflow-token'",
+            (
+                "string(credentialsId: 'prod-db', variable: 'X'),\n"
+                "                            string(credentialsId: 'kubeflow-token'"
+            ),
+        ),
+        "binds 'prod-db', which ci.jenkins.credentials does not name",
+    ),
+    "a too short timeout": (
+        ("timeout(time: 6, unit: 'HOURS')", "timeout(time: 45, unit: 'MINUTES')"),
+        "timeout 2700s is shorter than the training stage may take",
+    ),
     "no records archived": (("'records/**, reports/**'", "'reports/**'"), "does not archive records/**"),
     "no failure notification": (("        failure {", "        unstable {"), "`failure` is missing"),
 }
@@ -139,25 +177,38 @@ def test_a_drifted_jenkinsfile_is_caught(name: str) -> None:
 
 
 def test_groovy_interpolation_of_secrets_is_caught() -> None:
-    start = JENKINSFILE.index("sh '''#!/bin/bash\n                                set -euo pipefail\n"
-                              "                                # The builder")
+    start = JENKINSFILE.index(
+        "sh '''#!/bin/bash\n                                set -euo pipefail\n"
+        "                                # The builder"
+    )
     end = JENKINSFILE.index("'''", start + 10)
-    drifted = JENKINSFILE[:start] + 'sh """' + JENKINSFILE[start + 6:end] + '"""' + JENKINSFILE[end + 3:]
+    drifted = JENKINSFILE[:start] + 'sh """' + JENKINSFILE[start + 6 : end] + '"""' + JENKINSFILE[end + 3 :]
     problems = check_jenkinsfile(production_config(), REPO_ROOT, drifted)
     assert any("double-quoted sh string inside withCredentials" in p for p in problems), problems
 
 
 def test_config_drift_is_caught() -> None:
-    renamed = production_config(ci={"jenkins": {"credentials": {
-        "github": "github-token", "kaggle": "kaggle-api", "registry": "registry-push",
-        "kubeconfig": "kubeconfig", "kubeflow": "kfp-token"}}})
+    renamed = production_config(
+        ci={
+            "jenkins": {
+                "credentials": {
+                    "github": "github-token",
+                    "kaggle": "kaggle-api",
+                    "registry": "registry-push",
+                    "kubeconfig": "kubeconfig",
+                    "kubeflow": "kfp-token",
+                }
+            }
+        }
+    )
     problems = check_jenkinsfile(renamed, REPO_ROOT)
     assert any("ci.jenkins.credentials.kubeflow = 'kfp-token' is not bound" in p for p in problems)
     assert any("binds 'kubeflow-token'" in p for p in problems)
 
     unbound = production_config(
         notifications=[{"kind": "webhook", "url": {"credential": "slack-hook"}}],
-        data={"kaggle": {"username": {"env": "KAGGLE_USER"}}})
+        data={"kaggle": {"username": {"env": "KAGGLE_USER"}}},
+    )
     problems = check_jenkinsfile(unbound, REPO_ROOT)
     assert any(p.startswith("notifications[0].url: {credential: slack-hook} is not bound") for p in problems)
     assert any(p.startswith("data.kaggle.username: {env: KAGGLE_USER} is not set") for p in problems)
@@ -181,12 +232,15 @@ def test_unparsable_groovy_is_reported_with_a_line() -> None:
 
 # -- jenkins/ ---------------------------------------------------------------------------------------
 
+
 def test_the_agent_pod_is_a_valid_pod_with_one_privileged_builder() -> None:
     import kubernetes_validate
 
     pod = yaml.safe_load((REPO_ROOT / "jenkins" / "agent-pod.yaml").read_text())
     # The Kubernetes plugin names the pod; the schema wants a name to validate the rest.
-    kubernetes_validate.validate({**pod, "metadata": {**pod["metadata"], "name": "agent"}}, "1.30.0", strict=True)
+    kubernetes_validate.validate(
+        {**pod, "metadata": {**pod["metadata"], "name": "agent"}}, "1.30.0", strict=True
+    )
     spec = pod["spec"]
     assert spec["serviceAccountName"] == "branchops-ci"
     containers = {c["name"]: c for c in spec["containers"]}
@@ -202,7 +256,7 @@ def test_casc_declares_every_credential_with_the_kind_the_jenkinsfile_binds() ->
     declared: dict[str, str] = {}
     for domain in casc["credentials"]["system"]["domainCredentials"]:
         for entry in domain["credentials"]:
-            (kind, body), = entry.items()
+            ((kind, body),) = entry.items()
             declared[body["id"]] = kind
     for key, cred_id in credential_ids(production_config()).items():
         assert declared.get(cred_id) == CREDENTIAL_KINDS[key], (key, cred_id)
@@ -218,7 +272,9 @@ def test_git_askpass_hands_git_the_bound_token(tmp_path: Path) -> None:
     helper = REPO_ROOT / "jenkins" / "git-askpass.sh"
     assert os.access(helper, os.X_OK)
     env = {"PATH": os.environ["PATH"], "GITHUB_TOKEN": "tok-123", "GITHUB_USER": "bot"}
-    run = lambda prompt, e: subprocess.run([str(helper), prompt], env=e, check=False, capture_output=True, text=True)
+    run = lambda prompt, e: subprocess.run(
+        [str(helper), prompt], env=e, check=False, capture_output=True, text=True
+    )
     assert run("Username for 'https://github.com': ", env).stdout == "bot\n"
     assert run("Password for 'https://bot@github.com': ", env).stdout == "tok-123\n"
     no_user = {k: v for k, v in env.items() if k != "GITHUB_USER"}

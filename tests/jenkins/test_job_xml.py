@@ -39,30 +39,68 @@ def rendered() -> str:
 def test_rendered_xml_is_what_jenkins_jobs_test_produces(tmp_path: Path) -> None:
     # Every value differs from the defaults, so each one can only have come from this config.
     config = production_config(
-        branches={"stages": {"build-components": "stage/build", "kf-pipeline": "stage/pipeline",
-                             "training": "stage/train", "deploy-model": "stage/deploy"}, "main": "trunk"},
+        branches={
+            "stages": {
+                "build-components": "stage/build",
+                "kf-pipeline": "stage/pipeline",
+                "training": "stage/train",
+                "deploy-model": "stage/deploy",
+            },
+            "main": "trunk",
+        },
         forge={"github": {"repository": "ml-team/djia", "base_url": "https://ghe.example.com/api/v3/"}},
-        ci={"jenkins": {"job": "djia-stages", "credentials": {"github": "gh-scan-token"}, "scan_interval": "30m"}})
+        ci={
+            "jenkins": {
+                "job": "djia-stages",
+                "credentials": {"github": "gh-scan-token"},
+                "scan_interval": "30m",
+            }
+        },
+    )
     rendered = render_job_xml(config, REPO_ROOT)
     root = ElementTree.fromstring(rendered.encode())
 
     # The repository's job definition filled in by hand with what that config says, as an admin would
     # before running `jenkins-jobs test`; only the digest of the rendering inputs is taken over.
     digest = re.search(re.escape(DIGEST_MARKER) + "([0-9a-f]{16})", root.findtext("description")).group(1)
-    description = ("branchops stages of ml-team/djia. Provisioned by `branchops jenkins sync` from "
-                   f"config/branchops.yaml: change that, not this job. {DIGEST_MARKER}{digest}")
-    project = [{"project": {
-        "name": "branchops", "jobs": ["{job_name}"], "job_name": "djia-stages", "description": description,
-        "api_uri": "https://ghe.example.com/api/v3", "repo_owner": "ml-team", "repo": "djia",
-        "github_credentials_id": "gh-scan-token", "scan_interval": "30m",
-        "branch_includes": "trunk stage/build stage/pipeline stage/train stage/deploy"}}]
+    description = (
+        "branchops stages of ml-team/djia. Provisioned by `branchops jenkins sync` from "
+        f"config/branchops.yaml: change that, not this job. {DIGEST_MARKER}{digest}"
+    )
+    project = [
+        {
+            "project": {
+                "name": "branchops",
+                "jobs": ["{job_name}"],
+                "job_name": "djia-stages",
+                "description": description,
+                "api_uri": "https://ghe.example.com/api/v3",
+                "repo_owner": "ml-team",
+                "repo": "djia",
+                "github_credentials_id": "gh-scan-token",
+                "scan_interval": "30m",
+                "branch_includes": "trunk stage/build stage/pipeline stage/train stage/deploy",
+            }
+        }
+    ]
     project_file = tmp_path / "project.yaml"
     project_file.write_text(yaml.safe_dump(project), encoding="utf-8")
     out = tmp_path / "out"
     # `path` is a colon-separated list of YAML files.
-    result = subprocess.run([jenkins_jobs_cli(), "test", "--config-xml", "-o", str(out),
-                             f"{REPO_ROOT / 'jenkins' / 'jobs' / 'branchops.yaml'}:{project_file}"],
-                            check=False, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            jenkins_jobs_cli(),
+            "test",
+            "--config-xml",
+            "-o",
+            str(out),
+            f"{REPO_ROOT / 'jenkins' / 'jobs' / 'branchops.yaml'}:{project_file}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["djia-stages"]
     assert (out / "djia-stages" / "config.xml").read_text(encoding="utf-8") == rendered
@@ -76,8 +114,13 @@ def test_rendered_xml_is_what_jenkins_jobs_test_produces(tmp_path: Path) -> None
     assert source.findtext("apiUri") == "https://ghe.example.com/api/v3"
     assert source.findtext("credentialsId") == "gh-scan-token"
     head_filter = source.find("traits/net.gleske.scmfilter.impl.trait.WildcardSCMHeadFilterTrait")
-    assert head_filter.findtext("includes").split() == ["trunk", "stage/build", "stage/pipeline", "stage/train",
-                                                         "stage/deploy"]
+    assert head_filter.findtext("includes").split() == [
+        "trunk",
+        "stage/build",
+        "stage/pipeline",
+        "stage/train",
+        "stage/deploy",
+    ]
     assert not head_filter.findtext("excludes") and head_filter.findtext("tagExcludes") == "*"
     script_path = root.findtext("factory/scriptPath")
     assert script_path == "Jenkinsfile" and (REPO_ROOT / script_path).is_file()
@@ -98,7 +141,12 @@ def test_the_job_is_a_github_multibranch_pipeline_limited_to_the_stage_branches(
     assert traits.find(f"{GH}.ForkPullRequestDiscoveryTrait") is None
     head_filter = traits.find("net.gleske.scmfilter.impl.trait.WildcardSCMHeadFilterTrait")
     assert set(head_filter.findtext("includes").split()) == {
-        "main", "build-components", "kf-pipeline", "training", "deploy-model"}
+        "main",
+        "build-components",
+        "kf-pipeline",
+        "training",
+        "deploy-model",
+    }
     assert head_filter.findtext("tagExcludes") == "*"
     trigger = root.find("triggers/com.cloudbees.hudson.plugins.folder.computed.PeriodicFolderTrigger")
     assert trigger.findtext("interval") == str(3600 * 1000)
@@ -110,10 +158,18 @@ def test_the_job_is_a_github_multibranch_pipeline_limited_to_the_stage_branches(
 
 def test_branch_names_and_ids_come_from_config() -> None:
     config = production_config(
-        branches={"stages": {"build-components": "stage/build", "kf-pipeline": "stage/pipeline",
-                             "training": "stage/train", "deploy-model": "stage/deploy"}, "main": "trunk"},
+        branches={
+            "stages": {
+                "build-components": "stage/build",
+                "kf-pipeline": "stage/pipeline",
+                "training": "stage/train",
+                "deploy-model": "stage/deploy",
+            },
+            "main": "trunk",
+        },
         forge={"github": {"repository": "other/repo", "base_url": "https://ghe.example.com/api/v3"}},
-        ci={"jenkins": {"credentials": {"github": "gh-app"}, "scan_interval": "30m"}})
+        ci={"jenkins": {"credentials": {"github": "gh-app"}, "scan_interval": "30m"}},
+    )
     root = ElementTree.fromstring(render_job_xml(config, REPO_ROOT).encode())
     source = root.find("sources/data/jenkins.branch.BranchSource/source")
     assert source.findtext("credentialsId") == "gh-app"
@@ -155,14 +211,24 @@ def test_a_missing_template_is_named(tmp_path: Path) -> None:
 
 
 def test_every_plugin_the_job_uses_is_in_plugins_txt(rendered: str) -> None:
-    listed = {line.split(":")[0] for line in (REPO_ROOT / "jenkins" / "plugins.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")}
+    listed = {
+        line.split(":")[0]
+        for line in (REPO_ROOT / "jenkins" / "plugins.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     used = {p.split("@")[0] for p in re.findall(r'plugin="([^"]+)"', rendered)}
     # Dependencies jenkins-plugin-cli installs with workflow-aggregator and github-branch-source.
     transitive = {"workflow-multibranch", "branch-api", "cloudbees-folder", "scm-api"}
     assert used - transitive <= listed, f"add to jenkins/plugins.txt: {sorted(used - transitive - listed)}"
-    assert {"github-branch-source", "scm-filter-branch-pr", "kubernetes", "credentials-binding",
-            "timestamper", "junit", "workflow-aggregator"} <= listed
+    assert {
+        "github-branch-source",
+        "scm-filter-branch-pr",
+        "kubernetes",
+        "credentials-binding",
+        "timestamper",
+        "junit",
+        "workflow-aggregator",
+    } <= listed
     for line in (REPO_ROOT / "jenkins" / "plugins.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             assert re.fullmatch(r"[a-z0-9-]+:[0-9][0-9A-Za-z._-]*", line.strip()), f"unpinned: {line}"

@@ -37,6 +37,11 @@ def test_the_guides_production_settings_are_valid_and_in_step_with_the_jenkinsfi
 def test_the_guide_names_every_credential_id_and_the_commands_it_promises() -> None:
     for key, cred_id in default_credentials().items():
         assert f"`{cred_id}` (`{key}`)" in GUIDE
-    for command in ("branchops jenkins sync", "branchops jenkins status", "branchops jenkins trigger",
-                    "branchops jenkins logs", "branchops bootstrap --dry-run"):
+    for command in (
+        "branchops jenkins sync",
+        "branchops jenkins status",
+        "branchops jenkins trigger",
+        "branchops jenkins logs",
+        "branchops bootstrap --dry-run",
+    ):
         assert command in GUIDE

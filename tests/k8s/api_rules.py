@@ -44,7 +44,9 @@ from referencing import Registry, Resource
 KUBERNETES_VERSION = "1.30"
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "src" / "branchops" / "schemas" / "crds"
-_OBJECT_META = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+_OBJECT_META = (
+    "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+)
 
 # "Object Names and IDs" and "Labels and Selectors" (kubernetes.io/docs/concepts/overview/working-with-objects/)
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -55,8 +57,15 @@ _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _LABEL_NAMED_KINDS = {"Service"}
 _ACCESS_MODES = ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
 _PROTOCOLS = ["SCTP", "TCP", "UDP"]
-_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
-               type(None): "null"}
+_JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    type(None): "null",
+}
 
 
 @dataclass
@@ -94,8 +103,16 @@ class Review:
 
 def status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """A ``Status`` body as the API server sends it with an error."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "details": details or {}, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details or {},
+        "code": code,
+    }
 
 
 def invalid(obj: dict[str, Any], causes: list[Cause]) -> dict[str, Any]:
@@ -103,8 +120,12 @@ def invalid(obj: dict[str, Any], causes: list[Cause]) -> dict[str, Any]:
     kind, group, name = obj.get("kind", ""), _group(obj), _name(obj)
     listed = str(causes[0]) if len(causes) == 1 else "[" + ", ".join(str(c) for c in causes) + "]"
     qualified = f"{kind}.{group}" if group else kind
-    return status(422, "Invalid", f'{qualified} "{name}" is invalid: {listed}',
-                  {"name": name, "group": group, "kind": kind, "causes": [c.as_dict() for c in causes]})
+    return status(
+        422,
+        "Invalid",
+        f'{qualified} "{name}" is invalid: {listed}',
+        {"name": name, "group": group, "kind": kind, "causes": [c.as_dict() for c in causes]},
+    )
 
 
 def _group(obj: dict[str, Any]) -> str:
@@ -130,10 +151,12 @@ def _json_type(value: Any) -> str:
 
 # -- schemas -------------------------------------------------------------------------------------------
 
+
 @functools.cache
 def _builtin_registry() -> tuple[Any, Registry]:
-    folder = resources.files("kubernetes_validate").joinpath("kubernetes-json-schema",
-                                                              f"v{KUBERNETES_VERSION}.0-local-strict")
+    folder = resources.files("kubernetes_validate").joinpath(
+        "kubernetes-json-schema", f"v{KUBERNETES_VERSION}.0-local-strict"
+    )
     definitions = json.loads(folder.joinpath("_definitions.json").read_text(encoding="utf-8"))
     return folder, Resource.from_contents(definitions) @ Registry()
 
@@ -157,8 +180,11 @@ def _structural(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: _structural(value) for key, value in schema.items()}
-    if "properties" in out and "additionalProperties" not in out \
-            and not out.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     if out.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
@@ -173,12 +199,16 @@ def _crds() -> dict[tuple[str, str], dict[str, Any]]:
     for path in sorted(CRD_DIR.glob("*.json")):
         doc = json.loads(path.read_text(encoding="utf-8"))
         found[(f"{doc['group']}/{doc['version']}", doc["kind"])] = {
-            "group": doc["group"], "kind": doc["kind"], "schema": doc["openAPIV3Schema"],
-            "structural": _structural(doc["openAPIV3Schema"])}
+            "group": doc["group"],
+            "kind": doc["kind"],
+            "schema": doc["openAPIV3Schema"],
+            "structural": _structural(doc["openAPIV3Schema"]),
+        }
     return found
 
 
 # -- decoding: types and unknown fields ----------------------------------------------------------------
+
 
 @dataclass
 class _Findings:
@@ -203,26 +233,42 @@ def _classify(error: Any, prefix: tuple[Any, ...], custom: bool, findings: _Find
             if key not in declared and not any(p.search(key) for p in patterns):
                 findings.unknown.append((where, key))
         return
-    if error.validator == "type" or (error.validator in ("oneOf", "anyOf") and error.context and all(
-            sub.validator == "type" for sub in error.context)):
-        expected = [error.validator_value] if error.validator == "type" else [
-            sub.validator_value for sub in error.context]
+    if error.validator == "type" or (
+        error.validator in ("oneOf", "anyOf")
+        and error.context
+        and all(sub.validator == "type" for sub in error.context)
+    ):
+        expected = (
+            [error.validator_value]
+            if error.validator == "type"
+            else [sub.validator_value for sub in error.context]
+        )
         names = [t for item in expected for t in (item if isinstance(item, list) else [item]) if t != "null"]
-        findings.wrong_type.append((_path(where), " or ".join(dict.fromkeys(names)), _json_type(error.instance)))
+        findings.wrong_type.append(
+            (_path(where), " or ".join(dict.fromkeys(names)), _json_type(error.instance))
+        )
         return
     if error.validator == "required":
         for missing in error.validator_value:
             if isinstance(error.instance, dict) and missing not in error.instance:
-                findings.causes.append(Cause("FieldValueRequired", "Required value", _path(where + (missing,))))
+                findings.causes.append(
+                    Cause("FieldValueRequired", "Required value", _path(where + (missing,)))
+                )
         return
     if error.validator == "enum":
         allowed = ", ".join(json.dumps(v) for v in error.validator_value)
-        findings.causes.append(Cause("FieldValueNotSupported", f"Unsupported value: {json.dumps(error.instance)}: "
-                                     f"supported values: {allowed}", _path(where)))
+        findings.causes.append(
+            Cause(
+                "FieldValueNotSupported",
+                f"Unsupported value: {json.dumps(error.instance)}: supported values: {allowed}",
+                _path(where),
+            )
+        )
         return
     detail = f"{_path(where) or '<root>'} in body {error.message}" if custom else error.message
-    findings.causes.append(Cause("FieldValueInvalid", f"Invalid value: {json.dumps(error.instance)}: {detail}",
-                                 _path(where)))
+    findings.causes.append(
+        Cause("FieldValueInvalid", f"Invalid value: {json.dumps(error.instance)}: {detail}", _path(where))
+    )
 
 
 def _drop(obj: Any, parent: tuple[Any, ...], key: str) -> None:
@@ -248,17 +294,27 @@ def _rule_holds(rule: str, value: Any, old: Any) -> bool:
         return old is _MISSING or value == old
     kept = _TRANSITION_KEPT.match(rule)
     if kept and kept.group(1) == kept.group(2):
-        return old is _MISSING or not isinstance(old, dict) or kept.group(1) not in old or kept.group(1) in value
-    raise NotImplementedError(f"the emulated API server cannot evaluate the CRD rule {rule!r}: teach it this "
-                              "form (tests/k8s/api_rules.py) rather than skipping it")
+        return (
+            old is _MISSING or not isinstance(old, dict) or kept.group(1) not in old or kept.group(1) in value
+        )
+    raise NotImplementedError(
+        f"the emulated API server cannot evaluate the CRD rule {rule!r}: teach it this "
+        "form (tests/k8s/api_rules.py) rather than skipping it"
+    )
 
 
 def _cel_causes(schema: dict[str, Any], value: Any, old: Any, where: tuple[Any, ...]) -> list[Cause]:
     causes = []
     for rule in schema.get("x-kubernetes-validations", []):
         if not _rule_holds(rule["rule"], value, old):
-            causes.append(Cause("FieldValueInvalid", f'Invalid value: "{_json_type(value)}": '
-                                f'{rule.get("message") or "failed rule: " + rule["rule"]}', _path(where)))
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    f'Invalid value: "{_json_type(value)}": '
+                    f'{rule.get("message") or "failed rule: " + rule["rule"]}',
+                    _path(where),
+                )
+            )
     if isinstance(value, dict):
         for key, sub in schema.get("properties", {}).items():
             if key in value:
@@ -272,17 +328,22 @@ def _cel_causes(schema: dict[str, Any], value: Any, old: Any, where: tuple[Any, 
 
 # -- field rules the schemas cannot state --------------------------------------------------------------
 
+
 def _key_causes(key: Any, where: str) -> list[Cause]:
     """A label or annotation key: an optional DNS-subdomain prefix and '/', then a qualified name."""
     if not isinstance(key, str):
-        return [Cause("FieldValueInvalid", f"Invalid value: {json.dumps(key)}: a key must be a string", where)]
+        return [
+            Cause("FieldValueInvalid", f"Invalid value: {json.dumps(key)}: a key must be a string", where)
+        ]
     prefix, _, name = key.rpartition("/")
     problems = []
     if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix)):
         problems.append("prefix part must be a lowercase RFC 1123 subdomain")
     if not name or len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name):
-        problems.append("name part must consist of alphanumeric characters, '-', '_' or '.', and must start "
-                        "and end with an alphanumeric character (at most 63)")
+        problems.append(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start "
+            "and end with an alphanumeric character (at most 63)"
+        )
     return [Cause("FieldValueInvalid", f"Invalid value: {json.dumps(key)}: {p}", where) for p in problems]
 
 
@@ -293,9 +354,15 @@ def _label_causes(labels: Any, where: str) -> list[Cause]:
     for key, value in labels.items():
         causes += _key_causes(key, where)
         if not isinstance(value, str) or len(value) > 63 or (value and not _QUALIFIED_NAME.fullmatch(value)):
-            causes.append(Cause("FieldValueInvalid", f"Invalid value: {json.dumps(value)}: a valid label must be "
-                                "an empty string or consist of alphanumeric characters, '-', '_' or '.', and must "
-                                "start and end with an alphanumeric character (at most 63)", f"{where}"))
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    f"Invalid value: {json.dumps(value)}: a valid label must be "
+                    "an empty string or consist of alphanumeric characters, '-', '_' or '.', and must "
+                    "start and end with an alphanumeric character (at most 63)",
+                    f"{where}",
+                )
+            )
     return causes
 
 
@@ -304,18 +371,31 @@ def _meta_causes(obj: dict[str, Any]) -> list[Cause]:
     causes = []
     name = meta.get("name")
     if not name and not meta.get("generateName"):
-        causes.append(Cause("FieldValueRequired", "Required value: name or generateName is required",
-                            "metadata.name"))
+        causes.append(
+            Cause("FieldValueRequired", "Required value: name or generateName is required", "metadata.name")
+        )
     elif name:
         if obj.get("kind") in _LABEL_NAMED_KINDS:
             if len(name) > 63 or not _DNS1035_LABEL.fullmatch(name):
-                causes.append(Cause("FieldValueInvalid", f"Invalid value: {json.dumps(name)}: a DNS-1035 label must "
-                                    "consist of lower case alphanumeric characters or '-', start with an alphabetic "
-                                    "character, and end with an alphanumeric character", "metadata.name"))
+                causes.append(
+                    Cause(
+                        "FieldValueInvalid",
+                        f"Invalid value: {json.dumps(name)}: a DNS-1035 label must "
+                        "consist of lower case alphanumeric characters or '-', start with an alphabetic "
+                        "character, and end with an alphanumeric character",
+                        "metadata.name",
+                    )
+                )
         elif len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
-            causes.append(Cause("FieldValueInvalid", f"Invalid value: {json.dumps(name)}: a lowercase RFC 1123 "
-                                "subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
-                                "start and end with an alphanumeric character", "metadata.name"))
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    f"Invalid value: {json.dumps(name)}: a lowercase RFC 1123 "
+                    "subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
+                    "start and end with an alphanumeric character",
+                    "metadata.name",
+                )
+            )
     causes += _label_causes(meta.get("labels"), "metadata.labels")
     for key in (meta.get("annotations") or {}) if isinstance(meta.get("annotations"), dict) else {}:
         causes += _key_causes(key, "metadata.annotations")
@@ -333,9 +413,17 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
         return False
     for expression in selector.get("matchExpressions") or []:
-        key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
-        if (operator == "In" and labels.get(key) not in values) or (operator == "NotIn" and labels.get(key) in values) \
-                or (operator == "Exists" and key not in labels) or (operator == "DoesNotExist" and key in labels):
+        key, operator, values = (
+            expression.get("key"),
+            expression.get("operator"),
+            expression.get("values") or [],
+        )
+        if (
+            (operator == "In" and labels.get(key) not in values)
+            or (operator == "NotIn" and labels.get(key) in values)
+            or (operator == "Exists" and key not in labels)
+            or (operator == "DoesNotExist" and key in labels)
+        ):
             return False
     return True
 
@@ -343,8 +431,14 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 def _one_of(value: Any, allowed: list[str], where: str) -> list[Cause]:
     if value is None or value in allowed:
         return []
-    return [Cause("FieldValueNotSupported", f"Unsupported value: {json.dumps(value)}: supported values: "
-                  f"{', '.join(json.dumps(a) for a in allowed)}", where)]
+    return [
+        Cause(
+            "FieldValueNotSupported",
+            f"Unsupported value: {json.dumps(value)}: supported values: "
+            f"{', '.join(json.dumps(a) for a in allowed)}",
+            where,
+        )
+    ]
 
 
 def _pod_spec_causes(pod_spec: Any, where: str) -> list[Cause]:
@@ -357,8 +451,9 @@ def _pod_spec_causes(pod_spec: Any, where: str) -> list[Cause]:
             if not isinstance(container, dict):
                 continue
             at = f"{where}.{group}[{index}]"
-            causes += _one_of(container.get("imagePullPolicy"), ["Always", "IfNotPresent", "Never"],
-                              f"{at}.imagePullPolicy")
+            causes += _one_of(
+                container.get("imagePullPolicy"), ["Always", "IfNotPresent", "Never"], f"{at}.imagePullPolicy"
+            )
             for number, port in enumerate(container.get("ports") or []):
                 if isinstance(port, dict):
                     causes += _one_of(port.get("protocol"), _PROTOCOLS, f"{at}.ports[{number}].protocol")
@@ -372,7 +467,9 @@ def _kind_causes(obj: dict[str, Any]) -> list[Cause]:
         causes += _pod_spec_causes(spec, "spec")
     causes += _pod_spec_causes(_dig(spec, "template", "spec"), "spec.template.spec")
     if kind == "Service":
-        causes += _one_of(spec.get("type"), ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"], "spec.type")
+        causes += _one_of(
+            spec.get("type"), ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"], "spec.type"
+        )
         for number, port in enumerate(spec.get("ports") or []):
             if isinstance(port, dict):
                 causes += _one_of(port.get("protocol"), _PROTOCOLS, f"spec.ports[{number}].protocol")
@@ -384,48 +481,93 @@ def _kind_causes(obj: dict[str, Any]) -> list[Cause]:
         if isinstance(selector, dict):
             causes += _label_causes(selector.get("matchLabels"), "spec.selector.matchLabels")
             if not selector.get("matchLabels") and not selector.get("matchExpressions"):
-                causes.append(Cause("FieldValueInvalid", "Invalid value: {}: empty selector is invalid for "
-                                    "deployment", "spec.selector"))
+                causes.append(
+                    Cause(
+                        "FieldValueInvalid",
+                        "Invalid value: {}: empty selector is invalid for deployment",
+                        "spec.selector",
+                    )
+                )
             elif not _selects(selector, template_labels or {}):
-                causes.append(Cause("FieldValueInvalid", f"Invalid value: {json.dumps(template_labels or {})}: "
-                                    "`selector` does not match template `labels`", "spec.template.metadata.labels"))
+                causes.append(
+                    Cause(
+                        "FieldValueInvalid",
+                        f"Invalid value: {json.dumps(template_labels or {})}: "
+                        "`selector` does not match template `labels`",
+                        "spec.template.metadata.labels",
+                    )
+                )
         policy = _dig(spec, "template", "spec", "restartPolicy")
         if policy not in (None, "Always"):
-            causes.append(Cause("FieldValueNotSupported", f'Unsupported value: {json.dumps(policy)}: supported '
-                                'values: "Always"', "spec.template.spec.restartPolicy"))
+            causes.append(
+                Cause(
+                    "FieldValueNotSupported",
+                    f'Unsupported value: {json.dumps(policy)}: supported values: "Always"',
+                    "spec.template.spec.restartPolicy",
+                )
+            )
     elif kind == "Job":
         policy = _dig(spec, "template", "spec", "restartPolicy")
         if policy not in ("OnFailure", "Never"):
-            causes.append(Cause("FieldValueRequired" if policy is None else "FieldValueNotSupported",
-                                'Required value: valid values: "OnFailure", "Never"' if policy is None else
-                                f'Unsupported value: {json.dumps(policy)}: supported values: "OnFailure", "Never"',
-                                "spec.template.spec.restartPolicy"))
+            causes.append(
+                Cause(
+                    "FieldValueRequired" if policy is None else "FieldValueNotSupported",
+                    'Required value: valid values: "OnFailure", "Never"'
+                    if policy is None
+                    else f'Unsupported value: {json.dumps(policy)}: supported values: "OnFailure", "Never"',
+                    "spec.template.spec.restartPolicy",
+                )
+            )
     elif kind == "PersistentVolumeClaim":
         modes = spec.get("accessModes")
         if not modes:
-            causes.append(Cause("FieldValueRequired", "Required value: at least 1 access mode is required",
-                                "spec.accessModes"))
+            causes.append(
+                Cause(
+                    "FieldValueRequired",
+                    "Required value: at least 1 access mode is required",
+                    "spec.accessModes",
+                )
+            )
         for mode in modes or []:
             if mode not in _ACCESS_MODES:
-                causes.append(Cause("FieldValueNotSupported", f"Unsupported value: {json.dumps(mode)}: supported "
-                                    f"values: {', '.join(json.dumps(m) for m in _ACCESS_MODES)}", "spec.accessModes"))
-        if not _dig(spec, "resources", "requests", "storage") and not spec.get("dataSourceRef") \
-                and not spec.get("volumeName"):
+                causes.append(
+                    Cause(
+                        "FieldValueNotSupported",
+                        f"Unsupported value: {json.dumps(mode)}: supported "
+                        f"values: {', '.join(json.dumps(m) for m in _ACCESS_MODES)}",
+                        "spec.accessModes",
+                    )
+                )
+        if (
+            not _dig(spec, "resources", "requests", "storage")
+            and not spec.get("dataSourceRef")
+            and not spec.get("volumeName")
+        ):
             causes.append(Cause("FieldValueRequired", "Required value", "spec.resources[storage]"))
     return causes
 
 
 # -- the verdict -------------------------------------------------------------------------------------
 
-def review(obj: dict[str, Any], *, patch: bool = False, field_validation: str | None = None,
-           old: dict[str, Any] | None = None) -> Review:
+
+def review(
+    obj: dict[str, Any],
+    *,
+    patch: bool = False,
+    field_validation: str | None = None,
+    old: dict[str, Any] | None = None,
+) -> Review:
     """What the API server does with ``obj`` sent to be stored (the body of a create or update, or the
     result of merging a patch when ``patch``); ``old`` is the stored object on an update or patch."""
     obj = copy.deepcopy(obj)
     directive = field_validation or "Warn"
     if directive not in ("Strict", "Warn", "Ignore"):
-        return Review(obj, status=status(400, "BadRequest", f'fieldValidation "{directive}" is not one of '
-                                         '"Strict", "Warn", "Ignore"'))
+        return Review(
+            obj,
+            status=status(
+                400, "BadRequest", f'fieldValidation "{directive}" is not one of "Strict", "Warn", "Ignore"'
+            ),
+        )
     api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
     crd = _crds().get((api_version, kind))
     builtin = None if crd else _builtin_schema(api_version, kind)
@@ -434,7 +576,9 @@ def review(obj: dict[str, Any], *, patch: bool = False, field_validation: str | 
         findings = _examine(jsonschema.Draft202012Validator(crd["structural"]), obj, (), custom=True)
         against = f"CRD {crd['kind']} ({api_version})"
     elif builtin:
-        findings = _examine(jsonschema.Draft202012Validator(builtin, registry=registry), obj, (), custom=False)
+        findings = _examine(
+            jsonschema.Draft202012Validator(builtin, registry=registry), obj, (), custom=False
+        )
         against = f"Kubernetes {KUBERNETES_VERSION} schema"
     else:
         findings = _Findings()
@@ -448,19 +592,31 @@ def review(obj: dict[str, Any], *, patch: bool = False, field_validation: str | 
 
     cannot_decode = f'{kind} in version "{api_version.rpartition("/")[2]}" cannot be handled as a {kind}'
     if findings.wrong_type and (builtin or not crd):
-        problems = "; ".join(f"json: cannot unmarshal {got} into Go struct field {path} of type {expected}"
-                             for path, expected, got in findings.wrong_type)
+        problems = "; ".join(
+            f"json: cannot unmarshal {got} into Go struct field {path} of type {expected}"
+            for path, expected, got in findings.wrong_type
+        )
         if patch:
-            return Review(obj, status=invalid(obj, [Cause("FieldValueInvalid", f'Invalid value: "{kind}": {problems}',
-                                                          "patch")]), schema=against)
+            return Review(
+                obj,
+                status=invalid(
+                    obj, [Cause("FieldValueInvalid", f'Invalid value: "{kind}": {problems}', "patch")]
+                ),
+                schema=against,
+            )
         return Review(obj, status=status(400, "BadRequest", f"{cannot_decode}: {problems}"), schema=against)
     unknown = [f'unknown field "{_path(parent + (key,))}"' for parent, key in findings.unknown]
     warnings = []
     if unknown and directive == "Strict":
         message = f"strict decoding error: {', '.join(unknown)}"
         if patch:
-            return Review(obj, status=invalid(obj, [Cause("FieldValueInvalid", f'Invalid value: "{kind}": {message}',
-                                                          "patch")]), schema=against)
+            return Review(
+                obj,
+                status=invalid(
+                    obj, [Cause("FieldValueInvalid", f'Invalid value: "{kind}": {message}', "patch")]
+                ),
+                schema=against,
+            )
         return Review(obj, status=status(400, "BadRequest", f"{cannot_decode}: {message}"), schema=against)
     for parent, key in sorted(findings.unknown, key=lambda item: len(item[0]), reverse=True):
         _drop(obj, parent, key)
@@ -469,8 +625,14 @@ def review(obj: dict[str, Any], *, patch: bool = False, field_validation: str | 
 
     causes = list(findings.causes)
     if crd:
-        causes += [Cause("FieldValueTypeInvalid", f'Invalid value: "{got}": {path} in body must be of type '
-                         f'{expected}: "{got}"', path) for path, expected, got in findings.wrong_type]
+        causes += [
+            Cause(
+                "FieldValueTypeInvalid",
+                f'Invalid value: "{got}": {path} in body must be of type {expected}: "{got}"',
+                path,
+            )
+            for path, expected, got in findings.wrong_type
+        ]
         causes += _cel_causes(crd["schema"], obj, old if old is not None else _MISSING, ())
     causes += _meta_causes(obj) + _kind_causes(obj)
     if causes:

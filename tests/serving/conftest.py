@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-
 from tests.serving.model_factory import build_all
 
 
@@ -13,11 +12,16 @@ def make_config(base_path: Path, **rollout):
     from branchops.config import BranchopsConfig
 
     stages = ("build-components", "kf-pipeline", "training", "deploy-model")
-    return BranchopsConfig.model_validate({
-        "approvers": {s: ["lead"] for s in stages},
-        "serving": {"model_name": "djia", "local": {"base_path": str(base_path)},
-                    "rollout": {"requests_per_step": 10, "max_p99_latency_ms": 60000, **rollout}},
-    })
+    return BranchopsConfig.model_validate(
+        {
+            "approvers": {s: ["lead"] for s in stages},
+            "serving": {
+                "model_name": "djia",
+                "local": {"base_path": str(base_path)},
+                "rollout": {"requests_per_step": 10, "max_p99_latency_ms": 60000, **rollout},
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import threading
 from dataclasses import dataclass, field
 
 import requests
+
 from tests.serving.model_factory import SAMPLE
 
 
@@ -25,7 +26,9 @@ class RequestLoop:
         self._thread.start()
         if not self._started.wait(60):
             self.__exit__()
-            raise AssertionError(f"no 5 answers in 60 s from {self.url} ({self.sent} sent): {self.failures[:3]}")
+            raise AssertionError(
+                f"no 5 answers in 60 s from {self.url} ({self.sent} sent): {self.failures[:3]}"
+            )
         return self
 
     def _run(self) -> None:

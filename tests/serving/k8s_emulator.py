@@ -67,8 +67,14 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "virtualservices": (ISTIO, "v1beta1", "VirtualService"),
     "destinationrules": (ISTIO, "v1beta1", "DestinationRule"),
 }
-WITH_GENERATION = {"deployments", "jobs", "horizontalpodautoscalers", "poddisruptionbudgets", "virtualservices",
-                   "destinationrules"}
+WITH_GENERATION = {
+    "deployments",
+    "jobs",
+    "horizontalpodautoscalers",
+    "poddisruptionbudgets",
+    "virtualservices",
+    "destinationrules",
+}
 
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
@@ -81,6 +87,7 @@ def api_version(resource: str) -> str:
 
 
 # -- patches --------------------------------------------------------------------------------------------
+
 
 def merge_patch(original: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch: objects merge, null deletes, anything else (lists too) replaces."""
@@ -99,8 +106,15 @@ def _merge_key(path: tuple[str, ...], key: str) -> str | None:
     """The patchMergeKey of the list field ``key`` at ``path`` (core/v1 and apps/v1 types), else None."""
     if key == "ports":
         return "containerPort" if path and path[-1] in ("containers", "initContainers") else "port"
-    return {"containers": "name", "initContainers": "name", "volumes": "name", "env": "name",
-            "volumeMounts": "mountPath", "imagePullSecrets": "name", "conditions": "type"}.get(key)
+    return {
+        "containers": "name",
+        "initContainers": "name",
+        "volumes": "name",
+        "env": "name",
+        "volumeMounts": "mountPath",
+        "imagePullSecrets": "name",
+        "conditions": "type",
+    }.get(key)
 
 
 def strategic_merge(original: Any, patch: Any, path: tuple[str, ...] = ()) -> Any:
@@ -118,7 +132,9 @@ def strategic_merge(original: Any, patch: Any, path: tuple[str, ...] = ()) -> An
         if isinstance(value, list) and isinstance(current, list) and merge_key:
             merged = [copy.deepcopy(item) for item in current]
             for item in value:
-                index = next((i for i, old in enumerate(merged) if old.get(merge_key) == item.get(merge_key)), None)
+                index = next(
+                    (i for i, old in enumerate(merged) if old.get(merge_key) == item.get(merge_key)), None
+                )
                 if item.get("$patch") == "delete":
                     if index is not None:
                         merged.pop(index)
@@ -151,23 +167,28 @@ class ServingKubeEmulator(KubeEmulator):
     authorizations: list[str] = field(default_factory=list)  # the Authorization header of each request
     proxied: list[tuple[str, str, str]] = field(default_factory=list)  # (pod, method, path)
 
-    url_map = Map([
-        Rule("/api/v1/namespaces/<ns>/<resource>", endpoint="collection"),
-        Rule("/api/v1/namespaces/<ns>/<resource>/<name>", endpoint="item"),
-        Rule("/api/v1/namespaces/<ns>/<resource>/<name>/<sub>", endpoint="sub"),
-        Rule("/api/v1/namespaces/<ns>/<resource>/<name>/proxy/<path:rest>", endpoint="proxy"),
-        Rule("/apis/<group>/<version>/namespaces/<ns>/<resource>", endpoint="collection"),
-        Rule("/apis/<group>/<version>/namespaces/<ns>/<resource>/<name>", endpoint="item"),
-        Rule("/apis/<group>/<version>/namespaces/<ns>/<resource>/<name>/<sub>", endpoint="sub"),
-    ])
+    url_map = Map(
+        [
+            Rule("/api/v1/namespaces/<ns>/<resource>", endpoint="collection"),
+            Rule("/api/v1/namespaces/<ns>/<resource>/<name>", endpoint="item"),
+            Rule("/api/v1/namespaces/<ns>/<resource>/<name>/<sub>", endpoint="sub"),
+            Rule("/api/v1/namespaces/<ns>/<resource>/<name>/proxy/<path:rest>", endpoint="proxy"),
+            Rule("/apis/<group>/<version>/namespaces/<ns>/<resource>", endpoint="collection"),
+            Rule("/apis/<group>/<version>/namespaces/<ns>/<resource>/<name>", endpoint="item"),
+            Rule("/apis/<group>/<version>/namespaces/<ns>/<resource>/<name>/<sub>", endpoint="sub"),
+        ]
+    )
 
     # -- helpers for tests ---------------------------------------------------------------------------
     def of(self, resource: str, namespace: str) -> dict[str, dict[str, Any]]:
         return {n: o for (r, ns, n), o in sorted(self.objects.items()) if r == resource and ns == namespace}
 
     def pods_of(self, resource: str, namespace: str, name: str) -> list[dict[str, Any]]:
-        return [p for p in self.of("pods", namespace).values()
-                if self.owners.get(p["metadata"]["uid"]) == (resource, namespace, name)]
+        return [
+            p
+            for p in self.of("pods", namespace).values()
+            if self.owners.get(p["metadata"]["uid"]) == (resource, namespace, name)
+        ]
 
     def settle(self, ticks: int = 10) -> None:
         """Let the controllers run as many steps as that many reads would."""
@@ -178,12 +199,25 @@ class ServingKubeEmulator(KubeEmulator):
     # -- routing -------------------------------------------------------------------------------------
     def _not_found(self, resource: str, name: str) -> Response:
         group = RESOURCES[resource][0] if resource in RESOURCES else ""
-        return self._status(404, "NotFound", f'{resource}{"." + group if group else ""} "{name}" not found',
-                            {"name": name, "group": group, "kind": resource})
+        return self._status(
+            404,
+            "NotFound",
+            f'{resource}{"." + group if group else ""} "{name}" not found',
+            {"name": name, "group": group, "kind": resource},
+        )
 
-    def _dispatch(self, request: Request, endpoint: str, ns: str, resource: str, name: str | None = None,
-                  group: str = "", version: str = "v1", sub: str | None = None, rest: str | None = None
-                  ) -> Response:
+    def _dispatch(
+        self,
+        request: Request,
+        endpoint: str,
+        ns: str,
+        resource: str,
+        name: str | None = None,
+        group: str = "",
+        version: str = "v1",
+        sub: str | None = None,
+        rest: str | None = None,
+    ) -> Response:
         known = RESOURCES.get(resource)
         if known is None or known[:2] != (group, version):
             return self._status(404, "NotFound", "the server could not find the requested resource")
@@ -197,9 +231,14 @@ class ServingKubeEmulator(KubeEmulator):
             verb = {("GET", "status"): "status", ("GET", "log"): "log"}.get((request.method, sub or ""), "")
             fault_resource = f"{resource}/{sub}"
         else:
-            verb = {("collection", "GET"): "list", ("collection", "POST"): "create", ("item", "GET"): "get",
-                    ("item", "PATCH"): "patch", ("item", "PUT"): "update", ("item", "DELETE"): "delete",
-                    }.get((endpoint, request.method), "")
+            verb = {
+                ("collection", "GET"): "list",
+                ("collection", "POST"): "create",
+                ("item", "GET"): "get",
+                ("item", "PATCH"): "patch",
+                ("item", "PUT"): "update",
+                ("item", "DELETE"): "delete",
+            }.get((endpoint, request.method), "")
             fault_resource = resource
         if not verb:
             return self._status(405, "MethodNotAllowed", f"{request.method} is not supported here")
@@ -221,17 +260,32 @@ class ServingKubeEmulator(KubeEmulator):
         except ValueError:
             return None
 
-    def _check(self, request: Request, obj: dict[str, Any], resource: str, ns: str, *, patch: bool = False,
-               old: dict[str, Any] | None = None) -> tuple[Response | None, dict[str, Any]]:
+    def _check(
+        self,
+        request: Request,
+        obj: dict[str, Any],
+        resource: str,
+        ns: str,
+        *,
+        patch: bool = False,
+        old: dict[str, Any] | None = None,
+    ) -> tuple[Response | None, dict[str, Any]]:
         """The request checks of create/update/patch, then the API server's review of what would be stored:
         (the refusal or None, the object as it would be stored)."""
         kind = RESOURCES[resource][2]
         if obj.get("kind") != kind or obj.get("apiVersion") != api_version(resource):
-            return self._status(400, "BadRequest", f"the object is a {obj.get('apiVersion')} {obj.get('kind')}, "
-                                f"not a {api_version(resource)} {kind}"), obj
+            return self._status(
+                400,
+                "BadRequest",
+                f"the object is a {obj.get('apiVersion')} {obj.get('kind')}, "
+                f"not a {api_version(resource)} {kind}",
+            ), obj
         if (obj.get("metadata") or {}).get("namespace", ns) != ns:
-            return self._status(400, "BadRequest", "the namespace of the provided object does not match the "
-                                "namespace sent on the request"), obj
+            return self._status(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ), obj
         return self._review(request, obj, patch=patch, old=old)
 
     # -- verbs ---------------------------------------------------------------------------------------
@@ -247,8 +301,12 @@ class ServingKubeEmulator(KubeEmulator):
         # The review refused an object with neither a name nor a generateName.
         name = meta["name"] = meta.get("name") or meta["generateName"] + uuid.uuid4().hex[:5]
         if (resource, ns, name) in self.objects:
-            return self._status(409, "AlreadyExists", f'{resource} "{name}" already exists',
-                                {"name": name, "group": RESOURCES[resource][0], "kind": resource})
+            return self._status(
+                409,
+                "AlreadyExists",
+                f'{resource} "{name}" already exists',
+                {"name": name, "group": RESOURCES[resource][0], "kind": resource},
+            )
         meta.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=_now())
         meta.pop("resourceVersion", None)
         if resource in WITH_GENERATION:
@@ -264,7 +322,12 @@ class ServingKubeEmulator(KubeEmulator):
         elif resource == "horizontalpodautoscalers":  # Go int32 fields without omitempty are sent as 0
             body["status"] = {"desiredReplicas": 0}
         elif resource == "poddisruptionbudgets":
-            body["status"] = {"currentHealthy": 0, "desiredHealthy": 0, "disruptionsAllowed": 0, "expectedPods": 0}
+            body["status"] = {
+                "currentHealthy": 0,
+                "desiredHealthy": 0,
+                "disruptionsAllowed": 0,
+                "expectedPods": 0,
+            }
         self._bump(body)
         self.objects[(resource, ns, name)] = body
         return self._json(body, 201)
@@ -277,21 +340,36 @@ class ServingKubeEmulator(KubeEmulator):
         return self._verb_get(request, ns, resource, name)
 
     def _verb_list(self, request: Request, ns: str, resource: str, _: None) -> Response:
-        wanted = [tuple(part.split("=", 1)) for part in request.args.get("labelSelector", "").split(",") if part]
+        wanted = [
+            tuple(part.split("=", 1)) for part in request.args.get("labelSelector", "").split(",") if part
+        ]
         if any(len(w) != 2 for w in wanted):
             return self._status(400, "BadRequest", "only equality label selectors are emulated")
-        items = [obj for obj in self.of(resource, ns).values()
-                 if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted)]
-        return self._json({"apiVersion": api_version(resource), "kind": f"{RESOURCES[resource][2]}List",
-                           "metadata": {"resourceVersion": str(self.resource_version)}, "items": items})
+        items = [
+            obj
+            for obj in self.of(resource, ns).values()
+            if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted)
+        ]
+        return self._json(
+            {
+                "apiVersion": api_version(resource),
+                "kind": f"{RESOURCES[resource][2]}List",
+                "metadata": {"resourceVersion": str(self.resource_version)},
+                "items": items,
+            }
+        )
 
     def _verb_patch(self, request: Request, ns: str, resource: str, name: str) -> Response:
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
         custom = RESOURCES[resource][0] == ISTIO
         if content_type not in ((MERGE,) if custom else (MERGE, STRATEGIC)):
             accepted = ", ".join([JSON_PATCH, MERGE] + ([] if custom else [STRATEGIC]))
-            return self._status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
-                                f"accepted media types include: {accepted}")
+            return self._status(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - "
+                f"accepted media types include: {accepted}",
+            )
         patch = self._body(request)
         if not isinstance(patch, dict):
             return self._status(400, "BadRequest", "the patch is not a JSON object")
@@ -315,8 +393,12 @@ class ServingKubeEmulator(KubeEmulator):
             return self._not_found(resource, name)
         wanted_version = (body.get("metadata") or {}).get("resourceVersion")
         if not wanted_version:
-            return self._status(422, "Invalid", f'{RESOURCES[resource][2]} "{name}" is invalid: '
-                                "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update")
+            return self._status(
+                422,
+                "Invalid",
+                f'{RESOURCES[resource][2]} "{name}" is invalid: '
+                "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+            )
         if wanted_version != current["metadata"]["resourceVersion"]:
             return self._conflict(resource, name)
         body["status"] = copy.deepcopy(current.get("status"))  # the main resource cannot change status
@@ -326,31 +408,59 @@ class ServingKubeEmulator(KubeEmulator):
 
     def _conflict(self, resource: str, name: str) -> Response:
         group = RESOURCES[resource][0]
-        return self._status(409, "Conflict", f'Operation cannot be fulfilled on {resource}{"." + group if group else ""} '
-                            f'"{name}": the object has been modified; please apply your changes to the latest '
-                            "version and try again", {"name": name, "group": group, "kind": resource})
+        return self._status(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on {resource}{"." + group if group else ""} '
+            f'"{name}": the object has been modified; please apply your changes to the latest '
+            "version and try again",
+            {"name": name, "group": group, "kind": resource},
+        )
 
-    def _store(self, request: Request, current: dict[str, Any], new: dict[str, Any], resource: str, ns: str,
-               name: str, *, patch: bool = False) -> Response:
+    def _store(
+        self,
+        request: Request,
+        current: dict[str, Any],
+        new: dict[str, Any],
+        resource: str,
+        ns: str,
+        name: str,
+        *,
+        patch: bool = False,
+    ) -> Response:
         meta = new.setdefault("metadata", {})
         for key in ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion"):
             if key in current["metadata"]:
-                if key in ("name", "namespace") and meta.get(key, current["metadata"][key]) != current["metadata"][key]:
+                if (
+                    key in ("name", "namespace")
+                    and meta.get(key, current["metadata"][key]) != current["metadata"][key]
+                ):
                     return self._status(422, "Invalid", f"metadata.{key}: Invalid value: field is immutable")
                 meta[key] = current["metadata"][key]
-        immutable = {"deployments": [("spec", "selector")], "jobs": [("spec", "template"), ("spec", "selector")],
-                     "services": [("spec", "clusterIP")]}.get(resource, [])
+        immutable = {
+            "deployments": [("spec", "selector")],
+            "jobs": [("spec", "template"), ("spec", "selector")],
+            "services": [("spec", "clusterIP")],
+        }.get(resource, [])
         if resource == "persistentvolumeclaims":
             new_spec = {k: v for k, v in new.get("spec", {}).items() if k != "resources"}
             old_spec = {k: v for k, v in current.get("spec", {}).items() if k != "resources"}
             if new_spec != old_spec:
-                return self._status(422, "Invalid", f'PersistentVolumeClaim "{name}" is invalid: spec: Forbidden: '
-                                    "spec is immutable after creation except resources.requests and "
-                                    "volumeAttributesClassName for bound claims")
+                return self._status(
+                    422,
+                    "Invalid",
+                    f'PersistentVolumeClaim "{name}" is invalid: spec: Forbidden: '
+                    "spec is immutable after creation except resources.requests and "
+                    "volumeAttributesClassName for bound claims",
+                )
         for path in immutable:
             if _dig(new, path) != _dig(current, path):
-                return self._status(422, "Invalid", f'{RESOURCES[resource][2]} "{name}" is invalid: '
-                                    f'{".".join(path)}: Invalid value: field is immutable')
+                return self._status(
+                    422,
+                    "Invalid",
+                    f'{RESOURCES[resource][2]} "{name}" is invalid: '
+                    f'{".".join(path)}: Invalid value: field is immutable',
+                )
         problem, new = self._check(request, new, resource, ns, patch=patch, old=current)
         if problem:
             return problem
@@ -378,9 +488,15 @@ class ServingKubeEmulator(KubeEmulator):
                 self.owners.pop(pod["metadata"]["uid"], None)
         self.resource_version += 1
         group = RESOURCES[resource][0]
-        return self._json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                           "details": {"name": name, "group": group, "kind": resource,
-                                       "uid": obj["metadata"]["uid"]}})
+        return self._json(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {"name": name, "group": group, "kind": resource, "uid": obj["metadata"]["uid"]},
+            }
+        )
 
     def _verb_log(self, request: Request, ns: str, resource: str, name: str) -> Response:
         if resource != "pods":
@@ -391,15 +507,24 @@ class ServingKubeEmulator(KubeEmulator):
         containers = [c["name"] for c in pod["spec"]["containers"]]
         container = request.args.get("container") or (containers[0] if len(containers) == 1 else None)
         if container is None:
-            return self._status(400, "BadRequest", f"a container name must be specified for pod {name}, "
-                                f"choose one of: [{' '.join(containers)}]")
+            return self._status(
+                400,
+                "BadRequest",
+                f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]",
+            )
         if container not in containers:
             return self._status(400, "BadRequest", f"container {container} is not valid for pod {name}")
         if pod["status"]["phase"] == "Pending":
-            return self._status(400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start: '
-                                "ContainerCreating")
-        return Response(pod["metadata"].get("annotations", {}).get("emulator/log", ""), status="200 OK",
-                        content_type="text/plain")
+            return self._status(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating',
+            )
+        return Response(
+            pod["metadata"].get("annotations", {}).get("emulator/log", ""),
+            status="200 OK",
+            content_type="text/plain",
+        )
 
     def _proxy(self, request: Request, ns: str, resource: str, target: str, rest: str) -> Response:
         name = target.split(":", 1)[0]
@@ -408,8 +533,11 @@ class ServingKubeEmulator(KubeEmulator):
             if service is None:
                 return self._not_found("services", name)
             selector = service["spec"].get("selector") or {}
-            ready = [p for p in self.of("pods", ns).values() if _is_ready(p)
-                     and all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+            ready = [
+                p
+                for p in self.of("pods", ns).values()
+                if _is_ready(p) and all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())
+            ]
             if not ready:
                 return self._status(503, "ServiceUnavailable", f'no endpoints available for service "{name}"')
             pod = ready[len(self.proxied) % len(ready)]
@@ -424,8 +552,12 @@ class ServingKubeEmulator(KubeEmulator):
         # TF Serving opens its REST port only once its initial models are loaded, i.e. about when the
         # readiness probe passes: before, the API server cannot connect.
         if self.proxy_handler is None or not _is_ready(pod):
-            return self._status(503, "ServiceUnavailable", f"error trying to reach service: dial tcp "
-                                f"{pod['status'].get('podIP', '<none>')}:8501: connect: connection refused")
+            return self._status(
+                503,
+                "ServiceUnavailable",
+                f"error trying to reach service: dial tcp "
+                f"{pod['status'].get('podIP', '<none>')}:8501: connect: connection refused",
+            )
         status, payload = self.proxy_handler(pod, request.method, path, request.get_data())
         return self._json(payload, status)
 
@@ -439,8 +571,11 @@ class ServingKubeEmulator(KubeEmulator):
             elif resource == "jobs":
                 self._reconcile_job(ns, name, obj)
             elif resource == "persistentvolumeclaims" and obj["status"].get("phase") == "Pending":
-                obj["status"] = {"phase": "Bound", "accessModes": obj["spec"]["accessModes"],
-                                 "capacity": dict(obj["spec"]["resources"]["requests"])}
+                obj["status"] = {
+                    "phase": "Bound",
+                    "accessModes": obj["spec"]["accessModes"],
+                    "capacity": dict(obj["spec"]["resources"]["requests"]),
+                }
                 self._bump(obj)
 
     def _age(self, pod: dict[str, Any]) -> None:
@@ -452,28 +587,46 @@ class ServingKubeEmulator(KubeEmulator):
         status = pod["status"]
         if owner[0] == "jobs" and age > self.job_ticks:
             succeeds, _ = self.job_outcomes.get(owner[2], (True, ""))
-            status.update(phase="Succeeded" if succeeds else "Failed",
-                          conditions=_conditions(ready=False))
+            status.update(phase="Succeeded" if succeeds else "Failed", conditions=_conditions(ready=False))
         elif age >= 1 and status["phase"] == "Pending":
-            status.update(phase="Running", podIP=f"10.244.0.{len(self.ages) % 250 + 2}", startTime=_now(),
-                          conditions=_conditions(ready=False))
+            status.update(
+                phase="Running",
+                podIP=f"10.244.0.{len(self.ages) % 250 + 2}",
+                startTime=_now(),
+                conditions=_conditions(ready=False),
+            )
         elif owner[0] == "deployments" and age > self.ready_after_ticks and not _is_ready(pod):
             status["conditions"] = _conditions(ready=True)
         else:
             return
         self._bump(pod)
 
-    def _new_pod(self, owner: tuple[str, str, str], template: dict[str, Any], labels: dict[str, str],
-                 annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    def _new_pod(
+        self,
+        owner: tuple[str, str, str],
+        template: dict[str, Any],
+        labels: dict[str, str],
+        annotations: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         _, ns, owner_name = owner
         name = f"{owner_name}-{uuid.uuid4().hex[:5]}"
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": name, "namespace": ns, "uid": str(uuid.uuid4()), "creationTimestamp": _now(),
-                            "labels": {**(template.get("metadata") or {}).get("labels", {}), **labels},
-                            "annotations": {**(template.get("metadata") or {}).get("annotations", {}),
-                                            **(annotations or {})}},
-               "spec": copy.deepcopy(template["spec"]),
-               "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "uid": str(uuid.uuid4()),
+                "creationTimestamp": _now(),
+                "labels": {**(template.get("metadata") or {}).get("labels", {}), **labels},
+                "annotations": {
+                    **(template.get("metadata") or {}).get("annotations", {}),
+                    **(annotations or {}),
+                },
+            },
+            "spec": copy.deepcopy(template["spec"]),
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+        }
         self._bump(pod)
         self.objects[("pods", ns, name)] = pod
         self.owners[pod["metadata"]["uid"]] = owner
@@ -489,29 +642,46 @@ class ServingKubeEmulator(KubeEmulator):
         template_hash = hashlib.sha256(json.dumps(spec["template"], sort_keys=True).encode()).hexdigest()[:10]
         rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
         surge = rolling.get("maxSurge", 1) if isinstance(rolling.get("maxSurge", 1), int) else 1
-        pods = [p for p in self.pods_of("deployments", ns, name) if not p["metadata"].get("deletionTimestamp")]
+        pods = [
+            p for p in self.pods_of("deployments", ns, name) if not p["metadata"].get("deletionTimestamp")
+        ]
         new = [p for p in pods if p["metadata"]["labels"].get("pod-template-hash") == template_hash]
         old = [p for p in pods if p not in new]
         ready_new = [p for p in new if _is_ready(p)]
-        while old and len(old) + len(ready_new) > wanted:  # maxUnavailable 0: retire old pods as new ones are ready
+        while (
+            old and len(old) + len(ready_new) > wanted
+        ):  # maxUnavailable 0: retire old pods as new ones are ready
             self._drop_pod(old.pop())
         while len(new) > wanted:
             extra = next((p for p in reversed(new) if not _is_ready(p)), new[-1])
             new.remove(extra)
             self._drop_pod(extra)
         while len(new) < wanted and len(new) + len(old) < wanted + (surge if old else 0):
-            new.append(self._new_pod(("deployments", ns, name), spec["template"],
-                                     {"pod-template-hash": template_hash}))
+            new.append(
+                self._new_pod(
+                    ("deployments", ns, name), spec["template"], {"pod-template-hash": template_hash}
+                )
+            )
         pods = self.pods_of("deployments", ns, name)
         updated = [p for p in pods if p["metadata"]["labels"].get("pod-template-hash") == template_hash]
         ready = [p for p in pods if _is_ready(p)]
-        status = {"observedGeneration": deployment["metadata"]["generation"], "replicas": len(pods),
-                  "updatedReplicas": len(updated), "readyReplicas": len(ready), "availableReplicas": len(ready),
-                  "conditions": [
-                      {"type": "Available", "status": "True" if len(ready) >= wanted else "False"},
-                      {"type": "Progressing", "status": "True",
-                       "reason": "NewReplicaSetAvailable" if len(updated) == len(ready) == wanted
-                       else "ReplicaSetUpdated"}]}
+        status = {
+            "observedGeneration": deployment["metadata"]["generation"],
+            "replicas": len(pods),
+            "updatedReplicas": len(updated),
+            "readyReplicas": len(ready),
+            "availableReplicas": len(ready),
+            "conditions": [
+                {"type": "Available", "status": "True" if len(ready) >= wanted else "False"},
+                {
+                    "type": "Progressing",
+                    "status": "True",
+                    "reason": "NewReplicaSetAvailable"
+                    if len(updated) == len(ready) == wanted
+                    else "ReplicaSetUpdated",
+                },
+            ],
+        }
         if len(pods) > len(ready):
             status["unavailableReplicas"] = len(pods) - len(ready)
         status = {k: v for k, v in status.items() if v != 0}
@@ -529,17 +699,41 @@ class ServingKubeEmulator(KubeEmulator):
         active = [p for p in pods if p not in succeeded and p not in failed]
         new_status: dict[str, Any] = {"startTime": status.get("startTime", _now())}
         if succeeded:
-            new_status.update(succeeded=1, completionTime=_now(), conditions=[
-                {"type": "Complete", "status": "True", "lastProbeTime": _now(), "lastTransitionTime": _now()}])
+            new_status.update(
+                succeeded=1,
+                completionTime=_now(),
+                conditions=[
+                    {
+                        "type": "Complete",
+                        "status": "True",
+                        "lastProbeTime": _now(),
+                        "lastTransitionTime": _now(),
+                    }
+                ],
+            )
         elif len(failed) > job["spec"].get("backoffLimit", 6):
-            new_status["conditions"] = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                         "message": "Job has reached the specified backoff limit",
-                                         "lastProbeTime": _now(), "lastTransitionTime": _now()}]
+            new_status["conditions"] = [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit",
+                    "lastProbeTime": _now(),
+                    "lastTransitionTime": _now(),
+                }
+            ]
         elif not active:
             _, log = self.job_outcomes.get(name, (True, ""))
-            self._new_pod(("jobs", ns, name), job["spec"]["template"],
-                          {"job-name": name, "batch.kubernetes.io/job-name": name,
-                           "controller-uid": job["metadata"]["uid"]}, {"emulator/log": log})
+            self._new_pod(
+                ("jobs", ns, name),
+                job["spec"]["template"],
+                {
+                    "job-name": name,
+                    "batch.kubernetes.io/job-name": name,
+                    "controller-uid": job["metadata"]["uid"],
+                },
+                {"emulator/log": log},
+            )
             active = [1]  # type: ignore[list-item]
         if active and not succeeded:
             new_status["active"] = len(active)
@@ -558,10 +752,17 @@ def _dig(obj: Any, path: tuple[str, ...]) -> Any:
 
 def _conditions(ready: bool) -> list[dict[str, str]]:
     flag = "True" if ready else "False"
-    return [{"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
-            {"type": "ContainersReady", "status": flag}, {"type": "Ready", "status": flag}]
+    return [
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Initialized", "status": "True"},
+        {"type": "ContainersReady", "status": flag},
+        {"type": "Ready", "status": flag},
+    ]
 
 
 def _is_ready(pod: dict[str, Any]) -> bool:
-    return pod["status"].get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp") and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+    return (
+        pod["status"].get("phase") == "Running"
+        and not pod["metadata"].get("deletionTimestamp")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+    )

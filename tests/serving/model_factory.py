@@ -15,9 +15,16 @@ FEATURES = [f"r{i}" for i in range(N_FEATURES)]
 SAMPLE = [[0.01, -0.02, 0.003, 0.0], [-0.05, 0.04, 0.02, -0.01], [0.0, 0.0, 0.0, 0.0]]
 
 
-def build_model(target: Path, weights: list[float], bias: float = 0.0, *, input_name: str = "lagged_returns",
-                prob_name: str = "probability_up", direction_name: str = "direction",
-                sample_shift: float = 0.0) -> Path:
+def build_model(
+    target: Path,
+    weights: list[float],
+    bias: float = 0.0,
+    *,
+    input_name: str = "lagged_returns",
+    prob_name: str = "probability_up",
+    direction_name: str = "direction",
+    sample_shift: float = 0.0,
+) -> Path:
     """Save a logistic model; ``sample_shift`` falsifies the recorded sample predictions."""
     import tensorflow as tf
 
@@ -48,9 +55,13 @@ def build_model(target: Path, weights: list[float], bias: float = 0.0, *, input_
         "feature_names": FEATURES,
         "commit": "0123456789abcdef0123456789abcdef01234567",
         "version": int(target.name),
-        "sample": {"instances": SAMPLE,
-                   "predictions": {"probability_up": probs,
-                                   "direction": [int(v) for v in out[direction_name].numpy()]}},
+        "sample": {
+            "instances": SAMPLE,
+            "predictions": {
+                "probability_up": probs,
+                "direction": [int(v) for v in out[direction_name].numpy()],
+            },
+        },
     }
     (target / "assets.extra").mkdir(exist_ok=True)
     (target / "assets.extra" / "branchops_model.json").write_text(json.dumps(meta, indent=1))
@@ -74,8 +85,9 @@ def build_all(root: Path) -> dict[str, Path]:
         "v1": build_model(root / "good" / "1", [1.0, -1.0, 0.5, 0.2], 0.1),
         "v2": build_model(root / "good" / "2", [2.0, -0.5, 0.1, 0.3], -0.1),
         "v3": build_model(root / "good" / "3", [-1.0, 1.5, 0.7, -0.2], 0.0),
-        "wrong_signature": build_model(root / "wrong" / "7", [1.0, 1.0, 1.0, 1.0], input_name="x",
-                                       prob_name="score"),
+        "wrong_signature": build_model(
+            root / "wrong" / "7", [1.0, 1.0, 1.0, 1.0], input_name="x", prob_name="score"
+        ),
         "mismatch": build_model(root / "mismatch" / "8", [0.3, 0.3, 0.3, 0.3], sample_shift=0.25),
     }
     models["corrupt"] = corrupt_copy(models["v1"], root / "corrupt" / "6")

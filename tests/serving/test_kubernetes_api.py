@@ -12,13 +12,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.serving.k8s_emulator import MERGE, STRATEGIC, RunningEmulator, ServingKubeEmulator, merge_patch, strategic_merge
 
 from branchops.config import STAGES, BranchopsConfig
 from branchops.errors import ExternalError
 from branchops.k8s.validate import InvalidObject
 from branchops.serving.client import ServingError
 from branchops.serving.kubernetes_backend import STATE_ANNOTATION, KubeApi, ObjectBuilder
+from tests.serving.k8s_emulator import (
+    MERGE,
+    STRATEGIC,
+    RunningEmulator,
+    ServingKubeEmulator,
+    merge_patch,
+    strategic_merge,
+)
 
 NS = "serving"
 TOKEN = "emulator-accepts-any-token"  # what RunningEmulator.kubeconfig writes
@@ -50,10 +57,16 @@ def api(kubeconfig) -> KubeApi:
 
 @pytest.fixture
 def objects() -> ObjectBuilder:
-    config = BranchopsConfig.model_validate({
-        "approvers": {s: ["lead"] for s in STAGES},
-        "serving": {"backend": "kubernetes", "model_name": "djia",
-                    "kubernetes": {"replicas": 2, "istio": True}}})
+    config = BranchopsConfig.model_validate(
+        {
+            "approvers": {s: ["lead"] for s in STAGES},
+            "serving": {
+                "backend": "kubernetes",
+                "model_name": "djia",
+                "kubernetes": {"replicas": 2, "istio": True},
+            },
+        }
+    )
     return ObjectBuilder(config)
 
 
@@ -63,16 +76,25 @@ def state(versions: list[int], stable: int | None) -> dict:
 
 def test_apply_creates_every_kind_then_patches_it_with_the_patch_type_the_client_sends(api, kube, objects):
     everything = objects.base_objects([1], {"stable": 1}, state([1], 1)) + [
-        objects.source_clone("djia-models-run3", 3), objects.copy_job("djia-models", "djia/3", 3)]
+        objects.source_clone("djia-models-run3", 3),
+        objects.copy_job("djia-models", "djia/3", 3),
+    ]
     for obj in everything:
         api.apply(obj)
     em = kube.emulator
     kinds = {(r, n) for (r, ns, n) in em.objects if ns == NS and r != "pods"}
-    assert kinds == {("persistentvolumeclaims", "tfserve-models"), ("persistentvolumeclaims", "tfserve-src-3"),
-                     ("configmaps", "tfserve-config"), ("deployments", "tfserve"), ("services", "tfserve"),
-                     ("horizontalpodautoscalers", "tfserve"), ("poddisruptionbudgets", "tfserve"),
-                     ("destinationrules", "tfserve"), ("virtualservices", "tfserve"),
-                     ("jobs", "tfserve-copy-v3")}
+    assert kinds == {
+        ("persistentvolumeclaims", "tfserve-models"),
+        ("persistentvolumeclaims", "tfserve-src-3"),
+        ("configmaps", "tfserve-config"),
+        ("deployments", "tfserve"),
+        ("services", "tfserve"),
+        ("horizontalpodautoscalers", "tfserve"),
+        ("poddisruptionbudgets", "tfserve"),
+        ("destinationrules", "tfserve"),
+        ("virtualservices", "tfserve"),
+        ("jobs", "tfserve-copy-v3"),
+    }
     assert all(verb == "create" for verb, _, _ in em.requests if verb != "list")
 
     again = [o for o in everything if o["kind"] != "Job"]
@@ -81,8 +103,12 @@ def test_apply_creates_every_kind_then_patches_it_with_the_patch_type_the_client
     patches = [(resource, ctype) for verb, resource, ctype in em.content_types if verb == "patch"]
     assert len(patches) == len(again)  # each create answered 409 AlreadyExists, then a patch
     for resource, ctype in patches:
-        assert ctype == (MERGE if resource in ("virtualservices", "destinationrules") else STRATEGIC), resource
-    assert em.get("deployments", NS, "tfserve")["metadata"]["generation"] == 1  # nothing changed: no new generation
+        assert ctype == (MERGE if resource in ("virtualservices", "destinationrules") else STRATEGIC), (
+            resource
+        )
+    assert (
+        em.get("deployments", NS, "tfserve")["metadata"]["generation"] == 1
+    )  # nothing changed: no new generation
 
 
 def test_a_patch_changes_what_changed_and_keeps_what_the_server_set(api, kube, objects):
@@ -102,7 +128,9 @@ def test_a_patch_changes_what_changed_and_keeps_what_the_server_set(api, kube, o
     assert json.loads(cm["metadata"]["annotations"][STATE_ANNOTATION])["versions"] == [1, 2]
     assert cm["metadata"]["uid"] == before_cm["metadata"]["uid"]
     assert int(cm["metadata"]["resourceVersion"]) > int(before_cm["metadata"]["resourceVersion"])
-    assert em.get("services", NS, "tfserve")["spec"]["clusterIP"] == cluster_ip  # allocated by the server, kept
+    assert (
+        em.get("services", NS, "tfserve")["spec"]["clusterIP"] == cluster_ip
+    )  # allocated by the server, kept
     route = em.get("virtualservices", NS, "tfserve")["spec"]["http"][0]["route"]
     assert [r["weight"] for r in route] == [90, 10]  # merge patch: the list replaced whole
     assert api.config_state("tfserve-config", NS) == state([1, 2], 1)
@@ -166,9 +194,13 @@ def test_config_state_reads_the_annotation(api, kube, objects):
     assert api.config_state("tfserve-config", NS) is None
     api.apply(objects.config_map([1], {"stable": 1}, state=state([1], 1)))
     assert api.config_state("tfserve-config", NS) == state([1], 1)
-    kube.emulator.get("configmaps", NS, "tfserve-config")["metadata"]["annotations"][STATE_ANNOTATION] = "{oops"
-    with pytest.raises(ExternalError, match=f"ConfigMap serving/tfserve-config: annotation {STATE_ANNOTATION} "
-                                            "is not valid JSON"):
+    kube.emulator.get("configmaps", NS, "tfserve-config")["metadata"]["annotations"][STATE_ANNOTATION] = (
+        "{oops"
+    )
+    with pytest.raises(
+        ExternalError,
+        match=f"ConfigMap serving/tfserve-config: annotation {STATE_ANNOTATION} is not valid JSON",
+    ):
         api.config_state("tfserve-config", NS)
 
 
@@ -183,7 +215,10 @@ def test_a_copy_job_is_followed_until_it_succeeds_and_its_log_is_read(api, kube,
 
 
 def test_a_failing_copy_job_is_reported_failed_after_its_retries(api, kube, objects):
-    kube.emulator.job_outcomes["tfserve-copy-v9"] = (False, "cp: can't stat '/source/djia/9/.': No such file\n")
+    kube.emulator.job_outcomes["tfserve-copy-v9"] = (
+        False,
+        "cp: can't stat '/source/djia/9/.': No such file\n",
+    )
     job = objects.copy_job("djia-models", "djia/9", 9)
     api.apply(job)
     outcomes = [api.job_finished("tfserve-copy-v9", NS) for _ in range(20)]
@@ -214,8 +249,15 @@ def test_the_proxy_client_reaches_tf_serving_through_the_api_server_with_the_cre
 
     def tf_serving(pod, method, path, body):
         if path == "/v1/models/djia/versions/1":
-            return 200, {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                                   "status": {"error_code": "OK", "error_message": ""}}]}
+            return 200, {
+                "model_version_status": [
+                    {
+                        "version": "1",
+                        "state": "AVAILABLE",
+                        "status": {"error_code": "OK", "error_message": ""},
+                    }
+                ]
+            }
         return 404, {"error": f"Servable not found for request: {path}"}
 
     api.apply(objects.deployment(replicas=1))
@@ -235,31 +277,63 @@ def test_the_proxy_client_reaches_tf_serving_through_the_api_server_with_the_cre
         service.status(version=2)
     assert missing.value.status == 404
     assert [p[1:] for p in em.proxied[-3:]] == [("GET", "/v1/models/djia/versions/1")] * 2 + [
-        ("GET", "/v1/models/djia/versions/2")]
+        ("GET", "/v1/models/djia/versions/2")
+    ]
     assert set(em.authorizations) == {f"Bearer {TOKEN}"}  # every call, the proxy included, carried the token
 
 
-FORBIDDEN = ('{resource} is forbidden: User "system:serviceaccount:jenkins:branchops-ci" cannot {verb} resource '
-             '"{resource}" in API group "" in the namespace "serving"')
+FORBIDDEN = (
+    '{resource} is forbidden: User "system:serviceaccount:jenkins:branchops-ci" cannot {verb} resource '
+    '"{resource}" in API group "" in the namespace "serving"'
+)
 
 
-@pytest.mark.parametrize(("method", "resource", "call", "expected"), [
-    ("POST", "configmaps", lambda api, o: api.apply(o.config_map([1], {"stable": 1})),
-     "Kubernetes refused ConfigMap serving/tfserve-config: HTTP 403 Forbidden: configmaps is forbidden"),
-    ("DELETE", "jobs", lambda api, o: api.delete("Job", "tfserve-copy-v1", NS),
-     "could not delete Job serving/tfserve-copy-v1: HTTP 403 Forbidden: jobs is forbidden"),
-    ("GET", "configmaps", lambda api, o: api.config_state("tfserve-config", NS),
-     "could not read ConfigMap serving/tfserve-config: HTTP 403 Forbidden: configmaps is forbidden"),
-    ("GET", "jobs/status", lambda api, o: api.job_finished("tfserve-copy-v1", NS),
-     "could not read Job serving/tfserve-copy-v1: HTTP 403 Forbidden: jobs/status is forbidden"),
-    ("GET", "pods", lambda api, o: api.job_log("tfserve-copy-v1", NS),
-     "could not list pods of Job serving/tfserve-copy-v1 or read their log: HTTP 403 Forbidden: pods is forbidden"),
-    ("GET", "pods", lambda api, o: api.ready_pods(NS, o.selector("stable")),
-     "could not list pods in serving: HTTP 403 Forbidden: pods is forbidden"),
-])
+@pytest.mark.parametrize(
+    ("method", "resource", "call", "expected"),
+    [
+        (
+            "POST",
+            "configmaps",
+            lambda api, o: api.apply(o.config_map([1], {"stable": 1})),
+            "Kubernetes refused ConfigMap serving/tfserve-config: HTTP 403 Forbidden: configmaps is forbidden",
+        ),
+        (
+            "DELETE",
+            "jobs",
+            lambda api, o: api.delete("Job", "tfserve-copy-v1", NS),
+            "could not delete Job serving/tfserve-copy-v1: HTTP 403 Forbidden: jobs is forbidden",
+        ),
+        (
+            "GET",
+            "configmaps",
+            lambda api, o: api.config_state("tfserve-config", NS),
+            "could not read ConfigMap serving/tfserve-config: HTTP 403 Forbidden: configmaps is forbidden",
+        ),
+        (
+            "GET",
+            "jobs/status",
+            lambda api, o: api.job_finished("tfserve-copy-v1", NS),
+            "could not read Job serving/tfserve-copy-v1: HTTP 403 Forbidden: jobs/status is forbidden",
+        ),
+        (
+            "GET",
+            "pods",
+            lambda api, o: api.job_log("tfserve-copy-v1", NS),
+            "could not list pods of Job serving/tfserve-copy-v1 or read their log: HTTP 403 Forbidden: pods is forbidden",
+        ),
+        (
+            "GET",
+            "pods",
+            lambda api, o: api.ready_pods(NS, o.selector("stable")),
+            "could not list pods in serving: HTTP 403 Forbidden: pods is forbidden",
+        ),
+    ],
+)
 def test_refusals_are_clear_external_errors(api, kube, objects, method, resource, call, expected):
     verb = {"POST": "create", "DELETE": "delete", "GET": "get"}[method]
-    kube.emulator.fail_next(method, resource, 403, "Forbidden", FORBIDDEN.format(resource=resource, verb=verb))
+    kube.emulator.fail_next(
+        method, resource, 403, "Forbidden", FORBIDDEN.format(resource=resource, verb=verb)
+    )
     with pytest.raises(ExternalError) as failed:
         call(api, objects)
     assert str(failed.value).startswith(expected)
@@ -267,10 +341,14 @@ def test_refusals_are_clear_external_errors(api, kube, objects, method, resource
 
 def test_a_patch_refusal_is_a_clear_external_error(api, kube, objects):
     api.apply(objects.config_map([1], {"stable": 1}))
-    kube.emulator.fail_next("PATCH", "configmaps", 403, "Forbidden",
-                            FORBIDDEN.format(resource="configmaps", verb="patch"))
-    with pytest.raises(ExternalError, match="Kubernetes refused ConfigMap serving/tfserve-config: HTTP 403 "
-                                            "Forbidden: configmaps is forbidden: .* cannot patch"):
+    kube.emulator.fail_next(
+        "PATCH", "configmaps", 403, "Forbidden", FORBIDDEN.format(resource="configmaps", verb="patch")
+    )
+    with pytest.raises(
+        ExternalError,
+        match="Kubernetes refused ConfigMap serving/tfserve-config: HTTP 403 "
+        "Forbidden: configmaps is forbidden: .* cannot patch",
+    ):
         api.apply(objects.config_map([2], {"stable": 2}))
     assert "versions: 1" in kube.emulator.get("configmaps", NS, "tfserve-config")["data"]["models.config"]
 
@@ -281,10 +359,14 @@ def test_an_unreachable_api_server_is_a_clear_error(tmp_path, monkeypatch, objec
     monkeypatch.setenv("KUBECONFIG", str(path))  # nothing listens on its port any more
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     api = KubeApi()
-    calls = [lambda: api.apply(objects.config_map([1], {"stable": 1})),
-             lambda: api.delete("Job", "x", NS), lambda: api.config_state("x", NS),
-             lambda: api.job_finished("x", NS), lambda: api.job_log("x", NS),
-             lambda: api.ready_pods(NS, objects.selector())]
+    calls = [
+        lambda: api.apply(objects.config_map([1], {"stable": 1})),
+        lambda: api.delete("Job", "x", NS),
+        lambda: api.config_state("x", NS),
+        lambda: api.job_finished("x", NS),
+        lambda: api.job_log("x", NS),
+        lambda: api.ready_pods(NS, objects.selector()),
+    ]
     for call in calls:
         with pytest.raises(ExternalError, match=f"Kubernetes API at {stopped.url} unreachable"):
             call()
@@ -312,12 +394,20 @@ def test_the_emulator_follows_the_documented_patch_and_conflict_semantics(kube, 
     from kubernetes.client.exceptions import ApiException
 
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
-    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": NS}, "data": {"a": "1"}}
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "c", "namespace": NS},
+        "data": {"a": "1"},
+    }
     created = core.create_namespaced_config_map(NS, cm)
     with pytest.raises(ApiException) as exists:
         core.create_namespaced_config_map(NS, cm)
     assert (exists.value.status, json.loads(exists.value.body)["reason"]) == (409, "AlreadyExists")
-    stale = {"metadata": {"resourceVersion": str(int(created.metadata.resource_version) - 1)}, "data": {"b": "2"}}
+    stale = {
+        "metadata": {"resourceVersion": str(int(created.metadata.resource_version) - 1)},
+        "data": {"b": "2"},
+    }
     with pytest.raises(ApiException) as conflict:
         core.patch_namespaced_config_map("c", NS, stale)
     assert (conflict.value.status, json.loads(conflict.value.body)["reason"]) == (409, "Conflict")
@@ -330,8 +420,12 @@ def test_the_emulator_follows_the_documented_patch_and_conflict_semantics(kube, 
     containers = [{"name": "a", "image": "x", "ports": [{"containerPort": 1}]}, {"name": "b", "image": "y"}]
     patch = [{"name": "a", "ports": [{"containerPort": 2}]}, {"name": "b", "$patch": "delete"}]
     assert strategic_merge({"containers": containers}, {"containers": patch}, ("spec",)) == {
-        "containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 1}, {"containerPort": 2}]}]}
-    assert merge_patch({"l": [1, 2], "m": {"k": 1, "j": 2}}, {"l": [3], "m": {"k": None}}) == {"l": [3], "m": {"j": 2}}
+        "containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 1}, {"containerPort": 2}]}]
+    }
+    assert merge_patch({"l": [1, 2], "m": {"k": 1, "j": 2}}, {"l": [3], "m": {"k": None}}) == {
+        "l": [3],
+        "m": {"j": 2},
+    }
 
 
 def refusal(call) -> tuple[int, dict]:
@@ -355,8 +449,9 @@ def test_the_emulator_judges_objects_by_the_api_servers_rules_not_by_branchops(k
     del no_selector["spec"]["selector"]
     status, body = refusal(lambda: apps.create_namespaced_deployment(NS, no_selector))
     assert (status, body["kind"], body["reason"]) == (422, "Status", "Invalid")
-    assert body["details"]["causes"] == [{"reason": "FieldValueRequired", "message": "Required value",
-                                          "field": "spec.selector"}]
+    assert body["details"]["causes"] == [
+        {"reason": "FieldValueRequired", "message": "Required value", "field": "spec.selector"}
+    ]
     assert body["message"] == 'Deployment.apps "tfserve" is invalid: spec.selector: Required value'
 
     mistyped = objects.deployment(replicas=1)
@@ -379,17 +474,25 @@ def test_the_emulator_judges_objects_by_the_api_servers_rules_not_by_branchops(k
     assert "readinesProbe" not in stored["spec"]["template"]["spec"]["containers"][0]
     assert kube.emulator.warnings == ['unknown field "spec.template.spec.containers[0].readinesProbe"']
 
-    status, body = refusal(lambda: apps.patch_namespaced_deployment("tfserve", NS, {"spec": {"replicas": "three"}}))
+    status, body = refusal(
+        lambda: apps.patch_namespaced_deployment("tfserve", NS, {"spec": {"replicas": "three"}})
+    )
     assert (status, body["reason"]) == (422, "Invalid")
     assert [c["field"] for c in body["details"]["causes"]] == ["patch"]
 
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "Models_1", "namespace": NS},
-             "spec": {"accessModes": ["ReadWriteSometimes"]}}
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "Models_1", "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteSometimes"]},
+    }
     status, body = refusal(lambda: core.create_namespaced_persistent_volume_claim(NS, claim))
     assert (status, body["reason"]) == (422, "Invalid")
     assert {(c["field"], c["reason"]) for c in body["details"]["causes"]} == {
-        ("metadata.name", "FieldValueInvalid"), ("spec.accessModes", "FieldValueNotSupported"),
-        ("spec.resources[storage]", "FieldValueRequired")}
+        ("metadata.name", "FieldValueInvalid"),
+        ("spec.accessModes", "FieldValueNotSupported"),
+        ("spec.resources[storage]", "FieldValueRequired"),
+    }
     assert kube.emulator.of("persistentvolumeclaims", NS) == {}
     # Refused and warned on purpose: not what the fixture's teardown is looking for.
     kube.emulator.rejected.clear()
@@ -401,8 +504,11 @@ def test_an_object_the_api_server_refuses_fails_the_apply_with_its_reason(api, k
     and KubeApi reports its 422 with the server's reason rather than the generic failure."""
     stray = objects.deployment(replicas=1)
     stray["spec"]["selector"]["matchLabels"]["branchops.io/track"] = "elsewhere"
-    with pytest.raises(ExternalError, match=r"Kubernetes refused Deployment serving/tfserve: HTTP 422 "
-                                            r"Unprocessable Entity: .*`selector` does not match template `labels`"):
+    with pytest.raises(
+        ExternalError,
+        match=r"Kubernetes refused Deployment serving/tfserve: HTTP 422 "
+        r"Unprocessable Entity: .*`selector` does not match template `labels`",
+    ):
         api.apply(stray)
     assert kube.emulator.of("deployments", NS) == {}
     kube.emulator.rejected.clear()  # refused on purpose
@@ -423,20 +529,39 @@ def test_a_rollout_through_kube_api_loads_the_version_then_rolls_back_on_a_bad_e
         served = em.get("configmaps", NS, config_map)["data"]["models.config"]
         version = path.rsplit("/", 1)[-1]
         if f"versions: {version}\n" in served:
-            return 200, {"model_version_status": [{"version": version, "state": "AVAILABLE",
-                                                   "status": {"error_code": "OK", "error_message": ""}}]}
+            return 200, {
+                "model_version_status": [
+                    {
+                        "version": version,
+                        "state": "AVAILABLE",
+                        "status": {"error_code": "OK", "error_message": ""},
+                    }
+                ]
+            }
         return 404, {"error": f"Servable not found for request: Specific(djia, {version})"}
 
     em.proxy_handler = tf_serving
     em.job_outcomes["tfserve-copy-v1"] = (True, 'BRANCHOPS-MODEL-METADATA\n{"model": "djia", "version": 1}\n')
-    config = BranchopsConfig.model_validate({
-        "approvers": {s: ["lead"] for s in STAGES},
-        "serving": {"backend": "kubernetes", "model_name": "djia",
-                    "kubernetes": {"replicas": 2, "istio": True, "rollout_timeout_s": 60}}})
+    config = BranchopsConfig.model_validate(
+        {
+            "approvers": {s: ["lead"] for s in STAGES},
+            "serving": {
+                "backend": "kubernetes",
+                "model_name": "djia",
+                "kubernetes": {"replicas": 2, "istio": True, "rollout_timeout_s": 60},
+            },
+        }
+    )
     serving = KubernetesServing(config, Path("."), api=api)
     serving.poll_s = 0.01
-    release = Release.model_validate({"model": "djia", "version": 1, "strategy": "rolling",
-                                      "source": {"volume": "djia-models", "path": "djia/1"}})
+    release = Release.model_validate(
+        {
+            "model": "djia",
+            "version": 1,
+            "strategy": "rolling",
+            "source": {"volume": "djia-models", "path": "djia/1"},
+        }
+    )
     result = serving.deploy(release)
 
     assert result.outcome == "rolled_back", result.reason
@@ -456,16 +581,36 @@ def test_an_api_refusal_mid_rollout_rolls_back_instead_of_crashing(api, kube):
     from branchops.serving.kubernetes_backend import KubernetesServing
     from branchops.serving.release import Release
 
-    config = BranchopsConfig.model_validate({
-        "approvers": {s: ["lead"] for s in STAGES},
-        "serving": {"backend": "kubernetes", "model_name": "djia", "kubernetes": {"rollout_timeout_s": 60}}})
+    config = BranchopsConfig.model_validate(
+        {
+            "approvers": {s: ["lead"] for s in STAGES},
+            "serving": {
+                "backend": "kubernetes",
+                "model_name": "djia",
+                "kubernetes": {"rollout_timeout_s": 60},
+            },
+        }
+    )
     serving = KubernetesServing(config, Path("."), api=api)
     serving.poll_s = 0.01
-    kube.emulator.fail_next("GET", "jobs/status", 403, "Forbidden",
-                            FORBIDDEN.format(resource="jobs/status", verb="get").replace('""', '"batch"'))
-    release = Release.model_validate({"model": "djia", "version": 1, "strategy": "rolling",
-                                      "source": {"volume": "djia-models", "path": "djia/1"}})
+    kube.emulator.fail_next(
+        "GET",
+        "jobs/status",
+        403,
+        "Forbidden",
+        FORBIDDEN.format(resource="jobs/status", verb="get").replace('""', '"batch"'),
+    )
+    release = Release.model_validate(
+        {
+            "model": "djia",
+            "version": 1,
+            "strategy": "rolling",
+            "source": {"volume": "djia-models", "path": "djia/1"},
+        }
+    )
     result = serving.deploy(release)
     assert result.outcome == "rolled_back"
-    assert result.reason.startswith("kubernetes failed: could not read Job serving/tfserve-copy-v1: HTTP 403 "
-                                    "Forbidden: jobs/status is forbidden")
+    assert result.reason.startswith(
+        "kubernetes failed: could not read Job serving/tfserve-copy-v1: HTTP 403 "
+        "Forbidden: jobs/status is forbidden"
+    )

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.k8s.api_rules import review
-
 from branchops.config import STAGES, BranchopsConfig
 from branchops.k8s.validate import InvalidObject, validate_manifest_file, validate_object
 from branchops.serving.kubernetes_backend import (
@@ -18,14 +16,19 @@ from branchops.serving.kubernetes_backend import (
     render_manifests,
     render_models_config,
 )
+from tests.k8s.api_rules import review
 
 TFSERVE = Path(__file__).resolve().parents[2] / "serving" / "tfserve"
 
 
 def config(**kubernetes) -> BranchopsConfig:
     # the reference project's model (the shipped manifests under serving/tfserve are its)
-    return BranchopsConfig.model_validate({"approvers": {s: ["lead"] for s in STAGES},
-                                           "serving": {"model_name": "djia", "kubernetes": kubernetes}})
+    return BranchopsConfig.model_validate(
+        {
+            "approvers": {s: ["lead"] for s in STAGES},
+            "serving": {"model_name": "djia", "kubernetes": kubernetes},
+        }
+    )
 
 
 def all_objects(builder: ObjectBuilder) -> list[dict]:
@@ -46,13 +49,22 @@ def test_every_generated_object_is_strictly_valid(istio):
     for obj in all_objects(builder):
         istio_kind = obj["apiVersion"].startswith("networking.istio.io")
         checked = validate_object(obj, allow_unchecked=istio_kind)
-        assert checked.checked != istio_kind, checked  # Istio's CRD schemas are not shipped: checked by hand below
+        assert checked.checked != istio_kind, (
+            checked
+        )  # Istio's CRD schemas are not shipped: checked by hand below
         # And the API server's own rules agree (names, labels, selectors: what no schema states).
         verdict = review(obj)
         assert (verdict.status, verdict.warnings) == (None, []), obj["kind"]
         kinds.add(obj["kind"])
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
-            "PersistentVolumeClaim", "Job"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Job",
+    } <= kinds
     assert ("VirtualService" in kinds) == istio
 
 
@@ -73,7 +85,9 @@ def test_istio_objects_route_by_track_with_weights_summing_to_100():
     builder = ObjectBuilder(config(istio=True))
     rule = builder.destination_rule()
     assert {s["name"]: s["labels"]["branchops.io/track"] for s in rule["spec"]["subsets"]} == {
-        "stable": "stable", "canary": "canary"}
+        "stable": "stable",
+        "canary": "canary",
+    }
     for weight in (0, 10, 50, 100):
         route = builder.virtual_service(weight)["spec"]["http"][0]["route"]
         assert [r["weight"] for r in route] == [100 - weight, weight]
@@ -104,14 +118,22 @@ def test_canary_replica_ratio():
 
 def test_shipped_manifests_match_the_generator_and_are_valid():
     from branchops.config import load_config
+
     project = load_config(TFSERVE.parents[1])  # the manifests are the reference project's
     for name, text in render_manifests(project).items():
         shipped = TFSERVE / name
         assert shipped.read_text() == text, (
-            f"{shipped} is stale: run python -m branchops.serving.kubernetes_backend serving/tfserve")
+            f"{shipped} is stale: run python -m branchops.serving.kubernetes_backend serving/tfserve"
+        )
     checked = validate_manifest_file(TFSERVE / "tfserve.yaml")
-    assert [c.kind for c in checked] == ["PersistentVolumeClaim", "ConfigMap", "Deployment", "Service",
-                                         "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+    assert [c.kind for c in checked] == [
+        "PersistentVolumeClaim",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ]
     assert all(c.checked for c in checked)
     istio = validate_manifest_file(TFSERVE / "istio.yaml", allow_unchecked=True)
     assert [c.kind for c in istio] == ["DestinationRule", "VirtualService"]

@@ -20,15 +20,16 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from tests.k8s.api_rules import review
-
 from branchops.config import STAGES, BranchopsConfig
 from branchops.serving.client import ServingClient
 from branchops.serving.kubernetes_backend import METADATA_MARKER, KubernetesServing
 from branchops.serving.release import Release
 from branchops.serving.server import ModelServer, create_app
+from tests.k8s.api_rules import review
 
-PROXY = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<kind>services|pods)/(?P<name>[^/:]+):[^/]+/proxy(?P<path>/.*)$")
+PROXY = re.compile(
+    r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<kind>services|pods)/(?P<name>[^/:]+):[^/]+/proxy(?P<path>/.*)$"
+)
 
 
 class Pod:
@@ -73,8 +74,15 @@ class FakeCluster:
             self.refused.append(verdict.status["message"] if verdict.status else "; ".join(verdict.warnings))
             raise AssertionError(f"the API server would refuse or trim {obj['kind']}: {self.refused[-1]}")
         kind, name = obj["kind"], obj["metadata"]["name"]
-        self.history.append(("apply", kind, name if kind != "VirtualService" else
-                             f"{name}:{obj['spec']['http'][0]['route'][1]['weight']}"))
+        self.history.append(
+            (
+                "apply",
+                kind,
+                name
+                if kind != "VirtualService"
+                else f"{name}:{obj['spec']['http'][0]['route'][1]['weight']}",
+            )
+        )
         self.objects[(kind, name)] = json.loads(json.dumps(obj))
         if kind == "PersistentVolumeClaim":
             source = obj["spec"].get("dataSource")
@@ -89,8 +97,12 @@ class FakeCluster:
             replicas = obj["spec"].get("replicas", 1)
             for i in range(replicas):
                 pod = f"{name}-{i}"
-                self.pods.setdefault(pod, Pod(pod, track, self.volumes["tfserve-models"] / self.model, self.model))
-            for pod in [p for p in self.pods if p.startswith(f"{name}-") and int(p.rsplit("-", 1)[1]) >= replicas]:
+                self.pods.setdefault(
+                    pod, Pod(pod, track, self.volumes["tfserve-models"] / self.model, self.model)
+                )
+            for pod in [
+                p for p in self.pods if p.startswith(f"{name}-") and int(p.rsplit("-", 1)[1]) >= replicas
+            ]:
                 del self.pods[pod]
 
     def _run_copy(self, job: dict) -> None:
@@ -112,8 +124,11 @@ class FakeCluster:
         self.history.append(("delete", kind, name))
         self.objects.pop((kind, name), None)
         if kind == "Deployment":
-            for pod in [p for p in self.pods if p.startswith(f"{name}-") and p.rsplit("-", 1)[1].isdigit()
-                        and p.rsplit("-", 1)[0] == name]:
+            for pod in [
+                p
+                for p in self.pods
+                if p.startswith(f"{name}-") and p.rsplit("-", 1)[1].isdigit() and p.rsplit("-", 1)[0] == name
+            ]:
                 del self.pods[pod]
 
     def config_state(self, name: str, namespace: str) -> dict | None:
@@ -133,12 +148,16 @@ class FakeCluster:
     def proxy_client(self, namespace: str, target: str, model: str, timeout_s: float = 10.0) -> ServingClient:
         session = requests.Session()
         session.mount("http://apiserver/", _ProxyAdapter(self))
-        return ServingClient(f"http://apiserver/api/v1/namespaces/{namespace}/{target}/proxy", model, session=session)
+        return ServingClient(
+            f"http://apiserver/api/v1/namespaces/{namespace}/{target}/proxy", model, session=session
+        )
 
     # -- TF Serving's config polling ----------------------------------------------------------------
     def sync(self) -> None:
         for pod in self.pods.values():
-            cm = self.objects.get(("ConfigMap", "tfserve-config" if pod.track == "stable" else f"tfserve-{pod.track}-config"))
+            cm = self.objects.get(
+                ("ConfigMap", "tfserve-config" if pod.track == "stable" else f"tfserve-{pod.track}-config")
+            )
             if cm:
                 pod.sync(cm["data"]["models.config"])
 
@@ -167,8 +186,13 @@ class _ProxyAdapter(BaseAdapter):
             stable = [p for p in self.cluster.pods.values() if p.track == "stable"]
             self.turn += 1
             pod = stable[self.turn % len(stable)]
-        answer = pod.app.open(match["path"], method=request.method, data=request.body,
-                              headers={"Content-Type": "application/json"}, environ_base={"REMOTE_ADDR": "10.0.0.9"})
+        answer = pod.app.open(
+            match["path"],
+            method=request.method,
+            data=request.body,
+            headers={"Content-Type": "application/json"},
+            environ_base={"REMOTE_ADDR": "10.0.0.9"},
+        )
         response = requests.Response()
         response.status_code, response._content = answer.status_code, answer.data
         response.headers = CaseInsensitiveDict(dict(answer.headers))
@@ -179,11 +203,18 @@ class _ProxyAdapter(BaseAdapter):
         pass
 
 
-def release(version: int, path: str, *, volume: str | None = "djia-models", snapshot: str | None = None,
-            strategy: str = "rolling") -> Release:
+def release(
+    version: int,
+    path: str,
+    *,
+    volume: str | None = "djia-models",
+    snapshot: str | None = None,
+    strategy: str = "rolling",
+) -> Release:
     source = {"snapshot": snapshot} if snapshot else {"volume": volume}
-    return Release.model_validate({"model": "djia", "version": version, "strategy": strategy,
-                                   "source": {**source, "path": path}})
+    return Release.model_validate(
+        {"model": "djia", "version": version, "strategy": strategy, "source": {**source, "path": path}}
+    )
 
 
 @pytest.fixture()
@@ -199,11 +230,21 @@ def cluster(models, tmp_path):
 
 
 def backend(cluster: FakeCluster, **kubernetes) -> KubernetesServing:
-    config = BranchopsConfig.model_validate({
-        "approvers": {s: ["lead"] for s in STAGES},
-        "serving": {"backend": "kubernetes", "model_name": "djia", "kubernetes": {"replicas": 2, "rollout_timeout_s": 60, **kubernetes},
-                    "rollout": {"canary_steps": [10, 50, 100], "requests_per_step": 6, "max_p99_latency_ms": 60000}},
-    })
+    config = BranchopsConfig.model_validate(
+        {
+            "approvers": {s: ["lead"] for s in STAGES},
+            "serving": {
+                "backend": "kubernetes",
+                "model_name": "djia",
+                "kubernetes": {"replicas": 2, "rollout_timeout_s": 60, **kubernetes},
+                "rollout": {
+                    "canary_steps": [10, 50, 100],
+                    "requests_per_step": 6,
+                    "max_p99_latency_ms": 60000,
+                },
+            },
+        }
+    )
     serving = KubernetesServing(config, Path("."), api=cluster)  # type: ignore[arg-type]
     serving.poll_s = 0.05
     return serving
@@ -211,7 +252,11 @@ def backend(cluster: FakeCluster, **kubernetes) -> KubernetesServing:
 
 def served_stable(cluster: FakeCluster) -> set[str]:
     cluster.sync()
-    return {p.server.routing.stable and str(p.server.routing.stable) for p in cluster.pods.values() if p.track == "stable"}
+    return {
+        p.server.routing.stable and str(p.server.routing.stable)
+        for p in cluster.pods.values()
+        if p.track == "stable"
+    }
 
 
 def test_rolling_rollouts_and_automatic_rollbacks(cluster):
@@ -227,8 +272,11 @@ def test_rolling_rollouts_and_automatic_rollbacks(cluster):
     assert cluster.config_state("tfserve-config", "serving")["versions"] == [2]  # the old one retired
     assert served_stable(cluster) == {"2"}
 
-    for version, path, check in ((8, "djia/8", "smoke failed"), (6, "djia/6", "load failed"),
-                                 (9, "djia/missing", "copy failed")):
+    for version, path, check in (
+        (8, "djia/8", "smoke failed"),
+        (6, "djia/6", "load failed"),
+        (9, "djia/missing", "copy failed"),
+    ):
         failed = serving.deploy(release(version, path))
         assert failed.outcome == "rolled_back" and failed.reason.startswith(check), failed.reason
         state = cluster.config_state("tfserve-config", "serving")
@@ -260,4 +308,6 @@ def test_canary_breach_removes_the_canary_and_keeps_stable(cluster):
     assert result.outcome == "rolled_back" and result.reason.startswith("canary failed: at 10%")
     assert result.canary_steps[0]["replicas"] == 1  # 10% of 2 stable replicas, without Istio: one pod
     assert ("Deployment", "tfserve-canary") not in cluster.objects
-    assert cluster.config_state("tfserve-config", "serving")["stable"] == 1 and served_stable(cluster) == {"1"}
+    assert cluster.config_state("tfserve-config", "serving")["stable"] == 1 and served_stable(cluster) == {
+        "1"
+    }

@@ -34,21 +34,32 @@ def test_strategy_defaults_to_config():
     assert release.strategy is None and release.strategy_or("rolling") == "rolling"
 
 
-@pytest.mark.parametrize("text, expected", [
-    (GOOD.replace("version: 3", "version: '3'"), ":2: version: expected an integer"),
-    (GOOD.replace("version: 3", "version: 0"), ":2: version: Input should be greater than or equal to 1"),
-    (GOOD.replace("strategy: canary", "strategy: blue-green"), ":6: strategy: Input should be 'rolling' or 'canary'"),
-    (GOOD.replace("strategy: canary", "stratgy: canary"), ":6: stratgy: unknown key"),
-    (GOOD.replace("  path: djia/3", "  path: ../../etc"), "source.path: must be a relative POSIX path"),
-    (GOOD.replace("  path: djia/3", "  path: /abs/3"), "source.path: must be a relative POSIX path"),
-    (GOOD.replace("  snapshot: djia-models-abc1234\n", "  snapshot: s1\n  volume: v1\n"),
-     "exactly one of 'volume' or 'snapshot'"),
-    (GOOD.replace("  snapshot: djia-models-abc1234\n", ""), "exactly one of 'volume' or 'snapshot'"),
-    (GOOD.replace("model: djia\n", ""), "model: required key is missing"),
-    (GOOD.replace("commit: abc1234", "commit: not-a-sha"), "training.commit: String should match pattern"),
-    ("- just\n- a list\n", "a release must be a mapping"),
-    ("model: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (GOOD.replace("version: 3", "version: '3'"), ":2: version: expected an integer"),
+        (GOOD.replace("version: 3", "version: 0"), ":2: version: Input should be greater than or equal to 1"),
+        (
+            GOOD.replace("strategy: canary", "strategy: blue-green"),
+            ":6: strategy: Input should be 'rolling' or 'canary'",
+        ),
+        (GOOD.replace("strategy: canary", "stratgy: canary"), ":6: stratgy: unknown key"),
+        (GOOD.replace("  path: djia/3", "  path: ../../etc"), "source.path: must be a relative POSIX path"),
+        (GOOD.replace("  path: djia/3", "  path: /abs/3"), "source.path: must be a relative POSIX path"),
+        (
+            GOOD.replace("  snapshot: djia-models-abc1234\n", "  snapshot: s1\n  volume: v1\n"),
+            "exactly one of 'volume' or 'snapshot'",
+        ),
+        (GOOD.replace("  snapshot: djia-models-abc1234\n", ""), "exactly one of 'volume' or 'snapshot'"),
+        (GOOD.replace("model: djia\n", ""), "model: required key is missing"),
+        (
+            GOOD.replace("commit: abc1234", "commit: not-a-sha"),
+            "training.commit: String should match pattern",
+        ),
+        ("- just\n- a list\n", "a release must be a mapping"),
+        ("model: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_bad_release_names_line_and_key(text, expected):
     with pytest.raises(ConfigError) as caught:
         parse_release(text, "serving/tfserve/release.yaml")

@@ -10,25 +10,31 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.serving.conftest import make_config
-from tests.serving.helpers import RequestLoop
-from tests.serving.model_factory import SAMPLE
 
 from branchops.serving import make_serving
 from branchops.serving.client import metric_sum
 from branchops.serving.local_backend import LocalServing
 from branchops.serving.release import Release
+from tests.serving.conftest import make_config
+from tests.serving.helpers import RequestLoop
+from tests.serving.model_factory import SAMPLE
 
 
 def release(version: int, strategy: str | None = None) -> Release:
-    data = {"model": "djia", "version": version, "source": {"volume": "djia-models", "path": f"djia/{version}"}}
+    data = {
+        "model": "djia",
+        "version": version,
+        "source": {"volume": "djia-models", "path": f"djia/{version}"},
+    }
     if strategy:
         data["strategy"] = strategy
     return Release.model_validate(data)
 
 
 def sample_predictions(model_dir: Path) -> dict:
-    return json.loads((model_dir / "assets.extra" / "branchops_model.json").read_text())["sample"]["predictions"]
+    return json.loads((model_dir / "assets.extra" / "branchops_model.json").read_text())["sample"][
+        "predictions"
+    ]
 
 
 @pytest.fixture
@@ -74,18 +80,27 @@ def test_first_deploy_then_rolling_update_drops_no_request(env, models):
     after = client.metrics()
     # The loop's requests were answered by the old version, then by the new one.
     for version in ("1", "2"):
-        served = (metric_sum(after, "branchops_serving_requests_total", version=version, code="200")
-                  - metric_sum(before, "branchops_serving_requests_total", version=version, code="200"))
+        served = metric_sum(
+            after, "branchops_serving_requests_total", version=version, code="200"
+        ) - metric_sum(before, "branchops_serving_requests_total", version=version, code="200")
         assert served > 0, version
-    assert client.predict(instances=SAMPLE)["predictions"][0]["direction"] == sample_predictions(models["v2"])["direction"][0]
+    assert (
+        client.predict(instances=SAMPLE)["predictions"][0]["direction"]
+        == sample_predictions(models["v2"])["direction"][0]
+    )
 
 
-@pytest.mark.parametrize("broken, version, check", [
-    ("corrupt", 6, "load failed"),
-    ("wrong_signature", 7, "signature failed"),
-    ("mismatch", 8, "smoke failed"),
-])
-def test_broken_version_is_rolled_back_while_the_old_one_keeps_answering(serving_v1, models, broken, version, check):
+@pytest.mark.parametrize(
+    "broken, version, check",
+    [
+        ("corrupt", 6, "load failed"),
+        ("wrong_signature", 7, "signature failed"),
+        ("mismatch", 8, "smoke failed"),
+    ],
+)
+def test_broken_version_is_rolled_back_while_the_old_one_keeps_answering(
+    serving_v1, models, broken, version, check
+):
     serving = serving_v1["serving"]
     live = serving.live_version()
     assert live == 1
@@ -122,8 +137,9 @@ def test_canary_steps_through_weights_then_promotes(serving_v1, models):
 def test_canary_that_breaches_latency_is_rolled_back(serving_v1, models):
     # The same server, driven with a latency budget no request can meet.
     root = serving_v1["root"]
-    strict = LocalServing(make_config(root / "models", canary_steps=[20, 100], max_p99_latency_ms=0.001),
-                          root / "state")
+    strict = LocalServing(
+        make_config(root / "models", canary_steps=[20, 100], max_p99_latency_ms=0.001), root / "state"
+    )
     live = strict.live_version()
     assert live == 1
     result = strict.deploy(release(2, "canary"), models["v2"])
@@ -185,11 +201,24 @@ def test_deploy_model_stage_makes_serving_match_the_release(serving_v1, models, 
     workspace = tmp_path / "checkout"
 
     def context() -> StageContext:
-        return StageContext(stage="deploy-model", branch="deploy-model", workspace=workspace, git_dir=workspace,
-                            state_dir=state_dir, config=config, source_commit="a" * 40, run_id="r1",
-                            record_dir="records/r1", merge_request=None, forge=None, notifier=None)
+        return StageContext(
+            stage="deploy-model",
+            branch="deploy-model",
+            workspace=workspace,
+            git_dir=workspace,
+            state_dir=state_dir,
+            config=config,
+            source_commit="a" * 40,
+            run_id="r1",
+            record_dir="records/r1",
+            merge_request=None,
+            forge=None,
+            notifier=None,
+        )
 
-    assert deploy_model.plan(context()) == ["no release file at serving/tfserve/release.yaml yet: nothing to deploy"]
+    assert deploy_model.plan(context()) == [
+        "no release file at serving/tfserve/release.yaml yet: nothing to deploy"
+    ]
     write_release(workspace / config.serving.release_file, release(2))
     live = env["serving"].live_version()
     assert live == 1
@@ -200,7 +229,9 @@ def test_deploy_model_stage_makes_serving_match_the_release(serving_v1, models, 
     deployment = result.outputs["deployment"]
     assert (deployment["before"], deployment["after"], deployment["outcome"]) == (live, 2, "deployed")
     assert result.outputs["release"]["version"] == 2 and "load" in deployment["timings"]
-    assert deploy_model.plan(context()) == ["local serving of model 'djia': version 2 is already live; nothing to do"]
+    assert deploy_model.plan(context()) == [
+        "local serving of model 'djia': version 2 is already live; nothing to do"
+    ]
     assert deploy_model.run(context()).outputs["deployment"]["outcome"] == "unchanged"
 
     write_release(workspace / config.serving.release_file, release(8))
@@ -215,5 +246,7 @@ def test_deploy_model_stage_makes_serving_match_the_release(serving_v1, models, 
     reverted = deploy_model.run(context())
     assert reverted.outcome == "success"
     assert (reverted.outputs["deployment"]["before"], reverted.outputs["deployment"]["after"]) == (3, 2)
-    assert env["serving"].client().predict(instances=SAMPLE)["predictions"][0]["direction"] == \
-        sample_predictions(models["v2"])["direction"][0]
+    assert (
+        env["serving"].client().predict(instances=SAMPLE)["predictions"][0]["direction"]
+        == sample_predictions(models["v2"])["direction"][0]
+    )

@@ -12,14 +12,14 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from tests.serving.conftest import make_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.serving.model_factory import N_FEATURES, SAMPLE
 
 from branchops.serving import make_serving
 from branchops.serving.client import ServingError, metric_sum
 from branchops.serving.release import Release
+from tests.serving.conftest import make_config
+from tests.serving.model_factory import N_FEATURES, SAMPLE
 
 
 def serve_v1(models, root: Path):
@@ -27,8 +27,9 @@ def serve_v1(models, root: Path):
     serving = make_serving(make_config(root / "models"), root / "state")
     serving.start(port=0)
     try:
-        release = Release.model_validate({"model": "djia", "version": 1,
-                                          "source": {"volume": "m", "path": "1"}})
+        release = Release.model_validate(
+            {"model": "djia", "version": 1, "source": {"volume": "m", "path": "1"}}
+        )
         assert serving.deploy(release, models["v1"]).outcome == "deployed"
         client = serving.client()
         yield client, json.loads((models["v1"] / "assets.extra" / "branchops_model.json").read_text())
@@ -52,19 +53,25 @@ def test_model_status_lists_versions_with_tf_serving_fields(served):
     client, _ = served
     response = requests.get(client.model_url(), timeout=10)
     assert response.status_code == 200
-    assert response.json() == {"model_version_status": [
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert response.json() == {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
     assert client.status(version=1)[0]["state"] == "AVAILABLE"
     assert client.status(label="stable")[0]["version"] == "1"
 
 
-@pytest.mark.parametrize("path, status", [
-    ("/v1/models/djia/versions/9", 404),
-    ("/v1/models/djia/labels/canary", 404),
-    ("/v1/models/nosuchmodel", 404),
-    ("/v1/models/djia/versions/one", 400),
-    ("/v1/models/djia/versions/1/frobnicate", 404),
-])
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/v1/models/djia/versions/9", 404),
+        ("/v1/models/djia/labels/canary", 404),
+        ("/v1/models/nosuchmodel", 404),
+        ("/v1/models/djia/versions/one", 400),
+        ("/v1/models/djia/versions/1/frobnicate", 404),
+    ],
+)
 def test_status_errors_use_tf_serving_error_format(served, path, status):
     client, _ = served
     response = requests.get(client.base_url + path, timeout=10)
@@ -88,8 +95,10 @@ def test_row_format_predicts_like_the_export(served):
     predictions = client.predict(instances=SAMPLE)["predictions"]
     expected = meta["sample"]["predictions"]
     assert [p["direction"] for p in predictions] == expected["direction"]
-    assert all(math.isclose(p["probability_up"], e, abs_tol=1e-5)
-               for p, e in zip(predictions, expected["probability_up"]))
+    assert all(
+        math.isclose(p["probability_up"], e, abs_tol=1e-5)
+        for p, e in zip(predictions, expected["probability_up"])
+    )
     named = client.predict(instances=[{"lagged_returns": row} for row in SAMPLE], version=1)["predictions"]
     assert named == predictions
 
@@ -102,19 +111,22 @@ def test_columnar_format_returns_outputs_by_name(served):
     assert client.predict(inputs={"lagged_returns": SAMPLE}, label="stable")["outputs"] == outputs
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"instances": [[1.0, 2.0]]}, "dimension 1 must be 4"),
-    ({"instances": [1.0, 2.0, 3.0, 4.0]}, "expected a tensor of rank 2"),
-    ({"instances": [[1, 2, 3, "x"]]}, "expected a number"),
-    ({"instances": [[1, 2, 3, True]]}, "expected a number"),
-    ({"instances": [[1, 2, 3], [1, 2, 3, 4]]}, "different lengths"),
-    ({"instances": []}, "'instances' is empty"),
-    ({"inputs": {"wrong_name": SAMPLE}}, "expected the inputs ['lagged_returns']"),
-    ({"instances": SAMPLE, "inputs": SAMPLE}, "not both"),
-    ({"signature_name": "nope", "instances": SAMPLE}, "not found in signature def"),
-    ({"instances": [[1e39, 0, 0, 0]]}, "not a finite float32"),
-    ({}, "Missing 'inputs' or 'instances' key"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"instances": [[1.0, 2.0]]}, "dimension 1 must be 4"),
+        ({"instances": [1.0, 2.0, 3.0, 4.0]}, "expected a tensor of rank 2"),
+        ({"instances": [[1, 2, 3, "x"]]}, "expected a number"),
+        ({"instances": [[1, 2, 3, True]]}, "expected a number"),
+        ({"instances": [[1, 2, 3], [1, 2, 3, 4]]}, "different lengths"),
+        ({"instances": []}, "'instances' is empty"),
+        ({"inputs": {"wrong_name": SAMPLE}}, "expected the inputs ['lagged_returns']"),
+        ({"instances": SAMPLE, "inputs": SAMPLE}, "not both"),
+        ({"signature_name": "nope", "instances": SAMPLE}, "not found in signature def"),
+        ({"instances": [[1e39, 0, 0, 0]]}, "not a finite float32"),
+        ({}, "Missing 'inputs' or 'instances' key"),
+    ],
+)
 def test_malformed_predict_gets_400_with_a_reason(served, body, message):
     client, _ = served
     response = requests.post(client.model_url() + ":predict", json=body, timeout=10)
@@ -153,14 +165,25 @@ def test_prometheus_metrics_count_requests_errors_and_latency_per_version(served
 
 # -- fuzzing -------------------------------------------------------------------------------------------
 
+
 def _is_float32(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(float(value)) and abs(float(value)) <= 3.4e38)
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+        and abs(float(value)) <= 3.4e38
+    )
 
 
 def _valid_rows(value) -> bool:
-    return (isinstance(value, list) and len(value) > 0 and all(
-        isinstance(row, list) and len(row) == N_FEATURES and all(_is_float32(x) for x in row) for row in value))
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(
+            isinstance(row, list) and len(row) == N_FEATURES and all(_is_float32(x) for x in row)
+            for row in value
+        )
+    )
 
 
 def _valid_body(body) -> bool:
@@ -173,8 +196,11 @@ def _valid_body(body) -> bool:
         return False
     if "instances" in body:
         value = body["instances"]
-        if isinstance(value, list) and value and all(isinstance(i, dict) and set(i) == {"lagged_returns"}
-                                                     for i in value):
+        if (
+            isinstance(value, list)
+            and value
+            and all(isinstance(i, dict) and set(i) == {"lagged_returns"} for i in value)
+        ):
             return _valid_rows([i["lagged_returns"] for i in value])
         return _valid_rows(value)
     value = body["inputs"]
@@ -184,20 +210,37 @@ def _valid_body(body) -> bool:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=30,
 )
 numbers = st.floats(allow_nan=False, allow_infinity=False, width=32) | st.integers(-1000, 1000)
-near_valid_rows = st.lists(st.lists(numbers | st.booleans() | st.text(max_size=2) | st.none(), min_size=0, max_size=7),
-                           max_size=4)
+near_valid_rows = st.lists(
+    st.lists(numbers | st.booleans() | st.text(max_size=2) | st.none(), min_size=0, max_size=7), max_size=4
+)
 bodies = st.one_of(
     st.fixed_dictionaries({"instances": json_values}),
     st.fixed_dictionaries({"inputs": json_values}),
     st.fixed_dictionaries({"instances": near_valid_rows}),
-    st.fixed_dictionaries({"inputs": st.dictionaries(st.sampled_from(["lagged_returns", "x"]), near_valid_rows)}),
-    st.fixed_dictionaries({"instances": st.lists(st.dictionaries(st.sampled_from(["lagged_returns", "b64", "y"]),
-                                                                 near_valid_rows | json_values), max_size=3)}),
+    st.fixed_dictionaries(
+        {"inputs": st.dictionaries(st.sampled_from(["lagged_returns", "x"]), near_valid_rows)}
+    ),
+    st.fixed_dictionaries(
+        {
+            "instances": st.lists(
+                st.dictionaries(
+                    st.sampled_from(["lagged_returns", "b64", "y"]), near_valid_rows | json_values
+                ),
+                max_size=3,
+            )
+        }
+    ),
     st.fixed_dictionaries({"signature_name": json_values, "instances": st.just(SAMPLE)}),
     st.dictionaries(st.text(max_size=12), json_values, max_size=4),
     json_values,
@@ -219,14 +262,33 @@ def malformed_requests(draw):
                 raw = b"[" + raw
         except (ValueError, UnicodeDecodeError, RecursionError):
             pass
-        return "POST", draw(st.sampled_from(["/v1/models/djia:predict", "/v1/models/djia/versions/1:predict",
-                                             "/v1/models/djia/labels/stable:predict"])), raw
+        return (
+            "POST",
+            draw(
+                st.sampled_from(
+                    [
+                        "/v1/models/djia:predict",
+                        "/v1/models/djia/versions/1:predict",
+                        "/v1/models/djia/labels/stable:predict",
+                    ]
+                )
+            ),
+            raw,
+        )
     # paths: unknown models, versions, labels, verbs, and the wrong method for a known route
     segment = draw(st.text(st.characters(codec="utf-8", exclude_characters="/?#%"), min_size=1, max_size=10))
-    path = draw(st.sampled_from([
-        f"/v1/models/x{segment}", f"/v1/models/djia/versions/{segment}x", f"/v1/models/djia/labels/{segment}x",
-        f"/v1/models/djia:{segment}x", f"/v1/models/djia/versions/1/{segment}", f"/v1/{segment}",
-    ]))
+    path = draw(
+        st.sampled_from(
+            [
+                f"/v1/models/x{segment}",
+                f"/v1/models/djia/versions/{segment}x",
+                f"/v1/models/djia/labels/{segment}x",
+                f"/v1/models/djia:{segment}x",
+                f"/v1/models/djia/versions/1/{segment}",
+                f"/v1/{segment}",
+            ]
+        )
+    )
     method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE"]))
     return method, quote(path, safe="/:"), draw(st.binary(max_size=40))
 
@@ -235,20 +297,33 @@ def test_fuzzed_malformed_requests_all_get_4xx_and_the_server_still_answers(serv
     client, meta = served
     errors_before = metric_sum(client.metrics(), "branchops_serving_request_errors_total")
 
-    @settings(max_examples=1000, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    @settings(
+        max_examples=1000,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+    )
     @given(request=malformed_requests())
     def send(request):
         method, path, data = request
         response = client.session.request(method, client.base_url + path, data=data, timeout=30)
-        assert 400 <= response.status_code < 500, (method, path, data[:200], response.status_code,
-                                                   response.text[:300])
+        assert 400 <= response.status_code < 500, (
+            method,
+            path,
+            data[:200],
+            response.status_code,
+            response.text[:300],
+        )
         if path.startswith("/v1/models/"):
             assert "error" in response.json()
 
     send()
     # A thousand malformed requests later, the model still answers and none was an internal error.
-    assert client.predict(instances=SAMPLE)["predictions"][0]["direction"] == meta["sample"]["predictions"]["direction"][0]
+    assert (
+        client.predict(instances=SAMPLE)["predictions"][0]["direction"]
+        == meta["sample"]["predictions"]["direction"][0]
+    )
     assert metric_sum(client.metrics(), "branchops_serving_request_errors_total") == errors_before
 
 
@@ -283,9 +358,11 @@ def test_canary_weight_routes_unlabelled_requests_between_versions(own_server, m
         for _ in range(requests_sent):
             client.predict(instances=[SAMPLE[0]])
         after = client.metrics()
-        return tuple(metric_sum(after, "branchops_serving_requests_total", version=v, api="predict")
-                     - metric_sum(before, "branchops_serving_requests_total", version=v, api="predict")
-                     for v in ("1", "2"))
+        return tuple(
+            metric_sum(after, "branchops_serving_requests_total", version=v, api="predict")
+            - metric_sum(before, "branchops_serving_requests_total", version=v, api="predict")
+            for v in ("1", "2")
+        )
 
     try:
         client.set_routing(stable=1, canary=2, canary_weight=50)

@@ -24,10 +24,17 @@ STAGES = ("build-components", "kf-pipeline", "training", "deploy-model")
 
 
 def branchops(repo: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "branchops.cli", "-C", str(repo), *args], check=False,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == expect, (f"branchops -C {repo} {' '.join(args)} -> {proc.returncode} (expected "
-                                       f"{expect})\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "branchops.cli", "-C", str(repo), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == expect, (
+        f"branchops -C {repo} {' '.join(args)} -> {proc.returncode} (expected "
+        f"{expect})\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc
 
 
@@ -35,8 +42,10 @@ def make_repo(path: Path) -> Path:
     """A git repository with a configuration that serves locally on a port of its own (no model yet: the
     server starts without loading TensorFlow)."""
     (path / "config").mkdir(parents=True)
-    config = {"approvers": {s: ["lead"] for s in STAGES},
-              "serving": {"model_name": "djia", "local": {"base_path": "models", "port": free_port()}}}
+    config = {
+        "approvers": {s: ["lead"] for s in STAGES},
+        "serving": {"model_name": "djia", "local": {"base_path": "models", "port": free_port()}},
+    }
     (path / "config" / "branchops.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     git(path, "init", "-q", "-b", "main")
     git(path, "add", "config")
@@ -137,7 +146,9 @@ def test_a_record_whose_pid_now_belongs_to_another_process_is_stale(tmp_path, st
     assert wait_gone(served["pid"]) and not record_file.exists()
 
     # The pid went to another process since: one that even looks like a model server on its command line.
-    impostor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "branchops.serving.server"])
+    impostor = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)", "branchops.serving.server"]
+    )
     try:
         started_pids[impostor.pid] = start_time(impostor.pid)
         record = {**saved, "pid": impostor.pid, "started": start_time(impostor.pid) - 1}
@@ -157,7 +168,8 @@ def test_a_record_whose_pid_now_belongs_to_another_process_is_stale(tmp_path, st
 
 @pytest.mark.timeout(300)
 def test_a_record_from_before_records_named_their_repository_is_matched_by_the_servers_command_line(
-        tmp_path, started_pids):
+    tmp_path, started_pids
+):
     original = make_repo(tmp_path / "a")
     served = json.loads(branchops(original, "serve", "start", "--json").stdout)
     pid, url = served["pid"], served["url"]

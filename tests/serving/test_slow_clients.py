@@ -36,7 +36,9 @@ def served(models, tmp_path_factory):
     serving = make_serving(make_config(root / "models"), root / "state")
     serving.start(port=0)
     try:
-        release = Release.model_validate({"model": "djia", "version": 1, "source": {"volume": "m", "path": "1"}})
+        release = Release.model_validate(
+            {"model": "djia", "version": 1, "source": {"volume": "m", "path": "1"}}
+        )
         assert serving.deploy(release, models["v1"]).outcome == "deployed"
         client = serving.client()
         address = urlsplit(client.base_url)
@@ -53,7 +55,8 @@ def half_open(host: str, port: int, kind: int) -> socket.socket:
         b"",  # connected, silent
         b"POST /v1/models/djia:pre",  # part of the request line
         (head + "Content-Type: application/js").encode(),  # part of the headers
-        (head + "Content-Type: application/json\r\nContent-Length: 400\r\n\r\n").encode() + b'{"instances": [[',
+        (head + "Content-Type: application/json\r\nContent-Length: 400\r\n\r\n").encode()
+        + b'{"instances": [[',
     ][kind % 4]
     if partial:
         sock.sendall(partial)
@@ -65,8 +68,10 @@ def predict_promptly(url: str) -> None:
     try:
         response = requests.post(url, json={"instances": SAMPLE[:2]}, timeout=CLIENT_TIMEOUT_S)
     except requests.RequestException as exc:
-        pytest.fail(f"a normal :predict was not answered within {CLIENT_TIMEOUT_S:.0f} s "
-                    f"while {HALF_OPEN} half-open connections were open: {exc!r}")
+        pytest.fail(
+            f"a normal :predict was not answered within {CLIENT_TIMEOUT_S:.0f} s "
+            f"while {HALF_OPEN} half-open connections were open: {exc!r}"
+        )
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 2
 
@@ -116,8 +121,10 @@ def test_idle_and_half_open_connections_are_dropped_by_the_server(served):
     try:
         deadline = time.monotonic() + DROPPED_WITHIN_S
         still_open = [kind for kind, sock in enumerate(hanging) if not closed_by_server(sock, deadline)]
-        assert still_open == [], (f"connections of kinds {still_open} (see half_open) were still open after "
-                                  f"{DROPPED_WITHIN_S:.0f} s")
+        assert still_open == [], (
+            f"connections of kinds {still_open} (see half_open) were still open after "
+            f"{DROPPED_WITHIN_S:.0f} s"
+        )
     finally:
         for sock in hanging:
             sock.close()
@@ -139,23 +146,62 @@ def request(method: str, path: str, *headers: str, body: bytes = b"") -> bytes:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("raw, status", [
-    # The HTTP layer answers these itself, before the request reaches the application.
-    (request("POST", "/v1/models/djia:predict", "Content-Type: application/json",
-             f"Content-Length: {MAX_BODY_BYTES + 1}"), 413),
-    (request("POST", "/v1/models/djia:predict", "Content-Type: application/json", "Transfer-Encoding: chunked",
-             body=b"zz\r\n{}\r\n0\r\n\r\n"), 400),
-    (request("GET", "/v1/models/djia", "Not a header line"), 400),
-    (request("GET", "/v1/models/djia", "X-Padding: " + "a" * 300_000), 431),  # waitress' default limit: 256 KiB
-    (request("POST", "/v1/models/djia:predict", "Transfer-Encoding: gzip"), 501),
-    # The application's own errors.
-    (request("GET", "/no/such/path"), 404),
-    (request("PUT", "/v1/models/djia"), 405),
-    (request("DELETE", "/monitoring/prometheus/metrics"), 405),
-    (request("POST", "/v1/models/djia:predict", "Content-Type: application/json", "Content-Length: 5",
-             body=b"nope!"), 400),
-], ids=["body-too-large", "bad-chunk", "bad-header", "headers-too-large", "unknown-transfer-encoding",
-        "no-route", "put-model", "delete-metrics", "not-json"])
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        # The HTTP layer answers these itself, before the request reaches the application.
+        (
+            request(
+                "POST",
+                "/v1/models/djia:predict",
+                "Content-Type: application/json",
+                f"Content-Length: {MAX_BODY_BYTES + 1}",
+            ),
+            413,
+        ),
+        (
+            request(
+                "POST",
+                "/v1/models/djia:predict",
+                "Content-Type: application/json",
+                "Transfer-Encoding: chunked",
+                body=b"zz\r\n{}\r\n0\r\n\r\n",
+            ),
+            400,
+        ),
+        (request("GET", "/v1/models/djia", "Not a header line"), 400),
+        (
+            request("GET", "/v1/models/djia", "X-Padding: " + "a" * 300_000),
+            431,
+        ),  # waitress' default limit: 256 KiB
+        (request("POST", "/v1/models/djia:predict", "Transfer-Encoding: gzip"), 501),
+        # The application's own errors.
+        (request("GET", "/no/such/path"), 404),
+        (request("PUT", "/v1/models/djia"), 405),
+        (request("DELETE", "/monitoring/prometheus/metrics"), 405),
+        (
+            request(
+                "POST",
+                "/v1/models/djia:predict",
+                "Content-Type: application/json",
+                "Content-Length: 5",
+                body=b"nope!",
+            ),
+            400,
+        ),
+    ],
+    ids=[
+        "body-too-large",
+        "bad-chunk",
+        "bad-header",
+        "headers-too-large",
+        "unknown-transfer-encoding",
+        "no-route",
+        "put-model",
+        "delete-metrics",
+        "not-json",
+    ],
+)
 def test_every_error_is_json_in_tf_servings_error_shape(served, raw, status):
     host, port, url = served
     got, content_type, body = exchange(host, port, raw)
@@ -171,8 +217,10 @@ def test_a_body_of_exactly_the_limit_reaches_the_application_and_one_byte_more_d
     host, port, _ = served
     document = b'{"instances": []}'
     at_limit = document + b" " * (MAX_BODY_BYTES - len(document))
-    head = ("POST /v1/models/djia:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n")
+    head = (
+        "POST /v1/models/djia:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n"
+    )
     try:
         status, _, body = exchange(host, port, head.format(len(at_limit)).encode() + at_limit)
     except OSError as exc:  # the server answered and closed while the body was still being sent

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.storage.storage_k8s_emulator import KubeEmulator, RunningEmulator

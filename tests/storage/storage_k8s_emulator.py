@@ -73,8 +73,9 @@ class KubeEmulator:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- helpers for tests ---------------------------------------------------------------------------
-    def fail_next(self, method: str, resource: str, status: int, reason: str, message: str = "",
-                  times: int = 1) -> None:
+    def fail_next(
+        self, method: str, resource: str, status: int, reason: str, message: str = "", times: int = 1
+    ) -> None:
         self.faults.append(Fault(method, resource, status, reason, message or reason, times))
 
     def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -84,12 +85,14 @@ class KubeEmulator:
         return sum(1 for v, _, r in self.requests if v == verb and r == resource)
 
     # -- WSGI ----------------------------------------------------------------------------------------
-    url_map = Map([
-        Rule("/api/v1/namespaces/<ns>/<resource>", endpoint="collection"),
-        Rule("/api/v1/namespaces/<ns>/<resource>/<name>", endpoint="item"),
-        Rule(f"/apis/{SNAP}/v1/namespaces/<ns>/<resource>", endpoint="collection"),
-        Rule(f"/apis/{SNAP}/v1/namespaces/<ns>/<resource>/<name>", endpoint="item"),
-    ])
+    url_map = Map(
+        [
+            Rule("/api/v1/namespaces/<ns>/<resource>", endpoint="collection"),
+            Rule("/api/v1/namespaces/<ns>/<resource>/<name>", endpoint="item"),
+            Rule(f"/apis/{SNAP}/v1/namespaces/<ns>/<resource>", endpoint="collection"),
+            Rule(f"/apis/{SNAP}/v1/namespaces/<ns>/<resource>/<name>", endpoint="item"),
+        ]
+    )
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -97,7 +100,8 @@ class KubeEmulator:
             endpoint, args = self.url_map.bind_to_environ(environ).match()
         except HTTPException:
             return self._status(404, "NotFound", "the server could not find the requested resource")(
-                environ, start_response)
+                environ, start_response
+            )
         with self.lock:
             self._request_warnings: list[str] = []
             response = self._dispatch(request, endpoint, **args)
@@ -105,11 +109,14 @@ class KubeEmulator:
                 response.headers.add("Warning", warning_header(warning))
         return response(environ, start_response)
 
-    def _status(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> Response:
+    def _status(
+        self, code: int, reason: str, message: str, details: dict[str, Any] | None = None
+    ) -> Response:
         return self._json(status(code, reason, message, details), code)
 
-    def _review(self, request: Request, obj: dict[str, Any], *, patch: bool = False,
-                old: dict[str, Any] | None = None) -> tuple[Response | None, dict[str, Any]]:
+    def _review(
+        self, request: Request, obj: dict[str, Any], *, patch: bool = False, old: dict[str, Any] | None = None
+    ) -> tuple[Response | None, dict[str, Any]]:
         """The API server's verdict on an object to store: (the refusal or None, the object as stored)."""
         verdict = review(obj, patch=patch, old=old, field_validation=request.args.get("fieldValidation"))
         if verdict.status is not None:
@@ -121,21 +128,27 @@ class KubeEmulator:
 
     def _json(self, obj: Any, code: int = 200) -> Response:
         # Reason phrases as Go's net/http (the API server) sends them, e.g. "403 Forbidden".
-        return Response(json.dumps(obj), status=f"{code} {HTTPStatus(code).phrase}",
-                        content_type="application/json")
+        return Response(
+            json.dumps(obj), status=f"{code} {HTTPStatus(code).phrase}", content_type="application/json"
+        )
 
     def _bump(self, obj: dict[str, Any]) -> None:
         self.resource_version += 1
         obj["metadata"]["resourceVersion"] = str(self.resource_version)
 
-    def _dispatch(self, request: Request, endpoint: str, ns: str, resource: str, name: str | None = None
-                  ) -> Response:
+    def _dispatch(
+        self, request: Request, endpoint: str, ns: str, resource: str, name: str | None = None
+    ) -> Response:
         info = RESOURCES.get(resource)
         prefix = "/apis/" + SNAP if request.path.startswith("/apis/") else "/api"
         if info is None or (info["group"] == SNAP) != (prefix != "/api"):
             return self._status(404, "NotFound", "the server could not find the requested resource")
-        verb = {("collection", "GET"): "list", ("collection", "POST"): "create", ("item", "GET"): "get",
-                ("item", "DELETE"): "delete"}.get((endpoint, request.method))
+        verb = {
+            ("collection", "GET"): "list",
+            ("collection", "POST"): "create",
+            ("item", "GET"): "get",
+            ("item", "DELETE"): "delete",
+        }.get((endpoint, request.method))
         if verb is None:
             return self._status(405, "MethodNotAllowed", f"{request.method} is not supported here")
         self.requests.append((verb, info["group"], resource))
@@ -154,12 +167,19 @@ class KubeEmulator:
             return self._status(400, "BadRequest", "the request body is not a JSON object")
         self.received.append(json.loads(json.dumps(body)))
         if body.get("kind") != info["kind"] or body.get("apiVersion") != info["apiVersion"]:
-            return self._status(400, "BadRequest", f"the object is a {body.get('apiVersion')} {body.get('kind')}, "
-                                f"not a {info['apiVersion']} {info['kind']}")
+            return self._status(
+                400,
+                "BadRequest",
+                f"the object is a {body.get('apiVersion')} {body.get('kind')}, "
+                f"not a {info['apiVersion']} {info['kind']}",
+            )
         meta = body.get("metadata") or {}
         if meta.get("namespace", ns) != ns:
-            return self._status(400, "BadRequest", "the namespace of the provided object does not match the "
-                                "namespace sent on the request")
+            return self._status(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
         refusal, body = self._review(request, body)
         if refusal is not None:
             return refusal
@@ -168,8 +188,9 @@ class KubeEmulator:
         name = meta["name"] = meta.get("name") or meta["generateName"] + uuid.uuid4().hex[:5]
         key = (resource, ns, name)
         if key in self.objects:
-            return self._status(409, "AlreadyExists", f'{resource} "{name}" already exists',
-                                {"name": name, "kind": resource})
+            return self._status(
+                409, "AlreadyExists", f'{resource} "{name}" already exists', {"name": name, "kind": resource}
+            )
         meta.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=_now())
         body["metadata"] = meta
         if resource == "persistentvolumeclaims":
@@ -181,16 +202,23 @@ class KubeEmulator:
     def _get(self, request: Request, info: dict[str, str], ns: str, resource: str, name: str) -> Response:
         obj = self.objects.get((resource, ns, name))
         if obj is None:
-            return self._status(404, "NotFound", f'{resource}.{info["group"] or "core"} "{name}" not found',
-                                {"name": name, "kind": resource})
+            return self._status(
+                404,
+                "NotFound",
+                f'{resource}.{info["group"] or "core"} "{name}" not found',
+                {"name": name, "kind": resource},
+            )
         self._advance(resource, ns, obj)
         return self._json(obj)
 
     def _advance(self, resource: str, ns: str, obj: dict[str, Any]) -> None:
         """What the controllers would have done by the time of this read."""
         if resource == "persistentvolumeclaims" and obj["status"].get("phase") == "Pending":
-            obj["status"] = {"phase": "Bound", "accessModes": obj["spec"]["accessModes"],
-                             "capacity": dict(obj["spec"]["resources"]["requests"])}
+            obj["status"] = {
+                "phase": "Bound",
+                "accessModes": obj["spec"]["accessModes"],
+                "capacity": dict(obj["spec"]["resources"]["requests"]),
+            }
             self._bump(obj)
         if resource != "volumesnapshots" or (obj.get("status") or {}).get("readyToUse"):
             return
@@ -199,30 +227,54 @@ class KubeEmulator:
         source = obj["spec"]["source"].get("persistentVolumeClaimName")
         pvc = self.objects.get(("persistentvolumeclaims", ns, source))
         if pvc is None:
-            obj["status"] = {"readyToUse": False, "error": {
-                "message": f'Failed to create snapshot: failed to get input parameters to create snapshot '
-                           f'{name}: "persistentvolumeclaim \\"{source}\\" not found"', "time": _now()}}
+            obj["status"] = {
+                "readyToUse": False,
+                "error": {
+                    "message": f'Failed to create snapshot: failed to get input parameters to create snapshot '
+                    f'{name}: "persistentvolumeclaim \\"{source}\\" not found"',
+                    "time": _now(),
+                },
+            }
         elif self.never_ready or self.polls[(ns, name)] < self.ready_after_polls:
             obj["status"] = {"readyToUse": False}
         else:
-            obj["status"] = {"boundVolumeSnapshotContentName": f"snapcontent-{obj['metadata']['uid']}",
-                             "creationTime": _now(), "readyToUse": True,
-                             "restoreSize": pvc["spec"]["resources"]["requests"]["storage"]}
+            obj["status"] = {
+                "boundVolumeSnapshotContentName": f"snapcontent-{obj['metadata']['uid']}",
+                "creationTime": _now(),
+                "readyToUse": True,
+                "restoreSize": pvc["spec"]["resources"]["requests"]["storage"],
+            }
         self._bump(obj)
 
     def _list(self, request: Request, info: dict[str, str], ns: str, resource: str, _: None) -> Response:
-        wanted = [tuple(part.split("=", 1)) for part in request.args.get("labelSelector", "").split(",") if part]
-        items = [obj for (res, space, _n), obj in sorted(self.objects.items())
-                 if res == resource and space == ns
-                 and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted)]
-        return self._json({"apiVersion": info["apiVersion"], "kind": f"{info['kind']}List",
-                           "metadata": {"resourceVersion": str(self.resource_version)}, "items": items})
+        wanted = [
+            tuple(part.split("=", 1)) for part in request.args.get("labelSelector", "").split(",") if part
+        ]
+        items = [
+            obj
+            for (res, space, _n), obj in sorted(self.objects.items())
+            if res == resource
+            and space == ns
+            and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted)
+        ]
+        return self._json(
+            {
+                "apiVersion": info["apiVersion"],
+                "kind": f"{info['kind']}List",
+                "metadata": {"resourceVersion": str(self.resource_version)},
+                "items": items,
+            }
+        )
 
     def _delete(self, request: Request, info: dict[str, str], ns: str, resource: str, name: str) -> Response:
         obj = self.objects.pop((resource, ns, name), None)
         if obj is None:
-            return self._status(404, "NotFound", f'{resource}.{info["group"] or "core"} "{name}" not found',
-                                {"name": name, "kind": resource})
+            return self._status(
+                404,
+                "NotFound",
+                f'{resource}.{info["group"] or "core"} "{name}" not found',
+                {"name": name, "kind": resource},
+            )
         self._bump(obj)
         return self._json(obj)
 
@@ -234,8 +286,9 @@ class RunningEmulator:
         self.emulator = emulator
         self._server = make_server("127.0.0.1", 0, emulator, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -253,5 +306,6 @@ class RunningEmulator:
             "users:\n- name: ci\n  user:\n    token: emulator-accepts-any-token\n"
             f"contexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: ci\n"
             f"    namespace: {namespace}\n"
-            "current-context: emulator\n")
+            "current-context: emulator\n"
+        )
         return path

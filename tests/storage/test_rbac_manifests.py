@@ -17,12 +17,17 @@ NS = "kubeflow-user"
 
 
 def documents() -> list[dict]:
-    return [doc for path in sorted(RBAC.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [
+        doc for path in sorted(RBAC.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc
+    ]
 
 
 def find(kind: str, name: str, namespace: str) -> dict:
-    matches = [d for d in documents() if d["kind"] == kind and d["metadata"]["name"] == name
-               and d["metadata"].get("namespace") == namespace]
+    matches = [
+        d
+        for d in documents()
+        if d["kind"] == kind and d["metadata"]["name"] == name and d["metadata"].get("namespace") == namespace
+    ]
     assert len(matches) == 1, f"expected one {kind} {namespace}/{name} in jenkins/rbac/, found {len(matches)}"
     return matches[0]
 
@@ -51,13 +56,20 @@ def test_the_agent_pod_runs_as_the_service_account_granted_here():
 
 
 def allowed(role: dict, verb: str, group: str, resource: str) -> bool:
-    return any(group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
-               for rule in role["rules"])
+    return any(
+        group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+        for rule in role["rules"]
+    )
 
 
 def test_the_storage_role_grants_every_call_the_trident_backend_makes(kube, kubeconfig):
-    storage = TridentStorage(namespace=NS, storage_class="ontap-nas", snapshot_class="csi-snapclass",
-                             poll_interval_s=0.0, sleep=lambda _: None)
+    storage = TridentStorage(
+        namespace=NS,
+        storage_class="ontap-nas",
+        snapshot_class="csi-snapclass",
+        poll_interval_s=0.0,
+        sleep=lambda _: None,
+    )
     storage.ensure_volume("djia-data")
     storage.snapshot("djia-data", "snap", {})
     storage.list_snapshots("djia-data")

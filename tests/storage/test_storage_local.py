@@ -60,7 +60,9 @@ def test_ensure_volume_is_idempotent_and_keeps_labels(storage: LocalStorage):
     assert storage.get_volume("absent") is None
 
 
-@pytest.mark.parametrize("bad", ["Upper", "-lead", "trail-", "has_underscore", "a" * 64, "", "../escape", ".hidden"])
+@pytest.mark.parametrize(
+    "bad", ["Upper", "-lead", "trail-", "has_underscore", "a" * 64, "", "../escape", ".hidden"]
+)
 def test_bad_names_are_refused_with_the_reason(storage: LocalStorage, bad: str):
     with pytest.raises(ConfigError, match="name"):
         storage.ensure_volume(bad)
@@ -225,8 +227,14 @@ def test_make_storage_resolves_the_root_against_the_repository(tmp_path: Path):
     state_dir = tmp_path / ".branchops"
     local = make_storage(StorageSection(), state_dir)
     assert isinstance(local, LocalStorage) and local.root == tmp_path / ".branchops" / "volumes"
-    config = BranchopsConfig.model_validate({"approvers": {s: ["lead"] for s in (
-        "build-components", "kf-pipeline", "training", "deploy-model")}, "storage": {"local": {"root": "vols"}}})
+    config = BranchopsConfig.model_validate(
+        {
+            "approvers": {
+                s: ["lead"] for s in ("build-components", "kf-pipeline", "training", "deploy-model")
+            },
+            "storage": {"local": {"root": "vols"}},
+        }
+    )
     assert make_storage(config, state_dir).root == tmp_path / "vols"
 
 
@@ -240,5 +248,6 @@ def test_data_volume_policies(storage):
         storage.provide_data_volume(DataVolumePolicy(policy="existing", name="absent"))
     storage.snapshot("djia-data", "golden", {})
     cloned, needs_data = storage.provide_data_volume(
-        DataVolumePolicy(policy="clone", name="djia-data-2", snapshot="golden"))
+        DataVolumePolicy(policy="clone", name="djia-data-2", snapshot="golden")
+    )
     assert not needs_data and Path(cloned.path, "AAPL.csv").read_text() == "x"

@@ -30,15 +30,26 @@ def no_sleep(_: float) -> None:
 
 @pytest.fixture
 def trident(kubeconfig) -> TridentStorage:
-    section = StorageTrident(namespace=NS, storage_class="ontap-nas", snapshot_class="trident-snapclass",
-                             size="5Gi", access_mode="ReadWriteMany", ready_timeout_s=60)
+    section = StorageTrident(
+        namespace=NS,
+        storage_class="ontap-nas",
+        snapshot_class="trident-snapclass",
+        size="5Gi",
+        access_mode="ReadWriteMany",
+        ready_timeout_s=60,
+    )
     return TridentStorage.from_config(section, poll_interval_s=0.01, sleep=no_sleep)
 
 
 def test_make_storage_builds_the_trident_backend_from_kubeconfig(kubeconfig, kube, tmp_path):
-    config = BranchopsConfig.model_validate({
-        "approvers": {s: ["lead"] for s in ("build-components", "kf-pipeline", "training", "deploy-model")},
-        "storage": {"backend": "trident", "trident": {"namespace": NS}}})
+    config = BranchopsConfig.model_validate(
+        {
+            "approvers": {
+                s: ["lead"] for s in ("build-components", "kf-pipeline", "training", "deploy-model")
+            },
+            "storage": {"backend": "trident", "trident": {"namespace": NS}},
+        }
+    )
     storage = make_storage(config, tmp_path)
     assert isinstance(storage, TridentStorage)
     storage.ensure_volume("djia-data")
@@ -49,8 +60,11 @@ def test_ensure_volume_creates_the_configured_pvc_once(trident, kube):
     volume = trident.ensure_volume("djia-data", {"app": "djia"})
     assert volume.name == "djia-data" and volume.path is None and volume.size == "5Gi"
     pvc = kube.emulator.get(PVC, NS, "djia-data")
-    assert pvc["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "ontap-nas",
-                           "resources": {"requests": {"storage": "5Gi"}}}
+    assert pvc["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "storageClassName": "ontap-nas",
+        "resources": {"requests": {"storage": "5Gi"}},
+    }
     assert pvc["metadata"]["labels"] == {"app": "djia", "app.kubernetes.io/managed-by": "branchops"}
 
     again = trident.ensure_volume("djia-data", {"app": "other"})
@@ -77,8 +91,10 @@ def test_snapshot_is_labelled_and_waits_for_ready_to_use(trident, kube, caplog):
     assert snap.ready and snap.volume == "djia-data" and snap.path is None
     assert snap.labels[LABEL_COMMIT] == COMMIT and snap.labels[LABEL_RUN] == RUN
     obj = kube.emulator.get(VS, NS, "djia-data-run1")
-    assert obj["spec"] == {"volumeSnapshotClassName": "trident-snapclass",
-                           "source": {"persistentVolumeClaimName": "djia-data"}}
+    assert obj["spec"] == {
+        "volumeSnapshotClassName": "trident-snapclass",
+        "source": {"persistentVolumeClaimName": "djia-data"},
+    }
     assert obj["status"]["readyToUse"] is True
     assert kube.emulator.polls[(NS, "djia-data-run1")] == 4
     assert "waiting for VolumeSnapshot kubeflow-user/djia-data-run1" in caplog.text
@@ -105,8 +121,14 @@ def test_snapshot_of_a_missing_pvc_is_refused_before_anything_is_created(trident
 def test_waiting_times_out_with_a_clear_message(trident, kube):
     trident.ensure_volume("djia-data")
     kube.emulator.never_ready = True
-    slow = TridentStorage(namespace=NS, storage_class="ontap-nas", snapshot_class="trident-snapclass",
-                          ready_timeout_s=0.3, poll_interval_s=0.02, api_client=trident.api_client)
+    slow = TridentStorage(
+        namespace=NS,
+        storage_class="ontap-nas",
+        snapshot_class="trident-snapclass",
+        ready_timeout_s=0.3,
+        poll_interval_s=0.02,
+        api_client=trident.api_client,
+    )
     with pytest.raises(ExternalError, match="stuck not ready to use after 0s.*check the snapshot controller"):
         slow.snapshot("djia-data", "stuck", {})
 
@@ -114,12 +136,22 @@ def test_waiting_times_out_with_a_clear_message(trident, kube):
 def test_waiting_reports_the_snapshot_controller_error(trident, kube):
     # A VolumeSnapshot of a PVC that does not exist (made by someone else): the controller reports why.
     kube.emulator.objects[(VS, NS, "orphan")] = {
-        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot",
         "metadata": {"name": "orphan", "namespace": NS, "uid": "u1", "resourceVersion": "1"},
-        "spec": {"source": {"persistentVolumeClaimName": "gone"}}}
-    slow = TridentStorage(namespace=NS, storage_class="ontap-nas", snapshot_class="trident-snapclass",
-                          ready_timeout_s=0.2, poll_interval_s=0.02, api_client=trident.api_client)
-    with pytest.raises(ExternalError, match=r'controller reports: .*persistentvolumeclaim \\"gone\\" not found'):
+        "spec": {"source": {"persistentVolumeClaimName": "gone"}},
+    }
+    slow = TridentStorage(
+        namespace=NS,
+        storage_class="ontap-nas",
+        snapshot_class="trident-snapclass",
+        ready_timeout_s=0.2,
+        poll_interval_s=0.02,
+        api_client=trident.api_client,
+    )
+    with pytest.raises(
+        ExternalError, match=r'controller reports: .*persistentvolumeclaim \\"gone\\" not found'
+    ):
         slow.snapshot("gone", "orphan", {})
 
 
@@ -129,8 +161,11 @@ def test_clone_is_a_pvc_from_the_snapshot_at_least_restore_size(trident, kube):
     kube.emulator.get(VS, NS, "golden")["status"]["restoreSize"] = "8Gi"  # bigger than the configured 5Gi
     volume = trident.clone("golden", "djia-data-repro", {"purpose": "reproduce"})
     pvc = kube.emulator.get(PVC, NS, "djia-data-repro")
-    assert pvc["spec"]["dataSource"] == {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
-                                         "name": "golden"}
+    assert pvc["spec"]["dataSource"] == {
+        "apiGroup": "snapshot.storage.k8s.io",
+        "kind": "VolumeSnapshot",
+        "name": "golden",
+    }
     assert pvc["spec"]["resources"]["requests"]["storage"] == "8Gi" and volume.size == "8Gi"
     assert volume.labels["branchops.io/cloned-from"] == "golden"
 
@@ -149,9 +184,11 @@ def test_list_and_delete(trident, kube):
     trident.snapshot("djia-models", "m1", {})
     # A VolumeSnapshot someone else made in the namespace is not ours to list.
     kube.emulator.objects[(VS, NS, "foreign")] = {
-        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot",
         "metadata": {"name": "foreign", "namespace": NS, "labels": {}},
-        "spec": {"source": {"persistentVolumeClaimName": "djia-data"}}}
+        "spec": {"source": {"persistentVolumeClaimName": "djia-data"}},
+    }
     assert sorted(s.name for s in trident.list_snapshots()) == ["d1", "m1"]
     assert [s.name for s in trident.list_snapshots("djia-data")] == ["d1"]
     assert trident.delete_snapshot("d1") is True
@@ -162,11 +199,19 @@ def test_list_and_delete(trident, kube):
 
 
 def test_api_errors_become_clear_external_errors(trident, kube):
-    kube.emulator.fail_next("POST", PVC, 403, "Forbidden",
-                            'persistentvolumeclaims is forbidden: User "system:serviceaccount:jenkins:'
-                            'branchops-ci" cannot create resource "persistentvolumeclaims"')
-    with pytest.raises(ExternalError, match=r"create PersistentVolumeClaim kubeflow-user/djia-data failed: "
-                                            r"403 Forbidden: .*cannot create resource"):
+    kube.emulator.fail_next(
+        "POST",
+        PVC,
+        403,
+        "Forbidden",
+        'persistentvolumeclaims is forbidden: User "system:serviceaccount:jenkins:'
+        'branchops-ci" cannot create resource "persistentvolumeclaims"',
+    )
+    with pytest.raises(
+        ExternalError,
+        match=r"create PersistentVolumeClaim kubeflow-user/djia-data failed: "
+        r"403 Forbidden: .*cannot create resource",
+    ):
         trident.ensure_volume("djia-data")
 
 
@@ -192,8 +237,9 @@ def test_no_kubeconfig_and_no_cluster_is_a_clear_error(tmp_path, monkeypatch):
 def test_an_invalid_object_is_refused_before_it_is_sent(trident, kube):
     trident.ensure_volume("djia-data")
     # The CRD forbids an empty class name; the API server would answer 422. We must not even send it.
-    bad = TridentStorage(namespace=NS, storage_class="ontap-nas", snapshot_class="",
-                         api_client=trident.api_client)
+    bad = TridentStorage(
+        namespace=NS, storage_class="ontap-nas", snapshot_class="", api_client=trident.api_client
+    )
     with pytest.raises(InvalidObject, match="volumeSnapshotClassName: '' should be non-empty"):
         bad.snapshot("djia-data", "s1", {})
     assert kube.emulator.count("create", VS) == 0
@@ -216,38 +262,63 @@ def test_the_emulator_judges_objects_by_the_crd_and_the_api_servers_rules_not_by
         return caught.value.status, json.loads(caught.value.body)
 
     def snapshot(spec: dict) -> dict:
-        return {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-                "metadata": {"name": "s1", "namespace": NS}, "spec": spec}
+        return {
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshot",
+            "metadata": {"name": "s1", "namespace": NS},
+            "spec": spec,
+        }
 
     def create_snapshot(body: dict, **kwargs):
         return custom.create_namespaced_custom_object("snapshot.storage.k8s.io", "v1", NS, VS, body, **kwargs)
 
-    status, body = refusal(lambda: create_snapshot(snapshot(
-        {"volumeSnapshotClassName": "", "source": {"persistentVolumeClaimName": 7}})))
+    status, body = refusal(
+        lambda: create_snapshot(
+            snapshot({"volumeSnapshotClassName": "", "source": {"persistentVolumeClaimName": 7}})
+        )
+    )
     assert (status, body["kind"], body["reason"]) == (422, "Status", "Invalid")
     assert body["details"]["causes"] == [
-        {"reason": "FieldValueTypeInvalid", "field": "spec.source.persistentVolumeClaimName",
-         "message": 'Invalid value: "integer": spec.source.persistentVolumeClaimName in body must be of type '
-                    'string: "integer"'},
-        {"reason": "FieldValueInvalid", "field": "spec.volumeSnapshotClassName",
-         "message": 'Invalid value: "string": volumeSnapshotClassName must not be the empty string when set'}]
+        {
+            "reason": "FieldValueTypeInvalid",
+            "field": "spec.source.persistentVolumeClaimName",
+            "message": 'Invalid value: "integer": spec.source.persistentVolumeClaimName in body must be of type '
+            'string: "integer"',
+        },
+        {
+            "reason": "FieldValueInvalid",
+            "field": "spec.volumeSnapshotClassName",
+            "message": 'Invalid value: "string": volumeSnapshotClassName must not be the empty string when set',
+        },
+    ]
     status, body = refusal(lambda: create_snapshot(snapshot({"volumeSnapshotClassName": "c"})))
     assert (status, body["details"]["causes"][0]["field"]) == (422, "spec.source")
     typo = snapshot({"source": {"persistentVolumeClaimName": "djia-data"}, "volumeSnapshotClass": "c"})
     status, body = refusal(lambda: create_snapshot(typo, field_validation="Strict"))
-    assert (status, body["reason"]) == (400, "BadRequest") and 'unknown field "spec.volumeSnapshotClass"' in body["message"]
+    assert (status, body["reason"]) == (
+        400,
+        "BadRequest",
+    ) and 'unknown field "spec.volumeSnapshotClass"' in body["message"]
     assert kube.emulator.count("create", VS) == 3 and kube.emulator.objects == {}
 
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "djia-data", "namespace": NS},
-             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": ["5Gi"]}}}}
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "djia-data", "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": ["5Gi"]}}},
+    }
     status, body = refusal(lambda: core.create_namespaced_persistent_volume_claim(NS, claim))
-    assert (status, body["reason"]) == (400, "BadRequest") and "spec.resources.requests.storage" in body["message"]
+    assert (status, body["reason"]) == (400, "BadRequest") and "spec.resources.requests.storage" in body[
+        "message"
+    ]
     del claim["spec"]["accessModes"]
     claim["spec"]["resources"]["requests"]["storage"] = "5Gi"
     status, body = refusal(lambda: core.create_namespaced_persistent_volume_claim(NS, claim))
     assert status == 422
-    assert body["message"] == ('PersistentVolumeClaim "djia-data" is invalid: spec.accessModes: '
-                               "Required value: at least 1 access mode is required")
+    assert body["message"] == (
+        'PersistentVolumeClaim "djia-data" is invalid: spec.accessModes: '
+        "Required value: at least 1 access mode is required"
+    )
     assert kube.emulator.objects == {}
     kube.emulator.rejected.clear()  # refused on purpose: not what the fixture's teardown is looking for
 

@@ -36,7 +36,9 @@ def _write_combined(djia_dir: Path, target: Path, since: str | None = None) -> N
     """A combined file the way the Kaggle archive has it: every ticker's rows, the same columns."""
     import pandas as pd
 
-    frames = [pd.read_csv(path, dtype=str, keep_default_na=False) for path in sorted(djia_dir.glob("*_2006-*.csv"))]
+    frames = [
+        pd.read_csv(path, dtype=str, keep_default_na=False) for path in sorted(djia_dir.glob("*_2006-*.csv"))
+    ]
     combined = pd.concat(frames, ignore_index=True).sort_values(["Date", "Name"], kind="stable")
     if since:
         combined = combined[combined["Date"] >= since]
@@ -73,8 +75,10 @@ def test_per_ticker_combined_and_mixed_layouts_give_identical_data(djia_dir, tmp
     for ticker in ("AAPL", "HD", "MRK"):
         shutil.copy(djia_dir / f"{ticker}_2006-01-01_to_2018-01-01.csv", mixed)
 
-    results = {name: _run(folder, tmp_path / f"out-{name}")
-               for name, folder in (("per-ticker", per_ticker), ("combined", combined), ("mixed", mixed))}
+    results = {
+        name: _run(folder, tmp_path / f"out-{name}")
+        for name, folder in (("per-ticker", per_ticker), ("combined", combined), ("mixed", mixed))
+    }
     reference = _prices(tmp_path / "out-per-ticker")
     assert len(reference) == 93_612
     for name in ("combined", "mixed"):
@@ -92,7 +96,8 @@ def test_files_that_disagree_are_rejected_naming_both(small_source, tmp_path):
     changed = lines[5].split(",")
     changed[4] = "999.99"  # Close
     (small_source / COMBINED_2017.replace("2017-01-01", "2006-01-01")).write_text(
-        "\n".join([lines[0], ",".join(changed)]) + "\n")
+        "\n".join([lines[0], ",".join(changed)]) + "\n"
+    )
     with pytest.raises(DataError) as err:
         _run(small_source, tmp_path / "data")
     message = str(err.value)
@@ -103,14 +108,16 @@ def test_files_that_disagree_are_rejected_naming_both(small_source, tmp_path):
 
 # ---- malformed inputs: each gives the message a user needs, and nothing is written ----
 
+
 def _assert_rejected(source: Path, tmp_path: Path, *fragments: str) -> DataError:
     data = tmp_path / "data"
     with pytest.raises(DataError) as err:
         _run(source, data)
     for fragment in fragments:
         assert fragment in str(err.value), f"{fragment!r} not in {str(err.value)!r}"
-    assert not data.exists() or not any(p for p in data.iterdir() if not p.name.startswith(".")), \
+    assert not data.exists() or not any(p for p in data.iterdir() if not p.name.startswith(".")), (
         "a rejected source must write nothing"
+    )
     assert not data.exists() or not list(data.iterdir()), "no staging leftovers"
     return err.value
 
@@ -130,8 +137,13 @@ def test_missing_column_is_rejected(small_source, tmp_path):
     path = small_source / "AAPL_2006-01-01_to_2018-01-01.csv"
     rows = [line.split(",") for line in path.read_text().splitlines()]
     path.write_text("\n".join(",".join(r[:3] + r[4:]) for r in rows) + "\n")  # drop Low
-    error = _assert_rejected(small_source, tmp_path, "AAPL_2006-01-01_to_2018-01-01.csv", "missing column(s) Low",
-                             "expected Date, Open, High, Low, Close, Volume, Name")
+    error = _assert_rejected(
+        small_source,
+        tmp_path,
+        "AAPL_2006-01-01_to_2018-01-01.csv",
+        "missing column(s) Low",
+        "expected Date, Open, High, Low, Close, Volume, Name",
+    )
     assert error.column is None and error.row == 1
 
 
@@ -145,8 +157,12 @@ def test_unparseable_date_names_file_line_and_column(small_source, tmp_path):
     lines = path.read_text().splitlines()
     lines[9] = lines[9].replace("2006-01-", "2006-13-", 1)
     path.write_text("\n".join(lines) + "\n")
-    error = _assert_rejected(small_source, tmp_path, "MSFT_2006-01-01_to_2018-01-01.csv, line 10, column Date",
-                             "is not a date; expected YYYY-MM-DD")
+    error = _assert_rejected(
+        small_source,
+        tmp_path,
+        "MSFT_2006-01-01_to_2018-01-01.csv, line 10, column Date",
+        "is not a date; expected YYYY-MM-DD",
+    )
     assert (error.file, error.row, error.column) == ("MSFT_2006-01-01_to_2018-01-01.csv", 10, "Date")
 
 
@@ -157,12 +173,25 @@ def test_non_numeric_price_names_file_line_and_column(small_source, tmp_path):
     fields[4] = "12,5".replace(",", ";")  # a value from a locale with decimal commas
     lines[20] = ",".join(fields)
     path.write_text("\n".join(lines) + "\n")
-    _assert_rejected(small_source, tmp_path, "IBM_2006-01-01_to_2018-01-01.csv, line 21, column Close",
-                     "'12;5' is not a number")
+    _assert_rejected(
+        small_source,
+        tmp_path,
+        "IBM_2006-01-01_to_2018-01-01.csv, line 21, column Close",
+        "'12;5' is not a number",
+    )
 
 
-@pytest.mark.parametrize(("column", "text"), [("Close", "inf"), ("Close", "-inf"), ("High", "inf"),
-                                               ("Low", "-Infinity"), ("Open", "1e999"), ("Volume", "inf")])
+@pytest.mark.parametrize(
+    ("column", "text"),
+    [
+        ("Close", "inf"),
+        ("Close", "-inf"),
+        ("High", "inf"),
+        ("Low", "-Infinity"),
+        ("Open", "1e999"),
+        ("Volume", "inf"),
+    ],
+)
 def test_infinite_value_is_rejected_like_a_non_number(small_source, tmp_path, column, text):
     """pandas reads inf, -Infinity and overflowing numbers as floats; a price must be a finite number."""
     path = small_source / "MSFT_2006-01-01_to_2018-01-01.csv"
@@ -171,8 +200,12 @@ def test_infinite_value_is_rejected_like_a_non_number(small_source, tmp_path, co
     fields[VALUES.index(column)] = text
     lines[11] = ",".join(fields)
     path.write_text("\n".join(lines) + "\n")
-    error = _assert_rejected(small_source, tmp_path, f"MSFT_2006-01-01_to_2018-01-01.csv, line 12, column {column}",
-                             f"{text!r} is not a finite number")
+    error = _assert_rejected(
+        small_source,
+        tmp_path,
+        f"MSFT_2006-01-01_to_2018-01-01.csv, line 12, column {column}",
+        f"{text!r} is not a finite number",
+    )
     assert (error.file, error.row, error.column) == ("MSFT_2006-01-01_to_2018-01-01.csv", 12, column)
 
 
@@ -185,12 +218,21 @@ def test_infinite_close_exits_7_through_the_entry_point(small_source, tmp_path):
     path.write_text("\n".join(lines) + "\n")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     params = {"source_dir": str(small_source), "data_dir": str(tmp_path / "data")}
-    done = subprocess.run([sys.executable, "-m", "components", "consolidate", "--params", json.dumps(params)],
-                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "components", "consolidate", "--params", json.dumps(params)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 7, done.stderr[-2000:]
     assert done.stdout == ""
-    assert ("data error: AAPL_2006-01-01_to_2018-01-01.csv, line 5, column Close: 'inf' is not a finite number"
-            in done.stderr)
+    assert (
+        "data error: AAPL_2006-01-01_to_2018-01-01.csv, line 5, column Close: 'inf' is not a finite number"
+        in done.stderr
+    )
     assert not (tmp_path / "data" / "prices.parquet").exists()
 
 
@@ -199,8 +241,9 @@ def test_ragged_csv_is_rejected(small_source, tmp_path):
     lines = path.read_text().splitlines()
     lines[30] += ",extra,fields"
     path.write_text("\n".join(lines) + "\n")
-    _assert_rejected(small_source, tmp_path, "AAPL_2006-01-01_to_2018-01-01.csv", "not a well-formed CSV",
-                     "line 31")
+    _assert_rejected(
+        small_source, tmp_path, "AAPL_2006-01-01_to_2018-01-01.csv", "not a well-formed CSV", "line 31"
+    )
 
 
 def test_single_ticker_source_is_rejected(small_source, tmp_path):
@@ -214,8 +257,12 @@ def test_per_ticker_file_holding_another_ticker_is_rejected(small_source, tmp_pa
     lines = path.read_text().splitlines()
     lines[3] = lines[3].replace(",AAPL", ",MSFT")
     path.write_text("\n".join(lines) + "\n")
-    _assert_rejected(small_source, tmp_path, "AAPL_2006-01-01_to_2018-01-01.csv, line 4, column Name",
-                     "named for ticker AAPL but holds rows of MSFT")
+    _assert_rejected(
+        small_source,
+        tmp_path,
+        "AAPL_2006-01-01_to_2018-01-01.csv, line 4, column Name",
+        "named for ticker AAPL but holds rows of MSFT",
+    )
 
 
 def test_folder_without_csv_files_is_rejected(tmp_path):
@@ -242,14 +289,18 @@ def test_kaggle_without_credentials_says_how_to_provide_them(tmp_path, monkeypat
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-such-dir"))
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(ComponentError, match="no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY"):
-        consolidate.run(source_dir=str(tmp_path / "src"), data_dir=str(tmp_path / "data"),
-                        kaggle_dataset="szrlee/stock-time-series-20050101-to-20171231")
+        consolidate.run(
+            source_dir=str(tmp_path / "src"),
+            data_dir=str(tmp_path / "data"),
+            kaggle_dataset="szrlee/stock-time-series-20050101-to-20171231",
+        )
     assert capsys.readouterr().out == ""
     assert not (tmp_path / "data").exists()
 
 
-def test_kaggle_download_goes_through_the_api_class_and_keeps_stdout_clean(djia_dir, tmp_path, monkeypatch,
-                                                                          capsys):
+def test_kaggle_download_goes_through_the_api_class_and_keeps_stdout_clean(
+    djia_dir, tmp_path, monkeypatch, capsys
+):
     """The kaggle package is replaced at its API class (no network here); it 'unzips' real files."""
     calls = []
 
@@ -269,10 +320,15 @@ def test_kaggle_download_goes_through_the_api_class_and_keeps_stdout_clean(djia_
     monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", module)
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
-    summary = consolidate.run(source_dir=str(tmp_path / "src"), data_dir=str(tmp_path / "data"),
-                              kaggle_dataset="szrlee/stock-time-series-20050101-to-20171231")
+    summary = consolidate.run(
+        source_dir=str(tmp_path / "src"),
+        data_dir=str(tmp_path / "data"),
+        kaggle_dataset="szrlee/stock-time-series-20050101-to-20171231",
+    )
     assert calls == [("szrlee/stock-time-series-20050101-to-20171231", str(tmp_path / "src"), True)]
-    expected = sum(len((djia_dir / f"{t}_2006-01-01_to_2018-01-01.csv").read_text().splitlines()) - 1
-                   for t in ("AAPL", "MSFT"))
+    expected = sum(
+        len((djia_dir / f"{t}_2006-01-01_to_2018-01-01.csv").read_text().splitlines()) - 1
+        for t in ("AAPL", "MSFT")
+    )
     assert summary["rows"] == expected and summary["n_tickers"] == 2
     assert capsys.readouterr().out == ""

@@ -33,13 +33,16 @@ def test_metrics_file_compares_the_model_with_both_baselines(trained_work_dir):
     for section in (metrics["model"], *metrics["baselines"].values()):
         assert set(section) >= {"accuracy", "roc_auc", "precision", "recall", "f1", "confusion_matrix"}
         assert sum(map(sum, section["confusion_matrix"])) == len(y_test)
-    assert metrics["baselines"]["persistence"]["accuracy"] == pytest.approx(float(np.mean(y_test == persistence)),
-                                                                           abs=1e-6)
+    assert metrics["baselines"]["persistence"]["accuracy"] == pytest.approx(
+        float(np.mean(y_test == persistence)), abs=1e-6
+    )
     assert metrics["baselines"]["majority_class"]["roc_auc"] == 0.5
     # the comparisons the KPI gate reads: one per baseline, the point estimate inside its interval
     assert [c["baseline"] for c in metrics["comparisons"]] == ["majority_class", "persistence"]
     for c in metrics["comparisons"]:
-        assert c["metric"] == "roc_auc" and c["confidence"] == 0.95 and c["low"] <= c["difference"] <= c["high"]
+        assert (
+            c["metric"] == "roc_auc" and c["confidence"] == 0.95 and c["low"] <= c["difference"] <= c["high"]
+        )
         expected = metrics["roc_auc"] - metrics["baselines"][c["baseline"]]["roc_auc"]
         assert c["difference"] == pytest.approx(expected, abs=1e-5)
         assert metrics["beats_baselines"][c["baseline"]]["roc_auc"] is (c["low"] > 0)
@@ -47,7 +50,9 @@ def test_metrics_file_compares_the_model_with_both_baselines(trained_work_dir):
     constant = -np.mean(y_test * np.log(share) + (1 - y_test) * np.log(1 - share))
     assert metrics["log_loss_constant"] == pytest.approx(constant, abs=1e-5)
     assert metrics["accuracy"] == metrics["model"]["accuracy"]
-    assert ("NOT significantly" in metrics["summary"]) is not all(c["low"] > 0 for c in metrics["comparisons"])
+    assert ("NOT significantly" in metrics["summary"]) is not all(
+        c["low"] > 0 for c in metrics["comparisons"]
+    )
 
 
 def test_validation_section_holds_walk_forward_folds_before_the_test_period(trained_work_dir):
@@ -55,7 +60,9 @@ def test_validation_section_holds_walk_forward_folds_before_the_test_period(trai
     validation = metrics["validation"]
     assert validation["folds_count"] == len(validation["folds"]) == 5
     assert all(f["last_date"] < metrics["first_date"] for f in validation["folds"])
-    assert validation["roc_auc"] == pytest.approx(np.mean([f["roc_auc"] for f in validation["folds"]]), abs=1e-5)
+    assert validation["roc_auc"] == pytest.approx(
+        np.mean([f["roc_auc"] for f in validation["folds"]]), abs=1e-5
+    )
     interval = validation["intervals"]["roc_auc"]
     assert interval["low"] <= validation["roc_auc"] <= interval["high"]
     assert [c["baseline"] for c in validation["comparisons"]] == ["majority_class", "persistence"]
@@ -75,8 +82,9 @@ def test_an_informative_model_is_significantly_better_and_a_constant_one_is_not(
     rng = np.random.default_rng(1)
     informative = 1 / (1 + np.exp(-(signal + rng.normal(size=400))))
     persistence = np.roll(y, 5)
-    comparisons, intervals = evaluate.compare(y, informative, {"majority_class": np.zeros(400),
-                                                               "persistence": persistence}, 0.5, 0.95, seed=3)
+    comparisons, intervals = evaluate.compare(
+        y, informative, {"majority_class": np.zeros(400), "persistence": persistence}, 0.5, 0.95, seed=3
+    )
     assert all(c["low"] > 0 for c in comparisons)
     assert intervals["log_loss_gain"]["low"] > 0
     constant, _ = evaluate.compare(y, np.full(400, 0.5), {"majority_class": np.zeros(400)}, 0.5, 0.95, seed=3)
@@ -89,7 +97,9 @@ def test_block_bootstrap_intervals_are_wider_than_independent_days_for_dependent
     # the model's errors persist too (a regime it misreads for weeks)
     noise = np.convolve(np.random.default_rng(6).normal(size=400), np.ones(10) / 3, "same")
     score = signal * 0.3 + noise
-    blocks, _ = evaluate.compare(y, score, {"majority_class": np.zeros(400)}, 0.5, 0.95, seed=1, block_days=20)
+    blocks, _ = evaluate.compare(
+        y, score, {"majority_class": np.zeros(400)}, 0.5, 0.95, seed=1, block_days=20
+    )
     days, _ = evaluate.compare(y, score, {"majority_class": np.zeros(400)}, 0.5, 0.95, seed=1, block_days=1)
     assert blocks[0]["high"] - blocks[0]["low"] > 1.3 * (days[0]["high"] - days[0]["low"])
 

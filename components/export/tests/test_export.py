@@ -26,7 +26,10 @@ def test_saved_model_has_the_serving_contract_and_answers_the_sample(exported, t
     meta = json.loads((base / "3" / "assets.extra" / "branchops_model.json").read_text())
     features_meta = json.loads((trained_work_dir / "features.json").read_text())
     assert meta["input"] == "lagged_returns" and meta["outputs"] == ["probability_up", "direction"]
-    assert meta["feature_names"] == features_meta["feature_names"] and meta["tickers"] == features_meta["tickers"]
+    assert (
+        meta["feature_names"] == features_meta["feature_names"]
+        and meta["tickers"] == features_meta["tickers"]
+    )
     assert (meta["target"], meta["window"], meta["commit"], meta["version"]) == ("AAPL", 5, "0123abc", 3)
     # what the served probability means travels with the model
     assert meta["target_kind"] == "direction" and meta["predicts"] == features_meta["predicts"]
@@ -40,8 +43,9 @@ def test_saved_model_has_the_serving_contract_and_answers_the_sample(exported, t
     answer = serving(lagged_returns=tf.constant(meta["sample"]["instances"], dtype=tf.float32))
     assert answer["probability_up"].dtype == tf.float32 and answer["direction"].dtype == tf.int64
     assert answer["probability_up"].shape.as_list() == [8]
-    np.testing.assert_allclose(answer["probability_up"].numpy(), meta["sample"]["predictions"]["probability_up"],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        answer["probability_up"].numpy(), meta["sample"]["predictions"]["probability_up"], atol=1e-6
+    )
     assert answer["direction"].numpy().tolist() == meta["sample"]["predictions"]["direction"]
     assert answer["direction"].numpy().tolist() == [int(p >= 0.5) for p in answer["probability_up"].numpy()]
 
@@ -56,8 +60,9 @@ def test_raw_returns_go_in_normalisation_is_in_the_graph(exported, trained_work_
         rows = data["X_test"][:50]
     keras_answer = keras.models.load_model(trained_work_dir / "model.keras").predict(rows, verbose=0).ravel()
     served = tf.saved_model.load(str(base / "3")).signatures["serving_default"]
-    np.testing.assert_allclose(served(lagged_returns=tf.constant(rows))["probability_up"].numpy(), keras_answer,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        served(lagged_returns=tf.constant(rows))["probability_up"].numpy(), keras_answer, atol=1e-5
+    )
 
 
 def test_exporting_a_version_again(exported, trained_work_dir):
@@ -65,14 +70,18 @@ def test_exporting_a_version_again(exported, trained_work_dir):
     again = export.run(work_dir=str(trained_work_dir), export_base=str(base), version=3, commit="0123abc")
     assert again["already_exported"] is True
     before = (base / "3" / "assets.extra" / "branchops_model.json").read_text()
-    with pytest.raises(ComponentError, match=r"version 3 already exists .*\(commit 0123abc\); versions are immutable"):
+    with pytest.raises(
+        ComponentError, match=r"version 3 already exists .*\(commit 0123abc\); versions are immutable"
+    ):
         export.run(work_dir=str(trained_work_dir), export_base=str(base), version=3, commit="fedcba9")
     assert (base / "3" / "assets.extra" / "branchops_model.json").read_text() == before
     assert sorted(p.name for p in base.iterdir()) == ["3"]
 
 
-@pytest.mark.parametrize("version, message", [(0, "version must be a whole number >= 1"),
-                                              ("2", "version must be a whole number >= 1")])
+@pytest.mark.parametrize(
+    "version, message",
+    [(0, "version must be a whole number >= 1"), ("2", "version must be a whole number >= 1")],
+)
 def test_bad_version_is_rejected(tmp_path, version, message):
     with pytest.raises(DataError, match=message):
         export.run(work_dir=str(tmp_path), export_base=str(tmp_path / "m"), version=version, commit="abc")

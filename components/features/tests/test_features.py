@@ -88,15 +88,20 @@ def test_features_do_not_change_when_the_label_day_or_later_changes(real_data_di
 
 def test_unknown_target_lists_the_tickers(real_data_dir, tmp_path):
     with pytest.raises(DataError, match=r"target ticker 'TSLA' is not in the data; tickers: AABA, AAPL"):
-        features.run(data_dir=str(real_data_dir), work_dir=str(tmp_path / "w"), **{**PARAMS, "target": "TSLA"})
+        features.run(
+            data_dir=str(real_data_dir), work_dir=str(tmp_path / "w"), **{**PARAMS, "target": "TSLA"}
+        )
     assert not (tmp_path / "w" / "features.npz").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"window": 0}, "window must be a whole number of days >= 1, got 0"),
-    ({"window": "5"}, "window must be a whole number of days >= 1, got '5'"),
-    ({"test_fraction": 0.7}, "test_fraction must be a number between 0 and 0.5 (exclusive), got 0.7"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"window": 0}, "window must be a whole number of days >= 1, got 0"),
+        ({"window": "5"}, "window must be a whole number of days >= 1, got '5'"),
+        ({"test_fraction": 0.7}, "test_fraction must be a number between 0 and 0.5 (exclusive), got 0.7"),
+    ],
+)
 def test_bad_parameters_are_named(tmp_path, override, message):
     with pytest.raises(DataError) as err:
         features.run(data_dir=str(tmp_path), work_dir=str(tmp_path / "w"), **{**PARAMS, **override})
@@ -121,7 +126,8 @@ def test_unvalidated_gaps_point_at_validate(real_data_dir, tmp_path):
     holey = tmp_path / "holey"
     holey.mkdir()
     prices[~((prices["Name"] == "MRK") & (prices["Date"] == "2009-08-11"))].to_parquet(
-        holey / "validated.parquet", index=False)
+        holey / "validated.parquet", index=False
+    )
     with pytest.raises(DataError, match="MRK has no Close on 2009-08-11 .* run the validate component first"):
         features.run(data_dir=str(holey), work_dir=str(tmp_path / "w"), **PARAMS)
 
@@ -142,16 +148,25 @@ def turbulence_work_dir(real_data_dir, tmp_path_factory) -> Path:
     return work
 
 
-def test_turbulence_label_features_and_persistence_follow_the_target_closes(real_data_dir, turbulence_work_dir):
+def test_turbulence_label_features_and_persistence_follow_the_target_closes(
+    real_data_dir, turbulence_work_dir
+):
     """Recomputed here with pandas rolling windows, independently of the component's cumulative sums."""
     import pandas as pd
 
     arrays = _load(turbulence_work_dir)
     meta = json.loads((turbulence_work_dir / "features.json").read_text())
     assert meta["target_kind"] == "turbulence" and meta["label_horizon"] == 5 and meta["purge_gap"] == 5
-    assert meta["feature_names"] == ["AAPL_mean_abs_ret_1d", "AAPL_mean_abs_ret_5d", "AAPL_mean_abs_ret_22d",
-                                     "AAPL_mean_abs_ret_250d", "market_mean_abs_ret_1d", "market_mean_abs_ret_5d",
-                                     "market_mean_abs_ret_22d", "market_mean_abs_ret_250d"]
+    assert meta["feature_names"] == [
+        "AAPL_mean_abs_ret_1d",
+        "AAPL_mean_abs_ret_5d",
+        "AAPL_mean_abs_ret_22d",
+        "AAPL_mean_abs_ret_250d",
+        "market_mean_abs_ret_1d",
+        "market_mean_abs_ret_5d",
+        "market_mean_abs_ret_22d",
+        "market_mean_abs_ret_250d",
+    ]
     assert "more turbulent" in meta["predicts"]
     prices = pd.read_parquet(real_data_dir / "validated.parquet")
     closes = prices.pivot(index="Date", columns="Name", values="Close").sort_index()
@@ -206,8 +221,11 @@ def test_splits_are_purged_by_the_label_horizon(turbulence_work_dir):
 
 
 def test_a_purge_gap_below_the_label_horizon_is_refused(real_data_dir, tmp_path):
-    with pytest.raises(DataError, match=r"purge_gap must be a whole number of days >= the label horizon of "
-                                        r"turbulence \(5\), got 4"):
+    with pytest.raises(
+        DataError,
+        match=r"purge_gap must be a whole number of days >= the label horizon of "
+        r"turbulence \(5\), got 4",
+    ):
         features.run(data_dir=str(real_data_dir), work_dir=str(tmp_path / "w"), **TURBULENCE, purge_gap=4)
     assert not (tmp_path / "w" / "features.npz").exists()
 
@@ -228,4 +246,6 @@ def test_a_leak_of_one_days_label_into_training_is_caught():
 
 def test_unknown_target_kind_is_refused(tmp_path):
     with pytest.raises(DataError, match="target_kind must be one of direction, turbulence, got 'volume'"):
-        features.run(data_dir=str(tmp_path), work_dir=str(tmp_path / "w"), **{**PARAMS, "target_kind": "volume"})
+        features.run(
+            data_dir=str(tmp_path), work_dir=str(tmp_path / "w"), **{**PARAMS, "target_kind": "volume"}
+        )

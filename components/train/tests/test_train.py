@@ -10,8 +10,15 @@ import pytest
 from components import train
 from components.common.errors import DataError
 
-SMALL = {"hidden_units": [16, 8], "dropout": 0.3, "learning_rate": 0.002, "batch_size": 128, "epochs": 4,
-         "patience": 50, "seed": 11}
+SMALL = {
+    "hidden_units": [16, 8],
+    "dropout": 0.3,
+    "learning_rate": 0.002,
+    "batch_size": 128,
+    "epochs": 4,
+    "patience": 50,
+    "seed": 11,
+}
 
 
 def _work(real_work_dir: Path, target: Path) -> Path:
@@ -78,15 +85,18 @@ def test_changed_parameters_start_afresh(real_work_dir, tmp_path):
     assert summary["already_trained"] is False
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"hidden_units": 16}, "hidden_units must be a list of layer sizes (empty: a logistic regression)"),
-    ({"walk_forward_folds": 1}, "walk_forward_folds must be a whole number >= 2, got 1"),
-    ({"hidden_units": [64, 0]}, "each of hidden_units must be a whole number >= 1, got 0"),
-    ({"dropout": 1.0}, "dropout must be a number in [0, 1), got 1.0"),
-    ({"learning_rate": 0}, "learning_rate must be a number in (0, 1], got 0"),
-    ({"batch_size": "64"}, "batch_size must be a whole number >= 1, got '64'"),
-    ({"epochs": True}, "epochs must be a whole number >= 1, got True"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"hidden_units": 16}, "hidden_units must be a list of layer sizes (empty: a logistic regression)"),
+        ({"walk_forward_folds": 1}, "walk_forward_folds must be a whole number >= 2, got 1"),
+        ({"hidden_units": [64, 0]}, "each of hidden_units must be a whole number >= 1, got 0"),
+        ({"dropout": 1.0}, "dropout must be a number in [0, 1), got 1.0"),
+        ({"learning_rate": 0}, "learning_rate must be a number in (0, 1], got 0"),
+        ({"batch_size": "64"}, "batch_size must be a whole number >= 1, got '64'"),
+        ({"epochs": True}, "epochs must be a whole number >= 1, got True"),
+    ],
+)
 def test_bad_hyper_parameters_are_named(tmp_path, override, message):
     with pytest.raises(DataError) as err:
         train.run(str(tmp_path), **{**SMALL, **override})

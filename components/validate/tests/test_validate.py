@@ -34,19 +34,38 @@ def test_real_files_known_dirt_is_repaired_and_counted(real_data_dir):
     assert counts["high_low_not_bracketing"] == 151
     assert counts["calendar_gaps"] == 8
     assert counts["zero_volume"] == 1  # DIS 2012-08-01
-    for rejected in ("empty_close", "non_positive_close", "conflicting_duplicate_dates", "long_calendar_gaps",
-                     "non_finite_value", "missing_ticker", "unexpected_ticker", "outside_stated_range",
-                     "future_date", "not_a_trading_day", "daily_move_beyond_bound", "repair_beyond_bound"):
+    for rejected in (
+        "empty_close",
+        "non_positive_close",
+        "conflicting_duplicate_dates",
+        "long_calendar_gaps",
+        "non_finite_value",
+        "missing_ticker",
+        "unexpected_ticker",
+        "outside_stated_range",
+        "future_date",
+        "not_a_trading_day",
+        "daily_move_beyond_bound",
+        "repair_beyond_bound",
+    ):
         assert counts[rejected] == 0
     report = json.loads((real_data_dir / "validation_report.json").read_text())
     assert report["rows_in"] == 93_612 and report["rows_out"] == 93_620
     # every real date is an NYSE session, every ticker of the universe is there, no Close jumps 3x
-    assert report["checks"] == {"tickers": sorted(validate.REFERENCE_TICKERS), "max_daily_move": 3.0,
-                                "exchange_calendar": "XNYS"}
+    assert report["checks"] == {
+        "tickers": sorted(validate.REFERENCE_TICKERS),
+        "max_daily_move": 3.0,
+        "exchange_calendar": "XNYS",
+    }
     assert report["tickers"] == sorted(validate.REFERENCE_TICKERS) and len(report["tickers"]) == 31
     zero = report["decisions"]["zero_price"]["examples"][0]
-    assert zero == {"ticker": "HD", "date": "2009-04-17", "file": "HD_2006-01-01_to_2018-01-01.csv", "line": 829,
-                    "column": "Low"}
+    assert zero == {
+        "ticker": "HD",
+        "date": "2009-04-17",
+        "file": "HD_2006-01-01_to_2018-01-01.csv",
+        "line": 829,
+        "column": "Low",
+    }
     gaps = {g["ticker"]: g["dates"] for g in report["decisions"]["calendar_gaps"]["examples"]}
     assert gaps["MRK"] == ["2009-08-11"]
     assert sum(d == ["2010-04-01"] for d in gaps.values()) == 7
@@ -92,21 +111,30 @@ def _assert_rejected(data: Path, *fragments: str, tickers: list[str] = SMALL_TIC
 
 def test_empty_close_is_rejected_with_file_line_column(small_source, tmp_path):
     _edit(small_source, "MSFT", 12, "Close", "")
-    error = _assert_rejected(_consolidated(small_source, tmp_path),
-                             "MSFT_2006-01-01_to_2018-01-01.csv, line 12, column Close", "Close is empty")
+    error = _assert_rejected(
+        _consolidated(small_source, tmp_path),
+        "MSFT_2006-01-01_to_2018-01-01.csv, line 12, column Close",
+        "Close is empty",
+    )
     assert (error.file, error.row, error.column) == ("MSFT_2006-01-01_to_2018-01-01.csv", 12, "Close")
 
 
 def test_zero_close_is_rejected(small_source, tmp_path):
     _edit(small_source, "IBM", 40, "Close", "0.0")
-    _assert_rejected(_consolidated(small_source, tmp_path),
-                     "IBM_2006-01-01_to_2018-01-01.csv, line 40, column Close", "Close is 0.0")
+    _assert_rejected(
+        _consolidated(small_source, tmp_path),
+        "IBM_2006-01-01_to_2018-01-01.csv, line 40, column Close",
+        "Close is 0.0",
+    )
 
 
 def test_negative_low_is_rejected(small_source, tmp_path):
     _edit(small_source, "AAPL", 7, "Low", "-3.5")
-    _assert_rejected(_consolidated(small_source, tmp_path),
-                     "AAPL_2006-01-01_to_2018-01-01.csv, line 7, column Low", "Low is -3.5")
+    _assert_rejected(
+        _consolidated(small_source, tmp_path),
+        "AAPL_2006-01-01_to_2018-01-01.csv, line 7, column Low",
+        "Low is -3.5",
+    )
 
 
 def test_conflicting_duplicate_date_is_rejected_naming_both_lines(small_source, tmp_path):
@@ -116,8 +144,12 @@ def test_conflicting_duplicate_date_is_rejected_naming_both_lines(small_source, 
     fields[4] = str(float(fields[4]) + 1)
     lines.append(",".join(fields))  # same date as line 6, another Close, as line 82
     path.write_text("\n".join(lines) + "\n")
-    _assert_rejected(_consolidated(small_source, tmp_path), "AAPL has two different rows for",
-                     "AAPL_2006-01-01_to_2018-01-01.csv, line 6, column Date", "line 82")
+    _assert_rejected(
+        _consolidated(small_source, tmp_path),
+        "AAPL has two different rows for",
+        "AAPL_2006-01-01_to_2018-01-01.csv, line 6, column Date",
+        "line 82",
+    )
 
 
 def test_exact_duplicate_row_is_dropped_and_counted(small_source, tmp_path):
@@ -134,8 +166,13 @@ def test_long_calendar_gap_is_rejected(small_source, tmp_path):
     path = small_source / "IBM_2006-01-01_to_2018-01-01.csv"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:30] + lines[40:]) + "\n")  # ten trading days missing
-    _assert_rejected(_consolidated(small_source, tmp_path), "IBM has no rows from", "(10 trading days)",
-                     "more than 5 consecutive trading days", "IBM_2006-01-01_to_2018-01-01.csv, line 30")
+    _assert_rejected(
+        _consolidated(small_source, tmp_path),
+        "IBM has no rows from",
+        "(10 trading days)",
+        "more than 5 consecutive trading days",
+        "IBM_2006-01-01_to_2018-01-01.csv, line 30",
+    )
 
 
 def test_short_calendar_gap_is_filled(small_source, tmp_path):
@@ -155,7 +192,9 @@ def test_ticker_starting_late_is_rejected(small_source, tmp_path):
     path = small_source / "MSFT_2006-01-01_to_2018-01-01.csv"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:1] + lines[4:]) + "\n")
-    _assert_rejected(_consolidated(small_source, tmp_path), "MSFT has no rows before", "while other tickers start on")
+    _assert_rejected(
+        _consolidated(small_source, tmp_path), "MSFT has no rows before", "while other tickers start on"
+    )
 
 
 def test_price_column_with_text_type_is_rejected(small_source, tmp_path):
@@ -176,6 +215,7 @@ def test_missing_input_says_which_component_to_run(tmp_path):
 # ---- poisoned inputs (issue "An honest KPI gate", items 4 and 6): each stops the run before training ----
 # Every case makes one bad value in the small source, then validate must refuse it naming ticker, date,
 # file, line and column where there is one, write nothing, and the entry point must exit 7.
+
 
 def _append_row(source: Path, ticker: str, like_line: int, day: str) -> None:
     """A copy of ``like_line`` dated ``day``, appended as the file's last line (line 82 in small_source)."""
@@ -253,35 +293,75 @@ def _ticker_not_in_universe(source, tmp_path):
     return _consolidated(source, tmp_path), ["AAPL", "MSFT"]
 
 
-MSFT, IBM, AAPL = ("MSFT_2006-01-01_to_2018-01-01.csv", "IBM_2006-01-01_to_2018-01-01.csv",
-                   "AAPL_2006-01-01_to_2018-01-01.csv")
+MSFT, IBM, AAPL = (
+    "MSFT_2006-01-01_to_2018-01-01.csv",
+    "IBM_2006-01-01_to_2018-01-01.csv",
+    "AAPL_2006-01-01_to_2018-01-01.csv",
+)
 POISONED = {
-    "inf-close": (_inf_close, [f"{MSFT}, line 12, column Close", "MSFT 2006-01-18", "Close is inf",
-                               "infinite"]),
+    "inf-close": (
+        _inf_close,
+        [f"{MSFT}, line 12, column Close", "MSFT 2006-01-18", "Close is inf", "infinite"],
+    ),
     "minus-inf-close": (_minus_inf_close, [f"{IBM}, line 40, column Close", "Close is -inf", "infinite"]),
     "inf-high": (_inf_high, [f"{AAPL}, line 7, column High", "AAPL 2006-01-10", "High is inf", "infinite"]),
-    "close-10x": (_close_ten_times, [f"{MSFT}, line 30, column Close", "MSFT 2006-02-13", "Close 266.9 is 10 times",
-                                     "previous Close 26.69 on 2006-02-10 (line 29)", "factor of 3"]),
-    "open-10x": (_open_ten_times_above_high, [f"{MSFT}, line 20, column Open", "MSFT 2006-01-30",
-                                              "would widen High to 278.2", "factor of 3"]),
-    "row-2030": (_row_in_2030, [f"{AAPL}, line 82, column Date", "AAPL 2030-01-02",
-                                "after 2018-01-01, the last day its file name states"]),
-    "row-2005": (_row_before_2006, [f"{AAPL}, line 82, column Date", "AAPL 2005-12-30",
-                                    "before 2006-01-01, the first day its file name states"]),
-    "weekend": (_weekend_row, [f"{AAPL}, line 82, column Date", "AAPL 2006-01-07",
-                               "XNYS was closed on 2006-01-07 (a Saturday)"]),
-    "holiday": (_holiday_row, [f"{MSFT}, line 82, column Date", "MSFT 2006-01-16",
-                               "XNYS was closed on 2006-01-16 (a Monday)"]),
+    "close-10x": (
+        _close_ten_times,
+        [
+            f"{MSFT}, line 30, column Close",
+            "MSFT 2006-02-13",
+            "Close 266.9 is 10 times",
+            "previous Close 26.69 on 2006-02-10 (line 29)",
+            "factor of 3",
+        ],
+    ),
+    "open-10x": (
+        _open_ten_times_above_high,
+        [f"{MSFT}, line 20, column Open", "MSFT 2006-01-30", "would widen High to 278.2", "factor of 3"],
+    ),
+    "row-2030": (
+        _row_in_2030,
+        [
+            f"{AAPL}, line 82, column Date",
+            "AAPL 2030-01-02",
+            "after 2018-01-01, the last day its file name states",
+        ],
+    ),
+    "row-2005": (
+        _row_before_2006,
+        [
+            f"{AAPL}, line 82, column Date",
+            "AAPL 2005-12-30",
+            "before 2006-01-01, the first day its file name states",
+        ],
+    ),
+    "weekend": (
+        _weekend_row,
+        [f"{AAPL}, line 82, column Date", "AAPL 2006-01-07", "XNYS was closed on 2006-01-07 (a Saturday)"],
+    ),
+    "holiday": (
+        _holiday_row,
+        [f"{MSFT}, line 82, column Date", "MSFT 2006-01-16", "XNYS was closed on 2006-01-16 (a Monday)"],
+    ),
     "missing-ticker": (_ticker_missing, ["no rows of KO", "the configured universe"]),
-    "ticker-not-in-universe": (_ticker_not_in_universe, [f"{IBM}, line 2, column Name",
-                                                         "IBM is not in the configured universe"]),
+    "ticker-not-in-universe": (
+        _ticker_not_in_universe,
+        [f"{IBM}, line 2, column Name", "IBM is not in the configured universe"],
+    ),
 }
 
 
 def _component(name: str, **params) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-m", "components", name, "--params", json.dumps(params)],
-                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "components", name, "--params", json.dumps(params)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("case", list(POISONED))
@@ -316,11 +396,17 @@ def test_real_data_with_a_row_on_an_unscheduled_closure_is_rejected(real_data_di
     prices = pd.read_parquet(real_data_dir / "prices.parquet")
     extra = prices[prices["Name"] == "KO"].iloc[[0]].assign(Date=pd.Timestamp(day), **{SOURCE_LINE: 9999})
     (tmp_path / "data").mkdir()
-    pd.concat([prices, extra], ignore_index=True).to_parquet(tmp_path / "data" / "prices.parquet", index=False)
+    pd.concat([prices, extra], ignore_index=True).to_parquet(
+        tmp_path / "data" / "prices.parquet", index=False
+    )
     with pytest.raises(DataError) as err:
         validate.run(data_dir=str(tmp_path / "data"))
     assert f"KO {day}" in str(err.value) and f"XNYS was closed on {day}" in str(err.value)
-    assert (err.value.file, err.value.row, err.value.column) == ("KO_2006-01-01_to_2018-01-01.csv", 9999, "Date")
+    assert (err.value.file, err.value.row, err.value.column) == (
+        "KO_2006-01-01_to_2018-01-01.csv",
+        9999,
+        "Date",
+    )
 
 
 def test_row_after_today_is_rejected_when_no_file_name_states_a_range(small_source, tmp_path):
@@ -345,8 +431,16 @@ def test_a_large_move_within_the_bound_is_kept_and_the_bound_is_a_parameter(smal
         assert fragment in str(err.value), f"{fragment!r} not in {str(err.value)!r}"
 
 
-@pytest.mark.parametrize("params", [{"tickers": []}, {"tickers": "AAPL"}, {"max_daily_move": 1.0},
-                                    {"max_daily_move": float("nan")}, {"exchange_calendar": "NOPE"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"tickers": []},
+        {"tickers": "AAPL"},
+        {"max_daily_move": 1.0},
+        {"max_daily_move": float("nan")},
+        {"exchange_calendar": "NOPE"},
+    ],
+)
 def test_bad_parameters_are_refused_before_reading_the_data(params, tmp_path):
     from components.common.errors import ComponentError
 

@@ -67,8 +67,10 @@ class RunResult:
 
 def check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"{kind} name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
-                          "(at most 128 characters, starting with a letter or digit)")
+        raise ConfigError(
+            f"{kind} name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
+            "(at most 128 characters, starting with a letter or digit)"
+        )
     return name
 
 
@@ -90,8 +92,15 @@ class PipelineEngine(abc.ABC):
         """The registered version of that name, or None."""
 
     @abc.abstractmethod
-    def run(self, experiment: str, upload: Upload, run_name: str, params: dict[str, Any],
-            timeout_s: float, on_progress: ProgressCallback | None = None) -> RunResult:
+    def run(
+        self,
+        experiment: str,
+        upload: Upload,
+        run_name: str,
+        params: dict[str, Any],
+        timeout_s: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> RunResult:
         """Run a registered version and wait for it (at most ``timeout_s``).
 
         Idempotent by ``run_name`` within the experiment: if a run of that name exists, it is waited
@@ -112,8 +121,11 @@ def spec_parameters(spec: bytes | dict[str, Any]) -> dict[str, dict[str, Any]]:
         document = document["pipeline_spec"]  # KFP stores {pipeline_spec, platform_spec} when both exist
     declared = (document.get("root", {}).get("inputDefinitions", {}) or {}).get("parameters", {}) or {}
     return {
-        name: {"type": p.get("parameterType"), "optional": bool(p.get("isOptional")),
-               "default": p.get("defaultValue")}
+        name: {
+            "type": p.get("parameterType"),
+            "optional": bool(p.get("isOptional")),
+            "default": p.get("defaultValue"),
+        }
         for name, p in declared.items()
     }
 

@@ -52,14 +52,21 @@ def load_pipeline_module(workspace: Path, module: str):
     try:
         spec.loader.exec_module(mod)
     except Exception as exc:  # the user's pipeline code: report it as theirs, with its own message
-        raise StageFailed(f"{module}: importing the pipeline module failed: {type(exc).__name__}: {exc}") from exc
+        raise StageFailed(
+            f"{module}: importing the pipeline module failed: {type(exc).__name__}: {exc}"
+        ) from exc
     if not callable(getattr(mod, "build_pipeline", None)):
         raise ConfigError(f"{module}: defines no build_pipeline(images, gpu, mounts) function")
     return mod
 
 
-def compile_pipeline(workspace: Path, module: str, images: Mapping[str, str] | None = None,
-                     gpu: Any | None = None, mounts: Mapping[str, str] | None = None) -> CompiledPipeline:
+def compile_pipeline(
+    workspace: Path,
+    module: str,
+    images: Mapping[str, str] | None = None,
+    gpu: Any | None = None,
+    mounts: Mapping[str, str] | None = None,
+) -> CompiledPipeline:
     """Compile ``build_pipeline(images, gpu, mounts)`` of ``module`` with the kfp compiler.
 
     ``mounts`` ({"data": path, "models": path}) says where the storage port mounts the run's volumes
@@ -74,12 +81,15 @@ def compile_pipeline(workspace: Path, module: str, images: Mapping[str, str] | N
     if images:
         loose = {name: ref for name, ref in images.items() if not is_pinned(ref)}
         if loose:
-            raise ConfigError("component images must be pinned by digest (registry/name@sha256:...); not "
-                              "pinned: " + ", ".join(f"{n}={r}" for n, r in sorted(loose.items())))
+            raise ConfigError(
+                "component images must be pinned by digest (registry/name@sha256:...); not "
+                "pinned: " + ", ".join(f"{n}={r}" for n, r in sorted(loose.items()))
+            )
     mod = load_pipeline_module(Path(workspace), module)
     try:
-        pipeline_func = mod.build_pipeline(images=dict(images) if images else None, gpu=gpu,
-                                           mounts=dict(mounts or {}))
+        pipeline_func = mod.build_pipeline(
+            images=dict(images) if images else None, gpu=gpu, mounts=dict(mounts or {})
+        )
         with tempfile.TemporaryDirectory(prefix="branchops-compile-") as tmp:
             out = Path(tmp) / "pipeline.yaml"
             compiler.Compiler().compile(pipeline_func=pipeline_func, package_path=str(out))
@@ -94,9 +104,11 @@ def compile_pipeline(workspace: Path, module: str, images: Mapping[str, str] | N
     if images:
         unpinned = [ref for ref in spec_images(spec) if not is_pinned(ref)]
         if unpinned:
-            raise StageFailed(f"{module}: the compiled spec uses images not pinned by digest: "
-                              f"{', '.join(unpinned)} (does every component take its image from build_pipeline's "
-                              "images argument?)")
+            raise StageFailed(
+                f"{module}: the compiled spec uses images not pinned by digest: "
+                f"{', '.join(unpinned)} (does every component take its image from build_pipeline's "
+                "images argument?)"
+            )
     compiled = CompiledPipeline(spec=spec, spec_hash=hashlib.sha256(spec).hexdigest())
     log.info("compiled %s: %d bytes, spec hash %s", module, len(spec), compiled.spec_hash)
     return compiled

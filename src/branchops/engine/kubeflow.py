@@ -73,8 +73,10 @@ def in_cluster_token_path(candidates: tuple[str, ...] | None = None) -> str:
     for path in paths:
         if Path(path).is_file():
             return path
-    raise ConfigError("kubeflow.kubeflow.auth is 'in-cluster' but no service-account token was found at "
-                      f"{', '.join(paths)} (is this running in a pod? Otherwise use auth 'bearer' or 'cookie')")
+    raise ConfigError(
+        "kubeflow.kubeflow.auth is 'in-cluster' but no service-account token was found at "
+        f"{', '.join(paths)} (is this running in a pod? Otherwise use auth 'bearer' or 'cookie')"
+    )
 
 
 def client_kwargs(settings: KubeflowRemote, token_paths: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -86,8 +88,10 @@ def client_kwargs(settings: KubeflowRemote, token_paths: tuple[str, ...] | None 
         assert settings.token is not None  # the config schema requires it for these modes
         value = settings.token.resolve()
         if not value:
-            raise ConfigError(f"kubeflow.kubeflow.token: {settings.token.describe()}; auth '{settings.auth}' "
-                              "needs it (export the variable, or bind the CI credential)")
+            raise ConfigError(
+                f"kubeflow.kubeflow.token: {settings.token.describe()}; auth '{settings.auth}' "
+                "needs it (export the variable, or bind the CI credential)"
+            )
         if settings.auth == "bearer":
             kwargs["existing_token"] = value
         else:
@@ -125,6 +129,7 @@ def _transient(exc: BaseException) -> bool:
         return _status(exc) in _TRANSIENT_STATUS
     try:
         import urllib3
+
         network = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
     except ImportError:  # pragma: no cover - urllib3 ships with kfp
         network = (ConnectionError, TimeoutError)
@@ -148,8 +153,13 @@ def _server_message(exc: BaseException) -> str:
 class KubeflowEngine(PipelineEngine):
     name = "kubeflow"
 
-    def __init__(self, settings: KubeflowRemote, client_factory: Callable[[KubeflowRemote], Any] | None = None,
-                 poll_interval_s: float = 10.0, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: KubeflowRemote,
+        client_factory: Callable[[KubeflowRemote], Any] | None = None,
+        poll_interval_s: float = 10.0,
+        backoff_s: float = 1.0,
+    ) -> None:
         self.settings = settings
         self._factory = client_factory or make_client
         self._client: Any = None
@@ -169,18 +179,27 @@ class KubeflowEngine(PipelineEngine):
         from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
         attempts = self.settings.retries + 1
-        retrying = Retrying(stop=stop_after_attempt(attempts), reraise=False,
-                            wait=wait_exponential(multiplier=self.backoff_s, max=30),
-                            retry=retry_if_exception(_transient),
-                            before_sleep=lambda state: log.warning(
-                                "Kubeflow Pipelines: %s failed (attempt %d of %d): %s; retrying", what,
-                                state.attempt_number, attempts, _server_message(state.outcome.exception())))
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            reraise=False,
+            wait=wait_exponential(multiplier=self.backoff_s, max=30),
+            retry=retry_if_exception(_transient),
+            before_sleep=lambda state: log.warning(
+                "Kubeflow Pipelines: %s failed (attempt %d of %d): %s; retrying",
+                what,
+                state.attempt_number,
+                attempts,
+                _server_message(state.outcome.exception()),
+            ),
+        )
         try:
             return retrying(fn)
         except RetryError as exc:
             last = exc.last_attempt.exception()
-            raise ExternalError(f"Kubeflow Pipelines at {self.settings.host}: {what} failed after {attempts} "
-                                f"attempts: {_server_message(last)}") from last
+            raise ExternalError(
+                f"Kubeflow Pipelines at {self.settings.host}: {what} failed after {attempts} "
+                f"attempts: {_server_message(last)}"
+            ) from last
         except (ConfigError, ExternalError):
             raise
         except Exception as exc:
@@ -192,15 +211,22 @@ class KubeflowEngine(PipelineEngine):
         """A failure as the user needs to read it: what we were doing, where, and what came back."""
         status = _status(exc) if _is_api_exception(exc) else None
         if status in (401, 403):
-            hint = (f"check kubeflow.kubeflow.auth ('{self.settings.auth}') and its token, and that it may "
-                    f"use namespace {self.settings.namespace or '(shared)'}")
-            return ExternalError(f"Kubeflow Pipelines at {self.settings.host} refused {what}: HTTP {status} "
-                                 f"{_server_message(exc)}; {hint}")
+            hint = (
+                f"check kubeflow.kubeflow.auth ('{self.settings.auth}') and its token, and that it may "
+                f"use namespace {self.settings.namespace or '(shared)'}"
+            )
+            return ExternalError(
+                f"Kubeflow Pipelines at {self.settings.host} refused {what}: HTTP {status} "
+                f"{_server_message(exc)}; {hint}"
+            )
         if status is not None:
-            return ExternalError(f"Kubeflow Pipelines at {self.settings.host}: {what} failed: HTTP {status} "
-                                 f"{_server_message(exc)}")
-        return ExternalError(f"Kubeflow Pipelines at {self.settings.host}: {what} failed: "
-                             f"{type(exc).__name__}: {exc}")
+            return ExternalError(
+                f"Kubeflow Pipelines at {self.settings.host}: {what} failed: HTTP {status} "
+                f"{_server_message(exc)}"
+            )
+        return ExternalError(
+            f"Kubeflow Pipelines at {self.settings.host}: {what} failed: {type(exc).__name__}: {exc}"
+        )
 
     @property
     def _timeout(self) -> float:
@@ -208,23 +234,32 @@ class KubeflowEngine(PipelineEngine):
 
     # -- pipelines and versions --------------------------------------------------------------------
     def _find_pipeline(self, pipeline_name: str) -> Any | None:
-        kwargs: dict[str, Any] = {"filter": _equals("display_name", pipeline_name), "page_size": 2,
-                                  "_request_timeout": self._timeout}
+        kwargs: dict[str, Any] = {
+            "filter": _equals("display_name", pipeline_name),
+            "page_size": 2,
+            "_request_timeout": self._timeout,
+        }
         if self.settings.namespace:
             kwargs["namespace"] = self.settings.namespace
-        response = self._call(f"looking up pipeline {pipeline_name}",
-                              lambda: self.client.pipelines.pipeline_service_list_pipelines(**kwargs))
+        response = self._call(
+            f"looking up pipeline {pipeline_name}",
+            lambda: self.client.pipelines.pipeline_service_list_pipelines(**kwargs),
+        )
         pipelines = response.pipelines or []
         if len(pipelines) > 1:
-            raise ExternalError(f"Kubeflow Pipelines has {len(pipelines)} pipelines named {pipeline_name}; "
-                                "rename or delete the extra ones")
+            raise ExternalError(
+                f"Kubeflow Pipelines has {len(pipelines)} pipelines named {pipeline_name}; "
+                "rename or delete the extra ones"
+            )
         return pipelines[0] if pipelines else None
 
     def _find_version_of(self, pipeline_id: str, version_name: str) -> Any | None:
         response = self._call(
             f"looking up version {version_name}",
             lambda: self.client.pipelines.pipeline_service_list_pipeline_versions(
-                pipeline_id, filter=_equals("name", version_name), page_size=2, _request_timeout=self._timeout))
+                pipeline_id, filter=_equals("name", version_name), page_size=2, _request_timeout=self._timeout
+            ),
+        )
         versions = [v for v in (response.pipeline_versions or []) if v.name == version_name]
         return versions[0] if versions else None
 
@@ -241,19 +276,29 @@ class KubeflowEngine(PipelineEngine):
     def _create_pipeline(self, pipeline_name: str, description: str) -> Any:
         from kfp_server_api import V2beta1Pipeline
 
-        body = V2beta1Pipeline(name=pipeline_name, display_name=pipeline_name, description=description or None,
-                               namespace=self.settings.namespace)
+        body = V2beta1Pipeline(
+            name=pipeline_name,
+            display_name=pipeline_name,
+            description=description or None,
+            namespace=self.settings.namespace,
+        )
         try:
-            return self._call(f"creating pipeline {pipeline_name}",
-                              lambda: self.client.pipelines.pipeline_service_create_pipeline(
-                                  body, _request_timeout=self._timeout), ok_status=(409,))
+            return self._call(
+                f"creating pipeline {pipeline_name}",
+                lambda: self.client.pipelines.pipeline_service_create_pipeline(
+                    body, _request_timeout=self._timeout
+                ),
+                ok_status=(409,),
+            )
         except Exception as exc:
             if _status(exc) != 409:
                 raise
             found = self._find_pipeline(pipeline_name)  # created meanwhile by a concurrent upsert
             if found is None:
-                raise ExternalError(f"Kubeflow Pipelines: pipeline {pipeline_name} exists (409) but cannot be "
-                                    "listed; check the namespace and permissions") from exc
+                raise ExternalError(
+                    f"Kubeflow Pipelines: pipeline {pipeline_name} exists (409) but cannot be "
+                    "listed; check the namespace and permissions"
+                ) from exc
             return found
 
     def upsert(self, pipeline_name: str, compiled: CompiledPipeline, description: str = "") -> Upload:
@@ -275,18 +320,25 @@ class KubeflowEngine(PipelineEngine):
                 version = self._call(
                     f"uploading version {version_name} of pipeline {pipeline_name}",
                     lambda: self.client.pipeline_uploads.upload_pipeline_version(
-                        str(package), name=version_name, display_name=version_name,
-                        pipelineid=pipeline.pipeline_id, description=description or None,
-                        _request_timeout=self._timeout),
-                    ok_status=(409,))
+                        str(package),
+                        name=version_name,
+                        display_name=version_name,
+                        pipelineid=pipeline.pipeline_id,
+                        description=description or None,
+                        _request_timeout=self._timeout,
+                    ),
+                    ok_status=(409,),
+                )
             except Exception as exc:
                 if _status(exc) != 409:
                     raise
                 # The name is taken: a concurrent upsert, or our own earlier attempt whose answer was lost.
                 version = self._find_version_of(pipeline.pipeline_id, version_name)
                 if version is None:
-                    raise ExternalError(f"Kubeflow Pipelines: version {version_name} of {pipeline_name} exists "
-                                        "(409) but cannot be found") from exc
+                    raise ExternalError(
+                        f"Kubeflow Pipelines: version {version_name} of {pipeline_name} exists "
+                        "(409) but cannot be found"
+                    ) from exc
                 return Upload(pipeline.pipeline_id, version.pipeline_version_id, version_name, created=False)
         log.info("uploaded pipeline %s version %s", pipeline_name, version_name)
         return Upload(pipeline.pipeline_id, version.pipeline_version_id, version_name, created=True)
@@ -295,26 +347,38 @@ class KubeflowEngine(PipelineEngine):
     def _experiment_id(self, experiment: str) -> str:
         from kfp_server_api import V2beta1Experiment
 
-        kwargs: dict[str, Any] = {"filter": _equals("display_name", experiment), "page_size": 2,
-                                  "_request_timeout": self._timeout}
+        kwargs: dict[str, Any] = {
+            "filter": _equals("display_name", experiment),
+            "page_size": 2,
+            "_request_timeout": self._timeout,
+        }
         if self.settings.namespace:
             kwargs["namespace"] = self.settings.namespace
 
         def find() -> str | None:
-            response = self._call(f"looking up experiment {experiment}",
-                                  lambda: self.client.experiments.experiment_service_list_experiments(**kwargs))
+            response = self._call(
+                f"looking up experiment {experiment}",
+                lambda: self.client.experiments.experiment_service_list_experiments(**kwargs),
+            )
             found = response.experiments or []
             return found[0].experiment_id if found else None
 
         existing = find()
         if existing:
             return existing
-        body = V2beta1Experiment(display_name=experiment, namespace=self.settings.namespace,
-                                 description="runs started by branchops")
+        body = V2beta1Experiment(
+            display_name=experiment,
+            namespace=self.settings.namespace,
+            description="runs started by branchops",
+        )
         try:
-            created = self._call(f"creating experiment {experiment}",
-                                 lambda: self.client.experiments.experiment_service_create_experiment(
-                                     body, _request_timeout=self._timeout), ok_status=(409,))
+            created = self._call(
+                f"creating experiment {experiment}",
+                lambda: self.client.experiments.experiment_service_create_experiment(
+                    body, _request_timeout=self._timeout
+                ),
+                ok_status=(409,),
+            )
             return created.experiment_id
         except Exception as exc:
             if _status(exc) != 409:
@@ -325,10 +389,15 @@ class KubeflowEngine(PipelineEngine):
             return again
 
     def _find_run(self, experiment_id: str, run_name: str) -> Any | None:
-        kwargs: dict[str, Any] = {"experiment_id": experiment_id, "filter": _equals("display_name", run_name),
-                                  "page_size": 2, "_request_timeout": self._timeout}
-        response = self._call(f"looking up run {run_name}",
-                              lambda: self.client.runs.run_service_list_runs(**kwargs))
+        kwargs: dict[str, Any] = {
+            "experiment_id": experiment_id,
+            "filter": _equals("display_name", run_name),
+            "page_size": 2,
+            "_request_timeout": self._timeout,
+        }
+        response = self._call(
+            f"looking up run {run_name}", lambda: self.client.runs.run_service_list_runs(**kwargs)
+        )
         runs = [r for r in (response.runs or []) if r.display_name == run_name]
         return runs[0] if runs else None
 
@@ -336,17 +405,22 @@ class KubeflowEngine(PipelineEngine):
         version = self._call(
             f"reading version {upload.version_name}",
             lambda: self.client.pipelines.pipeline_service_get_pipeline_version(
-                upload.pipeline_id, upload.version_id, _request_timeout=self._timeout))
+                upload.pipeline_id, upload.version_id, _request_timeout=self._timeout
+            ),
+        )
         return version.pipeline_spec
 
     def _create_run(self, experiment_id: str, upload: Upload, run_name: str, params: dict[str, Any]) -> Any:
         from kfp_server_api import V2beta1PipelineVersionReference, V2beta1Run, V2beta1RuntimeConfig
 
         body = V2beta1Run(
-            display_name=run_name, experiment_id=experiment_id,
+            display_name=run_name,
+            experiment_id=experiment_id,
             pipeline_version_reference=V2beta1PipelineVersionReference(
-                pipeline_id=upload.pipeline_id, pipeline_version_id=upload.version_id),
-            runtime_config=V2beta1RuntimeConfig(parameters=params))
+                pipeline_id=upload.pipeline_id, pipeline_version_id=upload.version_id
+            ),
+            runtime_config=V2beta1RuntimeConfig(parameters=params),
+        )
         attempts = self.settings.retries + 1
         for attempt in range(1, attempts + 1):
             try:
@@ -357,18 +431,32 @@ class KubeflowEngine(PipelineEngine):
                 if not _transient(exc):
                     raise self._external(f"starting run {run_name}", exc) from exc
                 if attempt == attempts:
-                    raise ExternalError(f"Kubeflow Pipelines at {self.settings.host}: starting run {run_name} "
-                                        f"failed after {attempts} attempts: {_server_message(exc)}") from exc
-                log.warning("Kubeflow Pipelines: starting run %s failed (attempt %d of %d): %s", run_name,
-                            attempt, attempts, _server_message(exc))
+                    raise ExternalError(
+                        f"Kubeflow Pipelines at {self.settings.host}: starting run {run_name} "
+                        f"failed after {attempts} attempts: {_server_message(exc)}"
+                    ) from exc
+                log.warning(
+                    "Kubeflow Pipelines: starting run %s failed (attempt %d of %d): %s",
+                    run_name,
+                    attempt,
+                    attempts,
+                    _server_message(exc),
+                )
                 time.sleep(min(30.0, self.backoff_s * 2 ** (attempt - 1)))
                 existing = self._find_run(experiment_id, run_name)
                 if existing is not None:
                     return existing
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def run(self, experiment: str, upload: Upload, run_name: str, params: dict[str, Any],
-            timeout_s: float, on_progress: ProgressCallback | None = None) -> RunResult:
+    def run(
+        self,
+        experiment: str,
+        upload: Upload,
+        run_name: str,
+        params: dict[str, Any],
+        timeout_s: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> RunResult:
         check_name("run", run_name)
         progress = on_progress or (lambda message: log.info("%s", message))
         t0 = time.monotonic()
@@ -382,8 +470,10 @@ class KubeflowEngine(PipelineEngine):
             if spec:
                 validate_params(spec, params)
             else:  # servers before KFP 2.0 GA do not return the spec; the server validates on its own
-                log.warning("Kubeflow Pipelines returned no spec for version %s; parameters not checked here",
-                            upload.version_name)
+                log.warning(
+                    "Kubeflow Pipelines returned no spec for version %s; parameters not checked here",
+                    upload.version_name,
+                )
             run = self._create_run(experiment_id, upload, run_name, params)
             progress(f"run {run_name}: started on Kubeflow (run id {run.run_id})")
 
@@ -398,29 +488,44 @@ class KubeflowEngine(PipelineEngine):
                 break
             if time.monotonic() - t0 > timeout_s:
                 self._terminate(run_id, run_name)
-                return RunResult(run_id=run_id, state="TIMEOUT", reused=reused, duration_s=self._elapsed(t0),
-                                 error=f"run {run_name} did not finish within {timeout_s:g} s; it was terminated")
+                return RunResult(
+                    run_id=run_id,
+                    state="TIMEOUT",
+                    reused=reused,
+                    duration_s=self._elapsed(t0),
+                    error=f"run {run_name} did not finish within {timeout_s:g} s; it was terminated",
+                )
             if interrupt.requested.is_set():
                 # nobody will wait for this run's result: stop it on the cluster too, then report the stop
                 self._terminate(run_id, run_name)
                 interrupt.check()
             time.sleep(self.poll_interval_s)
-            run = self._call(f"polling run {run_name}",
-                             lambda: self.client.runs.run_service_get_run(run_id, _request_timeout=self._timeout))
+            run = self._call(
+                f"polling run {run_name}",
+                lambda: self.client.runs.run_service_get_run(run_id, _request_timeout=self._timeout),
+            )
 
         error = None
         if state not in _FINAL_OK:
             detail = getattr(getattr(run, "error", None), "message", None)
             error = f"run {run_name} ended {state}" + (f": {detail}" if detail else "")
-        return RunResult(run_id=run_id, state="SUCCEEDED" if state in _FINAL_OK else "FAILED", error=error,
-                         reused=reused, outputs={"tasks": _task_states(run)},
-                         started_at=_iso(getattr(run, "created_at", None)),
-                         finished_at=_iso(getattr(run, "finished_at", None)), duration_s=self._elapsed(t0))
+        return RunResult(
+            run_id=run_id,
+            state="SUCCEEDED" if state in _FINAL_OK else "FAILED",
+            error=error,
+            reused=reused,
+            outputs={"tasks": _task_states(run)},
+            started_at=_iso(getattr(run, "created_at", None)),
+            finished_at=_iso(getattr(run, "finished_at", None)),
+            duration_s=self._elapsed(t0),
+        )
 
     def _terminate(self, run_id: str, run_name: str) -> None:
         try:
-            self._call(f"terminating run {run_name}",
-                       lambda: self.client.runs.run_service_terminate_run(run_id, _request_timeout=self._timeout))
+            self._call(
+                f"terminating run {run_name}",
+                lambda: self.client.runs.run_service_terminate_run(run_id, _request_timeout=self._timeout),
+            )
         except ExternalError as exc:  # the timeout is what the caller must hear about; this is a footnote
             log.warning("%s", exc)
 

@@ -102,8 +102,9 @@ def _read_pipeline_record(path: Path) -> dict[str, Any] | None:
         return _read_json(path)
     except json.JSONDecodeError:
         # Records are published whole, so this one was damaged by something else (an edit, a full disk).
-        raise ExternalError(f"{path}: unreadable local pipeline record (delete it to recreate the pipeline)"
-                            ) from None
+        raise ExternalError(
+            f"{path}: unreadable local pipeline record (delete it to recreate the pipeline)"
+        ) from None
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -136,8 +137,12 @@ class LocalEngine(PipelineEngine):
         meta = _read_pipeline_record(path)
         if meta:
             return meta
-        meta = {"pipeline_id": str(uuid.uuid4()), "name": pipeline_name, "description": description,
-                "created_at": _now()}
+        meta = {
+            "pipeline_id": str(uuid.uuid4()),
+            "name": pipeline_name,
+            "description": description,
+            "created_at": _now(),
+        }
         if _create_json_exclusive(path, meta):
             return meta
         # Another upsert (a thread or another process) created the pipeline first: its id is the one.
@@ -149,14 +154,22 @@ class LocalEngine(PipelineEngine):
     def upsert(self, pipeline_name: str, compiled: CompiledPipeline, description: str = "") -> Upload:
         existing = self.find_version(pipeline_name, compiled.version_name)
         if existing:
-            log.info("pipeline %s version %s already registered locally", pipeline_name, compiled.version_name)
+            log.info(
+                "pipeline %s version %s already registered locally", pipeline_name, compiled.version_name
+            )
             return existing
         pipeline = self._ensure_pipeline(pipeline_name, description)
         versions = self._pipeline_dir(pipeline_name) / "versions"
         versions.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=versions, prefix=".staging-"))
-        meta = {"version_id": str(uuid.uuid4()), "name": compiled.version_name, "spec_hash": compiled.spec_hash,
-                "pipeline_id": pipeline["pipeline_id"], "description": description, "created_at": _now()}
+        meta = {
+            "version_id": str(uuid.uuid4()),
+            "name": compiled.version_name,
+            "spec_hash": compiled.spec_hash,
+            "pipeline_id": pipeline["pipeline_id"],
+            "description": description,
+            "created_at": _now(),
+        }
         (staging / SPEC_FILE).write_bytes(compiled.spec)
         _write_json_atomic(staging / "version.json", meta)
         try:
@@ -183,8 +196,10 @@ class LocalEngine(PipelineEngine):
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise ExternalError(f"pipeline {pipeline_name} has no version {version_name} in the local registry "
-                                f"({self.root}); run the kf-pipeline stage first") from None
+            raise ExternalError(
+                f"pipeline {pipeline_name} has no version {version_name} in the local registry "
+                f"({self.root}); run the kf-pipeline stage first"
+            ) from None
 
     def _pipeline_name_of(self, upload: Upload) -> str:
         for meta_file in sorted((self.root / "pipelines").glob("*/pipeline.json")):
@@ -195,10 +210,23 @@ class LocalEngine(PipelineEngine):
 
     # -- runs ------------------------------------------------------------------------------------
     def run_dir(self, experiment: str, run_name: str) -> Path:
-        return self.root / "experiments" / check_name("experiment", experiment) / "runs" / check_name("run", run_name)
+        return (
+            self.root
+            / "experiments"
+            / check_name("experiment", experiment)
+            / "runs"
+            / check_name("run", run_name)
+        )
 
-    def run(self, experiment: str, upload: Upload, run_name: str, params: dict[str, Any],
-            timeout_s: float, on_progress: ProgressCallback | None = None) -> RunResult:
+    def run(
+        self,
+        experiment: str,
+        upload: Upload,
+        run_name: str,
+        params: dict[str, Any],
+        timeout_s: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> RunResult:
         progress = on_progress or (lambda message: log.info("%s", message))
         rdir = self.run_dir(experiment, run_name)
         record = _read_json(rdir / "run.json")
@@ -208,37 +236,62 @@ class LocalEngine(PipelineEngine):
         if record and record["state"] == "RUNNING" and _pid_alive(record.get("pid")):
             owner = ProcessId.from_dict(record.get("owner"))
             if owner is None or owner.alive():
-                raise ExternalError(f"run {run_name} of experiment {experiment} is already running "
-                                    f"(process {record['pid']}); wait for it to finish")
+                raise ExternalError(
+                    f"run {run_name} of experiment {experiment} is already running "
+                    f"(process {record['pid']}); wait for it to finish"
+                )
             # the stage that started it died without stopping it (SIGKILL, a lost machine): nobody waits
             # for its result, so stop it and start the run again
             _kill_group_of(record["pid"])
-            progress(f"run {run_name}: its earlier attempt was abandoned by process {owner.pid}; stopped it, "
-                     "starting again")
+            progress(
+                f"run {run_name}: its earlier attempt was abandoned by process {owner.pid}; stopped it, "
+                "starting again"
+            )
 
         spec = self.version_spec(self._pipeline_name_of(upload), upload.version_name)
         validate_params(spec, params)
         rdir.mkdir(parents=True, exist_ok=True)
         (rdir / SPEC_FILE).write_bytes(spec)
         run_id = (record or {}).get("run_id") or str(uuid.uuid4())
-        request = {"spec": str(rdir / SPEC_FILE), "params": params, "pipeline_root": str(rdir / "pipeline_root"),
-                   "result": str(rdir / "result.json")}
+        request = {
+            "spec": str(rdir / SPEC_FILE),
+            "params": params,
+            "pipeline_root": str(rdir / "pipeline_root"),
+            "result": str(rdir / "result.json"),
+        }
         _write_json_atomic(rdir / "request.json", request)
         (rdir / "result.json").unlink(missing_ok=True)
 
         env = dict(os.environ)
         paths = [str(self.workspace)] if self.workspace else []
-        env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONPATH"] = os.pathsep.join(
+            paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
         env["PYTHONUNBUFFERED"] = "1"
         started, t0 = _now(), time.monotonic()
-        record = {"run_id": run_id, "name": run_name, "experiment": experiment, "pipeline_id": upload.pipeline_id,
-                  "version_id": upload.version_id, "version_name": upload.version_name, "params": params,
-                  "state": "RUNNING", "started_at": started, "outputs": {}, "error": None,
-                  "owner": ProcessId.current().to_dict()}
+        record = {
+            "run_id": run_id,
+            "name": run_name,
+            "experiment": experiment,
+            "pipeline_id": upload.pipeline_id,
+            "version_id": upload.version_id,
+            "version_name": upload.version_name,
+            "params": params,
+            "state": "RUNNING",
+            "started_at": started,
+            "outputs": {},
+            "error": None,
+            "owner": ProcessId.current().to_dict(),
+        }
         with open(rdir / "log.txt", "w", encoding="utf-8") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "branchops.engine.local", str(rdir)],
-                                    stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                    cwd=str(self.workspace or rdir), start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "branchops.engine.local", str(rdir)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(self.workspace or rdir),
+                start_new_session=True,
+            )
             record["pid"] = proc.pid
             _write_json_atomic(rdir / "run.json", record)
             progress(f"run {run_name}: started locally (log: {rdir / 'log.txt'})")
@@ -246,8 +299,14 @@ class LocalEngine(PipelineEngine):
                 timed_out = self._wait(proc, rdir / "log.txt", t0, timeout_s, run_name, progress)
             except BaseException:  # interrupted: never leave the pipeline running behind us
                 _kill_group(proc)
-                record.update(state="INTERRUPTED", error="stopped before it finished", finished_at=_now(),
-                              duration_s=round(time.monotonic() - t0, 3), pid=None, log=str(rdir / "log.txt"))
+                record.update(
+                    state="INTERRUPTED",
+                    error="stopped before it finished",
+                    finished_at=_now(),
+                    duration_s=round(time.monotonic() - t0, 3),
+                    pid=None,
+                    log=str(rdir / "log.txt"),
+                )
                 _write_json_atomic(rdir / "run.json", record)
                 progress(f"run {run_name}: stopped (interrupted); a rerun starts it again")
                 raise
@@ -264,14 +323,28 @@ class LocalEngine(PipelineEngine):
             if cause and cause not in error:
                 error = f"{error} Cause: {cause}"
             error += f" (log: {rdir / 'log.txt'})"
-        record.update(state=state, error=error, outputs=result.get("outputs", {}), finished_at=_now(),
-                      duration_s=round(time.monotonic() - t0, 3), pid=None, log=str(rdir / "log.txt"))
+        record.update(
+            state=state,
+            error=error,
+            outputs=result.get("outputs", {}),
+            finished_at=_now(),
+            duration_s=round(time.monotonic() - t0, 3),
+            pid=None,
+            log=str(rdir / "log.txt"),
+        )
         _write_json_atomic(rdir / "run.json", record)
         progress(f"run {run_name}: {state}" + (f" ({error})" if error else ""))
         return _result(record)
 
-    def _wait(self, proc: subprocess.Popen, log_path: Path, t0: float, timeout_s: float, run_name: str,
-              progress: ProgressCallback) -> bool:
+    def _wait(
+        self,
+        proc: subprocess.Popen,
+        log_path: Path,
+        t0: float,
+        timeout_s: float,
+        run_name: str,
+        progress: ProgressCallback,
+    ) -> bool:
         """Wait for the run, forwarding task starts and ends; stop its whole process group on timeout."""
         offset = 0
         while True:
@@ -299,7 +372,9 @@ def _forward_task_lines(log_path: Path, offset: int, run_name: str, progress: Pr
     end = chunk.rfind(b"\n") + 1
     for raw in chunk[:end].decode("utf-8", "replace").splitlines():
         line = _strip_ansi(raw)
-        if " - INFO - Executing task " in line or (" - INFO - Task " in line and "finished with status" in line):
+        if " - INFO - Executing task " in line or (
+            " - INFO - Task " in line and "finished with status" in line
+        ):
             progress(f"run {run_name}: {line.split(' - INFO - ', 1)[1].strip()}")
         elif _TRAINING_PROGRESS.search(line):
             # the training step's per-epoch line (metrics, time per epoch, ETA): a data scientist watches these
@@ -308,7 +383,9 @@ def _forward_task_lines(log_path: Path, offset: int, run_name: str, progress: Pr
 
 
 _TRAINING_PROGRESS = re.compile(r"INFO\]: ((?:epoch \d+/\d+:|training on ).*)$")
-_EXCEPTION_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Failed|Refused)): (.+)$")
+_EXCEPTION_LINE = re.compile(
+    r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Failed|Refused)): (.+)$"
+)
 
 
 def _step_error(log_path: Path) -> str | None:
@@ -355,12 +432,20 @@ def _rmtree(path: Path) -> None:
 
 
 def _result(record: dict[str, Any], reused: bool = False) -> RunResult:
-    return RunResult(run_id=record["run_id"], state=record["state"], outputs=record.get("outputs") or {},
-                     error=record.get("error"), reused=reused, started_at=record.get("started_at"),
-                     finished_at=record.get("finished_at"), duration_s=record.get("duration_s"))
+    return RunResult(
+        run_id=record["run_id"],
+        state=record["state"],
+        outputs=record.get("outputs") or {},
+        error=record.get("error"),
+        reused=reused,
+        started_at=record.get("started_at"),
+        finished_at=record.get("finished_at"),
+        duration_s=record.get("duration_s"),
+    )
 
 
 # -- the child process -------------------------------------------------------------------------------
+
 
 def _jsonable(value: Any) -> Any:
     """Pipeline outputs as JSON: parameters as they are, artifacts as their URI and metadata."""
@@ -384,8 +469,11 @@ def _run_in_this_process(run_dir: Path) -> int:
 
         # The runner warns about non-"python" images; locally the image is never used.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=request["pipeline_root"],
-                   raise_on_error=True)
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=request["pipeline_root"],
+            raise_on_error=True,
+        )
         pipeline = components.load_component_from_file(request["spec"])
         task = pipeline(**request["params"])
         outputs = task.outputs if isinstance(task.outputs, dict) else {"output": task.output}

@@ -58,8 +58,9 @@ class Forge(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def open_merge_request(self, source: str, target: str, title: str, body: str, author: str | None = None
-                           ) -> tuple[MergeRequest, bool]:
+    def open_merge_request(
+        self, source: str, target: str, title: str, body: str, author: str | None = None
+    ) -> tuple[MergeRequest, bool]:
         """Open a merge request, or update the open one with the same source and target.
 
         Returns the merge request and whether it was newly created (never a duplicate).
@@ -69,7 +70,9 @@ class Forge(abc.ABC):
     def get(self, number: int) -> MergeRequest: ...
 
     @abc.abstractmethod
-    def list(self, state: MergeRequestState | None = None, target: str | None = None) -> list[MergeRequest]: ...
+    def list(
+        self, state: MergeRequestState | None = None, target: str | None = None
+    ) -> list[MergeRequest]: ...
 
     @abc.abstractmethod
     def merged_request_for_commit(self, sha: str) -> MergeRequest | None:
@@ -79,5 +82,11 @@ class Forge(abc.ABC):
     def comment(self, number: int, markdown: str) -> None: ...
 
     @abc.abstractmethod
-    def set_commit_status(self, sha: str, state: CommitState, description: str, context: str = "branchops",
-                          target_url: str | None = None) -> None: ...
+    def set_commit_status(
+        self,
+        sha: str,
+        state: CommitState,
+        description: str,
+        context: str = "branchops",
+        target_url: str | None = None,
+    ) -> None: ...

@@ -44,7 +44,9 @@ _VERDICT_STATES = ("APPROVED", "CHANGES_REQUESTED", "DISMISSED")
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:  # PyGithub returns aware datetimes; be safe with naive ones (UTC by API contract)
+    if (
+        value.tzinfo is None
+    ):  # PyGithub returns aware datetimes; be safe with naive ones (UTC by API contract)
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -57,6 +59,7 @@ def latest_approvals(reviews: Sequence[Any]) -> list[Approval]:
     earlier approval of the same user. The approval keeps the commit it was given on, so the gate can
     refuse approvals given before the last push.
     """
+
     def order(review: Any) -> tuple[str, int]:
         return (_iso(review.submitted_at) or "", int(review.id or 0))
 
@@ -79,8 +82,7 @@ def _make_retry(retries: int, max_wait_s: float, backoff_factor: float) -> Any:
     from urllib3.util.retry import Retry
 
     class RateLimitAwareRetry(GithubRetry):
-        def increment(self, method=None, url=None, response=None, error=None, _pool=None,
-                      _stacktrace=None):  # type: ignore[override]
+        def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):  # type: ignore[override]
             if response is not None and response.status in (403, 429):
                 wait = _documented_wait(response.headers)
                 if wait is None and response.status == 429:
@@ -88,8 +90,11 @@ def _make_retry(retries: int, max_wait_s: float, backoff_factor: float) -> Any:
                 if wait is not None:
                     if self.max_rate_limit_wait is not None and wait > self.max_rate_limit_wait:
                         raise RateLimitExceededExceedsMaxWait(
-                            response.status, {"message": f"rate limited; reset in {wait:.0f}s"},
-                            dict(response.headers), wait=wait)
+                            response.status,
+                            {"message": f"rate limited; reset in {wait:.0f}s"},
+                            dict(response.headers),
+                            wait=wait,
+                        )
                     log.info("GitHub rate limit on %s %s: waiting %.0fs", method, url, wait)
                     # Plain urllib3 accounting (counts the attempt, raises when exhausted) ...
                     retry = Retry.increment(self, method, url, response, error, _pool, _stacktrace)
@@ -100,8 +105,11 @@ def _make_retry(retries: int, max_wait_s: float, backoff_factor: float) -> Any:
 
     allowed = Retry.DEFAULT_ALLOWED_METHODS.union({"GET", "POST", "PATCH"})
     return RateLimitAwareRetry(
-        total=retries, backoff_factor=backoff_factor, max_rate_limit_wait=max_wait_s,
-        status_forcelist=[429, *range(500, 600)], allowed_methods=allowed,
+        total=retries,
+        backoff_factor=backoff_factor,
+        max_rate_limit_wait=max_wait_s,
+        status_forcelist=[429, *range(500, 600)],
+        allowed_methods=allowed,
         # Hand the last error response to PyGithub, which turns it into a GithubException with status.
         raise_on_status=False,
         respect_retry_after_header=True,
@@ -125,9 +133,15 @@ class GitHubRepositoryClient:
     """One GitHub repository (github.com or GitHub Enterprise via ``base_url``) through PyGithub, with the
     transport policy above; the forge and the repository administration build on it."""
 
-    def __init__(self, settings: GitHubSettings, *, per_page: int = 100,
-                 seconds_between_requests: float | None = 0.25, seconds_between_writes: float | None = 1.0,
-                 backoff_factor: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: GitHubSettings,
+        *,
+        per_page: int = 100,
+        seconds_between_requests: float | None = 0.25,
+        seconds_between_writes: float | None = 1.0,
+        backoff_factor: float = 1.0,
+    ) -> None:
         """``seconds_between_*`` are PyGithub's throttles (GitHub asks for >= 1 s between writes to stay
         clear of secondary rate limits); tests against a local server set them to 0."""
         token = settings.token.resolve()
@@ -163,20 +177,28 @@ class GitHubRepositoryClient:
         try:
             yield
         except RateLimitExceededExceedsMaxWait as exc:
-            raise ExternalError(secrets.mask(
-                f"{where}: rate limit reached while {what}; the reset is {exc.wait:.0f}s away, longer than "
-                f"forge.github.rate_limit_max_wait_s={self.settings.rate_limit_max_wait_s:g}s")) from None
+            raise ExternalError(
+                secrets.mask(
+                    f"{where}: rate limit reached while {what}; the reset is {exc.wait:.0f}s away, longer than "
+                    f"forge.github.rate_limit_max_wait_s={self.settings.rate_limit_max_wait_s:g}s"
+                )
+            ) from None
         except GithubException as exc:
-            raise ExternalError(secrets.mask(
-                f"{where}: {what} failed: HTTP {exc.status} {_github_message(exc)}")) from None
+            raise ExternalError(
+                secrets.mask(f"{where}: {what} failed: HTTP {exc.status} {_github_message(exc)}")
+            ) from None
         except requests.exceptions.RequestException as exc:
             if not _is_timeout(exc):
-                raise ExternalError(secrets.mask(
-                    f"{where}: {what} failed after {self.settings.retries} retries: "
-                    f"{type(exc).__name__}: {exc}")) from None
+                raise ExternalError(
+                    secrets.mask(
+                        f"{where}: {what} failed after {self.settings.retries} retries: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+                ) from None
             raise ExternalError(
                 f"{where}: no answer within {self._timeout_s}s while {what} "
-                f"(forge.github.timeout_s, after {self.settings.retries} retries)") from None
+                f"(forge.github.timeout_s, after {self.settings.retries} retries)"
+            ) from None
 
 
 class GitHubForge(GitHubRepositoryClient, Forge):
@@ -196,11 +218,20 @@ class GitHubForge(GitHubRepositoryClient, Forge):
             merged_by = pr.merged_by.login if merged and pr.merged_by is not None else None
             approvals = latest_approvals(list(pr.get_reviews()))
         return MergeRequest(
-            number=pr.number, title=pr.title or "", source=pr.head.ref, target=pr.base.ref,
-            author=pr.user.login if pr.user is not None else "", state=state, head_sha=pr.head.sha,
-            body=pr.body or "", created_at=_iso(pr.created_at) or "", merged_at=_iso(pr.merged_at),
-            merged_by=merged_by, merge_commit=pr.merge_commit_sha if merged else None,
-            approvals=approvals, url=pr.html_url,
+            number=pr.number,
+            title=pr.title or "",
+            source=pr.head.ref,
+            target=pr.base.ref,
+            author=pr.user.login if pr.user is not None else "",
+            state=state,
+            head_sha=pr.head.sha,
+            body=pr.body or "",
+            created_at=_iso(pr.created_at) or "",
+            merged_at=_iso(pr.merged_at),
+            merged_by=merged_by,
+            merge_commit=pr.merge_commit_sha if merged else None,
+            approvals=approvals,
+            url=pr.html_url,
         )
 
     def _find_open_pull(self, source: str, target: str) -> Any | None:
@@ -212,8 +243,9 @@ class GitHubForge(GitHubRepositoryClient, Forge):
 
     # -- the port -----------------------------------------------------------------------------------
 
-    def open_merge_request(self, source: str, target: str, title: str, body: str, author: str | None = None
-                           ) -> tuple[MergeRequest, bool]:
+    def open_merge_request(
+        self, source: str, target: str, title: str, body: str, author: str | None = None
+    ) -> tuple[MergeRequest, bool]:
         """Open a pull request ``source`` → ``target``, or update the open one's title and body.
 
         ``author`` is ignored: on GitHub the author is the token's user.
@@ -270,8 +302,9 @@ class GitHubForge(GitHubRepositoryClient, Forge):
 
         # PyGithub's Commit.get_pulls() still asks for the retired "groot" preview media type, which
         # GitHub's description no longer lists; the endpoint answers the default media type.
-        associated = PaginatedList(PullRequest, self._github.requester,
-                                   f"{self._repo.url}/commits/{sha}/pulls", None)
+        associated = PaginatedList(
+            PullRequest, self._github.requester, f"{self._repo.url}/commits/{sha}/pulls", None
+        )
         with self._calling(f"looking for the pull request merged as {sha}"):
             found = next((pr for pr in associated if merged_as_sha(pr)), None)
             if found is None:
@@ -285,8 +318,14 @@ class GitHubForge(GitHubRepositoryClient, Forge):
         with self._calling(f"commenting on pull request #{number}"):
             self._repo.get_issue(number).create_comment(markdown)
 
-    def set_commit_status(self, sha: str, state: CommitState, description: str, context: str = "branchops",
-                          target_url: str | None = None) -> None:
+    def set_commit_status(
+        self,
+        sha: str,
+        state: CommitState,
+        description: str,
+        context: str = "branchops",
+        target_url: str | None = None,
+    ) -> None:
         if len(description) > STATUS_DESCRIPTION_MAX:
             description = description[: STATUS_DESCRIPTION_MAX - 1] + "…"
         kwargs: dict[str, Any] = {"state": state, "description": description, "context": context}
@@ -311,7 +350,8 @@ def _is_timeout(exc: BaseException) -> bool:
 def _github_message(exc: Any) -> str:
     data = exc.data if isinstance(exc.data, dict) else {}
     message = str(data.get("message") or "").strip()
-    details = [str(e.get("message") or e.get("code") or "") for e in data.get("errors") or []
-               if isinstance(e, dict)]
+    details = [
+        str(e.get("message") or e.get("code") or "") for e in data.get("errors") or [] if isinstance(e, dict)
+    ]
     text = message + (f" ({'; '.join(d for d in details if d)})" if any(details) else "")
     return text or "(no message)"

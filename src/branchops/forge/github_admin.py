@@ -59,8 +59,9 @@ class GitHubAdmin(GitHubRepositoryClient):
         from github.GithubException import GithubException
 
         if not path or path.startswith("/") or path.endswith("/") or ".." in path.split("/"):
-            raise ConfigError(f"ensure_file: path must be a relative file path inside the repository, "
-                              f"got {path!r}")
+            raise ConfigError(
+                f"ensure_file: path must be a relative file path inside the repository, got {path!r}"
+            )
         wanted = content.encode("utf-8")
         with self._calling(f"writing {path} on branch {branch}"):
             same, sha = self._compare_file(branch, path, wanted)
@@ -95,8 +96,10 @@ class GitHubAdmin(GitHubRepositoryClient):
             return False, None
         if isinstance(found, list) or found.type != "file":
             kind = "a directory" if isinstance(found, list) else f"a {found.type}"
-            raise ExternalError(f"GitHub {self.repository}: {path} on branch {branch} is {kind}, not a file; "
-                                "refusing to replace it")
+            raise ExternalError(
+                f"GitHub {self.repository}: {path} on branch {branch} is {kind}, not a file; "
+                "refusing to replace it"
+            )
         try:
             current: bytes | None = found.decoded_content
         except (AssertionError, binascii.Error, ValueError):
@@ -113,9 +116,16 @@ class GitHubAdmin(GitHubRepositoryClient):
             self._repo.update_file(path, message, content, sha, branch=branch)
             log.info("updated %s on %s (was blob %s)", path, branch, sha)
 
-    def protect_branch(self, branch: str, required_approvals: int, required_status_context: str,
-                       restrict_pushes: bool, *, require_code_owner_reviews: bool = False,
-                       bypass_users: Sequence[str] = ()) -> None:
+    def protect_branch(
+        self,
+        branch: str,
+        required_approvals: int,
+        required_status_context: str,
+        restrict_pushes: bool,
+        *,
+        require_code_owner_reviews: bool = False,
+        bypass_users: Sequence[str] = (),
+    ) -> None:
         """Require reviewed pull requests and a passing status check on ``branch`` (idempotent: a PUT).
 
         Stale approvals are dismissed on a new push (approvals before the last push do not count).
@@ -124,10 +134,12 @@ class GitHubAdmin(GitHubRepositoryClient):
         that writes stage records back.
         """
         if required_approvals < 1:
-            raise ConfigError(f"protect_branch({branch!r}): required_approvals must be >= 1, "
-                              f"got {required_approvals}")
+            raise ConfigError(
+                f"protect_branch({branch!r}): required_approvals must be >= 1, got {required_approvals}"
+            )
         reviews: dict[str, Any] = {
-            "required_approving_review_count": required_approvals, "dismiss_stale_reviews": True,
+            "required_approving_review_count": required_approvals,
+            "dismiss_stale_reviews": True,
             "require_code_owner_reviews": require_code_owner_reviews,
         }
         if bypass_users:
@@ -144,7 +156,8 @@ class GitHubAdmin(GitHubRepositoryClient):
         }
         with self._calling(f"protecting branch {branch}"):
             self._github.requester.requestJsonAndCheck(
-                "PUT", f"{self._repo.url}/branches/{quote(branch, safe='')}/protection", input=body)
+                "PUT", f"{self._repo.url}/branches/{quote(branch, safe='')}/protection", input=body
+            )
 
     def ensure_webhook(self, url: str, secret_ref: SecretRef, events: Sequence[str]) -> tuple[int, bool]:
         """The repository webhook delivering ``events`` to ``url``: created, or the existing one updated.
@@ -177,8 +190,10 @@ class GitHubAdmin(GitHubRepositoryClient):
             granted = {s.strip() for s in scopes if s.strip()}
             repo_scopes = ("repo",) if private else _REPO_SCOPES
             if not granted.intersection(repo_scopes):
-                missing.append(f"token scope {' or '.join(repr(s) for s in repo_scopes)} "
-                               "(pull requests, statuses, comments)")
+                missing.append(
+                    f"token scope {' or '.join(repr(s) for s in repo_scopes)} "
+                    "(pull requests, statuses, comments)"
+                )
             hook_scopes = _HOOK_SCOPES if private else (*_HOOK_SCOPES, "public_repo")
             if admin and not granted.intersection(hook_scopes):
                 missing.append("token scope 'admin:repo_hook' (webhooks)")

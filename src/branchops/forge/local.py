@@ -74,8 +74,9 @@ class LocalForge(Forge):
         return mr
 
     # -- Forge -------------------------------------------------------------------------------------
-    def open_merge_request(self, source: str, target: str, title: str, body: str, author: str | None = None
-                           ) -> tuple[MergeRequest, bool]:
+    def open_merge_request(
+        self, source: str, target: str, title: str, body: str, author: str | None = None
+    ) -> tuple[MergeRequest, bool]:
         head = gitops.branch_tip(self.repo, source)
         if head is None:
             raise MergeError(f"source branch '{source}' does not exist")
@@ -84,16 +85,31 @@ class LocalForge(Forge):
         if source == target:
             raise MergeError("source and target are the same branch")
         with self._locked():
-            existing = next((mr for mr in self._load_all()
-                             if mr.state == "open" and mr.source == source and mr.target == target), None)
+            existing = next(
+                (
+                    mr
+                    for mr in self._load_all()
+                    if mr.state == "open" and mr.source == source and mr.target == target
+                ),
+                None,
+            )
             if existing:
                 existing.title, existing.body, existing.head_sha = title, body, head
                 self._save(existing)
                 return existing, False
             number = max((mr.number for mr in self._load_all()), default=0) + 1
-            mr = MergeRequest(number=number, title=title, source=source, target=target,
-                              author=author or "unknown", state="open", head_sha=head, body=body,
-                              created_at=_now(), url=str(self._path(number)))
+            mr = MergeRequest(
+                number=number,
+                title=title,
+                source=source,
+                target=target,
+                author=author or "unknown",
+                state="open",
+                head_sha=head,
+                body=body,
+                created_at=_now(),
+                url=str(self._path(number)),
+            )
             self._save(mr)
             return mr, True
 
@@ -104,8 +120,11 @@ class LocalForge(Forge):
         return self._refresh_head(MergeRequest.from_dict(json.loads(path.read_text())))
 
     def list(self, state: MergeRequestState | None = None, target: str | None = None) -> list[MergeRequest]:
-        return [self._refresh_head(mr) for mr in self._load_all()
-                if (state is None or mr.state == state) and (target is None or mr.target == target)]
+        return [
+            self._refresh_head(mr)
+            for mr in self._load_all()
+            if (state is None or mr.state == state) and (target is None or mr.target == target)
+        ]
 
     def merged_request_for_commit(self, sha: str) -> MergeRequest | None:
         return next((mr for mr in self._load_all() if mr.state == "merged" and mr.merge_commit == sha), None)
@@ -121,11 +140,22 @@ class LocalForge(Forge):
         path = self.root / f"{number}.comments.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
-    def set_commit_status(self, sha: str, state: CommitState, description: str, context: str = "branchops",
-                          target_url: str | None = None) -> None:
+    def set_commit_status(
+        self,
+        sha: str,
+        state: CommitState,
+        description: str,
+        context: str = "branchops",
+        target_url: str | None = None,
+    ) -> None:
         path = self.statuses / f"{sha}.json"
         statuses = json.loads(path.read_text()) if path.exists() else {}
-        statuses[context] = {"state": state, "description": description, "target_url": target_url, "at": _now()}
+        statuses[context] = {
+            "state": state,
+            "description": description,
+            "target_url": target_url,
+            "at": _now(),
+        }
         path.write_text(json.dumps(statuses, indent=2))
 
     # -- local-only actions (on GitHub these happen in its UI) --------------------------------------
@@ -162,17 +192,24 @@ class LocalForge(Forge):
                 tree = self.repo.git.merge_tree("--write-tree", "--name-only", target_tip, source_tip)
             except git.GitCommandError as exc:
                 lines = exc.stdout.strip().strip("'").splitlines() if exc.stdout else []
-                files = [line for line in lines[1:] if line and not line.startswith(("Auto-merging", "CONFLICT"))]
+                files = [
+                    line for line in lines[1:] if line and not line.startswith(("Auto-merging", "CONFLICT"))
+                ]
                 conflicts = "\n  ".join(files) or str(exc.stderr).strip()
-                raise MergeError(f"merge request !{number} ({mr.source} into {mr.target}) has conflicts; nothing "
-                                 f"was merged. Conflicting files:\n  {conflicts}") from None
+                raise MergeError(
+                    f"merge request !{number} ({mr.source} into {mr.target}) has conflicts; nothing "
+                    f"was merged. Conflicting files:\n  {conflicts}"
+                ) from None
             tree = tree.splitlines()[0]
             message = f"Merge request !{number} from {mr.source} into {mr.target}\n\n{mr.title}\n"
             identity = local_identity(user)
-            commit = self.repo.git.commit_tree(tree, "-p", target_tip, "-p", source_tip, "-m", message,
-                                               env=identity.env())
+            commit = self.repo.git.commit_tree(
+                tree, "-p", target_tip, "-p", source_tip, "-m", message, env=identity.env()
+            )
             if not gitops.compare_and_swap(self.repo, mr.target, commit, target_tip):
-                raise MergeError(f"'{mr.target}' moved while merging !{number}; nothing was merged, try again")
+                raise MergeError(
+                    f"'{mr.target}' moved while merging !{number}; nothing was merged, try again"
+                )
             mr.state, mr.merge_commit, mr.merged_by, mr.merged_at = "merged", commit, user, _now()
             self._save(mr)
             log.info("merged !%d (%s into %s) as %s", number, mr.source, mr.target, commit[:12])

@@ -10,5 +10,11 @@ from __future__ import annotations
 from branchops.images.build import BuildReport, ComponentBuild, build_components, image_digests
 from branchops.images.discover import Component, discover_components
 
-__all__ = ["BuildReport", "Component", "ComponentBuild", "build_components", "discover_components",
-           "image_digests"]
+__all__ = [
+    "BuildReport",
+    "Component",
+    "ComponentBuild",
+    "build_components",
+    "discover_components",
+    "image_digests",
+]

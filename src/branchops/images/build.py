@@ -37,12 +37,14 @@ log = logging.getLogger(__name__)
 Status = Literal["built", "skipped", "failed", "not-built", "would-build", "would-test"]
 TestResult = Literal["passed", "failed", "no tests", "not run"]
 
-NO_REGISTRY_NOTE = ("no registry configured (registry.url is not set): the component tests ran and the tags "
-                    "below are what would be built; no image was built or pushed")
+NO_REGISTRY_NOTE = (
+    "no registry configured (registry.url is not set): the component tests ran and the tags "
+    "below are what would be built; no image was built or pushed"
+)
 NO_BUILDER_NOTE = "registry.builder is 'none': the component tests ran; no image was built or pushed"
 DRY_RUN_NOTES = {
     NO_REGISTRY_NOTE: "no registry configured (registry.url is not set): the component tests would run; "
-                      "no image would be built or pushed",
+    "no image would be built or pushed",
     NO_BUILDER_NOTE: "registry.builder is 'none': the component tests would run; no image would be built or pushed",
 }
 
@@ -114,11 +116,17 @@ class BuildReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"registry": self.registry, "builder": self.builder, "note": self.note, "dry_run": self.dry_run,
-                "components": [asdict(c) for c in self.components]}
+        return {
+            "registry": self.registry,
+            "builder": self.builder,
+            "note": self.note,
+            "dry_run": self.dry_run,
+            "components": [asdict(c) for c in self.components],
+        }
 
 
 # -- registry lookups -------------------------------------------------------------------------------
+
 
 def _client(registry_cfg: RegistrySection) -> RegistryClient:
     from branchops.images.registry import RegistryClient
@@ -144,12 +152,16 @@ def image_digests(workspace: Path, registry_cfg: RegistrySection) -> dict[str, s
         else:
             pinned[component.name] = f"{client.location.reference(component.name)}@{digest}"
     if missing:
-        raise StageFailed("component images for these sources are not in the registry: " + ", ".join(missing)
-                          + ". Merge these changes into build-components first; its stage builds and pushes them.")
+        raise StageFailed(
+            "component images for these sources are not in the registry: "
+            + ", ".join(missing)
+            + ". Merge these changes into build-components first; its stage builds and pushes them."
+        )
     return pinned
 
 
 # -- tests --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _TestRun:
@@ -167,18 +179,29 @@ def _run_component_tests(workspace: Path, component: Component, timeout_s: float
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     started = time.monotonic()
     try:
-        done = subprocess.run(argv, cwd=workspace, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            argv,
+            cwd=workspace,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         output = (exc.stdout or b"").decode(errors="replace") + f"\n[tests timed out after {timeout_s:g}s]\n"
         return _TestRun("failed", output, time.monotonic() - started)
     output = f"$ {' '.join(argv)}\n" + done.stdout.decode(errors="replace") + f"[exit {done.returncode}]\n"
     # pytest exit code 5: no tests were collected.
-    result: TestResult = "passed" if done.returncode == 0 else "no tests" if done.returncode == 5 else "failed"
+    result: TestResult = (
+        "passed" if done.returncode == 0 else "no tests" if done.returncode == 5 else "failed"
+    )
     return _TestRun(result, mask(output), time.monotonic() - started)
 
 
 # -- building -------------------------------------------------------------------------------------------
+
 
 def _auth_dir(registry_cfg: RegistrySection, host: str) -> Path | None:
     """A private directory with a docker-style config.json, so no password appears on a command line."""
@@ -194,18 +217,30 @@ def _auth_dir(registry_cfg: RegistrySection, host: str) -> Path | None:
     return directory
 
 
-def _build_one(workspace: Path, component: Component, entry: ComponentBuild, builder: Builder,
-               registry_cfg: RegistrySection, auth_dir: Path | None, log_path: Path) -> None:
+def _build_one(
+    workspace: Path,
+    component: Component,
+    entry: ComponentBuild,
+    builder: Builder,
+    registry_cfg: RegistrySection,
+    auth_dir: Path | None,
+    log_path: Path,
+) -> None:
     from branchops.images.builders import BuildRequest, CommandFailed
 
     assert entry.image is not None
     digest_file = log_path.with_suffix(".digest")
     digest_file.unlink(missing_ok=True)
     request = BuildRequest(
-        workspace=workspace, dockerfile=component.dockerfile, image=entry.image,
+        workspace=workspace,
+        dockerfile=component.dockerfile,
+        image=entry.image,
         build_args=component.build_args,
         labels={"io.branchops.component": component.name, "io.branchops.content-tag": component.content_tag},
-        insecure=registry_cfg.insecure, auth_dir=auth_dir, digest_file=digest_file)
+        insecure=registry_cfg.insecure,
+        auth_dir=auth_dir,
+        digest_file=digest_file,
+    )
     started = time.monotonic()
     with log_path.open("a", encoding="utf-8") as handle:
         handle.write(f"\n== build and push {entry.image} with {builder.name}\n")
@@ -224,7 +259,10 @@ def _build_one(workspace: Path, component: Component, entry: ComponentBuild, bui
             entry.status, entry.reason = "failed", f"pushed, but the registry check failed: {exc}"
             return
         if in_registry is None:
-            entry.status, entry.reason = "failed", "the push reported success but the tag is not in the registry"
+            entry.status, entry.reason = (
+                "failed",
+                "the push reported success but the tag is not in the registry",
+            )
             return
         if reported and reported != in_registry:
             handle.write(f"[note: {builder.name} reported {reported}, the registry serves {in_registry}]\n")
@@ -251,8 +289,15 @@ def _look_up(components: list[Component], client: RegistryClient | None) -> list
     return entries
 
 
-def _test_and_log(workspace: Path, to_build: list[ComponentBuild], by_name: dict[str, Component], log_dir: Path,
-                  run_tests: bool, parallel: int, timeout_s: float) -> None:
+def _test_and_log(
+    workspace: Path,
+    to_build: list[ComponentBuild],
+    by_name: dict[str, Component],
+    log_dir: Path,
+    run_tests: bool,
+    parallel: int,
+    timeout_s: float,
+) -> None:
     """Run the tests (once per source folder: train and train-gpu share components/train) into each log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     by_source = {by_name[e.name].source_dir: by_name[e.name] for e in to_build}
@@ -276,11 +321,18 @@ def _test_and_log(workspace: Path, to_build: list[ComponentBuild], by_name: dict
             handle.write(f"== tests: python -m pytest {component.tests_dir}\n{run.output}")
         if entry.tests == "failed":
             entry.status = "failed"
-            entry.reason = f"its tests failed ({component.tests_dir}); no image was built (see {log_path.name})"
+            entry.reason = (
+                f"its tests failed ({component.tests_dir}); no image was built (see {log_path.name})"
+            )
 
 
-def build_components(workspace: Path, registry_cfg: RegistrySection, log_dir: Path, run_tests: bool = True,
-                     dry_run: bool = False) -> BuildReport:
+def build_components(
+    workspace: Path,
+    registry_cfg: RegistrySection,
+    log_dir: Path,
+    run_tests: bool = True,
+    dry_run: bool = False,
+) -> BuildReport:
     """Test, build and push every component whose content tag is missing from the registry.
 
     Raises ExternalError when the registry does not answer (before anything runs) and ConfigError when
@@ -291,8 +343,13 @@ def build_components(workspace: Path, registry_cfg: RegistrySection, log_dir: Pa
     components = discover_components(workspace, registry_cfg.build_args)
     by_name = {c.name: c for c in components}
     if not components:
-        return BuildReport(registry=registry_cfg.url, builder=None, components=[], dry_run=dry_run,
-                           note="no components found (docker/<name>/Dockerfile with components/<name>/)")
+        return BuildReport(
+            registry=registry_cfg.url,
+            builder=None,
+            components=[],
+            dry_run=dry_run,
+            note="no components found (docker/<name>/Dockerfile with components/<name>/)",
+        )
     client = _client(registry_cfg) if registry_cfg.url else None
     entries = _look_up(components, client)
     to_build = [e for e in entries if e.status == "not-built"]
@@ -304,15 +361,23 @@ def build_components(workspace: Path, registry_cfg: RegistrySection, log_dir: Pa
 
         builder = select_builder(registry_cfg.builder, registry_cfg.timeout_s)
         note = "" if builder else NO_BUILDER_NOTE
-    report = BuildReport(registry=registry_cfg.url, builder=builder.name if builder else None,
-                         components=entries, note=note, dry_run=dry_run)
+    report = BuildReport(
+        registry=registry_cfg.url,
+        builder=builder.name if builder else None,
+        components=entries,
+        note=note,
+        dry_run=dry_run,
+    )
 
     if dry_run:
         report.note = DRY_RUN_NOTES.get(note, note)
         for entry in to_build:
             entry.status = "would-build" if builder else "would-test"
-            entry.reason += (f"; would run its tests, then build and push with {builder.name}" if builder
-                             else "; would run its tests only")
+            entry.reason += (
+                f"; would run its tests, then build and push with {builder.name}"
+                if builder
+                else "; would run its tests only"
+            )
         return report
     if not to_build:
         return report
@@ -327,13 +392,25 @@ def build_components(workspace: Path, registry_cfg: RegistrySection, log_dir: Pa
         auth_dir = _auth_dir(registry_cfg, client.location.host)
         try:
             with ThreadPoolExecutor(max_workers=min(parallel, len(ready))) as pool:
-                list(pool.map(lambda e: _build_one(workspace, by_name[e.name], e, builder, registry_cfg, auth_dir,
-                                                   Path(e.log or "")), ready))
+                list(
+                    pool.map(
+                        lambda e: _build_one(
+                            workspace, by_name[e.name], e, builder, registry_cfg, auth_dir, Path(e.log or "")
+                        ),
+                        ready,
+                    )
+                )
         finally:
             if auth_dir:
                 shutil.rmtree(auth_dir, ignore_errors=True)
 
     for entry in entries:
-        log.info("%s: %s :%s%s - %s", entry.name, entry.status, entry.tag,
-                 f" {entry.digest}" if entry.digest else "", entry.reason)
+        log.info(
+            "%s: %s :%s%s - %s",
+            entry.name,
+            entry.status,
+            entry.tag,
+            f" {entry.digest}" if entry.digest else "",
+            entry.reason,
+        )
     return report

@@ -28,7 +28,9 @@ DOCKER_DIR = "docker"
 SHARED_SOURCES = ("components/common", "components/__init__.py", "components/__main__.py")
 TAG_LENGTH = 20  # hex characters of sha256: 80 bits, far beyond any collision risk for one project
 
-_IGNORED_DIRS = frozenset({"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".git", ".hypothesis"})
+_IGNORED_DIRS = frozenset(
+    {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".git", ".hypothesis"}
+)
 _IGNORED_SUFFIXES = (".pyc", ".pyo")
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")  # one path component of an OCI repository name
 
@@ -114,8 +116,10 @@ def copied_sources(dockerfile_text: str) -> list[str]:
 
 def _expand(workspace: Path, pattern: str) -> Iterable[str]:
     if pattern == ".":
-        raise ConfigError("a component Dockerfile copies the whole build context (COPY . ...); "
-                          "copy only the folders the component needs so its content tag stays precise")
+        raise ConfigError(
+            "a component Dockerfile copies the whole build context (COPY . ...); "
+            "copy only the folders the component needs so its content tag stays precise"
+        )
     if any(ch in pattern for ch in "*?["):
         for match in sorted(workspace.glob(pattern)):
             yield from _files_under(workspace, match.relative_to(workspace).as_posix())
@@ -162,8 +166,10 @@ def discover_components(workspace: Path, build_args: Mapping[str, str] | None = 
         if source_dir is None:
             continue
         if not _IMAGE_NAME.match(name):
-            raise ConfigError(f"{dockerfile.relative_to(workspace)}: '{name}' is not a valid image name "
-                              "(lower-case letters, digits and single '.', '_' or '-' between them)")
+            raise ConfigError(
+                f"{dockerfile.relative_to(workspace)}: '{name}' is not a valid image name "
+                "(lower-case letters, digits and single '.', '_' or '-' between them)"
+            )
         text = dockerfile.read_text(encoding="utf-8")
         files: set[str] = set(_files_under(workspace, source_dir))
         files.update(_files_under(workspace, f"{DOCKER_DIR}/{name}"))
@@ -173,7 +179,14 @@ def discover_components(workspace: Path, build_args: Mapping[str, str] | None = 
             files.update(_expand(workspace, pattern))
         ordered = tuple(sorted(files))
         tag = content_hash(workspace, ordered, args)[:TAG_LENGTH]
-        components.append(Component(name=name, source_dir=source_dir,
-                                    dockerfile=dockerfile.relative_to(workspace).as_posix(),
-                                    files=ordered, content_tag=tag, build_args=args))
+        components.append(
+            Component(
+                name=name,
+                source_dir=source_dir,
+                dockerfile=dockerfile.relative_to(workspace).as_posix(),
+                files=ordered,
+                content_tag=tag,
+                build_args=args,
+            )
+        )
     return components

@@ -78,7 +78,9 @@ class RegistryClient:
         self._username = cfg.username
         self._password = cfg.password.resolve() if cfg.password else None
         if cfg.password and self._password is None:
-            raise ConfigError(f"registry.password: {cfg.password.describe()}; set it or remove registry.password")
+            raise ConfigError(
+                f"registry.password: {cfg.password.describe()}; set it or remove registry.password"
+            )
         self._session = session or requests.Session()
         self._session.headers["User-Agent"] = "branchops"
         self._tokens: dict[str, str] = {}  # scope -> bearer token
@@ -113,11 +115,16 @@ class RegistryClient:
         try:
             return self._request_with_retries(method, url, repository)
         except _Transient as exc:
-            raise ExternalError(f"registry {self.location.base_url} is unreachable or failing "
-                                f"({ATTEMPTS} attempts): {exc}") from None
+            raise ExternalError(
+                f"registry {self.location.base_url} is unreachable or failing ({ATTEMPTS} attempts): {exc}"
+            ) from None
 
-    @retry(retry=retry_if_exception_type(_Transient), stop=stop_after_attempt(ATTEMPTS),
-           wait=wait_exponential(multiplier=0.25, max=4), reraise=True)
+    @retry(
+        retry=retry_if_exception_type(_Transient),
+        stop=stop_after_attempt(ATTEMPTS),
+        wait=wait_exponential(multiplier=0.25, max=4),
+        reraise=True,
+    )
     def _request_with_retries(self, method: str, url: str, repository: str | None) -> requests.Response:
         response = self._send(method, url, repository)
         if response.status_code == 401 and "WWW-Authenticate" in response.headers:
@@ -138,8 +145,9 @@ class RegistryClient:
         elif self._username is not None and self._password is not None:
             auth = (self._username, self._password)
         try:
-            return self._session.request(method, url, headers=headers, auth=auth, timeout=self._timeout,
-                                         allow_redirects=True)
+            return self._session.request(
+                method, url, headers=headers, auth=auth, timeout=self._timeout, allow_redirects=True
+            )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Transient(f"{method} {url}: {type(exc).__name__}: {_short(exc)}") from None
 
@@ -163,15 +171,21 @@ class RegistryClient:
         if response.status_code == 429 or response.status_code >= 500:
             raise _Transient(f"token endpoint {realm} answered HTTP {response.status_code}")
         if response.status_code in (401, 403):
-            raise ExternalError(f"registry {self.location.base_url}: the token endpoint {realm} refused the "
-                                "credentials (check registry.username and registry.password)")
+            raise ExternalError(
+                f"registry {self.location.base_url}: the token endpoint {realm} refused the "
+                "credentials (check registry.username and registry.password)"
+            )
         if not response.ok:
-            raise ExternalError(f"registry {self.location.base_url}: token endpoint {realm} answered "
-                                f"HTTP {response.status_code}")
+            raise ExternalError(
+                f"registry {self.location.base_url}: token endpoint {realm} answered "
+                f"HTTP {response.status_code}"
+            )
         body = response.json()
         token = body.get("token") or body.get("access_token")
         if not token:
-            raise ExternalError(f"registry {self.location.base_url}: token endpoint {realm} returned no token")
+            raise ExternalError(
+                f"registry {self.location.base_url}: token endpoint {realm} returned no token"
+            )
         self._tokens[self._scope(repository)] = token
 
     def _raise_for_status(self, response: requests.Response, what: str) -> None:
@@ -179,8 +193,10 @@ class RegistryClient:
             return
         if response.status_code in (401, 403):
             who = f"user '{self._username}'" if self._username else "anonymous access"
-            raise ExternalError(f"registry {self.location.base_url} refused {what} for {who} "
-                                f"(HTTP {response.status_code}); check registry.username and registry.password")
+            raise ExternalError(
+                f"registry {self.location.base_url} refused {what} for {who} "
+                f"(HTTP {response.status_code}); check registry.username and registry.password"
+            )
         raise ExternalError(f"registry {self.location.base_url}: {what} answered HTTP {response.status_code}")
 
 

@@ -86,6 +86,7 @@ def _best_message(error: Any) -> str:
 
 # -- CRD schemas -----------------------------------------------------------------------------------
 
+
 def _strict(schema: Any) -> Any:
     """Forbid unknown fields wherever a CRD schema lists properties and does not say otherwise.
 
@@ -97,8 +98,11 @@ def _strict(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: _strict(value) for key, value in schema.items()}
-    if ("properties" in out and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -149,8 +153,10 @@ def _kubernetes_validate(obj: dict[str, Any], version: str) -> str:
     try:
         return kubernetes_validate.validate(obj, version, strict=True)
     except VersionNotSupportedError:
-        raise ConfigError(f"kubernetes-validate {kubernetes_validate.__version__} has no schemas for Kubernetes "
-                          f"{version} (it ships 1.25 to {kubernetes_validate.latest_version()})") from None
+        raise ConfigError(
+            f"kubernetes-validate {kubernetes_validate.__version__} has no schemas for Kubernetes "
+            f"{version} (it ships 1.25 to {kubernetes_validate.latest_version()})"
+        ) from None
 
 
 def _validate_metadata(obj: dict[str, Any], where: str, version: str) -> None:
@@ -171,8 +177,10 @@ def _validate_crd(obj: dict[str, Any], doc: dict[str, Any], where: str, version:
     errors = sorted(validator.iter_errors(obj), key=lambda e: (list(e.absolute_path), e.message))
     if errors:
         details = "\n  ".join(_best_message(e) for e in errors[:10])
-        raise InvalidObject(f"{where} does not match the {doc['plural']}.{doc['group']} CRD schema "
-                            f"({doc['version']}, strict):\n  {details}")
+        raise InvalidObject(
+            f"{where} does not match the {doc['plural']}.{doc['group']} CRD schema "
+            f"({doc['version']}, strict):\n  {details}"
+        )
     if "metadata" in obj:
         _validate_metadata(obj, where, version)
     src = doc["source"]
@@ -181,8 +189,14 @@ def _validate_crd(obj: dict[str, Any], doc: dict[str, Any], where: str, version:
 
 # -- the public API --------------------------------------------------------------------------------
 
-def validate_object(obj: Any, *, allow_unchecked: bool = False, where: str | None = None,
-                    kubernetes_version: str = KUBERNETES_VERSION) -> Validated:
+
+def validate_object(
+    obj: Any,
+    *,
+    allow_unchecked: bool = False,
+    where: str | None = None,
+    kubernetes_version: str = KUBERNETES_VERSION,
+) -> Validated:
     """Validate one Kubernetes object (a dict as sent to the API); raise :class:`InvalidObject`.
 
     ``where`` prefixes error messages (e.g. ``"serving/tfserve/deployment.yaml: document 2"``).
@@ -210,11 +224,12 @@ def validate_object(obj: Any, *, allow_unchecked: bool = False, where: str | Non
     try:
         version = _kubernetes_validate(obj, kubernetes_version)
     except kubernetes_validate.ValidationError as exc:
-        raise InvalidObject(f"{described} does not match the Kubernetes {exc.version} schema (strict): "
-                            f"{_best_message(exc)}") from None
+        raise InvalidObject(
+            f"{described} does not match the Kubernetes {exc.version} schema (strict): {_best_message(exc)}"
+        ) from None
     except kubernetes_validate.SchemaNotFoundError:
         group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else "core"
-        hint = (" Istio's CRD schemas are not shipped with branchops." if group.endswith("istio.io") else "")
+        hint = " Istio's CRD schemas are not shipped with branchops." if group.endswith("istio.io") else ""
         if not allow_unchecked:
             raise InvalidObject(
                 f"{described}: no schema for this kind — not a built-in kind of Kubernetes "
@@ -222,13 +237,15 @@ def validate_object(obj: Any, *, allow_unchecked: bool = False, where: str | Non
                 "Check apiVersion and kind, or validate with allow_unchecked=True."
             ) from None
         _validate_metadata(obj, described, kubernetes_version)
-        return Validated(obj["kind"], name, f"unchecked: no schema for {obj['apiVersion']} {obj['kind']}",
-                         checked=False)
+        return Validated(
+            obj["kind"], name, f"unchecked: no schema for {obj['apiVersion']} {obj['kind']}", checked=False
+        )
     return Validated(obj["kind"], name, f"kubernetes {version} (strict)")
 
 
-def validate_manifest_file(path: str | Path, *, allow_unchecked: bool = False,
-                           kubernetes_version: str = KUBERNETES_VERSION) -> list[Validated]:
+def validate_manifest_file(
+    path: str | Path, *, allow_unchecked: bool = False, kubernetes_version: str = KUBERNETES_VERSION
+) -> list[Validated]:
     """Validate every document of a (multi-document) YAML manifest; errors name file, document, line."""
     import yaml
 
@@ -248,9 +265,14 @@ def validate_manifest_file(path: str | Path, *, allow_unchecked: bool = False,
         if document is None:  # an empty document (e.g. a trailing '---') is allowed
             continue
         line = node.start_mark.line + 1 if node is not None else "?"
-        results.append(validate_object(document, allow_unchecked=allow_unchecked,
-                                       where=f"{file}:{line} (document {index})",
-                                       kubernetes_version=kubernetes_version))
+        results.append(
+            validate_object(
+                document,
+                allow_unchecked=allow_unchecked,
+                where=f"{file}:{line} (document {index})",
+                kubernetes_version=kubernetes_version,
+            )
+        )
     if not results:
         raise InvalidObject(f"{file}: no Kubernetes objects in the manifest")
     return results

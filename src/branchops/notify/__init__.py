@@ -15,15 +15,22 @@ def make_notifier(config, state_dir, forge=None) -> Notifier:
     for spec in config.notifications:
         if spec.kind == "console":
             from branchops.notify.console import ConsoleChannel
+
             channels.append(ConsoleChannel())
         elif spec.kind == "log_file":
             from branchops.notify.log_file import LogFileChannel
+
             channels.append(LogFileChannel(state_dir, spec.path))
         elif spec.kind == "webhook":
             from branchops.notify.webhook import WebhookChannel
+
             channels.append(WebhookChannel(spec))
         elif spec.kind == "forge" and forge is not None:
             from branchops.notify.forge import ForgeChannel
-            channels.append(ForgeChannel(forge, spec, config.forge.github.status_context
-                                         if config.forge.github else "branchops"))
+
+            channels.append(
+                ForgeChannel(
+                    forge, spec, config.forge.github.status_context if config.forge.github else "branchops"
+                )
+            )
     return Notifier(channels)

@@ -47,4 +47,3 @@ class Notifier:
                 channel.send(event)
             except Exception as exc:  # a notification channel must never take a stage down
                 log.warning("notification via %s failed: %s", type(channel).__name__, exc)
-

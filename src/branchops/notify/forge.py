@@ -14,6 +14,8 @@ class ForgeChannel:
     def send(self, event: Event) -> None:
         state = STATUS.get(event.kind)
         if self.spec.commit_status and state:
-            self.forge.set_commit_status(event.commit, state, event.message[:140], f"{self.context}/{event.stage}")
+            self.forge.set_commit_status(
+                event.commit, state, event.message[:140], f"{self.context}/{event.stage}"
+            )
         if self.spec.comment and event.merge_request and event.kind in ("succeeded", "failed", "refused"):
             self.forge.comment(event.merge_request, f"**{event.headline()}**\n\n{event.message}")

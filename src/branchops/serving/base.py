@@ -105,6 +105,7 @@ class Serving(abc.ABC):
 
 # -- checks shared by the backends ---------------------------------------------------------------------
 
+
 def find_version_dir(source: Path, version: int) -> Path:
     """The SavedModel directory: ``source`` itself or ``source/<version>`` (TF Serving's base layout)."""
     for candidate in (source, source / str(version)):
@@ -119,8 +120,9 @@ def read_model_metadata(version_dir: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DeployFailed("metadata", f"{path} is missing: the export must ship the sample it is smoke-tested "
-                                       "with") from None
+        raise DeployFailed(
+            "metadata", f"{path} is missing: the export must ship the sample it is smoke-tested with"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise DeployFailed("metadata", f"{path} is not valid JSON: {exc}") from None
     problems = []
@@ -131,8 +133,13 @@ def read_model_metadata(version_dir: Path) -> dict[str, Any]:
         problems.append("'input' (the input tensor's name)")
     if not isinstance(meta.get("outputs"), (list, dict)) or not meta.get("outputs"):
         problems.append("'outputs' (the output tensors' names)")
-    if not (isinstance(sample, dict) and isinstance(sample.get("instances"), list) and sample["instances"]
-            and isinstance(sample.get("predictions"), dict) and sample["predictions"]):
+    if not (
+        isinstance(sample, dict)
+        and isinstance(sample.get("instances"), list)
+        and sample["instances"]
+        and isinstance(sample.get("predictions"), dict)
+        and sample["predictions"]
+    ):
         problems.append("'sample' with non-empty 'instances' and 'predictions'")
     if problems:
         raise DeployFailed("metadata", f"{path}: missing or wrong: {', '.join(problems)}")
@@ -153,21 +160,33 @@ def check_signature(client: ServingClient, version: int, meta: dict[str, Any]) -
     signatures = document.get("metadata", {}).get("signature_def", {}).get("signature_def", {})
     signature = signatures.get("serving_default")
     if signature is None:
-        raise DeployFailed("signature", f"version {version} has no 'serving_default' signature "
-                                        f"(it has: {sorted(signatures) or 'none'})")
+        raise DeployFailed(
+            "signature",
+            f"version {version} has no 'serving_default' signature (it has: {sorted(signatures) or 'none'})",
+        )
     want_inputs, want_outputs = _names(meta["input"]), _names(meta["outputs"])
     have_inputs, have_outputs = sorted(signature.get("inputs", {})), sorted(signature.get("outputs", {}))
     if sorted(want_inputs) != have_inputs or not set(want_outputs) <= set(have_outputs):
-        raise DeployFailed("signature", f"version {version} serves inputs {have_inputs} and outputs {have_outputs}; "
-                                        f"the export says inputs {sorted(want_inputs)} and outputs {sorted(want_outputs)}")
+        raise DeployFailed(
+            "signature",
+            f"version {version} serves inputs {have_inputs} and outputs {have_outputs}; "
+            f"the export says inputs {sorted(want_inputs)} and outputs {sorted(want_outputs)}",
+        )
     features = meta.get("feature_names")
     if isinstance(features, list) and len(want_inputs) == 1:
         dims = signature["inputs"][want_inputs[0]].get("tensor_shape", {}).get("dim", [])
         if len(dims) == 2 and int(dims[1]["size"]) not in (-1, len(features)):
-            raise DeployFailed("signature", f"input '{want_inputs[0]}' takes {dims[1]['size']} features, "
-                                            f"the export lists {len(features)}")
-    return Check("signature", True, f"serving_default: inputs {have_inputs}, outputs {have_outputs}",
-                 round(time.monotonic() - started, 4))
+            raise DeployFailed(
+                "signature",
+                f"input '{want_inputs[0]}' takes {dims[1]['size']} features, "
+                f"the export lists {len(features)}",
+            )
+    return Check(
+        "signature",
+        True,
+        f"serving_default: inputs {have_inputs}, outputs {have_outputs}",
+        round(time.monotonic() - started, 4),
+    )
 
 
 def _columns(predictions: Any, outputs: list[str]) -> dict[str, list[Any]]:
@@ -178,7 +197,9 @@ def _columns(predictions: Any, outputs: list[str]) -> dict[str, list[Any]]:
 
 def _close(got: Any, want: Any) -> bool:
     if isinstance(want, list):
-        return isinstance(got, list) and len(got) == len(want) and all(_close(g, w) for g, w in zip(got, want))
+        return (
+            isinstance(got, list) and len(got) == len(want) and all(_close(g, w) for g, w in zip(got, want))
+        )
     if isinstance(want, bool) or isinstance(want, int) and isinstance(got, int):
         return got == want
     if isinstance(want, (int, float)) and isinstance(got, (int, float)) and not isinstance(got, bool):
@@ -186,8 +207,14 @@ def _close(got: Any, want: Any) -> bool:
     return got == want
 
 
-def smoke_test(client: ServingClient, meta: dict[str, Any], *, version: int | None = None,
-               label: str | None = None, name: str = "smoke") -> Check:
+def smoke_test(
+    client: ServingClient,
+    meta: dict[str, Any],
+    *,
+    version: int | None = None,
+    label: str | None = None,
+    name: str = "smoke",
+) -> Check:
     """Predict the export's sample and compare with the predictions recorded at export time."""
     started = time.monotonic()
     sample = meta["sample"]
@@ -201,10 +228,17 @@ def smoke_test(client: ServingClient, meta: dict[str, Any], *, version: int | No
         if output not in got:
             raise DeployFailed(name, f"{where} returned no output '{output}'")
         if not _close(got[output], expected):
-            raise DeployFailed(name, f"{where}: output '{output}' on the export's sample is {str(got[output])[:200]}, "
-                                     f"the export recorded {str(expected)[:200]} (tolerance {SMOKE_ATOL})")
-    return Check(name, True, f"{where}: {len(sample['instances'])} sample predictions match the export",
-                 round(time.monotonic() - started, 4))
+            raise DeployFailed(
+                name,
+                f"{where}: output '{output}' on the export's sample is {str(got[output])[:200]}, "
+                f"the export recorded {str(expected)[:200]} (tolerance {SMOKE_ATOL})",
+            )
+    return Check(
+        name,
+        True,
+        f"{where}: {len(sample['instances'])} sample predictions match the export",
+        round(time.monotonic() - started, 4),
+    )
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -51,12 +51,15 @@ def parse_prometheus(text: str) -> list[Sample]:
 
 def metric_sum(samples: list[Sample], name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 class ServingClient:
-    def __init__(self, base_url: str, model_name: str, timeout_s: float = 10.0,
-                 session: requests.Session | None = None) -> None:
+    def __init__(
+        self, base_url: str, model_name: str, timeout_s: float = 10.0, session: requests.Session | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.timeout_s = timeout_s
@@ -79,8 +82,15 @@ class ServingClient:
     def metadata(self, version: int | None = None, label: str | None = None) -> dict[str, Any]:
         return self._json("GET", self.model_url(version, label) + "/metadata")
 
-    def predict(self, instances: Any = None, *, inputs: Any = None, version: int | None = None,
-                label: str | None = None, signature_name: str | None = None) -> dict[str, Any]:
+    def predict(
+        self,
+        instances: Any = None,
+        *,
+        inputs: Any = None,
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str | None = None,
+    ) -> dict[str, Any]:
         if (instances is None) == (inputs is None):
             raise ValueError("give 'instances' (row format) or 'inputs' (columnar format)")
         body: dict[str, Any] = {"instances": instances} if instances is not None else {"inputs": inputs}
@@ -106,8 +116,10 @@ class ServingClient:
                 if last["state"] in ("AVAILABLE", "END"):
                     return last
             time.sleep(poll_s)
-        raise ExternalError(f"version {version} of model {self.model_name} did not finish loading within "
-                            f"{timeout_s:.0f}s (last state: {last.get('state', 'unknown')})")
+        raise ExternalError(
+            f"version {version} of model {self.model_name} did not finish loading within "
+            f"{timeout_s:.0f}s (last state: {last.get('state', 'unknown')})"
+        )
 
     # -- local server admin API (loopback only) -------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -119,7 +131,9 @@ class ServingClient:
     def retire_version(self, version: int) -> dict[str, Any]:
         return self._json("POST", f"{self.base_url}/branchops/admin/versions/{int(version)}:retire")
 
-    def set_routing(self, stable: int | None, canary: int | None = None, canary_weight: int = 0) -> dict[str, Any]:
+    def set_routing(
+        self, stable: int | None, canary: int | None = None, canary_weight: int = 0
+    ) -> dict[str, Any]:
         body = {"stable": stable, "canary": canary, "canary_weight": canary_weight}
         return self._json("POST", f"{self.base_url}/branchops/admin/routing", body)
 
@@ -130,7 +144,9 @@ class ServingClient:
         except requests.Timeout:
             raise ExternalError(f"{url}: no answer within {self.timeout_s:.0f}s") from None
         except requests.ConnectionError as exc:
-            raise ExternalError(f"cannot reach the model server at {self.base_url}: {exc.__class__.__name__}") from None
+            raise ExternalError(
+                f"cannot reach the model server at {self.base_url}: {exc.__class__.__name__}"
+            ) from None
         if response.status_code >= 400:
             try:
                 message = response.json().get("error", response.text)

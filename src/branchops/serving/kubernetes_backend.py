@@ -54,12 +54,20 @@ METADATA_MARKER = "BRANCHOPS-MODEL-METADATA"
 
 # -- model config (TF Serving's text protobuf) --------------------------------------------------------
 
+
 def render_models_config(model: str, versions: list[int], labels: dict[str, int]) -> str:
     """``models.config``: serve exactly ``versions`` (policy ``specific``) with ``labels``."""
     if not versions:
         raise ValueError("a model config needs at least one version")
-    lines = ["model_config_list {", "  config {", f'    name: "{model}"', f'    base_path: "{MODELS_MOUNT}/{model}"',
-             '    model_platform: "tensorflow"', "    model_version_policy {", "      specific {"]
+    lines = [
+        "model_config_list {",
+        "  config {",
+        f'    name: "{model}"',
+        f'    base_path: "{MODELS_MOUNT}/{model}"',
+        '    model_platform: "tensorflow"',
+        "    model_version_policy {",
+        "      specific {",
+    ]
     lines += [f"        versions: {v}" for v in sorted(set(versions))]
     lines += ["      }", "    }"]
     for label, version in sorted(labels.items()):
@@ -75,6 +83,7 @@ MONITORING_CONFIG = f'prometheus_config {{\n  enable: true,\n  path: "{METRICS_P
 
 # -- objects ------------------------------------------------------------------------------------------
 
+
 class ObjectBuilder:
     """Every Kubernetes object the backend sends, as dicts, from the configuration."""
 
@@ -88,8 +97,11 @@ class ObjectBuilder:
         self.istio = self.k8s.istio
 
     def labels(self, track: str | None = None) -> dict[str, str]:
-        labels = {"app.kubernetes.io/name": self.name, "app.kubernetes.io/part-of": "branchops",
-                  "app.kubernetes.io/component": "model-server"}
+        labels = {
+            "app.kubernetes.io/name": self.name,
+            "app.kubernetes.io/part-of": "branchops",
+            "app.kubernetes.io/component": "model-server",
+        }
         if track:
             labels["branchops.io/track"] = track
         return labels
@@ -100,7 +112,9 @@ class ObjectBuilder:
             selector["branchops.io/track"] = track
         return selector
 
-    def meta(self, name: str, track: str | None = None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    def meta(
+        self, name: str, track: str | None = None, annotations: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": name, "namespace": self.namespace, "labels": self.labels(track)}
         if annotations:
             meta["annotations"] = annotations
@@ -117,17 +131,34 @@ class ObjectBuilder:
         return self.name if track == "stable" else f"{self.name}-{track}"
 
     def serving_volume(self) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": self.meta(self.volume_claim),
-                "spec": {"accessModes": [self.volume_access], "storageClassName": self.storage_class,
-                         "resources": {"requests": {"storage": self.k8s.serving_volume_size}}}}
+        return {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": self.meta(self.volume_claim),
+            "spec": {
+                "accessModes": [self.volume_access],
+                "storageClassName": self.storage_class,
+                "resources": {"requests": {"storage": self.k8s.serving_volume_size}},
+            },
+        }
 
-    def config_map(self, versions: list[int], labels: dict[str, int], track: str = "stable",
-                   state: dict[str, Any] | None = None) -> dict[str, Any]:
+    def config_map(
+        self,
+        versions: list[int],
+        labels: dict[str, int],
+        track: str = "stable",
+        state: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         annotations = {STATE_ANNOTATION: json.dumps(state, sort_keys=True)} if state is not None else None
-        return {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": self.meta(self.config_map_name(track), track, annotations),
-                "data": {"models.config": render_models_config(self.model, versions, labels),
-                         "monitoring.config": MONITORING_CONFIG}}
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": self.meta(self.config_map_name(track), track, annotations),
+            "data": {
+                "models.config": render_models_config(self.model, versions, labels),
+                "monitoring.config": MONITORING_CONFIG,
+            },
+        }
 
     def deployment(self, track: str = "stable", replicas: int | None = None) -> dict[str, Any]:
         probe_path = f"/v1/models/{self.model}"
@@ -136,7 +167,8 @@ class ObjectBuilder:
             "name": "tfserving",
             "image": self.k8s.image,
             "args": [
-                f"--port={GRPC_PORT}", f"--rest_api_port={REST_PORT}",
+                f"--port={GRPC_PORT}",
+                f"--rest_api_port={REST_PORT}",
                 f"--model_config_file={CONFIG_MOUNT}/models.config",
                 # The rollout moves the version policy by editing the ConfigMap; TF Serving re-reads it.
                 "--model_config_file_poll_wait_seconds=15",
@@ -144,15 +176,22 @@ class ObjectBuilder:
                 "--file_system_poll_wait_seconds=10",
                 f"--monitoring_config_file={CONFIG_MOUNT}/monitoring.config",
             ],
-            "ports": [{"name": "http", "containerPort": REST_PORT, "protocol": "TCP"},
-                      {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "containerPort": REST_PORT, "protocol": "TCP"},
+                {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            ],
             "readinessProbe": {**http_probe, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3},
             "livenessProbe": {**http_probe, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
             # Loading a large SavedModel can take minutes: liveness only starts once the model answered.
             "startupProbe": {**http_probe, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 120},
-            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}},
-            "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
-                             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "1Gi"},
+                "limits": {"cpu": "2", "memory": "2Gi"},
+            },
+            "volumeMounts": [
+                {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
+                {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            ],
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         }
         spec: dict[str, Any] = {
@@ -160,14 +199,22 @@ class ObjectBuilder:
             # Never fewer ready replicas than wanted while pods are replaced.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
-                "metadata": {"labels": self.labels(track), "annotations": {
-                    "prometheus.io/scrape": "true", "prometheus.io/port": str(REST_PORT),
-                    "prometheus.io/path": METRICS_PATH}},
+                "metadata": {
+                    "labels": self.labels(track),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(REST_PORT),
+                        "prometheus.io/path": METRICS_PATH,
+                    },
+                },
                 "spec": {
                     "containers": [container],
                     "terminationGracePeriodSeconds": 30,
                     "volumes": [
-                        {"name": "models", "persistentVolumeClaim": {"claimName": self.volume_claim, "readOnly": True}},
+                        {
+                            "name": "models",
+                            "persistentVolumeClaim": {"claimName": self.volume_claim, "readOnly": True},
+                        },
                         {"name": "config", "configMap": {"name": self.config_map_name(track)}},
                     ],
                 },
@@ -175,86 +222,198 @@ class ObjectBuilder:
         }
         if replicas is not None:
             spec["replicas"] = replicas
-        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": self.meta(self.deployment_name(track), track),
-                "spec": spec}
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": self.meta(self.deployment_name(track), track),
+            "spec": spec,
+        }
 
     def service(self) -> dict[str, Any]:
         # Selects both tracks: without Istio the canary's share is its share of the replicas.
-        return {"apiVersion": "v1", "kind": "Service", "metadata": self.meta(self.name),
-                "spec": {"type": "ClusterIP", "selector": self.selector(),
-                         "ports": [{"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
-                                   {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": self.meta(self.name),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": self.selector(),
+                "ports": [
+                    {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
+                    {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                ],
+            },
+        }
 
     def autoscaler(self) -> dict[str, Any]:
-        return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": self.meta(self.name),
-                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name},
-                         "minReplicas": self.k8s.replicas, "maxReplicas": max(self.k8s.max_replicas, self.k8s.replicas),
-                         "metrics": [{"type": "Resource", "resource": {
-                             "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}],
-                         "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}}}}
+        return {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": self.meta(self.name),
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name},
+                "minReplicas": self.k8s.replicas,
+                "maxReplicas": max(self.k8s.max_replicas, self.k8s.replicas),
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 70},
+                        },
+                    }
+                ],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+            },
+        }
 
     def disruption_budget(self) -> dict[str, Any]:
-        return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": self.meta(self.name),
-                "spec": {"minAvailable": max(1, self.k8s.replicas - 1),
-                         "selector": {"matchLabels": self.selector("stable")}}}
+        return {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": self.meta(self.name),
+            "spec": {
+                "minAvailable": max(1, self.k8s.replicas - 1),
+                "selector": {"matchLabels": self.selector("stable")},
+            },
+        }
 
     def destination_rule(self) -> dict[str, Any]:
         host = f"{self.name}.{self.namespace}.svc.cluster.local"
-        return {"apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule", "metadata": self.meta(self.name),
-                "spec": {"host": host, "subsets": [
+        return {
+            "apiVersion": "networking.istio.io/v1beta1",
+            "kind": "DestinationRule",
+            "metadata": self.meta(self.name),
+            "spec": {
+                "host": host,
+                "subsets": [
                     {"name": "stable", "labels": {"branchops.io/track": "stable"}},
-                    {"name": "canary", "labels": {"branchops.io/track": "canary"}}]}}
+                    {"name": "canary", "labels": {"branchops.io/track": "canary"}},
+                ],
+            },
+        }
 
     def virtual_service(self, canary_weight: int = 0) -> dict[str, Any]:
         host = f"{self.name}.{self.namespace}.svc.cluster.local"
-        return {"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService", "metadata": self.meta(self.name),
-                "spec": {"hosts": [host], "http": [{"route": [
-                    {"destination": {"host": host, "subset": "stable", "port": {"number": REST_PORT}},
-                     "weight": 100 - canary_weight},
-                    {"destination": {"host": host, "subset": "canary", "port": {"number": REST_PORT}},
-                     "weight": canary_weight}]}]}}
+        return {
+            "apiVersion": "networking.istio.io/v1beta1",
+            "kind": "VirtualService",
+            "metadata": self.meta(self.name),
+            "spec": {
+                "hosts": [host],
+                "http": [
+                    {
+                        "route": [
+                            {
+                                "destination": {
+                                    "host": host,
+                                    "subset": "stable",
+                                    "port": {"number": REST_PORT},
+                                },
+                                "weight": 100 - canary_weight,
+                            },
+                            {
+                                "destination": {
+                                    "host": host,
+                                    "subset": "canary",
+                                    "port": {"number": REST_PORT},
+                                },
+                                "weight": canary_weight,
+                            },
+                        ]
+                    }
+                ],
+            },
+        }
 
     def source_clone(self, snapshot: str, version: int) -> dict[str, Any]:
         """A PVC cloned from the model snapshot, read by the copy Job (Trident clones cost no copy)."""
-        return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": self.meta(f"{self.name}-src-{version}"),
-                "spec": {"accessModes": [self.volume_access], "storageClassName": self.storage_class,
-                         "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snapshot},
-                         "resources": {"requests": {"storage": self.k8s.serving_volume_size}}}}
+        return {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": self.meta(f"{self.name}-src-{version}"),
+            "spec": {
+                "accessModes": [self.volume_access],
+                "storageClassName": self.storage_class,
+                "dataSource": {
+                    "apiGroup": "snapshot.storage.k8s.io",
+                    "kind": "VolumeSnapshot",
+                    "name": snapshot,
+                },
+                "resources": {"requests": {"storage": self.k8s.serving_volume_size}},
+            },
+        }
 
     def copy_job(self, source_claim: str, source_path: str, version: int) -> dict[str, Any]:
         """Copy one SavedModel version onto the serving volume: into a temp directory, then rename, so
         TF Serving's file-system poll never sees half a version."""
         dst, incoming = f"{MODELS_MOUNT}/{self.model}", f"{MODELS_MOUNT}/{self.model}/.incoming-{version}"
-        script = "\n".join([
-            "set -eu",
-            f'mkdir -p "{dst}"', f'rm -rf "{incoming}"', f'mkdir "{incoming}"',
-            f'cp -a "/source/$SOURCE_PATH/." "{incoming}/"',
-            f'test -f "{incoming}/saved_model.pb"',
-            f'rm -rf "{dst}/{version}"', f'mv "{incoming}" "{dst}/{version}"',
-            # The rollout reads the export's sample from this log (the CI agent need not mount volumes).
-            f"echo {METADATA_MARKER}", f'cat "{dst}/{version}/assets.extra/branchops_model.json"',
-        ])
-        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": self.meta(f"{self.name}-copy-v{version}"),
-                "spec": {"backoffLimit": 2, "ttlSecondsAfterFinished": 3600, "activeDeadlineSeconds": 1800,
-                         "template": {"metadata": {"labels": self.labels()}, "spec": {
-                             "restartPolicy": "Never",
-                             "containers": [{"name": "copy", "image": COPY_IMAGE, "command": ["sh", "-c", script],
-                                             "env": [{"name": "SOURCE_PATH", "value": source_path}],
-                                             "volumeMounts": [{"name": "source", "mountPath": "/source", "readOnly": True},
-                                                              {"name": "models", "mountPath": MODELS_MOUNT}],
-                                             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
-                                                           "limits": {"memory": "256Mi"}}}],
-                             "volumes": [{"name": "source", "persistentVolumeClaim": {"claimName": source_claim,
-                                                                                      "readOnly": True}},
-                                         {"name": "models", "persistentVolumeClaim": {"claimName": self.volume_claim}}],
-                         }}}}
+        script = "\n".join(
+            [
+                "set -eu",
+                f'mkdir -p "{dst}"',
+                f'rm -rf "{incoming}"',
+                f'mkdir "{incoming}"',
+                f'cp -a "/source/$SOURCE_PATH/." "{incoming}/"',
+                f'test -f "{incoming}/saved_model.pb"',
+                f'rm -rf "{dst}/{version}"',
+                f'mv "{incoming}" "{dst}/{version}"',
+                # The rollout reads the export's sample from this log (the CI agent need not mount volumes).
+                f"echo {METADATA_MARKER}",
+                f'cat "{dst}/{version}/assets.extra/branchops_model.json"',
+            ]
+        )
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": self.meta(f"{self.name}-copy-v{version}"),
+            "spec": {
+                "backoffLimit": 2,
+                "ttlSecondsAfterFinished": 3600,
+                "activeDeadlineSeconds": 1800,
+                "template": {
+                    "metadata": {"labels": self.labels()},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [
+                            {
+                                "name": "copy",
+                                "image": COPY_IMAGE,
+                                "command": ["sh", "-c", script],
+                                "env": [{"name": "SOURCE_PATH", "value": source_path}],
+                                "volumeMounts": [
+                                    {"name": "source", "mountPath": "/source", "readOnly": True},
+                                    {"name": "models", "mountPath": MODELS_MOUNT},
+                                ],
+                                "resources": {
+                                    "requests": {"cpu": "100m", "memory": "64Mi"},
+                                    "limits": {"memory": "256Mi"},
+                                },
+                            }
+                        ],
+                        "volumes": [
+                            {
+                                "name": "source",
+                                "persistentVolumeClaim": {"claimName": source_claim, "readOnly": True},
+                            },
+                            {"name": "models", "persistentVolumeClaim": {"claimName": self.volume_claim}},
+                        ],
+                    },
+                },
+            },
+        }
 
-    def base_objects(self, versions: list[int], labels: dict[str, int], state: dict[str, Any] | None = None
-                     ) -> list[dict[str, Any]]:
-        objects = [self.serving_volume(), self.config_map(versions, labels, state=state),
-                   self.deployment(replicas=self.k8s.replicas), self.service(), self.autoscaler(),
-                   self.disruption_budget()]
+    def base_objects(
+        self, versions: list[int], labels: dict[str, int], state: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        objects = [
+            self.serving_volume(),
+            self.config_map(versions, labels, state=state),
+            self.deployment(replicas=self.k8s.replicas),
+            self.service(),
+            self.autoscaler(),
+            self.disruption_budget(),
+        ]
         if self.istio:
             objects += [self.destination_rule(), self.virtual_service(0)]
         return objects
@@ -270,10 +429,13 @@ def canary_replicas(stable_replicas: int, weight: int) -> int:
 # -- the cluster --------------------------------------------------------------------------------------
 
 _KINDS = {  # kind -> (api attribute, method suffix)
-    "ConfigMap": ("core", "config_map"), "Service": ("core", "service"),
-    "PersistentVolumeClaim": ("core", "persistent_volume_claim"), "Deployment": ("apps", "deployment"),
+    "ConfigMap": ("core", "config_map"),
+    "Service": ("core", "service"),
+    "PersistentVolumeClaim": ("core", "persistent_volume_claim"),
+    "Deployment": ("apps", "deployment"),
     "HorizontalPodAutoscaler": ("autoscaling", "horizontal_pod_autoscaler"),
-    "PodDisruptionBudget": ("policy", "pod_disruption_budget"), "Job": ("batch", "job"),
+    "PodDisruptionBudget": ("policy", "pod_disruption_budget"),
+    "Job": ("batch", "job"),
 }
 _ISTIO_PLURALS = {"DestinationRule": "destinationrules", "VirtualService": "virtualservices"}
 
@@ -319,9 +481,12 @@ class KubeApi:
     def _autoscaled(self, deployment: str, namespace: str) -> bool:
         """Whether a HorizontalPodAutoscaler owns this Deployment's replicas."""
         hpas = self.autoscaling.list_namespaced_horizontal_pod_autoscaler(
-            namespace, _request_timeout=self.request_timeout_s).items
-        return any(h.spec.scale_target_ref.kind == "Deployment" and h.spec.scale_target_ref.name == deployment
-                   for h in hpas)
+            namespace, _request_timeout=self.request_timeout_s
+        ).items
+        return any(
+            h.spec.scale_target_ref.kind == "Deployment" and h.spec.scale_target_ref.name == deployment
+            for h in hpas
+        )
 
     def apply(self, obj: dict[str, Any]) -> None:
         """Create, or patch when it exists (an autoscaled Deployment's replicas stay the autoscaler's)."""
@@ -338,13 +503,15 @@ class KubeApi:
                 group, version = obj["apiVersion"].split("/")
                 plural = _ISTIO_PLURALS[obj["kind"]]
                 try:
-                    self.custom.create_namespaced_custom_object(group, version, namespace, plural, obj,
-                                                                _request_timeout=timeout)
+                    self.custom.create_namespaced_custom_object(
+                        group, version, namespace, plural, obj, _request_timeout=timeout
+                    )
                 except ApiException as exc:
                     if exc.status != 409:
                         raise
-                    self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, obj,
-                                                               _request_timeout=timeout)
+                    self.custom.patch_namespaced_custom_object(
+                        group, version, namespace, plural, name, obj, _request_timeout=timeout
+                    )
                 return
             api, suffix = _KINDS[obj["kind"]]
             target = getattr(self, api)
@@ -355,7 +522,11 @@ class KubeApi:
                     raise
                 body = obj
                 # Only the autoscaler's target keeps its replicas: a canary's are stepped by the rollout.
-                if obj["kind"] == "Deployment" and "replicas" in obj["spec"] and self._autoscaled(name, namespace):
+                if (
+                    obj["kind"] == "Deployment"
+                    and "replicas" in obj["spec"]
+                    and self._autoscaled(name, namespace)
+                ):
                     body = {**obj, "spec": {k: v for k, v in obj["spec"].items() if k != "replicas"}}
                 getattr(target, f"patch_namespaced_{suffix}")(name, namespace, body, _request_timeout=timeout)
         except (ApiException, HTTPError) as exc:
@@ -367,13 +538,19 @@ class KubeApi:
 
         try:
             if kind in _ISTIO_PLURALS:
-                self.custom.delete_namespaced_custom_object("networking.istio.io", "v1beta1", namespace,
-                                                            _ISTIO_PLURALS[kind], name,
-                                                            _request_timeout=self.request_timeout_s)
+                self.custom.delete_namespaced_custom_object(
+                    "networking.istio.io",
+                    "v1beta1",
+                    namespace,
+                    _ISTIO_PLURALS[kind],
+                    name,
+                    _request_timeout=self.request_timeout_s,
+                )
             else:
                 api, suffix = _KINDS[kind]
                 getattr(getattr(self, api), f"delete_namespaced_{suffix}")(
-                    name, namespace, propagation_policy="Background", _request_timeout=self.request_timeout_s)
+                    name, namespace, propagation_policy="Background", _request_timeout=self.request_timeout_s
+                )
         except (ApiException, HTTPError) as exc:
             if not (isinstance(exc, ApiException) and exc.status == 404):
                 raise self._error(f"could not delete {kind} {namespace}/{name}", exc) from None
@@ -383,7 +560,9 @@ class KubeApi:
         from urllib3.exceptions import HTTPError
 
         try:
-            cm = self.core.read_namespaced_config_map(name, namespace, _request_timeout=self.request_timeout_s)
+            cm = self.core.read_namespaced_config_map(
+                name, namespace, _request_timeout=self.request_timeout_s
+            )
         except (ApiException, HTTPError) as exc:
             if isinstance(exc, ApiException) and exc.status == 404:
                 return None
@@ -392,8 +571,10 @@ class KubeApi:
         try:
             return json.loads(raw) if raw else None
         except ValueError:
-            raise ExternalError(f"ConfigMap {namespace}/{name}: annotation {STATE_ANNOTATION} is not valid JSON "
-                                "(edited by hand?); put back a state or delete the annotation") from None
+            raise ExternalError(
+                f"ConfigMap {namespace}/{name}: annotation {STATE_ANNOTATION} is not valid JSON "
+                "(edited by hand?); put back a state or delete the annotation"
+            ) from None
 
     def job_finished(self, name: str, namespace: str) -> bool | None:
         """True once succeeded, False once failed, None while running."""
@@ -401,8 +582,9 @@ class KubeApi:
         from urllib3.exceptions import HTTPError
 
         try:
-            status = self.batch.read_namespaced_job_status(name, namespace,
-                                                           _request_timeout=self.request_timeout_s).status
+            status = self.batch.read_namespaced_job_status(
+                name, namespace, _request_timeout=self.request_timeout_s
+            ).status
         except (ApiException, HTTPError) as exc:
             raise self._error(f"could not read Job {namespace}/{name}", exc) from None
         if status.succeeded:
@@ -417,15 +599,22 @@ class KubeApi:
         from urllib3.exceptions import HTTPError
 
         try:
-            pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}",
-                                                 _request_timeout=self.request_timeout_s).items
+            pods = self.core.list_namespaced_pod(
+                namespace, label_selector=f"job-name={job}", _request_timeout=self.request_timeout_s
+            ).items
             succeeded = [p for p in pods if p.status.phase == "Succeeded"] or pods
             if not succeeded:
                 return ""
-            return self.core.read_namespaced_pod_log(succeeded[0].metadata.name, namespace, container="copy",
-                                                     _request_timeout=self.request_timeout_s)
+            return self.core.read_namespaced_pod_log(
+                succeeded[0].metadata.name,
+                namespace,
+                container="copy",
+                _request_timeout=self.request_timeout_s,
+            )
         except (ApiException, HTTPError) as exc:
-            raise self._error(f"could not list pods of Job {namespace}/{job} or read their log", exc) from None
+            raise self._error(
+                f"could not list pods of Job {namespace}/{job} or read their log", exc
+            ) from None
 
     def ready_pods(self, namespace: str, selector: dict[str, str]) -> list[str]:
         """Pods that are Running and Ready (a Running pod whose TF Serving still loads is not)."""
@@ -434,12 +623,18 @@ class KubeApi:
 
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
         try:
-            pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector,
-                                                 _request_timeout=self.request_timeout_s).items
+            pods = self.core.list_namespaced_pod(
+                namespace, label_selector=label_selector, _request_timeout=self.request_timeout_s
+            ).items
         except (ApiException, HTTPError) as exc:
             raise self._error(f"could not list pods in {namespace}", exc) from None
-        return [p.metadata.name for p in pods if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
-                and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+        return [
+            p.metadata.name
+            for p in pods
+            if p.status.phase == "Running"
+            and p.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        ]
 
     def proxy_client(self, namespace: str, target: str, model: str, timeout_s: float = 10.0) -> ServingClient:
         """A REST client reaching TF Serving through the API server's proxy (``services/NAME:http`` or
@@ -485,25 +680,41 @@ class KubernetesServing(Serving):
 
     def status(self) -> ServingStatus:
         state = self._state()
-        return ServingStatus(self.backend, self.model_name, running=bool(state.get("versions")),
-                             url=f"http://{self.objects.name}.{self.namespace}.svc:{REST_PORT}",
-                             stable=state.get("stable"), canary=state.get("canary"),
-                             canary_weight=state.get("canary_weight", 0),
-                             versions={int(v): "SERVED" for v in state.get("versions", [])})
+        return ServingStatus(
+            self.backend,
+            self.model_name,
+            running=bool(state.get("versions")),
+            url=f"http://{self.objects.name}.{self.namespace}.svc:{REST_PORT}",
+            stable=state.get("stable"),
+            canary=state.get("canary"),
+            canary_weight=state.get("canary_weight", 0),
+            versions={int(v): "SERVED" for v in state.get("versions", [])},
+        )
 
     def live_version(self) -> int | None:
         return self._state().get("stable")
 
     # -- rollout ----------------------------------------------------------------------------------
-    def _set_policy(self, versions: list[int], stable: int | None, canary: int | None = None, weight: int = 0) -> None:
+    def _set_policy(
+        self, versions: list[int], stable: int | None, canary: int | None = None, weight: int = 0
+    ) -> None:
         labels = {k: v for k, v in (("stable", stable), ("canary", canary)) if v is not None}
-        state = {"versions": sorted(set(versions)), "stable": stable, "canary": canary, "canary_weight": weight}
+        state = {
+            "versions": sorted(set(versions)),
+            "stable": stable,
+            "canary": canary,
+            "canary_weight": weight,
+        }
         self.api.apply(self.objects.config_map(state["versions"], labels, state=state))
 
     def _ensure_workload(self) -> None:
         """Deployment, Service, autoscaler, disruption budget (and Istio routing): created once, kept."""
-        objects = [self.objects.deployment(replicas=self.k8s.replicas), self.objects.service(),
-                   self.objects.autoscaler(), self.objects.disruption_budget()]
+        objects = [
+            self.objects.deployment(replicas=self.k8s.replicas),
+            self.objects.service(),
+            self.objects.autoscaler(),
+            self.objects.disruption_budget(),
+        ]
         if self.objects.istio:
             objects += [self.objects.destination_rule(), self.objects.virtual_service(0)]
         for obj in objects:
@@ -535,8 +746,11 @@ class KubernetesServing(Serving):
 
         self._wait(f"copy Job {job['metadata']['name']}", finished)
         if outcome["done"] is False:
-            raise DeployFailed("copy", f"Job {job['metadata']['name']} could not copy {source.describe()} "
-                                       "onto the serving volume (see its pod's log)")
+            raise DeployFailed(
+                "copy",
+                f"Job {job['metadata']['name']} could not copy {source.describe()} "
+                "onto the serving volume (see its pod's log)",
+            )
 
     def _wait_available_everywhere(self, version: int, track: str = "stable") -> None:
         from branchops.serving.client import ServingError
@@ -555,8 +769,9 @@ class KubernetesServing(Serving):
                     raise
                 error = status.get("status", {})
                 if status["state"] == "END" and error.get("error_code", "OK") != "OK":
-                    raise DeployFailed("load", f"version {version} failed to load on pod {pod}: "
-                                               f"{error.get('error_message')}")
+                    raise DeployFailed(
+                        "load", f"version {version} failed to load on pod {pod}: {error.get('error_message')}"
+                    )
                 if status["state"] != "AVAILABLE":
                     return False
             return True
@@ -565,8 +780,9 @@ class KubernetesServing(Serving):
 
     def deploy(self, release: Release, model_source_dir: Path | None = None) -> DeployResult:
         if release.model != self.model_name:
-            raise ConfigError(f"the release serves model '{release.model}' but serving.model_name is "
-                              f"'{self.model_name}'")
+            raise ConfigError(
+                f"the release serves model '{release.model}' but serving.model_name is '{self.model_name}'"
+            )
         strategy = release.strategy_or(self.rollout.strategy)
         state = self._state()
         before = state.get("stable")
@@ -599,7 +815,9 @@ class KubernetesServing(Serving):
             self._set_policy([version], stable=version)  # retire the old version
             result.checks.append(smoke_test(client, meta, label="stable", name="live"))
         except (DeployFailed, ExternalError) as exc:
-            check, reason = (exc.check, exc.reason) if isinstance(exc, DeployFailed) else ("kubernetes", str(exc))
+            check, reason = (
+                (exc.check, exc.reason) if isinstance(exc, DeployFailed) else ("kubernetes", str(exc))
+            )
             result.checks.append(Check(check, False, reason))
             result.outcome, result.reason, result.after = "rolled_back", f"{check} failed: {reason}", before
             self._roll_back(before)
@@ -610,17 +828,27 @@ class KubernetesServing(Serving):
         """The export's metadata (with its sample), as the copy Job printed it after the marker."""
         from branchops.serving.base import METADATA_FILE
 
-        log_text = self.api.job_log(self.objects.copy_job("x", "x", version)["metadata"]["name"], self.namespace)
+        log_text = self.api.job_log(
+            self.objects.copy_job("x", "x", version)["metadata"]["name"], self.namespace
+        )
         _, marker, tail = log_text.partition(METADATA_MARKER)
         try:
             meta = json.loads(tail) if marker else None
         except ValueError:
             meta = None
         if not isinstance(meta, dict):
-            raise DeployFailed("metadata", f"the copy Job printed no valid {METADATA_FILE} for version {version}")
+            raise DeployFailed(
+                "metadata", f"the copy Job printed no valid {METADATA_FILE} for version {version}"
+            )
         sample = meta.get("sample")
-        if not (isinstance(sample, dict) and sample.get("instances") and isinstance(sample.get("predictions"), dict)):
-            raise DeployFailed("metadata", f"{METADATA_FILE} of version {version} has no sample to smoke-test")
+        if not (
+            isinstance(sample, dict)
+            and sample.get("instances")
+            and isinstance(sample.get("predictions"), dict)
+        ):
+            raise DeployFailed(
+                "metadata", f"{METADATA_FILE} of version {version} has no sample to smoke-test"
+            )
         return meta
 
     def _canary(self, stable: int, canary: int, meta: dict[str, Any], result: DeployResult) -> None:
@@ -638,7 +866,9 @@ class KubernetesServing(Serving):
             latencies, failures = [], 0
             rows = meta["sample"]["instances"]
             for i in range(self.rollout.requests_per_step):
-                client = self.api.proxy_client(self.namespace, f"pods/{pods[i % len(pods)]}:{REST_PORT}", self.model_name)
+                client = self.api.proxy_client(
+                    self.namespace, f"pods/{pods[i % len(pods)]}:{REST_PORT}", self.model_name
+                )
                 sent = time.perf_counter()
                 try:
                     client.predict(instances=[rows[i % len(rows)]], version=canary)
@@ -647,13 +877,25 @@ class KubernetesServing(Serving):
                 latencies.append((time.perf_counter() - sent) * 1000)
             error_rate, p99 = failures / self.rollout.requests_per_step, percentile(latencies, 99)
             ok = error_rate <= self.rollout.max_error_rate and p99 <= self.rollout.max_p99_latency_ms
-            result.canary_steps.append({"weight": weight, "replicas": replicas, "requests": self.rollout.requests_per_step,
-                                        "errors": failures, "error_rate": round(error_rate, 4), "p99_ms": round(p99, 2),
-                                        "seconds": round(time.monotonic() - phase, 3), "ok": ok})
+            result.canary_steps.append(
+                {
+                    "weight": weight,
+                    "replicas": replicas,
+                    "requests": self.rollout.requests_per_step,
+                    "errors": failures,
+                    "error_rate": round(error_rate, 4),
+                    "p99_ms": round(p99, 2),
+                    "seconds": round(time.monotonic() - phase, 3),
+                    "ok": ok,
+                }
+            )
             if not ok:
-                raise DeployFailed("canary", f"at {weight}% the canary's error rate was {error_rate:.2%} "
-                                             f"(max {self.rollout.max_error_rate:.2%}) and p99 latency {p99:.1f} ms "
-                                             f"(max {self.rollout.max_p99_latency_ms:.1f} ms)")
+                raise DeployFailed(
+                    "canary",
+                    f"at {weight}% the canary's error rate was {error_rate:.2%} "
+                    f"(max {self.rollout.max_error_rate:.2%}) and p99 latency {p99:.1f} ms "
+                    f"(max {self.rollout.max_p99_latency_ms:.1f} ms)",
+                )
         self._remove_canary()
 
     def _remove_canary(self) -> None:
@@ -677,17 +919,23 @@ class KubernetesServing(Serving):
         from branchops.serving.release import Release
 
         # Old versions stay on the serving volume; the copy Job re-installs one from there.
-        release = Release.model_validate({"model": self.model_name, "version": version, "strategy": "rolling",
-                                          "source": {"volume": self.objects.volume_claim,
-                                                     "path": f"{self.model_name}/{version}"}})
+        release = Release.model_validate(
+            {
+                "model": self.model_name,
+                "version": version,
+                "strategy": "rolling",
+                "source": {"volume": self.objects.volume_claim, "path": f"{self.model_name}/{version}"},
+            }
+        )
         return self.deploy(release)
-
 
 
 # -- the manifests shipped in serving/tfserve/ --------------------------------------------------------
 
-MANIFEST_HEADER = ("# Generated by `python -m branchops.serving.kubernetes_backend serving/tfserve` from the project's\n"
-                   "# configuration; a test checks it stays in sync. The rollout moves versions in the ConfigMap.\n")
+MANIFEST_HEADER = (
+    "# Generated by `python -m branchops.serving.kubernetes_backend serving/tfserve` from the project's\n"
+    "# configuration; a test checks it stays in sync. The rollout moves versions in the ConfigMap.\n"
+)
 
 
 def render_manifests(config: BranchopsConfig, version: int = 1) -> dict[str, str]:
@@ -696,16 +944,28 @@ def render_manifests(config: BranchopsConfig, version: int = 1) -> dict[str, str
 
     objects = ObjectBuilder(config)
     state = {"versions": [version], "stable": version, "canary": None, "canary_weight": 0}
-    base = [o for o in objects.base_objects([version], {"stable": version}, state)
-            if not o["apiVersion"].startswith("networking.istio.io")]
+    base = [
+        o
+        for o in objects.base_objects([version], {"stable": version}, state)
+        if not o["apiVersion"].startswith("networking.istio.io")
+    ]
+
     class Dumper(yaml.SafeDumper):
         pass
 
     # Multi-line strings (models.config) as readable literal blocks.
-    Dumper.add_representer(str, lambda d, text: d.represent_scalar(
-        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+    Dumper.add_representer(
+        str,
+        lambda d, text: d.represent_scalar(
+            "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+        ),
+    )
+
     def dump(docs: list[dict[str, Any]]) -> str:
-        return MANIFEST_HEADER + "---\n".join(yaml.dump(d, Dumper=Dumper, sort_keys=False, width=120) for d in docs)
+        return MANIFEST_HEADER + "---\n".join(
+            yaml.dump(d, Dumper=Dumper, sort_keys=False, width=120) for d in docs
+        )
+
     return {
         "tfserve.yaml": dump(base),
         "istio.yaml": dump([objects.destination_rule(), objects.virtual_service(0)]),

@@ -96,8 +96,9 @@ def _served_state_dir(info: dict[str, Any], pid: int) -> str | None:
 class LocalServing(Serving):
     backend = "local"
 
-    def __init__(self, config: BranchopsConfig, state_dir: str | Path,
-                 start_timeout_s: float = START_TIMEOUT_S) -> None:
+    def __init__(
+        self, config: BranchopsConfig, state_dir: str | Path, start_timeout_s: float = START_TIMEOUT_S
+    ) -> None:
         serving = config.serving
         self.model_name = serving.model_name
         self.rollout = serving.rollout
@@ -134,18 +135,26 @@ class LocalServing(Serving):
             return None
         process = ProcessId.from_dict(info)
         if process is None or not _is_running_server(process):
-            log.warning("removing stale server record %s (pid %s is not the model server it names)",
-                        self.info_file, info.get("pid"))
+            log.warning(
+                "removing stale server record %s (pid %s is not the model server it names)",
+                self.info_file,
+                info.get("pid"),
+            )
             self.info_file.unlink(missing_ok=True)
             return None
         owner = _served_state_dir(info, process.pid)
         if owner != str(self.state_dir.resolve()):
             repository = info.get("repository") or (owner and str(Path(owner).parent))
-            log.warning("%s names the model server of another repository (%s, pid %s), not of this one (%s); "
-                        "leaving that server alone: this repository's server is not running (the record was "
-                        "probably copied along with the repository; remove it, or start this repository's own "
-                        "server, which replaces it)", self.info_file, repository or "unknown", process.pid,
-                        self.state_dir.resolve().parent)
+            log.warning(
+                "%s names the model server of another repository (%s, pid %s), not of this one (%s); "
+                "leaving that server alone: this repository's server is not running (the record was "
+                "probably copied along with the repository; remove it, or start this repository's own "
+                "server, which replaces it)",
+                self.info_file,
+                repository or "unknown",
+                process.pid,
+                self.state_dir.resolve().parent,
+            )
             return None
         return info
 
@@ -157,8 +166,10 @@ class LocalServing(Serving):
     def client(self, timeout_s: float = 10.0) -> ServingClient:
         info = self._running_info()
         if info is None:
-            raise ExternalError(f"the local model server is not running (start it with 'branchops serve start'); "
-                                f"state in {self.dir}")
+            raise ExternalError(
+                f"the local model server is not running (start it with 'branchops serve start'); "
+                f"state in {self.dir}"
+            )
         return ServingClient(self._url(info), self.model_name, timeout_s=timeout_s)
 
     def start(self, port: int | None = None) -> ServingStatus:
@@ -178,13 +189,33 @@ class LocalServing(Serving):
         self.ready_file.unlink(missing_ok=True)
         port = self.port if port is None else port
         # Absolute paths: the server's command line says which repository it serves, whatever its cwd.
-        command = [sys.executable, "-m", "branchops.serving.server", "--model-name", self.model_name,
-                   "--base-path", str(self.base_path.resolve()), "--host", self.host, "--port", str(port),
-                   "--state-file", str(self.routing_file.resolve()), "--ready-file", str(self.ready_file.resolve())]
+        command = [
+            sys.executable,
+            "-m",
+            "branchops.serving.server",
+            "--model-name",
+            self.model_name,
+            "--base-path",
+            str(self.base_path.resolve()),
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--state-file",
+            str(self.routing_file.resolve()),
+            "--ready-file",
+            str(self.ready_file.resolve()),
+        ]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         with open(self.log_file, "ab") as log_handle:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_handle,
-                                       stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         _CHILDREN[process.pid] = process
         # Read before anything can reap the child, so the pid cannot have passed to another process yet.
         identity = ProcessId.of(process.pid)
@@ -205,15 +236,24 @@ class LocalServing(Serving):
         info: dict[str, Any] | None = None
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise ExternalError(f"the model server exited with code {process.returncode} while starting; "
-                                    f"last lines of {self.log_file}:\n{self._log_tail()}")
+                raise ExternalError(
+                    f"the model server exited with code {process.returncode} while starting; "
+                    f"last lines of {self.log_file}:\n{self._log_tail()}"
+                )
             if info is None and self.ready_file.exists():
                 ready = json.loads(self.ready_file.read_text())
                 if ProcessId.from_dict(ready) == identity:
-                    info = {**identity.to_dict(), "repository": str(state_dir.parent), "state_dir": str(state_dir),
-                            "host": self.host, "port": ready["port"], "model": self.model_name,
-                            "base_path": str(self.base_path), "log": str(self.log_file),
-                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                    info = {
+                        **identity.to_dict(),
+                        "repository": str(state_dir.parent),
+                        "state_dir": str(state_dir),
+                        "host": self.host,
+                        "port": ready["port"],
+                        "model": self.model_name,
+                        "base_path": str(self.base_path),
+                        "log": str(self.log_file),
+                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
                     tmp = self.info_file.with_name("server.json.tmp")
                     tmp.write_text(json.dumps(info, indent=2))
                     tmp.replace(self.info_file)
@@ -225,8 +265,10 @@ class LocalServing(Serving):
                 except ExternalError:
                     pass
             time.sleep(0.2)
-        raise ExternalError(f"the model server did not become healthy within {self.start_timeout_s:.0f}s; "
-                            f"last lines of {self.log_file}:\n{self._log_tail()}")
+        raise ExternalError(
+            f"the model server did not become healthy within {self.start_timeout_s:.0f}s; "
+            f"last lines of {self.log_file}:\n{self._log_tail()}"
+        )
 
     def stop(self) -> bool:
         """Stop this repository's server; False if it was not running (another repository's is left alone)."""
@@ -272,14 +314,26 @@ class LocalServing(Serving):
         info = self._running_info()
         if info is None:
             routing = self._saved_routing()
-            return ServingStatus(self.backend, self.model_name, running=False, stable=routing.get("stable"),
-                                 canary=routing.get("canary"))
+            return ServingStatus(
+                self.backend,
+                self.model_name,
+                running=False,
+                stable=routing.get("stable"),
+                canary=routing.get("canary"),
+            )
         health = ServingClient(self._url(info), self.model_name).health()
         routing = health["routing"]
-        return ServingStatus(self.backend, self.model_name, running=True, url=self._url(info), pid=int(info["pid"]),
-                             stable=routing.get("stable"), canary=routing.get("canary"),
-                             canary_weight=routing.get("canary_weight", 0),
-                             versions={int(v): s["state"] for v, s in health["versions"].items()})
+        return ServingStatus(
+            self.backend,
+            self.model_name,
+            running=True,
+            url=self._url(info),
+            pid=int(info["pid"]),
+            stable=routing.get("stable"),
+            canary=routing.get("canary"),
+            canary_weight=routing.get("canary_weight", 0),
+            versions={int(v): s["state"] for v, s in health["versions"].items()},
+        )
 
     def _saved_routing(self) -> dict[str, Any]:
         try:
@@ -293,8 +347,9 @@ class LocalServing(Serving):
     # -- rollout ----------------------------------------------------------------------------------
     def deploy(self, release: Release, model_source_dir: Path) -> DeployResult:
         if release.model != self.model_name:
-            raise ConfigError(f"the release serves model '{release.model}' but serving.model_name is "
-                              f"'{self.model_name}'")
+            raise ConfigError(
+                f"the release serves model '{release.model}' but serving.model_name is '{self.model_name}'"
+            )
         strategy = release.strategy_or(self.default_strategy)
         result = DeployResult(model=self.model_name, version=release.version, strategy=strategy)
         started = time.monotonic()
@@ -303,12 +358,18 @@ class LocalServing(Serving):
         health = client.health()
         before = health["routing"].get("stable")
         result.before = result.after = before
-        if (before == release.version and health["routing"].get("canary") is None
-                and health["versions"].get(str(before), {}).get("state") == "AVAILABLE"):
+        if (
+            before == release.version
+            and health["routing"].get("canary") is None
+            and health["versions"].get(str(before), {}).get("state") == "AVAILABLE"
+        ):
             result.outcome = "unchanged"
             try:
-                result.checks.append(smoke_test(client, read_model_metadata(self.base_path / str(before)),
-                                                label="stable", name="live"))
+                result.checks.append(
+                    smoke_test(
+                        client, read_model_metadata(self.base_path / str(before)), label="stable", name="live"
+                    )
+                )
             except DeployFailed as exc:  # reported, but nothing to roll back to: this is the desired state
                 result.checks.append(Check(exc.check, False, exc.reason))
             result.timings["total"] = round(time.monotonic() - started, 3)
@@ -332,7 +393,9 @@ class LocalServing(Serving):
             result.checks.append(smoke_test(client, meta, label="stable", name="live"))
             self._retire_others(client, keep=version)
         except (DeployFailed, ExternalError) as exc:
-            check, reason = (exc.check, exc.reason) if isinstance(exc, DeployFailed) else ("serving", str(exc))
+            check, reason = (
+                (exc.check, exc.reason) if isinstance(exc, DeployFailed) else ("serving", str(exc))
+            )
             result.checks.append(Check(check, False, reason))
             result.reason = f"{check} failed: {reason}"
             result.outcome = "rolled_back"
@@ -349,7 +412,9 @@ class LocalServing(Serving):
         self.start()
         client = self.client()
         before = client.health()["routing"].get("stable")
-        result = DeployResult(model=self.model_name, version=version, strategy="rollback", before=before, after=before)
+        result = DeployResult(
+            model=self.model_name, version=version, strategy="rollback", before=before, after=before
+        )
         started = time.monotonic()
         try:
             meta = read_model_metadata(find_version_dir(self.base_path / str(version), version))
@@ -384,22 +449,26 @@ class LocalServing(Serving):
         incoming.rename(target)
         return "copied to"
 
-    def _load_and_check(self, client: ServingClient, version: int, meta: dict[str, Any],
-                        result: DeployResult) -> None:
+    def _load_and_check(
+        self, client: ServingClient, version: int, meta: dict[str, Any], result: DeployResult
+    ) -> None:
         phase = time.monotonic()
         client.load_version(version)
         status = client.wait_version(version, LOAD_TIMEOUT_S)
         result.timings["load"] = round(time.monotonic() - phase, 3)
         if status["state"] != "AVAILABLE":
             error = status["status"]
-            raise DeployFailed("load", f"version {version} failed to load ({error.get('error_code')}): "
-                                       f"{error.get('error_message')}")
+            raise DeployFailed(
+                "load",
+                f"version {version} failed to load ({error.get('error_code')}): {error.get('error_message')}",
+            )
         result.checks.append(Check("load", True, f"version {version} AVAILABLE", result.timings["load"]))
         result.checks.append(check_signature(client, version, meta))
         result.checks.append(smoke_test(client, meta, version=version))
 
-    def _canary(self, client: ServingClient, stable: int, canary: int, meta: dict[str, Any],
-                result: DeployResult) -> None:
+    def _canary(
+        self, client: ServingClient, stable: int, canary: int, meta: dict[str, Any], result: DeployResult
+    ) -> None:
         rollout = self.rollout
         rows = meta["sample"]["instances"]
         for weight in rollout.canary_steps:
@@ -418,22 +487,40 @@ class LocalServing(Serving):
                 latencies.append((time.perf_counter() - sent) * 1000)
             counted_after = client.metrics()
             # Server-side counts include the live traffic the canary took at this weight, not only our probes.
-            served = _delta(counted_before, counted_after, "branchops_serving_requests_total", str(canary), api="predict")
-            errors = _delta(counted_before, counted_after, "branchops_serving_request_errors_total", str(canary))
+            served = _delta(
+                counted_before, counted_after, "branchops_serving_requests_total", str(canary), api="predict"
+            )
+            errors = _delta(
+                counted_before, counted_after, "branchops_serving_request_errors_total", str(canary)
+            )
             total = max(served, rollout.requests_per_step)
             error_rate = max(errors, failures) / total
             p99 = percentile(latencies, 99)
-            step = {"weight": weight, "requests": int(total), "errors": int(max(errors, failures)),
-                    "error_rate": round(error_rate, 4), "p99_ms": round(p99, 2),
-                    "seconds": round(time.monotonic() - phase, 3)}
+            step = {
+                "weight": weight,
+                "requests": int(total),
+                "errors": int(max(errors, failures)),
+                "error_rate": round(error_rate, 4),
+                "p99_ms": round(p99, 2),
+                "seconds": round(time.monotonic() - phase, 3),
+            }
             step["ok"] = error_rate <= rollout.max_error_rate and p99 <= rollout.max_p99_latency_ms
             result.canary_steps.append(step)
             if not step["ok"]:
-                raise DeployFailed("canary", f"at {weight}% the canary's error rate was {error_rate:.2%} "
-                                             f"(max {rollout.max_error_rate:.2%}) and p99 latency {p99:.1f} ms "
-                                             f"(max {rollout.max_p99_latency_ms:.1f} ms)")
-            result.checks.append(Check(f"canary {weight}%", True,
-                                       f"error rate {error_rate:.2%}, p99 {p99:.1f} ms", step["seconds"]))
+                raise DeployFailed(
+                    "canary",
+                    f"at {weight}% the canary's error rate was {error_rate:.2%} "
+                    f"(max {rollout.max_error_rate:.2%}) and p99 latency {p99:.1f} ms "
+                    f"(max {rollout.max_p99_latency_ms:.1f} ms)",
+                )
+            result.checks.append(
+                Check(
+                    f"canary {weight}%",
+                    True,
+                    f"error rate {error_rate:.2%}, p99 {p99:.1f} ms",
+                    step["seconds"],
+                )
+            )
         phase = time.monotonic()
         client.set_routing(stable=canary)
         result.timings["promote"] = round(time.monotonic() - phase, 3)
@@ -464,7 +551,9 @@ class LocalServing(Serving):
 
 
 def _delta(before: list, after: list, name: str, version: str, **labels: str) -> float:
-    return metric_sum(after, name, version=version, **labels) - metric_sum(before, name, version=version, **labels)
+    return metric_sum(after, name, version=version, **labels) - metric_sum(
+        before, name, version=version, **labels
+    )
 
 
 def _tree_digest(root: Path) -> str:

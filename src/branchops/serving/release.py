@@ -14,7 +14,6 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
 RELEASE_HEADER = (
     "# Desired state of model serving (branchops deploy-model stage).\n"
     "# Changed by the merge request from training into deploy-model; revert that merge to roll back.\n"
@@ -73,16 +72,23 @@ def parse_release(text: str, source: str | Path = "<string>") -> Release:
     """Validate release text; a ConfigError names the file, the line, the key and what was expected."""
     from branchops.config import validate_yaml
 
-    return validate_yaml(Release, text, source, what="release file",
-                         shape="a release must be a mapping (model, version, source, strategy)")
+    return validate_yaml(
+        Release,
+        text,
+        source,
+        what="release file",
+        shape="a release must be a mapping (model, version, source, strategy)",
+    )
 
 
 def read_release(path: str | Path) -> Release:
     from branchops.files import read_text
 
     file = Path(path)
-    return parse_release(read_text(file, missing="release file not found (the training stage's merge request "
-                                                  "creates it)"), file)
+    return parse_release(
+        read_text(file, missing="release file not found (the training stage's merge request creates it)"),
+        file,
+    )
 
 
 def render_release(release: Release) -> str:

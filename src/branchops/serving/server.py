@@ -77,9 +77,18 @@ class RequestError(Exception):
 # -- signatures ------------------------------------------------------------------------------------
 
 _TF_DTYPE_ENUM = {
-    "float16": "DT_HALF", "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int8": "DT_INT8",
-    "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64", "uint8": "DT_UINT8",
-    "uint16": "DT_UINT16", "uint32": "DT_UINT32", "uint64": "DT_UINT64", "bool": "DT_BOOL",
+    "float16": "DT_HALF",
+    "float32": "DT_FLOAT",
+    "float64": "DT_DOUBLE",
+    "int8": "DT_INT8",
+    "int16": "DT_INT16",
+    "int32": "DT_INT32",
+    "int64": "DT_INT64",
+    "uint8": "DT_UINT8",
+    "uint16": "DT_UINT16",
+    "uint32": "DT_UINT32",
+    "uint64": "DT_UINT64",
+    "bool": "DT_BOOL",
     "string": "DT_STRING",
 }
 
@@ -94,8 +103,11 @@ class TensorInfo:
         shape: dict[str, Any] = {"unknown_rank": self.shape is None}
         if self.shape is not None:
             shape["dim"] = [{"size": str(-1 if d is None else d), "name": ""} for d in self.shape]
-        return {"dtype": _TF_DTYPE_ENUM.get(self.dtype, "DT_INVALID"), "tensor_shape": shape,
-                "name": f"serving_default_{self.name}:0"}
+        return {
+            "dtype": _TF_DTYPE_ENUM.get(self.dtype, "DT_INVALID"),
+            "tensor_shape": shape,
+            "name": f"serving_default_{self.name}:0",
+        }
 
 
 @dataclass(frozen=True)
@@ -106,9 +118,11 @@ class Signature:
     function: Any  # a tf ConcreteFunction; never mutated after load
 
     def to_metadata(self) -> dict[str, Any]:
-        return {"inputs": {k: v.to_metadata() for k, v in self.inputs.items()},
-                "outputs": {k: v.to_metadata() for k, v in self.outputs.items()},
-                "method_name": "tensorflow/serving/predict"}
+        return {
+            "inputs": {k: v.to_metadata() for k, v in self.inputs.items()},
+            "outputs": {k: v.to_metadata() for k, v in self.outputs.items()},
+            "method_name": "tensorflow/serving/predict",
+        }
 
 
 def _tensor_info(name: str, spec: Any) -> TensorInfo:
@@ -132,6 +146,7 @@ def _signature(key: str, function: Any) -> Signature:
 
 # -- JSON <-> arrays -----------------------------------------------------------------------------------
 
+
 def _shape_and_leaves(value: Any, where: str) -> tuple[list[int], list[Any]]:
     """The shape of a nested JSON list and its leaves in row-major order; rejects ragged lists."""
     shape: list[int] = []
@@ -141,8 +156,11 @@ def _shape_and_leaves(value: Any, where: str) -> tuple[list[int], list[Any]]:
         if level and all(lists):
             length = len(level[0])
             if any(len(v) != length for v in level):
-                raise RequestError(400, f"{where}: nested lists at depth {len(shape)} have different lengths "
-                                        "(a tensor must be rectangular)")
+                raise RequestError(
+                    400,
+                    f"{where}: nested lists at depth {len(shape)} have different lengths "
+                    "(a tensor must be rectangular)",
+                )
             shape.append(length)
             if len(shape) > MAX_NESTING:
                 raise RequestError(400, f"{where}: nested deeper than {MAX_NESTING} levels")
@@ -170,7 +188,9 @@ def _leaf(value: Any, dtype: str, where: str) -> Any:
             return value
         raise RequestError(400, f"{where}: expected a boolean, got {json.dumps(value)[:40]}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(400, f"{where}: expected a number for a {dtype} tensor, got {json.dumps(value)[:40]}")
+        raise RequestError(
+            400, f"{where}: expected a number for a {dtype} tensor, got {json.dumps(value)[:40]}"
+        )
     if dtype.startswith(("int", "uint")):
         if isinstance(value, float):
             if not value.is_integer():
@@ -199,12 +219,18 @@ def _to_array(value: Any, info: TensorInfo, where: str) -> Any:
     converted = [_leaf(v, info.dtype, where) for v in leaves]
     if info.shape is not None:
         if len(shape) != len(info.shape):
-            raise RequestError(400, f"{where}: expected a tensor of rank {len(info.shape)} "
-                                    f"(shape {_fmt_shape(info.shape)}), got rank {len(shape)} (shape {shape})")
+            raise RequestError(
+                400,
+                f"{where}: expected a tensor of rank {len(info.shape)} "
+                f"(shape {_fmt_shape(info.shape)}), got rank {len(shape)} (shape {shape})",
+            )
         for i, (got, want) in enumerate(zip(shape, info.shape)):
             if want is not None and got != want:
-                raise RequestError(400, f"{where}: dimension {i} must be {want} "
-                                        f"(shape {_fmt_shape(info.shape)}), got {got} (shape {shape})")
+                raise RequestError(
+                    400,
+                    f"{where}: dimension {i} must be {want} "
+                    f"(shape {_fmt_shape(info.shape)}), got {got} (shape {shape})",
+                )
     if shape and shape[0] == 0:
         raise RequestError(400, f"{where}: the batch is empty")
     np_dtype = object if info.dtype == "string" else info.dtype
@@ -219,12 +245,14 @@ def _jsonable(array: Any) -> Any:
     import numpy as np
 
     if array.dtype == object or array.dtype.kind == "S":
+
         def enc(b: Any) -> Any:
             b = bytes(b)
             try:
                 return b.decode("utf-8")
             except UnicodeDecodeError:
                 return {"b64": base64.b64encode(b).decode()}
+
         return np.vectorize(enc, otypes=[object])(array).tolist() if array.ndim else enc(array.item())
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         # JSON has no NaN/Infinity; TF Serving's output would not parse either way.
@@ -233,6 +261,7 @@ def _jsonable(array: Any) -> Any:
 
 
 # -- versions and routing ----------------------------------------------------------------------------
+
 
 @dataclass
 class ModelVersion:
@@ -245,8 +274,11 @@ class ModelVersion:
     model: Any = None  # keeps the loaded SavedModel alive while this object is referenced
 
     def status(self) -> dict[str, Any]:
-        return {"version": str(self.version), "state": self.state,
-                "status": {"error_code": self.error_code, "error_message": self.error_message}}
+        return {
+            "version": str(self.version),
+            "state": self.state,
+            "status": {"error_code": self.error_code, "error_message": self.error_message},
+        }
 
 
 @dataclass(frozen=True)
@@ -288,32 +320,48 @@ class Metrics:
             requests = dict(self._requests)
             latency = {k: list(v) for k, v in self._latency.items()}
         for (version, api, code), n in sorted(requests.items()):
-            out.append(f'branchops_serving_requests_total{{model="{model}",version="{version}",api="{api}",'
-                       f'code="{code}"}} {n}')
-        out += ["# HELP branchops_serving_request_errors_total Requests that failed on the server side (5xx).",
-                "# TYPE branchops_serving_request_errors_total counter"]
+            out.append(
+                f'branchops_serving_requests_total{{model="{model}",version="{version}",api="{api}",'
+                f'code="{code}"}} {n}'
+            )
+        out += [
+            "# HELP branchops_serving_request_errors_total Requests that failed on the server side (5xx).",
+            "# TYPE branchops_serving_request_errors_total counter",
+        ]
         errors: dict[str, int] = {}
         for (version, _api, code), n in requests.items():
             errors[version] = errors.get(version, 0) + (n if code.startswith("5") else 0)
         for version, n in sorted(errors.items()):
             out.append(f'branchops_serving_request_errors_total{{model="{model}",version="{version}"}} {n}')
-        out += ["# HELP branchops_serving_request_latency_seconds Predict latency inside the server.",
-                "# TYPE branchops_serving_request_latency_seconds histogram"]
+        out += [
+            "# HELP branchops_serving_request_latency_seconds Predict latency inside the server.",
+            "# TYPE branchops_serving_request_latency_seconds histogram",
+        ]
         for version, hist in sorted(latency.items()):
             labels = f'model="{model}",version="{version}"'
             for bound, count in zip(LATENCY_BUCKETS_S, hist):
-                out.append(f'branchops_serving_request_latency_seconds_bucket{{{labels},le="{bound}"}} {int(count)}')
-            out.append(f'branchops_serving_request_latency_seconds_bucket{{{labels},le="+Inf"}} {int(hist[-1])}')
+                out.append(
+                    f'branchops_serving_request_latency_seconds_bucket{{{labels},le="{bound}"}} {int(count)}'
+                )
+            out.append(
+                f'branchops_serving_request_latency_seconds_bucket{{{labels},le="+Inf"}} {int(hist[-1])}'
+            )
             out.append(f"branchops_serving_request_latency_seconds_sum{{{labels}}} {hist[-2]:.6f}")
             out.append(f"branchops_serving_request_latency_seconds_count{{{labels}}} {int(hist[-1])}")
-        out += ["# HELP branchops_serving_version_available 1 if the version takes traffic.",
-                "# TYPE branchops_serving_version_available gauge"]
+        out += [
+            "# HELP branchops_serving_version_available 1 if the version takes traffic.",
+            "# TYPE branchops_serving_version_available gauge",
+        ]
         for v, mv in sorted(versions.items()):
-            out.append(f'branchops_serving_version_available{{model="{model}",version="{v}"}} '
-                       f"{1 if mv.state == 'AVAILABLE' else 0}")
-        out += ["# HELP branchops_serving_canary_weight_percent Share of unlabelled requests sent to the canary.",
-                "# TYPE branchops_serving_canary_weight_percent gauge",
-                f'branchops_serving_canary_weight_percent{{model="{model}"}} {routing.canary_weight}']
+            out.append(
+                f'branchops_serving_version_available{{model="{model}",version="{v}"}} '
+                f"{1 if mv.state == 'AVAILABLE' else 0}"
+            )
+        out += [
+            "# HELP branchops_serving_canary_weight_percent Share of unlabelled requests sent to the canary.",
+            "# TYPE branchops_serving_canary_weight_percent gauge",
+            f'branchops_serving_canary_weight_percent{{model="{model}"}} {routing.canary_weight}',
+        ]
         return "\n".join(out) + "\n"
 
 
@@ -382,15 +430,21 @@ class ModelServer:
                 _warm_up(signature)
         except Exception as exc:  # noqa: BLE001 - any load failure is a state of the version, not of the server
             code = "NOT_FOUND" if isinstance(exc, FileNotFoundError) else "UNKNOWN"
-            failed = ModelVersion(version=mv.version, path=mv.path, state="END", error_code=code,
-                                  error_message=f"{type(exc).__name__}: {str(exc)[:1000]}")
+            failed = ModelVersion(
+                version=mv.version,
+                path=mv.path,
+                state="END",
+                error_code=code,
+                error_message=f"{type(exc).__name__}: {str(exc)[:1000]}",
+            )
             with self._lock:
                 if self._versions.get(mv.version) is mv:
                     self._versions[mv.version] = failed
             log.error("version %s failed to load: %s", mv.version, failed.error_message)
             return
-        loaded = ModelVersion(version=mv.version, path=mv.path, state="AVAILABLE", signatures=signatures,
-                              model=model)
+        loaded = ModelVersion(
+            version=mv.version, path=mv.path, state="AVAILABLE", signatures=signatures, model=model
+        )
         with self._lock:
             if self._versions.get(mv.version) is mv:
                 self._versions[mv.version] = loaded
@@ -409,8 +463,11 @@ class ModelServer:
     def retire(self, version: int) -> None:
         with self._lock:
             if version in self._routing.labels().values():
-                raise RequestError(409, f"version {version} is labelled {self._routing.labels()}; move the "
-                                        "labels before retiring it")
+                raise RequestError(
+                    409,
+                    f"version {version} is labelled {self._routing.labels()}; move the "
+                    "labels before retiring it",
+                )
             current = self._versions.get(version)
             if current is None:
                 raise RequestError(404, f"version {version} of model {self.model_name} is not loaded")
@@ -426,7 +483,9 @@ class ModelServer:
                 mv = self._versions.get(v)
                 if mv is None or mv.state != "AVAILABLE":
                     state = mv.state if mv else "not loaded"
-                    raise RequestError(409, f"cannot label version {v} '{label}': it is {state}, not AVAILABLE")
+                    raise RequestError(
+                        409, f"cannot label version {v} '{label}': it is {state}, not AVAILABLE"
+                    )
             if canary is None and canary_weight:
                 raise RequestError(400, "canary_weight needs a canary version")
             if canary is not None and canary == stable:
@@ -440,8 +499,12 @@ class ModelServer:
         if not self.state_file:
             return
         loaded = sorted(v for v, mv in self._versions.items() if mv.state in ("LOADING", "AVAILABLE"))
-        data = {"model": self.model_name, "versions": loaded, **self._routing.labels(),
-                "canary_weight": self._routing.canary_weight}
+        data = {
+            "model": self.model_name,
+            "versions": loaded,
+            **self._routing.labels(),
+            "canary_weight": self._routing.canary_weight,
+        }
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.state_file)
@@ -483,7 +546,11 @@ class ModelServer:
         if label is not None:
             version = self._label_version(label)
         elif version is None:
-            if routing.canary is not None and routing.canary_weight and random.uniform(0, 100) < routing.canary_weight:
+            if (
+                routing.canary is not None
+                and routing.canary_weight
+                and random.uniform(0, 100) < routing.canary_weight
+            ):
                 version = routing.canary
             elif routing.stable is not None:
                 version = routing.stable
@@ -509,20 +576,25 @@ def _warm_up(signature: Signature) -> None:
             return  # no shape to invent a sample for
         shape = [1, *info.shape[1:]] if info.shape else []
         dtype = object if info.dtype == "string" else info.dtype
-        feeds[name] = np.zeros(shape, dtype=dtype) if dtype is not object else np.full(shape, b"", dtype=object)
+        feeds[name] = (
+            np.zeros(shape, dtype=dtype) if dtype is not object else np.full(shape, b"", dtype=object)
+        )
     _call(signature, feeds)
 
 
 def _call(signature: Signature, feeds: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf
 
-    tensors = {name: tf.constant(array, dtype=tf.as_dtype(signature.inputs[name].dtype))
-               for name, array in feeds.items()}
+    tensors = {
+        name: tf.constant(array, dtype=tf.as_dtype(signature.inputs[name].dtype))
+        for name, array in feeds.items()
+    }
     result = signature.function(**tensors)
     return {name: value.numpy() for name, value in result.items()}
 
 
 # -- predict --------------------------------------------------------------------------------------
+
 
 def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {"b64"}
@@ -541,15 +613,19 @@ def _row_feeds(instances: Any, signature: Signature) -> dict[str, Any]:
         columns: dict[str, list[Any]] = {n: [] for n in names}
         for index, instance in enumerate(instances):
             if set(instance) != set(names):
-                raise RequestError(400, f"instances[{index}]: expected the inputs {sorted(names)}, "
-                                        f"got {sorted(map(str, instance))}")
+                raise RequestError(
+                    400,
+                    f"instances[{index}]: expected the inputs {sorted(names)}, "
+                    f"got {sorted(map(str, instance))}",
+                )
             for n in names:
                 columns[n].append(instance[n])
     elif len(names) == 1:
         columns = {names[0]: instances}
     else:
-        raise RequestError(400, f"this signature has several inputs {names}: each instance must be an object "
-                                "naming them")
+        raise RequestError(
+            400, f"this signature has several inputs {names}: each instance must be an object naming them"
+        )
     return {n: _to_array(columns[n], signature.inputs[n], f"instances (input '{n}')") for n in names}
 
 
@@ -557,12 +633,16 @@ def _columnar_feeds(inputs: Any, signature: Signature) -> dict[str, Any]:
     names = list(signature.inputs)
     if isinstance(inputs, dict) and not _is_b64(inputs):
         if set(inputs) != set(names):
-            raise RequestError(400, f"'inputs': expected the inputs {sorted(names)}, got {sorted(map(str, inputs))}")
+            raise RequestError(
+                400, f"'inputs': expected the inputs {sorted(names)}, got {sorted(map(str, inputs))}"
+            )
         values = inputs
     elif len(names) == 1:
         values = {names[0]: inputs}
     else:
-        raise RequestError(400, f"this signature has several inputs {names}: 'inputs' must be an object naming them")
+        raise RequestError(
+            400, f"this signature has several inputs {names}: 'inputs' must be an object naming them"
+        )
     return {n: _to_array(values[n], signature.inputs[n], f"inputs['{n}']") for n in names}
 
 
@@ -571,8 +651,11 @@ def predict(mv: ModelVersion, body: Any) -> dict[str, Any]:
         raise RequestError(400, "the request body must be a JSON object with 'instances' or 'inputs'")
     unknown = set(body) - {"signature_name", "instances", "inputs"}
     if unknown:
-        raise RequestError(400, f"unknown keys in the request: {sorted(map(str, unknown))}; "
-                                "expected 'instances' or 'inputs' (and optionally 'signature_name')")
+        raise RequestError(
+            400,
+            f"unknown keys in the request: {sorted(map(str, unknown))}; "
+            "expected 'instances' or 'inputs' (and optionally 'signature_name')",
+        )
     key = body.get("signature_name", "serving_default")
     if not isinstance(key, str):
         raise RequestError(400, "'signature_name' must be a string")
@@ -580,8 +663,12 @@ def predict(mv: ModelVersion, body: Any) -> dict[str, Any]:
     if signature is None:
         raise RequestError(400, f"Serving signature name: \"{key}\" not found in signature def")
     if ("instances" in body) == ("inputs" in body):
-        raise RequestError(400, "Missing 'inputs' or 'instances' key" if "instances" not in body
-                           else "use either 'instances' (row format) or 'inputs' (columnar format), not both")
+        raise RequestError(
+            400,
+            "Missing 'inputs' or 'instances' key"
+            if "instances" not in body
+            else "use either 'instances' (row format) or 'inputs' (columnar format), not both",
+        )
     row = "instances" in body
     feeds = _row_feeds(body["instances"], signature) if row else _columnar_feeds(body["inputs"], signature)
     if row:
@@ -607,6 +694,7 @@ def predict(mv: ModelVersion, body: Any) -> dict[str, Any]:
 
 
 # -- HTTP -----------------------------------------------------------------------------------------
+
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
@@ -671,19 +759,29 @@ def create_app(server: ModelServer) -> Any:
             elif api == "metadata":
                 mv = server.resolve(version, label)
                 version_label = str(mv.version)
-                response = ok({
-                    "model_spec": {"name": server.model_name, "signature_name": "", "version": str(mv.version)},
-                    "metadata": {"signature_def": {"signature_def": {
-                        k: s.to_metadata() for k, s in mv.signatures.items()}}},
-                })
+                response = ok(
+                    {
+                        "model_spec": {
+                            "name": server.model_name,
+                            "signature_name": "",
+                            "version": str(mv.version),
+                        },
+                        "metadata": {
+                            "signature_def": {
+                                "signature_def": {k: s.to_metadata() for k, s in mv.signatures.items()}
+                            }
+                        },
+                    }
+                )
             elif api == "predict":
                 body = parse_json(request.get_data(cache=False))
                 mv = server.resolve(version, label)
                 version_label = str(mv.version)
                 response = ok(predict(mv, body))
             else:
-                raise RequestError(400, f"{api} needs tf.Example signatures, which this server does not serve; "
-                                        "use :predict")
+                raise RequestError(
+                    400, f"{api} needs tf.Example signatures, which this server does not serve; use :predict"
+                )
         except RequestError as exc:
             response = error(exc.status, exc.message)
         except HTTPException as exc:  # e.g. a body over MAX_CONTENT_LENGTH
@@ -705,10 +803,14 @@ def create_app(server: ModelServer) -> Any:
             raise RequestError(403, "the admin API answers loopback clients only")
 
     def admin_state() -> dict[str, Any]:
-        return {"model": server.model_name, "base_path": str(server.base_path), "pid": os.getpid(),
-                "ready": server.ready(),
-                "routing": {**server.routing.labels(), "canary_weight": server.routing.canary_weight},
-                "versions": {str(v): mv.status() for v, mv in sorted(server.versions().items())}}
+        return {
+            "model": server.model_name,
+            "base_path": str(server.base_path),
+            "pid": os.getpid(),
+            "ready": server.ready(),
+            "routing": {**server.routing.labels(), "canary_weight": server.routing.canary_weight},
+            "versions": {str(v): mv.status() for v, mv in sorted(server.versions().items())},
+        }
 
     @app.get("/branchops/admin/health")
     def health() -> Response:
@@ -734,7 +836,9 @@ def create_app(server: ModelServer) -> Any:
         if request.method == "POST":
             body = parse_json(request.get_data())
             if not isinstance(body, dict) or set(body) - {"stable", "canary", "canary_weight"}:
-                raise RequestError(400, "expected {\"stable\": int|null, \"canary\": int|null, \"canary_weight\": 0-100}")
+                raise RequestError(
+                    400, "expected {\"stable\": int|null, \"canary\": int|null, \"canary_weight\": 0-100}"
+                )
             stable, canary, weight = body.get("stable"), body.get("canary"), body.get("canary_weight", 0)
             for key, v in (("stable", stable), ("canary", canary)):
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
@@ -758,8 +862,11 @@ def _json_error_channel(max_body_bytes: int) -> type:
     class JsonErrorTask(ErrorTask):
         def execute(self) -> None:
             error = self.request.error
-            message = (f"the request body is larger than {max_body_bytes} bytes"
-                       if isinstance(error, RequestEntityTooLarge) else f"{error.reason}: {error.body}")
+            message = (
+                f"the request body is larger than {max_body_bytes} bytes"
+                if isinstance(error, RequestEntityTooLarge)
+                else f"{error.reason}: {error.body}"
+            )
             body = json.dumps({"error": message}).encode()
             self.status = f"{error.code} {error.reason}"
             self.response_headers.append(("Content-Type", "application/json"))
@@ -793,13 +900,21 @@ def _connection_limit() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m branchops.serving.server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m branchops.serving.server", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--model-name", required=True)
-    parser.add_argument("--base-path", required=True, type=Path, help="holds the numbered SavedModel versions")
+    parser.add_argument(
+        "--base-path", required=True, type=Path, help="holds the numbered SavedModel versions"
+    )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8501, help="0 picks a free port (written to --ready-file)")
+    parser.add_argument(
+        "--port", type=int, default=8501, help="0 picks a free port (written to --ready-file)"
+    )
     parser.add_argument("--state-file", type=Path, help="routing state kept across restarts")
-    parser.add_argument("--ready-file", type=Path, help="written with pid, start time and port once the port is bound")
+    parser.add_argument(
+        "--ready-file", type=Path, help="written with pid, start time and port once the port is bound"
+    )
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -815,11 +930,19 @@ def main(argv: list[str] | None = None) -> int:
     sockets: dict[int, Any] = {}
     # waitress refuses a body of max_request_body_size bytes or more, Flask one over MAX_CONTENT_LENGTH:
     # both let a body of exactly MAX_BODY_BYTES through.
-    http = create_server(app, map=sockets, host=args.host, port=args.port, threads=args.threads,
-                         max_request_body_size=MAX_BODY_BYTES + 1, connection_limit=_connection_limit(),
-                         channel_timeout=CHANNEL_TIMEOUT_S, cleanup_interval=CLEANUP_INTERVAL_S,
-                         asyncore_use_poll=True,  # select() cannot watch a descriptor numbered 1024 or more
-                         ident="branchops-serving")
+    http = create_server(
+        app,
+        map=sockets,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        max_request_body_size=MAX_BODY_BYTES + 1,
+        connection_limit=_connection_limit(),
+        channel_timeout=CHANNEL_TIMEOUT_S,
+        cleanup_interval=CLEANUP_INTERVAL_S,
+        asyncore_use_poll=True,  # select() cannot watch a descriptor numbered 1024 or more
+        ident="branchops-serving",
+    )
     error_channel = _json_error_channel(MAX_BODY_BYTES)
     for listener in sockets.values():  # nothing is accepted before http.run()
         if isinstance(listener, BaseWSGIServer):

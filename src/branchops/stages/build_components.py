@@ -36,8 +36,16 @@ def _outputs(report: BuildReport) -> dict:
         "skipped": [c.name for c in report.skipped],
         "failed": [c.name for c in report.failed],
         "components": [
-            {"name": c.name, "status": c.status, "tag": c.tag, "image": c.image, "digest": c.digest,
-             "tests": c.tests, "durations": c.durations, "reason": c.reason}
+            {
+                "name": c.name,
+                "status": c.status,
+                "tag": c.tag,
+                "image": c.image,
+                "digest": c.digest,
+                "tests": c.tests,
+                "durations": c.durations,
+                "reason": c.reason,
+            }
             for c in report.components
         ],
     }
@@ -55,8 +63,9 @@ def run(ctx: StageContext) -> StageResult:
     from branchops.images import build_components
     from branchops.secrets import mask
 
-    report = build_components(ctx.workspace, ctx.config.registry, _log_dir(ctx), run_tests=True,
-                              dry_run=ctx.dry_run)
+    report = build_components(
+        ctx.workspace, ctx.config.registry, _log_dir(ctx), run_tests=True, dry_run=ctx.dry_run
+    )
     for line in report.lines():
         ctx.log.info("%s", line)
     for component in report.components:
@@ -65,8 +74,12 @@ def run(ctx: StageContext) -> StageResult:
             ctx.add_artifact(f"logs/{component.name}.log", mask(text))
     outputs = _outputs(report)
     if not report.ok:
-        return StageResult(outcome="failed", summary=report.summary(), outputs=outputs,
-                           error="\n".join(f"{c.name}: {c.reason}" for c in report.failed))
+        return StageResult(
+            outcome="failed",
+            summary=report.summary(),
+            outputs=outputs,
+            error="\n".join(f"{c.name}: {c.reason}" for c in report.failed),
+        )
     summary = report.summary()
     if report.note:
         summary += f". {report.note}"

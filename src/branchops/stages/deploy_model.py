@@ -58,11 +58,15 @@ def resolve_model_source(ctx: StageContext, release: Release) -> Path | None:
         found = storage.get_volume(source.volume or "")
         kind, name = "volume", source.volume
     if found is None:
-        raise ConfigError(f"{ctx.config.serving.release_file}: source: {kind} '{name}' does not exist in "
-                          f"the {storage.backend} storage")
+        raise ConfigError(
+            f"{ctx.config.serving.release_file}: source: {kind} '{name}' does not exist in "
+            f"the {storage.backend} storage"
+        )
     if found.path is None:
-        raise ConfigError(f"{kind} '{name}' is not a local directory (storage backend '{storage.backend}'); "
-                          "the local serving backend needs local storage")
+        raise ConfigError(
+            f"{kind} '{name}' is not a local directory (storage backend '{storage.backend}'); "
+            "the local serving backend needs local storage"
+        )
     return Path(found.path) / source.path
 
 
@@ -78,12 +82,18 @@ def plan(ctx: StageContext) -> list[str]:
     where = f"{serving.backend} serving of model '{release.model}'"
     if live == release.version:
         return [f"{where}: version {live} is already live; nothing to do"]
-    steps = [(f"{where}: live version {live if live is not None else 'nothing'} -> desired {release.version} "
-              f"({strategy}) from {release.source.describe()}"),
-             "load it beside the live version, check its signature and smoke-test the export's sample"]
+    steps = [
+        (
+            f"{where}: live version {live if live is not None else 'nothing'} -> desired {release.version} "
+            f"({strategy}) from {release.source.describe()}"
+        ),
+        "load it beside the live version, check its signature and smoke-test the export's sample",
+    ]
     if strategy == "canary" and live is not None:
-        steps.append(f"canary weights {ctx.config.serving.rollout.canary_steps}% with "
-                     f"{ctx.config.serving.rollout.requests_per_step} checked requests per step, then promote")
+        steps.append(
+            f"canary weights {ctx.config.serving.rollout.canary_steps}% with "
+            f"{ctx.config.serving.rollout.requests_per_step} checked requests per step, then promote"
+        )
     steps.append("retire the old version; on any failed check roll back automatically")
     return steps
 
@@ -107,11 +117,20 @@ def run(ctx: StageContext) -> StageResult:
         seconds=round(time.monotonic() - started, 3),
     ).to_dict()
     if result.outcome == "unchanged":
-        return StageResult("success", f"model {release.model} version {release.version} is already live", outputs)
+        return StageResult(
+            "success", f"model {release.model} version {release.version} is already live", outputs
+        )
     if result.ok:
         before = f"version {result.before}" if result.before is not None else "nothing served"
-        return StageResult("success", f"model {release.model}: {before} -> version {result.after} "
-                                      f"({result.strategy})", outputs)
+        return StageResult(
+            "success",
+            f"model {release.model}: {before} -> version {result.after} ({result.strategy})",
+            outputs,
+        )
     still = f"version {result.before} still serves" if result.before is not None else "nothing serves it"
-    return StageResult("failed", f"model {release.model} version {release.version} rolled back; {still}: "
-                                 f"{result.reason}", outputs, error=result.reason)
+    return StageResult(
+        "failed",
+        f"model {release.model} version {release.version} rolled back; {still}: {result.reason}",
+        outputs,
+        error=result.reason,
+    )

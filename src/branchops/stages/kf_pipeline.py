@@ -23,7 +23,9 @@ def inputs(config: BranchopsConfig) -> tuple[str, ...]:
 
 def _describe_images(images: dict[str, str]) -> list[str]:
     if not images:
-        return ["images: no registry configured; the spec is for the local runner (components run as processes)"]
+        return [
+            "images: no registry configured; the spec is for the local runner (components run as processes)"
+        ]
     return [f"image {name}: {ref}" for name, ref in sorted(images.items())]
 
 
@@ -34,14 +36,20 @@ def plan(ctx: StageContext) -> list[str]:
     config = ctx.config
     compiled, images = compile_workspace(config, ctx.workspace)
     name = config.kubeflow.pipeline_name
-    lines = [f"compile {config.kubeflow.pipeline_module}: spec hash {compiled.spec_hash}"] + _describe_images(images)
+    lines = [f"compile {config.kubeflow.pipeline_module}: spec hash {compiled.spec_hash}"] + _describe_images(
+        images
+    )
     existing = make_engine(config, ctx.state_dir, ctx.workspace).find_version(name, compiled.version_name)
     if existing:
-        lines.append(f"pipeline {name} version {compiled.version_name[:12]} is already uploaded "
-                     f"(version id {existing.version_id}): nothing to upload")
+        lines.append(
+            f"pipeline {name} version {compiled.version_name[:12]} is already uploaded "
+            f"(version id {existing.version_id}): nothing to upload"
+        )
     else:
-        lines.append(f"would upload pipeline {name} version {compiled.version_name[:12]} to the "
-                     f"{config.kubeflow.backend} engine (a new pipeline, or a new version of the existing one)")
+        lines.append(
+            f"would upload pipeline {name} version {compiled.version_name[:12]} to the "
+            f"{config.kubeflow.backend} engine (a new pipeline, or a new version of the existing one)"
+        )
     return lines
 
 

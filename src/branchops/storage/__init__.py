@@ -28,8 +28,15 @@ if TYPE_CHECKING:
     from branchops.config import BranchopsConfig, StorageSection
 
 __all__ = [
-    "LABEL_COMMIT", "LABEL_RUN", "Snapshot", "Storage", "Volume", "check_labels", "check_name",
-    "lineage_labels", "make_storage",
+    "LABEL_COMMIT",
+    "LABEL_RUN",
+    "Snapshot",
+    "Storage",
+    "Volume",
+    "check_labels",
+    "check_name",
+    "lineage_labels",
+    "make_storage",
 ]
 
 

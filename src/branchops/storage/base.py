@@ -52,8 +52,10 @@ def check_name(name: object, what: str = "name") -> str:
     if len(name) > 63:
         raise ConfigError(f"{what} {name!r} is {len(name)} characters long; at most 63 are allowed")
     if not _NAME.match(name):
-        raise ConfigError(f"{what} {name!r} is not a valid name: use lower-case letters, digits and '-', "
-                          "starting and ending with a letter or digit (a Kubernetes DNS-1123 label)")
+        raise ConfigError(
+            f"{what} {name!r} is not a valid name: use lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit (a Kubernetes DNS-1123 label)"
+        )
     return name
 
 
@@ -70,11 +72,15 @@ def check_labels(labels: object) -> dict[str, str]:
         if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
             raise ConfigError(f"label key {key!r}: prefix {prefix!r} is not a DNS subdomain")
         if not name or len(name) > 63 or not _LABEL_NAME.match(name):
-            raise ConfigError(f"label key {key!r}: the name part must be 1-63 characters of letters, digits, "
-                              "'-', '_' or '.', starting and ending with a letter or digit")
+            raise ConfigError(
+                f"label key {key!r}: the name part must be 1-63 characters of letters, digits, "
+                "'-', '_' or '.', starting and ending with a letter or digit"
+            )
         if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
-            raise ConfigError(f"label {key}={value!r}: a value must be at most 63 characters of letters, "
-                              "digits, '-', '_' or '.', starting and ending with a letter or digit")
+            raise ConfigError(
+                f"label {key}={value!r}: a value must be at most 63 characters of letters, "
+                "digits, '-', '_' or '.', starting and ending with a letter or digit"
+            )
     return dict(labels)
 
 
@@ -140,8 +146,9 @@ class Storage(abc.ABC):
         """Delete the volume (its snapshots stay); False if there was none."""
 
     # -- the volume policy of config (storage.data_volume) ------------------------------------------
-    def provide_data_volume(self, policy: DataVolumePolicy,
-                            labels: dict[str, str] | None = None) -> tuple[Volume, bool]:
+    def provide_data_volume(
+        self, policy: DataVolumePolicy, labels: dict[str, str] | None = None
+    ) -> tuple[Volume, bool]:
         """The data volume as ``storage.data_volume`` asks, and whether the data must be downloaded into it.
 
         ``new``: the volume (created if absent) — needs data when it was just created or is empty
@@ -151,8 +158,10 @@ class Storage(abc.ABC):
         if policy.policy == "existing":
             volume = self.get_volume(policy.name)
             if volume is None:
-                raise ConfigError(f"storage.data_volume: policy 'existing' but volume {policy.name!r} does not "
-                                  f"exist ({self.backend} storage); create it or use policy 'new'")
+                raise ConfigError(
+                    f"storage.data_volume: policy 'existing' but volume {policy.name!r} does not "
+                    f"exist ({self.backend} storage); create it or use policy 'new'"
+                )
             return volume, False
         if policy.policy == "clone":
             return self.clone(str(policy.snapshot), policy.name, labels), False

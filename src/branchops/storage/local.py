@@ -193,8 +193,12 @@ class LocalStorage(Storage):
             return self._volume(name)
         if directory.exists() or directory.is_symlink():
             raise ConfigError(f"volume {name!r}: {directory} exists and is not a directory")
-        meta = {"format": _FORMAT, "name": name, "created_at": _now(),
-                "labels": {**labels, LABEL_MANAGED_BY: MANAGED_BY}}
+        meta = {
+            "format": _FORMAT,
+            "name": name,
+            "created_at": _now(),
+            "labels": {**labels, LABEL_MANAGED_BY: MANAGED_BY},
+        }
         _write_json_atomically(self._volume_meta(name), meta)
         try:
             directory.mkdir(parents=True)
@@ -227,8 +231,7 @@ class LocalStorage(Storage):
         log.info("deleted local volume %s", name)
         return True
 
-    def open_for_write(self, volume: str, relpath: str, mode: str = "w",
-                       encoding: str | None = None) -> Any:
+    def open_for_write(self, volume: str, relpath: str, mode: str = "w", encoding: str | None = None) -> Any:
         """:func:`open_for_write` on ``relpath`` inside ``volume`` (which must exist)."""
         directory = self._volume_dir(volume)
         if not directory.is_dir():
@@ -240,8 +243,14 @@ class LocalStorage(Storage):
 
     # -- snapshots -----------------------------------------------------------------------------------
     def _snapshot_from_meta(self, meta: dict[str, Any], directory: Path) -> Snapshot:
-        return Snapshot(name=meta["name"], volume=meta["volume"], created_at=meta["created_at"],
-                        labels=dict(meta.get("labels", {})), ready=True, path=str(directory / "data"))
+        return Snapshot(
+            name=meta["name"],
+            volume=meta["volume"],
+            created_at=meta["created_at"],
+            labels=dict(meta.get("labels", {})),
+            ready=True,
+            path=str(directory / "data"),
+        )
 
     def get_snapshot(self, name: str) -> Snapshot | None:
         directory = self._snapshot_dir(name)
@@ -277,9 +286,13 @@ class LocalStorage(Storage):
             files: dict[str, list[int]] = {}
             self._link_tree(source, staging / "data", files, freeze=frozen)
             meta = {
-                "format": _FORMAT, "name": name, "volume": volume, "created_at": _now(),
+                "format": _FORMAT,
+                "name": name,
+                "volume": volume,
+                "created_at": _now(),
                 "labels": {**labels, LABEL_VOLUME: volume, LABEL_MANAGED_BY: MANAGED_BY},
-                "file_count": len(files), "bytes": sum(size for size, _ in files.values()),
+                "file_count": len(files),
+                "bytes": sum(size for size, _ in files.values()),
             }
             # Size and mtime of every file, to detect an in-place write that bypassed the rule.
             _write_json_atomically(staging / "files.json", {"files": files}, compact=True)
@@ -305,19 +318,33 @@ class LocalStorage(Storage):
                     pass
             _remove_tree(staging)
             raise
-        log.info("snapshot %s of volume %s: %d files, %d bytes (hard links, read-only)",
-                 name, volume, meta["file_count"], meta["bytes"])
+        log.info(
+            "snapshot %s of volume %s: %d files, %d bytes (hard links, read-only)",
+            name,
+            volume,
+            meta["file_count"],
+            meta["bytes"],
+        )
         return self._snapshot_from_meta(meta, target)
 
     @staticmethod
     def _same_source(existing: Snapshot, volume: str) -> Snapshot:
         if existing.volume != volume:
-            raise ConfigError(f"snapshot {existing.name!r} already exists and was taken from volume "
-                              f"{existing.volume!r}, not {volume!r}; choose another snapshot name")
+            raise ConfigError(
+                f"snapshot {existing.name!r} already exists and was taken from volume "
+                f"{existing.volume!r}, not {volume!r}; choose another snapshot name"
+            )
         return existing
 
-    def _link_tree(self, source: str | Path, target: str | Path, files: dict[str, list[int]], *,
-                   freeze: list[tuple[str, int]] | None, prefix: str = "") -> None:
+    def _link_tree(
+        self,
+        source: str | Path,
+        target: str | Path,
+        files: dict[str, list[int]],
+        *,
+        freeze: list[tuple[str, int]] | None,
+        prefix: str = "",
+    ) -> None:
         """Recreate ``source``'s tree at ``target`` with hard links; with ``freeze``, make files read-only.
 
         Three system calls per file (stat, chmod, link) and plain strings: this loop is the whole cost
@@ -341,8 +368,9 @@ class LocalStorage(Storage):
                 self._link_file(src, dst)
                 files[rel] = [info.st_size, info.st_mtime_ns]
             else:
-                raise DataError(f"{src}: not a regular file, directory or symlink; "
-                                "a volume can hold only those")
+                raise DataError(
+                    f"{src}: not a regular file, directory or symlink; a volume can hold only those"
+                )
 
     @staticmethod
     def _link_file(src: str, dst: str) -> None:
@@ -352,11 +380,15 @@ class LocalStorage(Storage):
             if exc.errno == errno.EMLINK:  # the inode has as many links as the filesystem allows
                 shutil.copy2(src, dst)  # keeps mode and mtime, so verification still holds
             elif exc.errno == errno.EXDEV:
-                raise ConfigError(f"{src} is on another filesystem than the snapshot store; local snapshots "
-                                  "use hard links, so the volume must not be a separate mount") from None
+                raise ConfigError(
+                    f"{src} is on another filesystem than the snapshot store; local snapshots "
+                    "use hard links, so the volume must not be a separate mount"
+                ) from None
             elif exc.errno in (errno.EPERM, errno.ENOTSUP):
-                raise ExternalError(f"{src}: the filesystem refuses hard links ({exc.strerror}); "
-                                    "local snapshots need a filesystem that supports them") from None
+                raise ExternalError(
+                    f"{src}: the filesystem refuses hard links ({exc.strerror}); "
+                    "local snapshots need a filesystem that supports them"
+                ) from None
             else:
                 raise
 
@@ -398,20 +430,28 @@ class LocalStorage(Storage):
         existing = self.get_volume(new_volume)
         if existing is not None:
             if existing.labels.get(LABEL_CLONED_FROM) != snapshot:
-                raise ConfigError(f"volume {new_volume!r} already exists and was not cloned from snapshot "
-                                  f"{snapshot!r}; choose another volume name")
+                raise ConfigError(
+                    f"volume {new_volume!r} already exists and was not cloned from snapshot "
+                    f"{snapshot!r}; choose another volume name"
+                )
             return existing
         changed = self.verify_snapshot(snapshot)
         if changed:
-            raise DataError(f"snapshot {snapshot!r} was modified after it was taken (a file of its volume was "
-                            f"written in place instead of replaced): {', '.join(changed[:10])}")
+            raise DataError(
+                f"snapshot {snapshot!r} was modified after it was taken (a file of its volume was "
+                f"written in place instead of replaced): {', '.join(changed[:10])}"
+            )
 
         staging = self._staging(f"clone-{new_volume}-")
         meta_path = self._volume_meta(new_volume)
         try:
             self._link_tree(Path(snap.path or ""), staging / "data", {}, freeze=None)
-            meta = {"format": _FORMAT, "name": new_volume, "created_at": _now(),
-                    "labels": {**labels, LABEL_CLONED_FROM: snapshot, LABEL_MANAGED_BY: MANAGED_BY}}
+            meta = {
+                "format": _FORMAT,
+                "name": new_volume,
+                "created_at": _now(),
+                "labels": {**labels, LABEL_CLONED_FROM: snapshot, LABEL_MANAGED_BY: MANAGED_BY},
+            }
             _write_json_atomically(meta_path, meta)
             try:
                 os.rename(staging / "data", target)

@@ -50,8 +50,21 @@ SNAPSHOT_PLURAL = "volumesnapshots"
 REQUEST_TIMEOUT_S = 30.0
 PROGRESS_EVERY_S = 10.0
 
-_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 
 
 def quantity_bytes(quantity: str | int) -> int:
@@ -77,16 +90,26 @@ def load_api_client() -> Any:
     except (config.ConfigException, OSError) as exc:
         raise ExternalError(
             "cannot configure the Kubernetes client: not in a cluster and no usable kubeconfig "
-            f"(KUBECONFIG={kubeconfig or 'unset'}): {exc}") from None
+            f"(KUBECONFIG={kubeconfig or 'unset'}): {exc}"
+        ) from None
 
 
 class TridentStorage(Storage):
     backend = "trident"
 
-    def __init__(self, *, namespace: str, storage_class: str, snapshot_class: str, size: str = "20Gi",
-                 access_mode: str = "ReadWriteMany", ready_timeout_s: float = 600,
-                 poll_interval_s: float = 2.0, api_client: Any = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        storage_class: str,
+        snapshot_class: str,
+        size: str = "20Gi",
+        access_mode: str = "ReadWriteMany",
+        ready_timeout_s: float = 600,
+        poll_interval_s: float = 2.0,
+        api_client: Any = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.namespace = check_name(namespace, "storage.trident.namespace")
         self.storage_class = storage_class
         self.snapshot_class = snapshot_class
@@ -100,9 +123,15 @@ class TridentStorage(Storage):
 
     @classmethod
     def from_config(cls, section: StorageTrident, **kwargs: Any) -> TridentStorage:
-        return cls(namespace=section.namespace, storage_class=section.storage_class,
-                   snapshot_class=section.snapshot_class, size=section.size, access_mode=section.access_mode,
-                   ready_timeout_s=section.ready_timeout_s, **kwargs)
+        return cls(
+            namespace=section.namespace,
+            storage_class=section.storage_class,
+            snapshot_class=section.snapshot_class,
+            size=section.size,
+            access_mode=section.access_mode,
+            ready_timeout_s=section.ready_timeout_s,
+            **kwargs,
+        )
 
     # -- the client ----------------------------------------------------------------------------------
     @property
@@ -121,8 +150,15 @@ class TridentStorage(Storage):
 
         return client.CustomObjectsApi(self.api_client)
 
-    def _call(self, what: str, func: Callable[..., Any], *args: Any, missing_ok: bool = False,
-              conflict_ok: bool = False, **kwargs: Any) -> Any:
+    def _call(
+        self,
+        what: str,
+        func: Callable[..., Any],
+        *args: Any,
+        missing_ok: bool = False,
+        conflict_ok: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """Call the API; return None on 404 (missing_ok) or the string "conflict" on 409 (conflict_ok)."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
@@ -134,11 +170,14 @@ class TridentStorage(Storage):
                 return None
             if exc.status == 409 and conflict_ok:
                 return "conflict"
-            raise ExternalError(f"Kubernetes API: {what} failed: {exc.status} {exc.reason}: "
-                                f"{_server_message(exc)}") from None
+            raise ExternalError(
+                f"Kubernetes API: {what} failed: {exc.status} {exc.reason}: {_server_message(exc)}"
+            ) from None
         except HTTPError as exc:
             host = getattr(getattr(self.api_client, "configuration", None), "host", "?")
-            raise ExternalError(f"Kubernetes API at {host} unreachable while trying to {what}: {exc}") from None
+            raise ExternalError(
+                f"Kubernetes API at {host} unreachable while trying to {what}: {exc}"
+            ) from None
 
     def _to_dict(self, obj: Any) -> dict[str, Any]:
         return obj if isinstance(obj, dict) else self.api_client.sanitize_for_serialization(obj)
@@ -153,8 +192,9 @@ class TridentStorage(Storage):
         return {"name": name, "namespace": self.namespace, "labels": {**labels, LABEL_MANAGED_BY: MANAGED_BY}}
 
     # -- volumes (PVCs) ------------------------------------------------------------------------------
-    def _pvc_body(self, name: str, labels: dict[str, str], size: str,
-                  data_source: dict[str, str] | None = None) -> dict[str, Any]:
+    def _pvc_body(
+        self, name: str, labels: dict[str, str], size: str, data_source: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "accessModes": [self.access_mode],
             "storageClassName": self.storage_class,
@@ -162,13 +202,23 @@ class TridentStorage(Storage):
         }
         if data_source:
             spec["dataSource"] = data_source
-        return self._send({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                           "metadata": self._metadata(name, labels), "spec": spec})
+        return self._send(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": self._metadata(name, labels),
+                "spec": spec,
+            }
+        )
 
     def _read_pvc(self, name: str) -> dict[str, Any] | None:
-        found = self._call(f"read PersistentVolumeClaim {self.namespace}/{name}",
-                           self._core().read_namespaced_persistent_volume_claim, name, self.namespace,
-                           missing_ok=True)
+        found = self._call(
+            f"read PersistentVolumeClaim {self.namespace}/{name}",
+            self._core().read_namespaced_persistent_volume_claim,
+            name,
+            self.namespace,
+            missing_ok=True,
+        )
         return None if found is None else self._to_dict(found)
 
     @staticmethod
@@ -179,17 +229,28 @@ class TridentStorage(Storage):
 
     def _create_pvc(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
-        created = self._call(f"create PersistentVolumeClaim {self.namespace}/{name}",
-                             self._core().create_namespaced_persistent_volume_claim, self.namespace, body,
-                             conflict_ok=True)
+        created = self._call(
+            f"create PersistentVolumeClaim {self.namespace}/{name}",
+            self._core().create_namespaced_persistent_volume_claim,
+            self.namespace,
+            body,
+            conflict_ok=True,
+        )
         if created == "conflict":
             existing = self._read_pvc(name)
             if existing is None:
-                raise ExternalError(f"PersistentVolumeClaim {self.namespace}/{name}: the API server said it "
-                                    "exists (409) but it cannot be read back")
+                raise ExternalError(
+                    f"PersistentVolumeClaim {self.namespace}/{name}: the API server said it "
+                    "exists (409) but it cannot be read back"
+                )
             return existing
-        log.info("created PersistentVolumeClaim %s/%s (%s, %s)", self.namespace, name, self.storage_class,
-                 body["spec"]["resources"]["requests"]["storage"])
+        log.info(
+            "created PersistentVolumeClaim %s/%s (%s, %s)",
+            self.namespace,
+            name,
+            self.storage_class,
+            body["spec"]["resources"]["requests"]["storage"],
+        )
         return self._to_dict(created)
 
     def ensure_volume(self, name: str, labels: dict[str, str] | None = None) -> Volume:
@@ -205,24 +266,40 @@ class TridentStorage(Storage):
 
     def delete_volume(self, name: str) -> bool:
         check_name(name, "volume name")
-        done = self._call(f"delete PersistentVolumeClaim {self.namespace}/{name}",
-                          self._core().delete_namespaced_persistent_volume_claim, name, self.namespace,
-                          missing_ok=True)
+        done = self._call(
+            f"delete PersistentVolumeClaim {self.namespace}/{name}",
+            self._core().delete_namespaced_persistent_volume_claim,
+            name,
+            self.namespace,
+            missing_ok=True,
+        )
         return done is not None
 
     # -- snapshots (VolumeSnapshots) -----------------------------------------------------------------
     def _read_snapshot(self, name: str) -> dict[str, Any] | None:
-        return self._call(f"read VolumeSnapshot {self.namespace}/{name}",
-                          self._custom().get_namespaced_custom_object, SNAPSHOT_GROUP, SNAPSHOT_VERSION,
-                          self.namespace, SNAPSHOT_PLURAL, name, missing_ok=True)
+        return self._call(
+            f"read VolumeSnapshot {self.namespace}/{name}",
+            self._custom().get_namespaced_custom_object,
+            SNAPSHOT_GROUP,
+            SNAPSHOT_VERSION,
+            self.namespace,
+            SNAPSHOT_PLURAL,
+            name,
+            missing_ok=True,
+        )
 
     @staticmethod
     def _snapshot_from(obj: dict[str, Any]) -> Snapshot:
         meta, status = obj.get("metadata", {}), obj.get("status") or {}
         source = ((obj.get("spec") or {}).get("source") or {}).get("persistentVolumeClaimName", "")
-        return Snapshot(name=meta["name"], volume=source,
-                        created_at=status.get("creationTime") or meta.get("creationTimestamp") or "",
-                        labels=dict(meta.get("labels") or {}), ready=status.get("readyToUse") is True, path=None)
+        return Snapshot(
+            name=meta["name"],
+            volume=source,
+            created_at=status.get("creationTime") or meta.get("creationTimestamp") or "",
+            labels=dict(meta.get("labels") or {}),
+            ready=status.get("readyToUse") is True,
+            path=None,
+        )
 
     def get_snapshot(self, name: str) -> Snapshot | None:
         found = self._read_snapshot(check_name(name, "snapshot name"))
@@ -232,45 +309,72 @@ class TridentStorage(Storage):
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         if volume is not None:
             selector += f",{LABEL_VOLUME}={check_name(volume, 'volume name')}"
-        found = self._call(f"list VolumeSnapshots in {self.namespace}",
-                           self._custom().list_namespaced_custom_object, SNAPSHOT_GROUP, SNAPSHOT_VERSION,
-                           self.namespace, SNAPSHOT_PLURAL, label_selector=selector)
+        found = self._call(
+            f"list VolumeSnapshots in {self.namespace}",
+            self._custom().list_namespaced_custom_object,
+            SNAPSHOT_GROUP,
+            SNAPSHOT_VERSION,
+            self.namespace,
+            SNAPSHOT_PLURAL,
+            label_selector=selector,
+        )
         snaps = [self._snapshot_from(item) for item in (found or {}).get("items", [])]
         if volume is not None:  # the label is ours; the source field is the truth
             snaps = [s for s in snaps if s.volume == volume]
         return sorted(snaps, key=lambda s: (s.created_at, s.name))
 
-    def snapshot(self, volume: str, name: str, labels: dict[str, str] | None = None, *,
-                 wait: bool = True) -> Snapshot:
+    def snapshot(
+        self, volume: str, name: str, labels: dict[str, str] | None = None, *, wait: bool = True
+    ) -> Snapshot:
         check_name(volume, "volume name")
         check_name(name, "snapshot name")
         labels = check_labels(labels)
         existing = self._read_snapshot(name)
         if existing is None:
             if self._read_pvc(volume) is None:
-                raise ConfigError(f"cannot snapshot volume {volume!r}: no PersistentVolumeClaim "
-                                  f"{self.namespace}/{volume}")
-            body = self._send({
-                "apiVersion": f"{SNAPSHOT_GROUP}/{SNAPSHOT_VERSION}", "kind": "VolumeSnapshot",
-                "metadata": self._metadata(name, {**labels, LABEL_VOLUME: volume}),
-                "spec": {"volumeSnapshotClassName": self.snapshot_class,
-                         "source": {"persistentVolumeClaimName": volume}},
-            })
-            created = self._call(f"create VolumeSnapshot {self.namespace}/{name}",
-                                 self._custom().create_namespaced_custom_object, SNAPSHOT_GROUP,
-                                 SNAPSHOT_VERSION, self.namespace, SNAPSHOT_PLURAL, body, conflict_ok=True)
+                raise ConfigError(
+                    f"cannot snapshot volume {volume!r}: no PersistentVolumeClaim {self.namespace}/{volume}"
+                )
+            body = self._send(
+                {
+                    "apiVersion": f"{SNAPSHOT_GROUP}/{SNAPSHOT_VERSION}",
+                    "kind": "VolumeSnapshot",
+                    "metadata": self._metadata(name, {**labels, LABEL_VOLUME: volume}),
+                    "spec": {
+                        "volumeSnapshotClassName": self.snapshot_class,
+                        "source": {"persistentVolumeClaimName": volume},
+                    },
+                }
+            )
+            created = self._call(
+                f"create VolumeSnapshot {self.namespace}/{name}",
+                self._custom().create_namespaced_custom_object,
+                SNAPSHOT_GROUP,
+                SNAPSHOT_VERSION,
+                self.namespace,
+                SNAPSHOT_PLURAL,
+                body,
+                conflict_ok=True,
+            )
             if created == "conflict":  # created concurrently: read it
                 existing = self._read_snapshot(name)
             else:
-                log.info("created VolumeSnapshot %s/%s of PVC %s (class %s)", self.namespace, name, volume,
-                         self.snapshot_class)
+                log.info(
+                    "created VolumeSnapshot %s/%s of PVC %s (class %s)",
+                    self.namespace,
+                    name,
+                    volume,
+                    self.snapshot_class,
+                )
                 existing = created
         if existing is None:
             raise ExternalError(f"VolumeSnapshot {self.namespace}/{name} vanished right after it was created")
         snap = self._snapshot_from(existing)
         if snap.volume != volume:
-            raise ConfigError(f"snapshot {name!r} already exists and was taken from volume {snap.volume!r}, "
-                              f"not {volume!r}; choose another snapshot name")
+            raise ConfigError(
+                f"snapshot {name!r} already exists and was taken from volume {snap.volume!r}, "
+                f"not {volume!r}; choose another snapshot name"
+            )
         return self.wait_until_ready(name) if wait and not snap.ready else snap
 
     def wait_until_ready(self, name: str, timeout_s: float | None = None) -> Snapshot:
@@ -281,32 +385,54 @@ class TridentStorage(Storage):
         while True:
             obj = self._read_snapshot(name)
             if obj is None:
-                raise ExternalError(f"VolumeSnapshot {self.namespace}/{name} disappeared while waiting for it "
-                                    "to become ready")
+                raise ExternalError(
+                    f"VolumeSnapshot {self.namespace}/{name} disappeared while waiting for it to become ready"
+                )
             snap = self._snapshot_from(obj)
             if snap.ready:
-                log.info("VolumeSnapshot %s/%s is ready to use (%.0fs)", self.namespace, name,
-                         time.monotonic() - start)
+                log.info(
+                    "VolumeSnapshot %s/%s is ready to use (%.0fs)",
+                    self.namespace,
+                    name,
+                    time.monotonic() - start,
+                )
                 return snap
             elapsed = time.monotonic() - start
             error = ((obj.get("status") or {}).get("error") or {}).get("message")
             if elapsed >= timeout:
                 raise ExternalError(
                     f"VolumeSnapshot {self.namespace}/{name} not ready to use after {timeout:.0f}s"
-                    + (f"; the snapshot controller reports: {error}" if error else
-                       " (no error reported; check the snapshot controller and the VolumeSnapshotClass "
-                       f"{self.snapshot_class!r})"))
+                    + (
+                        f"; the snapshot controller reports: {error}"
+                        if error
+                        else " (no error reported; check the snapshot controller and the VolumeSnapshotClass "
+                        f"{self.snapshot_class!r})"
+                    )
+                )
             if elapsed - last_log >= PROGRESS_EVERY_S:
-                log.info("waiting for VolumeSnapshot %s/%s to be ready to use (%.0fs of %.0fs)%s",
-                         self.namespace, name, elapsed, timeout, f": {error}" if error else "")
+                log.info(
+                    "waiting for VolumeSnapshot %s/%s to be ready to use (%.0fs of %.0fs)%s",
+                    self.namespace,
+                    name,
+                    elapsed,
+                    timeout,
+                    f": {error}" if error else "",
+                )
                 last_log = elapsed
             self._sleep(self.poll_interval_s)
 
     def delete_snapshot(self, name: str) -> bool:
         check_name(name, "snapshot name")
-        done = self._call(f"delete VolumeSnapshot {self.namespace}/{name}",
-                          self._custom().delete_namespaced_custom_object, SNAPSHOT_GROUP, SNAPSHOT_VERSION,
-                          self.namespace, SNAPSHOT_PLURAL, name, missing_ok=True)
+        done = self._call(
+            f"delete VolumeSnapshot {self.namespace}/{name}",
+            self._custom().delete_namespaced_custom_object,
+            SNAPSHOT_GROUP,
+            SNAPSHOT_VERSION,
+            self.namespace,
+            SNAPSHOT_PLURAL,
+            name,
+            missing_ok=True,
+        )
         return done is not None
 
     # -- clones --------------------------------------------------------------------------------------
@@ -318,12 +444,16 @@ class TridentStorage(Storage):
         if existing is not None:
             source = (existing.get("spec") or {}).get("dataSource") or {}
             if source.get("kind") != "VolumeSnapshot" or source.get("name") != snapshot:
-                raise ConfigError(f"volume {new_volume!r} already exists and was not cloned from snapshot "
-                                  f"{snapshot!r}; choose another volume name")
+                raise ConfigError(
+                    f"volume {new_volume!r} already exists and was not cloned from snapshot "
+                    f"{snapshot!r}; choose another volume name"
+                )
             return self._volume_from(existing)
         snap_obj = self._read_snapshot(snapshot)
         if snap_obj is None:
-            raise ConfigError(f"cannot clone snapshot {snapshot!r}: no VolumeSnapshot {self.namespace}/{snapshot}")
+            raise ConfigError(
+                f"cannot clone snapshot {snapshot!r}: no VolumeSnapshot {self.namespace}/{snapshot}"
+            )
         if not self._snapshot_from(snap_obj).ready:
             self.wait_until_ready(snapshot)
             snap_obj = self._read_snapshot(snapshot) or snap_obj
@@ -332,8 +462,12 @@ class TridentStorage(Storage):
         restore = (snap_obj.get("status") or {}).get("restoreSize")
         if restore is not None and quantity_bytes(restore) > quantity_bytes(size):
             size = str(restore)
-        body = self._pvc_body(new_volume, {**labels, LABEL_CLONED_FROM: snapshot}, size,
-                              data_source={"apiGroup": SNAPSHOT_GROUP, "kind": "VolumeSnapshot", "name": snapshot})
+        body = self._pvc_body(
+            new_volume,
+            {**labels, LABEL_CLONED_FROM: snapshot},
+            size,
+            data_source={"apiGroup": SNAPSHOT_GROUP, "kind": "VolumeSnapshot", "name": snapshot},
+        )
         created = self._create_pvc(body)
         source = (created.get("spec") or {}).get("dataSource") or {}
         if source.get("name") != snapshot:

@@ -21,13 +21,19 @@ if TYPE_CHECKING:
     from branchops.config import BranchopsConfig
 
 
-def sync_job(config: BranchopsConfig, repo_root: str | Path = ".", *, client: JenkinsClient | None = None,
-             dry_run: bool = False) -> SyncResult:
+def sync_job(
+    config: BranchopsConfig,
+    repo_root: str | Path = ".",
+    *,
+    client: JenkinsClient | None = None,
+    dry_run: bool = False,
+) -> SyncResult:
     """``branchops jenkins sync``: check the Jenkinsfile against config, render the job, provision it."""
     problems = check_jenkinsfile(config, repo_root)
     if problems:
-        raise ConfigError("the Jenkinsfile does not match config/branchops.yaml; fix it before "
-                          "provisioning:\n  " + "\n  ".join(problems))
+        raise ConfigError(
+            "the Jenkinsfile does not match config/branchops.yaml; fix it before "
+            "provisioning:\n  " + "\n  ".join(problems)
+        )
     xml = render_job_xml(config, repo_root)
     return (client or make_client(config)).sync(xml, dry_run=dry_run)
-

@@ -38,10 +38,10 @@ class SyncResult:
 
 @dataclass(frozen=True)
 class BranchBuild:
-    branch: str          # the branch (or pull request, e.g. PR-12) as Jenkins shows it
-    job: str             # the branch job's name inside the multibranch project
+    branch: str  # the branch (or pull request, e.g. PR-12) as Jenkins shows it
+    job: str  # the branch job's name inside the multibranch project
     number: int | None
-    result: str | None   # SUCCESS, FAILURE, ABORTED, UNSTABLE, RUNNING, or None (never built)
+    result: str | None  # SUCCESS, FAILURE, ABORTED, UNSTABLE, RUNNING, or None (never built)
     started_at: str | None = None  # ISO 8601 UTC
     duration_s: float | None = None
     url: str | None = None
@@ -64,8 +64,14 @@ class JenkinsClient:
     made from ``settings`` with the API token read from ``settings.token`` (never the password).
     """
 
-    def __init__(self, settings: JenkinsSettings, *, server: Any = None, poll_interval_s: float = 2.0,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        settings: JenkinsSettings,
+        *,
+        server: Any = None,
+        poll_interval_s: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.settings = settings
         self._server = server
         self.poll_interval_s = poll_interval_s
@@ -87,11 +93,18 @@ class JenkinsClient:
         if self._server is None:
             token = self.settings.token.resolve()
             if not token:
-                raise ConfigError(f"ci.jenkins.token: no Jenkins API token ({self.settings.token.describe()});"
-                                  f" create one for user '{self.settings.user}' under <jenkins>/me/configure")
+                raise ConfigError(
+                    f"ci.jenkins.token: no Jenkins API token ({self.settings.token.describe()});"
+                    f" create one for user '{self.settings.user}' under <jenkins>/me/configure"
+                )
             import jenkins
-            self._server = jenkins.Jenkins(self.settings.url, username=self.settings.user, password=token,
-                                           timeout=self.settings.timeout_s)
+
+            self._server = jenkins.Jenkins(
+                self.settings.url,
+                username=self.settings.user,
+                password=token,
+                timeout=self.settings.timeout_s,
+            )
         return self._server
 
     @contextmanager
@@ -100,30 +113,38 @@ class JenkinsClient:
         import requests
 
         import jenkins
+
         try:
             yield
         except (ConfigError, ExternalError):
             raise
         except jenkins.TimeoutException as exc:
-            raise ExternalError(f"Jenkins at {self.settings.url}: {what} timed out after "
-                                f"{self.settings.timeout_s:g}s ({exc}); check the URL and "
-                                "ci.jenkins.timeout_s") from None
+            raise ExternalError(
+                f"Jenkins at {self.settings.url}: {what} timed out after "
+                f"{self.settings.timeout_s:g}s ({exc}); check the URL and "
+                "ci.jenkins.timeout_s"
+            ) from None
         except jenkins.NotFoundException:
             raise ExternalError(f"Jenkins at {self.settings.url}: {what}: not found (404)") from None
         except jenkins.JenkinsException as exc:
             text = str(exc)
             hint = ""
             if "[401]" in text:
-                hint = (f"; the user '{self.settings.user}' or its API token is wrong "
-                        f"({self.settings.token.describe()})")
+                hint = (
+                    f"; the user '{self.settings.user}' or its API token is wrong "
+                    f"({self.settings.token.describe()})"
+                )
             elif "[403]" in text:
-                hint = (f"; user '{self.settings.user}' lacks the permission (Job/Create, Job/Configure, "
-                        "Job/Build, Job/Read on the folder) or the CSRF crumb was refused")
+                hint = (
+                    f"; user '{self.settings.user}' lacks the permission (Job/Create, Job/Configure, "
+                    "Job/Build, Job/Read on the folder) or the CSRF crumb was refused"
+                )
             first = text.splitlines()[0] if text else type(exc).__name__
             raise ExternalError(f"Jenkins at {self.settings.url}: {what} failed: {first}{hint}") from None
         except requests.RequestException as exc:
-            raise ExternalError(f"Jenkins at {self.settings.url}: {what} failed: "
-                                f"{type(exc).__name__}: {exc}") from None
+            raise ExternalError(
+                f"Jenkins at {self.settings.url}: {what} failed: {type(exc).__name__}: {exc}"
+            ) from None
 
     # checks ---------------------------------------------------------------------------------------
     def check(self) -> dict[str, str]:
@@ -138,6 +159,7 @@ class JenkinsClient:
     def _info(self, name: str, what: str) -> dict[str, Any] | None:
         """Item JSON, or None when the item does not exist."""
         import jenkins
+
         with self._calling(what):
             try:
                 return self.server.get_job_info(name)
@@ -156,8 +178,10 @@ class JenkinsClient:
             info = self._info(path, f"reading folder {path}")
             if info is not None:
                 if "jobs" not in info:
-                    raise ExternalError(f"Jenkins: '{path}' exists and is a {info.get('_class', 'job')}, "
-                                        "not a folder; change ci.jenkins.folder")
+                    raise ExternalError(
+                        f"Jenkins: '{path}' exists and is a {info.get('_class', 'job')}, "
+                        "not a folder; change ci.jenkins.folder"
+                    )
                 continue
             created.append(path)
             if dry_run:
@@ -165,8 +189,9 @@ class JenkinsClient:
             with self._calling(f"creating folder {path}"):
                 self.server.create_folder(path)
             if self._info(path, f"reading folder {path}") is None:
-                raise ExternalError(f"Jenkins: folder '{path}' was not created "
-                                    "(is the Folders plugin installed?)")
+                raise ExternalError(
+                    f"Jenkins: folder '{path}' was not created (is the Folders plugin installed?)"
+                )
             log.info("created Jenkins folder %s", path)
         return created
 
@@ -189,8 +214,10 @@ class JenkinsClient:
         else:
             kind = info.get("_class", "")
             if kind != MULTIBRANCH_CLASS:
-                raise ExternalError(f"Jenkins: '{name}' exists and is a {kind or 'different kind of item'}, "
-                                    "not a multibranch pipeline; rename it or set ci.jenkins.job to another name")
+                raise ExternalError(
+                    f"Jenkins: '{name}' exists and is a {kind or 'different kind of item'}, "
+                    "not a multibranch pipeline; rename it or set ci.jenkins.job to another name"
+                )
             with self._calling(f"reading the configuration of {name}"):
                 current = self.server.get_job_config(name)
             current_digest = job_digest(current)
@@ -211,6 +238,7 @@ class JenkinsClient:
     def trigger_scan(self) -> None:
         """Scan Repository Now: ``POST <job>/build`` on the multibranch project (ComputedFolder.doBuild)."""
         import requests
+
         with self._calling(f"triggering a scan of {self.job_name}"):
             self.server.jenkins_request(requests.Request("POST", self.job_url + "build?delay=0"))
 
@@ -219,8 +247,9 @@ class JenkinsClient:
         """The last build of every branch and pull request the job knows, plus queued builds."""
         info = self._info(self.job_name, f"reading job {self.job_name}")
         if info is None:
-            raise ExternalError(f"Jenkins: job '{self.job_name}' does not exist; "
-                                "run `branchops jenkins sync` first")
+            raise ExternalError(
+                f"Jenkins: job '{self.job_name}' does not exist; run `branchops jenkins sync` first"
+            )
         with self._calling("reading the build queue"):
             queue = self.server.get_queue_info()
         # A queued branch build's task URL is the branch job's URL, as the project lists it.
@@ -234,19 +263,33 @@ class JenkinsClient:
             last = child_info.get("lastBuild")
             reason = queued.get(child.get("url"))
             if not last:
-                rows.append(BranchBuild(branch, child_name, None, None, queued=reason is not None,
-                                        queue_reason=reason))
+                rows.append(
+                    BranchBuild(
+                        branch, child_name, None, None, queued=reason is not None, queue_reason=reason
+                    )
+                )
                 continue
             with self._calling(f"reading build {last['number']} of {full}"):
                 build = self.server.get_build_info(full, last["number"])
             result = "RUNNING" if build.get("building") else build.get("result")
             started = build.get("timestamp")
-            rows.append(BranchBuild(
-                branch=branch, job=child_name, number=build.get("number", last["number"]), result=result,
-                started_at=(datetime.fromtimestamp(started / 1000, tz=UTC).isoformat(timespec="seconds")
-                            if started else None),
-                duration_s=(build.get("duration") or 0) / 1000 if not build.get("building") else None,
-                url=build.get("url") or last.get("url"), queued=reason is not None, queue_reason=reason))
+            rows.append(
+                BranchBuild(
+                    branch=branch,
+                    job=child_name,
+                    number=build.get("number", last["number"]),
+                    result=result,
+                    started_at=(
+                        datetime.fromtimestamp(started / 1000, tz=UTC).isoformat(timespec="seconds")
+                        if started
+                        else None
+                    ),
+                    duration_s=(build.get("duration") or 0) / 1000 if not build.get("building") else None,
+                    url=build.get("url") or last.get("url"),
+                    queued=reason is not None,
+                    queue_reason=reason,
+                )
+            )
         return sorted(rows, key=lambda r: r.branch)
 
     def logs(self, branch: str, build: int | None = None, follow: bool = True) -> Iterator[str]:
@@ -257,6 +300,7 @@ class JenkinsClient:
         ``follow`` it keeps polling until the build ends.
         """
         import requests
+
         child = branch_job_name(branch)
         full = f"{self.job_name}/{child}"
         if build is None:
@@ -264,9 +308,11 @@ class JenkinsClient:
             if info is None:
                 project = self._info(self.job_name, "reading the job") or {}
                 known = [j["name"] for j in project.get("jobs", [])]
-                raise ExternalError(f"Jenkins: no job for branch '{branch}' in {self.job_name} "
-                                    f"(known: {', '.join(unquote(k) for k in known) or 'none'}); "
-                                    "is it a stage branch, and has the repository been scanned?")
+                raise ExternalError(
+                    f"Jenkins: no job for branch '{branch}' in {self.job_name} "
+                    f"(known: {', '.join(unquote(k) for k in known) or 'none'}); "
+                    "is it a stage branch, and has the repository been scanned?"
+                )
             if not info.get("lastBuild"):
                 raise ExternalError(f"Jenkins: branch '{branch}' has no build yet")
             build = int(info["lastBuild"]["number"])
@@ -279,9 +325,11 @@ class JenkinsClient:
                     response = self.server.jenkins_request(request)
                 except Exception as exc:
                     import jenkins
+
                     if isinstance(exc, jenkins.NotFoundException):
-                        raise ExternalError(f"Jenkins: build #{build} of branch '{branch}' "
-                                            "does not exist") from None
+                        raise ExternalError(
+                            f"Jenkins: build #{build} of branch '{branch}' does not exist"
+                        ) from None
                     raise
             if response.text:
                 yield response.text
@@ -294,6 +342,7 @@ class JenkinsClient:
 
 def _quote_segment(name: str) -> str:
     from urllib.parse import quote
+
     return quote(name, safe="")
 
 

@@ -41,6 +41,7 @@ TIME_UNITS = {"SECONDS": 1, "MINUTES": 60, "HOURS": 3600, "DAYS": 86400}
 
 def default_credentials() -> dict[str, str]:
     from branchops.config import JenkinsSettings
+
     return dict(JenkinsSettings.model_fields["credentials"].default_factory())  # type: ignore[misc]
 
 
@@ -63,8 +64,9 @@ class Block:
 
     @property
     def argument(self) -> str | None:
-        match = re.match(r"[A-Za-z_]\w*\s*\(\s*'([^']*)'", self.header) or \
-            re.match(r'[A-Za-z_]\w*\s*\(\s*"([^"]*)"', self.header)
+        match = re.match(r"[A-Za-z_]\w*\s*\(\s*'([^']*)'", self.header) or re.match(
+            r'[A-Za-z_]\w*\s*\(\s*"([^"]*)"', self.header
+        )
         return match.group(1) if match else None
 
     def blocks(self, name: str | None = None) -> list[Block]:
@@ -124,7 +126,7 @@ def parse_groovy_blocks(text: str, source: str = "Jenkinsfile") -> Block:
             i = j + 2
             continue
         if c in "'\"":
-            quote = text[i:i + 3] if text[i:i + 3] in ("'''", '"""') else c
+            quote = text[i : i + 3] if text[i : i + 3] in ("'''", '"""') else c
             j = i + len(quote)
             while True:
                 if j >= n:
@@ -174,14 +176,17 @@ def parse_groovy_blocks(text: str, source: str = "Jenkinsfile") -> Block:
 
 @dataclass(frozen=True)
 class CredentialBinding:
-    kind: str                 # usernamePassword, string, file, sshUserPrivateKey
+    kind: str  # usernamePassword, string, file, sshUserPrivateKey
     credentials_id: str
     variables: dict[str, str]  # role (variable, usernameVariable, passwordVariable) -> env name
 
     @property
     def secret_variable(self) -> str | None:
-        return self.variables.get("passwordVariable") or self.variables.get("variable") \
+        return (
+            self.variables.get("passwordVariable")
+            or self.variables.get("variable")
             or self.variables.get("keyFileVariable")
+        )
 
 
 @dataclass
@@ -193,9 +198,9 @@ class JenkinsfileModel:
     timeout_s: int | None
     stages: list[str]
     bindings: list[CredentialBinding]
-    exported: dict[str, str]   # NAME -> the bound variable it copies (inside the credentials block)
-    run_commands: list[str]    # sh scripts that call `branchops run`
-    run_stage_guarded: bool    # the stage that runs branchops sits behind `when { not { changeRequest() } }`
+    exported: dict[str, str]  # NAME -> the bound variable it copies (inside the credentials block)
+    run_commands: list[str]  # sh scripts that call `branchops run`
+    run_stage_guarded: bool  # the stage that runs branchops sits behind `when { not { changeRequest() } }`
     run_inside_credentials: bool
     post_conditions: list[str]
     junit_patterns: list[str]
@@ -242,7 +247,7 @@ def read_jenkinsfile(text: str, source: str = "Jenkinsfile") -> JenkinsfileModel
             named = dict(_NAMED.findall(args))
             cred_id = named.pop("credentialsId", "")
             bindings.append(CredentialBinding(kind, cred_id, named))
-        inner = block.text()[len(block.header):]
+        inner = block.text()[len(block.header) :]
         exported.update(dict(re.findall(r'export\s+([A-Za-z_]\w*)="\$\{?([A-Za-z_]\w*)\}?"', inner)))
         for statement in [s for b in block.walk() for s in b.statements()]:
             if re.match(r'sh\s*\(?\s*(script\s*:\s*)?"', statement):
@@ -250,7 +255,7 @@ def read_jenkinsfile(text: str, source: str = "Jenkinsfile") -> JenkinsfileModel
             # Jenkins runs an sh script with `-xe` (tracing every command, values expanded) unless
             # the script starts with its own #! line.
             script = re.match(r"sh\s*\(?\s*(?:script\s*:\s*)?('''|'|\"\"\"|\")", statement)
-            if script and not statement[script.end():].startswith("#!"):
+            if script and not statement[script.end() :].startswith("#!"):
                 traced.append(statement.splitlines()[0])
             if "branchops run" in statement:
                 run_inside = True
@@ -277,8 +282,11 @@ def read_jenkinsfile(text: str, source: str = "Jenkinsfile") -> JenkinsfileModel
         post_conditions=post_conditions,
         junit_patterns=re.findall(r"junit\b[^\n]*testResults\s*:\s*'([^']+)'", everything),
         junitxml_paths=re.findall(r"--junitxml[= ]([^\s'\"]+)", everything),
-        archived=[p.strip() for a in re.findall(r"archiveArtifacts\b[^\n]*artifacts\s*:\s*'([^']+)'",
-                                                everything) for p in a.split(",")],
+        archived=[
+            p.strip()
+            for a in re.findall(r"archiveArtifacts\b[^\n]*artifacts\s*:\s*'([^']+)'", everything)
+            for p in a.split(",")
+        ],
         groovy_interpolated_secrets=interpolated,
         traced_scripts=traced,
         uses_set_x=bool(re.search(r"set\s+-[a-wyzA-Z]*x|set\s+-o\s+xtrace", everything)),
@@ -289,6 +297,7 @@ def _secret_refs(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     from pydantic import BaseModel
 
     from branchops.config import SecretRef
+
     if isinstance(value, SecretRef):
         yield path, value
     elif isinstance(value, BaseModel):
@@ -306,8 +315,9 @@ def required_run_command() -> str:
     return 'branchops run --for-branch "$BRANCH_NAME"'
 
 
-def check_jenkinsfile(config: BranchopsConfig, repo_root: str | Path = ".",
-                      text: str | None = None) -> list[str]:
+def check_jenkinsfile(
+    config: BranchopsConfig, repo_root: str | Path = ".", text: str | None = None
+) -> list[str]:
     """Every way the Jenkinsfile drifts from config or from the stage contract (empty: in step)."""
     path = Path(repo_root) / JENKINSFILE
     if text is None:
@@ -329,51 +339,65 @@ def check_jenkinsfile(config: BranchopsConfig, repo_root: str | Path = ".",
     rounds = -(-len(training.experiments) // training.max_parallel_runs)
     needed = int(training.timeout_s * rounds + 1800)
     if model.timeout_s is not None and model.timeout_s < needed:
-        problems.append(f"options: timeout {model.timeout_s}s is shorter than the training stage may take "
-                        f"({rounds} round(s) of training.timeout_s={training.timeout_s:g}s plus 30 min); Jenkins "
-                        "would kill the run before branchops can record its outcome")
+        problems.append(
+            f"options: timeout {model.timeout_s}s is shorter than the training stage may take "
+            f"({rounds} round(s) of training.timeout_s={training.timeout_s:g}s plus 30 min); Jenkins "
+            "would kill the run before branchops can record its outcome"
+        )
 
     runs = [c for c in model.run_commands if required_run_command() in c]
     if not runs:
-        problems.append(f"stages: no step runs `{required_run_command()}` "
-                        "(the branch -> stage map lives in config)")
+        problems.append(
+            f"stages: no step runs `{required_run_command()}` (the branch -> stage map lives in config)"
+        )
     if len(model.run_commands) != len(runs) or len(runs) > 1:
-        problems.append("stages: `branchops run` must be called exactly once, as "
-                        f"`{required_run_command()}`; found: {model.run_commands}")
+        problems.append(
+            "stages: `branchops run` must be called exactly once, as "
+            f"`{required_run_command()}`; found: {model.run_commands}"
+        )
     if runs and not model.run_inside_credentials:
         problems.append("stages: `branchops run` is not inside the withCredentials block")
     if runs and not model.run_stage_guarded:
-        problems.append("stages: the stage running branchops must be skipped for pull requests "
-                        "(`when { not { changeRequest() } }`)")
+        problems.append(
+            "stages: the stage running branchops must be skipped for pull requests "
+            "(`when { not { changeRequest() } }`)"
+        )
 
     wanted = credential_ids(config)
     bound = {b.credentials_id: b for b in model.bindings}
     for key, cred_id in wanted.items():
         binding = bound.get(cred_id)
         if binding is None:
-            problems.append(f"credentials: ci.jenkins.credentials.{key} = '{cred_id}' is not bound by "
-                            "withCredentials")
+            problems.append(
+                f"credentials: ci.jenkins.credentials.{key} = '{cred_id}' is not bound by withCredentials"
+            )
             continue
         kind = CREDENTIAL_KINDS.get(key)
         if kind and binding.kind != kind:
             problems.append(f"credentials: '{cred_id}' ({key}) is bound as {binding.kind}, expected {kind}")
         if binding.secret_variable != credential_env_name(cred_id):
-            problems.append(f"credentials: '{cred_id}' must be bound to {credential_env_name(cred_id)} "
-                            f"(branchops reads {{credential: {cred_id}}} there), not {binding.secret_variable}")
+            problems.append(
+                f"credentials: '{cred_id}' must be bound to {credential_env_name(cred_id)} "
+                f"(branchops reads {{credential: {cred_id}}} there), not {binding.secret_variable}"
+            )
     for cred_id in sorted(set(bound) - set(wanted.values())):
-        problems.append(f"credentials: the Jenkinsfile binds '{cred_id}', which ci.jenkins.credentials "
-                        "does not name")
+        problems.append(
+            f"credentials: the Jenkinsfile binds '{cred_id}', which ci.jenkins.credentials does not name"
+        )
 
     available = {v for b in model.bindings for v in b.variables.values()} | set(model.exported)
     for where, ref in _secret_refs(config):
         if where.startswith(_NOT_USED_IN_BUILDS):
             continue
         if ref.credential and ref.credential not in bound:
-            problems.append(f"{where}: {{credential: {ref.credential}}} is not bound in the Jenkinsfile; add it to "
-                            "ci.jenkins.credentials and to withCredentials")
+            problems.append(
+                f"{where}: {{credential: {ref.credential}}} is not bound in the Jenkinsfile; add it to "
+                "ci.jenkins.credentials and to withCredentials"
+            )
         elif ref.env and ref.env not in available:
-            problems.append(f"{where}: {{env: {ref.env}}} is not set by the Jenkinsfile's "
-                            "withCredentials block")
+            problems.append(
+                f"{where}: {{env: {ref.env}}} is not set by the Jenkinsfile's withCredentials block"
+            )
 
     for condition in ("always", "success", "failure"):
         if condition not in model.post_conditions:
@@ -388,9 +412,13 @@ def check_jenkinsfile(config: BranchopsConfig, repo_root: str | Path = ".",
     if model.uses_set_x:
         problems.append("shell tracing (`set -x`) would print the bound secrets")
     for statement in model.traced_scripts:
-        problems.append("credentials: an sh script inside withCredentials without a #! line runs with "
-                        f"`sh -xe`, whose trace prints the secrets; start it with #!/bin/bash: {statement}")
+        problems.append(
+            "credentials: an sh script inside withCredentials without a #! line runs with "
+            f"`sh -xe`, whose trace prints the secrets; start it with #!/bin/bash: {statement}"
+        )
     for statement in model.groovy_interpolated_secrets:
-        problems.append(f"credentials: a double-quoted sh string inside withCredentials lets Groovy interpolate "
-                        f"secrets; use single quotes: {statement}")
+        problems.append(
+            f"credentials: a double-quoted sh string inside withCredentials lets Groovy interpolate "
+            f"secrets; use single quotes: {statement}"
+        )
     return problems

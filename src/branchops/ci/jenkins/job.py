@@ -26,8 +26,26 @@ if TYPE_CHECKING:
 JOB_TEMPLATE = Path("jenkins") / "jobs" / "branchops.yaml"
 
 # The intervals cloudbees-folder's PeriodicFolderTrigger offers (and jenkins-job-builder accepts).
-SCAN_INTERVALS = ("1m", "2m", "5m", "10m", "15m", "20m", "25m", "30m", "1h", "2h", "4h", "8h", "12h",
-                  "1d", "2d", "1w", "2w", "4w")
+SCAN_INTERVALS = (
+    "1m",
+    "2m",
+    "5m",
+    "10m",
+    "15m",
+    "20m",
+    "25m",
+    "30m",
+    "1h",
+    "2h",
+    "4h",
+    "8h",
+    "12h",
+    "1d",
+    "2d",
+    "1w",
+    "2w",
+    "4w",
+)
 
 # GitHub branch source reports pull-request builds (built merged with their target) under this
 # context; it is the status check branch protection requires.
@@ -62,11 +80,15 @@ def job_parameters(config: BranchopsConfig) -> dict[str, str]:
     settings = jenkins_settings(config)
     github = config.forge.github
     if github is None:
-        raise ConfigError("forge.github: the Jenkins job's branch source needs forge.github.repository "
-                          "(owner/name) and the GitHub API URL")
+        raise ConfigError(
+            "forge.github: the Jenkins job's branch source needs forge.github.repository "
+            "(owner/name) and the GitHub API URL"
+        )
     if settings.scan_interval not in SCAN_INTERVALS:
-        raise ConfigError(f"ci.jenkins.scan_interval: '{settings.scan_interval}' is not an interval Jenkins "
-                          f"offers for repository scans; use one of {', '.join(SCAN_INTERVALS)}")
+        raise ConfigError(
+            f"ci.jenkins.scan_interval: '{settings.scan_interval}' is not an interval Jenkins "
+            f"offers for repository scans; use one of {', '.join(SCAN_INTERVALS)}"
+        )
     if "github" not in settings.credentials:
         raise ConfigError("ci.jenkins.credentials: no 'github' entry; the job scans the repository with it")
     owner, repo = github.repository.split("/", 1)
@@ -91,18 +113,23 @@ def jjb_project(config: BranchopsConfig, repo_root: str | Path = ".") -> tuple[P
     try:
         template_text = template.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{template}: the job template is missing (it ships with the branchops layout)"
-                          ) from None
+        raise ConfigError(
+            f"{template}: the job template is missing (it ships with the branchops layout)"
+        ) from None
     try:  # the digest changes when the renderer might
         from importlib.metadata import PackageNotFoundError, version
+
         jjb_version = version("jenkins-job-builder")
     except PackageNotFoundError:
         jjb_version = "not installed"
-    digest = hashlib.sha256(json.dumps({"template": template_text, "params": params, "jjb": jjb_version},
-                                       sort_keys=True).encode()).hexdigest()[:16]
-    params["description"] = (f"branchops stages of {params['repo_owner']}/{params['repo']}. Provisioned "
-                             "by `branchops jenkins sync` from config/branchops.yaml: change that, not "
-                             f"this job. {DIGEST_MARKER}{digest}")
+    digest = hashlib.sha256(
+        json.dumps({"template": template_text, "params": params, "jjb": jjb_version}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    params["description"] = (
+        f"branchops stages of {params['repo_owner']}/{params['repo']}. Provisioned "
+        "by `branchops jenkins sync` from config/branchops.yaml: change that, not "
+        f"this job. {DIGEST_MARKER}{digest}"
+    )
     return template, [{"project": {"name": "branchops", **params, "jobs": ["{job_name}"]}}]
 
 
@@ -121,8 +148,10 @@ def _render_with_jjb(template: Path, project: list[dict[str, Any]]) -> str:
         from jenkins_jobs.roots import Roots
         from jenkins_jobs.xml_config import XmlJobGenerator
     except ImportError:
-        raise ConfigError("rendering the Jenkins job needs jenkins-job-builder: "
-                          "pip install 'branchops[jenkins]' (or jenkins-job-builder>=6)") from None
+        raise ConfigError(
+            "rendering the Jenkins job needs jenkins-job-builder: "
+            "pip install 'branchops[jenkins]' (or jenkins-job-builder>=6)"
+        ) from None
     import yaml
 
     quiet = logging.getLogger("jenkins_jobs")

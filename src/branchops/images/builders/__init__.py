@@ -10,7 +10,10 @@ from branchops.images.builders.kaniko import KanikoBuilder
 from branchops.images.builders.podman import PodmanBuilder
 
 BUILDERS: dict[str, type[Builder]] = {
-    "buildah": BuildahBuilder, "podman": PodmanBuilder, "docker": DockerBuilder, "kaniko": KanikoBuilder,
+    "buildah": BuildahBuilder,
+    "podman": PodmanBuilder,
+    "docker": DockerBuilder,
+    "kaniko": KanikoBuilder,
 }
 # kaniko comes last: an agent that has it (a kaniko pod) has none of the others.
 AUTO_ORDER = ("buildah", "podman", "docker", "kaniko")
@@ -26,12 +29,15 @@ def select_builder(choice: str, timeout_s: float) -> Builder | None:
         for name in AUTO_ORDER:
             if BUILDERS[name].available():
                 return BUILDERS[name](timeout_s)
-        raise ConfigError("registry.builder is 'auto' but none of buildah, podman, docker or kaniko "
-                          "(/kaniko/executor) is installed on this agent; install one (see .ci/setup.d/"
-                          "containers.sh) or set registry.builder: none to only run the tests")
+        raise ConfigError(
+            "registry.builder is 'auto' but none of buildah, podman, docker or kaniko "
+            "(/kaniko/executor) is installed on this agent; install one (see .ci/setup.d/"
+            "containers.sh) or set registry.builder: none to only run the tests"
+        )
     if choice not in BUILDERS:
-        raise ConfigError(f"registry.builder: unknown builder '{choice}'; expected one of auto, none, "
-                          f"{', '.join(BUILDERS)}")
+        raise ConfigError(
+            f"registry.builder: unknown builder '{choice}'; expected one of auto, none, {', '.join(BUILDERS)}"
+        )
     builder = BUILDERS[choice]
     if not builder.available():
         raise ConfigError(f"registry.builder is '{choice}' but it is not installed on this agent")

@@ -68,15 +68,24 @@ class Builder(ABC):
         return None
 
 
-def run_logged(argv: Sequence[str], log: IO[str], cwd: Path, env: Mapping[str, str] | None, timeout_s: float) -> None:
+def run_logged(
+    argv: Sequence[str], log: IO[str], cwd: Path, env: Mapping[str, str] | None, timeout_s: float
+) -> None:
     """Run ``argv`` with its output appended to ``log``; raise CommandFailed on a non-zero exit or a timeout."""
     log.write(f"$ {mask(shlex.join(argv))}\n")
     log.flush()
     started = time.monotonic()
     try:
-        completed = subprocess.run(list(argv), cwd=cwd, env=dict(env) if env is not None else None,
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   timeout=timeout_s, check=False)
+        completed = subprocess.run(
+            list(argv),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         log.write(mask((exc.stdout or b"").decode(errors="replace")))
         log.write(f"\n[timed out after {timeout_s:g}s]\n")

@@ -18,8 +18,18 @@ class BuildahBuilder(Builder):
     def commands(self, request: BuildRequest) -> list[list[str]]:
         auth = ["--authfile", str(request.auth_dir / "config.json")] if request.auth_dir else []
         # --layers keeps intermediate layers so an unchanged step is a cache hit next time.
-        build = [self.name, *self.build_verb, "--layers", "-f", request.dockerfile, "-t", request.image,
-                 *build_arg_flags(request), *auth, "."]
+        build = [
+            self.name,
+            *self.build_verb,
+            "--layers",
+            "-f",
+            request.dockerfile,
+            "-t",
+            request.image,
+            *build_arg_flags(request),
+            *auth,
+            ".",
+        ]
         push = [self.name, "push", "--digestfile", str(request.digest_file), *auth]
         if request.insecure:
             push.append("--tls-verify=false")

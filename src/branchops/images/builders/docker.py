@@ -23,5 +23,14 @@ class DockerBuilder(Builder):
         return {"DOCKER_CONFIG": str(request.auth_dir)} if request.auth_dir else {}
 
     def commands(self, request: BuildRequest) -> list[list[str]]:
-        build = ["docker", "build", "-f", request.dockerfile, "-t", request.image, *build_arg_flags(request), "."]
+        build = [
+            "docker",
+            "build",
+            "-f",
+            request.dockerfile,
+            "-t",
+            request.image,
+            *build_arg_flags(request),
+            ".",
+        ]
         return [build, ["docker", "push", request.image]]

@@ -27,9 +27,19 @@ class KanikoBuilder(Builder):
         return {"DOCKER_CONFIG": str(request.auth_dir)} if request.auth_dir else {}
 
     def commands(self, request: BuildRequest) -> list[list[str]]:
-        argv = [EXECUTOR, "--context", f"dir://{request.workspace}", "--dockerfile",
-                str(request.workspace / request.dockerfile), "--destination", request.image,
-                "--digest-file", str(request.digest_file), "--cleanup", *build_arg_flags(request)]
+        argv = [
+            EXECUTOR,
+            "--context",
+            f"dir://{request.workspace}",
+            "--dockerfile",
+            str(request.workspace / request.dockerfile),
+            "--destination",
+            request.image,
+            "--digest-file",
+            str(request.digest_file),
+            "--cleanup",
+            *build_arg_flags(request),
+        ]
         if request.insecure:
             argv += ["--insecure", "--skip-tls-verify"]
         return [argv]

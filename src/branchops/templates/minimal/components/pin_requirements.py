@@ -42,7 +42,8 @@ def closure(roots: list[str]) -> dict[str, str]:
         for line in dist.requires or []:
             requirement = Requirement(line)
             if requirement.marker is not None and not any(
-                    requirement.marker.evaluate({**environment, "extra": extra}) for extra in (extras or {""})):
+                requirement.marker.evaluate({**environment, "extra": extra}) for extra in (extras or {""})
+            ):
                 continue
             if _canonical(requirement.name) not in pins:
                 todo.append((_canonical(requirement.name), frozenset(requirement.extras)))

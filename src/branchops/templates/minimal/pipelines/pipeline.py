@@ -34,17 +34,20 @@ class PipelineOutputs(NamedTuple):
     model: dict
 
 
-def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = None,
-                   mounts: Mapping[str, str] | None = None):
+def build_pipeline(
+    images: Mapping[str, str] | None = None, gpu: Any | None = None, mounts: Mapping[str, str] | None = None
+):
     """The pipeline function, with ``images`` (component name -> image reference) and ``mounts`` (where
     the data and model volumes are mounted in a step: {"data": path, "models": path}) applied."""
     from kfp import dsl, kubernetes
 
     if int(getattr(gpu, "count", 0) or 0) > 0:
         # The train image holds tensorflow-cpu: a GPU request would only hold a node's GPU idle.
-        raise ValueError("training.gpu.count > 0, but this project's train image is CPU-only; build a GPU "
-                         "variant (docker/train-gpu/Dockerfile with TensorFlow's CUDA wheels) and request "
-                         "the accelerator for the train step here")
+        raise ValueError(
+            "training.gpu.count > 0, but this project's train image is CPU-only; build a GPU "
+            "variant (docker/train-gpu/Dockerfile with TensorFlow's CUDA wheels) and request "
+            "the accelerator for the train step here"
+        )
     images = dict(images or {})
     mount = {"data": "/mnt/data", "models": "/mnt/models", **dict(mounts or {})}
 
@@ -56,21 +59,43 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
     def prepare(source_dir: str, work_dir: str, test_fraction: float, val_fraction: float) -> dict:
         from components.prepare import run
 
-        return run(source_dir=source_dir, work_dir=work_dir, test_fraction=test_fraction, val_fraction=val_fraction)
+        return run(
+            source_dir=source_dir, work_dir=work_dir, test_fraction=test_fraction, val_fraction=val_fraction
+        )
 
     @dsl.component(base_image=image("train"), install_kfp_package=False)
-    def train(work_dir: str, export_base: str, version: int, commit: str, hidden_units: int,
-              learning_rate: float, epochs: int, l2: float, seed: int, confidence: float
-              ) -> NamedTuple("TrainOutputs", [("metrics", dict), ("model", dict)]):
+    def train(
+        work_dir: str,
+        export_base: str,
+        version: int,
+        commit: str,
+        hidden_units: int,
+        learning_rate: float,
+        epochs: int,
+        l2: float,
+        seed: int,
+        confidence: float,
+    ) -> NamedTuple("TrainOutputs", [("metrics", dict), ("model", dict)]):
         from components.train import run
 
-        result = run(work_dir=work_dir, export_base=export_base, version=version, commit=commit,
-                     hidden_units=hidden_units, learning_rate=learning_rate, epochs=epochs, l2=l2, seed=seed,
-                     confidence=confidence)
+        result = run(
+            work_dir=work_dir,
+            export_base=export_base,
+            version=version,
+            commit=commit,
+            hidden_units=hidden_units,
+            learning_rate=learning_rate,
+            epochs=epochs,
+            l2=l2,
+            seed=seed,
+            confidence=confidence,
+        )
         return result["metrics"], result["model"]
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Generated points: prepare (check, split), train (fit, "
-                                                  "evaluate, export)")
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Generated points: prepare (check, split), train (fit, evaluate, export)",
+    )
     def minimal_pipeline(
         source_dir: str,
         work_dir: str,
@@ -88,11 +113,21 @@ def build_pipeline(images: Mapping[str, str] | None = None, gpu: Any | None = No
         seed: int = 1,
         confidence: float = 0.95,
     ) -> PipelineOutputs:
-        prepared = prepare(source_dir=source_dir, work_dir=work_dir, test_fraction=test_fraction,
-                           val_fraction=val_fraction)
-        trained = train(work_dir=work_dir, export_base=export_base, version=version, commit=commit,
-                        hidden_units=hidden_units, learning_rate=learning_rate, epochs=epochs, l2=l2, seed=seed,
-                        confidence=confidence).after(prepared)
+        prepared = prepare(
+            source_dir=source_dir, work_dir=work_dir, test_fraction=test_fraction, val_fraction=val_fraction
+        )
+        trained = train(
+            work_dir=work_dir,
+            export_base=export_base,
+            version=version,
+            commit=commit,
+            hidden_units=hidden_units,
+            learning_rate=learning_rate,
+            epochs=epochs,
+            l2=l2,
+            seed=seed,
+            confidence=confidence,
+        ).after(prepared)
         for step in (prepared, trained):
             # No step is cached: each writes its results into a volume, and a cache hit would skip that
             # write (a fresh or cloned volume would then lack the files the next step reads).

@@ -46,9 +46,12 @@ def load_split(work_dir: str | Path) -> dict[str, Any]:
     with np.load(path) as data:
         missing = [name for name in ARRAYS if name not in data.files]
         if missing:
-            raise DataError(f"missing array(s) {', '.join(missing)}: run the prepare component again", file=str(path))
+            raise DataError(
+                f"missing array(s) {', '.join(missing)}: run the prepare component again", file=str(path)
+            )
         arrays = {name: data[name] for name in ARRAYS}
     if arrays["X_train"].shape[1:] != (len(FEATURES),):
-        raise DataError(f"X_train has shape {arrays['X_train'].shape}, expected (rows, {len(FEATURES)})",
-                        file=str(path))
+        raise DataError(
+            f"X_train has shape {arrays['X_train'].shape}, expected (rows, {len(FEATURES)})", file=str(path)
+        )
     return arrays

@@ -19,12 +19,20 @@ class DataError(ComponentError):
     at that line.
     """
 
-    def __init__(self, message: str, *, file: str | None = None, row: int | None = None,
-                 column: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, file: str | None = None, row: int | None = None, column: str | None = None
+    ) -> None:
         self.file = file
         self.row = row
         self.column = column
         self.reason = message
-        where = [part for part in (file, f"line {row}" if row is not None else None,
-                                   f"column {column}" if column is not None else None) if part is not None]
+        where = [
+            part
+            for part in (
+                file,
+                f"line {row}" if row is not None else None,
+                f"column {column}" if column is not None else None,
+            )
+            if part is not None
+        ]
         super().__init__(f"{', '.join(where)}: {message}" if where else message)

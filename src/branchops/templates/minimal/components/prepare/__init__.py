@@ -27,7 +27,9 @@ SPLIT_SEED = 0
 MIN_ROWS = 20  # fewer leave a test split too small to say anything
 
 
-def run(source_dir: str, work_dir: str, test_fraction: float = 0.2, val_fraction: float = 0.2) -> dict[str, Any]:
+def run(
+    source_dir: str, work_dir: str, test_fraction: float = 0.2, val_fraction: float = 0.2
+) -> dict[str, Any]:
     """Split the rows: ``test_fraction`` and ``val_fraction`` of them (each a share of all rows) for testing
     and validation, the rest for training."""
     import numpy as np
@@ -36,22 +38,42 @@ def run(source_dir: str, work_dir: str, test_fraction: float = 0.2, val_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
             raise DataError(f"{name} must lie between 0 and 1 (exclusive), got {fraction!r}")
     if test_fraction + val_fraction >= 1.0:
-        raise DataError(f"test_fraction + val_fraction is {test_fraction + val_fraction:g}: no rows left to train on")
+        raise DataError(
+            f"test_fraction + val_fraction is {test_fraction + val_fraction:g}: no rows left to train on"
+        )
     path = Path(source_dir) / SOURCE_FILE
     X, y = read_points(path)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
     n_test, n_val = max(1, round(len(y) * test_fraction)), max(1, round(len(y) * val_fraction))
-    parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
     for name, part in parts.items():
         if len(set(y[part].tolist())) < 2:
-            raise DataError(f"the {name} split holds {'only one class' if len(part) else 'no rows'}; change "
-                            "test_fraction or val_fraction, or add rows", file=str(path))
-    written = save_split(work_dir, {f"{axis}_{name}": (X if axis == "X" else y)[part]
-                                    for name, part in parts.items() for axis in ("X", "y")})
-    result = {"rows": len(y), **{f"{name}_rows": len(part) for name, part in parts.items()},
-              "positive_fraction": round(float(y.mean()), 4), "split": str(written)}
-    log.info("prepared %s: %d training, %d validation and %d test rows", path, len(parts["train"]),
-             len(parts["val"]), len(parts["test"]))
+            raise DataError(
+                f"the {name} split holds {'only one class' if len(part) else 'no rows'}; change "
+                "test_fraction or val_fraction, or add rows",
+                file=str(path),
+            )
+    written = save_split(
+        work_dir,
+        {
+            f"{axis}_{name}": (X if axis == "X" else y)[part]
+            for name, part in parts.items()
+            for axis in ("X", "y")
+        },
+    )
+    result = {
+        "rows": len(y),
+        **{f"{name}_rows": len(part) for name, part in parts.items()},
+        "positive_fraction": round(float(y.mean()), 4),
+        "split": str(written),
+    }
+    log.info(
+        "prepared %s: %d training, %d validation and %d test rows",
+        path,
+        len(parts["train"]),
+        len(parts["val"]),
+        len(parts["test"]),
+    )
     return result
 
 
@@ -71,8 +93,9 @@ def read_points(path: Path):
             if header is None:
                 raise DataError("the file is empty", file=str(path))
             if [h.strip() for h in header] != expected:
-                raise DataError(f"the header is {','.join(header)}; expected {','.join(expected)}",
-                                file=str(path), row=1)
+                raise DataError(
+                    f"the header is {','.join(header)}; expected {','.join(expected)}", file=str(path), row=1
+                )
             for line, row in enumerate(reader, start=2):
                 if not row:
                     continue  # a blank line (a trailing newline, say) holds no point
@@ -101,5 +124,7 @@ def _feature(value: str, path: Path, line: int, column: str) -> float:
 
 def _label(value: str, path: Path, line: int) -> int:
     if value.strip() not in ("0", "1"):
-        raise DataError(f"{value!r} is not a class: the label is 0 or 1", file=str(path), row=line, column=LABEL)
+        raise DataError(
+            f"{value!r} is not a class: the label is 0 or 1", file=str(path), row=line, column=LABEL
+        )
     return int(value)

@@ -54,9 +54,18 @@ BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
 
-def run(work_dir: str, export_base: str, version: int, commit: str, hidden_units: int = 0,
-        learning_rate: float = 0.05, epochs: int = 20, l2: float = 0.0, seed: int = 1,
-        confidence: float = 0.95) -> dict[str, Any]:
+def run(
+    work_dir: str,
+    export_base: str,
+    version: int,
+    commit: str,
+    hidden_units: int = 0,
+    learning_rate: float = 0.05,
+    epochs: int = 20,
+    l2: float = 0.0,
+    seed: int = 1,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
     _check(version, commit, hidden_units, learning_rate, epochs, l2, seed, confidence)
     work = Path(work_dir)
     split = load_split(work)
@@ -66,20 +75,33 @@ def run(work_dir: str, export_base: str, version: int, commit: str, hidden_units
 
     keras.utils.set_random_seed(seed)
     model = build_model(split["X_train"], hidden_units, float(learning_rate), float(l2))
-    log.info("training on CPU: %d training rows, %d validation rows, %d epochs", len(split["y_train"]),
-             len(split["y_val"]), epochs)
-    history = model.fit(split["X_train"], split["y_train"].astype("float32"), batch_size=BATCH_SIZE, epochs=epochs,
-                        validation_data=(split["X_val"], split["y_val"].astype("float32")), verbose=0,
-                        callbacks=[_epoch_log(epochs)])
+    log.info(
+        "training on CPU: %d training rows, %d validation rows, %d epochs",
+        len(split["y_train"]),
+        len(split["y_val"]),
+        epochs,
+    )
+    history = model.fit(
+        split["X_train"],
+        split["y_train"].astype("float32"),
+        batch_size=BATCH_SIZE,
+        epochs=epochs,
+        validation_data=(split["X_val"], split["y_val"].astype("float32")),
+        verbose=0,
+        callbacks=[_epoch_log(epochs)],
+    )
 
     def predict(X):
         return model.predict(X, batch_size=1024, verbose=0).ravel()
 
     metrics = evaluate(split["y_test"], predict(split["X_test"]), split["y_train"], float(confidence))
     val_probability = predict(split["X_val"])
-    metrics["validation"] = {"accuracy": float(np.mean((val_probability >= THRESHOLD) == split["y_val"])),
-                             "roc_auc": roc_auc(split["y_val"], val_probability),
-                             "log_loss": log_loss(split["y_val"], val_probability), "rows": len(split["y_val"])}
+    metrics["validation"] = {
+        "accuracy": float(np.mean((val_probability >= THRESHOLD) == split["y_val"])),
+        "roc_auc": roc_auc(split["y_val"], val_probability),
+        "log_loss": log_loss(split["y_val"], val_probability),
+        "rows": len(split["y_val"]),
+    }
     _write_json(work / METRICS_FILE, metrics)
     plot_learning_curve(history.history, work / PLOT_FILE)
     exported = export(model, split["X_test"], Path(export_base), version, commit)
@@ -92,18 +114,28 @@ def build_model(X_train, hidden_units: int, learning_rate: float, l2: float):
     import keras
 
     inputs = keras.Input(shape=(len(FEATURES),), name=INPUT_NAME, dtype="float32")
-    x = keras.layers.Normalization(mean=X_train.mean(axis=0), variance=X_train.var(axis=0), name="normalise")(inputs)
+    x = keras.layers.Normalization(mean=X_train.mean(axis=0), variance=X_train.var(axis=0), name="normalise")(
+        inputs
+    )
     regulariser = keras.regularizers.L2(l2) if l2 > 0 else None
     if hidden_units > 0:
-        x = keras.layers.Dense(hidden_units, activation="relu", kernel_regularizer=regulariser, name="hidden")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=regulariser, name="probability")(x)
+        x = keras.layers.Dense(
+            hidden_units, activation="relu", kernel_regularizer=regulariser, name="hidden"
+        )(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=regulariser, name="probability")(
+        x
+    )
     model = keras.Model(inputs, outputs, name="points_classifier")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="binary_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
 # -- metrics ------------------------------------------------------------------------------------------
+
 
 def roc_auc(y, score) -> float:
     """The probability that a random positive row scores above a random negative one (ties count half):
@@ -139,30 +171,54 @@ def evaluate(y_test, probability, y_train, confidence: float = 0.95) -> dict[str
     prior = float(np.mean(y_train))
     correct = ((p >= THRESHOLD).astype("int64") == y).astype("float64")
     majority_correct = (y == int(prior >= 0.5)).astype("float64")
-    baseline = {"accuracy": float(majority_correct.mean()), "roc_auc": 0.5, "log_loss": log_loss(y, np.full(len(y), prior))}
+    baseline = {
+        "accuracy": float(majority_correct.mean()),
+        "roc_auc": 0.5,
+        "log_loss": log_loss(y, np.full(len(y), prior)),
+    }
     model = {"accuracy": float(correct.mean()), "roc_auc": roc_auc(y, p), "log_loss": log_loss(y, p)}
 
     picks = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(y), size=(BOOTSTRAP_RESAMPLES, len(y)))
     accuracy_draws = correct[picks].mean(axis=1)
     auc_draws = np.array([_roc_auc_or_nan(y[idx], p[idx]) for idx in picks])
-    draws = {"accuracy": (accuracy_draws, accuracy_draws - majority_correct[picks].mean(axis=1)),
-             "roc_auc": (auc_draws, auc_draws - 0.5)}
+    draws = {
+        "accuracy": (accuracy_draws, accuracy_draws - majority_correct[picks].mean(axis=1)),
+        "roc_auc": (auc_draws, auc_draws - 0.5),
+    }
     comparisons, intervals = [], {}
     for metric, (own, advantage) in draws.items():
         low, high = _percentile_interval(own, confidence)
         intervals[metric] = {"value": model[metric], "low": low, "high": high, "confidence": confidence}
         low, high = _percentile_interval(advantage, confidence)
-        comparisons.append({"baseline": "majority", "metric": metric, "difference": model[metric] - baseline[metric],
-                            "low": low, "high": high, "confidence": confidence})
+        comparisons.append(
+            {
+                "baseline": "majority",
+                "metric": metric,
+                "difference": model[metric] - baseline[metric],
+                "low": low,
+                "high": high,
+                "confidence": confidence,
+            }
+        )
     beats = {"majority": {c["metric"]: c["low"] > 0 for c in comparisons}}
     beats["all"] = all(c["low"] > 0 for c in comparisons) and model["log_loss"] < baseline["log_loss"]
     auc = intervals["roc_auc"]
-    summary = (f"{model['accuracy']:.1%} of {len(y)} test points classified right (always answering the majority "
-               f"class: {baseline['accuracy']:.1%}); ROC AUC {model['roc_auc']:.3f} ({confidence:.0%} interval "
-               f"{auc['low']:.3f} to {auc['high']:.3f}); log loss {model['log_loss']:.3f} (constant predictor: "
-               f"{baseline['log_loss']:.3f}).")
-    return {**model, "log_loss_constant": baseline["log_loss"], "test_rows": len(y), "baselines": {"majority": baseline},
-            "comparisons": comparisons, "intervals": intervals, "beats_baselines": beats, "summary": summary}
+    summary = (
+        f"{model['accuracy']:.1%} of {len(y)} test points classified right (always answering the majority "
+        f"class: {baseline['accuracy']:.1%}); ROC AUC {model['roc_auc']:.3f} ({confidence:.0%} interval "
+        f"{auc['low']:.3f} to {auc['high']:.3f}); log loss {model['log_loss']:.3f} (constant predictor: "
+        f"{baseline['log_loss']:.3f})."
+    )
+    return {
+        **model,
+        "log_loss_constant": baseline["log_loss"],
+        "test_rows": len(y),
+        "baselines": {"majority": baseline},
+        "comparisons": comparisons,
+        "intervals": intervals,
+        "beats_baselines": beats,
+        "summary": summary,
+    }
 
 
 def _roc_auc_or_nan(y, score) -> float:
@@ -200,6 +256,7 @@ def plot_learning_curve(history: dict[str, list[float]], path: Path) -> None:
 
 # -- export -------------------------------------------------------------------------------------------
 
+
 def export(model, X_test, export_base: Path, version: int, commit: str) -> dict[str, Any]:
     """Write the SavedModel into ``export_base/<version>`` whole: it is built in a hidden folder and
     renamed into place, so a server watching ``export_base`` never sees half a version. A version is
@@ -210,8 +267,9 @@ def export(model, X_test, export_base: Path, version: int, commit: str) -> dict[
 
     final = export_base / str(version)
     if final.exists():
-        raise ComponentError(f"version {version} already exists in {export_base}; versions are immutable, "
-                             "export a new one")
+        raise ComponentError(
+            f"version {version} already exists in {export_base}; versions are immutable, export a new one"
+        )
     export_base.mkdir(parents=True, exist_ok=True)
     rows = np.unique(np.linspace(0, len(X_test) - 1, min(SAMPLE_ROWS, len(X_test))).astype(int))
     instances = X_test[rows].astype("float32")
@@ -223,15 +281,22 @@ def export(model, X_test, export_base: Path, version: int, commit: str) -> dict[
 
         def serve(features):
             probability = tf.reshape(model(features, training=False), [-1])
-            return {"probability": tf.cast(probability, tf.float32),
-                    "label": tf.cast(probability >= THRESHOLD, tf.int64)}
+            return {
+                "probability": tf.cast(probability, tf.float32),
+                "label": tf.cast(probability >= THRESHOLD, tf.int64),
+            }
 
-        archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=[
-            tf.TensorSpec(shape=(None, len(FEATURES)), dtype=tf.float32, name=INPUT_NAME)])
+        archive.add_endpoint(
+            name=SIGNATURE,
+            fn=serve,
+            input_signature=[tf.TensorSpec(shape=(None, len(FEATURES)), dtype=tf.float32, name=INPUT_NAME)],
+        )
         archive.write_out(str(target), verbose=False)
 
         # the sample's predictions come from the exported graph itself, as the server will compute them
-        answer = tf.saved_model.load(str(target)).signatures[SIGNATURE](**{INPUT_NAME: tf.constant(instances)})
+        answer = tf.saved_model.load(str(target)).signatures[SIGNATURE](
+            **{INPUT_NAME: tf.constant(instances)}
+        )
         metadata = {
             "input": INPUT_NAME,
             "outputs": list(OUTPUTS),
@@ -240,40 +305,67 @@ def export(model, X_test, export_base: Path, version: int, commit: str) -> dict[
             "threshold": THRESHOLD,
             "commit": commit,
             "version": version,
-            "sample": {"instances": instances.tolist(),
-                       "predictions": {"probability": [float(p) for p in answer["probability"].numpy()],
-                                       "label": [int(v) for v in answer["label"].numpy()]}},
+            "sample": {
+                "instances": instances.tolist(),
+                "predictions": {
+                    "probability": [float(p) for p in answer["probability"].numpy()],
+                    "label": [int(v) for v in answer["label"].numpy()],
+                },
+            },
         }
         _write_json(target / METADATA_FILE, metadata)
         os.rename(target, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported version %d to %s", version, final)
-    return {"export_path": str(final), "version": version, "commit": commit, "signature": SIGNATURE,
-            "input": INPUT_NAME, "outputs": list(OUTPUTS)}
+    return {
+        "export_path": str(final),
+        "version": version,
+        "commit": commit,
+        "signature": SIGNATURE,
+        "input": INPUT_NAME,
+        "outputs": list(OUTPUTS),
+    }
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
 
 def _epoch_log(epochs: int):
     """One log line per epoch (the local engine forwards ``epoch N/M:`` lines as the run's progress)."""
     import keras
 
     def line(epoch: int, logs: dict) -> None:
-        log.info("epoch %d/%d: loss %.4f, accuracy %.4f, validation loss %.4f", epoch + 1, epochs, logs["loss"],
-                 logs["accuracy"], logs["val_loss"])
+        log.info(
+            "epoch %d/%d: loss %.4f, accuracy %.4f, validation loss %.4f",
+            epoch + 1,
+            epochs,
+            logs["loss"],
+            logs["accuracy"],
+            logs["val_loss"],
+        )
 
     return keras.callbacks.LambdaCallback(on_epoch_end=line)
 
 
-def _check(version: int, commit: str, hidden_units: int, learning_rate: float, epochs: int, l2: float,
-           seed: int, confidence: float) -> None:
+def _check(
+    version: int,
+    commit: str,
+    hidden_units: int,
+    learning_rate: float,
+    epochs: int,
+    l2: float,
+    seed: int,
+    confidence: float,
+) -> None:
     def whole(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
     problems = []
     if not whole(version) or version < 1:
-        problems.append(f"version must be a whole number >= 1 (TensorFlow Serving's folder name), got {version!r}")
+        problems.append(
+            f"version must be a whole number >= 1 (TensorFlow Serving's folder name), got {version!r}"
+        )
     if not isinstance(commit, str) or not commit.strip():
         problems.append("commit must name the git commit the model is trained from")
     if not whole(hidden_units) or hidden_units < 0:

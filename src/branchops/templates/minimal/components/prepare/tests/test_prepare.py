@@ -43,12 +43,18 @@ def test_every_row_lands_in_exactly_one_split(tmp_path):
     result = run(source_dir=str(source.parent), work_dir=str(tmp_path / "work"), test_fraction=0.25)
 
     split = load_split(tmp_path / "work")
-    assert (result["rows"], result["train_rows"], result["val_rows"], result["test_rows"]) == (100, 55, 20, 25)
+    assert (result["rows"], result["train_rows"], result["val_rows"], result["test_rows"]) == (
+        100,
+        55,
+        20,
+        25,
+    )
     assert [split[f"X_{part}"].shape for part in ("train", "val", "test")] == [(55, 4), (20, 4), (25, 4)]
     assert split["X_train"].dtype == np.float32 and split["y_train"].dtype == np.int64
     file_rows = np.loadtxt(source, delimiter=",", skiprows=1, dtype="float32")
-    split_rows = np.vstack([np.column_stack([split[f"X_{part}"], split[f"y_{part}"]])
-                            for part in ("train", "val", "test")])
+    split_rows = np.vstack(
+        [np.column_stack([split[f"X_{part}"], split[f"y_{part}"]]) for part in ("train", "val", "test")]
+    )
     assert sorted(map(tuple, split_rows.tolist())) == sorted(map(tuple, file_rows.tolist()))
     assert result["positive_fraction"] == 0.5
 
@@ -62,13 +68,16 @@ def test_the_split_is_the_same_on_every_run(tmp_path):
         assert np.array_equal(a[name], b[name]), name
 
 
-@pytest.mark.parametrize(("line", "text", "expected"), [
-    (5, "0.1,0.2,abc,0.4,1", "line 5, column x3: 'abc' is not a number"),
-    (7, "0.1,0.2,0.3,nan,0", "line 7, column x4: 'nan' is not a finite number"),
-    (9, "0.1,0.2,0.3,0.4,2", "line 9, column label: '2' is not a class: the label is 0 or 1"),
-    (11, "0.1,0.2,0.3,0.4", "line 11: 4 fields, expected 5"),
-    (1, "x1,x2,x3,x5,label", "line 1: the header is x1,x2,x3,x5,label; expected x1,x2,x3,x4,label"),
-])
+@pytest.mark.parametrize(
+    ("line", "text", "expected"),
+    [
+        (5, "0.1,0.2,abc,0.4,1", "line 5, column x3: 'abc' is not a number"),
+        (7, "0.1,0.2,0.3,nan,0", "line 7, column x4: 'nan' is not a finite number"),
+        (9, "0.1,0.2,0.3,0.4,2", "line 9, column label: '2' is not a class: the label is 0 or 1"),
+        (11, "0.1,0.2,0.3,0.4", "line 11: 4 fields, expected 5"),
+        (1, "x1,x2,x3,x5,label", "line 1: the header is x1,x2,x3,x5,label; expected x1,x2,x3,x4,label"),
+    ],
+)
 def test_a_bad_row_is_refused_naming_its_line_and_column(tmp_path, line, text, expected):
     source = points_csv(tmp_path / "raw")
     replace_line(source, line, text)
@@ -78,11 +87,14 @@ def test_a_bad_row_is_refused_naming_its_line_and_column(tmp_path, line, text, e
     assert not (tmp_path / "work" / SPLIT_FILE).exists()
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    (b"", "the file is empty"),
-    (HEADER.encode() + b"0.1,0.2,0.3,\xff,1\n", "not UTF-8 text"),
-    ((HEADER + "0.1,0.2,0.3,0.4,1\n" * 5).encode(), "5 rows; at least 20 are needed"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "the file is empty"),
+        (HEADER.encode() + b"0.1,0.2,0.3,\xff,1\n", "not UTF-8 text"),
+        ((HEADER + "0.1,0.2,0.3,0.4,1\n" * 5).encode(), "5 rows; at least 20 are needed"),
+    ],
+)
 def test_an_unusable_file_is_refused(tmp_path, content, expected):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "points.csv").write_bytes(content)
@@ -90,11 +102,14 @@ def test_an_unusable_file_is_refused(tmp_path, content, expected):
         run(source_dir=str(tmp_path / "raw"), work_dir=str(tmp_path / "work"))
 
 
-@pytest.mark.parametrize(("fractions", "expected"), [
-    ({"test_fraction": 0.0}, "test_fraction must lie between 0 and 1"),
-    ({"val_fraction": 1.5}, "val_fraction must lie between 0 and 1"),
-    ({"test_fraction": 0.5, "val_fraction": 0.5}, "no rows left to train on"),
-])
+@pytest.mark.parametrize(
+    ("fractions", "expected"),
+    [
+        ({"test_fraction": 0.0}, "test_fraction must lie between 0 and 1"),
+        ({"val_fraction": 1.5}, "val_fraction must lie between 0 and 1"),
+        ({"test_fraction": 0.5, "val_fraction": 0.5}, "no rows left to train on"),
+    ],
+)
 def test_fractions_that_leave_no_split_are_refused(tmp_path, fractions, expected):
     source = points_csv(tmp_path / "raw")
     with pytest.raises(DataError, match=expected):
@@ -113,15 +128,41 @@ def test_a_missing_file_or_a_single_class_is_refused(tmp_path):
 def test_the_command_line_exits_7_on_bad_data_and_prints_the_result_otherwise(tmp_path):
     source = points_csv(tmp_path / "raw")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    ok = subprocess.run([sys.executable, "-m", "components", "prepare", "--params",
-                         json.dumps({"source_dir": str(source.parent), "work_dir": str(tmp_path / "work")})],
-                        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components",
+            "prepare",
+            "--params",
+            json.dumps({"source_dir": str(source.parent), "work_dir": str(tmp_path / "work")}),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout.splitlines()[-1])["test_rows"] == 20
 
     replace_line(source, 3, "0.1,,0.3,0.4,1")
-    bad = subprocess.run([sys.executable, "-m", "components", "prepare", "--params",
-                          json.dumps({"source_dir": str(source.parent), "work_dir": str(tmp_path / "work2")})],
-                         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components",
+            "prepare",
+            "--params",
+            json.dumps({"source_dir": str(source.parent), "work_dir": str(tmp_path / "work2")}),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert bad.returncode == 7
     assert "line 3, column x2: '' is not a number" in bad.stderr

@@ -23,8 +23,14 @@ def linear_split(rows: int = 500, seed: int = 3) -> dict[str, np.ndarray]:
     logit = 2.5 * X[:, 0] - 2.0 * X[:, 1] + 0.5
     y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype("int64")
     train, val = rows * 3 // 5, rows * 4 // 5
-    return {"X_train": X[:train], "y_train": y[:train], "X_val": X[train:val], "y_val": y[train:val],
-            "X_test": X[val:], "y_test": y[val:]}
+    return {
+        "X_train": X[:train],
+        "y_train": y[:train],
+        "X_val": X[train:val],
+        "y_val": y[train:val],
+        "X_test": X[val:],
+        "y_test": y[val:],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +38,17 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     split = linear_split()
     save_split(work, split)
-    result = run(work_dir=str(work), export_base=str(work / "export"), version=7, commit=COMMIT, hidden_units=0,
-                 learning_rate=0.1, epochs=8, l2=0.0, seed=1)
+    result = run(
+        work_dir=str(work),
+        export_base=str(work / "export"),
+        version=7,
+        commit=COMMIT,
+        hidden_units=0,
+        learning_rate=0.1,
+        epochs=8,
+        l2=0.0,
+        seed=1,
+    )
     return work, split, result
 
 
@@ -70,7 +85,9 @@ def test_the_reported_metrics_are_those_of_the_exported_model(trained):
     # the validation section (what experiments are ranked on) is the model's, on the validation rows
     val_probability = served(**{INPUT_NAME: tf.constant(split["X_val"])})["probability"].numpy()
     assert metrics["validation"]["rows"] == len(split["y_val"])
-    assert metrics["validation"]["roc_auc"] == pytest.approx(roc_auc(split["y_val"], val_probability), abs=1e-6)
+    assert metrics["validation"]["roc_auc"] == pytest.approx(
+        roc_auc(split["y_val"], val_probability), abs=1e-6
+    )
     assert metrics["validation"]["roc_auc"] != metrics["roc_auc"]
 
 
@@ -112,8 +129,9 @@ def test_the_export_carries_a_sample_the_exported_graph_answers(trained):
     signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
     assert list(signature.structured_input_signature[1]) == ["features"]
     answer = signature(features=tf.constant(instances, dtype=tf.float32))
-    assert meta["sample"]["predictions"]["probability"] == pytest.approx(answer["probability"].numpy().tolist(),
-                                                                         abs=1e-6)
+    assert meta["sample"]["predictions"]["probability"] == pytest.approx(
+        answer["probability"].numpy().tolist(), abs=1e-6
+    )
     assert meta["sample"]["predictions"]["label"] == answer["label"].numpy().tolist()
     # nothing half-written is left beside the version (a server watches this folder)
     assert sorted(p.name for p in (work / "export").iterdir()) == ["7"]
@@ -135,16 +153,24 @@ def test_an_exported_version_is_never_overwritten(trained):
     assert (work / "export" / "7" / "saved_model.pb").read_bytes() == before
 
 
-@pytest.mark.parametrize(("params", "expected"), [
-    ({"epochs": 0}, "epochs must be a whole number >= 1"),
-    ({"learning_rate": -0.1}, "learning_rate must be a positive number"),
-    ({"version": 0}, "version must be a whole number >= 1"),
-    ({"hidden_units": 2.5}, "hidden_units must be a whole number >= 0"),
-    ({"confidence": 1.0}, "confidence must be a number in \\[0.5, 1\\)"),
-])
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"epochs": 0}, "epochs must be a whole number >= 1"),
+        ({"learning_rate": -0.1}, "learning_rate must be a positive number"),
+        ({"version": 0}, "version must be a whole number >= 1"),
+        ({"hidden_units": 2.5}, "hidden_units must be a whole number >= 0"),
+        ({"confidence": 1.0}, "confidence must be a number in \\[0.5, 1\\)"),
+    ],
+)
 def test_bad_parameters_are_refused_before_training(tmp_path, params, expected):
-    arguments = {"work_dir": str(tmp_path), "export_base": str(tmp_path / "export"), "version": 1, "commit": COMMIT,
-                 **params}
+    arguments = {
+        "work_dir": str(tmp_path),
+        "export_base": str(tmp_path / "export"),
+        "version": 1,
+        "commit": COMMIT,
+        **params,
+    }
     with pytest.raises(DataError, match=expected):
         run(**arguments)
 
