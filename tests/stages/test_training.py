@@ -109,6 +109,7 @@ def test_the_default_gate_refuses_next_day_direction_naming_each_comparison_with
     report = git(project, "show", f"training:records/training/{record['run_id']}/report.md")
     assert "must beat every baseline significantly" in report and "### Validation of `direction`" in report
     assert "(by its validation `roc_auc`)" in report
+    assert "The model predicts whether AAPL closes above the previous trading day's Close" in report
 
 
 def test_kpis_met_open_one_merge_request_and_a_rerun_repeats_nothing(project):

@@ -337,6 +337,8 @@ def report_markdown(ctx: StageContext, entries: list[ExperimentEntry], best: Exp
                      and _number(best.metric("validation").get(metric)) else "its")
         lines += [f"**Best experiment: `{best.experiment}`** (by {ranked_on} `{metric}`), with "
                   f"{params or 'no parameters'}.", ""]
+        if best.metric("predicts"):  # a run may say what its model's output means
+            lines += [f"The model predicts {best.metric('predicts')}.", ""]
         if best.metric("summary"):
             lines += [str(best.metric("summary")), ""]
     header = "| " + " | ".join(names) + " |"
