@@ -16,7 +16,12 @@ from tests.conftest import git
 
 pytestmark = pytest.mark.slow
 
-APPROVERS = {"build-components": ["lead"], "kf-pipeline": ["lead"], "training": ["lead"], "deploy-model": ["lead"]}
+APPROVERS = {
+    "build-components": ["lead"],
+    "kf-pipeline": ["lead"],
+    "training": ["lead"],
+    "deploy-model": ["lead"],
+}
 
 
 def cli(*args, expect=0):
@@ -26,8 +31,23 @@ def cli(*args, expect=0):
 
 
 def approved_merge(project, target, title):
-    opened = json.loads(cli("-C", str(project), "mr", "open", "--source", "ds1", "--target", target,
-                            "--title", title, "--as", "ds1", "--json").output)
+    opened = json.loads(
+        cli(
+            "-C",
+            str(project),
+            "mr",
+            "open",
+            "--source",
+            "ds1",
+            "--target",
+            target,
+            "--title",
+            title,
+            "--as",
+            "ds1",
+            "--json",
+        ).output
+    )
     cli("-C", str(project), "mr", "approve", str(opened["number"]), "--as", "lead")
     return opened["number"]
 
@@ -49,13 +69,17 @@ def training_record(project):
 
 
 def deploy_requests(project):
-    return [m for m in json.loads(cli("-C", str(project), "mr", "list", "--json").output)
-            if m["target"] == "deploy-model"]
+    return [
+        m
+        for m in json.loads(cli("-C", str(project), "mr", "list", "--json").output)
+        if m["target"] == "deploy-model"
+    ]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, djia_dir):
     from branchops.scaffold import init_project
+
     path = tmp_path_factory.mktemp("training") / "proj"
     init_project(path, approvers=APPROVERS, data_dir=str(djia_dir))
     number = approved_merge(path, "kf-pipeline", "pipeline")
@@ -67,8 +91,12 @@ SMALL = {"target": "AAPL", "window": 3, "hidden_units": [8], "epochs": 2, "patie
 
 
 def test_kpis_not_met_fail_the_stage_and_open_no_merge_request(project):
-    set_training(project, [{"name": "tiny", "params": SMALL}], {"thresholds": {"accuracy": 0.99}},
-                 "Demand 99% accuracy")
+    set_training(
+        project,
+        [{"name": "tiny", "params": SMALL}],
+        {"thresholds": {"accuracy": 0.99}},
+        "Demand 99% accuracy",
+    )
     number = approved_merge(project, "training", "strict KPI")
     result = cli("-C", str(project), "mr", "merge", str(number), "--as", "lead", expect=1)
     assert "KPI gate not passed" in result.output and "accuracy" in result.output
@@ -82,7 +110,9 @@ def test_kpis_not_met_fail_the_stage_and_open_no_merge_request(project):
 
 def test_a_failed_run_writes_a_failed_record_opens_nothing_and_leaves_volumes_usable(project):
     broken = dict(SMALL, target="ZZZZ")  # a ticker that is not in the data: the features step rejects it
-    set_training(project, [{"name": "broken", "params": broken}], {"thresholds": {}}, "A ticker we do not have")
+    set_training(
+        project, [{"name": "broken", "params": broken}], {"thresholds": {}}, "A ticker we do not have"
+    )
     number = approved_merge(project, "training", "broken experiment")
     # the features step refuses the data it was given (a DataError): bad input data, exit 7, not a crash
     result = cli("-C", str(project), "mr", "merge", str(number), "--as", "lead", expect=7)
@@ -104,8 +134,10 @@ def test_the_default_gate_refuses_next_day_direction_naming_each_comparison_with
     failures = record["outputs"]["kpi"]["failures"]
     assert record["outputs"]["kpi"]["passed"] is False and deploy_requests(project) == []
     for where in ("test period", "validation"):
-        assert any(f.startswith(f"{where}, against majority_class on roc_auc") and "95% interval" in f
-                   for f in failures), failures
+        assert any(
+            f.startswith(f"{where}, against majority_class on roc_auc") and "95% interval" in f
+            for f in failures
+        ), failures
     report = git(project, "show", f"training:records/training/{record['run_id']}/report.md")
     assert "must beat every baseline significantly" in report and "### Validation of `direction`" in report
     assert "(by its validation `roc_auc`)" in report
@@ -114,10 +146,16 @@ def test_the_default_gate_refuses_next_day_direction_naming_each_comparison_with
 
 def test_kpis_met_open_one_merge_request_and_a_rerun_repeats_nothing(project):
     # a threshold alone, the significance rule switched off: the stage's release path, not the model, is tested
-    set_training(project, [{"name": "tiny", "params": SMALL}],
-                 {"thresholds": {"accuracy": 0.3}, "require_significant": False}, "A reachable KPI")
+    set_training(
+        project,
+        [{"name": "tiny", "params": SMALL}],
+        {"thresholds": {"accuracy": 0.3}, "require_significant": False},
+        "A reachable KPI",
+    )
     number = approved_merge(project, "training", "reachable KPI")
-    cli("-C", str(project), "mr", "approve", str(number), "--as", "ds2")  # not a designated approver of training
+    cli(
+        "-C", str(project), "mr", "approve", str(number), "--as", "ds2"
+    )  # not a designated approver of training
     cli("-C", str(project), "mr", "merge", str(number), "--as", "lead")
     record = training_record(project)
     assert record["outcome"] == "succeeded" and record["outputs"]["kpi"]["passed"] is True
