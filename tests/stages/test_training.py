@@ -145,7 +145,7 @@ def test_the_default_gate_refuses_next_day_direction_naming_each_comparison_with
 
 
 def test_kpis_met_open_one_merge_request_and_a_rerun_repeats_nothing(project):
-    # a threshold alone, the significance rule switched off: the stage's release path, not the model, is tested
+    # a threshold alone, the significance rule switched off: the stage's release path is tested, not the model
     set_training(
         project,
         [{"name": "tiny", "params": SMALL}],

@@ -72,8 +72,9 @@ def uploaded_version(ctx: StageContext, engine, compiled):
     upload = engine.find_version(ctx.config.kubeflow.pipeline_name, compiled.spec_hash)
     if upload is None:
         raise StageFailed(
-            f"pipeline version {compiled.spec_hash[:16]} (the pipeline compiled from {ctx.source_commit[:12]}) is "
-            f"not uploaded to {ctx.config.kubeflow.backend} Kubeflow Pipelines: merge this pipeline into "
+            f"pipeline version {compiled.spec_hash[:16]} (the pipeline compiled from "
+            f"{ctx.source_commit[:12]}) is not uploaded to {ctx.config.kubeflow.backend} Kubeflow Pipelines: "
+            "merge this pipeline into "
             f"'{ctx.config.branch_for('kf-pipeline')}' first"
         )
     return upload
@@ -284,7 +285,8 @@ def comparison_sentence(comparison: dict[str, Any]) -> str:
     low, high, difference = comparison.get("low"), comparison.get("high"), comparison.get("difference")
     confidence = comparison.get("confidence")
     if not all(_number(v) for v in (low, high, difference, confidence)):
-        return f"against {comparison.get('baseline')}: malformed comparison {json.dumps(comparison, default=str)}"
+        malformed = json.dumps(comparison, default=str)
+        return f"against {comparison.get('baseline')}: malformed comparison {malformed}"
     verdict = (
         "significantly better"
         if low > 0
