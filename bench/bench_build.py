@@ -28,9 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))  # the throwaway registry is test support: tests/images/local_registry.py
 
-from branchops.config import RegistrySection
-from branchops.images import build_components, discover_components
-from tests.images.local_registry import LocalRegistry, make_busybox_base_image
+# E402: these imports need the two sys.path entries above (src/ and the repository root for tests/)
+from branchops.config import RegistrySection  # noqa: E402
+from branchops.images import build_components, discover_components  # noqa: E402
+from tests.images.local_registry import LocalRegistry, make_busybox_base_image  # noqa: E402
 
 BASE_IMAGE = "localhost/branchops-bench-base:1"
 NAMES = (
@@ -169,9 +170,9 @@ def main() -> int:
                 f"build-components, nothing changed, {args.components} components (in-process call)": timed(
                     unchanged_in_process, args.repeats
                 ),
-                f"build-components, nothing changed, {args.components} components (new Python process)": timed(
-                    unchanged_new_process, args.repeats
-                ),
+                (
+                    f"build-components, nothing changed, {args.components} components (new Python process)"
+                ): timed(unchanged_new_process, args.repeats),
             }
     finally:
         subprocess.run(
@@ -191,7 +192,8 @@ def main() -> int:
             "",
             (
                 f"{args.repeats} runs each, same run, {platform.machine()} / {os.cpu_count()} CPUs (shared), "
-                f"docker-registry on 127.0.0.1, vfs store, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+                f"docker-registry on 127.0.0.1, vfs store, "
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
                 "Goal: ratio < 1."
             ),
             "",

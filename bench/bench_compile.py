@@ -102,7 +102,8 @@ def main() -> None:
         *[f"| {name} | {seconds * 1000:.1f} |" for name, seconds in rows],
         "",
         (
-            f"Ratio reference / trivial: **{ref / base:.2f}×**; a compile costs {ref * 1000:.0f} ms on top of the "
+            f"Ratio reference / trivial: **{ref / base:.2f}×**; a compile costs {ref * 1000:.0f} ms "
+            "on top of the "
             f"{kfp_import * 1000:.0f} ms kfp import."
         ),
         "",

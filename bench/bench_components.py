@@ -47,7 +47,8 @@ else:
     frame = pd.concat([pd.read_csv(f) for f in sorted(glob.glob(source + "/*.csv"))], ignore_index=True)
     assert len(frame) == 93612
 seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": seconds,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -231,7 +232,8 @@ def main() -> int:
         f"{plain['peak_rss_mib']:.0f} MiB | {comp['peak_rss_mib'] / plain['peak_rss_mib']:.2f}x |"
     )
     raw = (
-        f"Raw times: training component {training['all_component_s']} s, bare fit {training['all_bare_s']} s, "
+        f"Raw times: training component {training['all_component_s']} s, "
+        f"bare fit {training['all_bare_s']} s, "
         f"bare fit on the component's batches {training['all_bare_batches_s']} s; "
         f"data path {comp['all_seconds']} s, pandas {plain['all_seconds']} s."
     )

@@ -87,7 +87,8 @@ def row(name: str, target: str, m: dict) -> str:
     return (
         f"| {name} | {target} | **{v['roc_auc']:.3f}** [{wf['low']:.3f}, {wf['high']:.3f}] | "
         f"{interval(by['persistence'])} | {interval(by['majority_class'])} | "
-        f"{m['roc_auc']:.3f} [{m['intervals']['roc_auc']['low']:.3f}, {m['intervals']['roc_auc']['high']:.3f}] | "
+        f"{m['roc_auc']:.3f} [{m['intervals']['roc_auc']['low']:.3f}, "
+        f"{m['intervals']['roc_auc']['high']:.3f}] | "
         f"{interval(test['persistence'])} | {'passes' if passed else 'refused'} |"
     )
 
@@ -115,22 +116,23 @@ def main() -> None:
         [
             "## Reference model: honest signal (issue 14)",
             "",
-            "Real DJIA data; the experiments of `config/branchops.yaml`; walk-forward = 5 rolling-origin folds before "
-            "the test period (purge gap 5 days), mean ROC AUC over folds; test = the held-out last 15 %. Intervals: "
-            "two-sided 95 %, paired moving-block bootstrap (20-day blocks, 1,000 resamples, seeded) over the "
-            "evaluation days. Differences are the model's ROC AUC minus the baseline's. `python bench/bench_model.py "
+            "Real DJIA data; the experiments of `config/branchops.yaml`; walk-forward = 5 rolling-origin "
+            "folds before the test period (purge gap 5 days), mean ROC AUC over folds; test = the held-out "
+            "last 15 %. Intervals: two-sided 95 %, paired moving-block bootstrap (20-day blocks, 1,000 "
+            "resamples, seeded) over the evaluation days. Differences are the model's ROC AUC minus the "
+            "baseline's. `python bench/bench_model.py "
             f"--targets {' '.join(args.targets)}` ({time.monotonic() - started:.0f} s).",
             "",
-            "| configuration | target | walk-forward ROC AUC | vs persistence (walk-forward) | vs majority class "
-            "(walk-forward) | test ROC AUC | vs persistence (test) | KPI gate |",
+            "| configuration | target | walk-forward ROC AUC | vs persistence (walk-forward) | vs majority "
+            "class (walk-forward) | test ROC AUC | vs persistence (test) | KPI gate |",
             "|---|---|---|---|---|---|---|---|",
             *rows,
             "",
-            "Reading: the turbulence configuration beats both baselines significantly on the walk-forward folds "
-            "wherever the first column's interval and the next two stay above zero; the single 15 % test period "
-            "(about 415 days, some 20 blocks of a month) gives a wide interval against persistence, and the gate "
-            "refuses a model whose test interval includes zero. Next-day direction has no advantage over either "
-            "baseline.",
+            "Reading: the turbulence configuration beats both baselines significantly on the walk-forward "
+            "folds wherever the first column's interval and the next two stay above zero; the single 15 % "
+            "test period (about 415 days, some 20 blocks of a month) gives a wide interval against "
+            "persistence, and the gate refuses a model whose test interval includes zero. Next-day direction "
+            "has no advantage over either baseline.",
             "",
         ]
     )

@@ -196,7 +196,8 @@ def main() -> int:
 
     m = {k: statistics.median(v) for k, v in rows.items()}
     table = [
-        f"| serving (median of {args.runs} runs, {args.requests} requests each, 1 row of {N_FEATURES} features) "
+        f"| serving (median of {args.runs} runs, {args.requests} requests each, "
+        f"1 row of {N_FEATURES} features) "
         "| in-process SavedModel | local REST server | overhead |",
         "|---|---|---|---|",
         f"| :predict p50 latency | {m['inproc_p50']:.2f} ms | {m['rest_p50']:.2f} ms | "
@@ -206,17 +207,20 @@ def main() -> int:
         f"| throughput, 1 client | {m['inproc_rps']:.0f} req/s | {m['rest_rps']:.0f} req/s | "
         f"{m['inproc_rps'] / m['rest_rps']:.1f}x fewer |",
         f"| throughput, 4 clients | — | {m['rest_rps_4']:.0f} req/s | |",
-        f"| rolling rollout 1 → 2 (copy, load, signature + smoke test, switch, retire) | | {m['rollout_s']:.2f} s | |",
+        "| rolling rollout 1 → 2 (copy, load, signature + smoke test, switch, retire) | | "
+        f"{m['rollout_s']:.2f} s | |",
         f"| rollback 2 → 1 (reload, checks, switch) | | {m['rollback_s']:.2f} s | |",
         f"| automatic rollback of a broken version (copy, load, smoke test fails, restore) | | "
         f"{m['auto_rollback_s']:.2f} s | |",
     ]
     table += [
         "",
-        f"Measured on {os.cpu_count()} CPUs with a 1-minute load average of {load:.1f} at the start (a shared machine: "
-        "absolute numbers are noisy, the ratios measured in the same run are the point). The REST overhead is "
-        "HTTP + JSON on both sides (requests client, waitress, Flask, row-format decoding and shape checks); "
-        "rollout and rollback times exclude TensorFlow's import, which the running server has already paid.",
+        f"Measured on {os.cpu_count()} CPUs with a 1-minute load average of {load:.1f} at the start "
+        "(a shared machine: "
+        "absolute numbers are noisy, the ratios measured in the same run are the point). The REST overhead "
+        "is HTTP + JSON on both sides (requests client, waitress, Flask, row-format decoding and shape "
+        "checks); rollout and rollback times exclude TensorFlow's import, which the running server has "
+        "already paid.",
     ]
     text = "\n".join(table) + "\n"
     out = ROOT / "bench" / "results" / "serving.md"

@@ -1,10 +1,11 @@
 """Benchmark: a local snapshot's cost does not grow with the data.
 
 Two volumes with the same file layout — many small files (features, CSVs) and a few big ones (model
-weights, Parquet) — one of 10 MiB and one of 1 GiB, for two file counts (100 and 1000 small files). We time ``LocalStorage.snapshot`` on each (median of
-several runs, each a fresh snapshot name, deleted between runs) and, in the same run, ``cp -a`` of the
-1 GiB volume (the byte copy a snapshot replaces). Goals (issue 5): snapshot(1 GiB) / snapshot(10 MiB)
-<= 2, and ``cp -a`` >= 100x slower than the snapshot of the 1 GiB volume.
+weights, Parquet) — one of 10 MiB and one of 1 GiB, for two file counts (100 and 1000 small files). We
+time ``LocalStorage.snapshot`` on each (median of several runs, each a fresh snapshot name, deleted
+between runs) and, in the same run, ``cp -a`` of the 1 GiB volume (the byte copy a snapshot replaces).
+Goals (issue 5): snapshot(1 GiB) / snapshot(10 MiB) <= 2, and ``cp -a`` >= 100x slower than the snapshot
+of the 1 GiB volume.
 
 Both volumes have the same number of files on purpose: a hard-link snapshot costs per file, not per
 byte, so this isolates the dependence on data size. ``cp -a`` reads from the page cache here (the files
@@ -37,7 +38,8 @@ LAYOUTS = (100, 1000)  # small files per volume (plus 2 or 4 big ones); the cost
 
 
 def fill(volume: Path, small_files: int, big_files: int, big_size: int) -> int:
-    """Write the layout; return the total bytes. Big files repeat a random 1 MiB block (no FS dedupe on ext4)."""
+    """Write the layout; return the total bytes. Big files repeat a random 1 MiB block (no FS dedupe on
+    ext4)."""
     block = os.urandom(MiB)
     total = 0
     for i in range(small_files):
@@ -120,21 +122,24 @@ def main() -> int:
         "",
         (
             f"Machine: {os.cpu_count()} cores shared with other jobs; volumes on the filesystem of "
-            f"`{args.dir or tempfile.gettempdir()}` (ext4: hard links, no reflinks). Each volume: N small files of "
-            "4 KiB in 10 folders plus a few big files (2 in the 10 MiB volume, 4 in the 1 GiB one). "
-            f"Median of {args.runs} snapshot runs (10 MiB and 1 GiB alternated) and of {args.copy_runs} `cp -a` runs."
+            f"`{args.dir or tempfile.gettempdir()}` (ext4: hard links, no reflinks). "
+            "Each volume: N small files of 4 KiB in 10 folders plus a few big files (2 in the 10 MiB volume, "
+            "4 in the 1 GiB one). "
+            f"Median of {args.runs} snapshot runs (10 MiB and 1 GiB alternated) "
+            f"and of {args.copy_runs} `cp -a` runs."
         ),
         "",
         (
-            "| small files | snapshot 10 MiB | snapshot 1 GiB | `cp -a` 1 GiB (baseline) | 1 GiB / 10 MiB (goal <= 2) "
-            "| `cp -a` / snapshot (goal >= 100x) | snapshot cost per file |"
+            "| small files | snapshot 10 MiB | snapshot 1 GiB | `cp -a` 1 GiB (baseline) | 1 GiB / 10 MiB "
+            "(goal <= 2) | `cp -a` / snapshot (goal >= 100x) | snapshot cost per file |"
         ),
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         ratio, speedup = r["t_large"] / r["t_small"], r["t_copy"] / r["t_large"]
         lines.append(
-            f"| {r['files']} | {r['t_small'] * 1000:.1f} ms | {r['t_large'] * 1000:.1f} ms | {r['t_copy'] * 1000:.0f} ms "
+            f"| {r['files']} | {r['t_small'] * 1000:.1f} ms | {r['t_large'] * 1000:.1f} ms "
+            f"| {r['t_copy'] * 1000:.0f} ms "
             f"| **{ratio:.2f}** ({'met' if ratio <= 2 else 'not met'}) "
             f"| **{speedup:.0f}x** ({'met' if speedup >= 100 else 'not met'}) "
             f"| {r['t_large'] / (r['files'] + 4) * 1e6:.0f} us |"
@@ -147,7 +152,8 @@ def main() -> int:
         "`cp -a` read from the page cache (files just written), the most favourable case for the baseline. "
         "Spread on this shared machine (min-max): "
         + "; ".join(
-            f"{r['files']} files: snapshot 1 GiB {min(r['large']) * 1000:.0f}-{max(r['large']) * 1000:.0f} ms, "
+            f"{r['files']} files: snapshot 1 GiB "
+            f"{min(r['large']) * 1000:.0f}-{max(r['large']) * 1000:.0f} ms, "
             f"`cp -a` {min(r['copy']) * 1000:.0f}-{max(r['copy']) * 1000:.0f} ms"
             for r in results
         )

@@ -141,10 +141,11 @@ def main() -> None:
             f"| of which pipeline runs (data processing, training, evaluation, export; 2 experiments) | "
             f"{med['pipeline_runs']:.1f} s | — | — |",
             f"| of which model loading in the serving rollout | {med['model_loading']:.1f} s | — | — |",
-            f"| of which component tests (the build-components stage, 6 components) | {med['component_tests']:.1f} s | — "
+            "| of which component tests (the build-components stage, 6 components) | "
+            f"{med['component_tests']:.1f} s | — "
             "| — |",
-            f"| of which orchestration (gate, git, records, compile, snapshots, merge requests, checks, process "
-            "start-ups) | "
+            "| of which orchestration (gate, git, records, compile, snapshots, merge requests, checks, "
+            "process start-ups) | "
             f"{med['orchestration']:.1f} s | — | **{med['share'] * 100:.1f} %** of the whole |",
             f"| training stage: wall time, and its overhead beyond the pipeline runs (volumes, compile, "
             f"snapshots, records, report, merge request) | {med['training_stage']:.1f} s | — | "

@@ -319,9 +319,10 @@ def _day(value: Any) -> str:
 def download_kaggle_dataset(dataset: str, target: Path) -> None:
     """Download and unzip a Kaggle dataset with the kaggle package's API class.
 
-    Credentials come from KAGGLE_USERNAME/KAGGLE_KEY (or KAGGLE_API_TOKEN), or a kaggle.json in KAGGLE_CONFIG_DIR (a mounted
-    Kubernetes secret) or ~/.kaggle.  ``import kaggle`` authenticates and may print; everything the
-    package prints is sent to the log so the component's stdout stays a single JSON line.
+    Credentials come from KAGGLE_USERNAME/KAGGLE_KEY (or KAGGLE_API_TOKEN), or a kaggle.json in
+    KAGGLE_CONFIG_DIR (a mounted Kubernetes secret) or ~/.kaggle.  ``import kaggle`` authenticates and
+    may print; everything the package prints is sent to the log so the component's stdout stays a single
+    JSON line.
     """
     if not re.fullmatch(r"[^/\s]+/[^/\s]+", dataset):
         raise DataError(f"Kaggle dataset {dataset!r} is not of the form owner/name")

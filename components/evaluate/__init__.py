@@ -392,7 +392,8 @@ def _summary(model_metrics, log_loss_constant, intervals, comparisons, validatio
 
     auc = intervals["roc_auc"]
     parts = [
-        f"test ({rows} days): ROC AUC {fmt(model_metrics['roc_auc'])} [{fmt(auc['low'])}, {fmt(auc['high'])}], "
+        f"test ({rows} days): ROC AUC {fmt(model_metrics['roc_auc'])} "
+        f"[{fmt(auc['low'])}, {fmt(auc['high'])}], "
         f"accuracy {fmt(model_metrics['accuracy'])}"
     ]
     for c in comparisons:

@@ -553,7 +553,8 @@ def _fill_calendar_gaps(frame):
             first = rows.iloc[0]
             raise DataError(
                 f"{name} has no rows before {first['Date']:%Y-%m-%d} while other tickers start on "
-                f"{calendar[0]:%Y-%m-%d} ({have[0]} trading days); rejected: {RULES['long_calendar_gaps'][1]}. "
+                f"{calendar[0]:%Y-%m-%d} ({have[0]} trading days); "
+                f"rejected: {RULES['long_calendar_gaps'][1]}. "
                 f"Remove {name}'s rows or the other tickers' earlier days",
                 file=str(first[SOURCE_FILE]),
                 row=int(first[SOURCE_LINE]),

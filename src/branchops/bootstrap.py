@@ -43,7 +43,8 @@ ActionKind = Literal[
 
 
 class RepositoryAdmin(Protocol):
-    """What bootstrap needs to set up the repository (``branchops.forge.github_admin.GitHubAdmin`` provides it).
+    """What bootstrap needs to set up the repository (``branchops.forge.github_admin.GitHubAdmin``
+    provides it).
 
     ``ensure_file(branch, path, content, message) -> bool`` (True: committed, False: already so) is
     optional: without it, the CODEOWNERS content is reported for a manual commit.

@@ -136,7 +136,8 @@ def init(
         user=user or "branchops-init",
     )
     click.echo(
-        f"initialised {path} from template {template or 'the reference project'} with branches: main, ds1, {', '.join(STAGE_NAMES)}"
+        f"initialised {path} from template {template or 'the reference project'} with branches: "
+        f"main, ds1, {', '.join(STAGE_NAMES)}"
     )
 
 
@@ -591,7 +592,7 @@ def predict(obj: dict, instances: str | None, sample: bool, version: int | None,
         click.echo(f"expected at export time: {json.dumps(expected)}")
 
 
-# -- Jenkins, GitHub bootstrap, notifications -----------------------------------------------------------------
+# -- Jenkins, GitHub bootstrap, notifications ----------------------------------------------------------------
 
 
 def _config_and_root(obj: dict):

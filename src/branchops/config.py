@@ -77,7 +77,8 @@ class SecretRef(Strict):
 def _refuse_inline_secret(value: Any) -> Any:
     if isinstance(value, str):
         raise ValueError(
-            "inline secrets are refused; reference it instead: {env: VARIABLE} or {credential: CI_CREDENTIAL_ID}"
+            "inline secrets are refused; reference it instead: {env: VARIABLE} or "
+            "{credential: CI_CREDENTIAL_ID}"
         )
     return value
 
@@ -653,7 +654,8 @@ def validate_yaml(model: type[ModelT], text: str, source: str | Path, *, what: s
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            # pydantic adds the discriminator's value (e.g. 'webhook') after a list index: not a key in the file
+            # pydantic adds the discriminator's value (e.g. 'webhook') after a list index: not a key in the
+            # file
             loc = tuple(
                 p
                 for i, p in enumerate(error["loc"])
@@ -688,7 +690,8 @@ def load_config(repo_root: str | Path = ".", path: str | Path | None = None) -> 
 
 def check_branches_exist(config: BranchopsConfig, repo: Any) -> None:
     """Every branch the configuration maps a stage to exists (as ``<remote>/<branch>`` when records are
-    pushed to a remote): a typo in a branch name would otherwise make every run of that stage 'nothing to do'."""
+    pushed to a remote): a typo in a branch name would otherwise make every run of that stage 'nothing to
+    do'."""
     from branchops import gitops
 
     remote = config.git.remote

@@ -191,9 +191,8 @@ class Demo:
             data["source"] == "script" and data.get("script") == self.template.synthetic_data
         )
         echo(
-            f"2. ds1 committed the experiments {', '.join(e['name'] for e in experiments)} (data: {data['source']}"
-            + (f" {data.get('folder')}" if data.get("folder") else "")
-            + ")"
+            f"2. ds1 committed the experiments {', '.join(e['name'] for e in experiments)} "
+            f"(data: {data['source']}" + (f" {data.get('folder')}" if data.get("folder") else "") + ")"
         )
         if self.result.synthetic:
             echo("   !!! SYNTHETIC DATA: the model will be trained on generated data, not real data !!!")

@@ -116,7 +116,8 @@ def check(
             f"!{mr.number} is approved, but '{branch}' also holds commits that no approved merge request "
             f"brought in since its last gated run{f' ({since[:12]})' if since else ''}:\n  "
             + "\n  ".join(unapproved)
-            + f"\nRevert them on '{branch}' (git revert, through a merge request), or bring the change in through "
+            + f"\nRevert them on '{branch}' (git revert, through a merge request), "
+            "or bring the change in through "
             f"a merge request approved by one of: {', '.join(designated)}. Nothing was run."
         )
     return Verdict(mr, counted, included)

@@ -42,7 +42,8 @@ def check() -> None:
 
 @contextmanager
 def handling_signals() -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into :class:`Interrupted` for the duration (main thread only; elsewhere a no-op)."""
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` for the duration (main thread only; elsewhere a
+    no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -417,7 +417,8 @@ def run_lock(repo: git.Repo, ctx: StageContext) -> Iterator[RunReport | None]:
             if holder is None or (owner is not None and owner.alive()):
                 who = (
                     (
-                        f"run {holder['run_id']} on {str(holder.get('source_commit'))[:12]} (process {owner.pid}, "
+                        f"run {holder['run_id']} on {str(holder.get('source_commit'))[:12]} "
+                        f"(process {owner.pid}, "
                         f"since {holder.get('started_at')})"
                     )
                     if holder and owner

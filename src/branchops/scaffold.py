@@ -4,8 +4,9 @@ A template is a folder under ``branchops/templates/`` (package data): the projec
 pipeline, Dockerfiles, configuration, data scripts and Jenkins files, plus ``template.yaml`` saying what it
 is (and what ``branchops demo`` does with it). The reference project is the repository's own (its entries
 link to the repository's files; its ``template.yaml`` says ``default: true``); ``minimal`` is the smallest
-project that goes through all four stages. A template's files are copied (links followed), its configuration gets the project's approvers
-and data source, and the result is committed on ``main`` with every stage branch and ``ds1`` made from it.
+project that goes through all four stages. A template's files are copied (links followed), its
+configuration gets the project's approvers and data source, and the result is committed on ``main``
+with every stage branch and ``ds1`` made from it.
 """
 
 from __future__ import annotations

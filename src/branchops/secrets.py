@@ -19,7 +19,8 @@ MASK = "***"
 
 
 def credential_env_name(credential_id: str) -> str:
-    """The environment variable a CI binds a credential id to (``github-token`` → ``BRANCHOPS_CRED_GITHUB_TOKEN``)."""
+    """The environment variable a CI binds a credential id to (``github-token`` →
+    ``BRANCHOPS_CRED_GITHUB_TOKEN``)."""
     return "BRANCHOPS_CRED_" + re.sub(r"[^A-Za-z0-9]", "_", credential_id).upper()
 
 

@@ -11,8 +11,8 @@ Files: each branch points at a commit, each commit at a tree (path -> bytes), so
 does: blob shas are git's, content is base64 in 60-character lines, files over ``large_file_bytes``
 come back with ``encoding: "none"`` and no content, an update names the blob sha it replaces (a wrong
 one: 409 "<path> does not match <sha>"; none for an existing file: 422 '"sha" wasn't supplied'),
-a missing branch is 404 before anything else is checked. It is a fake: tests using it test our logic, not GitHub compatibility
-(that is what the Prism tests are for).
+a missing branch is 404 before anything else is checked. It is a fake: tests using it test our logic,
+not GitHub compatibility (that is what the Prism tests are for).
 """
 
 from __future__ import annotations

@@ -163,7 +163,8 @@ def build(i: int) -> dict[str, Any]:
 
 
 def deployment(i: int, version: int | None = None, before: int | None = None) -> dict[str, Any]:
-    """deploy-model run ``i`` rolling serving from ``before`` to ``version`` (by default: model i, from i-1)."""
+    """deploy-model run ``i`` rolling serving from ``before`` to ``version`` (by default: model i, from
+    i-1)."""
     version = FIRST_VERSION + i if version is None else version
     before = (version - 1 if i else None) if before is None else before
     release = {
@@ -209,7 +210,8 @@ STAGE_RECORDS = {
 
 
 def add_records(repo: Path, branch: str, stage: str, records: list[dict[str, Any]]) -> None:
-    """One commit on ``branch`` adding ``records/<stage>/<run_id>/record.json`` for each record (git fast-import)."""
+    """One commit on ``branch`` adding ``records/<stage>/<run_id>/record.json`` for each record (git
+    fast-import)."""
     parent = subprocess.run(
         ["git", "rev-parse", f"refs/heads/{branch}"], cwd=repo, check=True, capture_output=True, text=True
     ).stdout.strip()

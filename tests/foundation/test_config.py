@@ -1,4 +1,5 @@
-"""Configuration: every broken file gets a message naming the file, the line, the key and what was expected."""
+"""Configuration: every broken file gets a message naming the file, the line, the key and what was
+expected."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The local forge: merge requests beside the repository, real merge commits, conflicts with nothing half done."""
+"""The local forge: merge requests beside the repository, real merge commits, conflicts with nothing half
+done."""
 
 from __future__ import annotations
 

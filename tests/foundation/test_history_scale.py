@@ -3,9 +3,9 @@ linearly with the number of records, and ``status`` reads only each stage's newe
 
 No timings: the test counts the bytes that reach branchops from git, through every way it reads git
 (GitPython's object database, GitPython's git commands, and git processes it starts itself, through a
-pipe or a file), at three history lengths, and compares what each further record costs. Opening every record by its path re-reads
-the stage's whole records folder each time, so each further record costs more than the one before: the
-quadratic history the benchmark (bench/bench_history.py) shows in seconds.
+pipe or a file), at three history lengths, and compares what each further record costs. Opening every
+record by its path re-reads the stage's whole records folder each time, so each further record costs
+more than the one before: the quadratic history the benchmark (bench/bench_history.py) shows in seconds.
 """
 
 from __future__ import annotations

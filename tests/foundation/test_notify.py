@@ -1,4 +1,5 @@
-"""Notifications: a webhook that fails is retried, its URL (a secret) never printed; channels never fail a stage."""
+"""Notifications: a webhook that fails is retried, its URL (a secret) never printed; channels never fail a
+stage."""
 
 from __future__ import annotations
 

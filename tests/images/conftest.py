@@ -1,7 +1,7 @@
 """Fixtures for the image tests: an isolated container store, a local registry, test workspaces.
 
-The real tools run here (Debian's buildah, podman, skopeo, docker-registry); nothing is pulled from Docker Hub:
-the base image is committed from scratch with busybox-static. Container storage, containers.conf and
+The real tools run here (Debian's buildah, podman, skopeo, docker-registry); nothing is pulled from Docker
+Hub: the base image is committed from scratch with busybox-static. Container storage, containers.conf and
 registries.conf live in a temporary directory (through CONTAINERS_STORAGE_CONF, CONTAINERS_CONF and
 CONTAINERS_REGISTRIES_CONF), so the tests neither see nor change the machine's images.
 """

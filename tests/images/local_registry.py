@@ -57,7 +57,8 @@ class LocalRegistry:
         config.write_text(
             "version: 0.1\n"
             "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+            "  delete:\n    enabled: true\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth,
             encoding="utf-8",
         )

@@ -1,4 +1,5 @@
-"""The docker builder for real: the docker CLI against podman's Docker-compatible API, pushing to docker-registry.
+"""The docker builder for real: the docker CLI against podman's Docker-compatible API, pushing to
+docker-registry.
 
 No Docker daemon runs here: ``podman system service`` serves the Docker Engine API on a unix socket and
 DOCKER_HOST points the docker CLI at it, so ``docker build`` and ``docker push`` send the requests they

@@ -272,9 +272,10 @@ def test_git_askpass_hands_git_the_bound_token(tmp_path: Path) -> None:
     helper = REPO_ROOT / "jenkins" / "git-askpass.sh"
     assert os.access(helper, os.X_OK)
     env = {"PATH": os.environ["PATH"], "GITHUB_TOKEN": "tok-123", "GITHUB_USER": "bot"}
-    run = lambda prompt, e: subprocess.run(
-        [str(helper), prompt], env=e, check=False, capture_output=True, text=True
-    )
+
+    def run(prompt: str, e: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(helper), prompt], env=e, check=False, capture_output=True, text=True)
+
     assert run("Username for 'https://github.com': ", env).stdout == "bot\n"
     assert run("Password for 'https://bot@github.com': ", env).stdout == "tok-123\n"
     no_user = {k: v for k, v in env.items() if k != "GITHUB_USER"}

@@ -48,7 +48,8 @@ _OBJECT_META = (
     "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 )
 
-# "Object Names and IDs" and "Labels and Selectors" (kubernetes.io/docs/concepts/overview/working-with-objects/)
+# "Object Names and IDs" and "Labels and Selectors"
+# (kubernetes.io/docs/concepts/overview/working-with-objects/)
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_SUBDOMAIN = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
 _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")

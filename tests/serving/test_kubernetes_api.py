@@ -295,7 +295,8 @@ FORBIDDEN = (
             "POST",
             "configmaps",
             lambda api, o: api.apply(o.config_map([1], {"stable": 1})),
-            "Kubernetes refused ConfigMap serving/tfserve-config: HTTP 403 Forbidden: configmaps is forbidden",
+            "Kubernetes refused ConfigMap serving/tfserve-config: HTTP 403 Forbidden: "
+            "configmaps is forbidden",
         ),
         (
             "DELETE",
@@ -319,7 +320,8 @@ FORBIDDEN = (
             "GET",
             "pods",
             lambda api, o: api.job_log("tfserve-copy-v1", NS),
-            "could not list pods of Job serving/tfserve-copy-v1 or read their log: HTTP 403 Forbidden: pods is forbidden",
+            "could not list pods of Job serving/tfserve-copy-v1 or read their log: "
+            "HTTP 403 Forbidden: pods is forbidden",
         ),
         (
             "GET",

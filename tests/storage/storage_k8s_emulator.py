@@ -230,7 +230,8 @@ class KubeEmulator:
             obj["status"] = {
                 "readyToUse": False,
                 "error": {
-                    "message": f'Failed to create snapshot: failed to get input parameters to create snapshot '
+                    "message": 'Failed to create snapshot: failed to get input parameters to create '
+                    'snapshot '
                     f'{name}: "persistentvolumeclaim \\"{source}\\" not found"',
                     "time": _now(),
                 },

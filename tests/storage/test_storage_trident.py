@@ -282,13 +282,14 @@ def test_the_emulator_judges_objects_by_the_crd_and_the_api_servers_rules_not_by
         {
             "reason": "FieldValueTypeInvalid",
             "field": "spec.source.persistentVolumeClaimName",
-            "message": 'Invalid value: "integer": spec.source.persistentVolumeClaimName in body must be of type '
-            'string: "integer"',
+            "message": 'Invalid value: "integer": spec.source.persistentVolumeClaimName in body '
+            'must be of type string: "integer"',
         },
         {
             "reason": "FieldValueInvalid",
             "field": "spec.volumeSnapshotClassName",
-            "message": 'Invalid value: "string": volumeSnapshotClassName must not be the empty string when set',
+            "message": 'Invalid value: "string": volumeSnapshotClassName must not be the empty string '
+            'when set',
         },
     ]
     status, body = refusal(lambda: create_snapshot(snapshot({"volumeSnapshotClassName": "c"})))

@@ -377,7 +377,8 @@ def _forward_task_lines(log_path: Path, offset: int, run_name: str, progress: Pr
         ):
             progress(f"run {run_name}: {line.split(' - INFO - ', 1)[1].strip()}")
         elif _TRAINING_PROGRESS.search(line):
-            # the training step's per-epoch line (metrics, time per epoch, ETA): a data scientist watches these
+            # the training step's per-epoch line (metrics, time per epoch, ETA): a data scientist watches
+            # these
             progress(f"run {run_name}: {_TRAINING_PROGRESS.search(line).group(1)}")
     return offset + end
 

@@ -179,7 +179,8 @@ class GitHubRepositoryClient:
         except RateLimitExceededExceedsMaxWait as exc:
             raise ExternalError(
                 secrets.mask(
-                    f"{where}: rate limit reached while {what}; the reset is {exc.wait:.0f}s away, longer than "
+                    f"{where}: rate limit reached while {what}; the reset is {exc.wait:.0f}s away, "
+                    "longer than "
                     f"forge.github.rate_limit_max_wait_s={self.settings.rate_limit_max_wait_s:g}s"
                 )
             ) from None
@@ -209,7 +210,8 @@ class GitHubForge(GitHubRepositoryClient, Forge):
     # -- mapping ---------------------------------------------------------------------------------------
 
     def _to_merge_request(self, pr: Any, *, details: bool = True) -> MergeRequest:
-        """``details``: also read the reviews and ``merged_by`` (one or two more requests per pull request)."""
+        """``details``: also read the reviews and ``merged_by`` (one or two more requests per pull
+        request)."""
         merged = pr.merged_at is not None
         state: MergeRequestState = "merged" if merged else ("closed" if pr.state == "closed" else "open")
         merged_by = None

@@ -33,7 +33,8 @@ class GitHubAdmin(GitHubRepositoryClient):
     """Repository setup on one GitHub repository: every call is idempotent, so bootstrap can run again."""
 
     def ensure_branch(self, branch: str, from_branch: str) -> bool:
-        """Create ``branch`` at the tip of ``from_branch`` unless it exists. Returns whether it was created."""
+        """Create ``branch`` at the tip of ``from_branch`` unless it exists. Returns whether it was
+        created."""
         from github.GithubException import GithubException
 
         with self._calling(f"creating branch {branch} from {from_branch}"):
@@ -179,7 +180,8 @@ class GitHubAdmin(GitHubRepositoryClient):
             return hook.id, True
 
     def check_token_permissions(self, *, admin: bool = True) -> list[str]:
-        """What the token lacks for the forge (and, with ``admin``, for bootstrap); empty when all is there."""
+        """What the token lacks for the forge (and, with ``admin``, for bootstrap); empty when all is
+        there."""
         with self._calling("checking the token's permissions"):
             self._repo.complete()
             permissions = self._repo.permissions

@@ -45,7 +45,8 @@ NO_BUILDER_NOTE = "registry.builder is 'none': the component tests ran; no image
 DRY_RUN_NOTES = {
     NO_REGISTRY_NOTE: "no registry configured (registry.url is not set): the component tests would run; "
     "no image would be built or pushed",
-    NO_BUILDER_NOTE: "registry.builder is 'none': the component tests would run; no image would be built or pushed",
+    NO_BUILDER_NOTE: "registry.builder is 'none': the component tests would run; "
+    "no image would be built or pushed",
 }
 
 

@@ -141,7 +141,8 @@ def content_hash(workspace: Path, files: Iterable[str], build_args: Mapping[str,
 
 
 def _source_dir_for(workspace: Path, name: str) -> str | None:
-    """``components/<name>`` or, for a variant ``<base>-<suffix>``, the longest existing ``components/<base>``."""
+    """``components/<name>`` or, for a variant ``<base>-<suffix>``, the longest existing
+    ``components/<base>``."""
     parts = name.split("-")
     for end in range(len(parts), 0, -1):
         candidate = "-".join(parts[:end])

@@ -94,7 +94,8 @@ class Serving(abc.ABC):
 
     @abc.abstractmethod
     def deploy(self, release: Release, model_source_dir: Path) -> DeployResult:
-        """Make serving match ``release``; on any failed check, roll back and say why (never raise for that)."""
+        """Make serving match ``release``; on any failed check, roll back and say why (never raise for
+        that)."""
 
     @abc.abstractmethod
     def rollback_to(self, version: int) -> DeployResult: ...

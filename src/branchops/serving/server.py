@@ -381,7 +381,8 @@ class ModelServer:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def restore(self) -> None:
-        """Serve what was live before a restart; with no saved state, the newest version (TF Serving's default)."""
+        """Serve what was live before a restart; with no saved state, the newest version (TF Serving's
+        default)."""
         saved = None
         if self.state_file and self.state_file.exists():
             try:

@@ -57,7 +57,8 @@ class Builder(ABC):
         return {}
 
     def build_and_push(self, request: BuildRequest, log: IO[str]) -> str | None:
-        """Run the commands; return the pushed digest if the tool reported it (else the caller asks the registry)."""
+        """Run the commands; return the pushed digest if the tool reported it (else the caller asks the
+        registry)."""
         env = {**os.environ, **self.environment(request)}
         for argv in self.commands(request):
             run_logged(argv, log, cwd=request.workspace, env=env, timeout_s=self.timeout_s)
@@ -71,7 +72,8 @@ class Builder(ABC):
 def run_logged(
     argv: Sequence[str], log: IO[str], cwd: Path, env: Mapping[str, str] | None, timeout_s: float
 ) -> None:
-    """Run ``argv`` with its output appended to ``log``; raise CommandFailed on a non-zero exit or a timeout."""
+    """Run ``argv`` with its output appended to ``log``; raise CommandFailed on a non-zero exit or a
+    timeout."""
     log.write(f"$ {mask(shlex.join(argv))}\n")
     log.flush()
     started = time.monotonic()
