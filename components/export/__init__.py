@@ -3,9 +3,10 @@
 ``export_base/<version>/`` holds ``saved_model.pb`` and ``variables/`` with the signature
 ``serving_default``: input ``lagged_returns`` (float32 [None, n_features], the raw features in the order
 of ``feature_names``: lagged log returns for the direction target, lagged mean absolute returns for the
-turbulence target; the normalisation is inside the graph) and outputs ``probability_up`` (float32 [None],
-the probability that the label is 1: "up" for direction, "more turbulent" for turbulence) and ``direction``
-(int64 [None], 1 when probability_up >= 0.5).  ``assets.extra/branchops_model.json`` carries what the
+turbulence target; the normalisation is inside the graph) and two outputs named for what the model
+predicts (:data:`OUTPUT_NAMES`): the probability that the label is 1 (float32 [None]; ``probability_up`` for
+direction, ``probability_turbulent`` for turbulence) and the label itself (int64 [None], 1 when that
+probability >= 0.5; ``direction`` or ``turbulent``).  ``assets.extra/branchops_model.json`` carries what the
 model predicts (``predicts``, ``target_kind``), the feature order, tickers, window, training commit and a
 fixed sample of test inputs with the predictions the exported graph gave for them (the deploy stage's
 smoke test replays it).
@@ -32,7 +33,11 @@ from components.common.io import require_file, write_json_atomic
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "lagged_returns"
-OUTPUTS = ("probability_up", "direction")
+# per target kind: (the probability that the label is 1, the label at THRESHOLD)
+OUTPUT_NAMES = {
+    "direction": ("probability_up", "direction"),
+    "turbulence": ("probability_turbulent", "turbulent"),
+}
 SIGNATURE = "serving_default"
 METADATA_FILE = "branchops_model.json"
 SAMPLE_ROWS = 8
@@ -72,6 +77,8 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
             file=str(model_path),
         )
 
+    target_kind = meta.get("target_kind", "direction")
+    probability_name, label_name = OUTPUT_NAMES[target_kind]
     staging = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=base))
     try:
         target = staging / "model"
@@ -81,8 +88,8 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
         def serve(lagged_returns):
             probability = tf.reshape(model(lagged_returns, training=False), [-1])
             return {
-                "probability_up": tf.cast(probability, tf.float32),
-                "direction": tf.cast(probability >= THRESHOLD, tf.int64),
+                probability_name: tf.cast(probability, tf.float32),
+                label_name: tf.cast(probability >= THRESHOLD, tf.int64),
             }
 
         archive.add_endpoint(
@@ -95,17 +102,17 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
         # the sample's predictions come from the exported graph itself, as a server would compute them
         served = tf.saved_model.load(str(target)).signatures[SIGNATURE]
         answer = served(**{INPUT_NAME: tf.constant(instances)})
-        probability_up = answer["probability_up"].numpy()
-        direction = answer["direction"].numpy()
+        probability = answer[probability_name].numpy()
+        label = answer[label_name].numpy()
         keras_probability = model.predict(instances, verbose=0).ravel()
-        if not np.allclose(probability_up, keras_probability, atol=1e-5):
+        if not np.allclose(probability, keras_probability, atol=1e-5):
             raise ComponentError(
                 "the exported graph answers differently from the trained model "
-                f"({probability_up[:3]} vs {keras_probability[:3]})"
+                f"({probability[:3]} vs {keras_probability[:3]})"
             )
         metadata = {
             "input": INPUT_NAME,
-            "outputs": list(OUTPUTS),
+            "outputs": [probability_name, label_name],
             "signature": SIGNATURE,
             "n_features": n_features,
             "feature_names": meta["feature_names"],
@@ -113,13 +120,12 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
             "target": meta["target"],
             "window": meta["window"],
             "label": meta.get("label"),
-            # what the served numbers mean: probability_up is the probability that the label is 1 (for the
-            # turbulence target: that the next 5 days are more turbulent than the last month)
-            "target_kind": meta.get("target_kind", "direction"),
+            # what the served numbers mean, in words an API client can read
+            "target_kind": target_kind,
             "predicts": meta.get("predicts"),
             "outputs_meaning": {
-                "probability_up": f"probability that {meta.get('predicts') or 'the label is 1'}",
-                "direction": "1 when probability_up >= 0.5, else 0",
+                probability_name: f"probability that {meta.get('predicts') or 'the label is 1'}",
+                label_name: f"1 when {probability_name} >= {THRESHOLD}, else 0",
             },
             "threshold": THRESHOLD,
             "commit": commit,
@@ -128,8 +134,8 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
                 "dates": [str(d) for d in _test_dates(work, sample_index)],
                 "instances": instances.tolist(),
                 "predictions": {
-                    "probability_up": [float(p) for p in probability_up],
-                    "direction": [int(d) for d in direction],
+                    probability_name: [float(p) for p in probability],
+                    label_name: [int(d) for d in label],
                 },
             },
         }
@@ -146,7 +152,7 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
         "commit": commit,
         "signature": SIGNATURE,
         "input": INPUT_NAME,
-        "outputs": list(OUTPUTS),
+        "outputs": [probability_name, label_name],
         "n_features": n_features,
         "already_exported": False,
         "metadata": str(final / "assets.extra" / METADATA_FILE),
@@ -163,8 +169,8 @@ def _existing_version(final: Path, metadata: dict[str, Any]) -> dict[str, Any]:
         existing.get("commit") == metadata["commit"]
         and existing.get("feature_names") == metadata["feature_names"]
         and _close(
-            existing.get("sample", {}).get("predictions", {}).get("probability_up"),
-            metadata["sample"]["predictions"]["probability_up"],
+            existing.get("sample", {}).get("predictions", {}).get(metadata["outputs"][0]),
+            metadata["sample"]["predictions"][metadata["outputs"][0]],
         )
     )
     if not same:
@@ -181,7 +187,7 @@ def _existing_version(final: Path, metadata: dict[str, Any]) -> dict[str, Any]:
         "commit": metadata["commit"],
         "signature": SIGNATURE,
         "input": INPUT_NAME,
-        "outputs": list(OUTPUTS),
+        "outputs": list(metadata["outputs"]),
         "n_features": metadata["n_features"],
         "already_exported": True,
         "metadata": str(existing_file),

@@ -91,3 +91,26 @@ def test_missing_model_says_which_component_to_run(tmp_path):
     with pytest.raises(DataError, match="model.keras; run the train component first"):
         export.run(work_dir=str(tmp_path), export_base=str(tmp_path / "m"), version=1, commit="abc")
     shutil.rmtree(tmp_path / "m", ignore_errors=True)
+
+
+def test_the_served_outputs_are_named_for_what_the_model_predicts(trained_work_dir, tmp_path):
+    """A turbulence model answers `probability_turbulent` and `turbulent` (not `probability_up`)."""
+    import tensorflow as tf
+
+    work = tmp_path / "work"
+    shutil.copytree(trained_work_dir, work)
+    features_meta = json.loads((work / "features.json").read_text())
+    features_meta.update(target_kind="turbulence", predicts="whether the next 5 days are more turbulent")
+    (work / "features.json").write_text(json.dumps(features_meta))
+
+    summary = export.run(
+        work_dir=str(work), export_base=str(tmp_path / "models"), version=1, commit="0123abc"
+    )
+
+    assert summary["outputs"] == ["probability_turbulent", "turbulent"]
+    meta = json.loads((tmp_path / "models" / "1" / "assets.extra" / "branchops_model.json").read_text())
+    assert meta["outputs"] == ["probability_turbulent", "turbulent"]
+    assert "more turbulent" in meta["outputs_meaning"]["probability_turbulent"]
+    assert set(meta["sample"]["predictions"]) == {"probability_turbulent", "turbulent"}
+    served = tf.saved_model.load(str(tmp_path / "models" / "1")).signatures["serving_default"]
+    assert set(served.structured_outputs) == {"probability_turbulent", "turbulent"}
