@@ -89,8 +89,11 @@ def test_the_demo_plays_every_stage_and_serves_the_model(demo):
     predicted = branchops("-C", str(workdir), "predict", "--sample").stdout
     answer = json.loads(predicted.split("expected at export time:")[0])
     expected = json.loads(predicted.split("expected at export time:")[1])
-    got = [p["probability_up"] for p in answer["predictions"]]
-    assert got == pytest.approx(expected["probability_up"], abs=1e-5)
+    # the reference model answers what it predicts: the probability that the next 5 days are more turbulent
+    assert set(expected) == {"probability_turbulent", "turbulent"}
+    got = [p["probability_turbulent"] for p in answer["predictions"]]
+    assert got == pytest.approx(expected["probability_turbulent"], abs=1e-5)
+    assert [p["turbulent"] for p in answer["predictions"]] == expected["turbulent"]
 
     lineage = json.loads(branchops("-C", str(workdir), "lineage", str(release["version"]), "--json").stdout)
     assert lineage["training"]["approved_by"] == ["head-of-ds"]
