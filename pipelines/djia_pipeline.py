@@ -106,6 +106,7 @@ def build_pipeline(
         patience: int,
         seed: int,
         walk_forward_folds: int,
+        final_fit: str,
     ) -> dict:
         from components.train import run
 
@@ -120,6 +121,7 @@ def build_pipeline(
             patience=patience,
             seed=seed,
             walk_forward_folds=walk_forward_folds,
+            final_fit=final_fit,
         )
 
     @dsl.component(base_image=image("evaluate"), install_kfp_package=False)
@@ -156,6 +158,9 @@ def build_pipeline(
         # labelled days dropped between the splits and before each walk-forward fold: >= the label horizon
         purge_gap: int = 5,
         walk_forward_folds: int = 5,
+        # the deployed model: "train_split" (early-stopped on validation) or "all_before_test" (refitted on
+        # the training and validation rows for the epochs early stopping chose)
+        final_fit: str = "train_split",
         # of the intervals of the model's advantage over each baseline (the KPI gate reads them)
         confidence: float = 0.95,
         hidden_units: list = [64, 32],  # noqa: B006 - a KFP default value, never mutated
@@ -194,6 +199,7 @@ def build_pipeline(
             patience=patience,
             seed=seed,
             walk_forward_folds=walk_forward_folds,
+            final_fit=final_fit,
         ).after(featured)
         steps.append(trained)
         evaluated = evaluate(work_dir=work_dir, confidence=confidence, seed=seed).after(trained)

@@ -61,6 +61,7 @@ def run(
     patience: int,
     seed: int,
     walk_forward_folds: int = 5,
+    final_fit: str = "train_split",
 ) -> dict[str, Any]:
     return train(
         work_dir,
@@ -72,6 +73,7 @@ def run(
         patience=patience,
         seed=seed,
         walk_forward_folds=walk_forward_folds,
+        final_fit=final_fit,
     )
 
 
@@ -97,6 +99,37 @@ def load_training_arrays(work_dir: str | Path):
                 f"missing array(s) {', '.join(missing)}; rerun the features component", file=str(path)
             )
         return {k: data[k] for k in needed}
+
+
+# How the deployed model is trained, as the configuration's `final_fit` says (the report quotes it).
+FINAL_FITS = {
+    "train_split": "trained on the training split, early-stopped on the validation split",
+    "all_before_test": (
+        "trained on every row before the test period (training and validation splits) for {best_epoch} "
+        "epochs, the number early stopping chose on the validation split"
+    ),
+}
+
+
+def refit_before_test(arrays: dict[str, Any], params: dict[str, Any], epochs: int):
+    """A fresh model of the same architecture and seed, fitted on the training and validation rows for
+    ``epochs`` epochs: nothing from the test period, and no early stopping left to peek at validation."""
+    import keras
+    import numpy as np
+
+    X = np.concatenate([arrays["X_train"], arrays["X_val"]])
+    y = np.concatenate([arrays["y_train"], arrays["y_val"]])
+    keras.utils.set_random_seed(params["seed"])
+    model = build_model(X, params["hidden_units"], params["dropout"], params["learning_rate"], params["seed"])
+    batch_size = params["batch_size"]
+    model.fit(
+        epoch_batches(X, y, batch_size, params["seed"], 0, epochs),
+        epochs=epochs,
+        steps_per_epoch=math.ceil(len(y) / batch_size),
+        shuffle=False,
+        verbose=0,
+    )
+    return model
 
 
 def fold_bounds(n_rows: int, folds: int, purge_gap: int) -> list[tuple[int, int, int]]:
@@ -219,6 +252,7 @@ def train(
     patience: int,
     seed: int,
     walk_forward_folds: int = 5,
+    final_fit: str = "train_split",
     checkpoint_every_s: float = CHECKPOINT_EVERY_S,
     extra_callbacks: tuple = (),
 ) -> dict[str, Any]:
@@ -234,6 +268,9 @@ def train(
             f"got {walk_forward_folds!r}"
         )
     params["walk_forward_folds"] = walk_forward_folds
+    if final_fit not in FINAL_FITS:
+        raise DataError(f"final_fit must be one of {', '.join(FINAL_FITS)}, got {final_fit!r}")
+    params["final_fit"] = final_fit
     started = time.monotonic()
     work = Path(work_dir)
     arrays = load_training_arrays(work)
@@ -320,6 +357,8 @@ def train(
     if best_weights is None:
         raise ComponentError("training ended without any epoch; nothing to save")
     model.set_weights(best_weights)
+    if final_fit == "all_before_test":
+        model = refit_before_test(arrays, params, max(int(state["best_epoch"]), 1))
     # No checkpoint after the last epoch: the model file is written instead (atomically), and history.json
     # (written last) marks the run as finished, so a rerun with the same inputs is a no-op.
     staging = work / f".{MODEL_FILE}.{np.random.default_rng().integers(1 << 30)}.keras"
@@ -337,7 +376,7 @@ def train(
         "best_epoch": state["best_epoch"],
         f"best_{MONITOR}": state["best"],
         "stopped_early": state["wait"] >= patience and state["epoch"] < epochs,
-        "final_model": "trained on the training split, early-stopped on the validation split",
+        "final_model": FINAL_FITS[final_fit].format(best_epoch=max(int(state["best_epoch"]), 1)),
         "walk_forward": {
             "folds": walk_forward_folds,
             "purge_gap": int(arrays["purge_gap"]),

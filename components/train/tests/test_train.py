@@ -95,6 +95,7 @@ def test_changed_parameters_start_afresh(real_work_dir, tmp_path):
         ({"learning_rate": 0}, "learning_rate must be a number in (0, 1], got 0"),
         ({"batch_size": "64"}, "batch_size must be a whole number >= 1, got '64'"),
         ({"epochs": True}, "epochs must be a whole number >= 1, got True"),
+        ({"final_fit": "all"}, "final_fit must be one of train_split, all_before_test, got 'all'"),
     ],
 )
 def test_bad_hyper_parameters_are_named(tmp_path, override, message):
@@ -137,3 +138,27 @@ def test_fold_bounds_purge_and_refuse_too_few_rows():
         assert start - train_end == 5 and end - start == 100
     with pytest.raises(DataError, match="too few for 5 walk-forward folds"):
         train.fold_bounds(100, 5, 5)
+
+
+def test_the_final_model_is_fitted_as_final_fit_says(real_work_dir, tmp_path):
+    """all_before_test refits on the training and validation rows for the epochs early stopping chose: a
+    different model, never shown the test period, and the history (quoted by the report) says how."""
+    import keras
+
+    params = {**SMALL, "hidden_units": [], "epochs": 3, "walk_forward_folds": 5}
+    split = _work(real_work_dir, tmp_path / "split")
+    refit = _work(real_work_dir, tmp_path / "refit")
+    train.run(str(split), **params)
+    train.run(str(refit), **params, final_fit="all_before_test")
+
+    history = json.loads((refit / "history.json").read_text())
+    best_epoch = history["best_epoch"]
+    assert history["final_model"].startswith("trained on every row before the test period")
+    assert f"for {max(best_epoch, 1)} epochs" in history["final_model"]
+    assert "validation split" in json.loads((split / "history.json").read_text())["final_model"]
+    with np.load(refit / "features.npz") as data:
+        X_test = data["X_test"].astype("float32")
+    answers = [
+        keras.models.load_model(w / "model.keras").predict(X_test[:20], verbose=0) for w in (split, refit)
+    ]
+    assert not np.allclose(answers[0], answers[1])  # another model: it was fitted on more rows
