@@ -60,7 +60,6 @@ class Step:
 class DemoResult:
     workdir: Path
     steps: list[Step] = field(default_factory=list)
-    prediction: dict[str, Any] | None = None
     sample_predictions: dict[str, Any] | None = None
     served_version: int | None = None
     synthetic: bool = False
@@ -286,7 +285,6 @@ class Demo:
         rows = meta["sample"]["instances"][:3]
         t = time.monotonic()
         answer = serving.client().predict(rows)
-        self.result.prediction = answer
         self.result.sample_predictions = {k: v[:3] for k, v in meta["sample"]["predictions"].items()}
         self.result.steps.append(Step("predict (REST :predict)", "done", time.monotonic() - t))
         echo(f"   POST {serving.client().model_url()}:predict with 3 rows of the export's sample")
