@@ -93,13 +93,13 @@ class IncludedMergeRequest(RecordPart):
 
 
 class RunRecord(RecordPart):
-    """``record.json``: one run of one stage, as ``runner._execute`` writes it."""
+    """``record.json``: one run of one stage, as ``runner.write_record`` writes it."""
 
     stage: str
     run_id: str
     branch: str | None = None
     source_commit: str | None = None
-    outcome: str | None = None  # succeeded | failed
+    outcome: str | None = None  # succeeded | failed | interrupted | abandoned
     summary: str | None = None
     error: str | None = None
     started_at: str | None = None  # ISO 8601, UTC, to the second

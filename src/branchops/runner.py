@@ -98,19 +98,24 @@ def last_gated_commit(
 ) -> str | None:
     """Where the gate starts looking: the source commit of the stage's last run on the branch (it passed the
     gate), else where the branch left the main branch; None when neither exists (only ``source`` is gated)."""
-    previous = [
-        r
-        for r in records.list_records(repo, branch_head, stage)
-        if r.data.get("source_commit") and r.data["source_commit"] != source
-    ]
-    for record in reversed(previous):
-        if repo.is_ancestor(record.data["source_commit"], source):
-            return record.data["source_commit"]
+    # newest first, read in growing batches: a long history is not read whole to find its last run
+    for record in records.stage_history(repo, branch_head, stage).newest_first():
+        earlier = record.record.source_commit
+        if earlier and earlier != source and _is_ancestor(repo, earlier, source):
+            return earlier
     main = gitops.branch_tip(repo, config.branches.main, config.git.remote)
     if main and branch != config.branches.main:
         base = repo.merge_base(main, source)
         return base[0].hexsha if base else None
     return None
+
+
+def _is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
+    """False also when ``older`` is not in this clone (a record of history this checkout never fetched)."""
+    try:
+        return repo.is_ancestor(older, newer)
+    except git.GitCommandError:
+        return False
 
 
 def first_non_bot(repo: git.Repo, sha: str, marker: str) -> str:
@@ -577,43 +582,43 @@ def write_record(
 ) -> RunReport:
     """Commit the run's record (and artifacts, and log) to the stage branch and notify its end."""
     config, mr, approvers = ctx.config, ctx.merge_request, ctx.approved_by
-    record = {
-        "stage": ctx.stage,
-        "branch": ctx.branch,
-        "run_id": ctx.run_id,
-        "source_commit": ctx.source_commit,
-        "outcome": status,
-        "summary": mask(result.summary),
-        "error": mask(result.error) if result.error else None,
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "duration_s": round(duration, 3),
-        "merge_request": {
-            "number": mr.number,
-            "title": mr.title,
-            "source": mr.source,
-            "author": mr.author,
-            "approved_by": approvers,
-            "merged_by": mr.merged_by,
-            "url": mr.url,
-        },
+    record = records.RunRecord(
+        stage=ctx.stage,
+        branch=ctx.branch,
+        run_id=ctx.run_id,
+        source_commit=ctx.source_commit,
+        outcome=status,
+        summary=mask(result.summary),
+        error=mask(result.error) if result.error else None,
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        duration_s=round(duration, 3),
+        merge_request=records.MergeRequestRef(
+            number=mr.number,
+            title=mr.title,
+            source=mr.source,
+            author=mr.author,
+            approved_by=approvers,
+            merged_by=mr.merged_by,
+            url=mr.url,
+        ),
         # every merge request whose content this run used (the one above first), as the gate counted them
-        "included_merge_requests": [
-            {
-                "number": m.number,
-                "title": m.title,
-                "author": m.author,
-                "approved_by": counted,
-                "merge_commit": m.merge_commit,
-            }
+        included_merge_requests=[
+            records.IncludedMergeRequest(
+                number=m.number,
+                title=m.title,
+                author=m.author,
+                approved_by=counted,
+                merge_commit=m.merge_commit,
+            )
             for m, counted in ctx.included
         ],
-        "config_digest": config.digest() if config_valid else None,
-        "branchops_version": __version__,
+        config_digest=config.digest() if config_valid else None,
+        branchops_version=__version__,
         # outputs may quote errors of external systems: mask any secret value they might carry
-        "outputs": json.loads(mask(json.dumps(result.outputs, default=str))),
-        "artifacts": sorted(ctx.artifacts),
-    }
+        outputs=json.loads(mask(json.dumps(result.outputs, default=str))),
+        artifacts=sorted(ctx.artifacts),
+    )
     files = {f"{ctx.record_dir}/{name}": content for name, content in ctx.artifacts.items()}
     if log_path and log_path.exists():
         files[f"{ctx.record_dir}/run.log"] = mask(
