@@ -145,15 +145,9 @@ def _diff(repo: git.Repo, old: str, new: str) -> str:
 
 def _first_parent_line(repo: git.Repo, commit: str, since: str | None) -> list[git.Commit]:
     """``commit`` and its first parents down to (not including) ``since``."""
-    if since is None:
+    if since is None or since == commit:
         return [repo.commit(commit)]
-    if since == commit:
-        return [repo.commit(commit)]
-    try:
-        is_ancestor = repo.is_ancestor(since, commit)
-    except git.GitCommandError:
-        is_ancestor = False
-    if not is_ancestor:
+    if not gitops.is_ancestor(repo, since, commit):
         raise GateRefused(
             f"the last gated run's commit {since[:12]} is no longer in the history of {commit[:12]}: "
             "the branch was rewritten. Restore it, or have an administrator start over on a new "

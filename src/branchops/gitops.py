@@ -98,6 +98,14 @@ def changed_paths(repo: git.Repo, old: str | None, new: str) -> list[str]:
     return [line for line in repo.git.diff("--name-only", old, new).splitlines() if line]
 
 
+def is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
+    """Whether ``older`` is in the history of ``newer``; False also when this clone lacks ``older``."""
+    try:
+        return repo.is_ancestor(older, newer)
+    except git.GitCommandError:
+        return False
+
+
 def trailer_marks(message: str, marker: str) -> bool:
     return any(line.strip().lower() == f"{marker.lower()}: true" for line in message.splitlines())
 

@@ -101,21 +101,13 @@ def last_gated_commit(
     # newest first, read in growing batches: a long history is not read whole to find its last run
     for record in records.stage_history(repo, branch_head, stage).newest_first():
         earlier = record.record.source_commit
-        if earlier and earlier != source and _is_ancestor(repo, earlier, source):
+        if earlier and earlier != source and gitops.is_ancestor(repo, earlier, source):
             return earlier
     main = gitops.branch_tip(repo, config.branches.main, config.git.remote)
     if main and branch != config.branches.main:
         base = repo.merge_base(main, source)
         return base[0].hexsha if base else None
     return None
-
-
-def _is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
-    """False also when ``older`` is not in this clone (a record of history this checkout never fetched)."""
-    try:
-        return repo.is_ancestor(older, newer)
-    except git.GitCommandError:
-        return False
 
 
 def first_non_bot(repo: git.Repo, sha: str, marker: str) -> str:
