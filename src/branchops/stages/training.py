@@ -174,26 +174,23 @@ def run_experiment(
         name,
         ", ".join(f"{k}={v}" for k, v in experiment.params.items()),
     )
-    result = engine.run(
-        ctx.branch,
-        upload,
-        name,
-        params,
-        cfg.training.timeout_s,
-        on_progress=lambda message: ctx.log.info("%s", message),
-    )
-    if result.reused and not result.succeeded:
-        # The engine never starts a run name twice; a retry of a failed run is a new, dated attempt.
-        name = f"{name}-retry-{ctx.run_id.split('-')[0].lower()}"
-        ctx.log.info("experiment %s: the earlier run %s; retrying as %s", experiment.name, result.state, name)
-        result = engine.run(
+
+    def start(run: str):
+        return engine.run(
             ctx.branch,
             upload,
-            name,
+            run,
             params,
             cfg.training.timeout_s,
             on_progress=lambda message: ctx.log.info("%s", message),
         )
+
+    result = start(name)
+    if result.reused and not result.succeeded:
+        # The engine never starts a run name twice; a retry of a failed run is a new, dated attempt.
+        name = f"{name}-retry-{ctx.run_id.split('-')[0].lower()}"
+        ctx.log.info("experiment %s: the earlier run %s; retrying as %s", experiment.name, result.state, name)
+        result = start(name)
     entry = ExperimentEntry(
         experiment=experiment.name,
         run_name=name,
