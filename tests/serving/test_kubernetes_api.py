@@ -15,9 +15,10 @@ import pytest
 
 from branchops.config import STAGES, BranchopsConfig
 from branchops.errors import ExternalError
+from branchops.k8s.client import KubeApi
 from branchops.k8s.validate import InvalidObject
 from branchops.serving.client import ServingError
-from branchops.serving.kubernetes_backend import STATE_ANNOTATION, KubeApi, ObjectBuilder
+from branchops.serving.kubernetes_manifests import STATE_ANNOTATION, ObjectBuilder
 from tests.serving.k8s_emulator import (
     MERGE,
     STRATEGIC,

@@ -10,7 +10,7 @@ import pytest
 
 from branchops.config import STAGES, BranchopsConfig
 from branchops.k8s.validate import InvalidObject, validate_manifest_file, validate_object
-from branchops.serving.kubernetes_backend import (
+from branchops.serving.kubernetes_manifests import (
     ObjectBuilder,
     canary_replicas,
     render_manifests,
@@ -123,7 +123,7 @@ def test_shipped_manifests_match_the_generator_and_are_valid():
     for name, text in render_manifests(project).items():
         shipped = TFSERVE / name
         assert shipped.read_text() == text, (
-            f"{shipped} is stale: run python -m branchops.serving.kubernetes_backend serving/tfserve"
+            f"{shipped} is stale: run python -m branchops.serving.kubernetes_manifests serving/tfserve"
         )
     checked = validate_manifest_file(TFSERVE / "tfserve.yaml")
     assert [c.kind for c in checked] == [

@@ -1,4 +1,5 @@
-"""Kubernetes helpers shared by the backends: offline validation of objects and manifests."""
+"""Kubernetes helpers shared by the backends: offline validation of objects and manifests (``validate``)
+and the API client layer (``client``)."""
 
 from branchops.k8s.validate import (
     KUBERNETES_VERSION,

@@ -1,0 +1,455 @@
+"""The Kubernetes objects of TensorFlow Serving, as plain dicts built from the configuration.
+
+Validated strictly in CI and rendered into ``serving/tfserve/``: a ConfigMap with ``models.config``
+(version policy ``specific`` + version labels) and ``monitoring.config``, the Deployment (TF Serving
+polls the config file and the file system), Service, HorizontalPodAutoscaler (autoscaling/v2),
+PodDisruptionBudget, the serving volume, and for canaries a second Deployment (track ``canary``) with
+Istio's DestinationRule/VirtualService weights when ``kubernetes.istio`` is true, or a replica ratio
+otherwise. Nothing here talks to a cluster (``branchops.k8s.client`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from branchops.config import BranchopsConfig
+
+REST_PORT = 8501
+GRPC_PORT = 8500
+MODELS_MOUNT = "/models"
+CONFIG_MOUNT = "/etc/tfserve"
+METRICS_PATH = "/monitoring/prometheus/metrics"
+STATE_ANNOTATION = "branchops.io/serving-state"  # the routing state as JSON, beside models.config
+COPY_IMAGE = "docker.io/library/busybox:1.36.1"
+METADATA_MARKER = "BRANCHOPS-MODEL-METADATA"
+
+
+# -- model config (TF Serving's text protobuf) --------------------------------------------------------
+
+
+def render_models_config(model: str, versions: list[int], labels: dict[str, int]) -> str:
+    """``models.config``: serve exactly ``versions`` (policy ``specific``) with ``labels``."""
+    if not versions:
+        raise ValueError("a model config needs at least one version")
+    lines = [
+        "model_config_list {",
+        "  config {",
+        f'    name: "{model}"',
+        f'    base_path: "{MODELS_MOUNT}/{model}"',
+        '    model_platform: "tensorflow"',
+        "    model_version_policy {",
+        "      specific {",
+    ]
+    lines += [f"        versions: {v}" for v in sorted(set(versions))]
+    lines += ["      }", "    }"]
+    for label, version in sorted(labels.items()):
+        if version not in versions:
+            raise ValueError(f"label {label} names version {version}, which the policy does not serve")
+        lines += ["    version_labels {", f'      key: "{label}"', f"      value: {version}", "    }"]
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+MONITORING_CONFIG = f'prometheus_config {{\n  enable: true,\n  path: "{METRICS_PATH}"\n}}\n'
+
+
+# -- objects ------------------------------------------------------------------------------------------
+
+
+class ObjectBuilder:
+    """Every Kubernetes object the backend sends, as dicts, from the configuration."""
+
+    def __init__(self, config: BranchopsConfig) -> None:
+        self.k8s = config.serving.kubernetes
+        self.model = config.serving.model_name
+        self.namespace = self.k8s.namespace
+        self.name = self.k8s.deployment
+        self.storage_class = config.storage.trident.storage_class
+        self.volume_access = config.storage.trident.access_mode
+        self.istio = self.k8s.istio
+
+    def labels(self, track: str | None = None) -> dict[str, str]:
+        labels = {
+            "app.kubernetes.io/name": self.name,
+            "app.kubernetes.io/part-of": "branchops",
+            "app.kubernetes.io/component": "model-server",
+        }
+        if track:
+            labels["branchops.io/track"] = track
+        return labels
+
+    def selector(self, track: str | None = None) -> dict[str, str]:
+        selector = {"app.kubernetes.io/name": self.name}
+        if track:
+            selector["branchops.io/track"] = track
+        return selector
+
+    def meta(
+        self, name: str, track: str | None = None, annotations: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "namespace": self.namespace, "labels": self.labels(track)}
+        if annotations:
+            meta["annotations"] = annotations
+        return meta
+
+    @property
+    def volume_claim(self) -> str:
+        return f"{self.name}-models"
+
+    def config_map_name(self, track: str = "stable") -> str:
+        return f"{self.name}-config" if track == "stable" else f"{self.name}-{track}-config"
+
+    def deployment_name(self, track: str = "stable") -> str:
+        return self.name if track == "stable" else f"{self.name}-{track}"
+
+    def serving_volume(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": self.meta(self.volume_claim),
+            "spec": {
+                "accessModes": [self.volume_access],
+                "storageClassName": self.storage_class,
+                "resources": {"requests": {"storage": self.k8s.serving_volume_size}},
+            },
+        }
+
+    def config_map(
+        self,
+        versions: list[int],
+        labels: dict[str, int],
+        track: str = "stable",
+        state: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        annotations = {STATE_ANNOTATION: json.dumps(state, sort_keys=True)} if state is not None else None
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": self.meta(self.config_map_name(track), track, annotations),
+            "data": {
+                "models.config": render_models_config(self.model, versions, labels),
+                "monitoring.config": MONITORING_CONFIG,
+            },
+        }
+
+    def deployment(self, track: str = "stable", replicas: int | None = None) -> dict[str, Any]:
+        probe_path = f"/v1/models/{self.model}"
+        http_probe = {"httpGet": {"path": probe_path, "port": "http"}}
+        container = {
+            "name": "tfserving",
+            "image": self.k8s.image,
+            "args": [
+                f"--port={GRPC_PORT}",
+                f"--rest_api_port={REST_PORT}",
+                f"--model_config_file={CONFIG_MOUNT}/models.config",
+                # The rollout moves the version policy by editing the ConfigMap; TF Serving re-reads it.
+                "--model_config_file_poll_wait_seconds=15",
+                # New version directories on the serving volume are noticed within this period.
+                "--file_system_poll_wait_seconds=10",
+                f"--monitoring_config_file={CONFIG_MOUNT}/monitoring.config",
+            ],
+            "ports": [
+                {"name": "http", "containerPort": REST_PORT, "protocol": "TCP"},
+                {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            ],
+            "readinessProbe": {**http_probe, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3},
+            "livenessProbe": {**http_probe, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
+            # Loading a large SavedModel can take minutes: liveness only starts once the model answered.
+            "startupProbe": {**http_probe, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 120},
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "1Gi"},
+                "limits": {"cpu": "2", "memory": "2Gi"},
+            },
+            "volumeMounts": [
+                {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
+                {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            ],
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        }
+        spec: dict[str, Any] = {
+            "selector": {"matchLabels": self.selector(track)},
+            # Never fewer ready replicas than wanted while pods are replaced.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": self.labels(track),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(REST_PORT),
+                        "prometheus.io/path": METRICS_PATH,
+                    },
+                },
+                "spec": {
+                    "containers": [container],
+                    "terminationGracePeriodSeconds": 30,
+                    "volumes": [
+                        {
+                            "name": "models",
+                            "persistentVolumeClaim": {"claimName": self.volume_claim, "readOnly": True},
+                        },
+                        {"name": "config", "configMap": {"name": self.config_map_name(track)}},
+                    ],
+                },
+            },
+        }
+        if replicas is not None:
+            spec["replicas"] = replicas
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": self.meta(self.deployment_name(track), track),
+            "spec": spec,
+        }
+
+    def service(self) -> dict[str, Any]:
+        # Selects both tracks: without Istio the canary's share is its share of the replicas.
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": self.meta(self.name),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": self.selector(),
+                "ports": [
+                    {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
+                    {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                ],
+            },
+        }
+
+    def autoscaler(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": self.meta(self.name),
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name},
+                "minReplicas": self.k8s.replicas,
+                "maxReplicas": max(self.k8s.max_replicas, self.k8s.replicas),
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 70},
+                        },
+                    }
+                ],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+            },
+        }
+
+    def disruption_budget(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": self.meta(self.name),
+            "spec": {
+                "minAvailable": max(1, self.k8s.replicas - 1),
+                "selector": {"matchLabels": self.selector("stable")},
+            },
+        }
+
+    def destination_rule(self) -> dict[str, Any]:
+        host = f"{self.name}.{self.namespace}.svc.cluster.local"
+        return {
+            "apiVersion": "networking.istio.io/v1beta1",
+            "kind": "DestinationRule",
+            "metadata": self.meta(self.name),
+            "spec": {
+                "host": host,
+                "subsets": [
+                    {"name": "stable", "labels": {"branchops.io/track": "stable"}},
+                    {"name": "canary", "labels": {"branchops.io/track": "canary"}},
+                ],
+            },
+        }
+
+    def virtual_service(self, canary_weight: int = 0) -> dict[str, Any]:
+        host = f"{self.name}.{self.namespace}.svc.cluster.local"
+        return {
+            "apiVersion": "networking.istio.io/v1beta1",
+            "kind": "VirtualService",
+            "metadata": self.meta(self.name),
+            "spec": {
+                "hosts": [host],
+                "http": [
+                    {
+                        "route": [
+                            {
+                                "destination": {
+                                    "host": host,
+                                    "subset": "stable",
+                                    "port": {"number": REST_PORT},
+                                },
+                                "weight": 100 - canary_weight,
+                            },
+                            {
+                                "destination": {
+                                    "host": host,
+                                    "subset": "canary",
+                                    "port": {"number": REST_PORT},
+                                },
+                                "weight": canary_weight,
+                            },
+                        ]
+                    }
+                ],
+            },
+        }
+
+    def source_clone(self, snapshot: str, version: int) -> dict[str, Any]:
+        """A PVC cloned from the model snapshot, read by the copy Job (Trident clones cost no copy)."""
+        return {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": self.meta(f"{self.name}-src-{version}"),
+            "spec": {
+                "accessModes": [self.volume_access],
+                "storageClassName": self.storage_class,
+                "dataSource": {
+                    "apiGroup": "snapshot.storage.k8s.io",
+                    "kind": "VolumeSnapshot",
+                    "name": snapshot,
+                },
+                "resources": {"requests": {"storage": self.k8s.serving_volume_size}},
+            },
+        }
+
+    def copy_job(self, source_claim: str, source_path: str, version: int) -> dict[str, Any]:
+        """Copy one SavedModel version onto the serving volume: into a temp directory, then rename, so
+        TF Serving's file-system poll never sees half a version."""
+        dst, incoming = f"{MODELS_MOUNT}/{self.model}", f"{MODELS_MOUNT}/{self.model}/.incoming-{version}"
+        script = "\n".join(
+            [
+                "set -eu",
+                f'mkdir -p "{dst}"',
+                f'rm -rf "{incoming}"',
+                f'mkdir "{incoming}"',
+                f'cp -a "/source/$SOURCE_PATH/." "{incoming}/"',
+                f'test -f "{incoming}/saved_model.pb"',
+                f'rm -rf "{dst}/{version}"',
+                f'mv "{incoming}" "{dst}/{version}"',
+                # The rollout reads the export's sample from this log (the CI agent need not mount volumes).
+                f"echo {METADATA_MARKER}",
+                f'cat "{dst}/{version}/assets.extra/branchops_model.json"',
+            ]
+        )
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": self.meta(f"{self.name}-copy-v{version}"),
+            "spec": {
+                "backoffLimit": 2,
+                "ttlSecondsAfterFinished": 3600,
+                "activeDeadlineSeconds": 1800,
+                "template": {
+                    "metadata": {"labels": self.labels()},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [
+                            {
+                                "name": "copy",
+                                "image": COPY_IMAGE,
+                                "command": ["sh", "-c", script],
+                                "env": [{"name": "SOURCE_PATH", "value": source_path}],
+                                "volumeMounts": [
+                                    {"name": "source", "mountPath": "/source", "readOnly": True},
+                                    {"name": "models", "mountPath": MODELS_MOUNT},
+                                ],
+                                "resources": {
+                                    "requests": {"cpu": "100m", "memory": "64Mi"},
+                                    "limits": {"memory": "256Mi"},
+                                },
+                            }
+                        ],
+                        "volumes": [
+                            {
+                                "name": "source",
+                                "persistentVolumeClaim": {"claimName": source_claim, "readOnly": True},
+                            },
+                            {"name": "models", "persistentVolumeClaim": {"claimName": self.volume_claim}},
+                        ],
+                    },
+                },
+            },
+        }
+
+    def base_objects(
+        self, versions: list[int], labels: dict[str, int], state: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        objects = [
+            self.serving_volume(),
+            self.config_map(versions, labels, state=state),
+            self.deployment(replicas=self.k8s.replicas),
+            self.service(),
+            self.autoscaler(),
+            self.disruption_budget(),
+        ]
+        if self.istio:
+            objects += [self.destination_rule(), self.virtual_service(0)]
+        return objects
+
+
+def canary_replicas(stable_replicas: int, weight: int) -> int:
+    """Canary pods so that their share of all pods is about ``weight`` percent (at least one)."""
+    if weight >= 100:
+        return stable_replicas
+    return max(1, math.ceil(stable_replicas * weight / (100 - weight)))
+
+
+# -- the manifests shipped in serving/tfserve/ --------------------------------------------------------
+
+MANIFEST_HEADER = (
+    "# Generated by `python -m branchops.serving.kubernetes_manifests serving/tfserve` from the project's\n"
+    "# configuration; a test checks it stays in sync. The rollout moves versions in the ConfigMap.\n"
+)
+
+
+def render_manifests(config: BranchopsConfig, version: int = 1) -> dict[str, str]:
+    """File name -> text of the reference manifests (serving ``version`` as stable)."""
+    import yaml
+
+    objects = ObjectBuilder(config)
+    state = {"versions": [version], "stable": version, "canary": None, "canary_weight": 0}
+    base = [
+        o
+        for o in objects.base_objects([version], {"stable": version}, state)
+        if not o["apiVersion"].startswith("networking.istio.io")
+    ]
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    # Multi-line strings (models.config) as readable literal blocks.
+    Dumper.add_representer(
+        str,
+        lambda d, text: d.represent_scalar(
+            "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+        ),
+    )
+
+    def dump(docs: list[dict[str, Any]]) -> str:
+        return MANIFEST_HEADER + "---\n".join(
+            yaml.dump(d, Dumper=Dumper, sort_keys=False, width=120) for d in docs
+        )
+
+    return {
+        "tfserve.yaml": dump(base),
+        "istio.yaml": dump([objects.destination_rule(), objects.virtual_service(0)]),
+        "models.config": render_models_config(objects.model, [version], {"stable": version}),
+    }
+
+
+if __name__ == "__main__":  # run from the project's root: its config/branchops.yaml names the model
+    import sys
+
+    from branchops.config import load_config
+
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "serving/tfserve")
+    for file_name, text in render_manifests(load_config(".")).items():
+        (folder / file_name).write_text(text)
