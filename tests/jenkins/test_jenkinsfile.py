@@ -282,3 +282,70 @@ def test_git_askpass_hands_git_the_bound_token(tmp_path: Path) -> None:
     assert run("Username for 'https://github.com': ", no_user).stdout == "x-access-token\n"
     missing = run("Password for 'https://github.com': ", {"PATH": os.environ["PATH"]})
     assert missing.returncode != 0 and "GITHUB_TOKEN is not bound" in missing.stderr
+
+
+# -- Groovy's quote styles --------------------------------------------------------------------------
+
+# The same String in each way Groovy writes one: a double-quoted string without `$` is a plain String,
+# triple quotes only allow newlines, and escapes (\uXXXX, \$) are resolved before the step sees the value.
+GITHUB_TOKEN_SPELLINGS = {
+    "double quotes": '"github-token"',
+    "triple single quotes": "'''github-token'''",
+    "triple double quotes": '"""github-token"""',
+    "a unicode escape": "'github\\u002dtoken'",
+    "an escape in double quotes": '"github\\u002dtoken"',
+}
+
+
+@pytest.mark.parametrize("name", sorted(GITHUB_TOKEN_SPELLINGS))
+def test_a_credential_id_reads_the_same_in_every_quote_style(name: str) -> None:
+    spelled = JENKINSFILE.replace(
+        "credentialsId: 'github-token'", f"credentialsId: {GITHUB_TOKEN_SPELLINGS[name]}"
+    )
+    assert spelled != JENKINSFILE
+    assert read_jenkinsfile(spelled) == read_jenkinsfile(JENKINSFILE)
+    assert check_jenkinsfile(production_config(), REPO_ROOT, spelled) == []
+
+
+def _double_quoted(text: str) -> str:
+    """The Jenkinsfile with every single-quoted step argument written in double quotes (scripts unchanged)."""
+    text = re.sub(r"(\b\w+\s*:\s*)'(?!'')([^'\\\n$\"]*)'", r'\1"\2"', text)
+    return re.sub(r"\b(yamlFile|defaultContainer|stage\()(\s*)'([^'\n]*)'", r'\1\2"\3"', text)
+
+
+def test_the_whole_jenkinsfile_in_double_quotes_reads_the_same(tmp_path: Path) -> None:
+    spelled = _double_quoted(JENKINSFILE)
+    assert 'credentialsId: "kubeconfig"' in spelled and "yamlFile \"jenkins/agent-pod.yaml\"" in spelled
+    assert "unit: \"HOURS\"" in spelled and 'artifacts: "' in spelled
+    assert read_jenkinsfile(spelled) == read_jenkinsfile(JENKINSFILE)
+    assert check_jenkinsfile(production_config(), REPO_ROOT, spelled) == []
+    # and it is Groovy: every spelling above parses (one groovy start for all of them)
+    files = [tmp_path / "Jenkinsfile"]
+    files[0].write_text(spelled)
+    for name, literal in GITHUB_TOKEN_SPELLINGS.items():
+        path = tmp_path / f"Jenkinsfile-{name.replace(' ', '-')}"
+        path.write_text(JENKINSFILE.replace("credentialsId: 'github-token'", f"credentialsId: {literal}"))
+        files.append(path)
+    result = subprocess.run(
+        ["groovy", str(GROOVY_CHECK), *map(str, files)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=groovy_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_interpolated_credential_id_is_not_taken_for_a_literal() -> None:
+    """A GString with `${...}` is known only when the build runs: the checker says so instead of guessing."""
+    spelled = JENKINSFILE.replace("credentialsId: 'github-token'", 'credentialsId: "${env.GITHUB_CRED}"')
+    problems = check_jenkinsfile(production_config(), REPO_ROOT, spelled)
+    assert any("github" in p and "is not bound" in p for p in problems), problems
+    assert any('"${env.GITHUB_CRED}"' in p and "interpolat" in p for p in problems), problems
+    # an escaped dollar is no interpolation: Groovy reads the literal character
+    escaped = JENKINSFILE.replace(
+        "variable: 'BRANCHOPS_CRED_KUBEFLOW_TOKEN'", 'variable: "BRANCHOPS_CRED_KUBEFLOW_TOKEN\\$"'
+    )
+    problems = check_jenkinsfile(production_config(), REPO_ROOT, escaped)
+    assert any("not BRANCHOPS_CRED_KUBEFLOW_TOKEN$" in p for p in problems), problems

@@ -50,6 +50,40 @@ def credential_ids(config: BranchopsConfig) -> dict[str, str]:
     return dict(config.ci.jenkins.credentials) if config.ci.jenkins else default_credentials()
 
 
+# A Groovy string literal in each quote style it has; triple quotes first, as they start like the others.
+STRING = "(?:{})".format(
+    "|".join(
+        (r"'''(?:[^\\]|\\.)*?'''", r'"""(?:[^\\]|\\.)*?"""', r"'(?:[^'\\\n]|\\.)*'", r'"(?:[^"\\\n]|\\.)*"')
+    )
+)
+_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", "s": " ", "\n": ""}
+
+
+def string_value(literal: str) -> str | None:
+    """The value Groovy gives a string literal, whatever its quotes; None for a GString that interpolates
+    (`"${...}"`, `"$name"`): its value exists only when the build runs."""
+    quote = literal[:3] if literal[:3] in ("'''", '"""') else literal[:1]
+    body = literal[len(quote) : -len(quote)]
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2 : i + 6]):
+                out.append(chr(int(body[i + 2 : i + 6], 16)))
+                i += 6
+                continue
+            out.append(_ESCAPES.get(nxt, nxt))  # \\ \' \" \$ stand for the character itself
+            i += 2
+            continue
+        if c == "$" and quote.startswith('"'):
+            return None
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 @dataclass
 class Block:
     """A ``header { ... }`` of a Groovy/declarative file: statements and nested blocks, in order."""
@@ -64,10 +98,8 @@ class Block:
 
     @property
     def argument(self) -> str | None:
-        match = re.match(r"[A-Za-z_]\w*\s*\(\s*'([^']*)'", self.header) or re.match(
-            r'[A-Za-z_]\w*\s*\(\s*"([^"]*)"', self.header
-        )
-        return match.group(1) if match else None
+        match = re.match(rf"[A-Za-z_]\w*\s*\(\s*({STRING})", self.header)
+        return string_value(match.group(1)) if match else None
 
     def blocks(self, name: str | None = None) -> list[Block]:
         return [b for b in self.items if isinstance(b, Block) and (name is None or b.name == name)]
@@ -207,12 +239,13 @@ class JenkinsfileModel:
     junitxml_paths: list[str]
     archived: list[str]
     groovy_interpolated_secrets: list[str]  # double-quoted sh strings inside a credentials block
+    interpolated_arguments: list[str]  # step arguments whose value only the build knows (`"${...}"`)
     traced_scripts: list[str]  # sh scripts inside a credentials block that Jenkins runs with `sh -xe`
     uses_set_x: bool
 
 
 _BINDING = re.compile(r"\b(usernamePassword|string|file|sshUserPrivateKey)\s*\(([^()]*)\)")
-_NAMED = re.compile(r"(\w+)\s*:\s*'([^']*)'")
+_NAMED = re.compile(rf"(\w+)\s*:\s*({STRING})")
 
 
 def read_jenkinsfile(text: str, source: str = "Jenkinsfile") -> JenkinsfileModel:
@@ -221,14 +254,14 @@ def read_jenkinsfile(text: str, source: str = "Jenkinsfile") -> JenkinsfileModel
     if pipeline is None:
         raise ConfigError(f"{source}: no declarative `pipeline {{ ... }}` block")
     agent_text = pipeline.block("agent").text() if pipeline.block("agent") else ""
-    yaml_file = re.search(r"yamlFile\s+'([^']+)'", agent_text)
+    yaml_file = re.search(rf"yamlFile\s*\(?\s*({STRING})", agent_text)
     options_block = pipeline.block("options")
     options = options_block.statements() if options_block else []
     timeout = None
     for option in options:
-        m = re.match(r"timeout\s*\(\s*time\s*:\s*(\d+)\s*,\s*unit\s*:\s*'(\w+)'", option)
-        if m and m.group(2) in TIME_UNITS:
-            timeout = int(m.group(1)) * TIME_UNITS[m.group(2)]
+        m = re.match(rf"timeout\s*\(\s*time\s*:\s*(\d+)\s*,\s*unit\s*:\s*({STRING})", option)
+        if m and string_value(m.group(2)) in TIME_UNITS:
+            timeout = int(m.group(1)) * TIME_UNITS[string_value(m.group(2))]
         elif re.match(r"timeout\s*\(\s*(\d+)\s*\)", option):  # minutes by default
             timeout = int(re.match(r"timeout\s*\(\s*(\d+)", option).group(1)) * 60
     stages_block = pipeline.block("stages")
@@ -239,12 +272,18 @@ def read_jenkinsfile(text: str, source: str = "Jenkinsfile") -> JenkinsfileModel
     run_commands: list[str] = []
     interpolated: list[str] = []
     traced: list[str] = []
+    not_literal: list[str] = []
     run_inside = False
     for block in pipeline.walk():
         if block.name != "withCredentials":
             continue
         for kind, args in _BINDING.findall(block.header):
-            named = dict(_NAMED.findall(args))
+            named: dict[str, str] = {}
+            for key, literal in _NAMED.findall(args):
+                value = string_value(literal)
+                if value is None:
+                    not_literal.append(f"{key}: {literal}")
+                named[key] = literal if value is None else value
             cred_id = named.pop("credentialsId", "")
             bindings.append(CredentialBinding(kind, cred_id, named))
         inner = block.text()[len(block.header) :]
@@ -270,7 +309,7 @@ def read_jenkinsfile(text: str, source: str = "Jenkinsfile") -> JenkinsfileModel
     post_conditions = [b.name for b in post.blocks()] if post else []
     everything = pipeline.text()
     return JenkinsfileModel(
-        agent_yaml_file=yaml_file.group(1) if yaml_file else None,
+        agent_yaml_file=string_value(yaml_file.group(1)) if yaml_file else None,
         options=[re.match(r"\w*", o).group(0) for o in options],
         timeout_s=timeout,
         stages=[s.argument or "" for s in stages],
@@ -280,14 +319,18 @@ def read_jenkinsfile(text: str, source: str = "Jenkinsfile") -> JenkinsfileModel
         run_stage_guarded=guarded,
         run_inside_credentials=run_inside,
         post_conditions=post_conditions,
-        junit_patterns=re.findall(r"junit\b[^\n]*testResults\s*:\s*'([^']+)'", everything),
+        junit_patterns=[
+            string_value(p) or p
+            for p in re.findall(rf"junit\b[^\n]*testResults\s*:\s*({STRING})", everything)
+        ],
         junitxml_paths=re.findall(r"--junitxml[= ]([^\s'\"]+)", everything),
         archived=[
             p.strip()
-            for a in re.findall(r"archiveArtifacts\b[^\n]*artifacts\s*:\s*'([^']+)'", everything)
-            for p in a.split(",")
+            for a in re.findall(rf"archiveArtifacts\b[^\n]*artifacts\s*:\s*({STRING})", everything)
+            for p in (string_value(a) or a).split(",")
         ],
         groovy_interpolated_secrets=interpolated,
+        interpolated_arguments=not_literal,
         traced_scripts=traced,
         uses_set_x=bool(re.search(r"set\s+-[a-wyzA-Z]*x|set\s+-o\s+xtrace", everything)),
     )
@@ -380,7 +423,14 @@ def check_jenkinsfile(
                 f"credentials: '{cred_id}' must be bound to {credential_env_name(cred_id)} "
                 f"(branchops reads {{credential: {cred_id}}} there), not {binding.secret_variable}"
             )
-    for cred_id in sorted(set(bound) - set(wanted.values())):
+    for argument in model.interpolated_arguments:
+        problems.append(
+            f"credentials: {argument} is an interpolated Groovy string, known only when the build "
+            "runs; name credential ids and variables literally, so that a reviewer sees which secrets a "
+            "build can reach"
+        )
+    not_literal = {argument.split(": ", 1)[1] for argument in model.interpolated_arguments}
+    for cred_id in sorted(set(bound) - set(wanted.values()) - not_literal):
         problems.append(
             f"credentials: the Jenkinsfile binds '{cred_id}', which ci.jenkins.credentials does not name"
         )
