@@ -22,7 +22,7 @@ import git
 import yaml
 
 from branchops import gitops, preflight
-from branchops.errors import BranchopsError, StageFailed
+from branchops.errors import BadArgument, BranchopsError, StageFailed
 from branchops.forge.local import LocalForge
 from branchops.merging import merge_and_run
 from branchops.runner import RunReport
@@ -302,7 +302,7 @@ def run_demo(
 ) -> DemoResult:
     target = Path(workdir).resolve()
     if target.exists() and any(target.iterdir()):
-        raise BranchopsError(f"{target} exists and is not empty: give a new --workdir")
+        raise BadArgument(f"{target} exists and is not empty: give a new --workdir")
     chosen = load_template(template)
     data = data_source(chosen, data_dir, synthetic)
     # Everything the four stages need must be installed before the first one starts, not found missing

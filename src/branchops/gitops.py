@@ -20,7 +20,7 @@ from pathlib import Path
 
 import git
 
-from branchops.errors import BranchopsError, ExternalError
+from branchops.errors import BranchopsError, ExternalError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def open_repo(path: str | Path = ".") -> git.Repo:
     try:
         return git.Repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise BranchopsError(f"{Path(path).resolve()}: not inside a git repository") from None
+        raise NotFound(f"{Path(path).resolve()}: not inside a git repository") from None
 
 
 def main_worktree(repo: git.Repo) -> Path:

@@ -21,7 +21,7 @@ import yaml
 
 from branchops import gitops
 from branchops.config import CONFIG_PATH, STAGES, parse_config
-from branchops.errors import BranchopsError, NotFound
+from branchops.errors import BadArgument, BranchopsError, NotFound
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_FILE = "template.yaml"
@@ -144,7 +144,7 @@ def init_project(
 ) -> Path:
     target = Path(directory).resolve()
     if target.exists() and any(target.iterdir()):
-        raise BranchopsError(f"{target} exists and is not empty; choose a new directory")
+        raise BadArgument(f"{target} exists and is not empty; choose a new directory")
     chosen = load_template(template)
     config = project_config(
         chosen, approvers, data_dir, synthetic, overrides

@@ -85,5 +85,5 @@ def test_init_scaffolds_a_repository_whose_stage_runs_on_an_approved_merge(tmp_p
 def test_init_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "file").write_text("keep me")
-    result = cli("init", str(tmp_path / "x"), expect=1)
+    result = cli("init", str(tmp_path / "x"), expect=2)
     assert "not empty" in result.output and (tmp_path / "x" / "file").read_text() == "keep me"
