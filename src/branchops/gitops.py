@@ -162,6 +162,48 @@ def compare_and_swap(repo: git.Repo, branch: str, new: str, old: str | None) -> 
         return False
 
 
+class BranchMoved(Exception):
+    """The remote refused a push only because its branch moved since the fetch: rebuild and try again."""
+
+
+# What `git push --porcelain` says of a ref the remote did not take because another writer moved it: the
+# push was behind ([rejected]), or the branch moved while the remote was taking it (receive-pack then
+# fails to lock or update the ref: [remote rejected] (failed to update ref), the "race" GitPython's flags
+# would call a refusal). Everything else the remote refuses (a hook, branch protection, permissions)
+# would be refused again.
+_RACE_REASONS = ("non-fast-forward", "fetch first", "stale info", "failed to update ref", "failed to lock")
+
+
+def push(repo: git.Repo, remote: str, refspec: str) -> None:
+    """Push one refspec. Raises :class:`BranchMoved` when another writer got there first, and ExternalError
+    with the remote's own words when it refuses the push (a hook, a protected branch) or cannot be reached.
+    """
+    proc = subprocess.run(
+        ["git", "push", "--porcelain", remote, refspec], cwd=repo.git_dir, capture_output=True, text=True
+    )
+    # porcelain: one "<flag>\t<from>:<to>\t<summary>" line per ref; "!" is a ref the remote did not take
+    statuses = [line.split("\t") for line in proc.stdout.splitlines() if line.count("\t") == 2]
+    rejected = [summary for flag, _, summary in statuses if flag == "!"]
+    if proc.returncode == 0 and statuses and not rejected:
+        return
+    if rejected and all(any(reason in summary for reason in _RACE_REASONS) for summary in rejected):
+        raise BranchMoved("; ".join(rejected))
+    said = [
+        line.removeprefix("remote:").strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("remote:") and line.removeprefix("remote:").strip()
+    ]
+    if rejected:
+        raise ExternalError(
+            f"{remote} refused the push of {refspec.split(':')[-1]} ({'; '.join(rejected)}): "
+            + (" ".join(said) or "it gave no reason")
+        )
+    raise ExternalError(
+        f"git push {remote} {refspec.split(':')[-1]} failed: "
+        + (" ".join(line.strip() for line in proc.stderr.splitlines() if line.strip()) or "no message")
+    )
+
+
 def commit_to_branch(
     repo: git.Repo,
     branch: str,
@@ -191,17 +233,17 @@ def commit_to_branch(
         commit = build_commit(repo, tip, files, message, identity, overwrite=overwrite)
         if remote:
             try:
-                _run_git(repo, ["push", "--quiet", remote, f"{commit}:refs/heads/{branch}"])
+                push(repo, remote, f"{commit}:refs/heads/{branch}")
                 _run_git(repo, ["update-ref", f"refs/remotes/{remote}/{branch}", commit])
                 return commit
-            except git.GitCommandError as exc:
+            except BranchMoved as moved:
                 log.info(
                     "push to %s/%s rejected (attempt %d/%d), rebasing on the new tip: %s",
                     remote,
                     branch,
                     attempt,
                     retries,
-                    str(exc.stderr).strip().splitlines()[-1:],
+                    moved,
                 )
         elif compare_and_swap(repo, branch, commit, tip):
             return commit
@@ -213,10 +255,7 @@ def commit_to_branch(
 def set_branch(repo: git.Repo, branch: str, commit: str, remote: str | None = None) -> None:
     """Point a branch that only branchops writes (e.g. its release branch) at ``commit``."""
     if remote:
-        try:
-            _run_git(repo, ["push", "--quiet", "--force", remote, f"{commit}:refs/heads/{branch}"])
-        except git.GitCommandError as exc:
-            raise ExternalError(f"git push --force {remote} {branch} failed: {exc.stderr.strip()}") from None
+        push(repo, remote, f"+{commit}:refs/heads/{branch}")
     _run_git(repo, ["update-ref", f"refs/heads/{branch}", commit])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from branchops import gitops
+from branchops.errors import ExternalError
 from tests.conftest import git
 
 BOT = gitops.Identity("branchops-bot", "bot@users.local")
@@ -113,3 +115,65 @@ def test_write_back_leaves_the_working_tree_and_index_alone(project, stage_calls
     assert git(project.path, "rev-parse", "--abbrev-ref", "HEAD") == "ds1"
     assert (project.path / "scratch.txt").read_text() == "untracked"
     assert git(project.path, "status", "--porcelain") == "?? scratch.txt"
+
+
+def _remote_and_agent(tmp_path: Path) -> tuple[Path, Path]:
+    """A bare remote holding main and training, and a clone of it (an agent that writes records)."""
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    seed = tmp_path / "seed"
+    git(tmp_path, "clone", "-q", str(remote), str(seed))
+    git(seed, "commit", "-q", "--allow-empty", "-m", "root")
+    git(seed, "push", "-q", "origin", "HEAD:refs/heads/main", "HEAD:refs/heads/training")
+    agent = tmp_path / "agent"
+    git(tmp_path, "clone", "-q", str(remote), str(agent))
+    return remote, agent
+
+
+def test_a_push_the_remote_refuses_is_reported_at_once_with_the_remotes_message(tmp_path):
+    """A protected branch (GitHub's GH006) or a hook saying no is not a race: retrying cannot help."""
+    remote, agent = _remote_and_agent(tmp_path)
+    attempts = tmp_path / "attempts"
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"echo attempt >> '{attempts}'\n"
+        "echo 'error: GH006: Protected branch update failed for refs/heads/training.' >&2\n"
+        "echo 'error: Changes must be made through a pull request.' >&2\n"
+        "exit 1\n"
+    )
+    hook.chmod(0o755)
+    with pytest.raises(ExternalError) as refused:
+        _write(agent, 0, "origin")
+    message = str(refused.value)
+    assert "GH006: Protected branch update failed for refs/heads/training." in message, message
+    assert "Changes must be made through a pull request." in message, message
+    assert "keeps moving" not in message
+    assert attempts.read_text().splitlines() == ["attempt"]  # asked once, not eight times
+    assert git(remote, "ls-tree", "-r", "--name-only", "training") == ""
+
+
+def test_a_push_that_loses_a_race_is_rebuilt_on_the_new_tip_and_lands(tmp_path, monkeypatch, caplog):
+    """Another writer lands between this writer's fetch and its push: the remote rejects the push as not a
+    fast-forward, and the record is rebuilt on the new tip, not reported as refused."""
+    remote, agent = _remote_and_agent(tmp_path)
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", "-b", "training", str(remote), str(other))
+    build_commit = gitops.build_commit
+    calls = []
+
+    def other_writer_lands_first(*args, **kwargs):
+        if not calls:
+            git(other, "commit", "-q", "--allow-empty", "-m", "another writer's record")
+            git(other, "push", "-q", "origin", "HEAD:refs/heads/training")
+        calls.append(args)
+        return build_commit(*args, **kwargs)
+
+    monkeypatch.setattr(gitops, "build_commit", other_writer_lands_first)
+    with caplog.at_level(logging.INFO, logger="branchops.gitops"):
+        commit = _write(agent, 0, "origin")
+    assert len(calls) == 2
+    assert git(remote, "rev-parse", "training") == commit
+    assert git(remote, "log", "-1", "--format=%s", "training~1") == "another writer's record"
+    retried = [r.getMessage() for r in caplog.records if "rebasing on the new tip" in r.getMessage()]
+    assert len(retried) == 1 and ("fetch first" in retried[0] or "non-fast-forward" in retried[0]), retried
