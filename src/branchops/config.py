@@ -279,6 +279,9 @@ class StorageTrident(Strict):
         "ReadWriteMany"
     )
     ready_timeout_s: float = Field(default=600, gt=0, le=MAX_TIMEOUT_S)
+    # The image of the short-lived pod that reads a run's files (metrics.json) off a volume: any image
+    # with sh, test, base64 and ls; point it at your own registry when the cluster cannot pull Docker Hub.
+    reader_image: str = "busybox:1.36"
 
 
 class DataVolumePolicy(Strict):

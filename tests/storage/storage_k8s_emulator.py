@@ -16,17 +16,30 @@ documented semantics:
   snapshot controller works asynchronously); if its source PVC does not exist, the controller's error
   appears in ``status.error`` and it never becomes ready.
 
-It is not the real thing: no admission, no finalizers, no watch. Tests say so.
+* a Pod (``restartPolicy: Never``) is started by an emulated kubelet on its first read after creation: it
+  stays ``Pending`` (``Unschedulable``) while a PersistentVolumeClaim it mounts does not exist; otherwise
+  its container's ``command`` runs on this machine with each volume mount's path replaced by the local
+  directory that holds the emulated volume's files (:meth:`KubeEmulator.volume_dir`), and the pod ends
+  ``Succeeded`` or ``Failed`` with the container's exit code in ``containerStatuses``; its log
+  (``pods/<name>/log``, stdout and stderr as the container runtime keeps them) is readable once the
+  container has started, and a ``400`` before, as the API server answers for a waiting container.
+
+It is not the real thing: no admission, no finalizers, no watch, no image pulls, and a read-only mount is
+not enforced. Tests say so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Self
 
 from werkzeug.exceptions import HTTPException
@@ -41,6 +54,7 @@ SNAP = "snapshot.storage.k8s.io"
 RESOURCES = {
     "persistentvolumeclaims": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "group": ""},
     "volumesnapshots": {"apiVersion": f"{SNAP}/v1", "kind": "VolumeSnapshot", "group": SNAP},
+    "pods": {"apiVersion": "v1", "kind": "Pod", "group": ""},
 }
 
 
@@ -71,6 +85,14 @@ class KubeEmulator:
     faults: list[Fault] = field(default_factory=list)
     resource_version: int = 1000
     lock: threading.Lock = field(default_factory=threading.Lock)
+    logs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, pod) -> its container's log
+    volumes_root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kube-emulator-")))
+
+    def volume_dir(self, namespace: str, claim: str) -> Path:
+        """The local directory holding the files of PVC ``claim`` (what a pod mounting it sees)."""
+        path = self.volumes_root / namespace / claim
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     # -- helpers for tests ---------------------------------------------------------------------------
     def fail_next(
@@ -89,6 +111,7 @@ class KubeEmulator:
         [
             Rule("/api/v1/namespaces/<ns>/<resource>", endpoint="collection"),
             Rule("/api/v1/namespaces/<ns>/<resource>/<name>", endpoint="item"),
+            Rule("/api/v1/namespaces/<ns>/pods/<name>/log", endpoint="log"),
             Rule(f"/apis/{SNAP}/v1/namespaces/<ns>/<resource>", endpoint="collection"),
             Rule(f"/apis/{SNAP}/v1/namespaces/<ns>/<resource>/<name>", endpoint="item"),
         ]
@@ -137,8 +160,10 @@ class KubeEmulator:
         obj["metadata"]["resourceVersion"] = str(self.resource_version)
 
     def _dispatch(
-        self, request: Request, endpoint: str, ns: str, resource: str, name: str | None = None
+        self, request: Request, endpoint: str, ns: str, resource: str = "pods", name: str | None = None
     ) -> Response:
+        if endpoint == "log":
+            return self._log(request, ns, str(name))
         info = RESOURCES.get(resource)
         prefix = "/apis/" + SNAP if request.path.startswith("/apis/") else "/api"
         if info is None or (info["group"] == SNAP) != (prefix != "/api"):
@@ -193,7 +218,7 @@ class KubeEmulator:
             )
         meta.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=_now())
         body["metadata"] = meta
-        if resource == "persistentvolumeclaims":
+        if resource in ("persistentvolumeclaims", "pods"):
             body["status"] = {"phase": "Pending"}
         self._bump(body)
         self.objects[key] = body
@@ -213,6 +238,9 @@ class KubeEmulator:
 
     def _advance(self, resource: str, ns: str, obj: dict[str, Any]) -> None:
         """What the controllers would have done by the time of this read."""
+        if resource == "pods" and obj["status"].get("phase") == "Pending":
+            self._kubelet(ns, obj)
+            return
         if resource == "persistentvolumeclaims" and obj["status"].get("phase") == "Pending":
             obj["status"] = {
                 "phase": "Bound",
@@ -246,6 +274,73 @@ class KubeEmulator:
                 "restoreSize": pvc["spec"]["resources"]["requests"]["storage"],
             }
         self._bump(obj)
+
+    def _kubelet(self, ns: str, pod: dict[str, Any]) -> None:
+        """Schedule and run a pending pod's single container to its end (restartPolicy Never)."""
+        spec = pod["spec"]
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in spec.get("volumes") or []
+            if "persistentVolumeClaim" in v
+        }
+        missing = sorted(c for c in claims.values() if ("persistentvolumeclaims", ns, c) not in self.objects)
+        if missing:
+            pod["status"] = {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": f'persistentvolumeclaim "{missing[0]}" not found',
+                    }
+                ],
+            }
+            return
+        [container] = spec["containers"]  # the emulated kubelet runs one container, as our pods have
+        args = list(container.get("command") or []) + list(container.get("args") or [])
+        for mount in container.get("volumeMounts") or []:
+            local = str(self.volume_dir(ns, claims[mount["name"]]))
+            args = [arg.replace(mount["mountPath"], local) for arg in args]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+        self.logs[(ns, pod["metadata"]["name"])] = done.stdout + done.stderr
+        pod["status"] = {
+            "phase": "Succeeded" if done.returncode == 0 else "Failed",
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container["image"],
+                    # required in a ContainerStatus: the runtime's digest of what it ran
+                    "imageID": container["image"].split("@")[0]
+                    + "@sha256:"
+                    + hashlib.sha256(container["image"].encode()).hexdigest(),
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "terminated": {
+                            "exitCode": done.returncode,
+                            "reason": "Completed" if done.returncode == 0 else "Error",
+                            "finishedAt": _now(),
+                        }
+                    },
+                }
+            ],
+        }
+        self._bump(pod)
+
+    def _log(self, request: Request, ns: str, name: str) -> Response:
+        self.requests.append(("get", "", "pods/log"))
+        pod = self.objects.get(("pods", ns, name))
+        if pod is None:
+            return self._status(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+        container = request.args.get("container") or pod["spec"]["containers"][0]["name"]
+        if (ns, name) not in self.logs:
+            return self._status(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating',
+            )
+        return Response(self.logs[(ns, name)], status="200 OK", content_type="text/plain")
 
     def _list(self, request: Request, info: dict[str, str], ns: str, resource: str, _: None) -> Response:
         wanted = [

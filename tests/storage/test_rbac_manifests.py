@@ -70,7 +70,8 @@ def test_the_storage_role_grants_every_call_the_trident_backend_makes(kube, kube
         poll_interval_s=0.0,
         sleep=lambda _: None,
     )
-    storage.ensure_volume("djia-data")
+    data = storage.ensure_volume("djia-data")
+    storage.read_file(data, "raw/prices.csv")  # a reader pod: create, get, its log, delete
     storage.snapshot("djia-data", "snap", {})
     storage.list_snapshots("djia-data")
     storage.clone("snap", "djia-data-2")

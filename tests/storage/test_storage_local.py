@@ -251,3 +251,16 @@ def test_data_volume_policies(storage):
         DataVolumePolicy(policy="clone", name="djia-data-2", snapshot="golden")
     )
     assert not needs_data and Path(cloned.path, "AAPL.csv").read_text() == "x"
+
+
+def test_files_of_a_volume_are_read_through_the_port(tmp_path):
+    storage = LocalStorage(tmp_path / "volumes")
+    volume = storage.ensure_volume("djia-models")
+    with storage.open_for_write("djia-models", "runs/r1/metrics.json") as f:
+        f.write('{"roc_auc": 0.61}')
+    assert storage.read_file(volume, "runs/r1/metrics.json") == b'{"roc_auc": 0.61}'
+    assert storage.list_folder(volume, "runs/r1") == ["metrics.json"]
+    assert storage.read_file(volume, "runs/r2/metrics.json") is None
+    assert storage.list_folder(volume, "runs/r2") is None
+    with pytest.raises(ConfigError):
+        storage.read_file(volume, "../escape")

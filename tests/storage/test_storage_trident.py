@@ -330,3 +330,49 @@ def test_quantities():
     assert quantity_bytes(1024) == 1024
     with pytest.raises(ConfigError, match="not a storage quantity"):
         quantity_bytes("5 gigs")
+
+
+def test_a_file_on_a_volume_is_read_by_a_reader_pod_that_is_deleted_afterwards(trident, kube):
+    """No local directory holds a PVC's files: what a run left on a volume is read by a pod mounting it."""
+    volume = trident.ensure_volume("djia-models")
+    files = kube.emulator.volume_dir(NS, "djia-models")
+    (files / "runs" / "r1" / "plots").mkdir(parents=True)
+    (files / "runs" / "r1" / "metrics.json").write_bytes(b'{"roc_auc": 0.61}\n')
+    (files / "runs" / "r1" / "plots" / "roc.png").write_bytes(bytes(range(256)))  # binary survives the log
+
+    assert trident.read_file(volume, "runs/r1/metrics.json") == b'{"roc_auc": 0.61}\n'
+    assert trident.read_file(volume, "runs/r1/plots/roc.png") == bytes(range(256))
+    assert trident.list_folder(volume, "runs/r1") == ["metrics.json", "plots"]
+    # absent is told from broken: no file, no folder, a folder asked for as a file
+    assert trident.read_file(volume, "runs/r2/metrics.json") is None
+    assert trident.list_folder(volume, "raw") is None
+    assert trident.read_file(volume, "runs/r1") is None
+
+    pods = [body for body in kube.emulator.received if body["kind"] == "Pod"]
+    assert len(pods) == 6
+    [mount] = pods[0]["spec"]["containers"][0]["volumeMounts"]
+    assert mount["readOnly"] is True
+    assert pods[0]["spec"]["volumes"][0]["persistentVolumeClaim"] == {
+        "claimName": "djia-models",
+        "readOnly": True,
+    }
+    assert not [key for key in kube.emulator.objects if key[0] == "pods"]  # every reader pod was deleted
+    with pytest.raises(ConfigError, match="not a path inside a volume"):
+        trident.read_file(volume, "../other/metrics.json")
+
+
+def test_a_reader_pod_that_cannot_start_fails_after_the_timeout_naming_the_image(kubeconfig, kube):
+    storage = TridentStorage(
+        namespace=NS,
+        storage_class="ontap-nas",
+        snapshot_class="trident-snapclass",
+        ready_timeout_s=0.2,
+        reader_image="registry.example.test/busybox:1.36",
+        poll_interval_s=0.01,
+    )
+    from branchops.storage.base import Volume
+
+    gone = Volume(name="no-such-claim", path=None, size="5Gi")  # its pod stays unschedulable
+    with pytest.raises(ExternalError, match="did not finish within.*registry.example.test/busybox:1.36"):
+        storage.read_file(gone, "metrics.json")
+    assert not [key for key in kube.emulator.objects if key[0] == "pods"]

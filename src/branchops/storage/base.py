@@ -84,6 +84,14 @@ def check_labels(labels: object) -> dict[str, str]:
     return dict(labels)
 
 
+def check_volume_path(path: object) -> str:
+    """Return ``path`` if it is a relative path inside a volume (no '..', no leading '/'), else raise."""
+    parts = str(path).split("/") if isinstance(path, str) else []
+    if not parts or str(path).startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ConfigError(f"{path!r} is not a path inside a volume (relative, without '.', '..' or '//')")
+    return str(path)
+
+
 def lineage_labels(commit: str, run: str) -> dict[str, str]:
     """The labels that tie a snapshot (or volume) to the commit and the run that made it."""
     return check_labels({LABEL_COMMIT: commit, LABEL_RUN: run})
@@ -177,3 +185,15 @@ class Storage(abc.ABC):
     def is_empty(self, volume: Volume) -> bool:
         """Whether a volume holds no data; backends that cannot tell say False (not known to be empty)."""
         return False
+
+    # -- reading what a run left on a volume ---------------------------------------------------------
+    # The training stage reads a run's metrics.json from the model volume, and whether the raw data is on
+    # the data volume, through these: on Kubernetes no local directory holds the files (a PVC is mounted
+    # only in pods), so each backend reads them its own way.
+    @abc.abstractmethod
+    def read_file(self, volume: Volume, path: str) -> bytes | None:
+        """The bytes of file ``path`` (relative to the volume's root), or None if there is no such file."""
+
+    @abc.abstractmethod
+    def list_folder(self, volume: Volume, path: str) -> list[str] | None:
+        """The names in folder ``path`` of the volume, sorted, or None if there is no such folder."""

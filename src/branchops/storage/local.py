@@ -54,6 +54,7 @@ from branchops.storage.base import (
     Volume,
     check_labels,
     check_name,
+    check_volume_path,
 )
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,14 @@ class LocalStorage(Storage):
     def is_empty(self, volume: Volume) -> bool:
         directory = self._volume_dir(volume.name)
         return not directory.is_dir() or next(directory.iterdir(), None) is None
+
+    def read_file(self, volume: Volume, path: str) -> bytes | None:
+        file = self._volume_dir(volume.name) / check_volume_path(path)
+        return file.read_bytes() if file.is_file() else None
+
+    def list_folder(self, volume: Volume, path: str) -> list[str] | None:
+        folder = self._volume_dir(volume.name) / check_volume_path(path)
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else None
 
     def delete_volume(self, name: str) -> bool:
         directory = self._volume_dir(name)

@@ -5,7 +5,10 @@
 * a snapshot is a ``snapshot.storage.k8s.io/v1`` VolumeSnapshot of that PVC with the configured
   VolumeSnapshotClass; :meth:`TridentStorage.snapshot` waits until ``status.readyToUse`` (with a
   timeout, logging progress) — a CSI snapshot is usable only then;
-* a clone is a new PVC whose ``dataSource`` is the VolumeSnapshot (Trident restores it as a FlexClone).
+* a clone is a new PVC whose ``dataSource`` is the VolumeSnapshot (Trident restores it as a FlexClone);
+* a file on a volume is read by a short-lived reader Pod that mounts the PVC read-only and prints the
+  file (base64) to its log; the pod is deleted afterwards. A PVC is mounted only in pods, and this is
+  how the training stage reads a run's metrics.json without any local work directory.
 
 Every create is idempotent: ``409 AlreadyExists`` reads the existing object, and refuses it if its
 source differs. Every object is validated offline (kubernetes-validate strict / the shipped CSI CRD
@@ -18,6 +21,7 @@ from ``KUBECONFIG`` / ``~/.kube/config``. ``kubernetes`` is imported only when t
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -37,6 +41,7 @@ from branchops.storage.base import (
     Volume,
     check_labels,
     check_name,
+    check_volume_path,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +54,15 @@ SNAPSHOT_VERSION = "v1"
 SNAPSHOT_PLURAL = "volumesnapshots"
 REQUEST_TIMEOUT_S = 30.0
 PROGRESS_EVERY_S = 10.0
+
+# The reader pod: the volume is mounted read-only here; a missing file or folder exits with
+# READER_MISSING (an exit code neither sh, test, base64 nor ls use for their own errors), so "absent"
+# is told from "failed" without parsing messages that differ between busybox and coreutils.
+READER_MOUNT = "/mnt/volume"
+READER_CONTAINER = "reader"
+READER_MISSING = 3
+_READ_FILE = f'test -f "$1" || exit {READER_MISSING}; base64 "$1"'
+_LIST_FOLDER = f'test -d "$1" || exit {READER_MISSING}; ls -1A "$1"'
 
 _UNITS = {
     "": 1,
@@ -106,6 +120,7 @@ class TridentStorage(Storage):
         size: str = "20Gi",
         access_mode: str = "ReadWriteMany",
         ready_timeout_s: float = 600,
+        reader_image: str = "busybox:1.36",
         poll_interval_s: float = 2.0,
         api_client: Any = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -117,6 +132,7 @@ class TridentStorage(Storage):
         quantity_bytes(size)
         self.access_mode = access_mode
         self.ready_timeout_s = ready_timeout_s
+        self.reader_image = reader_image
         self.poll_interval_s = poll_interval_s
         self._api_client = api_client
         self._sleep = sleep
@@ -130,6 +146,7 @@ class TridentStorage(Storage):
             size=section.size,
             access_mode=section.access_mode,
             ready_timeout_s=section.ready_timeout_s,
+            reader_image=section.reader_image,
             **kwargs,
         )
 
@@ -473,6 +490,120 @@ class TridentStorage(Storage):
         if source.get("name") != snapshot:
             raise ConfigError(f"volume {new_volume!r} was created concurrently from another source")
         return self._volume_from(created)
+
+    # -- reading files of a volume (a reader pod) ----------------------------------------------------
+    def read_file(self, volume: Volume, path: str) -> bytes | None:
+        out = self._run_reader(volume, _READ_FILE, check_volume_path(path), f"read {path}")
+        return None if out is None else base64.b64decode("".join(out.split()))
+
+    def list_folder(self, volume: Volume, path: str) -> list[str] | None:
+        out = self._run_reader(volume, _LIST_FOLDER, check_volume_path(path), f"list {path}/")
+        return None if out is None else sorted(line for line in out.splitlines() if line)
+
+    def _reader_pod(self, volume: Volume, script: str, path: str) -> dict[str, Any]:
+        return self._send(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "generateName": "branchops-read-",
+                    "namespace": self.namespace,
+                    "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_VOLUME: volume.name},
+                },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "activeDeadlineSeconds": int(self.ready_timeout_s),
+                    "containers": [
+                        {
+                            "name": READER_CONTAINER,
+                            "image": self.reader_image,
+                            "command": ["sh", "-c", script, READER_CONTAINER, f"{READER_MOUNT}/{path}"],
+                            "volumeMounts": [{"name": "volume", "mountPath": READER_MOUNT, "readOnly": True}],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "volume",
+                            "persistentVolumeClaim": {"claimName": volume.name, "readOnly": True},
+                        }
+                    ],
+                },
+            }
+        )
+
+    def _run_reader(self, volume: Volume, script: str, path: str, what: str) -> str | None:
+        """Run a reader pod on ``volume`` and return its log, or None when ``path`` is not there."""
+        check_name(volume.name, "volume name")
+        created = self._call(
+            f"create a reader Pod in {self.namespace} to {what} of volume {volume.name}",
+            self._core().create_namespaced_pod,
+            self.namespace,
+            self._reader_pod(volume, script, path),
+        )
+        pod = self._to_dict(created)["metadata"]["name"]
+        try:
+            phase, exit_code = self._wait_for_pod(pod, f"{what} of volume {volume.name}")
+            log_text = self._call(
+                f"read the log of Pod {self.namespace}/{pod}",
+                self._core().read_namespaced_pod_log,
+                pod,
+                self.namespace,
+                container=READER_CONTAINER,
+            )
+        finally:
+            self._call(
+                f"delete Pod {self.namespace}/{pod}",
+                self._core().delete_namespaced_pod,
+                pod,
+                self.namespace,
+                missing_ok=True,
+            )
+        if phase == "Succeeded":
+            return str(log_text or "")
+        if exit_code == READER_MISSING:
+            return None
+        raise ExternalError(
+            f"reader Pod {self.namespace}/{pod} could not {what} of volume {volume.name}: it ended {phase} "
+            f"(exit code {exit_code}): {str(log_text or '').strip()[-500:] or '(no output)'}"
+        )
+
+    def _wait_for_pod(self, pod: str, what: str) -> tuple[str, int | None]:
+        """Poll the pod until it has ended: (phase, its container's exit code)."""
+        start = time.monotonic()
+        while True:
+            found = self._call(
+                f"read Pod {self.namespace}/{pod}",
+                self._core().read_namespaced_pod,
+                pod,
+                self.namespace,
+                missing_ok=True,
+            )
+            if found is None:
+                raise ExternalError(f"reader Pod {self.namespace}/{pod} disappeared before it ended")
+            status = self._to_dict(found).get("status") or {}
+            phase = status.get("phase") or "Pending"
+            if phase in ("Succeeded", "Failed"):
+                terminated = next(
+                    (
+                        (s.get("state") or {}).get("terminated") or {}
+                        for s in status.get("containerStatuses") or []
+                        if s.get("name") == READER_CONTAINER
+                    ),
+                    {},
+                )
+                return phase, terminated.get("exitCode")
+            elapsed = time.monotonic() - start
+            if elapsed >= self.ready_timeout_s:
+                waiting = [
+                    (s.get("state") or {}).get("waiting") or {} for s in status.get("containerStatuses") or []
+                ]
+                reason = "; ".join(f"{w.get('reason')}: {w.get('message', '')}" for w in waiting if w)
+                raise ExternalError(
+                    f"reader Pod {self.namespace}/{pod} ({what}) did not finish within "
+                    f"{self.ready_timeout_s:.0f}s (phase {phase}{'; ' + reason if reason else ''}; can the "
+                    f"cluster pull storage.trident.reader_image {self.reader_image!r}?)"
+                )
+            self._sleep(self.poll_interval_s)
 
 
 def _server_message(exc: Any) -> str:
