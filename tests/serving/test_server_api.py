@@ -103,6 +103,23 @@ def test_row_format_predicts_like_the_export(served):
     assert named == predictions
 
 
+def test_nan_and_infinity_in_request_json_are_numbers_as_in_tf_serving(served):
+    """TF Serving parses request JSON with rapidjson's kParseNanAndInfFlag (json_tensor.cc): NaN and
+    ±Infinity are float values, not a 400; its answers carry them as NaN/Infinity, as json.dumps does."""
+    client, _ = served
+    url = client.model_url() + ":predict"
+    raw = '{"instances": [[NaN, Infinity, -Infinity, 0.0], [0.01, -0.02, 0.003, 0.0]]}'
+    response = requests.post(url, data=raw, timeout=30)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]  # Python's JSON reads NaN/Infinity back
+    assert len(predictions) == 2 and set(predictions[1]) == {"direction", "probability_up"}
+    columnar = requests.post(url, data='{"inputs": [[1.0, NaN, 2.0, 3.0]]}', timeout=30)
+    assert columnar.status_code == 200, columnar.text
+    # A finite literal no double holds is still refused, as rapidjson refuses it.
+    too_big = requests.post(url, data='{"instances": [[1e400, 0.0, 0.0, 0.0]]}', timeout=30)
+    assert too_big.status_code == 400 and "JSON" in too_big.json()["error"]
+
+
 def test_columnar_format_returns_outputs_by_name(served):
     client, meta = served
     outputs = client.predict(inputs=SAMPLE)["outputs"]
@@ -123,7 +140,7 @@ def test_columnar_format_returns_outputs_by_name(served):
         ({"inputs": {"wrong_name": SAMPLE}}, "expected the inputs ['lagged_returns']"),
         ({"instances": SAMPLE, "inputs": SAMPLE}, "not both"),
         ({"signature_name": "nope", "instances": SAMPLE}, "not found in signature def"),
-        ({"instances": [[1e39, 0, 0, 0]]}, "not a finite float32"),
+        ({"instances": [[1e39, 0, 0, 0]]}, "out of range for float32"),
         ({}, "Missing 'inputs' or 'instances' key"),
     ],
 )
@@ -161,17 +178,31 @@ def test_prometheus_metrics_count_requests_errors_and_latency_per_version(served
     assert delta("branchops_serving_request_latency_seconds_count", version="1") == 2
     assert metric_sum(after, "branchops_serving_version_available", version="1") == 1
     assert delta("branchops_serving_request_errors_total", version="1") == 0
+    # TF Serving's own series, as its Prometheus exporter names them (dashboards built for it work here);
+    # the client reads a counter's samples as NAME_total
+    count = ":tensorflow:serving:request_count_total"
+    assert delta(count, model_name="djia", status="OK") == 1
+    assert delta(count, model_name="djia", status="INVALID_ARGUMENT") == 1
+    # latency in microseconds, for the requests that succeeded only, as TF Serving records it
+    latency = ":tensorflow:serving:request_latency"
+    assert delta(f"{latency}_count", model_name="djia", API="predict", entrypoint="REST") == 1
+    assert 0 < delta(f"{latency}_sum", model_name="djia", API="predict") < 60e6
+    assert delta(f"{latency}_bucket", model_name="djia", API="predict", le="+Inf") == 1
+    assert not [s for s in after if s.name.endswith("_created")]  # TF Serving writes none
+    text = client.session.get(client.base_url + "/monitoring/prometheus/metrics", timeout=10).text
+    assert "# TYPE :tensorflow:serving:request_count counter\n" in text
+    assert ':tensorflow:serving:request_count{model_name="djia",status="OK"} ' in text
 
 
 # -- fuzzing -------------------------------------------------------------------------------------------
 
 
 def _is_float32(value) -> bool:
+    # NaN and ±Infinity are float32 values TF Serving accepts in request JSON (json_tensor.cc).
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
-        and math.isfinite(float(value))
-        and abs(float(value)) <= 3.4e38
+        and (not math.isfinite(float(value)) or abs(float(value)) <= 3.4e38)
     )
 
 
@@ -336,15 +367,21 @@ def test_admin_api_answers_loopback_clients_only(tmp_path):
     assert web.get("/branchops/admin/health", environ_base=remote).status_code == 403
     assert web.post("/branchops/admin/versions/1:load", environ_base=remote).status_code == 403
     assert web.post("/branchops/admin/routing", json={"stable": 1}, environ_base=remote).status_code == 403
-    assert web.get("/branchops/admin/health", environ_base=local).json["routing"] == {"canary_weight": 0}
+    assert web.get("/branchops/admin/health", environ_base=local).json["routing"] == {}
     # Labels only go to versions that are loaded and checked.
     refused = web.post("/branchops/admin/routing", json={"stable": 1}, environ_base=local)
     assert refused.status_code == 409 and "not AVAILABLE" in refused.json["error"]
-    bad = web.post("/branchops/admin/routing", json={"stable": 1, "canary_weight": 101}, environ_base=local)
-    assert bad.status_code == 400
+    # TF Serving has no traffic weights; neither has the local server.
+    weighted = web.post(
+        "/branchops/admin/routing", json={"stable": 1, "canary_weight": 10}, environ_base=local
+    )
+    assert weighted.status_code == 400
 
 
-def test_canary_weight_routes_unlabelled_requests_between_versions(own_server, models):
+def test_unlabelled_requests_get_the_highest_loaded_version_as_in_tf_serving(own_server, models):
+    """TF Serving answers a request naming no version or label with the highest AVAILABLE version
+    (ServableRequest::Latest), whatever the labels say: a version loaded beside the stable one takes
+    the unlabelled traffic at once. Local tests must see that, not a kinder routing."""
     import shutil
 
     client, _ = own_server
@@ -353,7 +390,7 @@ def test_canary_weight_routes_unlabelled_requests_between_versions(own_server, m
     client.load_version(2)
     assert client.wait_version(2, 120)["state"] == "AVAILABLE"
 
-    def share_of_v2(requests_sent: int) -> tuple[float, float]:
+    def served_by(requests_sent: int) -> tuple[float, float]:
         before = client.metrics()
         for _ in range(requests_sent):
             client.predict(instances=[SAMPLE[0]])
@@ -365,13 +402,21 @@ def test_canary_weight_routes_unlabelled_requests_between_versions(own_server, m
         )
 
     try:
-        client.set_routing(stable=1, canary=2, canary_weight=50)
-        assert client.status(label="canary")[0]["version"] == "2"
-        v1, v2 = share_of_v2(100)
-        assert v1 > 0 and v2 > 0 and v1 + v2 == 100
-        client.set_routing(stable=1, canary=2, canary_weight=0)
-        assert share_of_v2(30) == (30, 0)
+        client.set_routing(stable=1, canary=2)
+        assert client.status(label="stable")[0]["version"] == "1"
+        assert client.metadata()["model_spec"]["version"] == "2"
+        assert served_by(20) == (0, 20)
+        client.set_routing(stable=1)
+        assert served_by(5) == (0, 5)  # labels never steer unlabelled requests
+        before = client.metrics()
+        client.predict(instances=[SAMPLE[0]], label="stable")  # a label still reaches its version
+        assert (
+            metric_sum(client.metrics(), "branchops_serving_requests_total", version="1")
+            - metric_sum(before, "branchops_serving_requests_total", version="1")
+            == 1
+        )
     finally:
         client.set_routing(stable=1)
         client.retire_version(2)
     assert client.status(version=2)[0]["state"] == "END"
+    assert served_by(3) == (3, 0)  # version 1 is the highest left

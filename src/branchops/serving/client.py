@@ -7,7 +7,6 @@ metadata, ``:predict`` (row or columnar), Prometheus metrics. Every call has a t
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +14,6 @@ from typing import Any
 import requests
 
 from branchops.errors import ExternalError
-
-_SAMPLE_RE = re.compile(r'^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)$')
-_LABEL_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 class ServingError(ExternalError):
@@ -38,15 +34,22 @@ class Sample:
 
 
 def parse_prometheus(text: str) -> list[Sample]:
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE_RE.match(line.strip())
-        if match:
-            labels = dict(_LABEL_RE.findall(match["labels"] or ""))
-            samples.append(Sample(match["name"], labels, float(match["value"])))
-    return samples
+    """Every sample of a Prometheus text exposition, read by prometheus_client's own parser (timestamps,
+    escaped label values and all); text it cannot parse is an ExternalError.
+
+    Counter samples are named ``NAME_total`` whether the exposition wrote the suffix or not (the parser's
+    OpenMetrics naming): TF Serving's ``:tensorflow:serving:request_count`` counter reads as
+    ``:tensorflow:serving:request_count_total``, from TF Serving and from the local server alike."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        return [
+            Sample(s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        ]
+    except ValueError as exc:
+        raise ExternalError(f"the metrics are not Prometheus' text format: {str(exc)[:300]}") from None
 
 
 def metric_sum(samples: list[Sample], name: str, **labels: str) -> float:
@@ -131,10 +134,9 @@ class ServingClient:
     def retire_version(self, version: int) -> dict[str, Any]:
         return self._json("POST", f"{self.base_url}/branchops/admin/versions/{int(version)}:retire")
 
-    def set_routing(
-        self, stable: int | None, canary: int | None = None, canary_weight: int = 0
-    ) -> dict[str, Any]:
-        body = {"stable": stable, "canary": canary, "canary_weight": canary_weight}
+    def set_routing(self, stable: int | None, canary: int | None = None) -> dict[str, Any]:
+        """Move the labels (the local server, like TF Serving, has no traffic weights)."""
+        body = {"stable": stable, "canary": canary}
         return self._json("POST", f"{self.base_url}/branchops/admin/routing", body)
 
     # -- plumbing -------------------------------------------------------------------------------

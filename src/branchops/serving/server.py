@@ -14,7 +14,7 @@ Public REST surface (the same as TensorFlow Serving's, https://www.tensorflow.or
 * ``GET  /v1/models/NAME[/versions/N|/labels/L]``            model status
 * ``GET  /v1/models/NAME[/versions/N|/labels/L]/metadata``   signature metadata
 * ``POST /v1/models/NAME[/versions/N|/labels/L]:predict``    row (``instances``) or columnar (``inputs``)
-* ``GET  /monitoring/prometheus/metrics``                    requests, errors, latency per version
+* ``GET  /monitoring/prometheus/metrics``                    TF Serving's metrics, and branchops' per version
 * errors as ``{"error": "..."}``, those waitress answers itself (413, 400, 431, 501) included; a request
   the server cannot use gets a 4xx, never a crash.
 
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from branchops.serving.server_codec import RequestError, parse_json, predict
+from branchops.serving.server_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from branchops.serving.server_model import ModelServer
 
 log = logging.getLogger("branchops.serving.server")
@@ -144,13 +145,15 @@ def create_app(server: ModelServer) -> Any:
         except Exception as exc:
             log.exception("internal error in %s", api)
             response = error(500, f"internal error: {type(exc).__name__}: {str(exc)[:300]}")
-        server.metrics.observe(version_label, api, response.status_code, time.perf_counter() - started)
+        model_name = match["name"] if match else ""
+        server.metrics.observe(
+            model_name, version_label, api, response.status_code, time.perf_counter() - started
+        )
         return response
 
     @app.get("/monitoring/prometheus/metrics")
     def metrics() -> Response:
-        text = server.metrics.render(server.model_name, server.versions(), server.routing)
-        return Response(text, mimetype="text/plain; version=0.0.4")
+        return Response(server.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     # -- admin (loopback only) ----------------------------------------------------------------
     def admin_only() -> None:
@@ -163,7 +166,7 @@ def create_app(server: ModelServer) -> Any:
             "base_path": str(server.base_path),
             "pid": os.getpid(),
             "ready": server.ready(),
-            "routing": {**server.routing.labels(), "canary_weight": server.routing.canary_weight},
+            "routing": server.routing.labels(),
             "versions": {str(v): mv.status() for v, mv in sorted(server.versions().items())},
         }
 
@@ -190,17 +193,15 @@ def create_app(server: ModelServer) -> Any:
         admin_only()
         if request.method == "POST":
             body = parse_json(request.get_data())
-            if not isinstance(body, dict) or set(body) - {"stable", "canary", "canary_weight"}:
-                raise RequestError(
-                    400, "expected {\"stable\": int|null, \"canary\": int|null, \"canary_weight\": 0-100}"
-                )
-            stable, canary, weight = body.get("stable"), body.get("canary"), body.get("canary_weight", 0)
+            # Labels only: TF Serving has no traffic weights (an unlabelled request gets the highest
+            # version), so neither has this server.
+            if not isinstance(body, dict) or set(body) - {"stable", "canary"}:
+                raise RequestError(400, "expected {\"stable\": int|null, \"canary\": int|null}")
+            stable, canary = body.get("stable"), body.get("canary")
             for key, v in (("stable", stable), ("canary", canary)):
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                     raise RequestError(400, f"'{key}' must be a version number or null")
-            if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-                raise RequestError(400, "'canary_weight' must be an integer from 0 to 100")
-            server.set_routing(stable, canary, weight)
+            server.set_routing(stable, canary)
         return ok(admin_state())
 
     return app

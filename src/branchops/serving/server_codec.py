@@ -158,12 +158,12 @@ def _leaf(value: Any, dtype: str, where: str) -> Any:
             raise RequestError(400, f"{where}: {value} is out of range for {dtype}")
         return value
     try:
-        number = float(value)
+        number = float(value)  # NaN and ±Infinity are values (parse_json lets them through)
     except OverflowError:
-        number = math.inf
+        raise RequestError(400, f"{where}: {str(value)[:40]} is out of range for {dtype}") from None
     limit = {"float16": 65504.0, "float32": 3.4028234e38}.get(dtype, math.inf)
-    if not math.isfinite(number) or abs(number) > limit:
-        raise RequestError(400, f"{where}: {str(value)[:40]} is not a finite {dtype} value")
+    if math.isfinite(number) and abs(number) > limit:
+        raise RequestError(400, f"{where}: {str(value)[:40]} is out of range for {dtype}")
     return number
 
 
@@ -209,9 +209,8 @@ def _jsonable(array: Any) -> Any:
                 return {"b64": base64.b64encode(b).decode()}
 
         return np.vectorize(enc, otypes=[object])(array).tolist() if array.ndim else enc(array.item())
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        # JSON has no NaN/Infinity; TF Serving's output would not parse either way.
-        return np.where(np.isfinite(array), array, None).tolist()
+    # Non-finite floats stay NaN/Infinity/-Infinity: TF Serving writes them so (json_tensor.cc,
+    # WriteDecimal), and json.dumps does the same.
     return array.tolist()
 
 
@@ -329,12 +328,18 @@ def predict(mv: ModelVersion, body: Any) -> dict[str, Any]:
 # -- JSON bodies ------------------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def _finite_float(literal: str) -> float:
+    # Python reads 1e400 as inf; rapidjson refuses it ("Number too big to be stored in double").
+    number = float(literal)
+    if math.isinf(number):
+        raise ValueError(f"Number too big to be stored in double: {literal[:40]}")
+    return number
 
 
 def parse_json(raw: bytes) -> Any:
+    """The request body. ``NaN``, ``Infinity`` and ``-Infinity`` are numbers here, as TF Serving parses
+    requests with rapidjson's kParseNanAndInfFlag (json_tensor.cc)."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(raw.decode("utf-8"), parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RequestError(400, f"JSON Parse error: {str(exc)[:200]}") from None

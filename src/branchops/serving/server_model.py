@@ -1,15 +1,15 @@
 """One model's versions in the local server: loading, retiring, label routing.
 
-Versions load in a background thread and take traffic only once loaded and warmed up. Routing
-(``stable``/``canary`` labels, canary weight) is one immutable object swapped atomically, and a
-retired version's object stays alive for the requests already holding it, so a switch drops nothing.
+Versions load in a background thread and take traffic only once loaded and warmed up. The labels
+(``stable``/``canary``) are one immutable object swapped atomically, and a retired version's object
+stays alive for the requests already holding it, so a switch drops nothing. As in TF Serving, a request
+naming neither a version nor a label gets the highest AVAILABLE version: there are no traffic weights.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,7 +47,6 @@ class ModelVersion:
 class Routing:
     stable: int | None = None
     canary: int | None = None
-    canary_weight: int = 0  # percent of unlabelled requests sent to the canary
 
     def labels(self) -> dict[str, int]:
         return {k: v for k, v in (("stable", self.stable), ("canary", self.canary)) if v is not None}
@@ -60,7 +59,7 @@ class ModelServer:
         self.model_name = model_name
         self.base_path = Path(base_path)
         self.state_file = state_file
-        self.metrics = Metrics()
+        self.metrics = Metrics(model_name, self.versions)
         self._lock = threading.Lock()
         self._versions: dict[int, ModelVersion] = {}
         self._routing = Routing()
@@ -79,7 +78,7 @@ class ModelServer:
                 log.warning("ignoring unreadable routing state %s: %s", self.state_file, exc)
         if saved and saved.get("model") == self.model_name:
             versions = [int(v) for v in saved.get("versions", [])]
-            routing = Routing(saved.get("stable"), saved.get("canary"), int(saved.get("canary_weight", 0)))
+            routing = Routing(saved.get("stable"), saved.get("canary"))
         else:
             on_disk = sorted(int(p.name) for p in self.base_path.glob("*") if p.name.isdigit() and p.is_dir())
             versions = on_disk[-1:]
@@ -164,7 +163,7 @@ class ModelServer:
             self._versions[version] = ModelVersion(version=version, path=current.path, state="END")
             self._persist()
 
-    def set_routing(self, stable: int | None, canary: int | None, canary_weight: int) -> Routing:
+    def set_routing(self, stable: int | None, canary: int | None = None) -> Routing:
         with self._lock:
             for label, v in (("stable", stable), ("canary", canary)):
                 if v is None:
@@ -175,11 +174,9 @@ class ModelServer:
                     raise RequestError(
                         409, f"cannot label version {v} '{label}': it is {state}, not AVAILABLE"
                     )
-            if canary is None and canary_weight:
-                raise RequestError(400, "canary_weight needs a canary version")
             if canary is not None and canary == stable:
                 raise RequestError(400, "the canary and stable labels must name different versions")
-            self._routing = Routing(stable, canary, canary_weight)
+            self._routing = Routing(stable, canary)
             self._pending_routing = None
             self._persist()
             return self._routing
@@ -192,7 +189,6 @@ class ModelServer:
             "model": self.model_name,
             "versions": loaded,
             **self._routing.labels(),
-            "canary_weight": self._routing.canary_weight,
         }
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -231,23 +227,15 @@ class ModelServer:
 
     def resolve(self, version: int | None, label: str | None) -> ModelVersion:
         """The version object that serves this request (held by the request until it ends)."""
-        routing = self._routing
         if label is not None:
             version = self._label_version(label)
         elif version is None:
-            if (
-                routing.canary is not None
-                and routing.canary_weight
-                and random.uniform(0, 100) < routing.canary_weight
-            ):
-                version = routing.canary
-            elif routing.stable is not None:
-                version = routing.stable
-            else:
-                available = [v for v, mv in self.versions().items() if mv.state == "AVAILABLE"]
-                if not available:
-                    raise RequestError(404, f"Servable not found for request: Latest({self.model_name})")
-                version = max(available)
+            # TF Serving answers a request naming neither with the highest AVAILABLE version
+            # (ServableRequest::Latest), whatever the labels say: there are no traffic weights.
+            available = [v for v, mv in list(self._versions.items()) if mv.state == "AVAILABLE"]
+            if not available:
+                raise RequestError(404, f"Servable not found for request: Latest({self.model_name})")
+            version = max(available)
         mv = self._versions.get(version)
         if mv is None or mv.state != "AVAILABLE":
             raise RequestError(404, f"Servable not found for request: Specific({self.model_name}, {version})")
