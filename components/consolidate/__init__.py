@@ -18,6 +18,8 @@ import io
 import logging
 import os
 import re
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ COMBINED_PREFIX = "all_stocks_"
 # Per-ticker files are named TICKER_<from>_to_<to>.csv in the Kaggle dataset.
 _PER_TICKER_NAME = re.compile(r"^(?P<ticker>[A-Za-z.\-]+)_\d{4}-\d{2}-\d{2}_to_\d{4}-\d{2}-\d{2}\.csv$")
 _SNIFF_BYTES = 8192
+DOWNLOAD_PROGRESS_S = 10.0  # how often a quiet Kaggle download says how far it has got
 
 
 def run(source_dir: str, data_dir: str, kaggle_dataset: str | None = None) -> dict[str, Any]:
@@ -333,13 +336,20 @@ def download_kaggle_dataset(dataset: str, target: Path) -> None:
         )
     target.mkdir(parents=True, exist_ok=True)
     captured = io.StringIO()
+    # On a terminal the kaggle package's own progress bar (tqdm, on stderr) shows the download; in a log
+    # (a pipeline step, CI) a bar is one endless line, so it stays quiet and a line every few seconds
+    # says how much has arrived.
+    on_terminal = sys.stderr.isatty()
     try:
-        with contextlib.redirect_stdout(captured):
+        with (
+            contextlib.redirect_stdout(captured),
+            _download_progress(dataset, target, enabled=not on_terminal),
+        ):
             from kaggle.api.kaggle_api_extended import KaggleApi
 
             api = KaggleApi()
             api.authenticate()
-            api.dataset_download_files(dataset, path=str(target), unzip=True, quiet=True)
+            api.dataset_download_files(dataset, path=str(target), unzip=True, quiet=not on_terminal)
     except SystemExit:
         raise ComponentError(f"Kaggle refused the credentials: {captured.getvalue().strip()}") from None
     except Exception as exc:  # network, 403/404 from Kaggle: say which dataset and why
@@ -350,6 +360,43 @@ def download_kaggle_dataset(dataset: str, target: Path) -> None:
         if captured.getvalue().strip():
             log.info("kaggle: %s", captured.getvalue().strip())
     log.info("downloaded Kaggle dataset %s into %s", dataset, target)
+
+
+@contextlib.contextmanager
+def _download_progress(dataset: str, target: Path, enabled: bool):
+    """Log every DOWNLOAD_PROGRESS_S seconds how many bytes have arrived in ``target`` and for how long."""
+    if not enabled:
+        yield
+        return
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def report() -> None:
+        while not stop.wait(DOWNLOAD_PROGRESS_S):
+            arrived = _bytes_under(target)
+            log.info(
+                "downloading Kaggle dataset %s: %.1f MB so far (%ds)",
+                dataset,
+                arrived / 1e6,
+                time.monotonic() - started,
+            )
+
+    thread = threading.Thread(target=report, name="kaggle download progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _bytes_under(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):  # the archive is deleted once it is unzipped
+            if path.is_file():
+                total += path.stat().st_size
+    return total
 
 
 def _kaggle_credentials_present() -> bool:
