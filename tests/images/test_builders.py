@@ -1,4 +1,5 @@
-"""Which builder is chosen, and the command lines each builder runs (their documented flags).
+"""Which builder is chosen, the command lines each builder runs (their documented flags), and that a
+build's and a component test's output reaches its log while it runs.
 
 buildah and podman also run for real in test_build_real.py, docker in test_docker_real.py; kaniko only
 here, as a command line (see its test).
@@ -6,15 +7,24 @@ here, as a command line (see its test).
 
 from __future__ import annotations
 
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from branchops import progress
+from branchops.config import RegistrySection
 from branchops.errors import ConfigError
-from branchops.images.builders import BUILDERS, BuildRequest, select_builder
+from branchops.images import build_components
+from branchops.images.builders import BUILDERS, Builder, BuildRequest, CommandFailed, select_builder
 from branchops.images.builders.docker import DockerBuilder
 from branchops.images.builders.kaniko import KanikoBuilder
 from branchops.images.builders.podman import PodmanBuilder
+from branchops.stages import build_components as build_components_stage
+
+from .conftest import make_context, write_component
 
 
 def request(tmp_path: Path, insecure: bool = True, auth: bool = True) -> BuildRequest:
@@ -70,3 +80,126 @@ def test_none_builds_nothing_and_unknown_or_missing_builders_are_config_errors(m
         monkeypatch.setattr(builder, "available", classmethod(lambda cls: False))
     with pytest.raises(ConfigError, match="none of buildah, podman, docker or kaniko"):
         select_builder("auto", 60)
+
+
+# -- output streamed while it runs ---------------------------------------------------------------------
+
+
+class ScriptBuilder(Builder):
+    """A builder whose one command is a shell script: stands in for buildah's output, step by step."""
+
+    name = "script"
+
+    def __init__(self, timeout_s: float, script: str):
+        super().__init__(timeout_s)
+        self.script = script
+
+    @classmethod
+    def available(cls) -> bool:
+        return True
+
+    def commands(self, request: BuildRequest) -> list[list[str]]:
+        return [["sh", "-c", self.script]]
+
+
+def wait_for(predicate, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_build_streams_each_line_into_its_log_while_it_runs(tmp_path):
+    release = tmp_path / "release"
+    # printf builds each line from its arguments, so the command line (logged first) does not hold it
+    builder = ScriptBuilder(
+        60, f"printf 'STEP %s\\n' 1/2; while [ ! -e {release} ]; do sleep 0.05; done; printf 'STEP %s\\n' 2/2"
+    )
+    log_path = tmp_path / "train.log"
+    with log_path.open("w") as log, ThreadPoolExecutor(1) as pool:
+        running = pool.submit(builder.build_and_push, request(tmp_path), log)
+        seen_early = wait_for(lambda: "STEP 1/2" in log_path.read_text(), timeout_s=15)
+        still_running = not running.done()
+        release.touch()
+        running.result(timeout=30)
+    assert seen_early and still_running, "the first step's line was not in the log while the build ran"
+    assert log_path.read_text().index("STEP 1/2") < log_path.read_text().index("STEP 2/2")
+
+
+def test_a_build_past_its_timeout_is_stopped_with_what_it_started(tmp_path):
+    # The shell waits on a child of its own: the timeout must not wait for that child to end.
+    builder = ScriptBuilder(1, "printf '%s\\n' started; sleep 60 & wait")
+    log_path = tmp_path / "train.log"
+    started = time.monotonic()
+    with log_path.open("w") as log, pytest.raises(CommandFailed, match="'sh' timed out after 1s"):
+        builder.build_and_push(request(tmp_path), log)
+    assert time.monotonic() - started < 20
+    assert "\nstarted\n" in log_path.read_text() and "[timed out after 1s]" in log_path.read_text()
+
+
+@pytest.fixture
+def slow_workspace(tmp_path: Path) -> tuple[Path, Path]:
+    """A component whose first test passes at once and whose second waits for a release file."""
+    ws, release = tmp_path / "ws", tmp_path / "release"
+    (ws / "components" / "common").mkdir(parents=True)
+    for name in ("__init__.py", "__main__.py", "common/__init__.py"):
+        (ws / "components" / name).write_text("")
+    write_component(ws, "alpha")
+    (ws / "components" / "alpha" / "tests" / "test_waits.py").write_text(
+        "import pathlib, time\n\n\ndef test_waits_for_release():\n"
+        "    deadline = time.monotonic() + 60\n"
+        f"    while not pathlib.Path({str(release)!r}).exists():\n"
+        "        assert time.monotonic() < deadline\n"
+        "        time.sleep(0.05)\n"
+    )
+    return ws, release
+
+
+def test_component_tests_stream_into_the_log_and_a_heartbeat_says_they_run(
+    slow_workspace, tmp_path, monkeypatch, caplog
+):
+    ws, release = slow_workspace
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.2)
+    stage_log = logging.getLogger("branchops.stage.build-components")
+    log_path = tmp_path / "logs" / "alpha.log"
+    with caplog.at_level(logging.INFO), ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            build_components, ws, RegistrySection(), tmp_path / "logs", progress_log=stage_log
+        )
+        first_test_in_log = wait_for(
+            lambda: log_path.exists() and "test_value PASSED" in log_path.read_text()
+        )
+        heartbeat_seen = wait_for(lambda: "component tests … still running" in caplog.text)
+        still_running = not running.done()
+        release.touch()
+        report = running.result(timeout=60)
+    assert first_test_in_log and still_running, "the first test's line was not in the log while the tests ran"
+    assert heartbeat_seen
+    assert report.components[0].tests == "passed"
+    assert "test_waits_for_release PASSED" in log_path.read_text()
+    said = [r.getMessage() for r in caplog.records if r.name == stage_log.name]
+    assert said[0] == "alpha: testing components/alpha/tests"
+    assert any(line.startswith("alpha: tests passed in ") for line in said)
+    assert any(
+        line.startswith("component tests … still running (") and "0/1 done, running: alpha" in line
+        for line in said
+    )
+
+
+def test_the_stage_prints_each_result_line_once(tmp_path, caplog):
+    ws = tmp_path / "ws"
+    (ws / "components" / "common").mkdir(parents=True)
+    for name in ("__init__.py", "__main__.py", "common/__init__.py"):
+        (ws / "components" / name).write_text("")
+    write_component(ws, "alpha")
+    ctx = make_context(ws, tmp_path / "state", RegistrySection())
+    ctx.log = logging.getLogger("branchops.stage.build-components")
+    with caplog.at_level(logging.INFO):
+        result = build_components_stage.run(ctx)
+    assert result.outcome == "success"
+    (line,) = [c for c in result.outputs["components"]]
+    messages = [r.getMessage() for r in caplog.records]
+    result_line = f"alpha: not-built :{line['tag']} - {line['reason']}"
+    assert messages.count(result_line) == 1, messages

@@ -14,14 +14,16 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from branchops.errors import ExternalError, StageFailed
 from branchops.images.discover import Component, discover_components
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from branchops.config import RegistrySection
     from branchops.images.builders import Builder
     from branchops.images.registry import RegistryClient
+    from branchops.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -167,38 +170,53 @@ def image_digests(workspace: Path, registry_cfg: RegistrySection) -> dict[str, s
 @dataclass
 class _TestRun:
     result: TestResult
-    output: str
     seconds: float
 
 
-def _run_component_tests(workspace: Path, component: Component, timeout_s: float) -> _TestRun:
+class _Tee:
+    """Writes to several logs at once: train and train-gpu share components/train and its one test run."""
+
+    def __init__(self, handles: list[IO[str]]):
+        self.handles = handles
+
+    def write(self, text: str) -> None:
+        for handle in self.handles:
+            handle.write(text)
+
+    def flush(self) -> None:
+        for handle in self.handles:
+            handle.flush()
+
+
+def _run_component_tests(
+    workspace: Path, component: Component, timeout_s: float, log_file: IO[str]
+) -> _TestRun:
+    """Run the component's tests with their output streamed into ``log_file`` as they go."""
+    from branchops.progress import run_streaming
+
     tests_dir = workspace / component.tests_dir
     if not tests_dir.is_dir():
-        return _TestRun("no tests", f"[no tests: {component.tests_dir} does not exist]\n", 0.0)
+        log_file.write(f"[no tests: {component.tests_dir} does not exist]\n")
+        return _TestRun("no tests", 0.0)
     # No bytecode and no pytest cache: the checkout stays exactly as the sources that were hashed.
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", component.tests_dir]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    started = time.monotonic()
-    try:
-        done = subprocess.run(
-            argv,
-            cwd=workspace,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        output = (exc.stdout or b"").decode(errors="replace") + f"\n[tests timed out after {timeout_s:g}s]\n"
-        return _TestRun("failed", output, time.monotonic() - started)
-    output = f"$ {' '.join(argv)}\n" + done.stdout.decode(errors="replace") + f"[exit {done.returncode}]\n"
+    # -v ends a line as each test ends (-q's dots would fill one line until the last test); unbuffered,
+    # so that line reaches the log when it is printed, not when pytest exits.
+    argv = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", component.tests_dir]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    log_file.write(f"$ {' '.join(argv)}\n")
+    log_file.flush()
+    done = run_streaming(
+        argv, log_file, cwd=workspace, env=env, timeout_s=timeout_s, label=component.name, transform=mask
+    )
+    if done.timed_out:
+        log_file.write(f"[tests timed out after {timeout_s:g}s]\n")
+        return _TestRun("failed", done.seconds)
+    log_file.write(f"[exit {done.returncode}]\n")
     # pytest exit code 5: no tests were collected.
     result: TestResult = (
         "passed" if done.returncode == 0 else "no tests" if done.returncode == 5 else "failed"
     )
-    return _TestRun(result, mask(output), time.monotonic() - started)
+    return _TestRun(result, done.seconds)
 
 
 # -- building -------------------------------------------------------------------------------------------
@@ -290,6 +308,28 @@ def _look_up(components: list[Component], client: RegistryClient | None) -> list
     return entries
 
 
+class _Running:
+    """Which components are running now, for the heartbeat's "running: train, features"."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.names: list[str] = []
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def one(self, name: str) -> Iterator[None]:
+        with self.lock:
+            self.names.append(name)
+            self.progress.describe("running: " + ", ".join(self.names))
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.names.remove(name)
+                self.progress.advance()
+                self.progress.describe("running: " + ", ".join(self.names) if self.names else "")
+
+
 def _test_and_log(
     workspace: Path,
     to_build: list[ComponentBuild],
@@ -298,33 +338,56 @@ def _test_and_log(
     run_tests: bool,
     parallel: int,
     timeout_s: float,
+    say: logging.Logger,
 ) -> None:
-    """Run the tests (once per source folder: train and train-gpu share components/train) into each log."""
+    """Run the tests (once per source folder: train and train-gpu share components/train), each streamed
+    into the logs of the components it tests while it runs."""
+    from branchops.progress import heartbeat
+
     log_dir.mkdir(parents=True, exist_ok=True)
-    by_source = {by_name[e.name].source_dir: by_name[e.name] for e in to_build}
-    test_runs: dict[str, _TestRun] = {}
-    if run_tests:
-        with ThreadPoolExecutor(max_workers=min(parallel, len(by_source))) as pool:
-            runs = pool.map(lambda c: _run_component_tests(workspace, c, timeout_s), by_source.values())
-            test_runs = dict(zip(by_source, runs))
-    for entry in to_build:
-        component = by_name[entry.name]
-        log_path = log_dir / f"{entry.name}.log"
-        entry.log = str(log_path)
-        with log_path.open("w", encoding="utf-8") as handle:
+    by_source: dict[str, list[ComponentBuild]] = {}
+    handles: dict[str, IO[str]] = {}
+    try:
+        for entry in to_build:
+            component = by_name[entry.name]
+            log_path = log_dir / f"{entry.name}.log"
+            entry.log = str(log_path)
+            handle = handles[entry.name] = log_path.open("w", encoding="utf-8")
             handle.write(f"== {entry.name} :{entry.tag} ({len(component.files)} source files)\n")
-            run = test_runs.get(component.source_dir)
-            if run is None:
+            if not run_tests:
                 handle.write("== tests not run (run_tests=False)\n")
                 continue
-            entry.tests = run.result
-            entry.durations["tests_s"] = round(run.seconds, 3)
-            handle.write(f"== tests: python -m pytest {component.tests_dir}\n{run.output}")
+            handle.write(f"== tests: python -m pytest {component.tests_dir}\n")
+            handle.flush()
+            by_source.setdefault(component.source_dir, []).append(entry)
+        if not by_source:
+            return
+        with heartbeat("component tests", total=len(by_source), logger=say) as progress:
+            running = _Running(progress)
+
+            def test(entries: list[ComponentBuild]) -> None:
+                component = by_name[entries[0].name]
+                names = ", ".join(e.name for e in entries)
+                say.info("%s: testing %s", names, component.tests_dir)
+                with running.one(names):
+                    run = _run_component_tests(
+                        workspace, component, timeout_s, _Tee([handles[e.name] for e in entries])
+                    )
+                say.info("%s: tests %s in %.1fs", names, run.result, run.seconds)
+                for entry in entries:
+                    entry.tests = run.result
+                    entry.durations["tests_s"] = round(run.seconds, 3)
+
+            with ThreadPoolExecutor(max_workers=min(parallel, len(by_source))) as pool:
+                list(pool.map(test, by_source.values()))
+    finally:
+        for handle in handles.values():
+            handle.close()
+    for entry in to_build:
         if entry.tests == "failed":
+            tests_dir, log_name = by_name[entry.name].tests_dir, Path(entry.log or "").name
             entry.status = "failed"
-            entry.reason = (
-                f"its tests failed ({component.tests_dir}); no image was built (see {log_path.name})"
-            )
+            entry.reason = f"its tests failed ({tests_dir}); no image was built (see {log_name})"
 
 
 def build_components(
@@ -333,13 +396,19 @@ def build_components(
     log_dir: Path,
     run_tests: bool = True,
     dry_run: bool = False,
+    progress_log: logging.Logger | None = None,
 ) -> BuildReport:
     """Test, build and push every component whose content tag is missing from the registry.
 
     Raises ExternalError when the registry does not answer (before anything runs) and ConfigError when
     the configured builder is not installed. A failing test or build marks that component failed in the
     report (``report.ok`` is False) and pushes nothing for it. ``dry_run`` only looks tags up.
+
+    Each component's tests and build stream into its log as they run; ``progress_log`` (the stage's
+    logger, which the console shows) gets a line when each starts and ends and a heartbeat meanwhile.
+    The result lines are the caller's to print (``report.lines()``).
     """
+    say = progress_log or log
     workspace = Path(workspace).resolve()
     components = discover_components(workspace, registry_cfg.build_args)
     by_name = {c.name: c for c in components}
@@ -384,34 +453,42 @@ def build_components(
         return report
 
     parallel = min(registry_cfg.max_parallel_builds, (builder.max_parallel if builder else None) or 32)
-    _test_and_log(workspace, to_build, by_name, Path(log_dir), run_tests, parallel, registry_cfg.timeout_s)
+    _test_and_log(
+        workspace, to_build, by_name, Path(log_dir), run_tests, parallel, registry_cfg.timeout_s, say
+    )
     ready = [e for e in to_build if e.status != "failed"]
     if builder is None:
         for entry in ready:
             entry.reason += f"; tests {entry.tests}"
     elif ready and client is not None:
         auth_dir = _auth_dir(registry_cfg, client.location.host)
+        from branchops.progress import heartbeat
+
         try:
-            with ThreadPoolExecutor(max_workers=min(parallel, len(ready))) as pool:
-                list(
-                    pool.map(
-                        lambda e: _build_one(
-                            workspace, by_name[e.name], e, builder, registry_cfg, auth_dir, Path(e.log or "")
-                        ),
-                        ready,
-                    )
-                )
+            with (
+                heartbeat("image builds", total=len(ready), logger=say) as progress,
+                ThreadPoolExecutor(max_workers=min(parallel, len(ready))) as pool,
+            ):
+                running = _Running(progress)
+
+                def build(entry: ComponentBuild) -> None:
+                    say.info("%s: building and pushing %s with %s", entry.name, entry.image, builder.name)
+                    with running.one(entry.name):
+                        _build_one(
+                            workspace,
+                            by_name[entry.name],
+                            entry,
+                            builder,
+                            registry_cfg,
+                            auth_dir,
+                            Path(entry.log or ""),
+                        )
+                    seconds = entry.durations.get("build_s", 0.0)
+                    say.info("%s: %s in %.1fs (build and push)", entry.name, entry.status, seconds)
+
+                list(pool.map(build, ready))
         finally:
             if auth_dir:
                 shutil.rmtree(auth_dir, ignore_errors=True)
 
-    for entry in entries:
-        log.info(
-            "%s: %s :%s%s - %s",
-            entry.name,
-            entry.status,
-            entry.tag,
-            f" {entry.digest}" if entry.digest else "",
-            entry.reason,
-        )
     return report

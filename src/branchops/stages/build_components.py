@@ -64,8 +64,14 @@ def run(ctx: StageContext) -> StageResult:
     from branchops.secrets import mask
 
     report = build_components(
-        ctx.workspace, ctx.config.registry, _log_dir(ctx), run_tests=True, dry_run=ctx.dry_run
+        ctx.workspace,
+        ctx.config.registry,
+        _log_dir(ctx),
+        run_tests=True,
+        dry_run=ctx.dry_run,
+        progress_log=ctx.log,
     )
+    # The result lines, once: build_components itself only says when each component starts and ends.
     for line in report.lines():
         ctx.log.info("%s", line)
     for component in report.components:

@@ -1,21 +1,21 @@
 """The image-builder port: build one component image from the workspace and push it.
 
 One flavour per file (buildah, podman, docker, kaniko), chosen by ``registry.builder``. A builder turns
-a component into command lines; running them, logging their output and timing out is shared here.
+a component into command lines; running them, streaming their output into the component's log and
+timing out is shared here.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import subprocess
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from branchops.progress import run_streaming
 from branchops.secrets import mask
 
 
@@ -72,36 +72,26 @@ class Builder(ABC):
 def run_logged(
     argv: Sequence[str], log: IO[str], cwd: Path, env: Mapping[str, str] | None, timeout_s: float
 ) -> None:
-    """Run ``argv`` with its output appended to ``log``; raise CommandFailed on a non-zero exit or a
-    timeout."""
+    """Run ``argv`` with its output appended to ``log`` line by line as it runs (a build's log shows
+    each step while it happens); raise CommandFailed on a non-zero exit or a timeout."""
     log.write(f"$ {mask(shlex.join(argv))}\n")
     log.flush()
-    started = time.monotonic()
     try:
-        completed = subprocess.run(
-            list(argv),
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout_s,
-            check=False,
+        done = run_streaming(
+            argv, log, cwd=cwd, env=env, timeout_s=timeout_s, label=Path(argv[0]).name, transform=mask
         )
-    except subprocess.TimeoutExpired as exc:
-        log.write(mask((exc.stdout or b"").decode(errors="replace")))
-        log.write(f"\n[timed out after {timeout_s:g}s]\n")
-        raise CommandFailed(f"'{argv[0]}' timed out after {timeout_s:g}s") from None
     except FileNotFoundError:
         log.write(f"[{argv[0]}: command not found]\n")
         raise CommandFailed(f"'{argv[0]}' is not installed") from None
-    log.write(mask(completed.stdout.decode(errors="replace")))
-    log.write(f"[exit {completed.returncode} after {time.monotonic() - started:.1f}s]\n")
+    if done.timed_out:
+        log.write(f"[timed out after {timeout_s:g}s]\n")
+        log.flush()
+        raise CommandFailed(f"'{argv[0]}' timed out after {timeout_s:g}s")
+    log.write(f"[exit {done.returncode} after {done.seconds:.1f}s]\n")
     log.flush()
-    if completed.returncode != 0:
-        last = [line for line in completed.stdout.decode(errors="replace").splitlines() if line.strip()][-1:]
-        detail = f": {mask(last[0])}" if last else ""
-        raise CommandFailed(f"'{shlex.join(argv[:2])}' exited with {completed.returncode}{detail}")
+    if done.returncode != 0:
+        detail = f": {done.tail[-1]}" if done.tail else ""
+        raise CommandFailed(f"'{shlex.join(argv[:2])}' exited with {done.returncode}{detail}")
 
 
 def build_arg_flags(request: BuildRequest) -> list[str]:
