@@ -17,6 +17,7 @@ import git
 from branchops import gitops
 from branchops.errors import GateRefused
 from branchops.forge.base import Forge, MergeRequest
+from branchops.records import RECORDS_ROOT
 
 # A gated range longer than this is not walked commit by commit: that many unrecorded commits on a stage
 # branch means its history was rewritten or never gated, and a person should look.
@@ -34,15 +35,51 @@ class Verdict:
     included: list[tuple[MergeRequest, list[str]]]
 
 
-def counted_approvals(mr: MergeRequest, designated: list[str]) -> tuple[list[str], list[str]]:
+def is_own_commit(repo: git.Repo, sha: str, bot_marker: str) -> bool:
+    """Whether ``sha`` is branchops' own record commit, which never starts a stage and is not gated.
+
+    The trailer alone does not say so: a squash or rebase merge of the release merge request lands the
+    bot's release commit, trailer and all, as a new commit on deploy-model, and a person can write the
+    trailer too. What branchops itself pushes to a stage branch is a single-parent commit that adds
+    records and changes nothing else; anything more is someone's change, gated like any other.
+    """
+    commit = repo.commit(sha)
+    if not gitops.trailer_marks(commit.message, bot_marker) or len(commit.parents) != 1:
+        return False
+    changed = gitops.changed_paths(repo, commit.parents[0].hexsha, commit.hexsha)
+    return all(path.startswith(f"{RECORDS_ROOT}/") for path in changed)
+
+
+def is_team(name: str) -> bool:
+    """An approver written "org/team" (or "@org/team", as in CODEOWNERS) names a team of the forge."""
+    return "/" in name
+
+
+def designates(forge: Forge | None, designated: list[str], user: str) -> bool:
+    """Whether ``user`` is a designated approver: named, or a member of a named team. Teams are asked of
+    the forge only when the user is not named, so an approval by a named approver costs no lookup."""
+    if user in designated:
+        return True
+    if forge is None:
+        return False
+    return any(user in (forge.team_members(name) or []) for name in designated if is_team(name))
+
+
+def counted_approvals(
+    mr: MergeRequest, designated: list[str], forge: Forge | None = None
+) -> tuple[list[str], list[str]]:
     """The approvals of ``mr`` that count (designated, not the author, on the merged head) and, for the
-    others, why they do not."""
+    others, why they do not. Teams among ``designated`` are resolved through ``forge``."""
     counted, reasons = [], []
     for approval in mr.approvals:
         if approval.user == mr.author:
             reasons.append(f"{approval.user} is the author of !{mr.number} (no self-approval)")
-        elif approval.user not in designated:
-            reasons.append(f"{approval.user} is not a designated approver of '{mr.target}'")
+        elif not designates(forge, designated, approval.user):
+            teams = [name for name in designated if is_team(name)]
+            reasons.append(
+                f"{approval.user} is not a designated approver of '{mr.target}'"
+                + (f" (nor a member of {', '.join(teams)})" if teams else "")
+            )
         elif approval.head_sha != mr.head_sha:
             reasons.append(
                 f"{approval.user} approved {approval.head_sha[:12]}, before the last push "
@@ -57,12 +94,12 @@ def _approved_merge(
     forge: Forge, commit: str, branch: str, designated: list[str]
 ) -> tuple[MergeRequest | None, list[str], str]:
     """(merge request, counted approvers, why not) for one commit on the branch's first-parent line."""
-    mr = forge.merged_request_for_commit(commit)
+    mr = forge.merged_request_into(branch, commit)
     if mr is None:
         return None, [], "not the merge of a merge request (a direct push?)"
     if mr.target != branch:
         return mr, [], f"merged !{mr.number} into '{mr.target}', not into '{branch}'"
-    counted, reasons = counted_approvals(mr, designated)
+    counted, reasons = counted_approvals(mr, designated, forge)
     if not counted:
         return (
             mr,
@@ -102,7 +139,7 @@ def check(
     included = [(mr, counted)]
     refused: dict[str, tuple[git.Commit, str]] = {}
     for earlier in _first_parent_line(repo, commit, since)[1:]:
-        if gitops.trailer_marks(earlier.message, bot_marker):
+        if is_own_commit(repo, earlier.hexsha, bot_marker):
             continue
         other, others_counted, why = _approved_merge(forge, earlier.hexsha, branch, designated)
         if other is None or not others_counted:

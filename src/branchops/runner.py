@@ -112,7 +112,7 @@ def last_gated_commit(
 
 def first_non_bot(repo: git.Repo, sha: str, marker: str) -> str:
     commit = repo.commit(sha)
-    while gitops.trailer_marks(commit.message, marker) and commit.parents:
+    while gate.is_own_commit(repo, commit.hexsha, marker):
         commit = commit.parents[0]
     return commit.hexsha
 
@@ -184,7 +184,7 @@ def run_branch(
             run_stage(project, stages[0], dry_run=dry_run, force=force, commit=commit, triggered_by_push=True)
         ]
     tip = commit or gitops.branch_tip(repo, branch, config.git.remote) or gitops.resolve(repo, "HEAD")
-    if tip and gitops.is_bot_commit(repo, tip, config.bot.marker) and not force:
+    if tip and gate.is_own_commit(repo, tip, config.bot.marker) and not force:
         return [
             RunReport(
                 stage="-",
@@ -243,7 +243,7 @@ def run_stage(
     tip = commit or gitops.branch_tip(repo, branch, remote)
     if tip is None:
         raise BranchopsError(f"branch '{branch}' (stage {stage}) does not exist")
-    if gitops.is_bot_commit(repo, tip, boot.bot.marker) and triggered_by_push and not force:
+    if gate.is_own_commit(repo, tip, boot.bot.marker) and triggered_by_push and not force:
         return RunReport(
             stage=stage,
             branch=branch,

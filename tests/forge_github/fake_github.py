@@ -80,6 +80,7 @@ class FakePull:
     commits: list[str]
     state: str = "open"
     created_at: str = "2026-01-01T00:00:00Z"
+    updated_at: str = "2026-01-01T00:00:00Z"
     merged_at: str | None = None
     merged_by: str | None = None
     merge_commit_sha: str | None = None
@@ -111,12 +112,20 @@ class FakeGitHub:
         }
         self.private = private
         self.pulls: dict[int, FakePull] = {}
+        # "org/team-slug" -> member logins; a team missing here is answered 404, as GitHub answers for a
+        # team that does not exist and for one the token cannot see.
+        self.teams: dict[str, list[str]] = {}
         self.statuses: list[dict[str, Any]] = []
         self.branches: dict[str, str] = {"main": "a" * 40}
         self.trees: dict[str, dict[str, bytes]] = {"a" * 40: {}}  # commit sha -> path -> content
         self.commit_messages: dict[str, str] = {}
         self.large_file_bytes = GITHUB_CONTENT_LIMIT
-        self.protections: dict[str, dict[str, Any]] = {}
+        self.protections: dict[str, dict[str, Any]] = {}  # classic branch protection, as PUT
+        self.rulesets: dict[int, dict[str, Any]] = {}  # the repository's own rulesets, as POSTed/PUT
+        # accounts: login -> id; apps: slug -> id; admins: logins with the admin role on the repository
+        self.users: dict[str, int] = {}
+        self.apps: dict[str, int] = {}
+        self.admins: set[str] = set()
         self.hooks: dict[int, dict[str, Any]] = {}
         self.requests: list[Recorded] = []
         # GitHub links merge commits to pull requests asynchronously; True: not linked yet.
@@ -193,6 +202,11 @@ class FakeGitHub:
         )
         return number
 
+    def touch(self, number: int, at: str) -> None:
+        """Activity on a pull request (a comment, a label, closing it): GitHub moves its ``updated_at``."""
+        pull = self.pulls[number]
+        pull.updated_at = max(pull.updated_at, at)
+
     def push(self, number: int, sha: str) -> None:
         pull = self.pulls[number]
         pull.head_sha = sha
@@ -217,10 +231,12 @@ class FakeGitHub:
                 "submitted_at": submitted_at,
             }
         )
+        pull.updated_at = max(pull.updated_at, submitted_at)
 
     def merge(self, number: int, *, by: str, merge_sha: str, at: str = "2026-01-03T00:00:00Z") -> None:
         pull = self.pulls[number]
         pull.state, pull.merged_at, pull.merged_by, pull.merge_commit_sha = "closed", at, by, merge_sha
+        pull.updated_at = max(pull.updated_at, at)
 
     def fail(
         self,
@@ -322,6 +338,25 @@ class FakeGitHub:
 
     def _route(self, r: Recorded, base: str) -> tuple[int, dict[str, str], Any]:
         prefix = f"/repos/{self.owner}/{self.repo}"
+        if (mm := re.fullmatch(r"/orgs/([^/]+)/teams/([^/]+)/members", r.path)) and r.method == "GET":
+            members = self.teams.get(f"{unquote(mm[1])}/{unquote(mm[2])}")
+            if members is None:
+                return 404, {}, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}
+            return self._page(r, base, [self._user(login) for login in members])
+        if (mm := re.fullmatch(r"/users/([^/]+)", r.path)) and r.method == "GET":
+            login = unquote(mm[1])
+            if login not in self.users:
+                return 404, {}, {"message": "Not Found"}
+            return 200, {}, {**self._user(login), "id": self.users[login]}
+        if (mm := re.fullmatch(r"/apps/([^/]+)", r.path)) and r.method == "GET":
+            slug = unquote(mm[1])
+            if slug not in self.apps:
+                return 404, {}, {"message": "Not Found"}
+            return (
+                200,
+                {},
+                {"id": self.apps[slug], "slug": slug, "name": slug, "owner": self._user(self.owner)},
+            )
         if not r.path.startswith(prefix):
             return 404, {}, {"message": "Not Found"}
         path = r.path[len(prefix) :]
@@ -330,9 +365,16 @@ class FakeGitHub:
         if path == "" and r.method == "GET":
             return 200, {}, self._repo_json(base)
         if path == "/pulls" and r.method == "GET":
+            # GitHub's sort: "created" (the default, newest first) or "updated" (oldest first unless
+            # direction=desc); pull request numbers follow creation order here.
+            sort = q.get("sort", "created")
+            if sort not in ("created", "updated"):
+                return 422, {}, {"message": f"sort {sort!r} is not supported by this fake"}
+            descending = q.get("direction", "desc" if sort == "created" else "asc") == "desc"
+            key = (lambda p: p.number) if sort == "created" else (lambda p: (p.updated_at, p.number))
             pulls = [
                 p
-                for p in sorted(self.pulls.values(), key=lambda p: -p.number)
+                for p in sorted(self.pulls.values(), key=key, reverse=descending)
                 if q.get("state", "open") in ("all", p.state)
                 and ("head" not in q or q["head"] == f"{self.owner}:{p.head}")
                 and ("base" not in q or q["base"] == p.base)
@@ -389,11 +431,19 @@ class FakeGitHub:
             pull = self.pulls[int(mm[1])]
             return self._page(r, base, [self._review_json(rv, pull, base) for rv in pull.reviews])
         if mm := m(r"/commits/([0-9a-f]{40})/pulls", path):
+            # GitHub's description: the merged pull request that brought the commit into the default
+            # branch; for a commit outside it, the merged and open pull requests the commit belongs to. A
+            # merge commit on another branch belongs to no pull request's commits.
             sha = mm[1]
             pulls = (
                 []
                 if self.association_lag
-                else [p for p in self.pulls.values() if sha in p.commits or p.merge_commit_sha == sha]
+                else [
+                    p
+                    for p in self.pulls.values()
+                    if (p.state == "open" or p.merged_at is not None)
+                    and (sha in p.commits or (p.merge_commit_sha == sha and p.base == "main"))
+                ]
             )
             return self._page(r, base, [self._pull_json(p, base, simple=True) for p in pulls])
         if mm := m(r"/issues/(\d+)/comments", path):
@@ -462,8 +512,36 @@ class FakeGitHub:
                 },
             )
         if mm := m(r"/branches/([^/]+)/protection", path):
-            self.protections[mm[1]] = r.body
+            branch = unquote(mm[1])
+            if r.method == "PUT":
+                self.protections[branch] = r.body
+            elif branch not in self.protections:
+                return 404, {}, {"message": "Branch not protected"}
+            elif r.method == "DELETE":
+                del self.protections[branch]
+                return 204, {}, None
             return 200, {}, {"url": f"{base}{prefix}/branches/{mm[1]}/protection"}
+        if path == "/rulesets" and r.method == "GET":
+            return self._page(
+                r, base, [self._ruleset_json(i, base, summary=True) for i in sorted(self.rulesets)]
+            )
+        if path == "/rulesets" and r.method == "POST":
+            refused = self._ruleset_refusal(r.body or {})
+            if refused:
+                return 422, {}, {"message": "Validation Failed", "errors": [refused]}
+            ruleset_id = self._id()
+            self.rulesets[ruleset_id] = dict(r.body)
+            return 201, {}, self._ruleset_json(ruleset_id, base)
+        if (mm := m(r"/rulesets/(\d+)", path)) and r.method in ("GET", "PUT"):
+            ruleset_id = int(mm[1])
+            if ruleset_id not in self.rulesets:
+                return 404, {}, {"message": "Not Found"}
+            if r.method == "PUT":
+                refused = self._ruleset_refusal({**self.rulesets[ruleset_id], **(r.body or {})})
+                if refused:
+                    return 422, {}, {"message": "Validation Failed", "errors": [refused]}
+                self.rulesets[ruleset_id].update(r.body or {})
+            return 200, {}, self._ruleset_json(ruleset_id, base)
         if path == "/git/refs" and r.method == "POST":
             name = r.body["ref"].removeprefix("refs/heads/")
             if name in self.branches:
@@ -610,10 +688,113 @@ class FakeGitHub:
             "_links": {"self": url, "git": None, "html": None},
         }
 
+    # -- branch rules --------------------------------------------------------------------------------
+
+    def push_allowed(self, branch: str, login: str, *, app: bool = False) -> bool:
+        """Whether GitHub accepts a direct push to ``branch`` by ``login`` (an app's slug with ``app``).
+
+        GitHub's documented rules ("About protected branches", "About rulesets"): classic protection that
+        requires pull request reviews or status checks refuses every direct push except an
+        administrator's when administrators are not included (enforce_admins off); a user in
+        bypass_pull_request_allowances skips only the review requirement, never the checks. An active
+        ruleset on the branch with such rules refuses every push but its bypass actors'. Both apply.
+        """
+        classic = self.protections.get(branch)
+        if classic and (
+            classic.get("required_pull_request_reviews") or classic.get("required_status_checks")
+        ):
+            if app or login not in self.admins or classic.get("enforce_admins"):
+                return False
+        for ruleset in self.rulesets.values():
+            include = ruleset.get("conditions", {}).get("ref_name", {}).get("include", [])
+            if ruleset.get("enforcement") != "active" or f"refs/heads/{branch}" not in include:
+                continue
+            if not {"pull_request", "required_status_checks"} & {
+                rule["type"] for rule in ruleset.get("rules", [])
+            }:
+                continue
+            if not any(self._bypasses(actor, login, app) for actor in ruleset.get("bypass_actors") or []):
+                return False
+        return True
+
+    def _bypasses(self, actor: dict[str, Any], login: str, app: bool) -> bool:
+        if actor.get("bypass_mode", "always") != "always":
+            return False
+        kind, actor_id = actor.get("actor_type"), actor.get("actor_id")
+        if app:
+            return kind == "Integration" and actor_id == self.apps.get(login)
+        if kind == "User":
+            return actor_id == self.users.get(login)
+        return kind == "RepositoryRole" and actor_id == 5 and login in self.admins
+
+    def _ruleset_refusal(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """What GitHub's description requires of a ruleset that this fake checks (the request's shape is
+        Prism's business): a name and an enforcement; known rule types with their required parameters;
+        bypass actors of a known type with an id, and mode."""
+        required_params = {
+            "pull_request": {
+                "dismiss_stale_reviews_on_push",
+                "require_code_owner_review",
+                "require_last_push_approval",
+                "required_approving_review_count",
+                "required_review_thread_resolution",
+            },
+            "required_status_checks": {"required_status_checks", "strict_required_status_checks_policy"},
+            "deletion": set(),
+            "non_fast_forward": set(),
+        }
+        if not body.get("name") or body.get("enforcement") not in ("disabled", "active", "evaluate"):
+            return {"resource": "Ruleset", "code": "missing_field", "field": "name/enforcement"}
+        for rule in body.get("rules") or []:
+            needed = required_params.get(rule.get("type"))
+            if needed is None or needed - set(rule.get("parameters") or {}):
+                return {"resource": "Ruleset", "code": "invalid", "field": f"rules.{rule.get('type')}"}
+            methods = (rule.get("parameters") or {}).get("allowed_merge_methods")
+            if methods is not None and (not methods or set(methods) - {"merge", "squash", "rebase"}):
+                return {"resource": "Ruleset", "code": "invalid", "field": "allowed_merge_methods"}
+        for actor in body.get("bypass_actors") or []:
+            kind = actor.get("actor_type")
+            if kind not in (
+                "Integration",
+                "OrganizationAdmin",
+                "RepositoryRole",
+                "Team",
+                "DeployKey",
+                "User",
+            ):
+                return {"resource": "Ruleset", "code": "invalid", "field": "bypass_actors.actor_type"}
+            if kind in ("Integration", "RepositoryRole", "Team", "User") and not isinstance(
+                actor.get("actor_id"), int
+            ):
+                return {"resource": "Ruleset", "code": "missing_field", "field": "bypass_actors.actor_id"}
+            if actor.get("bypass_mode", "always") not in ("always", "pull_request", "exempt"):
+                return {"resource": "Ruleset", "code": "invalid", "field": "bypass_actors.bypass_mode"}
+        return None
+
+    def _ruleset_json(self, ruleset_id: int, base: str, *, summary: bool = False) -> dict[str, Any]:
+        ruleset = self.rulesets[ruleset_id]
+        data: dict[str, Any] = {
+            "id": ruleset_id,
+            "name": ruleset["name"],
+            "source_type": "Repository",
+            "source": f"{self.owner}/{self.repo}",
+            "enforcement": ruleset["enforcement"],
+            "_links": {"self": {"href": f"{base}/repos/{self.owner}/{self.repo}/rulesets/{ruleset_id}"}},
+        }
+        if not summary:  # the list answers without target, conditions, rules and bypass actors
+            data.update(
+                target=ruleset.get("target", "branch"),
+                bypass_actors=ruleset.get("bypass_actors") or [],
+                conditions=ruleset.get("conditions") or {},
+                rules=ruleset.get("rules") or [],
+            )
+        return data
+
     # -- shapes --------------------------------------------------------------------------------------
 
     def _page(self, r: Recorded, base: str, items: list[Any]) -> tuple[int, dict[str, str], Any]:
-        per_page = int(r.query.get("per_page", ["30"])[0])
+        # GitHub: per_page defaults to 30, at most 100 (a larger value is served as 100)
+        per_page = min(100, int(r.query.get("per_page", ["30"])[0]))
         page = int(r.query.get("page", ["1"])[0])
         last = max(1, -(-len(items) // per_page))
         headers: dict[str, str] = {}
@@ -640,6 +821,7 @@ class FakeGitHub:
             "id": 1,
             "name": self.repo,
             "full_name": f"{self.owner}/{self.repo}",
+            "html_url": f"https://github.com/{self.owner}/{self.repo}",
             "private": self.private,
             "owner": self._user(self.owner),
             "url": f"{base}/repos/{self.owner}/{self.repo}",
@@ -659,7 +841,7 @@ class FakeGitHub:
             "user": self._user(p.user),
             "html_url": f"https://github.com/{self.owner}/{self.repo}/pull/{p.number}",
             "created_at": p.created_at,
-            "updated_at": p.created_at,
+            "updated_at": p.updated_at,
             "closed_at": p.merged_at,
             "merged_at": p.merged_at,
             "merge_commit_sha": p.merge_commit_sha,

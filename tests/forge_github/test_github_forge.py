@@ -98,6 +98,38 @@ def test_merged_request_found_while_github_has_not_linked_the_commit_yet(
     assert forge.merged_request_for_commit("d4" * 20) is None
 
 
+def test_merge_found_in_a_busy_repository(fake_github: FakeGitHub, make_forge) -> None:
+    # A merge into 'training', then 150 other pull requests closed or merged after it (and into other
+    # branches): it is no longer among the 100 most recently updated, and GitHub does not associate a
+    # merge commit outside the default branch with its pull request. It is still the approved merge.
+    n = fake_github.add_pull("ds1", "training", head_sha=SHA_A)
+    fake_github.review(n, "lead", "APPROVED")
+    fake_github.merge(n, by="lead", merge_sha=MERGE, at="2026-01-03T00:00:00Z")
+    for i in range(150):
+        other = fake_github.add_pull(f"ds-{i}", "training" if i % 3 else "kf-pipeline", head_sha=f"{i:040x}")
+        at = f"2026-02-{1 + i // 10:02d}T{i % 10:02d}:00:00Z"
+        if i % 2:
+            fake_github.merge(other, by="lead", merge_sha=f"{i + 1000:040x}", at=at)
+        else:
+            fake_github.pulls[other].state = "closed"
+            fake_github.touch(other, at)
+    forge = make_forge()
+
+    mr = forge.merged_request_into("training", MERGE)
+
+    assert mr is not None and (mr.number, mr.target, mr.merge_commit) == (n, "training", MERGE)
+    assert [a.user for a in mr.approvals] == ["lead"]
+    lists = fake_github.calls("GET", r"/repos/octo/hello/pulls")
+    # the closed pull requests into 'training', most recently updated first, page by page (GitHub's
+    # per_page is at most 100): the merge is on the second page
+    assert [{k: v[0] for k, v in c.query.items() if k != "page"} for c in lists] == [
+        {"state": "closed", "base": "training", "sort": "updated", "direction": "desc", "per_page": "100"}
+    ] * 2
+    assert forge.merged_request_for_commit(MERGE).number == n  # into any branch: found as well
+    assert forge.merged_request_into("kf-pipeline", MERGE) is None  # merged into another branch
+    assert forge.merged_request_into("training", "d4" * 20) is None  # a direct push
+
+
 def test_pagination_reads_every_page(fake_github: FakeGitHub, make_forge) -> None:
     for i in range(7):
         fake_github.add_pull(f"ds{i}", "training")

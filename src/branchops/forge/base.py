@@ -78,6 +78,24 @@ class Forge(abc.ABC):
     def merged_request_for_commit(self, sha: str) -> MergeRequest | None:
         """The merged merge request whose merge produced commit ``sha`` (None for a direct push)."""
 
+    def merged_request_into(self, target: str, sha: str) -> MergeRequest | None:
+        """The merged merge request into ``target`` whose merge produced commit ``sha`` (None: none did).
+
+        The gate asks this for each commit on a stage branch. A forge that can search the merge requests
+        into one branch (GitHub) overrides it; merge requests into other branches are found here too.
+        """
+        return self.merged_request_for_commit(sha)
+
+    def team_members(self, team: str) -> list[str] | None:
+        """Logins of the members of ``team`` ("org/team"), for approvers named as a team; None: this forge
+        has no teams, so a team approves nothing."""
+        return None
+
+    def file_link(self, ref: str, path: str) -> str:
+        """A link to the file ``path`` as it is at ``ref`` (a branch or commit) that the forge renders in a
+        merge request's description, e.g. an image. Embedded forge: the repository path itself."""
+        return path
+
     @abc.abstractmethod
     def comment(self, number: int, markdown: str) -> None: ...
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from branchops import secrets
 from branchops.errors import ConfigError, ExternalError
@@ -165,6 +166,7 @@ class GitHubRepositoryClient:
             lazy=True,
         )
         self._repo = self._github.get_repo(settings.repository)
+        self._team_members: dict[str, list[str]] = {}
 
     # -- error translation --------------------------------------------------------------------------
 
@@ -288,33 +290,74 @@ class GitHubForge(GitHubRepositoryClient, Forge):
         return [mr for mr in found if state is None or mr.state == state]
 
     def merged_request_for_commit(self, sha: str) -> MergeRequest | None:
-        """The merged pull request whose merge commit is ``sha``; None for a direct push.
+        """The merged pull request whose merge commit is ``sha``, into any branch; None for a direct push."""
+        return self._merged_pull(sha, None)
 
-        Asks GitHub for the pull requests associated with the commit; GitHub fills that association
-        shortly after a merge, so when it is still empty the most recently updated closed pull requests
-        (one page) are checked too before concluding "direct push".
+    def merged_request_into(self, target: str, sha: str) -> MergeRequest | None:
+        """The merged pull request into ``target`` whose merge commit is ``sha``; None for a direct push.
+
+        Searched among the closed pull requests into ``target``, most recently updated first, page after
+        page until found: a merge updates its pull request, so a recent one is on the first page, and one
+        merged long ago is still found in a busy repository. Not through "list pull requests associated
+        with a commit", which GitHub fills after the merge and documents differently for commits outside
+        the default branch, where the stage branches are.
         """
-        from github.PaginatedList import PaginatedList
-        from github.PullRequest import PullRequest
+        return self._merged_pull(sha, target)
 
-        def merged_as_sha(pr: Any) -> bool:
-            # The commit is also "associated" with pull requests that merely contain it; only the one
-            # whose merge produced it counts.
-            return pr.merged_at is not None and pr.merge_commit_sha == sha
-
-        # PyGithub's Commit.get_pulls() still asks for the retired "groot" preview media type, which
-        # GitHub's description no longer lists; the endpoint answers the default media type.
-        associated = PaginatedList(
-            PullRequest, self._github.requester, f"{self._repo.url}/commits/{sha}/pulls", None
-        )
+    def _merged_pull(self, sha: str, target: str | None) -> MergeRequest | None:
+        filters: dict[str, Any] = {"state": "closed", "sort": "updated", "direction": "desc"}
+        if target is not None:
+            filters["base"] = target
         with self._calling(f"looking for the pull request merged as {sha}"):
-            found = next((pr for pr in associated if merged_as_sha(pr)), None)
-            if found is None:
-                recent = self._repo.get_pulls(state="closed", sort="updated", direction="desc").get_page(0)
-                found = next((pr for pr in recent if merged_as_sha(pr)), None)
+            # PaginatedList: the next page is read only when the ones before did not hold it.
+            found = next(
+                (
+                    pr
+                    for pr in self._repo.get_pulls(**filters)
+                    # a merged pull request whose merge produced the commit, not one that merely holds it
+                    if pr.merged_at is not None and pr.merge_commit_sha == sha
+                ),
+                None,
+            )
             if found is None:
                 return None
             return self._to_merge_request(self._repo.get_pull(found.number))
+
+    def team_members(self, team: str) -> list[str]:
+        """Logins of the members of ``team`` ("org/team" or "@org/team"; child teams' members included,
+        as GitHub lists them), every page; read once per forge."""
+        from github.GithubException import GithubException
+        from github.NamedUser import NamedUser
+        from github.PaginatedList import PaginatedList
+
+        org, _, slug = team.removeprefix("@").partition("/")
+        if not org or not slug or "/" in slug:
+            raise ConfigError(f"approvers: {team!r} is no team; a team approver is written org/team")
+        name = f"{org}/{slug}"
+        if name not in self._team_members:
+            url = f"{self._github.requester.base_url}/orgs/{quote(org, safe='')}/teams/{quote(slug, safe='')}"
+            members = PaginatedList(NamedUser, self._github.requester, f"{url}/members", None)
+            with self._calling(f"reading the members of team {name}"):
+                try:
+                    self._team_members[name] = [user.login for user in members]
+                except GithubException as exc:
+                    if exc.status != 404:
+                        raise
+                    # GitHub answers 404 alike for a team that does not exist and one the token cannot see.
+                    raise ExternalError(
+                        f"GitHub: team {name} (an approver in config) was not found, or the token cannot "
+                        "see it: check the name (org/team-slug) and that the token may read the "
+                        "organisation's teams (classic token: read:org; app or fine-grained token: "
+                        "organisation Members read)"
+                    ) from None
+        return list(self._team_members[name])
+
+    def file_link(self, ref: str, path: str) -> str:
+        """The file on GitHub's web, served raw (``?raw=true``): an image that renders in a pull request's
+        description, also in a private repository (the browser follows it with the viewer's session)."""
+        with self._calling("reading the repository's web address"):
+            web = self._repo.html_url.rstrip("/")
+        return f"{web}/blob/{quote(ref)}/{quote(path)}?raw=true"
 
     def comment(self, number: int, markdown: str) -> None:
         with self._calling(f"commenting on pull request #{number}"):
