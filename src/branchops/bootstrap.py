@@ -1,21 +1,25 @@
 """``branchops bootstrap``: set up a GitHub repository and its Jenkins job for the branch workflow.
 
 For each stage branch: create it from main, give it a ``.github/CODEOWNERS`` naming the stage's
-designated approvers, and protect it (a reviewed pull request, a review from a code owner, Jenkins'
-pull-request check passing, stale approvals dismissed). Then the webhook to Jenkins, and the Jenkins
-multibranch job.
+designated approvers, and protect it with a ruleset (a reviewed pull request, a review from a code owner,
+Jenkins' pull-request check passing, stale approvals dismissed, merge or squash merges only; the bot may
+push). Then the webhook to Jenkins, and the Jenkins multibranch job.
 
 Every step is idempotent (the ``ensure_*``/PUT calls of ``branchops.forge.github_admin`` and the job
 digest), so bootstrap is safe to run again after changing config. Before anything changes, every
 precondition is checked — the GitHub token's permissions, the Jenkins API token, the webhook secret,
 the Jenkinsfile against config, the job definition — and all problems are reported together.
 
-Why pushes are not restricted for administrators: stages write their records back to their own
-branch as the bot (docs/architecture.md §4). GitHub's classic branch protection lets nobody but administrators
-push past required reviews and status checks, so the bot's account must be an administrator of the
-repository (or a GitHub App with the administration permission), and "include administrators" stays
-off. Humans push through reviewed pull requests; a direct push that still lands starts nothing,
-because the approval gate of ``branchops run`` refuses it.
+Why a ruleset with the bot as its bypass actor: stages write their records back to their own branch as
+the bot (docs/architecture.md §4). Classic branch protection lets nobody but administrators push past
+required reviews and status checks, and a GitHub App never; a ruleset names who may (``bot.name``: the
+login of the account whose token pushes, or ``<app-slug>[bot]`` for a GitHub App), and nobody else does,
+administrators included. Humans push through reviewed pull requests; a direct push that still lands
+starts nothing, because the approval gate of ``branchops run`` refuses it.
+
+Why no rebase merges: a rebase lands each commit of a pull request on the stage branch and GitHub names
+only the last one as the merge; the gate would take the others for direct pushes. A squash lands one
+commit that GitHub names as the merge, which the gate judges by its pull request like a merge commit.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class RepositoryAdmin(Protocol):
         restrict_pushes: bool,
         *,
         require_code_owner_reviews: bool = False,
+        bypass_bot: str | None = None,
     ) -> Any: ...
 
     def ensure_webhook(self, url: str, secret_ref: SecretRef, events: Sequence[str]) -> Any: ...
@@ -206,13 +211,14 @@ def plan_bootstrap(config: BranchopsConfig) -> list[Action]:
                 branch,
                 f"protect {branch} (stage{'s' if len(stages) > 1 else ''} {', '.join(stages)}): pull request "
                 "with 1 approval from a code owner, "
-                f"stale approvals dismissed, status check '{PR_STATUS_CONTEXT}' required, "
-                "no force-push or deletion",
+                f"stale approvals dismissed, status check '{PR_STATUS_CONTEXT}' required, merge or squash "
+                f"merges only, no force-push or deletion; only {config.bot.name} pushes past it (records)",
                 {
                     "required_approvals": 1,
                     "required_status_context": PR_STATUS_CONTEXT,
-                    "restrict_pushes": False,
+                    "restrict_pushes": True,
                     "require_code_owner_reviews": True,
+                    "bypass_bot": config.bot.name,
                 },
             )
         )
@@ -259,6 +265,12 @@ def _preflight(
         problems += [f"GitHub token lacks {m}" for m in missing]
     except BranchopsError as exc:
         problems.append(f"GitHub: {exc}")
+    bypass_actor = getattr(admin, "bypass_actor", None)
+    if bypass_actor is not None:
+        try:
+            bypass_actor(config.bot.name)  # the ruleset names it: it must be an account GitHub knows
+        except BranchopsError as exc:
+            problems.append(str(exc))
     try:
         jenkins.check()
     except BranchopsError as exc:
@@ -323,8 +335,9 @@ def bootstrap(
             "by `branchops bootstrap --dry-run --json` yourself, before protecting it"
         )
     report.warnings.append(
-        "the bot's GitHub account (the Jenkins github credential) must be a repository "
-        "administrator so that stage records can be pushed past branch protection"
+        f"stage records are pushed past the stage branches' rulesets by {config.bot.name} (bot.name) only: "
+        "it must be the account of the Jenkins github credential's token (for a GitHub App: "
+        "<app-slug>[bot])"
     )
 
     for action in actions:
@@ -367,14 +380,15 @@ def _execute(
         )
         return ActionOutcome(action, _outcome_of(result, "written"))
     if action.kind == "protect-branch":
-        admin.protect_branch(
+        result = admin.protect_branch(
             action.target,
             p["required_approvals"],
             p["required_status_context"],
             p["restrict_pushes"],
             require_code_owner_reviews=p["require_code_owner_reviews"],
+            bypass_bot=p["bypass_bot"],
         )
-        return ActionOutcome(action, "done")
+        return ActionOutcome(action, _outcome_of(result, existing="done"))
     if action.kind == "ensure-webhook":
         assert config.ci.jenkins is not None and config.ci.jenkins.webhook_secret is not None
         result = admin.ensure_webhook(action.target, config.ci.jenkins.webhook_secret, p["events"])

@@ -62,15 +62,19 @@ GITHUB_OPERATIONS: dict[str, tuple[str, ...]] = {
     "/repos/{owner}/{repo}/pulls": ("get", "post"),
     "/repos/{owner}/{repo}/pulls/{pull_number}": ("get", "patch"),
     "/repos/{owner}/{repo}/pulls/{pull_number}/reviews": ("get",),
-    "/repos/{owner}/{repo}/commits/{commit_sha}/pulls": ("get",),
     "/repos/{owner}/{repo}/issues/{issue_number}/comments": ("post",),
     "/repos/{owner}/{repo}/statuses/{sha}": ("post",),
     "/repos/{owner}/{repo}/branches/{branch}": ("get",),
-    "/repos/{owner}/{repo}/branches/{branch}/protection": ("put",),
+    "/repos/{owner}/{repo}/branches/{branch}/protection": ("get", "delete"),
+    "/repos/{owner}/{repo}/rulesets": ("get", "post"),
+    "/repos/{owner}/{repo}/rulesets/{ruleset_id}": ("put",),
     "/repos/{owner}/{repo}/git/refs": ("post",),
     "/repos/{owner}/{repo}/contents/{path}": ("get", "put"),
     "/repos/{owner}/{repo}/hooks": ("get", "post"),
     "/repos/{owner}/{repo}/hooks/{hook_id}": ("patch",),
+    "/orgs/{org}/teams/{team_slug}/members": ("get",),
+    "/users/{username}": ("get",),
+    "/apps/{app_slug}": ("get",),
 }
 
 STARTUP_TIMEOUT_S = 180.0

@@ -25,14 +25,29 @@ def test_ensure_branch_protect_and_webhook_are_idempotent(
     assert admin.ensure_branch("training", "main") is False
     assert fake_github.branches["training"] == fake_github.branches["main"]
 
-    admin.protect_branch("training", 1, "branchops/training", True)
-    admin.protect_branch("training", 1, "branchops/training", True)
-    rules = fake_github.protections["training"]
-    assert rules["required_pull_request_reviews"]["required_approving_review_count"] == 1
-    assert rules["required_pull_request_reviews"]["dismiss_stale_reviews"] is True
-    assert rules["required_status_checks"]["contexts"] == ["branchops/training"]
-    assert (rules["allow_force_pushes"], rules["allow_deletions"]) == (False, False)
-    assert rules["enforce_admins"] is True
+    fake_github.users["branchops-bot"] = 4242
+    assert (
+        admin.protect_branch("training", 1, "branchops/training", True, bypass_bot="branchops-bot")
+        == "created"
+    )
+    assert (
+        admin.protect_branch("training", 1, "branchops/training", True, bypass_bot="branchops-bot")
+        == "updated"
+    )
+    [ruleset] = fake_github.rulesets.values()
+    assert ruleset["conditions"]["ref_name"]["include"] == ["refs/heads/training"]
+    rules = {rule["type"]: rule.get("parameters") for rule in ruleset["rules"]}
+    assert rules["pull_request"]["required_approving_review_count"] == 1
+    assert rules["pull_request"]["dismiss_stale_reviews_on_push"] is True
+    assert rules["required_status_checks"]["required_status_checks"] == [{"context": "branchops/training"}]
+    assert {"deletion", "non_fast_forward"} <= set(rules)  # no force-push, no deletion
+    assert ruleset["bypass_actors"] == [{"actor_id": 4242, "actor_type": "User", "bypass_mode": "always"}]
+    assert fake_github.push_allowed("training", "branchops-bot")
+    fake_github.admins.add("lead")
+    assert not fake_github.push_allowed("training", "lead")  # restrict_pushes: administrators too
+    admin.protect_branch("training", 1, "branchops/training", False, bypass_bot="branchops-bot")
+    assert fake_github.push_allowed("training", "lead")
+    assert len(fake_github.rulesets) == 1
 
     ref = SecretRef(env="HOOK_SECRET")
     hook_id, created = admin.ensure_webhook("https://jenkins.example/github-webhook/", ref, ["push"])

@@ -157,8 +157,9 @@ def test_list(forge, calls, prism_github: PrismGitHub) -> None:
     assert set(calls()) == {"GET /repos/R/pulls"}
 
 
-def test_merged_request_for_commit(forge, calls) -> None:
-    mr = forge.merged_request_for_commit(EXAMPLE_MERGE_COMMIT)
+def test_merged_request_for_commit(forge, calls, prism_github: PrismGitHub) -> None:
+    mark = prism_github.mark()
+    mr = forge.merged_request_into(EXAMPLE_TARGET, EXAMPLE_MERGE_COMMIT)
     assert mr is not None
     assert (mr.number, mr.state, mr.merge_commit, mr.merged_by) == (
         1347,
@@ -167,15 +168,33 @@ def test_merged_request_for_commit(forge, calls) -> None:
         "octocat",
     )
     assert mr.approvals == [EXAMPLE_APPROVAL]
-    # SHA is the example pull request's head: associated with it, but not what its merge produced.
+    # SHA is the example pull request's head: in it, but not what its merge produced.
     assert forge.merged_request_for_commit(SHA) is None
     assert calls() == [
-        f"GET /repos/R/commits/{EXAMPLE_MERGE_COMMIT}/pulls",
+        "GET /repos/R/pulls",
         "GET /repos/R/pulls/1347",
         "GET /repos/R/pulls/1347/reviews",
-        f"GET /repos/R/commits/{SHA}/pulls",
         "GET /repos/R/pulls",
     ]
+    into, _, _, anywhere = prism_github.since(mark)
+    by_update = {"state": "closed", "sort": "updated", "direction": "desc"}
+    assert (_query(into), _query(anywhere)) == ({**by_update, "base": EXAMPLE_TARGET}, by_update)
+
+
+def test_team_members(forge, calls, prism_github: PrismGitHub) -> None:
+    # components/examples/team-member-items: octocat
+    assert forge.team_members("@octo/ml-leads") == ["octocat"]
+    assert calls() == ["GET /orgs/octo/teams/ml-leads/members"]
+
+
+def test_file_link_is_on_the_repository_web_address(forge, calls) -> None:
+    # components/examples/full-repository: html_url https://github.com/octocat/Hello-World
+    link = forge.file_link("training", "records/training/r1/plots/roc curve.png")
+    assert (
+        link
+        == "https://github.com/octocat/Hello-World/blob/training/records/training/r1/plots/roc%20curve.png?raw=true"
+    )
+    assert calls() == ["GET /repos/R"]
 
 
 def test_comment_and_status(forge, calls, prism_github: PrismGitHub) -> None:
@@ -223,27 +242,60 @@ def test_ensure_branch_creates(admin, calls, prism_github: PrismGitHub) -> None:
     }
 
 
-@pytest.mark.parametrize("restrict_pushes", [True, False])
-def test_protect_branch(admin, calls, prism_github: PrismGitHub, restrict_pushes: bool) -> None:
-    admin.protect_branch(
-        "training",
-        2,
-        "branchops/training",
-        restrict_pushes,
-        require_code_owner_reviews=True,
-        bypass_users=["branchops-bot"],
+@pytest.mark.parametrize(("bot", "actor_type"), [("branchops-bot", "User"), ("octoapp[bot]", "Integration")])
+def test_protect_branch(admin, calls, prism_github: PrismGitHub, bot: str, actor_type: str) -> None:
+    mark = prism_github.mark()
+    # The example rulesets are someone else's: ours is created. The branch has the example classic
+    # protection, which would refuse the bot: it is removed.
+    outcome = admin.protect_branch(
+        "training", 2, "branchops/training", True, require_code_owner_reviews=True, bypass_bot=bot
     )
-    assert calls() == ["PUT /repos/R/branches/training/protection"]
-    body = prism_github.exchanges[-1].request_body
-    assert body["required_pull_request_reviews"] == {
-        "required_approving_review_count": 2,
-        "dismiss_stale_reviews": True,
-        "require_code_owner_reviews": True,
-        "bypass_pull_request_allowances": {"users": ["branchops-bot"]},
+    assert outcome == "created"
+    lookup = "GET /apps/octoapp" if actor_type == "Integration" else "GET /users/branchops-bot"
+    assert calls() == [
+        lookup,
+        "GET /repos/R/rulesets",
+        "POST /repos/R/rulesets",
+        "GET /repos/R/branches/training/protection",
+        "DELETE /repos/R/branches/training/protection",
+    ]
+    exchanges = prism_github.since(mark)
+    assert _query(exchanges[1]) == {"includes_parents": "false", "per_page": "100", "page": "1"}
+    body = exchanges[2].request_body
+    # the example user and app (components/examples/public-user-default-response, integration) are id 1
+    assert body["bypass_actors"] == [{"actor_id": 1, "actor_type": actor_type, "bypass_mode": "always"}]
+    assert (body["name"], body["target"], body["enforcement"]) == ("branchops: training", "branch", "active")
+    assert body["conditions"] == {"ref_name": {"include": ["refs/heads/training"], "exclude": []}}
+    rules = {rule["type"]: rule.get("parameters") for rule in body["rules"]}
+    assert rules == {
+        "deletion": None,
+        "non_fast_forward": None,
+        "pull_request": {
+            "required_approving_review_count": 2,
+            "dismiss_stale_reviews_on_push": True,
+            "require_code_owner_review": True,
+            "require_last_push_approval": False,
+            "required_review_thread_resolution": False,
+            "allowed_merge_methods": ["merge", "squash"],
+        },
+        "required_status_checks": {
+            "strict_required_status_checks_policy": False,
+            "required_status_checks": [{"context": "branchops/training"}],
+        },
     }
-    assert body["required_status_checks"] == {"strict": False, "contexts": ["branchops/training"]}
-    assert body["enforce_admins"] is restrict_pushes
-    assert (body["allow_force_pushes"], body["allow_deletions"]) == (False, False)
+
+
+def test_protect_branch_updates_its_ruleset(admin, calls, prism_github: PrismGitHub, monkeypatch) -> None:
+    # Finding our ruleset by name is the fake's to test (the examples hold none of ours); here the update
+    # itself: a PUT of the same body to the ruleset (the example's id, 42), valid by the description.
+    prism_github.prefer[("GET", r"/repos/octo/hello/branches/training/protection")] = "code=404"
+    monkeypatch.setattr(admin, "_ruleset_id", lambda name: 42)
+    outcome = admin.protect_branch("training", 1, "branchops/training", False)
+    assert outcome == "updated"
+    assert calls() == ["PUT /repos/R/rulesets/42", "GET /repos/R/branches/training/protection"]
+    body = prism_github.exchanges[-2].request_body
+    # without restrict_pushes, repository administrators may push past as well
+    assert body["bypass_actors"] == [{"actor_id": 5, "actor_type": "RepositoryRole", "bypass_mode": "always"}]
 
 
 def test_ensure_webhook_updates_and_creates(
@@ -376,7 +428,11 @@ def test_every_listed_operation_was_exercised(
     forge.comment(1347, "**training** finished")
     forge.set_commit_status(SHA, "success", "done", context="branchops/training")
     admin.ensure_branch("training", "main")
-    admin.protect_branch("training", 1, "branchops/training", True)
+    admin.protect_branch("training", 1, "branchops/training", True, bypass_bot="octoapp[bot]")
+    admin.protect_branch("kf-pipeline", 1, "branchops/kf-pipeline", True, bypass_bot="branchops-bot")
+    admin._ruleset_id = lambda name: 42  # the example ruleset: updated
+    admin.protect_branch("deploy-model", 1, "branchops/deploy-model", True)
+    forge.team_members("octo/ml-leads")
     admin.ensure_file("training", ".github/CODEOWNERS", "* @lead\n", "Set code owners")
     ref = SecretRef(env="HOOK_SECRET")
     admin.ensure_webhook("https://example.com/webhook", ref, ["push"])  # the example hook: updated

@@ -58,6 +58,7 @@ class RecordingAdmin:
         restrict_pushes: bool,
         *,
         require_code_owner_reviews: bool = False,
+        bypass_bot: str | None = None,
     ) -> None:
         self.calls.append(f"protect_branch {branch}")
         if self.fail_on == branch:
@@ -69,6 +70,7 @@ class RecordingAdmin:
             "context": required_status_context,
             "restrict_pushes": restrict_pushes,
             "code_owners": require_code_owner_reviews,
+            "bypass_bot": bypass_bot,
         }
 
     def ensure_webhook(self, url: str, secret_ref: Any, events: Sequence[str]) -> tuple[int, bool]:
@@ -107,8 +109,9 @@ def test_the_plan_lists_every_action_in_order() -> None:
     assert protect.params == {
         "required_approvals": 1,
         "required_status_context": PR_STATUS_CONTEXT,
-        "restrict_pushes": False,
+        "restrict_pushes": True,
         "require_code_owner_reviews": True,
+        "bypass_bot": "branchops-bot",
     }
     assert "@lead @head-of-ds" in next(
         a.summary for a in actions if a.kind == "write-codeowners" and a.target == "training"
@@ -165,8 +168,9 @@ def test_a_real_run_sets_everything_up_and_a_second_run_changes_nothing(fake_jen
     assert admin.protections["training"] == {
         "approvals": 1,
         "context": PR_STATUS_CONTEXT,
-        "restrict_pushes": False,
+        "restrict_pushes": True,
         "code_owners": True,
+        "bypass_bot": "branchops-bot",
     }
     hook_url = fake_jenkins.url + "github-webhook/"
     assert admin.hooks[hook_url] == {"events": ["push", "pull_request"], "secret": "webhook-secret-value-42"}

@@ -13,6 +13,7 @@ import pytest
 from branchops.bootstrap import CODEOWNERS_PATH, bootstrap, codeowners_for
 from branchops.ci.jenkins.client import make_client
 from branchops.ci.jenkins.job import PR_STATUS_CONTEXT
+from branchops.errors import ExternalError
 from tests.forge_github.fake_github import FakeGitHub
 
 from .conftest import REPO_ROOT, production_config
@@ -22,11 +23,23 @@ from .fake_jenkins import FakeJenkins
 TOKEN_ENV = "BRANCHOPS_CRED_GITHUB_TOKEN"
 
 
+BOT_ID = 4242  # bot.name in config/branchops.yaml is branchops-bot: the GitHub user whose token pushes
+
+
 @pytest.fixture
 def fake_github(monkeypatch: pytest.MonkeyPatch):
     with FakeGitHub("acme/djia-mlops") as fake:
         monkeypatch.setenv(TOKEN_ENV, fake.token)
+        fake.users.update({"branchops-bot": BOT_ID, "lead": 7, "ds1": 8})
+        fake.admins.add("lead")
         yield fake
+
+
+def ruleset_of(fake: FakeGitHub, branch: str) -> dict:
+    [ruleset] = [
+        r for r in fake.rulesets.values() if f"refs/heads/{branch}" in r["conditions"]["ref_name"]["include"]
+    ]
+    return ruleset
 
 
 def run(fake_github, fake_jenkins: FakeJenkins, dry_run: bool = False, **overrides):
@@ -57,12 +70,17 @@ def test_bootstrap_with_the_real_clients_is_idempotent(fake_github, fake_jenkins
         r.body["sha"] for r in fake_github.requests if r.method == "POST" and r.path.endswith("/git/refs")
     }
     assert created_at == {"a" * 40}  # every stage branch starts at main's tip
-    assert set(fake_github.protections) == stage_branches
-    protection = fake_github.protections["training"]
-    assert protection["required_status_checks"]["contexts"] == [PR_STATUS_CONTEXT]
-    reviews = protection["required_pull_request_reviews"]
-    assert reviews["required_approving_review_count"] == 1 and reviews["require_code_owner_reviews"] is True
-    assert reviews["dismiss_stale_reviews"] is True
+    assert len(fake_github.rulesets) == len(stage_branches) and fake_github.protections == {}
+    ruleset = ruleset_of(fake_github, "training")
+    assert (ruleset["name"], ruleset["enforcement"]) == ("branchops: training", "active")
+    rules = {rule["type"]: rule.get("parameters") for rule in ruleset["rules"]}
+    assert rules["required_status_checks"]["required_status_checks"] == [{"context": PR_STATUS_CONTEXT}]
+    reviews = rules["pull_request"]
+    assert reviews["required_approving_review_count"] == 1 and reviews["require_code_owner_review"] is True
+    assert reviews["dismiss_stale_reviews_on_push"] is True
+    assert reviews["allowed_merge_methods"] == ["merge", "squash"]  # no rebase: see bootstrap.py
+    assert {"deletion", "non_fast_forward"} <= set(rules)
+    assert ruleset["bypass_actors"] == [{"actor_id": BOT_ID, "actor_type": "User", "bypass_mode": "always"}]
     (hook,) = fake_github.hooks.values()
     assert hook["config"]["url"] == fake_jenkins.url + "github-webhook/"
     assert set(hook["events"]) == {"push", "pull_request"} and hook["config"]["secret"]
@@ -95,6 +113,8 @@ def test_bootstrap_with_the_real_clients_is_idempotent(fake_github, fake_jenkins
     assert {o.outcome for o in second.outcomes if o.action.kind == "write-codeowners"} == {"unchanged"}
     assert len(fake_github.hooks) == 1
     assert len([r for r in fake_github.requests if r.method == "POST" and r.path.endswith("/git/refs")]) == 4
+    assert len(fake_github.rulesets) == 4  # updated, not duplicated
+    assert {o.outcome for o in second.outcomes if o.action.kind == "protect-branch"} == {"updated"}
     assert next(o.outcome for o in second.outcomes if o.action.kind == "sync-jenkins-job") == "unchanged"
 
 
@@ -117,3 +137,58 @@ def test_changed_approvers_update_codeowners_on_their_branch_only(
     }
     assert fake_github.files("training")[CODEOWNERS_PATH].decode().endswith("\n* @carol @acme/ml-leads\n")
     assert {b for b in fake_github.branches if fake_github.branches[b] != before[b]} == {"training"}
+
+
+# -- the bot's record pushes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bot", ["user", "app"])
+def test_the_bot_may_push_records_to_every_stage_branch_and_nobody_else(
+    fake_github, fake_jenkins: FakeJenkins, bot: str
+) -> None:
+    # Neither the bot user nor the GitHub App is a repository administrator: the rules must name them.
+    if bot == "app":
+        fake_github.apps["djia-records"] = 99
+        run(fake_github, fake_jenkins, bot={"name": "djia-records[bot]"})
+    else:
+        run(fake_github, fake_jenkins)
+
+    for branch in ("build-components", "kf-pipeline", "training", "deploy-model"):
+        if bot == "app":
+            assert fake_github.push_allowed(branch, "djia-records", app=True), branch
+        else:
+            assert fake_github.push_allowed(branch, "branchops-bot"), branch
+        assert not fake_github.push_allowed(branch, "ds1")
+        assert not fake_github.push_allowed(branch, "lead")  # administrators too: pull requests only
+    if bot == "app":
+        actors = ruleset_of(fake_github, "training")["bypass_actors"]
+        assert actors == [{"actor_id": 99, "actor_type": "Integration", "bypass_mode": "always"}]
+
+
+def test_classic_protection_from_an_earlier_bootstrap_is_replaced(
+    fake_github, fake_jenkins: FakeJenkins
+) -> None:
+    # What bootstrap used to set: classic protection, which refuses a bot that is no administrator.
+    run(fake_github, fake_jenkins)
+    for branch in ("training", "deploy-model"):
+        fake_github.protections[branch] = {
+            "required_status_checks": {"strict": False, "contexts": [PR_STATUS_CONTEXT]},
+            "enforce_admins": False,
+            "required_pull_request_reviews": {"required_approving_review_count": 1},
+        }
+    assert not fake_github.push_allowed("training", "branchops-bot")
+
+    run(fake_github, fake_jenkins)
+
+    assert fake_github.protections == {}
+    assert fake_github.push_allowed("training", "branchops-bot")
+    assert len(fake_github.calls("DELETE", r".*/branches/[^/]+/protection")) == 2
+
+
+def test_a_bot_github_does_not_know_stops_bootstrap_before_any_change(
+    fake_github, fake_jenkins: FakeJenkins
+) -> None:
+    with pytest.raises(ExternalError) as err:
+        run(fake_github, fake_jenkins, bot={"name": "djia-records[bot]"})  # no such app
+    assert "bot.name: GitHub knows no app 'djia-records'" in str(err.value)
+    assert [r for r in fake_github.requests if r.method != "GET"] == []

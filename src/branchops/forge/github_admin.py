@@ -1,6 +1,6 @@
 """Setting up a GitHub repository for the branch workflow; only ``branchops bootstrap`` uses it.
 
-:class:`GitHubAdmin` creates stage branches, writes files such as CODEOWNERS, protects branches,
+:class:`GitHubAdmin` creates stage branches, writes files such as CODEOWNERS, protects branches (rulesets),
 configures the webhook and says what the token lacks for all that. Stages and the approval gate never
 need these calls, so they are not part of the forge port (``branchops.forge.base``). The connection —
 retries, rate limits, timeouts and errors as :class:`~branchops.errors.ExternalError` — is the forge's
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # "public_repo" grants only public repositories, and there, like "repo", repository hooks too.
 _REPO_SCOPES = ("repo", "public_repo")
 _HOOK_SCOPES = ("repo", "admin:repo_hook", "write:repo_hook")
+# The rulesets bootstrap owns are found again by name: "branchops: <branch>".
+RULESET_PREFIX = "branchops: "
 
 
 class GitHubAdmin(GitHubRepositoryClient):
@@ -117,6 +119,33 @@ class GitHubAdmin(GitHubRepositoryClient):
             self._repo.update_file(path, message, content, sha, branch=branch)
             log.info("updated %s on %s (was blob %s)", path, branch, sha)
 
+    def bypass_actor(self, bot: str) -> dict[str, Any]:
+        """The ruleset bypass actor for ``bot``, the account whose token pushes the stage records: a GitHub
+        App when it is written as the app's bot account ("<app-slug>[bot]", the name GitHub gives an
+        app's commits), else a user (its login)."""
+        from github.GithubException import GithubException
+
+        app = bot.endswith("[bot]")
+        name = bot.removesuffix("[bot]")
+        base = self._github.requester.base_url
+        url = f"{base}/apps/{quote(name, safe='')}" if app else f"{base}/users/{quote(name, safe='')}"
+        with self._calling(f"looking up the bot account {bot}"):
+            try:
+                _, data = self._github.requester.requestJsonAndCheck("GET", url)
+            except GithubException as exc:
+                if exc.status != 404:
+                    raise
+                raise ConfigError(
+                    f"bot.name: GitHub knows no {'app' if app else 'user'} {name!r}; bot.name names the "
+                    "account whose token pushes the stage records: its login, or '<app-slug>[bot]' for a "
+                    "GitHub App"
+                ) from None
+        return {
+            "actor_id": int(data["id"]),
+            "actor_type": "Integration" if app else "User",
+            "bypass_mode": "always",
+        }
+
     def protect_branch(
         self,
         branch: str,
@@ -125,40 +154,97 @@ class GitHubAdmin(GitHubRepositoryClient):
         restrict_pushes: bool,
         *,
         require_code_owner_reviews: bool = False,
-        bypass_users: Sequence[str] = (),
-    ) -> None:
-        """Require reviewed pull requests and a passing status check on ``branch`` (idempotent: a PUT).
+        bypass_bot: str | None = None,
+        allowed_merge_methods: Sequence[str] = ("merge", "squash"),
+    ) -> str:
+        """Protect ``branch`` with a repository ruleset of its own (created, or updated: idempotent).
 
-        Stale approvals are dismissed on a new push (approvals before the last push do not count).
-        ``restrict_pushes`` binds administrators too; force-pushes and deletion are always refused.
-        ``bypass_users`` (organisation repositories) may push without a pull request, e.g. the bot
-        that writes stage records back.
+        Its rules: changes arrive by pull request with ``required_approvals`` approvals (stale ones
+        dismissed on a new push, code owners' if ``require_code_owner_reviews``), merged by one of
+        ``allowed_merge_methods``, with the status ``required_status_context`` passing; no force-push,
+        no deletion. ``bypass_bot`` (see :meth:`bypass_actor`) pushes past every rule: stages write their
+        records back to their branch. A ruleset, not classic branch protection, because classic
+        protection lets only administrators push past required reviews and checks, and never a GitHub
+        App; a classic protection left on the branch (by an earlier bootstrap) would still refuse the
+        bot, so it is removed. Without ``restrict_pushes``, repository administrators may push past too.
+        Returns "created" or "updated".
         """
+        from github.GithubException import GithubException
+
         if required_approvals < 1:
             raise ConfigError(
                 f"protect_branch({branch!r}): required_approvals must be >= 1, got {required_approvals}"
             )
-        reviews: dict[str, Any] = {
-            "required_approving_review_count": required_approvals,
-            "dismiss_stale_reviews": True,
-            "require_code_owner_reviews": require_code_owner_reviews,
-        }
-        if bypass_users:
-            reviews["bypass_pull_request_allowances"] = {"users": list(bypass_users)}
-        # Built here rather than with PyGithub's Branch.edit_protection, which sends null for the
-        # booleans it was not given and omits "contexts"; GitHub's description refuses both.
+        actors = [self.bypass_actor(bypass_bot)] if bypass_bot else []
+        if not restrict_pushes:
+            # 5: the id GitHub gives the built-in repository admin role (its REST description does not
+            # list role ids; the API reports this one for "Repository admin")
+            actors.append({"actor_id": 5, "actor_type": "RepositoryRole", "bypass_mode": "always"})
         body = {
-            "required_status_checks": {"strict": False, "contexts": [required_status_context]},
-            "enforce_admins": restrict_pushes,
-            "required_pull_request_reviews": reviews,
-            "restrictions": None,
-            "allow_force_pushes": False,
-            "allow_deletions": False,
+            "name": f"{RULESET_PREFIX}{branch}",
+            "target": "branch",
+            "enforcement": "active",
+            "bypass_actors": actors,
+            "conditions": {"ref_name": {"include": [f"refs/heads/{branch}"], "exclude": []}},
+            "rules": [
+                {"type": "deletion"},
+                {"type": "non_fast_forward"},
+                {
+                    "type": "pull_request",
+                    "parameters": {
+                        "required_approving_review_count": required_approvals,
+                        "dismiss_stale_reviews_on_push": True,
+                        "require_code_owner_review": require_code_owner_reviews,
+                        "require_last_push_approval": False,
+                        "required_review_thread_resolution": False,
+                        "allowed_merge_methods": list(allowed_merge_methods),
+                    },
+                },
+                {
+                    "type": "required_status_checks",
+                    "parameters": {
+                        "strict_required_status_checks_policy": False,
+                        "required_status_checks": [{"context": required_status_context}],
+                    },
+                },
+            ],
         }
+        requester = self._github.requester
         with self._calling(f"protecting branch {branch}"):
-            self._github.requester.requestJsonAndCheck(
-                "PUT", f"{self._repo.url}/branches/{quote(branch, safe='')}/protection", input=body
+            existing = self._ruleset_id(body["name"])
+            if existing is None:
+                requester.requestJsonAndCheck("POST", f"{self._repo.url}/rulesets", input=body)
+                outcome = "created"
+            else:
+                requester.requestJsonAndCheck("PUT", f"{self._repo.url}/rulesets/{existing}", input=body)
+                outcome = "updated"
+            classic = f"{self._repo.url}/branches/{quote(branch, safe='')}/protection"
+            try:
+                requester.requestJsonAndCheck("GET", classic)
+            except GithubException as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                requester.requestJsonAndCheck("DELETE", classic)
+                log.info("removed the classic branch protection of %s (the ruleset replaces it)", branch)
+        return outcome
+
+    def _ruleset_id(self, name: str) -> int | None:
+        """The id of this repository's own ruleset called ``name`` (not one inherited from the
+        organisation), reading every page."""
+        page = 1
+        while True:
+            _, found = self._github.requester.requestJsonAndCheck(
+                "GET",
+                f"{self._repo.url}/rulesets",
+                parameters={"includes_parents": "false", "per_page": 100, "page": page},
             )
+            for ruleset in found or []:
+                if ruleset.get("name") == name and ruleset.get("source_type", "Repository") == "Repository":
+                    return int(ruleset["id"])
+            if len(found or []) < 100:
+                return None
+            page += 1
 
     def ensure_webhook(self, url: str, secret_ref: SecretRef, events: Sequence[str]) -> tuple[int, bool]:
         """The repository webhook delivering ``events`` to ``url``: created, or the existing one updated.
