@@ -2,7 +2,8 @@
 
 Every import of branchops' own library happens inside the command that needs it, so that
 ``branchops --help`` and the light commands start fast (heavy libraries are never imported here).
-Exit codes are documented in ``branchops.errors`` and the README.
+Exit codes are listed in ``branchops.errors`` (shown by ``--help``, tabled in the README). What goes to
+stdout and stderr, and the --json contract every command keeps, is ``branchops.console``'s (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -16,13 +17,72 @@ from typing import Any
 import click
 
 from branchops import STAGES as STAGE_NAMES  # light: --help imports no schema
+from branchops.console import DEBUG, QUIET, emit_error, emit_json, setup_console
+from branchops.errors import EXIT_CODES
+
+log = logging.getLogger("branchops.cli")
+
+JSON_HELP = "Print the result as one JSON document on stdout (an error: one JSON document on stderr)."
+
+# Every command that prints a result takes --json (tests/foundation/test_cli_json.py walks the tree).
+json_option = click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 
 
 def _emit(data: Any, as_json: bool, text: str | None = None) -> None:
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        emit_json(data)
     elif text is not None:
         click.echo(text)
+
+
+# -- shell completion: merge request numbers and run ids, read from the repository of -C -----------------
+
+
+def _completion_repo(ctx: click.Context) -> str:
+    # completion parses the command line without running the group's callback: ctx.obj is not set
+    return ctx.find_root().params.get("repo") or "."
+
+
+def _complete_merge_requests(states: tuple[str, ...]):
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+        from click.shell_completion import CompletionItem
+
+        try:
+            from branchops.forge import make_forge
+            from branchops.project import Project
+
+            project = Project.open(_completion_repo(ctx))
+            requests = make_forge(project.config, project.repo).list()
+        except Exception:  # a completion never fails the shell: no candidates instead
+            return []
+        return [
+            CompletionItem(str(m.number), help=f"[{m.state}] {m.source} -> {m.target}: {m.title}")
+            for m in requests
+            if m.state in states and str(m.number).startswith(incomplete)
+        ]
+
+    return complete
+
+
+def _complete_run_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    from click.shell_completion import CompletionItem
+
+    try:
+        from branchops import gitops, records
+        from branchops.project import working_config
+
+        repo = gitops.open_repo(_completion_repo(ctx))
+        config = working_config(repo)
+        tip = gitops.branch_tip(repo, config.branch_for("training"), config.git.remote)
+        run_ids = records.stage_history(repo, tip, "training").run_ids if tip else []
+    except Exception:  # a completion never fails the shell: no candidates instead
+        return []
+    return [CompletionItem(run_id) for run_id in reversed(run_ids) if run_id.startswith(incomplete)]
+
+
+ANY_MERGE_REQUEST = _complete_merge_requests(("open", "merged", "closed"))
+OPEN_MERGE_REQUEST = _complete_merge_requests(("open",))
+MR_NUMBER = click.IntRange(min=1)
 
 
 def _user(explicit: str | None) -> str:
@@ -42,48 +102,76 @@ def _user(explicit: str | None) -> str:
 
 
 class BranchopsGroup(click.Group):
-    """Turns branchops' own errors into a one-line message and the documented exit code."""
+    """Turns branchops' own errors into a one-line message and the documented exit code; with --json,
+    every error (usage errors too) into one JSON document on stderr."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from branchops.errors import BranchopsError  # light module
 
+        # read before the group consumes them: the subcommand's own parsing may be what fails
+        as_json = "--json" in [*ctx._protected_args, *ctx.args]
         try:
             return super().invoke(ctx)
         except BranchopsError as exc:
             from branchops.secrets import mask
 
-            click.echo(f"error: {mask(str(exc))}", err=True)
+            emit_error(mask(str(exc)), exc.exit_code, as_json)
+            ctx.exit(exc.exit_code)
+        except click.ClickException as exc:
+            if not as_json:
+                raise  # click prints the usage with the message
+            emit_error(exc.format_message(), exc.exit_code, True)
             ctx.exit(exc.exit_code)
 
 
-@click.group(cls=BranchopsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def exit_code_help() -> str:
+    """The exit code table of --help, from the one list in branchops.errors."""
+    rows = "\n".join(f"  {code:<8} {meaning}" for code, meaning in EXIT_CODES.items())
+    return (
+        f"\b\nExit codes:\n{rows}\n\n"
+        "\b\nShell completion (bash; zsh and fish alike, see docs/cli.md):\n"
+        '  eval "$(_BRANCHOPS_COMPLETE=bash_source branchops)"'
+    )
+
+
+@click.group(
+    cls=BranchopsGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=exit_code_help(),
+)
 @click.option(
     "-C", "--repo", "repo", default=".", metavar="DIR", help="Repository to work in (default: here)."
 )
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More of what branchops does: -v every module's progress, -vv debug lines with timestamps.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option(
+    "--log-libs",
+    is_flag=True,
+    help="Also show other libraries' log lines (GitPython, kfp, ...), at the level -v/-vv choose "
+    "(or set BRANCHOPS_LOG_LIBS=1).",
+)
 @click.version_option(package_name="branchops")
 @click.pass_context
-def main(ctx: click.Context, repo: str, verbose: int, quiet: bool) -> None:
+def main(ctx: click.Context, repo: str, verbose: int, quiet: bool, log_libs: bool) -> None:
     """branchops: machine-learning delivery as git branches.
 
     Approved merge requests into the stage branches (build-components, kf-pipeline, training,
     deploy-model) run the stages; every stage writes its record back to git.
 
-    \b
-    Exit codes: 0 success or nothing to do, 1 stage failed, 2 usage error, 3 invalid config,
-    4 refused by the approval gate, 5 merge refused/conflict, 6 external system failed, 7 bad data,
-    8 a needed library or program is missing, 9 not found, 10 stage already running here,
-    130/143 interrupted.
+    Results go to stdout (with --json: one JSON document), progress and errors to stderr.
     """
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # -q/-v govern the console only: a stage's run log (a file handler) still records INFO
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(level)
+    if quiet and verbose:
+        raise click.UsageError("-q and -v ask for opposite things: give one of them")
+    setup_console(QUIET if quiet else min(verbose, DEBUG), libraries=log_libs)
     from branchops.secrets import install_log_masking
 
     install_log_masking()
+    log.debug("repository %s, command %s", repo, " ".join(sys.argv[1:]))
     ctx.obj = {"repo": repo}
 
 
@@ -116,6 +204,7 @@ def main(ctx: click.Context, repo: str, verbose: int, quiet: bool) -> None:
     "--synthetic", is_flag=True, help="Train on the template's generated data (marked as synthetic)."
 )
 @click.option("--as", "user", default=None, help="Author of the initial commit.")
+@json_option
 def init(
     directory: str,
     template: str,
@@ -123,6 +212,7 @@ def init(
     data_dir: str | None,
     synthetic: bool,
     user: str | None,
+    as_json: bool,
 ) -> None:
     """Scaffold a project from a template into a new git repository DIRECTORY."""
     from branchops.scaffold import init_project
@@ -135,9 +225,12 @@ def init(
         synthetic=synthetic,
         user=user or "branchops-init",
     )
-    click.echo(
+    branches = ["main", "ds1", *STAGE_NAMES]
+    _emit(
+        {"path": str(path), "template": template, "branches": branches},
+        as_json,
         f"initialised {path} from template {template or 'the reference project'} with branches: "
-        f"main, ds1, {', '.join(STAGE_NAMES)}"
+        f"{', '.join(branches)}",
     )
 
 
@@ -152,8 +245,9 @@ def config() -> None:
 @config.command("validate")
 @click.option("--file", "path", type=click.Path(dir_okay=False), default=None, help="Config file to check.")
 @click.option("--offline", is_flag=True, help="Check the file only, not that its stage branches exist.")
+@json_option
 @click.pass_obj
-def config_validate(obj: dict, path: str | None, offline: bool) -> None:
+def config_validate(obj: dict, path: str | None, offline: bool, as_json: bool) -> None:
     """Check the configuration; errors name the file, line, key and what was expected, and every stage
     branch it names must exist (in the remote it pushes to, when it has one)."""
     from branchops.config import check_branches_exist, load_config
@@ -163,11 +257,11 @@ def config_validate(obj: dict, path: str | None, offline: bool) -> None:
         from branchops import gitops
 
         check_branches_exist(cfg, gitops.open_repo(obj["repo"]))
-    click.echo(f"{cfg.source}: valid")
+    _emit({"file": str(cfg.source), "valid": True}, as_json, f"{cfg.source}: valid")
 
 
 @config.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.option("--file", "path", type=click.Path(dir_okay=False), default=None)
 @click.pass_obj
 def config_show(obj: dict, as_json: bool, path: str | None) -> None:
@@ -182,17 +276,18 @@ def config_show(obj: dict, as_json: bool, path: str | None) -> None:
 
 @config.command("schema")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to a file.")
-def config_schema(output: str | None) -> None:
+@json_option
+def config_schema(output: str | None, as_json: bool) -> None:
     """Export the JSON Schema of the configuration (for editor completion and checks)."""
     from branchops.config import json_schema
 
-    text = json.dumps(json_schema(), indent=2)
+    schema = json_schema()
     if output:
         with open(output, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        click.echo(f"wrote {output}")
+            fh.write(json.dumps(schema, indent=2) + "\n")
+        _emit({"written": output}, as_json, f"wrote {output}")
     else:
-        click.echo(text)
+        emit_json(schema)  # the schema is the result, JSON with or without --json
 
 
 # -- run / status -------------------------------------------------------------------------------------
@@ -200,7 +295,7 @@ def config_schema(output: str | None) -> None:
 
 def _print_reports(reports: list, as_json: bool) -> int:
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in reports], indent=2, default=str))
+        emit_json([r.to_dict() for r in reports])
     else:
         for r in reports:
             head = f"{r.stage} on {r.branch}: {r.status}"
@@ -228,7 +323,7 @@ def _print_reports(reports: list, as_json: bool) -> int:
 @click.option(
     "--force", is_flag=True, help="Run again even if this commit already ran (the gate still applies)."
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def run(
     obj: dict,
@@ -261,7 +356,7 @@ def run(
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def status(obj: dict, as_json: bool) -> None:
     """Per stage branch: last run, outcome, record and log."""
@@ -337,7 +432,7 @@ def _describe_mr(m) -> str:
 @click.option("--title", required=True)
 @click.option("--body", default="", help="Markdown description.")
 @click.option("--as", "user", default=None, help="Author.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def mr_open(
     obj: dict, source: str, target: str, title: str, body: str, user: str | None, as_json: bool
@@ -353,7 +448,7 @@ def mr_open(
 
 @mr.command("list")
 @click.option("--state", type=click.Choice(["open", "merged", "closed"]), default=None)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def mr_list(obj: dict, state: str | None, as_json: bool) -> None:
     """List merge requests."""
@@ -366,8 +461,8 @@ def mr_list(obj: dict, state: str | None, as_json: bool) -> None:
 
 
 @mr.command("show")
-@click.argument("number", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("number", type=MR_NUMBER, shell_complete=ANY_MERGE_REQUEST)
+@json_option
 @click.pass_obj
 def mr_show(obj: dict, number: int, as_json: bool) -> None:
     """Show a merge request, its approvals and comments."""
@@ -381,30 +476,41 @@ def mr_show(obj: dict, number: int, as_json: bool) -> None:
 
 
 @mr.command("comment")
-@click.argument("number", type=int)
+@click.argument("number", type=MR_NUMBER, shell_complete=ANY_MERGE_REQUEST)
 @click.argument("text")
+@json_option
 @click.pass_obj
-def mr_comment(obj: dict, number: int, text: str) -> None:
+def mr_comment(obj: dict, number: int, text: str, as_json: bool) -> None:
     """Comment on a merge request (markdown)."""
     _forge(obj).comment(number, text)
-    click.echo(f"commented on !{number}")
+    _emit({"number": number, "body": text}, as_json, f"commented on !{number}")
 
 
 @mr.command("approve")
-@click.argument("number", type=int)
+@click.argument("number", type=MR_NUMBER, shell_complete=OPEN_MERGE_REQUEST)
 @click.option("--as", "user", default=None, help="The approver.")
+@json_option
 @click.pass_obj
-def mr_approve(obj: dict, number: int, user: str | None) -> None:
-    """Approve a merge request on its current head commit."""
-    m = _local_forge(obj).approve(number, _user(user))
-    click.echo(f"approved !{number} at {m.head_sha[:12]} as {_user(user)}")
+def mr_approve(obj: dict, number: int, user: str | None, as_json: bool) -> None:
+    """Approve a merge request on its current head commit.
+
+    Refused (exit 4, nothing recorded) when the approver is its author or not a designated approver of
+    the target branch: the approval gate would not count it at the merge."""
+    from branchops.approvals import check_approval
+
+    forge, approver = _local_forge(obj), _user(user)
+    request = forge.get(number)
+    if request.state == "open":  # approving a merged or closed request is the forge's refusal (exit 5)
+        check_approval(_project(obj), request, approver)
+    m = forge.approve(number, approver)
+    _emit(m.to_dict(), as_json, f"approved !{number} at {m.head_sha[:12]} as {approver}")
 
 
 @mr.command("merge")
-@click.argument("number", type=int)
+@click.argument("number", type=MR_NUMBER, shell_complete=OPEN_MERGE_REQUEST)
 @click.option("--as", "user", default=None, help="Who merges.")
 @click.option("--no-run", is_flag=True, help="Merge only; do not run the target branch's stage.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def mr_merge(obj: dict, number: int, user: str | None, no_run: bool, as_json: bool) -> None:
     """Merge a merge request (a real merge commit) and run the target branch's stage, as CI would."""
@@ -412,19 +518,22 @@ def mr_merge(obj: dict, number: int, user: str | None, no_run: bool, as_json: bo
 
     _local_forge(obj)
     merged, reports = merge_and_run(_project(obj), number, _user(user), run=not no_run)
-    if not as_json:
-        click.echo(f"merged !{number} into {merged.target} as {merged.merge_commit[:12]}")
-    code = _print_reports(reports, as_json) if reports or as_json else 0
-    sys.exit(code)
+    if as_json:
+        emit_json({"merge_request": merged.to_dict(), "runs": [r.to_dict() for r in reports]})
+        codes = [r.exit_code for r in reports if r.exit_code]
+        sys.exit(codes[0] if codes else 0)
+    click.echo(f"merged !{number} into {merged.target} as {merged.merge_commit[:12]}")
+    sys.exit(_print_reports(reports, as_json=False))
 
 
 @mr.command("close")
-@click.argument("number", type=int)
+@click.argument("number", type=MR_NUMBER, shell_complete=OPEN_MERGE_REQUEST)
+@json_option
 @click.pass_obj
-def mr_close(obj: dict, number: int) -> None:
+def mr_close(obj: dict, number: int, as_json: bool) -> None:
     """Close a merge request without merging."""
-    _local_forge(obj).close(number)
-    click.echo(f"closed !{number}")
+    m = _local_forge(obj).close(number)
+    _emit(m.to_dict(), as_json, f"closed !{number}")
 
 
 # -- components ---------------------------------------------------------------------------------------
@@ -439,8 +548,9 @@ def mr_close(obj: dict, number: int) -> None:
     metavar="KEY=VALUE",
     help="Component parameter; VALUE is parsed as JSON when it can be (repeatable).",
 )
+@json_option
 @click.pass_obj
-def component(obj: dict, name: str, params: tuple[str, ...]) -> None:
+def component(obj: dict, name: str, params: tuple[str, ...], as_json: bool) -> None:
     """Run one pipeline component of this repository locally on a folder (no pipeline needed)."""
     from branchops.components_local import run_component
 
@@ -454,15 +564,15 @@ def component(obj: dict, name: str, params: tuple[str, ...]) -> None:
         except json.JSONDecodeError:
             parsed[key] = value
     result = run_component(obj["repo"], name, parsed)
-    click.echo(json.dumps(result, indent=2))
+    emit_json(result)  # the component's outputs read best as JSON, with or without --json
 
 
 # -- lineage, reproduce, rollback ------------------------------------------------------------------------
 
 
 @main.command()
-@click.argument("key", metavar="RUN_OR_MODEL_VERSION")
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("key", metavar="RUN_OR_MODEL_VERSION", shell_complete=_complete_run_ids)
+@json_option
 @click.pass_obj
 def lineage(obj: dict, key: str, as_json: bool) -> None:
     """Print the chain behind a training run or a model version: commit, config, approvals, pipeline,
@@ -475,9 +585,9 @@ def lineage(obj: dict, key: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=_complete_run_ids)
 @click.option("--experiment", default=None, help="Which experiment of the run (default: the best).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def reproduce(obj: dict, run_id: str, experiment: str | None, as_json: bool) -> None:
     """Re-run a training run from its data snapshot and compare the metrics."""
@@ -498,18 +608,28 @@ def reproduce(obj: dict, run_id: str, experiment: str | None, as_json: bool) -> 
 
 
 @main.command()
-@click.option("--to", "to_mr", type=int, default=None, help="Go back to the release of this merged request.")
+@click.option(
+    "--to",
+    "to_mr",
+    type=MR_NUMBER,
+    default=None,
+    shell_complete=ANY_MERGE_REQUEST,
+    help="Go back to the release of this merged request.",
+)
 @click.option("--as", "user", default=None, help="Who prepares the rollback.")
+@json_option
 @click.pass_obj
-def rollback(obj: dict, to_mr: int | None, user: str | None) -> None:
+def rollback(obj: dict, to_mr: int | None, user: str | None, as_json: bool) -> None:
     """Prepare the revert of the latest deployment as a merge request into deploy-model."""
     from branchops.rollback import prepare_rollback
 
     request, created, reason = prepare_rollback(obj["repo"], _user(user), to_mr)
-    click.echo(f"{'opened' if created else 'updated'} !{request.number}: {request.title} ({reason})")
-    click.echo(
+    _emit(
+        {"merge_request": request.to_dict(), "created": created, "reason": reason},
+        as_json,
+        f"{'opened' if created else 'updated'} !{request.number}: {request.title} ({reason})\n"
         f"approve and merge it to roll back: branchops mr approve {request.number} --as APPROVER && "
-        f"branchops mr merge {request.number}"
+        f"branchops mr merge {request.number}",
     )
 
 
@@ -529,8 +649,10 @@ def serve() -> None:
 
 
 @serve.command("start")
-@click.option("--port", type=int, default=None, help="Port (default: serving.local.port).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Port (default: serving.local.port)."
+)
+@json_option
 @click.pass_obj
 def serve_start(obj: dict, port: int | None, as_json: bool) -> None:
     """Start the server (or show the running one) and wait until it answers."""
@@ -543,14 +665,16 @@ def serve_start(obj: dict, port: int | None, as_json: bool) -> None:
 
 
 @serve.command("stop")
+@json_option
 @click.pass_obj
-def serve_stop(obj: dict) -> None:
+def serve_stop(obj: dict, as_json: bool) -> None:
     """Stop the server."""
-    click.echo("stopped" if _serving(obj).stop() else "the server was not running")
+    stopped = _serving(obj).stop()
+    _emit({"stopped": stopped}, as_json, "stopped" if stopped else "the server was not running")
 
 
 @serve.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def serve_status(obj: dict, as_json: bool) -> None:
     """Is the server up, which versions are loaded, which is stable or canary."""
@@ -566,10 +690,15 @@ def serve_status(obj: dict, as_json: bool) -> None:
 @main.command()
 @click.option("--instances", default=None, help='Rows as JSON, e.g. "[[0.01, -0.02, ...]]".')
 @click.option("--sample", is_flag=True, help="Send the sample exported with the live model, and compare.")
-@click.option("--version", type=int, default=None)
+@click.option(
+    "--version", type=click.IntRange(min=1), default=None, help="A model version (default: the live one)."
+)
 @click.option("--label", default=None, help="stable or canary")
+@json_option
 @click.pass_obj
-def predict(obj: dict, instances: str | None, sample: bool, version: int | None, label: str | None) -> None:
+def predict(
+    obj: dict, instances: str | None, sample: bool, version: int | None, label: str | None, as_json: bool
+) -> None:
     """Ask the model server for predictions (TensorFlow Serving REST :predict)."""
     serving = _serving(obj)
     client = serving.client()
@@ -587,6 +716,9 @@ def predict(obj: dict, instances: str | None, sample: bool, version: int | None,
     else:
         raise click.UsageError("give --instances JSON or --sample")
     answer = client.predict(rows, version=version, label=label)
+    if as_json:
+        emit_json({"response": answer, "expected_at_export": expected})
+        return
     click.echo(json.dumps(answer, indent=2))
     if expected is not None:
         click.echo(f"expected at export time: {json.dumps(expected)}")
@@ -609,22 +741,30 @@ def jenkins() -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Say whether the job would be created or updated; change nothing."
 )
+@json_option
 @click.pass_obj
-def jenkins_sync(obj: dict, dry_run: bool) -> None:
+def jenkins_sync(obj: dict, dry_run: bool, as_json: bool) -> None:
     """Create or update the multibranch job (idempotent), after checking the Jenkinsfile against config."""
     from branchops.ci.jenkins import sync_job
 
     config, root = _config_and_root(obj)
     result = sync_job(config, root, dry_run=dry_run)
-    click.echo(
+    _emit(
+        {
+            "job": result.job,
+            "outcome": result.outcome,
+            "folders_created": list(result.folders_created),
+            "url": result.url,
+        },
+        as_json,
         f"{result.job}: {result.outcome}"
         + (f" ({result.url})" if result.url else "")
-        + (f"; folders created: {', '.join(result.folders_created)}" if result.folders_created else "")
+        + (f"; folders created: {', '.join(result.folders_created)}" if result.folders_created else ""),
     )
 
 
 @jenkins.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def jenkins_status(obj: dict, as_json: bool) -> None:
     """The last build of every branch job."""
@@ -645,33 +785,39 @@ def jenkins_status(obj: dict, as_json: bool) -> None:
 
 
 @jenkins.command("trigger")
+@json_option
 @click.pass_obj
-def jenkins_trigger(obj: dict) -> None:
+def jenkins_trigger(obj: dict, as_json: bool) -> None:
     """Scan the repository now (what the webhook does on a push)."""
     from branchops.ci.jenkins.client import make_client
 
     config, _ = _config_and_root(obj)
     make_client(config).trigger_scan()
-    click.echo("repository scan triggered")
+    _emit({"triggered": "scan"}, as_json, "repository scan triggered")
 
 
 @jenkins.command("logs")
 @click.argument("branch")
-@click.option("--build", type=int, default=None, help="Build number (default: the last).")
+@click.option("--build", type=click.IntRange(min=1), default=None, help="Build number (default: the last).")
 @click.option("--no-follow", is_flag=True, help="Print what is there and stop.")
+@json_option
 @click.pass_obj
-def jenkins_logs(obj: dict, branch: str, build: int | None, no_follow: bool) -> None:
-    """Stream a branch build's console log."""
+def jenkins_logs(obj: dict, branch: str, build: int | None, no_follow: bool, as_json: bool) -> None:
+    """Stream a branch build's console log (with --json: the whole log, once the build has ended)."""
     from branchops.ci.jenkins.client import make_client
 
     config, _ = _config_and_root(obj)
-    for chunk in make_client(config).logs(branch, build, follow=not no_follow):
+    chunks = make_client(config).logs(branch, build, follow=not no_follow)
+    if as_json:
+        emit_json({"branch": branch, "build": build, "log": "".join(chunks)})
+        return
+    for chunk in chunks:
         click.echo(chunk, nl=False)
 
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="List every action and check permissions; change nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def bootstrap(obj: dict, dry_run: bool, as_json: bool) -> None:
     """Set up GitHub and Jenkins for this repository: stage branches, protection, webhook, job."""
@@ -688,8 +834,11 @@ def bootstrap(obj: dict, dry_run: bool, as_json: bool) -> None:
 @click.option("--commit", required=True)
 @click.option("--message", required=True)
 @click.option("--build-url", default=None)
+@json_option
 @click.pass_obj
-def notify(obj: dict, event: str, branch: str, commit: str, message: str, build_url: str | None) -> None:
+def notify(
+    obj: dict, event: str, branch: str, commit: str, message: str, build_url: str | None, as_json: bool
+) -> None:
     """Send a notification through the configured channels (the Jenkinsfile's post steps use it when the
     build ended before any stage ran, e.g. a failed checkout or setup)."""
     from branchops.notify import make_notifier
@@ -698,8 +847,12 @@ def notify(obj: dict, event: str, branch: str, commit: str, message: str, build_
     config = _project(obj).config
     stages = config.stages_for_branch(branch)
     text = message + (f" ({build_url})" if build_url else "")
-    make_notifier(config, _project(obj).state_dir, _forge(obj)).notify(
-        Event(event, stages[0] if stages else "-", branch, commit, text)
+    sent = Event(event, stages[0] if stages else "-", branch, commit, text)
+    make_notifier(config, _project(obj).state_dir, _forge(obj)).notify(sent)
+    _emit(
+        {"event": sent.kind, "stage": sent.stage, "branch": branch, "commit": commit, "message": text},
+        as_json,
+        f"notified: {event} on {branch}",
     )
 
 
@@ -725,13 +878,18 @@ def notify(obj: dict, event: str, branch: str, commit: str, message: str, build_
 @click.option(
     "--template", default=None, help="The project to play the workflow with (default: the reference project)."
 )
-def demo(workdir: str, data_dir: str | None, synthetic: bool, template: str) -> None:
+@json_option
+def demo(workdir: str, data_dir: str | None, synthetic: bool, template: str, as_json: bool) -> None:
     """Play the whole workflow end to end on this machine: merge requests, approvals, the four stages,
     a served model and a prediction."""
+    from dataclasses import asdict
+
     from branchops.demo import run_demo, timeline
 
-    result = run_demo(workdir, data_dir, synthetic, echo=click.echo, template=template)
-    click.echo(timeline(result))
+    # with --json the story is progress (stderr) and the result is the document (stdout)
+    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    result = run_demo(workdir, data_dir, synthetic, echo=echo, template=template)
+    _emit(asdict(result), as_json, timeline(result))
 
 
 if __name__ == "__main__":  # pragma: no cover

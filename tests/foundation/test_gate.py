@@ -19,6 +19,16 @@ def refused_and_untouched(project, stage_calls, result, before_refs):
     assert project.files("build-components") == []
 
 
+def approved_on_the_forge(project, number, user):
+    """An approval that ``branchops mr approve`` refuses (exit 4), recorded as a forge records any (on GitHub
+    anyone with write access can approve): the gate must not count it either."""
+    from branchops import gitops
+    from branchops.forge.local import LocalForge
+
+    project.run("mr", "approve", str(number), "--as", user, expect=4)
+    LocalForge(gitops.open_repo(project.path)).approve(number, user)
+
+
 def merge_no_run(project, number, user="ds1"):
     project.run("mr", "merge", str(number), "--as", user, "--no-run")
 
@@ -65,7 +75,7 @@ def test_unapproved_merge_is_refused(project, stage_calls):
 def test_self_approval_does_not_count(project, stage_calls):
     project.commit("ds1", "src/model.py", "VERSION = 2\n", user="lead")
     number = project.open_mr("build-components", author="lead")
-    project.run("mr", "approve", str(number), "--as", "lead")
+    approved_on_the_forge(project, number, "lead")
     merge_no_run(project, number, "lead")
     before = project.refs()
     result = project.run("run", "build-components", expect=None)
@@ -88,7 +98,7 @@ def test_approval_before_the_last_push_does_not_count(project, stage_calls):
 def test_approval_by_someone_not_designated_does_not_count(project, stage_calls):
     project.commit("ds1", "src/model.py", "VERSION = 2\n")
     number = project.open_mr("build-components")
-    project.run("mr", "approve", str(number), "--as", "head-of-ds")  # designated for training, not here
+    approved_on_the_forge(project, number, "head-of-ds")  # designated for training, not here
     merge_no_run(project, number)
     before = project.refs()
     result = project.run("run", "build-components", expect=None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import git
+from tests.foundation.test_gate import approved_on_the_forge
 
 
 def approved_merge(
@@ -76,7 +77,7 @@ def test_a_merge_request_cannot_name_its_own_approvers(project, stage_calls):
     )
     project.commit("ds1", "config/branchops.yaml", config)
     number = project.open_mr("build-components")
-    project.run("mr", "approve", str(number), "--as", "mallory")
+    approved_on_the_forge(project, number, "mallory")
     result = project.run("mr", "merge", str(number), "--as", "mallory", expect=4)
     assert "mallory is not a designated approver" in result.output
     assert stage_calls() == []
