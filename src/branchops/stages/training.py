@@ -494,7 +494,10 @@ def report_markdown(
         lines += validation_lines(best, names)
         plots = sorted(path for path in ctx.artifacts if path.startswith(f"{best.experiment}/{PLOTS_DIR}/"))
         if plots:
-            lines += ["", "### Plots", ""] + [f"![{Path(p).name}]({ctx.record_dir}/{p})" for p in plots]
+            # on the stage branch, where this run's record commit puts them (the merge request into
+            # deploy-model is on another branch: a relative link would not resolve there)
+            links = [ctx.forge.file_link(ctx.branch, f"{ctx.record_dir}/{p}") for p in plots]
+            lines += ["", "### Plots", ""] + [f"![{Path(p).name}]({link})" for p, link in zip(plots, links)]
     lines += ["", "## KPI gate", ""]
     kpis = cfg.training.kpis
     lines.append(
