@@ -61,3 +61,16 @@ def test_release_pull_request_links_its_plots_absolutely(fake_github: FakeGitHub
         ("calibration.png", f"{at}/calibration.png?raw=true"),
         ("roc curve.png", f"{at}/roc%20curve.png?raw=true"),
     ]
+
+
+def test_the_setup_guide_describes_the_release_pull_request_the_code_opens() -> None:
+    from branchops.config import parse_config
+
+    guide = (REPO_ROOT / "docs" / "setup.md").read_text(encoding="utf-8")
+    model = parse_config(
+        (REPO_ROOT / "config" / "branchops.yaml").read_text(encoding="utf-8")
+    ).serving.model_name
+    assert f"`{RELEASE_BRANCH_PREFIX}{model}` → `deploy-model`" in guide
+    assert f"`{RELEASE_BRANCH_PREFIX}<serving.model_name>`" in guide
+    # no pull request from the training branch itself: the code never opens one
+    assert not re.search(r"training\s*(→|->)\s*deploy-model", guide)
