@@ -25,6 +25,7 @@ from branchops import gitops, preflight
 from branchops.errors import BadArgument, BranchopsError, StageFailed
 from branchops.forge.local import LocalForge
 from branchops.merging import merge_and_run
+from branchops.progress import heartbeat
 from branchops.runner import RunReport
 from branchops.scaffold import Template, data_section, init_project, load_template, project_config
 
@@ -133,8 +134,14 @@ class Demo:
             f"  !{mr.number} {source} -> {target}: {title}"
             + (f" — approved by {approver}" if approver else " — NOT approved")
         )
-        _, reports = merge_and_run(self.workdir, mr.number, merger)
-        return mr.number, reports
+        return mr.number, self.merge_and_wait(target, mr.number, merger)
+
+    def merge_and_wait(self, target: str, number: int, merger: str) -> list[RunReport]:
+        """Merge and run the stage, saying it is still running (with its elapsed time) while it does: a
+        stage is minutes of work between two lines of the story."""
+        with heartbeat(target, logger=log):
+            _, reports = merge_and_run(self.workdir, number, merger)
+        return reports
 
     def record(self, what: str, reports: list[RunReport], expected: str = "succeeded") -> RunReport:
         report = reports[0]
@@ -270,7 +277,7 @@ class Demo:
         echo(f"7. deploy-model: the head of data science reads !{deploy_mr} and merges it")
         forge = LocalForge(gitops.open_repo(self.workdir))
         forge.approve(deploy_mr, HEAD_OF_DS)
-        _, reports = merge_and_run(self.workdir, deploy_mr, HEAD_OF_DS)
+        reports = self.merge_and_wait("deploy-model", deploy_mr, HEAD_OF_DS)
         self.record("deploy-model", reports)
         self.result.served_version = (best.get("model") or {}).get("version")
 

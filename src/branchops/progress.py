@@ -170,6 +170,21 @@ def _console_handlers(stream: IO[str]) -> list[logging.Handler]:
     return handlers
 
 
+# Whoever writes to the terminal while a status line may be on it (a heartbeat's redraw, a log line, a
+# child's output passed through) holds this lock, so a line is never written into the middle of another.
+_terminal_lock = threading.Lock()
+
+# The heartbeats open now, outermost first. Only the innermost speaks: the demo's "training" wait holds
+# the stage's "component tests", and one status line (or one periodic line) is enough.
+_open: list[Progress] = []
+_open_lock = threading.Lock()
+
+
+def _innermost(progress: Progress) -> bool:
+    with _open_lock:
+        return bool(_open) and _open[-1] is progress
+
+
 @contextmanager
 def heartbeat(
     what: str,
@@ -183,8 +198,9 @@ def heartbeat(
 
     On a terminal: a status line redrawn every second and wiped at the end (none at ``-q``). Elsewhere: a
     line ``<what> … still running (<elapsed>)`` logged every ``interval_s`` seconds with ``logger``, which
-    should be one the console shows at the default verbosity (a stage's, the demo's). Callers log their
-    own start and result lines; the heartbeat only fills the silence between them.
+    should be one the console shows at the default verbosity (a stage's, the demo's). A heartbeat inside
+    another one stands in for it until it ends. Callers log their own start and result lines; the
+    heartbeat only fills the silence between them.
     """
     logger = logger or log
     stream = stream if stream is not None else sys.stderr
@@ -194,7 +210,7 @@ def heartbeat(
         yield progress
         return
     stop = threading.Event()
-    lock = threading.Lock()
+    lock = _terminal_lock
     clearing = _ClearStatusLine(stream, lock)
     handlers = _console_handlers(stream) if terminal else []
 
@@ -203,16 +219,20 @@ def heartbeat(
         tick = 0
         while not stop.wait(REDRAW_S):
             tick += 1
-            with lock:
-                stream.write("\r\x1b[K" + progress.status(tick, colour))
-                stream.flush()
+            if _innermost(progress):
+                with lock:
+                    stream.write("\r\x1b[K" + progress.status(tick, colour))
+                    stream.flush()
 
     def beat() -> None:
         while not stop.wait(interval_s or HEARTBEAT_S):
-            logger.info("%s", progress.line())
+            if _innermost(progress):
+                logger.info("%s", progress.line())
 
     for handler in handlers:
         handler.addFilter(clearing)
+    with _open_lock:
+        _open.append(progress)
     thread = threading.Thread(target=draw if terminal else beat, name=f"heartbeat: {what}", daemon=True)
     thread.start()
     try:
@@ -220,12 +240,25 @@ def heartbeat(
     finally:
         stop.set()
         thread.join()
+        with _open_lock:
+            _open.remove(progress)
         for handler in handlers:
             handler.removeFilter(clearing)
         if terminal:
             with lock:
                 stream.write("\r\x1b[K")
                 stream.flush()
+
+
+def print_line(text: str, stream: IO[str] | None = None) -> None:
+    """Write a line of someone else's output (a child process's stderr) to the console, wiping the status
+    line first so the two never share a line."""
+    stream = stream if stream is not None else sys.stderr
+    with _terminal_lock:
+        if is_terminal(stream):
+            stream.write("\r\x1b[K")
+        stream.write(text if text.endswith("\n") else text + "\n")
+        stream.flush()
 
 
 # -- streaming a command -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import time
 import types
 from pathlib import Path
 
+import git
 import pytest
 
 from branchops import progress
@@ -62,6 +63,23 @@ def test_in_a_log_the_heartbeat_is_a_plain_line_with_elapsed_time_and_counts(mon
     count = len(lines)
     time.sleep(0.3)
     assert len([r for r in caplog.records if r.name == logger.name]) == count  # stopped with the block
+
+
+def test_an_inner_heartbeat_stands_in_for_the_outer_one_until_it_ends(monkeypatch, caplog):
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.1)
+    logger = logging.getLogger("branchops.demo")
+    with caplog.at_level(logging.INFO), heartbeat("build-components", logger=logger, stream=io.StringIO()):
+        with heartbeat("component tests", logger=logger, stream=io.StringIO()):
+            time.sleep(0.45)
+        inner_done = len(caplog.records)
+        time.sleep(0.35)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:inner_done] and all(
+        x.startswith("component tests … still running") for x in lines[:inner_done]
+    )
+    assert lines[inner_done:] and all(
+        x.startswith("build-components … still running") for x in lines[inner_done:]
+    )
 
 
 def test_under_ci_a_terminal_still_gets_plain_lines(monkeypatch, caplog):
@@ -132,6 +150,26 @@ def test_quiet_shows_no_status_line(on_a_terminal):
     assert on_a_terminal.getvalue() == ""
 
 
+def test_the_demo_says_a_stage_is_still_running_while_it_waits_for_it(monkeypatch, caplog, tmp_path):
+    from branchops import demo
+
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.1)
+    merged = []
+
+    def slow_merge_and_run(workdir, number, merger):
+        time.sleep(0.45)
+        merged.append((number, merger))
+        return None, ["report"]
+
+    monkeypatch.setattr(demo, "merge_and_run", slow_merge_and_run)
+    story = demo.Demo(tmp_path, demo.load_template(None), echo=lambda line: None)
+    with caplog.at_level(logging.INFO):
+        assert story.merge_and_wait("training", 3, "lead") == ["report"]
+    assert merged == [(3, "lead")]
+    lines = [r.getMessage() for r in caplog.records if r.name == "branchops.demo"]
+    assert len(lines) >= 2 and all(x.startswith("training … still running (") for x in lines), lines
+
+
 # -- streamed commands ---------------------------------------------------------------------------------
 
 
@@ -189,6 +227,42 @@ def test_a_streamed_command_past_its_timeout_is_killed_with_its_children(tmp_pat
         done = run_streaming(["sh", "-c", "sleep 60 & wait"], log, timeout_s=0.5)
     assert done.timed_out and done.returncode is None
     assert time.monotonic() - started < 20
+
+
+def test_a_local_component_run_passes_its_log_through_as_it_runs_under_a_heartbeat(
+    tmp_path, monkeypatch, caplog, capfd
+):
+    from branchops.components_local import run_component
+
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.1)
+    repo, release = tmp_path / "repo", tmp_path / "release"
+    (repo / "components" / "slow").mkdir(parents=True)
+    (repo / "components" / "__init__.py").write_text("")
+    (repo / "components" / "slow" / "__init__.py").write_text("")
+    (repo / "components" / "__main__.py").write_text(
+        "import json, pathlib, sys, time\n"
+        "print('slow: reading the data', file=sys.stderr)\n"
+        f"while not pathlib.Path({str(release)!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+        "print(json.dumps({'rows': 3}))\n"
+    )
+    git.Repo.init(repo)
+    result: dict = {}
+    with caplog.at_level(logging.INFO):
+        worker = threading.Thread(target=lambda: result.update(out=run_component(repo, "slow", {})))
+        worker.start()
+        deadline, err = time.monotonic() + 20, ""
+        while time.monotonic() < deadline:
+            err += capfd.readouterr().err
+            if "component slow … still running" in caplog.text and "slow: reading the data" in err:
+                break
+            time.sleep(0.05)
+        heartbeat_while_running = "component slow … still running" in caplog.text and worker.is_alive()
+        passed_through = "slow: reading the data\n" in err
+        release.touch()
+        worker.join(30)
+    assert heartbeat_while_running and passed_through
+    assert result["out"] == {"rows": 3}
 
 
 # -- the Kaggle download ---------------------------------------------------------------------------------
