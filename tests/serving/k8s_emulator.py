@@ -32,6 +32,23 @@ client calls for the TF Serving rollout, following the API's documented semantic
   installs; with none, or to a pod not Ready yet (TF Serving opens its REST port after its initial
   load), 503 as when nothing listens.
 
+* TF Serving in the pods (``TfServingReplica``), as tensorflow_serving/model_servers/server_core.cc and
+  server.cc behave: at start and on every ``--model_config_file_poll_wait_seconds`` it reads
+  ``models.config`` as the kubelet has synced it into the pod (ConfigMap volumes change only after
+  ``kubelet_sync_s``), and ReloadConfig applies the version labels *before* it loads anything: a label
+  naming a version that is not AVAILABLE refuses the whole config ("Request to assign label to version
+  N of model M, which is not currently available for inference") unless
+  ``--allow_version_labels_for_unavailable_models`` is set and the label is new or unchanged. At start
+  nothing is loaded yet, so a labelled config without the flag makes the container exit: the pod
+  crash-loops (CrashLoopBackOff, restartCount) and never becomes Ready. A refused config at a later poll
+  is logged and the replica keeps serving what it had. Model status and labels are answered through the
+  proxy from that state (``/v1/models/NAME[/versions/N|/labels/L]``) when the test's handler answers
+  ``None``; ``fails_readiness`` keeps chosen pods un-Ready;
+* deletion as the garbage collector does it: ``Foreground`` keeps the owner (deletionTimestamp,
+  finalizer ``foregroundDeletion``) until its pods are gone; ``Background`` removes the owner at once
+  and its pods terminate afterwards (``pod_termination_ticks``); a create while an object of that name
+  is still terminating is ``409 AlreadyExists``.
+
 Not the real thing: no admission webhooks, no ReplicaSet objects, no watch, no field managers.
 """
 
@@ -40,6 +57,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +98,10 @@ WITH_GENERATION = {
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+
+
+LABELS_FOR_UNAVAILABLE_FLAG = "--allow_version_labels_for_unavailable_models"
+POLL_FLAG = "--model_config_file_poll_wait_seconds="
 
 
 def api_version(resource: str) -> str:
@@ -150,9 +173,84 @@ def strategic_merge(original: Any, patch: Any, path: tuple[str, ...] = ()) -> An
     return out
 
 
+# -- TF Serving in a pod --------------------------------------------------------------------------------
+
+
+def parse_models_config(text: str) -> tuple[str, list[int], dict[str, int]]:
+    """(model name, versions of the ``specific`` policy, version labels) of a one-model ModelServerConfig."""
+    name = re.search(r'name:\s*"([^"]*)"', text)
+    versions = [int(v) for v in re.findall(r"versions:\s*(\d+)", text)]
+    labels = {
+        key: int(value)
+        for key, value in re.findall(r'version_labels\s*\{\s*key:\s*"([^"]*)"\s*value:\s*(\d+)\s*\}', text)
+    }
+    return (name[1] if name else ""), versions, labels
+
+
+@dataclass
+class TfServingReplica:
+    """What one TF Serving container made of its model config file (server_core.cc: ReloadConfig runs
+    UpdateModelVersionLabelMap, then adds/removes models)."""
+
+    allow_labels_for_unavailable: bool
+    poll_s: float
+    started: float
+    model: str = ""
+    available: set[int] = field(default_factory=set)
+    labels: dict[str, int] = field(default_factory=dict)
+    read_text: str | None = None  # the config text last read
+    error: str = ""
+    crashed: bool = False
+    restarts: int = 0
+    polls: int = 0
+
+    def reload(self, text: str, first: bool) -> bool:
+        """ReloadConfig(``text``); False (and ``error``) if TF Serving refuses it."""
+        self.read_text = text
+        model, versions, labels = parse_models_config(text)
+        available = set() if first else self.available
+        for label, version in labels.items():
+            # The flag lets a label name an unavailable version only if the label is new or unchanged.
+            allowed = self.allow_labels_for_unavailable and self.labels.get(label, version) == version
+            if version not in available and not allowed:
+                self.error = (
+                    f"Request to assign label to version {version} of model {model}, "
+                    "which is not currently available for inference"
+                )
+                return False
+        self.model, self.labels, self.available, self.error = model, labels, set(versions), ""
+        return True
+
+    def status(self, path: str) -> tuple[int, Any] | None:
+        """TF Serving's answer to a model status GET, or None for any other path."""
+        match = re.fullmatch(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?", path)
+        if not match:
+            return None
+        if match[1] != self.model:
+            return 404, {"error": f"Servable not found for request: Latest({match[1]})"}
+        if match[3] is not None:
+            if match[3] not in self.labels:
+                return 404, {"error": f"Unrecognized servable version label: {match[3]}"}
+            versions = [self.labels[match[3]]]
+        elif match[2] is not None:
+            versions = [int(match[2])]
+        else:
+            versions = sorted(self.available, reverse=True)
+        found = [v for v in versions if v in self.available]
+        if not found:
+            return 404, {
+                "error": f"Could not find version {versions[0] if versions else ''} of model {match[1]}"
+            }
+        ok = {"error_code": "OK", "error_message": ""}
+        return 200, {
+            "model_version_status": [{"version": str(v), "state": "AVAILABLE", "status": ok} for v in found]
+        }
+
+
 # -- the emulator ---------------------------------------------------------------------------------------
 
-ProxyHandler = Callable[[dict[str, Any], str, str, bytes], tuple[int, Any]]
+# (pod, method, path, body) -> (status, JSON body), or None to leave the answer to the emulated TF Serving
+ProxyHandler = Callable[[dict[str, Any], str, str, bytes], tuple[int, Any] | None]
 
 
 @dataclass
@@ -166,6 +264,16 @@ class ServingKubeEmulator(KubeEmulator):
     content_types: list[tuple[str, str, str]] = field(default_factory=list)  # (verb, resource, Content-Type)
     authorizations: list[str] = field(default_factory=list)  # the Authorization header of each request
     proxied: list[tuple[str, str, str]] = field(default_factory=list)  # (pod, method, path)
+    queries: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # (verb, resource, args)
+    kubelet_sync_s: float = (
+        0.0  # before a ConfigMap change shows in the pods' volumes (about a minute for real)
+    )
+    config_poll_s: float | None = 0.0  # TF Serving's config poll; None: each pod's own flag
+    fails_readiness: Callable[[dict[str, Any]], bool] | None = None  # pods whose probe fails
+    pod_termination_ticks: int = 2  # reads a deleted pod takes to terminate (its grace period)
+    replicas: dict[str, TfServingReplica] = field(default_factory=dict)  # pod uid -> its TF Serving
+    config_history: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)
+    terminating: dict[str, int] = field(default_factory=dict)  # pod uid -> reads until it is gone
 
     url_map = Map(
         [
@@ -189,6 +297,10 @@ class ServingKubeEmulator(KubeEmulator):
             for p in self.of("pods", namespace).values()
             if self.owners.get(p["metadata"]["uid"]) == (resource, namespace, name)
         ]
+
+    def replica(self, namespace: str, pod_name: str) -> TfServingReplica | None:
+        pod = self.objects.get(("pods", namespace, pod_name))
+        return self.replicas.get(pod["metadata"]["uid"]) if pod else None
 
     def settle(self, ticks: int = 10) -> None:
         """Let the controllers run as many steps as that many reads would."""
@@ -243,6 +355,7 @@ class ServingKubeEmulator(KubeEmulator):
         if not verb:
             return self._status(405, "MethodNotAllowed", f"{request.method} is not supported here")
         self.requests.append((verb, group, fault_resource))
+        self.queries.append((verb, fault_resource, dict(request.args)))
         self.content_types.append((verb, fault_resource, request.headers.get("Content-Type", "")))
         for fault in self.faults:
             if fault.method == request.method and fault.resource == fault_resource and fault.times > 0:
@@ -300,12 +413,18 @@ class ServingKubeEmulator(KubeEmulator):
         meta = body.setdefault("metadata", {})
         # The review refused an object with neither a name nor a generateName.
         name = meta["name"] = meta.get("name") or meta["generateName"] + uuid.uuid4().hex[:5]
-        if (resource, ns, name) in self.objects:
+        existing = self.objects.get((resource, ns, name))
+        if existing is not None:
+            group = RESOURCES[resource][0]
+            message = f'{resource} "{name}" already exists'
+            if existing["metadata"].get("deletionTimestamp"):
+                qualified = f"{resource}.{group}" if group else resource
+                message = f'object is being deleted: {qualified} "{name}" already exists'
             return self._status(
                 409,
                 "AlreadyExists",
-                f'{resource} "{name}" already exists',
-                {"name": name, "group": RESOURCES[resource][0], "kind": resource},
+                message,
+                {"name": name, "group": group, "kind": resource},
             )
         meta.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=_now())
         meta.pop("resourceVersion", None)
@@ -474,18 +593,36 @@ class ServingKubeEmulator(KubeEmulator):
         return self._json(new)
 
     def _verb_delete(self, request: Request, ns: str, resource: str, name: str) -> Response:
-        obj = self.objects.pop((resource, ns, name), None)
+        obj = self.objects.get((resource, ns, name))
         if obj is None:
             return self._not_found(resource, name)
         policy = request.args.get("propagationPolicy") or (self._body(request) or {}).get("propagationPolicy")
         # batch/v1 Jobs orphan their pods unless asked otherwise (kept for backwards compatibility).
-        default = "Orphan" if resource == "jobs" else "Background"
-        if (policy or default) != "Orphan":
-            for pod in self.pods_of(resource, ns, name):
-                self._drop_pod(pod)
-        else:
-            for pod in self.pods_of(resource, ns, name):
+        policy = policy or ("Orphan" if resource == "jobs" else "Background")
+        if policy not in ("Orphan", "Background", "Foreground"):
+            return self._status(
+                400,
+                "BadRequest",
+                f'propagationPolicy "{policy}" is not one of Orphan, Background, Foreground',
+            )
+        dependents = self.pods_of(resource, ns, name)
+        if policy == "Orphan":
+            for pod in dependents:
                 self.owners.pop(pod["metadata"]["uid"], None)
+        else:
+            for pod in dependents:
+                self._terminate_pod(pod)
+                if policy == "Background":  # collected already: no longer anyone's, still running a while
+                    self.owners.pop(pod["metadata"]["uid"], None)
+        if policy == "Foreground" and dependents:
+            # The owner stays, terminating, until the garbage collector has removed its dependents.
+            meta = obj["metadata"]
+            meta.setdefault("deletionTimestamp", _now())
+            meta["deletionGracePeriodSeconds"] = 0
+            meta["finalizers"] = sorted({*meta.get("finalizers", []), "foregroundDeletion"})
+            self._bump(obj)
+            return self._json(obj)
+        self.objects.pop((resource, ns, name))
         self.resource_version += 1
         group = RESOURCES[resource][0]
         return self._json(
@@ -551,21 +688,40 @@ class ServingKubeEmulator(KubeEmulator):
         self.proxied.append((pod["metadata"]["name"], request.method, path))
         # TF Serving opens its REST port only once its initial models are loaded, i.e. about when the
         # readiness probe passes: before, the API server cannot connect.
-        if self.proxy_handler is None or not _is_ready(pod):
+        answer = None
+        if _is_ready(pod):
+            if self.proxy_handler is not None:
+                answer = self.proxy_handler(pod, request.method, path, request.get_data())
+            replica = self.replicas.get(pod["metadata"]["uid"])
+            if answer is None and replica is not None and request.method == "GET":
+                answer = replica.status(path)
+        if answer is None:
             return self._status(
                 503,
                 "ServiceUnavailable",
                 f"error trying to reach service: dial tcp "
                 f"{pod['status'].get('podIP', '<none>')}:8501: connect: connection refused",
             )
-        status, payload = self.proxy_handler(pod, request.method, path, request.get_data())
+        status, payload = answer
         return self._json(payload, status)
 
     # -- controllers ---------------------------------------------------------------------------------
     def _tick(self) -> None:
         for pod in [o for (r, _, _), o in list(self.objects.items()) if r == "pods"]:
+            uid = pod["metadata"]["uid"]
+            if uid in self.terminating:
+                self.terminating[uid] -= 1
+                if self.terminating[uid] <= 0:
+                    self._drop_pod(pod)
+                continue
             self._age(pod)
         for (resource, ns, name), obj in list(self.objects.items()):
+            meta = obj["metadata"]
+            if "foregroundDeletion" in meta.get("finalizers", []):
+                if not self.pods_of(resource, ns, name):  # the dependents are gone: so is the owner
+                    self.objects.pop((resource, ns, name))
+                    self.resource_version += 1
+                continue
             if resource == "deployments":
                 self._reconcile_deployment(ns, name, obj)
             elif resource == "jobs":
@@ -577,6 +733,98 @@ class ServingKubeEmulator(KubeEmulator):
                     "capacity": dict(obj["spec"]["resources"]["requests"]),
                 }
                 self._bump(obj)
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        super()._bump(obj)
+        if obj.get("kind") == "ConfigMap":  # what the kubelet will sync into the pods that mount it
+            meta = obj["metadata"]
+            history = self.config_history.setdefault((meta["namespace"], meta["name"]), [])
+            text = (obj.get("data") or {}).get("models.config", "")
+            if not history or history[-1][1] != text:
+                history.append((time.monotonic(), text))
+
+    def _mounted_config(self, pod: dict[str, Any], started: float) -> str | None:
+        """models.config as the kubelet has put it into this pod's volume: the ConfigMap as it was when
+        the pod started, or a later version once ``kubelet_sync_s`` has passed since it changed."""
+        name = next(
+            (v["configMap"]["name"] for v in pod["spec"].get("volumes", []) if "configMap" in v), None
+        )
+        history = self.config_history.get((pod["metadata"]["namespace"], name or ""), [])
+        now = time.monotonic()
+        synced = [
+            text for changed, text in history if changed <= started or changed + self.kubelet_sync_s <= now
+        ]
+        return synced[-1] if synced else None
+
+    def _start_tf_serving(self, pod: dict[str, Any]) -> None:
+        container = pod["spec"]["containers"][0]
+        args = container.get("args") or []
+        if not any(a.startswith("--model_config_file=") for a in args):
+            return
+        flag = any(a in (LABELS_FOR_UNAVAILABLE_FLAG, f"{LABELS_FOR_UNAVAILABLE_FLAG}=true") for a in args)
+        own_poll = next((float(a[len(POLL_FLAG) :]) for a in args if a.startswith(POLL_FLAG)), 0.0)
+        poll_s = own_poll if self.config_poll_s is None else self.config_poll_s
+        replica = TfServingReplica(flag, poll_s, time.monotonic())
+        self.replicas[pod["metadata"]["uid"]] = replica
+        self._start_container(pod, replica)
+
+    def _start_container(self, pod: dict[str, Any], replica: TfServingReplica) -> None:
+        """TF Serving's start: ServerCore::Create reads the config file and reloads it with nothing
+        loaded; a refusal ends the process (the kubelet restarts it, with back-off)."""
+        text = self._mounted_config(pod, replica.started)
+        replica.available, replica.labels = set(), {}
+        if text is None:
+            replica.crashed, replica.error = True, "Failed to read ModelServerConfig file"
+        else:
+            replica.crashed = not replica.reload(text, first=True)
+        container = pod["spec"]["containers"][0]
+        status = {
+            "name": container["name"],
+            "image": container.get("image", ""),
+            "imageID": "",
+            "ready": False,
+            "restartCount": replica.restarts,
+            "started": not replica.crashed,
+            "state": {"running": {"startedAt": _now()}},
+        }
+        if replica.crashed:
+            status["state"] = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off restarting failed container {container['name']}",
+                }
+            }
+            status["lastState"] = {
+                "terminated": {"exitCode": 1, "reason": "Error", "message": replica.error[:300]}
+            }
+        pod["status"]["containerStatuses"] = [status]
+
+    def _run_tf_serving(self, pod: dict[str, Any]) -> bool:
+        """One step of the pod's TF Serving: a crashed container restarts, a running one polls its
+        config file when its interval has passed. True if the pod's status changed."""
+        replica = self.replicas.get(pod["metadata"]["uid"])
+        if replica is None:
+            return False
+        if replica.crashed:
+            replica.restarts += 1
+            self._start_container(pod, replica)
+            return True
+        if replica.poll_s <= 0:  # TF Serving reads the file once when the interval is 0
+            return False
+        due = int((time.monotonic() - replica.started) // replica.poll_s)
+        if due > replica.polls:
+            replica.polls = due
+            text = self._mounted_config(pod, replica.started)
+            if text is not None and text != replica.read_text:
+                replica.reload(text, first=False)  # a refused config is logged; the replica keeps its state
+        return False
+
+    def _serves(self, pod: dict[str, Any]) -> bool:
+        """Whether the readiness probe passes: TF Serving up with a model, and the test does not say no."""
+        replica = self.replicas.get(pod["metadata"]["uid"])
+        if replica is not None and (replica.crashed or not replica.available):
+            return False
+        return not (self.fails_readiness and self.fails_readiness(pod))
 
     def _age(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
@@ -595,8 +843,17 @@ class ServingKubeEmulator(KubeEmulator):
                 startTime=_now(),
                 conditions=_conditions(ready=False),
             )
-        elif owner[0] == "deployments" and age > self.ready_after_ticks and not _is_ready(pod):
-            status["conditions"] = _conditions(ready=True)
+            self._start_tf_serving(pod)
+        elif owner[0] == "deployments":
+            changed = self._run_tf_serving(pod)
+            ready = age > self.ready_after_ticks and self._serves(pod)
+            if ready != _is_ready(pod):
+                status["conditions"] = _conditions(ready=ready)
+                for container in status.get("containerStatuses", []):
+                    container["ready"] = ready
+                changed = True
+            if not changed:
+                return
         else:
             return
         self._bump(pod)
@@ -635,6 +892,17 @@ class ServingKubeEmulator(KubeEmulator):
     def _drop_pod(self, pod: dict[str, Any]) -> None:
         self.objects.pop(("pods", pod["metadata"]["namespace"], pod["metadata"]["name"]), None)
         self.owners.pop(pod["metadata"]["uid"], None)
+        self.replicas.pop(pod["metadata"]["uid"], None)
+        self.terminating.pop(pod["metadata"]["uid"], None)
+
+    def _terminate_pod(self, pod: dict[str, Any]) -> None:
+        """A graceful delete: the pod keeps running (a copy keeps copying) until its grace period ends."""
+        if pod["metadata"]["uid"] in self.terminating:
+            return
+        pod["metadata"]["deletionTimestamp"] = _now()
+        pod["metadata"]["deletionGracePeriodSeconds"] = 30
+        self.terminating[pod["metadata"]["uid"]] = self.pod_termination_ticks
+        self._bump(pod)
 
     def _reconcile_deployment(self, ns: str, name: str, deployment: dict[str, Any]) -> None:
         spec = deployment["spec"]
@@ -693,7 +961,7 @@ class ServingKubeEmulator(KubeEmulator):
         status = job["status"]
         if any(c["status"] == "True" for c in status.get("conditions", [])):
             return
-        pods = self.pods_of("jobs", ns, name)
+        pods = [p for p in self.pods_of("jobs", ns, name) if not p["metadata"].get("deletionTimestamp")]
         succeeded = [p for p in pods if p["status"]["phase"] == "Succeeded"]
         failed = [p for p in pods if p["status"]["phase"] == "Failed"]
         active = [p for p in pods if p not in succeeded and p not in failed]

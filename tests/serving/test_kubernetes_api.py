@@ -10,6 +10,7 @@ API server proxy). Every object it receives is judged by the API server's own ru
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -73,6 +74,12 @@ def objects() -> ObjectBuilder:
 
 def state(versions: list[int], stable: int | None) -> dict:
     return {"versions": versions, "stable": stable, "canary": None, "canary_weight": 0}
+
+
+def model_configs(api: KubeApi, objects: ObjectBuilder) -> None:
+    """The ConfigMaps TF Serving's pods mount (version 1 labelled stable): without them no pod starts."""
+    api.apply(objects.config_map([1], {"stable": 1}, state=state([1], 1)))
+    api.apply(objects.config_map([1], {"stable": 1}, track="canary"))
 
 
 def test_apply_creates_every_kind_then_patches_it_with_the_patch_type_the_client_sends(api, kube, objects):
@@ -139,6 +146,7 @@ def test_a_patch_changes_what_changed_and_keeps_what_the_server_set(api, kube, o
 
 def test_a_changed_deployment_template_rolls_its_pods(api, kube, objects):
     em = kube.emulator
+    model_configs(api, objects)
     deployment = objects.deployment(replicas=2)
     api.apply(deployment)
     em.settle()
@@ -173,20 +181,91 @@ def test_the_stable_replicas_stay_the_autoscalers_while_the_canary_is_scaled(api
 
 def test_delete_cascades_to_pods_and_ignores_what_is_gone(api, kube, objects):
     em = kube.emulator
+    model_configs(api, objects)
     api.apply(objects.copy_job("djia-models", "djia/3", 3))
     api.apply(objects.deployment("canary", replicas=1))
     api.apply(objects.virtual_service(0))
     em.settle(1)
     assert em.pods_of("jobs", NS, "tfserve-copy-v3") and em.pods_of("deployments", NS, "tfserve-canary")
 
-    api.delete("Job", "tfserve-copy-v3", NS)
+    api.delete("Job", "tfserve-copy-v3", NS)  # returns once the Job and its pod are gone
+    assert not [p for p in em.of("pods", NS).values() if p["metadata"]["labels"].get("job-name")]
     api.delete("Deployment", "tfserve-canary", NS)
     api.delete("VirtualService", "tfserve", NS)
-    assert [p for p in em.of("pods", NS).values()] == []  # a rerun's log is not the old pod's
+    em.settle(em.pod_termination_ticks)  # the canary's pod ends its grace period
+    assert [p for p in em.of("pods", NS).values()] == []
     assert em.of("jobs", NS) == {} and em.of("virtualservices", NS) == {}
     api.delete("Job", "tfserve-copy-v3", NS)  # 404: already gone, quietly
     api.delete("ConfigMap", "absent", NS)
     assert em.count("delete", "jobs") == 2
+
+
+def test_a_job_is_deleted_in_the_foreground_and_waited_for_before_its_name_is_reused(api, kube, objects):
+    """A rerun re-creates the copy Job under the same name. Deleted in the background, the old Job's pod
+    keeps copying into the serving volume while the new one starts; and while the old Job terminates a
+    create is refused (409) and the patch that follows would change its immutable template (422)."""
+    em = kube.emulator
+    api.poll_s = 0.01
+    job = objects.copy_job("djia-models", "djia/3", 3)
+    api.apply(job)
+    em.settle(1)
+    (old_pod,) = em.pods_of("jobs", NS, "tfserve-copy-v3")
+
+    api.delete("Job", "tfserve-copy-v3", NS)
+    deletes = [q for q in em.queries if q[0] == "delete" and q[1] == "jobs"]
+    assert deletes[-1][2].get("propagationPolicy") == "Foreground"
+    assert em.get("pods", NS, old_pod["metadata"]["name"]) is None  # no copy left running
+    assert em.get("jobs", NS, "tfserve-copy-v3") is None
+    api.apply(job)  # the name is free: created anew, not patched
+    assert em.get("jobs", NS, "tfserve-copy-v3")["metadata"]["uid"] != old_pod["metadata"]["uid"]
+    assert [q[0] for q in em.queries if q[1] == "jobs"][-1] == "create"
+
+
+def test_the_emulated_api_server_refuses_a_name_still_terminating_and_a_changed_job_template(
+    kube, kubeconfig
+):
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    em = kube.emulator
+    batch = client.BatchV1Api(KubeApi().api_client)
+    builder = ObjectBuilder(
+        BranchopsConfig.model_validate(
+            {"approvers": {s: ["lead"] for s in STAGES}, "serving": {"model_name": "djia"}}
+        )
+    )
+    job = builder.copy_job("djia-models", "djia/3", 3)
+    batch.create_namespaced_job(NS, job)
+    em.settle(1)
+    batch.delete_namespaced_job("tfserve-copy-v3", NS, propagation_policy="Foreground")
+    terminating = em.get("jobs", NS, "tfserve-copy-v3")
+    assert (
+        terminating["metadata"]["deletionTimestamp"]
+        and "foregroundDeletion" in terminating["metadata"]["finalizers"]
+    )
+    with pytest.raises(ApiException) as conflict:
+        batch.create_namespaced_job(NS, job)
+    assert conflict.value.status == 409 and "object is being deleted" in conflict.value.body
+    changed = json.loads(json.dumps(job))
+    changed["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = "djia/4"
+    with pytest.raises(ApiException) as immutable:
+        batch.patch_namespaced_job("tfserve-copy-v3", NS, changed)
+    assert immutable.value.status == 422 and "field is immutable" in immutable.value.body
+    em.settle(em.pod_termination_ticks + 1)
+    assert em.get("jobs", NS, "tfserve-copy-v3") is None  # gone with its pod
+    kube.emulator.rejected.clear()  # refused on purpose
+
+
+def test_every_write_asks_for_strict_field_validation(api, kube, objects):
+    """An unknown field would otherwise be dropped with a Warning header the kubernetes client never
+    shows (Istio kinds, which are not checked offline, most of all)."""
+    for obj in objects.base_objects([1], {"stable": 1}, state([1], 1)) + [objects.copy_job("m", "djia/1", 1)]:
+        api.apply(obj)
+    for obj in objects.base_objects([1], {"stable": 1}, state([1], 1)):
+        api.apply(obj)  # 409, then a patch
+    writes = [q for q in kube.emulator.queries if q[0] in ("create", "patch")]
+    assert {q[0] for q in writes} == {"create", "patch"}
+    assert all(q[2].get("fieldValidation") == "Strict" for q in writes), writes
 
 
 def test_config_state_reads_the_annotation(api, kube, objects):
@@ -231,6 +310,7 @@ def test_a_failing_copy_job_is_reported_failed_after_its_retries(api, kube, obje
 
 def test_ready_pods_lists_only_running_ready_pods_of_the_track(api, kube, objects):
     em = kube.emulator
+    model_configs(api, objects)
     api.apply(objects.deployment(replicas=2))
     api.apply(objects.deployment("canary", replicas=1))
     stable = objects.selector("stable")
@@ -261,14 +341,17 @@ def test_the_proxy_client_reaches_tf_serving_through_the_api_server_with_the_cre
             }
         return 404, {"error": f"Servable not found for request: {path}"}
 
+    model_configs(api, objects)
     api.apply(objects.deployment(replicas=1))
     api.apply(objects.service())
-    em.settle()
-    (pod,) = api.ready_pods(NS, objects.selector("stable"))
-    replica = api.proxy_client(NS, f"pods/{pod}:8501", "djia")
-    with pytest.raises(ServingError) as refused:  # nothing listens yet
+    em.settle(1)
+    (pod,) = em.pods_of("deployments", NS, "tfserve")
+    replica = api.proxy_client(NS, f"pods/{pod['metadata']['name']}:8501", "djia")
+    with pytest.raises(ServingError) as refused:  # not Ready: TF Serving does not listen yet
         replica.status(version=1)
     assert refused.value.status == 503
+    em.settle()
+    assert api.ready_pods(NS, objects.selector("stable")) == [pod["metadata"]["name"]]
 
     em.proxy_handler = tf_serving
     assert replica.status(version=1)[0]["state"] == "AVAILABLE"
@@ -617,3 +700,107 @@ def test_an_api_refusal_mid_rollout_rolls_back_instead_of_crashing(api, kube):
         "kubernetes failed: could not read Job serving/tfserve-copy-v1: HTTP 403 "
         "Forbidden: jobs/status is forbidden"
     )
+
+
+# -- TF Serving in the pods: labels before loads, and a config that arrives late -------------------------
+
+
+def crash_looping(pod: dict) -> bool:
+    statuses = pod["status"].get("containerStatuses") or [{}]
+    return (statuses[0].get("state") or {}).get("waiting", {}).get("reason") == "CrashLoopBackOff"
+
+
+def test_new_pods_start_although_their_label_names_a_version_not_loaded_yet(api, kube, objects):
+    """TF Serving applies version labels before it loads anything (server_core.cc): a canary pod starts
+    with {"stable": canary} and a new stable pod (scale-out, eviction) with the stable label, both
+    naming a version nothing has loaded yet. The Deployment's flag lets them start."""
+    em = kube.emulator
+    model_configs(api, objects)
+    api.apply(objects.config_map([2], {"stable": 2}, track="canary"))
+    api.apply(objects.deployment(replicas=2))
+    api.apply(objects.deployment("canary", replicas=1))
+    em.settle()
+    pods = em.of("pods", NS).values()
+    assert not [p["metadata"]["name"] for p in pods if crash_looping(p)]
+    assert len(api.ready_pods(NS, objects.selector("stable"))) == 2
+    (canary,) = api.ready_pods(NS, objects.selector("canary"))
+    client = api.proxy_client(NS, f"pods/{canary}:8501", "djia")
+    assert client.status(label="stable")[0]["version"] == "2"
+
+
+def test_without_the_flag_a_labelled_config_makes_tf_serving_pods_crash_loop(api, kube, objects):
+    """The emulator says no where TF Serving does: the first config is reloaded with nothing loaded,
+    so any label fails it and the container exits, again at every restart."""
+    em = kube.emulator
+    model_configs(api, objects)
+    deployment = objects.deployment(replicas=1)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["args"] = [a for a in container["args"] if "allow_version_labels" not in a]
+    api.apply(deployment)
+    em.settle(8)
+    (pod,) = em.pods_of("deployments", NS, "tfserve")
+    status = pod["status"]["containerStatuses"][0]
+    assert crash_looping(pod) and status["restartCount"] >= 3
+    assert (
+        "version 1 of model djia, which is not currently available"
+        in status["lastState"]["terminated"]["message"]
+    )
+    assert api.ready_pods(NS, objects.selector("stable")) == []
+    # Without labels the same pod starts.
+    api.apply(objects.config_map([1], {}, state=state([1], 1)))
+    em.settle(4)
+    assert len(api.ready_pods(NS, objects.selector("stable"))) == 1
+
+
+def test_moving_a_label_to_a_version_not_loaded_is_refused_even_with_the_flag(api, kube, objects):
+    """The flag admits new labels only: moving ``stable`` onto a version that is not AVAILABLE yet is
+    refused at the poll, and the replica keeps serving what it had."""
+    em = kube.emulator
+    em.config_poll_s = 0.01
+    model_configs(api, objects)
+    api.apply(objects.deployment(replicas=1))
+    em.settle()
+    (pod,) = api.ready_pods(NS, objects.selector("stable"))
+    api.apply(objects.config_map([1, 2], {"stable": 2}, state=state([1, 2], 2)))  # both at once
+    time.sleep(0.05)
+    em.settle(2)
+    replica = em.replica(NS, pod)
+    assert replica.labels == {"stable": 1} and replica.available == {1}
+    assert "version 2 of model djia" in replica.error
+    api.apply(objects.config_map([1, 2], {"stable": 1}, state=state([1, 2], 1)))  # load first
+    time.sleep(0.05)
+    em.settle(2)
+    assert replica.available == {1, 2} and replica.labels == {"stable": 1}
+    api.apply(objects.config_map([1, 2], {"stable": 2}, state=state([1, 2], 2)))  # then move the label
+    time.sleep(0.05)
+    em.settle(2)
+    assert replica.labels == {"stable": 2} and not replica.error
+
+
+def test_a_config_map_change_reaches_tf_serving_after_the_kubelet_sync_and_its_poll(api, kube, objects):
+    """ConfigMap volumes change only after the kubelet syncs them, and TF Serving reads the file once per
+    poll interval: right after the update, the label still answers with the old version."""
+    em = kube.emulator
+    em.kubelet_sync_s, em.config_poll_s = 0.4, 0.2
+    model_configs(api, objects)
+    api.apply(objects.config_map([1, 2], {"stable": 1}, state=state([1, 2], 1)))
+    api.apply(objects.deployment(replicas=1))
+    api.apply(objects.service())
+    em.settle()
+    service = api.proxy_client(NS, "services/tfserve:http", "djia")
+    assert service.status(label="stable")[0]["version"] == "1"
+
+    updated = time.monotonic()
+    api.apply(objects.config_map([1, 2], {"stable": 2}, state=state([1, 2], 2)))
+    seen = []
+    while time.monotonic() - updated < 2.0:
+        seen.append((time.monotonic() - updated, service.status(label="stable")[0]["version"]))
+        time.sleep(0.02)
+    first_new = next(elapsed for elapsed, version in seen if version == "2")
+    assert seen[0][1] == "1"  # the live check right after the update sees the old label
+    assert em.kubelet_sync_s <= first_new <= em.kubelet_sync_s + em.config_poll_s + 0.3
+    assert all(version == "2" for elapsed, version in seen if elapsed > first_new)
+    # What a rollout may wait for at most, with the manifests' interval:
+    from branchops.serving.kubernetes_manifests import MODEL_CONFIG_POLL_S, model_config_visible_within_s
+
+    assert model_config_visible_within_s() >= 60 + MODEL_CONFIG_POLL_S

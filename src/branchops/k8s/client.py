@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from branchops.errors import ExternalError
@@ -55,6 +56,8 @@ class KubeApi:
     API server is unreachable), so a rollout can roll back rather than crash."""
 
     request_timeout_s = 30.0  # a hung API server must not hang the rollout
+    job_gone_timeout_s = 120.0  # a copy pod's grace period is 30 s
+    poll_s = 0.5
 
     def __init__(self, api_client: Any = None) -> None:
         from kubernetes import client
@@ -104,25 +107,30 @@ class KubeApi:
         validate_object(obj, allow_unchecked=obj["kind"] in _ISTIO_PLURALS)
         name, namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
         timeout = self.request_timeout_s
+        # The API server refuses an unknown or duplicate field instead of dropping it with a Warning
+        # header the kubernetes client never shows (fieldValidation, GA since Kubernetes 1.27).
+        strict = {"field_validation": "Strict"}
         try:
             if obj["kind"] in _ISTIO_PLURALS:
                 group, version = obj["apiVersion"].split("/")
                 plural = _ISTIO_PLURALS[obj["kind"]]
                 try:
                     self.custom.create_namespaced_custom_object(
-                        group, version, namespace, plural, obj, _request_timeout=timeout
+                        group, version, namespace, plural, obj, **strict, _request_timeout=timeout
                     )
                 except ApiException as exc:
                     if exc.status != 409:
                         raise
                     self.custom.patch_namespaced_custom_object(
-                        group, version, namespace, plural, name, obj, _request_timeout=timeout
+                        group, version, namespace, plural, name, obj, **strict, _request_timeout=timeout
                     )
                 return
             api, suffix = _KINDS[obj["kind"]]
             target = getattr(self, api)
             try:
-                getattr(target, f"create_namespaced_{suffix}")(namespace, obj, _request_timeout=timeout)
+                getattr(target, f"create_namespaced_{suffix}")(
+                    namespace, obj, **strict, _request_timeout=timeout
+                )
             except ApiException as exc:
                 if exc.status != 409:
                     raise
@@ -134,14 +142,23 @@ class KubeApi:
                     and self._autoscaled(name, namespace)
                 ):
                     body = {**obj, "spec": {k: v for k, v in obj["spec"].items() if k != "replicas"}}
-                getattr(target, f"patch_namespaced_{suffix}")(name, namespace, body, _request_timeout=timeout)
+                getattr(target, f"patch_namespaced_{suffix}")(
+                    name, namespace, body, **strict, _request_timeout=timeout
+                )
         except (ApiException, HTTPError) as exc:
             raise self._error(f"Kubernetes refused {obj['kind']} {namespace}/{name}", exc) from None
 
-    def delete(self, kind: str, name: str, namespace: str) -> None:
+    def delete(self, kind: str, name: str, namespace: str, wait_s: float | None = None) -> None:
+        """Delete, quietly if it is gone already. A Job is deleted in the foreground (it stays until its
+        pods are gone) and waited for (``wait_s``, by default :attr:`job_gone_timeout_s`): a Job
+        re-created under the same name while the old one terminates is refused (409), and its old pod
+        would still be copying beside the new one."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        if wait_s is None:
+            wait_s = self.job_gone_timeout_s if kind == "Job" else 0.0
+        propagation = "Foreground" if kind == "Job" else "Background"
         try:
             if kind in _ISTIO_PLURALS:
                 self.custom.delete_namespaced_custom_object(
@@ -155,11 +172,50 @@ class KubeApi:
             else:
                 api, suffix = _KINDS[kind]
                 getattr(getattr(self, api), f"delete_namespaced_{suffix}")(
-                    name, namespace, propagation_policy="Background", _request_timeout=self.request_timeout_s
+                    name, namespace, propagation_policy=propagation, _request_timeout=self.request_timeout_s
                 )
         except (ApiException, HTTPError) as exc:
-            if not (isinstance(exc, ApiException) and exc.status == 404):
-                raise self._error(f"could not delete {kind} {namespace}/{name}", exc) from None
+            if isinstance(exc, ApiException) and exc.status == 404:
+                return
+            raise self._error(f"could not delete {kind} {namespace}/{name}", exc) from None
+        if wait_s > 0:
+            self.wait_gone(kind, name, namespace, wait_s)
+
+    def exists(self, kind: str, name: str, namespace: str) -> bool:
+        """Whether the object is still there (terminating counts: its name is not free yet)."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            if kind in _ISTIO_PLURALS:
+                self.custom.get_namespaced_custom_object(
+                    "networking.istio.io",
+                    "v1beta1",
+                    namespace,
+                    _ISTIO_PLURALS[kind],
+                    name,
+                    _request_timeout=self.request_timeout_s,
+                )
+            else:
+                api, suffix = _KINDS[kind]
+                getattr(getattr(self, api), f"read_namespaced_{suffix}")(
+                    name, namespace, _request_timeout=self.request_timeout_s
+                )
+        except (ApiException, HTTPError) as exc:
+            if isinstance(exc, ApiException) and exc.status == 404:
+                return False
+            raise self._error(f"could not read {kind} {namespace}/{name}", exc) from None
+        return True
+
+    def wait_gone(self, kind: str, name: str, namespace: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.exists(kind, name, namespace):
+            if time.monotonic() >= deadline:
+                raise ExternalError(
+                    f"{kind} {namespace}/{name} was deleted but is still there after {timeout_s:.0f}s "
+                    "(a finalizer or a pod that does not terminate?)"
+                )
+            time.sleep(self.poll_s)
 
     def config_state(self, name: str, namespace: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException

@@ -26,6 +26,17 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 STATE_ANNOTATION = "branchops.io/serving-state"  # the routing state as JSON, beside models.config
 COPY_IMAGE = "docker.io/library/busybox:1.36.1"
 METADATA_MARKER = "BRANCHOPS-MODEL-METADATA"
+MODEL_CONFIG_POLL_S = 15  # TF Serving's --model_config_file_poll_wait_seconds
+# A ConfigMap change reaches a mounted volume within the kubelet's sync period (--sync-frequency, 1 min by
+# default) plus the delay of its ConfigMap cache (up to its TTL, 1 min, with the TTL cache strategy).
+KUBELET_CONFIGMAP_SYNC_S = 60 + 60
+
+
+def model_config_visible_within_s(poll_s: float = MODEL_CONFIG_POLL_S) -> float:
+    """How long after a ConfigMap update every TF Serving pod has read the new models.config at the
+    latest: the kubelet's sync into the volume, then one poll interval (what a rollout waits for before
+    it may expect a moved label to answer)."""
+    return KUBELET_CONFIGMAP_SYNC_S + poll_s
 
 
 # -- model config (TF Serving's text protobuf) --------------------------------------------------------
@@ -147,7 +158,13 @@ class ObjectBuilder:
                 f"--rest_api_port={REST_PORT}",
                 f"--model_config_file={CONFIG_MOUNT}/models.config",
                 # The rollout moves the version policy by editing the ConfigMap; TF Serving re-reads it.
-                "--model_config_file_poll_wait_seconds=15",
+                f"--model_config_file_poll_wait_seconds={MODEL_CONFIG_POLL_S}",
+                # TF Serving applies version labels before it loads anything (server_core.cc,
+                # UpdateModelVersionLabelMap): without this, a config whose label names a version not
+                # yet loaded is refused, and a new pod (canary, scale-out, eviction) starts with nothing
+                # loaded, so it would exit and crash-loop. Moving an existing label still needs the
+                # version AVAILABLE.
+                "--allow_version_labels_for_unavailable_models=true",
                 # New version directories on the serving volume are noticed within this period.
                 "--file_system_poll_wait_seconds=10",
                 f"--monitoring_config_file={CONFIG_MOUNT}/monitoring.config",
