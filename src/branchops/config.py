@@ -239,6 +239,19 @@ class KubeflowRemote(Strict):
     token: SecretRef | None = None
     timeout_s: float = Field(default=60, gt=0, le=MAX_TIMEOUT_S)
     retries: int = Field(default=5, ge=0, le=20)
+    # The Kubernetes service account every run's pods run as (jenkins/rbac/pipeline.yaml creates it).
+    service_account: str = Field(
+        default="branchops-pipeline",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    )
+    # How often a run is polled while it is waited on, and how often a line says it is still running
+    # (its elapsed time and its page in the Kubeflow UI).
+    poll_interval_s: float = Field(default=10, gt=0, le=600)
+    heartbeat_s: float = Field(default=30, gt=0, le=3600)
+    # Where the Kubeflow Pipelines UI is, when not at ``host`` (e.g. https://kubeflow.example.com/_/pipeline
+    # behind the central dashboard): run links are <ui_url>/#/runs/details/<run id>.
+    ui_url: str | None = Field(default=None, pattern=r"^https?://")
+    _ui_plain = field_validator("ui_url", mode="before")(_refuse_credentials_in_url)
 
     _inline = field_validator("token", mode="before")(_refuse_inline_secret)
 
@@ -307,8 +320,15 @@ class StorageSection(Strict):
 
 class KaggleSource(Strict):
     dataset: str = Field(pattern=r"^[^/\s]+/[^/\s]+$", description="owner/dataset on Kaggle")
+    # Where a local download step finds the credentials (resolved by branchops, passed as environment).
     username: SecretRef | None = None
     key: SecretRef | None = None
+    # On Kubeflow: the Kubernetes Secret, in the pipeline's namespace, bound to the download step as
+    # environment variables (Secret data key -> variable); the pipeline receives it as ``secrets["kaggle"]``.
+    secret: K8sName | None = None
+    secret_keys: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=lambda: {"username": "KAGGLE_USERNAME", "key": "KAGGLE_KEY"}, min_length=1
+    )
 
     _inline = field_validator("username", "key", mode="before")(_refuse_inline_secret)
 
@@ -376,11 +396,24 @@ class Experiment(Strict):
         return params
 
 
+# What kfp's set_accelerator_limit accepts (0: no GPU requested at all).
+GPU_COUNTS = (0, 1, 2, 4, 8, 16)
+
+
 class GpuSection(Strict):
     count: int = Field(default=0, ge=0, le=16)
     resource: str = "nvidia.com/gpu"
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, str]] = Field(default_factory=list)
+
+    @field_validator("count")
+    @classmethod
+    def _count_kfp_accepts(cls, count: int) -> int:
+        # Refused here rather than when kf-pipeline compiles, which would be the first time anyone sees it.
+        if count not in GPU_COUNTS:
+            accepted = ", ".join(map(str, GPU_COUNTS[1:]))
+            raise ValueError(f"{count} GPUs: Kubeflow Pipelines accepts {accepted} (or 0 for none)")
+        return count
 
 
 class KpiSection(Strict):

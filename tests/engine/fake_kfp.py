@@ -13,7 +13,12 @@ the server's code (kubeflow/pipelines backend/src/apiserver):
   after the pipeline; see pipeline_upload_server.go);
 * a version whose file holds a platform spec is stored as ``{pipeline_spec, platform_spec}``;
 * runs go PENDING → RUNNING → SUCCEEDED (or a scripted sequence) as they are polled; terminate makes
-  them CANCELING then CANCELED; run states are V2beta1RuntimeState names.
+  them CANCELING then CANCELED; run states are V2beta1RuntimeState names;
+* a run keeps the ``service_account`` it was created with; once it has ended, ``run_details`` lists a
+  ``V2beta1PipelineTaskDetail`` per task of the pipeline's root DAG with its state and times, and
+  nothing else: as in the real API, the values a step returned and its artifacts' contents live in ML
+  Metadata and the object store, never in the run (``run_details.task_details[].outputs`` holds only
+  artifact ids). What the steps wrote is simulated by ``on_run_succeeded`` (e.g. files on a volume).
 
 Faults are injected per method with :meth:`FakeKfpClient.fail_next` (an HTTP status or an exception).
 """
@@ -35,8 +40,10 @@ from kfp_server_api import (
     V2beta1ListPipelineVersionsResponse,
     V2beta1ListRunsResponse,
     V2beta1Pipeline,
+    V2beta1PipelineTaskDetail,
     V2beta1PipelineVersion,
     V2beta1Run,
+    V2beta1RunDetails,
 )
 from kfp_server_api.exceptions import ApiException, ApiTypeError
 
@@ -269,6 +276,7 @@ class _Runs(_Api):
             experiment_id=run.experiment_id,
             pipeline_version_reference=ref,
             runtime_config=run.runtime_config,
+            service_account=run.service_account,
             created_at=_now(),
             state="PENDING",
             storage_state="AVAILABLE",
@@ -291,7 +299,36 @@ class _Runs(_Api):
             run.state = state
             if state in ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"):
                 run.finished_at = _now()
+                run.run_details = self._details(run)
+                if state == "SUCCEEDED" and self._fake.on_run_succeeded is not None:
+                    self._fake.on_run_succeeded(run)
         return run
+
+    def _details(self, run: V2beta1Run) -> V2beta1RunDetails:
+        """The tasks of the run's pipeline and their final states; no parameter or metric values."""
+        version = self._fake.versions[run.pipeline_version_reference.pipeline_version_id]
+        spec = version.pipeline_spec
+        spec = spec.get("pipeline_spec", spec)
+        tasks = sorted((spec.get("root", {}).get("dag", {}) or {}).get("tasks", {}) or {})
+        state = run.state if run.state == "SUCCEEDED" else "CANCELED" if run.state == "CANCELED" else "FAILED"
+        return V2beta1RunDetails(
+            pipeline_context_id=str(uuid.uuid4().int % 10**6),
+            pipeline_run_context_id=str(uuid.uuid4().int % 10**6),
+            task_details=[
+                V2beta1PipelineTaskDetail(
+                    run_id=run.run_id,
+                    task_id=str(uuid.uuid4()),
+                    display_name=task,
+                    create_time=run.created_at,
+                    start_time=run.created_at,
+                    end_time=run.finished_at,
+                    state=state,
+                    execution_id=str(uuid.uuid4().int % 10**6),
+                    pod_name=f"{run.display_name[:40]}-{task}-{uuid.uuid4().hex[:5]}",
+                )
+                for task in tasks
+            ],
+        )
 
     def run_service_terminate_run(self, run_id: str, **kw: Any) -> Any:
         self._enter("terminate_run", kw, {"experiment_id"})
@@ -311,6 +348,7 @@ class FakeKfpClient:
         self.runs: dict[str, V2beta1Run] = {}
         self.run_scripts: dict[str, deque] = {}
         self.next_run_script: list[Any] = ["RUNNING", "RUNNING", "SUCCEEDED"]
+        self.on_run_succeeded: Any = None  # called with the run when it succeeds: what its steps wrote
         self.uploaded_specs: list[bytes] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self._faults: dict[str, deque] = defaultdict(deque)

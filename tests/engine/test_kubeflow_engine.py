@@ -164,6 +164,62 @@ def test_a_run_creates_the_branch_experiment_and_waits_for_success(compiled):
     assert any("RUNNING" in m for m in messages) and any("SUCCEEDED" in m for m in messages)
 
 
+def test_a_run_runs_as_the_pipeline_service_account_and_returns_its_tasks_states(compiled):
+    fake = FakeKfpClient()
+    upload = engine_with(fake).upsert("djia-sentiment", compiled)
+    result = engine_with(fake).run("training", upload, "r-default", {"out_dir": "/o"}, 60)
+    # the account jenkins/rbac/pipeline.yaml creates, unless config names another
+    assert fake.runs[result.run_id].service_account == "branchops-pipeline"
+    other = engine_with(fake, service_account="ml-runner").run(
+        "training", upload, "r-other", {"out_dir": "/o"}, 60
+    )
+    assert fake.runs[other.run_id].service_account == "ml-runner"
+    # the API's run details say which task ended how, and nothing of what the tasks returned
+    assert result.outputs == {"tasks": {"consume": "SUCCEEDED", "produce": "SUCCEEDED"}}
+
+
+class FakeClock:
+    """Time that passes only when the engine sleeps between polls."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_run_waited_on_says_every_heartbeat_how_long_and_where_to_see_it(compiled):
+    fake = FakeKfpClient()
+    fake.next_run_script = ["RUNNING"] * 9 + ["SUCCEEDED"]  # ten polls, 10 s apart
+    clock = FakeClock()
+    engine = KubeflowEngine(
+        settings(heartbeat_s=30),
+        client_factory=lambda _s: FakeKfpClientView(fake),
+        poll_interval_s=10,
+        backoff_s=0,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    upload = engine.upsert("djia-sentiment", compiled)
+    messages: list[str] = []
+    result = engine.run("training", upload, "r-long", {"out_dir": "/o"}, 3600, messages.append)
+    link = f"https://kubeflow.example.test/pipeline/#/runs/details/{result.run_id}"
+    assert messages[0].endswith(link)  # the link as soon as the run exists
+    beats = [m for m in messages if "elapsed" in m]
+    assert beats == [f"run r-long: RUNNING, {t} elapsed; {link}" for t in ("30s", "1m00s", "1m30s")]
+    assert all("\r" not in m and "\n" not in m for m in messages)  # plain lines, never a redrawn bar
+
+    # behind the central dashboard the UI is elsewhere than the API
+    fake.next_run_script = ["RUNNING"] * 4 + ["SUCCEEDED"]
+    engine.settings = settings(heartbeat_s=30, ui_url="https://kubeflow.example.test/_/pipeline/")
+    messages.clear()
+    other = engine.run("training", upload, "r-dash", {"out_dir": "/o"}, 3600, messages.append)
+    assert f"https://kubeflow.example.test/_/pipeline/#/runs/details/{other.run_id}" in messages[-2]
+
+
 def test_a_run_with_the_same_name_is_not_started_twice(compiled):
     fake = FakeKfpClient()
     engine = engine_with(fake)

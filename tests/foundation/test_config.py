@@ -118,6 +118,24 @@ BROKEN = [
     ),
     (APPROVERS + "registry:\n  url: 'https://registry.example.com'\n", 3, ["registry.url", "pattern"]),
     (APPROVERS + "data:\n  source: folder\n", 2, ["data", "needs 'folder'"]),
+    # kfp's set_accelerator_limit takes only these counts: a 3 would pass until kf-pipeline compiles
+    (
+        APPROVERS + "training:\n  gpu:\n    count: 3\n",
+        4,
+        ["training.gpu.count", "3 GPUs", "1, 2, 4, 8, 16"],
+    ),
+    (APPROVERS + "training:\n  gpu: {count: 12}\n", 3, ["training.gpu.count", "12 GPUs"]),
+    (APPROVERS + "training:\n  gpu: {count: 32}\n", 3, ["training.gpu.count", "less than or equal to 16"]),
+    (
+        APPROVERS + "kubeflow:\n  kubeflow: {host: 'https://kfp', service_account: Pipeline_Runner}\n",
+        3,
+        ["kubeflow.kubeflow.service_account", "pattern"],
+    ),
+    (
+        APPROVERS + "data:\n  source: kaggle\n  kaggle: {dataset: a/b, secret: Kaggle_Creds}\n",
+        4,
+        ["data.kaggle.secret", "pattern"],
+    ),
     (
         APPROVERS + "serving:\n  local: {port: 70000}\n",
         3,

@@ -157,14 +157,22 @@ class KubeflowEngine(PipelineEngine):
         self,
         settings: KubeflowRemote,
         client_factory: Callable[[KubeflowRemote], Any] | None = None,
-        poll_interval_s: float = 10.0,
+        poll_interval_s: float | None = None,
         backoff_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self._factory = client_factory or make_client
         self._client: Any = None
-        self.poll_interval_s = poll_interval_s
+        self.poll_interval_s = settings.poll_interval_s if poll_interval_s is None else poll_interval_s
         self.backoff_s = backoff_s
+        self._clock = clock
+        self._sleep = sleep
+
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the Kubeflow Pipelines UI."""
+        return f"{(self.settings.ui_url or self.settings.host).rstrip('/')}/#/runs/details/{run_id}"
 
     # -- plumbing ----------------------------------------------------------------------------------
     @property
@@ -420,6 +428,7 @@ class KubeflowEngine(PipelineEngine):
                 pipeline_id=upload.pipeline_id, pipeline_version_id=upload.version_id
             ),
             runtime_config=V2beta1RuntimeConfig(parameters=params),
+            service_account=self.settings.service_account,
         )
         attempts = self.settings.retries + 1
         for attempt in range(1, attempts + 1):
@@ -459,7 +468,7 @@ class KubeflowEngine(PipelineEngine):
     ) -> RunResult:
         check_name("run", run_name)
         progress = on_progress or (lambda message: log.info("%s", message))
-        t0 = time.monotonic()
+        t0 = self._clock()
         experiment_id = self._experiment_id(experiment)
         run = self._find_run(experiment_id, run_name)
         reused = run is not None
@@ -475,9 +484,12 @@ class KubeflowEngine(PipelineEngine):
                     upload.version_name,
                 )
             run = self._create_run(experiment_id, upload, run_name, params)
-            progress(f"run {run_name}: started on Kubeflow (run id {run.run_id})")
+            progress(
+                f"run {run_name}: started on Kubeflow as {self.settings.service_account} "
+                f"(run id {run.run_id}): {self.run_url(run.run_id)}"
+            )
 
-        run_id, last_state = run.run_id, None
+        run_id, last_state, last_beat = run.run_id, None, self._clock()
         while True:
             state = str(run.state or "PENDING")
             if state != last_state:
@@ -486,7 +498,11 @@ class KubeflowEngine(PipelineEngine):
                 last_state = state
             if state in _FINAL_OK or state in _FINAL_BAD:
                 break
-            if time.monotonic() - t0 > timeout_s:
+            now = self._clock()
+            if now - last_beat >= self.settings.heartbeat_s:
+                progress(f"run {run_name}: {state}, {_duration(now - t0)} elapsed; {self.run_url(run_id)}")
+                last_beat = now
+            if now - t0 > timeout_s:
                 self._terminate(run_id, run_name)
                 return RunResult(
                     run_id=run_id,
@@ -499,7 +515,7 @@ class KubeflowEngine(PipelineEngine):
                 # nobody will wait for this run's result: stop it on the cluster too, then report the stop
                 self._terminate(run_id, run_name)
                 interrupt.check()
-            time.sleep(self.poll_interval_s)
+            self._sleep(self.poll_interval_s)
             run = self._call(
                 f"polling run {run_name}",
                 lambda: self.client.runs.run_service_get_run(run_id, _request_timeout=self._timeout),
@@ -529,9 +545,18 @@ class KubeflowEngine(PipelineEngine):
         except ExternalError as exc:  # the timeout is what the caller must hear about; this is a footnote
             log.warning("%s", exc)
 
-    @staticmethod
-    def _elapsed(t0: float) -> float:
-        return round(time.monotonic() - t0, 3)
+    def _elapsed(self, t0: float) -> float:
+        return round(self._clock() - t0, 3)
+
+
+def _duration(seconds: float) -> str:
+    """Elapsed time as a person reads it in a log: 45s, 12m05s, 2h03m."""
+    total = int(seconds)
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    return f"{total // 3600}h{total % 3600 // 60:02d}m"
 
 
 def _task_states(run: Any) -> dict[str, str]:
