@@ -13,8 +13,13 @@ On Kubeflow the volumes are the PVCs named by ``data_pvc`` / ``model_pvc``, moun
 where branchops' storage port says (``mounts``; the directories passed in lie under them). Kubeflow's
 local runner ignores the mounts, and the directories are plain local directories.
 
+The evaluate step also logs its metrics as KFP artifacts (``dsl.Metrics`` for the scalar metrics,
+``dsl.ClassificationMetrics`` for the confusion matrix), which the Kubeflow UI shows on the run's page;
+branchops itself reads ``metrics.json`` from the model volume.
+
 The compiler calls :func:`build_pipeline`; it sets each step's image (pinned by digest when a registry
-is configured) and the training step's GPU request, node selector and tolerations.
+is configured), the training step's GPU request, node selector and tolerations, and binds the Kaggle
+credentials' Kubernetes Secret (``secrets["kaggle"]``) to the step that downloads.
 """
 
 # No `from __future__ import annotations` here: KFP reads the components' and the pipeline's type
@@ -42,14 +47,19 @@ class PipelineOutputs(NamedTuple):
 
 
 def build_pipeline(
-    images: Mapping[str, str] | None = None, gpu: Any | None = None, mounts: Mapping[str, str] | None = None
+    images: Mapping[str, str] | None = None,
+    gpu: Any | None = None,
+    mounts: Mapping[str, str] | None = None,
+    secrets: Mapping[str, Mapping[str, Any]] | None = None,
 ):
     """The pipeline function, with ``images`` (component name -> image reference), ``gpu`` (a
-    GpuSection-like object: count, resource, node_selector, tolerations) and ``mounts`` (where the data
-    and model volumes are mounted in a step: {"data": path, "models": path}) applied."""
+    GpuSection-like object: count, resource, node_selector, tolerations), ``mounts`` (where the data
+    and model volumes are mounted in a step: {"data": path, "models": path}) and ``secrets`` (Kubernetes
+    Secrets for the steps: {"kaggle": {"name": secret, "env": {secret key: variable}}}) applied."""
     from kfp import dsl, kubernetes
 
     images = dict(images or {})
+    secrets = dict(secrets or {})
     mount = {"data": "/mnt/data", "models": "/mnt/models", **dict(mounts or {})}
     gpu_count = int(getattr(gpu, "count", 0) or 0)
 
@@ -125,10 +135,31 @@ def build_pipeline(
         )
 
     @dsl.component(base_image=image("evaluate"), install_kfp_package=False)
-    def evaluate(work_dir: str, confidence: float, seed: int) -> dict:
+    def evaluate(
+        work_dir: str,
+        confidence: float,
+        seed: int,
+        metrics: dsl.Output[dsl.Metrics],
+        confusion: dsl.Output[dsl.ClassificationMetrics],
+    ) -> dict:
+        import json
+
         from components.evaluate import run
 
-        return run(work_dir=work_dir, confidence=confidence, seed=seed)
+        result = run(work_dir=work_dir, confidence=confidence, seed=seed)
+        # The same numbers as metrics.json, as artifacts the Kubeflow UI shows on the run's page.
+        with open(result["metrics"]) as f:
+            reported = json.load(f)
+        for name, value in sorted(reported.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics.log_metric(name, value)
+        matrix = (reported.get("model") or {}).get("confusion_matrix")  # [[tn, fp], [fn, tp]]
+        if matrix:
+            # the classes by the features step's target_kind (the body runs alone: no module constants)
+            names = {"turbulence": ["calmer", "more turbulent"], "direction": ["down", "up"]}
+            classes = names.get(reported.get("target_kind"), ["negative", "positive"])
+            confusion.log_confusion_matrix(classes, [[int(n) for n in row] for row in matrix])
+        return result
 
     @dsl.component(base_image=image("export"), install_kfp_package=False)
     def export(work_dir: str, export_base: str, version: int, commit: str) -> dict:
@@ -176,6 +207,16 @@ def build_pipeline(
         steps = []
         consolidated = consolidate(source_dir=source_dir, data_dir=data_dir, kaggle_dataset=kaggle_dataset)
         steps.append(consolidated)
+        if "kaggle" in secrets:
+            # The download's credentials, from the Secret in the run's namespace (never in the spec).
+            # Optional: a missing Secret would hold the pod in CreateContainerConfigError until the run
+            # times out, even when no download is needed; without it the step says "no Kaggle credentials".
+            kubernetes.use_secret_as_env(
+                consolidated,
+                secret_name=secrets["kaggle"]["name"],
+                secret_key_to_env=dict(secrets["kaggle"]["env"]),
+                optional=True,
+            )
         validated = validate(data_dir=data_dir).after(consolidated)
         steps.append(validated)
         featured = features(
@@ -236,6 +277,6 @@ def build_pipeline(
                 )
 
         # The pipeline's outputs: what the training stage records (metrics, where the model went).
-        return PipelineOutputs(metrics=evaluated.output, model=exported.output)
+        return PipelineOutputs(metrics=evaluated.outputs["Output"], model=exported.output)
 
     return djia_pipeline

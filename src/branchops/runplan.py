@@ -1,18 +1,22 @@
 """The plan of one pipeline run, shared by the training stage and ``branchops reproduce``.
 
-A project's pipeline (``kubeflow.pipeline_module``) defines ``build_pipeline(images, gpu, mounts)`` and
+A project's pipeline (``kubeflow.pipeline_module``) defines ``build_pipeline(images, gpu, mounts)`` (and
+may take ``secrets``, the Kubernetes Secrets to bind to its steps: see :func:`step_secrets`) and
 declares the inputs it wants. branchops provides the toolkit inputs (``config.TOOLKIT_INPUTS``: where the
 raw data is, the data and work directories, where to export the model, the model version and the commit,
 the volumes' names) to those that the pipeline declares, and the experiment's ``params`` to the rest.
 
 What a run leaves in its work directory (``work_dir``) is the contract back: ``metrics.json`` (a JSON
 object holding at least the metrics ``training.metrics`` names), ``plots/*.png`` (committed beside the
-record) and the exported SavedModel under ``export_base/<version>``.
+record) and the exported SavedModel under ``export_base/<version>``. The work directory is a folder of
+the model volume, and branchops reads it back through the storage port (``Storage.read_file``), so the
+same code reads a local directory and a PVC that only pods can mount (docs/architecture.md, training).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +41,8 @@ class Paths:
     work_dir: str
     export_base: str
     local_work_dir: Path | None  # the work dir as this process can read it (local storage only)
+    # A file of the work dir, by name relative to it, read through the storage port; None if absent.
+    read_work_file: Callable[[str], bytes | None] | None = None
 
 
 def component_images(config: BranchopsConfig, workspace: Path) -> dict[str, str]:
@@ -67,8 +73,19 @@ def compile_workspace(config: BranchopsConfig, workspace: Path) -> tuple[Compile
         images or None,
         config.training.gpu,
         dict(STEP_MOUNTS),
+        step_secrets(config),
     )
     return compiled, images
+
+
+def step_secrets(config: BranchopsConfig) -> dict[str, dict[str, Any]]:
+    """The Kubernetes Secrets the pipeline binds to its steps, by purpose: ``{"kaggle": {"name": ...,
+    "env": {secret key: variable}}}`` when the data comes from Kaggle and ``data.kaggle.secret`` names one.
+    Part of the compiled spec (and so of its hash): kf-pipeline and training compile the same."""
+    data = config.data
+    if data is None or data.source != "kaggle" or data.kaggle is None or not data.kaggle.secret:
+        return {}
+    return {"kaggle": {"name": data.kaggle.secret, "env": dict(data.kaggle.secret_keys)}}
 
 
 def run_paths(storage: Storage, data_volume: Volume, model_volume: Volume, folder: str) -> Paths:
@@ -76,7 +93,14 @@ def run_paths(storage: Storage, data_volume: Volume, model_volume: Volume, folde
     data, models = storage.step_dir(data_volume, "data"), storage.step_dir(model_volume, "models")
     work = f"{models.rstrip('/')}/{folder}"
     readable = Path(work) if model_volume.path else None
-    return Paths(f"{data.rstrip('/')}/raw", data, work, f"{work}/export", readable)
+    return Paths(
+        f"{data.rstrip('/')}/raw",
+        data,
+        work,
+        f"{work}/export",
+        readable,
+        lambda name: storage.read_file(model_volume, f"{folder}/{name}"),
+    )
 
 
 def pipeline_params(
@@ -111,12 +135,17 @@ def pipeline_params(
 
 
 def read_metrics(outputs: dict[str, Any], paths: Paths, names: list[str]) -> dict[str, Any]:
-    """The run's metrics: ``metrics.json`` of its work dir when this process can read it, else what the
-    engine returned as the run's ``metrics`` output. Every metric in ``names`` must be a number."""
+    """The run's metrics: ``metrics.json`` of its work dir, read through the storage port (the Kubeflow
+    API returns only the steps' states, never the values they returned), else what the engine returned as
+    the run's ``metrics`` output. Every metric in ``names`` must be a number."""
     metrics = outputs.get("metrics") if isinstance(outputs.get("metrics"), dict) else None
-    if paths.local_work_dir and (paths.local_work_dir / METRICS_FILE).exists():
-        metrics = json.loads((paths.local_work_dir / METRICS_FILE).read_text())
-    if not metrics:
+    content = paths.read_work_file(METRICS_FILE) if paths.read_work_file else None
+    if content is not None:
+        try:
+            metrics = json.loads(content)
+        except ValueError as exc:
+            raise StageFailed(f"the run's {METRICS_FILE} in {paths.work_dir} is not JSON: {exc}") from None
+    if not metrics or not isinstance(metrics, dict):
         raise StageFailed(f"the run finished but reported no metrics (no {METRICS_FILE} in {paths.work_dir})")
     missing = [
         n for n in names if not isinstance(metrics.get(n), (int, float)) or isinstance(metrics.get(n), bool)

@@ -151,3 +151,68 @@ def test_a_missing_module_or_builder_is_a_clear_error(tmp_path: Path):
         StageFailed, match="broken.py: importing the pipeline module failed: ModuleNotFoundError"
     ):
         compile_pipeline(tmp_path, "pipelines/broken.py")
+
+
+def kaggle_config(secret: str | None = "kaggle-api"):
+    from branchops.config import parse_config
+
+    text = (REPO_ROOT / "config" / "branchops.yaml").read_text()
+    config = yaml.safe_load(text)
+    if secret:
+        config["data"]["kaggle"]["secret"] = secret
+    return parse_config(yaml.safe_dump(config))
+
+
+def test_the_kaggle_secret_named_in_config_is_bound_to_the_download_step_only():
+    from branchops.runplan import compile_workspace
+
+    compiled, _ = compile_workspace(kaggle_config("kaggle-api"), REPO_ROOT)
+    k8s = platform(compiled.spec)
+    [binding] = k8s["exec-consolidate"]["secretAsEnv"]
+    assert binding["secretName"] == "kaggle-api"
+    assert {(k["secretKey"], k["envVar"]) for k in binding["keyToEnv"]} == {
+        ("username", "KAGGLE_USERNAME"),
+        ("key", "KAGGLE_KEY"),
+    }
+    # optional: a missing Secret must not hold the pod in CreateContainerConfigError when nothing is
+    # downloaded; the download step then says it has no credentials
+    assert binding["optional"] is True
+    assert [name for name, spec in k8s.items() if "secretAsEnv" in spec] == ["exec-consolidate"]
+    # no secret configured: nothing bound, and the spec is the one compiled before this existed
+    unbound, _ = compile_workspace(kaggle_config(None), REPO_ROOT)
+    assert "secretAsEnv" not in unbound.spec.decode()
+
+
+def test_a_pipeline_without_a_secrets_argument_compiles_until_a_secret_is_configured(tmp_path: Path):
+    from tests.engine.conftest import write_tiny_workspace
+
+    workspace = write_tiny_workspace(tmp_path / "ws")  # build_pipeline(images, gpu, mounts): an older project
+    assert compile_pipeline(workspace, "pipelines/tiny.py", None, None, {}, {}).spec
+    secrets = {"kaggle": {"name": "kaggle-api", "env": {"username": "KAGGLE_USERNAME"}}}
+    with pytest.raises(ConfigError, match="takes no 'secrets' argument.*kaggle"):
+        compile_pipeline(workspace, "pipelines/tiny.py", None, None, {}, secrets)
+
+
+def test_the_minimal_template_takes_secrets_and_refuses_them_as_it_downloads_nothing():
+    template = REPO_ROOT / "src" / "branchops" / "templates" / "minimal"
+    assert compile_pipeline(template, "pipelines/pipeline.py", None, None, {}, {}).spec
+    secrets = {"kaggle": {"name": "kaggle-api", "env": {"username": "KAGGLE_USERNAME"}}}
+    with pytest.raises(StageFailed, match="none of its steps downloads anything"):
+        compile_pipeline(template, "pipelines/pipeline.py", None, None, {}, secrets)
+
+
+def test_the_evaluate_step_logs_its_metrics_as_kfp_metrics_artifacts_for_the_ui():
+    document = next(iter(yaml.safe_load_all(compile_pipeline(REPO_ROOT, MODULE, pinned_images(), None).spec)))
+    artifacts = document["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
+    assert {name: a["artifactType"]["schemaTitle"] for name, a in artifacts.items()} == {
+        "metrics": "system.Metrics",
+        "confusion": "system.ClassificationMetrics",
+    }
+    # no other step has artifacts, and the pipeline still returns the evaluation's parameters as "metrics"
+    others = [c for name, c in document["components"].items() if name.startswith("comp-") and c is not None]
+    assert sum("artifacts" in c.get("outputDefinitions", {}) for c in others) == 1
+    outputs = document["root"]["dag"]["outputs"]["parameters"]
+    assert outputs["metrics"]["valueFromParameter"] == {
+        "outputParameterKey": "Output",
+        "producerSubtask": "evaluate",
+    }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -52,6 +53,21 @@ def test_reference_pipeline_runs_end_to_end_on_djia_with_the_local_engine(tmp_pa
     model = result.outputs["model"]
     assert Path(model["export_path"]) == tmp_path / "models" / "export" / "1"
     assert (tmp_path / "models" / "export" / "1" / "saved_model.pb").is_file()
+
+    # the evaluation's KFP metrics artifacts (what the Kubeflow UI shows) say what metrics.json says
+    written = json.loads((tmp_path / "models" / "r1" / "metrics.json").read_text())
+    [evaluate] = (engine.run_dir("training", "r1-small") / "pipeline_root").glob(
+        "*/evaluate/executor_output.json"
+    )
+    artifacts = json.loads(evaluate.read_text())["artifacts"]
+    [scalars] = artifacts["metrics"]["artifacts"]
+    assert {k: scalars["metadata"][k] for k in ("roc_auc", "accuracy", "log_loss")} == {
+        k: written[k] for k in ("roc_auc", "accuracy", "log_loss")
+    }
+    [confusion] = artifacts["confusion"]["artifacts"]
+    matrix = confusion["metadata"]["confusionMatrix"]
+    assert [r["row"] for r in matrix["rows"]] == written["model"]["confusion_matrix"]
+    assert len(matrix["annotationSpecs"]) == 2
 
     again = engine.run("training", upload, "r1-small", params, 1800)
     assert again.reused and again.run_id == result.run_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import re
 import sys
@@ -60,17 +61,25 @@ def load_pipeline_module(workspace: Path, module: str):
     return mod
 
 
+def _accepts(function: Any, name: str) -> bool:
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 def compile_pipeline(
     workspace: Path,
     module: str,
     images: Mapping[str, str] | None = None,
     gpu: Any | None = None,
     mounts: Mapping[str, str] | None = None,
+    secrets: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> CompiledPipeline:
-    """Compile ``build_pipeline(images, gpu, mounts)`` of ``module`` with the kfp compiler.
+    """Compile ``build_pipeline(images, gpu, mounts[, secrets])`` of ``module`` with the kfp compiler.
 
     ``mounts`` ({"data": path, "models": path}) says where the storage port mounts the run's volumes
-    in a step on Kubernetes.
+    in a step on Kubernetes. ``secrets`` ({"kaggle": {"name": secret, "env": {key: variable}}}) are the
+    Kubernetes Secrets to bind to the steps that need them; a pipeline written before it existed takes no
+    ``secrets`` and still compiles as long as none is configured.
 
     With ``images`` (a registry is configured) every image must be pinned by digest, and every image
     in the compiled spec must be one of them: a step left on a tag would run whatever the tag points
@@ -86,9 +95,18 @@ def compile_pipeline(
                 "pinned: " + ", ".join(f"{n}={r}" for n, r in sorted(loose.items()))
             )
     mod = load_pipeline_module(Path(workspace), module)
+    extra: dict[str, Any] = {}
+    if secrets:
+        if not _accepts(mod.build_pipeline, "secrets"):
+            raise ConfigError(
+                f"{module}: build_pipeline takes no 'secrets' argument, so the Kubernetes Secrets configured "
+                f"for its steps ({', '.join(sorted(secrets))}, e.g. data.kaggle.secret) would never reach "
+                "them: add secrets=None to build_pipeline and bind them (kfp.kubernetes.use_secret_as_env)"
+            )
+        extra["secrets"] = {purpose: dict(binding) for purpose, binding in secrets.items()}
     try:
         pipeline_func = mod.build_pipeline(
-            images=dict(images) if images else None, gpu=gpu, mounts=dict(mounts or {})
+            images=dict(images) if images else None, gpu=gpu, mounts=dict(mounts or {}), **extra
         )
         with tempfile.TemporaryDirectory(prefix="branchops-compile-") as tmp:
             out = Path(tmp) / "pipeline.yaml"

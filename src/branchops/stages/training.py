@@ -33,7 +33,14 @@ from branchops.records import (
     TrainingLineage,
     TrainingOutputs,
 )
-from branchops.runplan import PLOTS_DIR, compile_workspace, pipeline_params, read_metrics, run_paths
+from branchops.runplan import (
+    METRICS_FILE,
+    PLOTS_DIR,
+    compile_workspace,
+    pipeline_params,
+    read_metrics,
+    run_paths,
+)
 from branchops.stages.base import StageContext, StageResult
 
 
@@ -85,23 +92,33 @@ def uploaded_version(ctx: StageContext, engine, compiled):
 
 def provide_data(ctx: StageContext, storage) -> tuple[Any, str | None]:
     """The data volume as config's policy says, with the raw files in ``raw/``: (volume, kaggle dataset the
-    pipeline downloads into it, if any)."""
+    pipeline downloads into it, if any).
+
+    Whether the raw files are there is asked of the volume itself (through the storage port), not taken
+    from whether the volume is new: a download that failed leaves the volume behind, empty of raw files,
+    and the next run must download again."""
     cfg = ctx.config
     volume, needs_data = storage.provide_data_volume(cfg.storage.data_volume)
     raw = Path(volume.path) / "raw" if volume.path else None
-    if not (needs_data or (raw is not None and not raw.exists())):
+    if not needs_data and storage.list_folder(volume, "raw"):
         return volume, None
     data = cfg.data
     if data is None:
         raise ConfigError(
-            f"volume {volume.name} is new and config has no 'data' section saying where its "
-            "files come from (data.source: folder, kaggle or script)"
+            f"volume {volume.name} has no raw data (no raw/ folder) and config has no 'data' section "
+            "saying where its files come from (data.source: folder, kaggle or script)"
         )
     if data.source == "kaggle":
+        check_kaggle_credentials(ctx)
         for ref, var in ((data.kaggle.username, "KAGGLE_USERNAME"), (data.kaggle.key, "KAGGLE_KEY")):
             value = ref.resolve() if ref else None
             if value:
                 os.environ[var] = value  # the pipeline's download step (a local process) reads these
+        ctx.log.info(
+            "data volume %s holds no raw data: the pipeline's first step downloads Kaggle dataset %s",
+            volume.name,
+            data.kaggle.dataset,
+        )
         return volume, data.kaggle.dataset
     if raw is None:
         raise ConfigError(
@@ -143,6 +160,39 @@ def provide_data(ctx: StageContext, storage) -> tuple[Any, str | None]:
     return volume, None
 
 
+def check_kaggle_credentials(ctx: StageContext) -> None:
+    """Refuse, before any run starts, a Kaggle download that cannot authenticate: on Kubeflow the step
+    reads the credentials from the Kubernetes Secret ``data.kaggle.secret`` (bound to it when the pipeline
+    is compiled); a local step reads KAGGLE_USERNAME/KAGGLE_KEY, which ``data.kaggle`` references, or a
+    kaggle.json. Credentials Kaggle refuses are reported by the download step, the pipeline's first."""
+    kaggle = ctx.config.data.kaggle
+    if ctx.config.kubeflow.backend == "kubeflow":
+        if not kaggle.secret:
+            raise ConfigError(
+                f"data.kaggle: the data volume needs Kaggle dataset {kaggle.dataset}, and on Kubeflow the "
+                "download step gets credentials only from a Kubernetes Secret: create one (keys "
+                f"{', '.join(sorted(kaggle.secret_keys))}) in the pipeline's namespace and name it in "
+                "data.kaggle.secret"
+            )
+        return
+    refs = [ref for ref in (kaggle.username, kaggle.key) if ref is not None]
+    if refs and all(ref.resolve() for ref in refs):
+        return
+    if (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or os.environ.get(
+        "KAGGLE_API_TOKEN"
+    ):
+        return
+    folders = [os.environ.get("KAGGLE_CONFIG_DIR"), str(Path.home() / ".kaggle")]
+    if any(folder and (Path(folder) / "kaggle.json").is_file() for folder in folders):
+        return
+    unresolved = ", ".join(ref.describe() for ref in refs if not ref.resolve()) or "none configured"
+    raise ConfigError(
+        f"data.kaggle: the data volume needs Kaggle dataset {kaggle.dataset} but there are no Kaggle "
+        f"credentials (data.kaggle.username/key: {unresolved}; no KAGGLE_USERNAME/KAGGLE_KEY, "
+        "KAGGLE_API_TOKEN or kaggle.json): nothing was started"
+    )
+
+
 def is_synthetic(folder: Path | None) -> bool:
     return folder is not None and (folder / SYNTHETIC_MARKER).exists()
 
@@ -164,7 +214,9 @@ def run_experiment(
     cfg = ctx.config
     data_volume, model_volume = volumes
     name = run_name(ctx, experiment.name)
-    paths = run_paths(storage, data_volume, model_volume, f"runs/{name}")
+    # A retry (a new run name) works in the same folder: its parameters are this run's.
+    folder = f"runs/{name}"
+    paths = run_paths(storage, data_volume, model_volume, folder)
     params = pipeline_params(
         spec, paths, version, ctx.source_commit, kaggle, data_volume, model_volume, experiment.params
     )
@@ -204,7 +256,7 @@ def run_experiment(
     if not result.succeeded:
         return entry
     entry.metrics = read_metrics(result.outputs, paths, cfg.training.metrics)
-    entry.model = ModelRef(volume=model_volume.name, path=f"runs/{name}/export/{version}", version=version)
+    entry.model = ModelRef(volume=model_volume.name, path=f"{folder}/export/{version}", version=version)
     if cfg.storage.snapshots:
         labels = {"branchops.io/commit": ctx.source_commit[:40], "branchops.io/run": name[:63]}
         data_snap = storage.snapshot(data_volume.name, snapshot_name(data_volume.name, ctx), labels)
@@ -221,12 +273,14 @@ def run_experiment(
         )
     else:
         entry.data = DataRef(volume=data_volume.name, snapshot=None)
-    if paths.local_work_dir:
-        for png in sorted((paths.local_work_dir / PLOTS_DIR).glob("*.png")):
-            ctx.add_artifact(f"{experiment.name}/{PLOTS_DIR}/{png.name}", png.read_bytes())
-        metrics_file = paths.local_work_dir / "metrics.json"
-        if metrics_file.exists():
-            ctx.add_artifact(f"{experiment.name}/metrics.json", metrics_file.read_bytes())
+    # The run's files are read from the model volume through the storage port: on Kubeflow with Trident
+    # no directory here holds them, and the Kubeflow API returns the steps' states, not their outputs.
+    ctx.add_artifact(f"{experiment.name}/{METRICS_FILE}", json.dumps(entry.metrics, indent=2) + "\n")
+    plots = f"{folder}/{PLOTS_DIR}"
+    for png in [n for n in storage.list_folder(model_volume, plots) or [] if n.endswith(".png")]:
+        content = storage.read_file(model_volume, f"{plots}/{png}")
+        if content is not None:
+            ctx.add_artifact(f"{experiment.name}/{PLOTS_DIR}/{png}", content)
     return entry
 
 

@@ -35,11 +35,25 @@ class PipelineOutputs(NamedTuple):
 
 
 def build_pipeline(
-    images: Mapping[str, str] | None = None, gpu: Any | None = None, mounts: Mapping[str, str] | None = None
+    images: Mapping[str, str] | None = None,
+    gpu: Any | None = None,
+    mounts: Mapping[str, str] | None = None,
+    secrets: Mapping[str, Mapping[str, Any]] | None = None,
 ):
     """The pipeline function, with ``images`` (component name -> image reference) and ``mounts`` (where
-    the data and model volumes are mounted in a step: {"data": path, "models": path}) applied."""
+    the data and model volumes are mounted in a step: {"data": path, "models": path}) applied.
+
+    ``secrets`` are the Kubernetes Secrets branchops asks to bind to the steps ({"kaggle": {"name": secret,
+    "env": {secret key: variable}}}, from data.kaggle.secret). This pipeline downloads nothing, so none is
+    accepted; a pipeline that does binds each to its downloading step with
+    ``kfp.kubernetes.use_secret_as_env(task, secret_name=..., secret_key_to_env=...)``."""
     from kfp import dsl, kubernetes
+
+    if secrets:
+        raise ValueError(
+            f"Kubernetes Secrets are configured for this pipeline's steps ({', '.join(sorted(secrets))}), "
+            "but none of its steps downloads anything: its raw data comes from data.source folder or script"
+        )
 
     if int(getattr(gpu, "count", 0) or 0) > 0:
         # The train image holds tensorflow-cpu: a GPU request would only hold a node's GPU idle.
