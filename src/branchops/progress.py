@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,18 +130,21 @@ class Progress:
         counts = self.counts()
         return f"{self.what} … still running ({elapsed(self.seconds)})" + (f": {counts}" if counts else "")
 
-    def status(self, tick: int, colour: bool) -> str:
-        """The terminal's status line: spinner, what, a bar when the total is known, elapsed time."""
+    def status(self, tick: int, colour: bool, width: int = 80) -> str:
+        """The terminal's status line: spinner, what, a bar when the total is known, elapsed time; cut to
+        ``width`` characters (a line that wraps cannot be wiped with one carriage return)."""
         spinner = _SPINNER[tick % len(_SPINNER)]
         if colour:
             spinner = f"{_COLOUR_ON}{spinner}{_COLOUR_OFF}"
         bar = ""
         if self.total:
-            width = 20
-            filled = min(width, width * self.done // self.total)
-            bar = f" [{'#' * filled}{'.' * (width - filled)}]"
+            filled = min(20, 20 * self.done // self.total)
+            bar = f" [{'#' * filled}{'.' * (20 - filled)}]"
         counts = self.counts()
-        return f"{spinner} {self.what}{bar} {elapsed(self.seconds)}" + (f" ({counts})" if counts else "")
+        rest = f"{self.what}{bar} {elapsed(self.seconds)}" + (f" ({counts})" if counts else "")
+        if len(rest) > width - 2:
+            rest = rest[: max(width - 3, 0)] + "…"
+        return f"{spinner} {rest}"
 
 
 class _ClearStatusLine(logging.Filter):
@@ -220,8 +224,9 @@ def heartbeat(
         while not stop.wait(REDRAW_S):
             tick += 1
             if _innermost(progress):
+                line = progress.status(tick, colour, width=_columns(stream) - 1)
                 with lock:
-                    stream.write("\r\x1b[K" + progress.status(tick, colour))
+                    stream.write("\r\x1b[K" + line)
                     stream.flush()
 
     def beat() -> None:
@@ -248,6 +253,13 @@ def heartbeat(
             with lock:
                 stream.write("\r\x1b[K")
                 stream.flush()
+
+
+def _columns(stream: IO[str]) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # not a real terminal (a test's stream)
+        return shutil.get_terminal_size().columns
 
 
 def print_line(text: str, stream: IO[str] | None = None) -> None:

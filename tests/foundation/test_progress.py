@@ -116,6 +116,16 @@ def test_on_a_terminal_a_status_line_is_redrawn_in_place_and_wiped_at_the_end(
     assert SGR.search(out)  # coloured on a terminal...
 
 
+def test_the_status_line_never_wraps(on_a_terminal, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")  # what the stream's size falls back to when it is not a real tty
+    with heartbeat(
+        "a wait with a long name " * 4, logger=logging.getLogger("branchops.t"), stream=on_a_terminal
+    ):
+        time.sleep(0.3)
+    frames = [SGR.sub("", f) for f in on_a_terminal.getvalue().split("\r\x1b[K") if f]
+    assert frames and all(len(f) <= 39 and f.endswith("…") for f in frames), frames
+
+
 def test_no_color_means_no_colour(on_a_terminal, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     with heartbeat("training", logger=logging.getLogger("branchops.t"), stream=on_a_terminal):
