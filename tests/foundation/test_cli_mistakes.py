@@ -1,0 +1,94 @@
+"""Mistakes caught where they are made: an approval the gate would not count is refused when it is given,
+and a number out of range is a usage error naming the valid range."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+
+from tests.foundation.conftest import Project
+from tests.foundation.test_cli_json import leaf_commands
+
+
+def approvals(project: Project, number: int) -> list[str]:
+    return [
+        a["user"] for a in json.loads(project.run("mr", "show", str(number), "--json").output)["approvals"]
+    ]
+
+
+def test_the_author_cannot_approve(project: Project):
+    project.commit("ds1", "src/model.py", "VERSION = 2\n", user="lead")
+    number = project.open_mr("build-components", author="lead")
+    result = project.run("mr", "approve", str(number), "--as", "lead", expect=4)
+    assert "lead is the author of !1 (no self-approval)" in result.output
+    assert approvals(project, number) == []
+
+
+def test_who_the_target_branch_does_not_designate_cannot_approve(project: Project):
+    project.commit("ds1", "src/model.py", "VERSION = 2\n")
+    number = project.open_mr("build-components")
+    result = project.run("mr", "approve", str(number), "--as", "head-of-ds", expect=4)
+    assert "head-of-ds is not a designated approver of 'build-components' (designated: lead)" in result.output
+    assert approvals(project, number) == []
+    project.run("mr", "approve", str(number), "--as", "lead")
+    assert approvals(project, number) == ["lead"]
+
+
+def test_a_merge_request_cannot_designate_its_own_approver(project: Project):
+    """Who is designated is read from the target branch, not from the change under review (as the gate
+    does at the merge)."""
+    config = (project.path / "config" / "branchops.yaml").read_text()
+    project.commit(
+        "ds1",
+        "config/branchops.yaml",
+        config.replace("build-components: [lead]", "build-components: [mallory]"),
+    )
+    number = project.open_mr("build-components")
+    result = project.run("mr", "approve", str(number), "--as", "mallory", expect=4)
+    assert "mallory is not a designated approver" in result.output
+    project.run("mr", "approve", str(number), "--as", "lead")
+
+
+def test_approving_a_closed_request_is_the_forges_refusal(project: Project):
+    project.commit("ds1", "src/model.py", "VERSION = 2\n")
+    number = project.open_mr("build-components")
+    project.run("mr", "close", str(number))
+    assert (
+        "only open requests can be approved"
+        in project.run("mr", "approve", str(number), "--as", "ds1", expect=5).output
+    )
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1"])
+def test_a_port_out_of_range_is_a_usage_error_naming_the_range(project: Project, port: str):
+    result = project.run("serve", "start", "--port", port, expect=2)
+    assert "1<=x<=65535" in result.output
+
+
+def test_every_number_option_is_range_checked():
+    """A plain ``int`` option takes 0, -5 or 99999 and the mistake surfaces later (or never): every number
+    the command line takes has its bounds."""
+    unbounded = [
+        f"{' '.join(path)} {param.human_readable_name}"
+        for path, command in leaf_commands().items()
+        for param in command.params
+        if isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType))
+        and not (isinstance(param.type, click.types._NumberRangeBase) and param.type.min is not None)
+    ]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["mr", "show", "0"],
+        ["mr", "approve", "0", "--as", "lead"],
+        ["predict", "--version", "0", "--instances", "[[1]]"],
+        ["rollback", "--to", "0", "--as", "ds1"],
+        ["jenkins", "logs", "training", "--build", "0"],
+    ],
+)
+def test_numbers_below_one_are_usage_errors(project: Project, args: list[str]):
+    assert "x>=1" in project.run(*args, expect=2).output
