@@ -7,9 +7,12 @@ turbulence target; the normalisation is inside the graph) and two outputs named 
 predicts (:data:`OUTPUT_NAMES`): the probability that the label is 1 (float32 [None]; ``probability_up`` for
 direction, ``probability_turbulent`` for turbulence) and the label itself (int64 [None], 1 when that
 probability >= 0.5; ``direction`` or ``turbulent``).  ``assets.extra/branchops_model.json`` carries what the
-model predicts (``predicts``, ``target_kind``), the feature order, tickers, window, training commit and a
+model predicts (``predicts``, ``target_kind``), the feature order, tickers, window, training commit, a
 fixed sample of test inputs with the predictions the exported graph gave for them (the deploy stage's
-smoke test replays it).
+smoke test replays it), the exporting TensorFlow's version (``tensorflow_version``: the serving image
+must be as new) and the served signature (``serving_contract``: each input's and output's dtype and
+shape as TensorFlow Serving's signature_def metadata gives them, ``DT_FLOAT`` and ``-1`` for a free
+dimension), read from the exported graph itself.
 
 The version is built in a hidden temporary folder under ``export_base`` and renamed into place, so
 TensorFlow Serving (which watches ``export_base``) never sees half a version.  Versions are immutable:
@@ -111,6 +114,8 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
                 f"({probability[:3]} vs {keras_probability[:3]})"
             )
         metadata = {
+            "tensorflow_version": tf.__version__,
+            "serving_contract": serving_contract(served),
             "input": INPUT_NAME,
             "outputs": [probability_name, label_name],
             "signature": SIGNATURE,
@@ -157,6 +162,31 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
         "already_exported": False,
         "metadata": str(final / "assets.extra" / METADATA_FILE),
     }
+
+
+def serving_contract(signature: Any) -> dict[str, Any]:
+    """The signature's inputs and outputs as TF Serving's metadata describes them: ``{"inputs": {name:
+    {"dtype": "DT_FLOAT", "shape": [-1, n]}}, "outputs": {...}}`` (-1: any size; shape None: unknown rank).
+    A release whose contract differs from the serving version's breaks its clients."""
+    _, inputs = signature.structured_input_signature
+
+    def describe(spec: Any) -> dict[str, Any]:
+        shape = (
+            None if spec.shape.rank is None else [-1 if d is None else int(d) for d in spec.shape.as_list()]
+        )
+        return {"dtype": _dtype_enum(spec.dtype), "shape": shape}
+
+    return {
+        "inputs": {name: describe(spec) for name, spec in sorted(inputs.items())},
+        "outputs": {name: describe(spec) for name, spec in sorted(signature.structured_outputs.items())},
+    }
+
+
+def _dtype_enum(dtype: Any) -> str:
+    """TF Serving's name for a dtype in signature metadata: the DataType enum (types.proto), DT_FLOAT..."""
+    from tensorflow.core.framework import types_pb2
+
+    return types_pb2.DataType.Name(dtype.as_datatype_enum)
 
 
 def _existing_version(final: Path, metadata: dict[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,7 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "poddisruptionbudgets": ("policy", "v1", "PodDisruptionBudget"),
     "virtualservices": (ISTIO, "v1beta1", "VirtualService"),
     "destinationrules": (ISTIO, "v1beta1", "DestinationRule"),
+    "volumesnapshots": ("snapshot.storage.k8s.io", "v1", "VolumeSnapshot"),
 }
 WITH_GENERATION = {
     "deployments",
@@ -274,6 +275,7 @@ class ServingKubeEmulator(KubeEmulator):
     replicas: dict[str, TfServingReplica] = field(default_factory=dict)  # pod uid -> its TF Serving
     config_history: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)
     terminating: dict[str, int] = field(default_factory=dict)  # pod uid -> reads until it is gone
+    events: list[tuple[str, str, str, str]] = field(default_factory=list)  # (ns, object, reason, message)
 
     url_map = Map(
         [
@@ -727,12 +729,43 @@ class ServingKubeEmulator(KubeEmulator):
             elif resource == "jobs":
                 self._reconcile_job(ns, name, obj)
             elif resource == "persistentvolumeclaims" and obj["status"].get("phase") == "Pending":
+                problem = self._provisioning_problem(ns, obj)
+                if problem:  # the claim stays Pending; the provisioner says why in an event
+                    event = (ns, name, "ProvisioningFailed", problem)
+                    if event not in self.events:
+                        self.events.append(event)
+                    continue
                 obj["status"] = {
                     "phase": "Bound",
                     "accessModes": obj["spec"]["accessModes"],
                     "capacity": dict(obj["spec"]["resources"]["requests"]),
                 }
                 self._bump(obj)
+
+    def _provisioning_problem(self, ns: str, claim: dict[str, Any]) -> str | None:
+        """Why the CSI external-provisioner cannot provision this claim from its data source, or None.
+        ``dataSource`` is a TypedLocalObjectReference: the snapshot is looked up in the claim's namespace."""
+        source = claim["spec"].get("dataSource") or {}
+        if source.get("kind") != "VolumeSnapshot":
+            return None
+        name = source.get("name", "")
+        snapshot = self.objects.get(("volumesnapshots", ns, name))
+        if snapshot is None:
+            return (
+                f"error getting handle for DataSource Type VolumeSnapshot by Name {name}: error getting "
+                f'snapshot {name} from api server: volumesnapshots.snapshot.storage.k8s.io "{name}" not found'
+            )
+        status = snapshot.get("status") or {}
+        if not status.get("readyToUse"):
+            return f"snapshot {name} is not Ready"
+        requested = claim["spec"]["resources"]["requests"]["storage"]
+        restore = status.get("restoreSize")
+        if restore is not None and quantity_bytes(requested) < quantity_bytes(restore):
+            return (
+                f"requested volume size {quantity_bytes(requested)} is less than the size "
+                f"{quantity_bytes(restore)} for the source snapshot {name}"
+            )
+        return None
 
     def _bump(self, obj: dict[str, Any]) -> None:
         super()._bump(obj)
@@ -1010,6 +1043,19 @@ class ServingKubeEmulator(KubeEmulator):
         if new_status != status:
             job["status"] = new_status
             self._bump(job)
+
+
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+_FACTORS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
+_FACTORS.update({"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50})
+
+
+def quantity_bytes(quantity: str | int) -> int:
+    """A Kubernetes resource quantity (the forms storage sizes use) in bytes."""
+    match = _QUANTITY.match(str(quantity))
+    if not match:
+        raise ValueError(f"not a storage quantity: {quantity!r}")
+    return int(float(match[1]) * _FACTORS[match[2]])
 
 
 def _dig(obj: Any, path: tuple[str, ...]) -> Any:

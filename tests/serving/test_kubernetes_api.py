@@ -804,3 +804,90 @@ def test_a_config_map_change_reaches_tf_serving_after_the_kubelet_sync_and_its_p
     from branchops.serving.kubernetes_manifests import MODEL_CONFIG_POLL_S, model_config_visible_within_s
 
     assert model_config_visible_within_s() >= 60 + MODEL_CONFIG_POLL_S
+
+
+# -- the model snapshot's clone ---------------------------------------------------------------------------
+
+
+def ready_snapshot(em, namespace: str, name: str, restore_size: str) -> None:
+    """A VolumeSnapshot as the storage backend leaves it: ready, with the size a restore needs."""
+    em.objects[("volumesnapshots", namespace, name)] = {
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot",
+        "metadata": {"name": name, "namespace": namespace, "uid": "snap-uid", "resourceVersion": "1"},
+        "spec": {
+            "source": {"persistentVolumeClaimName": "djia-models"},
+            "volumeSnapshotClassName": "trident",
+        },
+        "status": {"readyToUse": True, "restoreSize": restore_size},
+    }
+
+
+def test_a_clone_sized_from_the_snapshots_restore_size_binds(api, kube, objects):
+    em = kube.emulator
+    ready_snapshot(em, NS, "djia-models-run3", "20Gi")
+    size = api.snapshot_restore_size("djia-models-run3", NS)
+    assert size == "20Gi"
+    api.apply(objects.source_clone("djia-models-run3", 3, restore_size=size))
+    em.settle(2)
+    claim = em.get("persistentvolumeclaims", NS, "tfserve-src-3")
+    assert claim["status"]["phase"] == "Bound" and claim["status"]["capacity"]["storage"] == "20Gi"
+    with pytest.raises(ExternalError, match="could not read VolumeSnapshot serving/absent: HTTP 404"):
+        api.snapshot_restore_size("absent", NS)
+
+
+def test_a_clone_smaller_than_the_restore_size_or_from_another_namespace_never_binds(api, kube, objects):
+    """What the CSI provisioner refuses: a claim below the snapshot's restoreSize (the serving volume's
+    10Gi against a 20Gi snapshot), and a dataSource naming a snapshot that is in another namespace."""
+    em = kube.emulator
+    ready_snapshot(em, NS, "djia-models-run3", "20Gi")
+    ready_snapshot(em, "kubeflow-user", "djia-models-run4", "20Gi")
+    api.apply(objects.source_clone("djia-models-run3", 3))  # requests serving_volume_size, 10Gi
+    api.apply(objects.source_clone("djia-models-run4", 4, restore_size="20Gi"))
+    em.settle(5)
+    assert em.get("persistentvolumeclaims", NS, "tfserve-src-3")["status"]["phase"] == "Pending"
+    assert em.get("persistentvolumeclaims", NS, "tfserve-src-4")["status"]["phase"] == "Pending"
+    reasons = {name: message for _, name, _, message in em.events}
+    assert "requested volume size 10737418240 is less than the size 21474836480" in reasons["tfserve-src-3"]
+    assert 'volumesnapshots.snapshot.storage.k8s.io "djia-models-run4" not found' in reasons["tfserve-src-4"]
+
+
+def test_a_configuration_whose_snapshots_live_in_another_namespace_is_refused():
+    from branchops.errors import ConfigError
+    from branchops.serving.kubernetes_manifests import check_snapshot_namespace
+
+    def config(storage_ns: str, serving_ns: str) -> BranchopsConfig:
+        return BranchopsConfig.model_validate(
+            {
+                "approvers": {s: ["lead"] for s in STAGES},
+                "storage": {"backend": "trident", "trident": {"namespace": storage_ns}},
+                "serving": {
+                    "backend": "kubernetes",
+                    "model_name": "djia",
+                    "kubernetes": {"namespace": serving_ns},
+                },
+            }
+        )
+
+    with pytest.raises(ConfigError, match="storage.trident.namespace is 'kubeflow-user' but serving"):
+        check_snapshot_namespace(config("kubeflow-user", "serving"))
+    check_snapshot_namespace(config("ml", "ml"))
+
+
+def test_a_pod_whose_readiness_probe_fails_takes_no_traffic(api, kube, objects):
+    em = kube.emulator
+    model_configs(api, objects)
+    em.fails_readiness = lambda pod: pod["metadata"]["name"].startswith("tfserve-canary")
+    api.apply(objects.deployment(replicas=1))
+    api.apply(objects.deployment("canary", replicas=1))
+    api.apply(objects.service())
+    em.settle()
+    assert api.ready_pods(NS, objects.selector("canary")) == []
+    assert len(api.ready_pods(NS, objects.selector("stable"))) == 1
+    service = api.proxy_client(NS, "services/tfserve:http", "djia")
+    for _ in range(4):  # the Service selects both tracks, but only the ready pod has endpoints
+        service.status(label="stable")
+    assert {pod for pod, _, _ in em.proxied} == set(api.ready_pods(NS, objects.selector("stable")))
+    em.fails_readiness = None
+    em.settle(1)
+    assert len(api.ready_pods(NS, objects.selector("canary"))) == 1

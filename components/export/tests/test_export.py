@@ -35,6 +35,16 @@ def test_saved_model_has_the_serving_contract_and_answers_the_sample(exported, t
     assert meta["target_kind"] == "direction" and meta["predicts"] == features_meta["predicts"]
     assert "closes above the previous trading day's Close" in meta["outputs_meaning"]["probability_up"]
     assert len(meta["sample"]["instances"]) == 8
+    # the serving image must be able to load what this TensorFlow wrote, and clients rely on this contract
+    assert meta["tensorflow_version"] == tf.__version__
+    n = len(meta["feature_names"])
+    assert meta["serving_contract"] == {
+        "inputs": {"lagged_returns": {"dtype": "DT_FLOAT", "shape": [-1, n]}},
+        "outputs": {
+            "direction": {"dtype": "DT_INT64", "shape": [-1]},
+            "probability_up": {"dtype": "DT_FLOAT", "shape": [-1]},
+        },
+    }
 
     serving = tf.saved_model.load(str(base / "3")).signatures["serving_default"]
     assert list(serving.structured_input_signature[1]) == ["lagged_returns"]

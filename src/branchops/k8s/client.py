@@ -240,6 +240,26 @@ class KubeApi:
                 "(edited by hand?); put back a state or delete the annotation"
             ) from None
 
+    def snapshot_restore_size(self, name: str, namespace: str) -> str | None:
+        """A VolumeSnapshot's ``status.restoreSize`` (the least a PVC restored from it may request), or
+        None while the snapshot does not report it yet; a missing snapshot is an ExternalError."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            snapshot = self.custom.get_namespaced_custom_object(
+                "snapshot.storage.k8s.io",
+                "v1",
+                namespace,
+                "volumesnapshots",
+                name,
+                _request_timeout=self.request_timeout_s,
+            )
+        except (ApiException, HTTPError) as exc:
+            raise self._error(f"could not read VolumeSnapshot {namespace}/{name}", exc) from None
+        size = (snapshot.get("status") or {}).get("restoreSize")
+        return str(size) if size is not None else None
+
     def job_finished(self, name: str, namespace: str) -> bool | None:
         """True once succeeded, False once failed, None while running."""
         from kubernetes.client.exceptions import ApiException
