@@ -258,3 +258,15 @@ def test_kaggle_data_without_local_credentials_fails_before_any_run(tmp_path, re
     assert ctx.config.data.source == "kaggle"  # the reference project's, with {env: KAGGLE_USERNAME/KEY}
     with pytest.raises(ConfigError, match="no Kaggle credentials.*env KAGGLE_USERNAME: not set"):
         training.provide_data(ctx, LocalStorage(tmp_path / "volumes"))
+
+
+def test_generated_data_on_a_pvc_is_reported_as_synthetic(tmp_path, repo, kube, kfp, registry):
+    ctx = context(repo, tmp_path, registry)
+    upload_pipeline(ctx)
+    put_raw_data(kube, ctx)
+    (kube.volume_dir(NS, "djia-data") / "raw" / training.SYNTHETIC_MARKER).write_text("generated\n")
+    steps_write_their_files(kube, kfp)
+    result = training.run(ctx)
+    assert result.outcome == "success" and result.outputs["synthetic_data"] is True
+    assert result.summary.startswith("SYNTHETIC DATA")
+    assert "**SYNTHETIC DATA.**" in ctx.artifacts["report.md"].decode()

@@ -722,7 +722,8 @@ def run(ctx: StageContext) -> StageResult:
         pipeline_params(
             compiled.spec, paths, version, ctx.source_commit, kaggle, data_volume, model_volume, exp.params
         )
-    synthetic = is_synthetic(Path(data_volume.path) / "raw" if data_volume.path else None)
+    # asked of the volume, so that generated data on a PVC is reported as such too
+    synthetic = SYNTHETIC_MARKER in (storage.list_folder(data_volume, "raw") or [])
 
     with ThreadPoolExecutor(max_workers=cfg.training.max_parallel_runs) as pool:
         entries = list(
