@@ -97,6 +97,21 @@ def _page(items: list[Any], page_size: int | None, page_token: str | None) -> tu
     return chunk, nxt
 
 
+def _in_dependency_order(tasks: dict[str, Any]) -> list[str]:
+    """Task names so that every task comes after the tasks it depends on (ties by name)."""
+    ordered: list[str] = []
+    while len(ordered) < len(tasks):
+        ready = sorted(
+            name
+            for name, task in tasks.items()
+            if name not in ordered and set((task or {}).get("dependentTasks") or []) <= set(ordered)
+        )
+        if not ready:
+            raise ValueError("the pipeline's tasks depend on each other in a cycle")
+        ordered.append(ready[0])
+    return ordered
+
+
 class _Api:
     def __init__(self, fake: FakeKfpClient) -> None:
         self._fake = fake
@@ -305,12 +320,21 @@ class _Runs(_Api):
         return run
 
     def _details(self, run: V2beta1Run) -> V2beta1RunDetails:
-        """The tasks of the run's pipeline and their final states; no parameter or metric values."""
+        """The tasks of the run's pipeline and their final states; no parameter or metric values.
+
+        A succeeded run lists every task SUCCEEDED. A failed run lists the tasks that ran, in dependency
+        order: those before ``failing_task`` SUCCEEDED, that one FAILED with ``failing_task_error`` as its
+        error; the tasks after it never started and are not listed (the default failing task is the last).
+        """
         version = self._fake.versions[run.pipeline_version_reference.pipeline_version_id]
         spec = version.pipeline_spec
         spec = spec.get("pipeline_spec", spec)
-        tasks = sorted((spec.get("root", {}).get("dag", {}) or {}).get("tasks", {}) or {})
-        state = run.state if run.state == "SUCCEEDED" else "CANCELED" if run.state == "CANCELED" else "FAILED"
+        tasks = _in_dependency_order((spec.get("root", {}).get("dag", {}) or {}).get("tasks", {}) or {})
+        states = {task: run.state for task in tasks}
+        if run.state != "SUCCEEDED" and tasks:
+            failing = self._fake.failing_task if self._fake.failing_task in tasks else tasks[-1]
+            tasks = tasks[: tasks.index(failing) + 1]
+            states = {task: "SUCCEEDED" for task in tasks} | {failing: "FAILED"}
         return V2beta1RunDetails(
             pipeline_context_id=str(uuid.uuid4().int % 10**6),
             pipeline_run_context_id=str(uuid.uuid4().int % 10**6),
@@ -322,7 +346,10 @@ class _Runs(_Api):
                     create_time=run.created_at,
                     start_time=run.created_at,
                     end_time=run.finished_at,
-                    state=state,
+                    state=states[task],
+                    error=GoogleRpcStatus(code=2, message=self._fake.failing_task_error)
+                    if states[task] == "FAILED" and self._fake.failing_task_error
+                    else None,
                     execution_id=str(uuid.uuid4().int % 10**6),
                     pod_name=f"{run.display_name[:40]}-{task}-{uuid.uuid4().hex[:5]}",
                 )
@@ -349,6 +376,8 @@ class FakeKfpClient:
         self.run_scripts: dict[str, deque] = {}
         self.next_run_script: list[Any] = ["RUNNING", "RUNNING", "SUCCEEDED"]
         self.on_run_succeeded: Any = None  # called with the run when it succeeds: what its steps wrote
+        self.failing_task: str | None = None  # the task a failed run failed at (default: its last)
+        self.failing_task_error: str | None = None
         self.uploaded_specs: list[bytes] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self._faults: dict[str, deque] = defaultdict(deque)

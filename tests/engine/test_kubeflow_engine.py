@@ -253,13 +253,18 @@ def test_a_create_whose_answer_was_lost_does_not_start_a_second_run(compiled):
     assert result.state == "SUCCEEDED" and len(fake.runs) == 1
 
 
-def test_a_failed_run_reports_the_servers_error(compiled):
+def test_a_failed_run_reports_the_servers_error_and_the_step_that_failed(compiled):
     fake = FakeKfpClient()
-    fake.next_run_script = ["RUNNING", ("FAILED", "task train: OOMKilled")]
+    fake.next_run_script = ["RUNNING", ("FAILED", "1 task failed")]
+    fake.failing_task, fake.failing_task_error = "produce", "ValueError: asked to fail (count=4)"
     engine = engine_with(fake)
     upload = engine.upsert("djia-sentiment", compiled)
     result = engine.run("training", upload, "r1", {"out_dir": "/o"}, 60)
-    assert result.state == "FAILED" and result.error == "run r1 ended FAILED: task train: OOMKilled"
+    assert result.state == "FAILED"
+    assert result.error == (
+        "run r1 ended FAILED at step produce (ValueError: asked to fail (count=4)): 1 task failed"
+    )
+    assert result.outputs["tasks"] == {"produce": "FAILED"}  # consume never started
 
 
 def test_a_run_past_its_timeout_is_terminated_and_reported(compiled):

@@ -270,3 +270,24 @@ def test_generated_data_on_a_pvc_is_reported_as_synthetic(tmp_path, repo, kube, 
     assert result.outcome == "success" and result.outputs["synthetic_data"] is True
     assert result.summary.startswith("SYNTHETIC DATA")
     assert "**SYNTHETIC DATA.**" in ctx.artifacts["report.md"].decode()
+
+
+def test_credentials_kaggle_refuses_fail_the_download_step_before_any_training(
+    tmp_path, repo, kube, kfp, registry
+):
+    """The Secret exists but Kaggle answers 401: the first step fails, no step after it runs, and the
+    stage says which step failed and why; nothing is snapshotted and no release is proposed."""
+    ctx = context(repo, tmp_path, registry, WITH_SECRET + NEW_DATA_VOLUME)
+    upload_pipeline(ctx)
+    refused = "ComponentError: Kaggle refused the credentials: 401 - Unauthorized"
+    kfp.next_run_script = ["RUNNING", ("FAILED", "1 task failed")]
+    kfp.failing_task, kfp.failing_task_error = "consolidate", refused
+
+    result = training.run(ctx)
+
+    assert result.outcome == "failed"
+    assert f"at step consolidate ({refused})" in result.error
+    [run] = kfp.runs.values()
+    assert [t.display_name for t in run.run_details.task_details] == ["consolidate"]  # nothing trained
+    assert not [key for key in kube.objects if key[0] == "volumesnapshots"]
+    assert ctx.forge.list(target="deploy-model") == []

@@ -524,7 +524,7 @@ class KubeflowEngine(PipelineEngine):
         error = None
         if state not in _FINAL_OK:
             detail = getattr(getattr(run, "error", None), "message", None)
-            error = f"run {run_name} ended {state}" + (f": {detail}" if detail else "")
+            error = f"run {run_name} ended {state}" + _failed_steps(run) + (f": {detail}" if detail else "")
         return RunResult(
             run_id=run_id,
             state="SUCCEEDED" if state in _FINAL_OK else "FAILED",
@@ -564,6 +564,22 @@ def _task_states(run: Any) -> dict[str, str]:
     details = getattr(run, "run_details", None)
     tasks = getattr(details, "task_details", None) or []
     return {t.display_name: str(t.state) for t in tasks if getattr(t, "display_name", None)}
+
+
+def _failed_steps(run: Any) -> str:
+    """Which steps failed, with their errors: a download refused in the first step reads differently
+    from a training step that ran out of memory, and the run's own error names neither."""
+    details = getattr(run, "run_details", None)
+    failed = [
+        t for t in getattr(details, "task_details", None) or [] if str(getattr(t, "state", "")) == "FAILED"
+    ]
+    if not failed:
+        return ""
+    described = []
+    for task in failed:
+        message = getattr(getattr(task, "error", None), "message", None)
+        described.append(f"{task.display_name}" + (f" ({message})" if message else ""))
+    return " at step " + ", ".join(described)
 
 
 def _iso(value: Any) -> str | None:
