@@ -479,6 +479,8 @@ class RolloutSection(Strict):
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     max_p99_latency_ms: float = Field(default=500, gt=0)
     requests_per_step: int = Field(default=50, ge=1)
+    # Each canary step lasts at least this long (and at least requests_per_step requests).
+    min_step_seconds: float = Field(default=60, ge=0, le=MAX_TIMEOUT_S)
 
 
 class ServingSection(Strict):

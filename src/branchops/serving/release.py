@@ -63,6 +63,9 @@ class Release(_Strict):
     # None: the configured default (serving.rollout.strategy).
     strategy: Literal["rolling", "canary"] | None = None
     training: TrainingRef | None = None
+    # Why this version may break the serving version's clients (its inputs or outputs changed); without
+    # it such a release is refused. Written into the release file, so the approver sees it.
+    breaking_change: str | None = Field(default=None, min_length=1)
 
     def strategy_or(self, default: str) -> str:
         return self.strategy or default
