@@ -76,6 +76,30 @@ def branch_tip(repo: git.Repo, branch: str, remote: str | None = None) -> str | 
     return resolve(repo, f"refs/heads/{branch}")
 
 
+def fetch_branches(repo: git.Repo, remote: str, branches: list[str]) -> list[str]:
+    """Update the remote-tracking refs of ``branches`` from ``remote``, each by an explicit refspec (a CI
+    checkout may fetch only the branch it builds, whatever else the remote holds). Returns the branches the
+    remote does not have."""
+    refspecs = {branch: f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}" for branch in branches}
+    try:
+        _run_git(repo, ["fetch", "--quiet", "--no-tags", remote, *refspecs.values()])
+        return []
+    except git.GitCommandError as exc:
+        if "couldn't find remote ref" not in str(exc.stderr):
+            raise ExternalError(f"git fetch {remote} failed: {str(exc.stderr).strip()}") from None
+    missing = []  # one at a time, to learn which
+    for branch, refspec in refspecs.items():
+        try:
+            _run_git(repo, ["fetch", "--quiet", "--no-tags", remote, refspec])
+        except git.GitCommandError as exc:
+            if "couldn't find remote ref" not in str(exc.stderr):
+                raise ExternalError(
+                    f"git fetch {remote} {branch} failed: {str(exc.stderr).strip()}"
+                ) from None
+            missing.append(branch)
+    return missing
+
+
 def read_file(repo: git.Repo, rev: str, path: str) -> bytes | None:
     try:
         blob = repo.commit(rev).tree / path

@@ -110,6 +110,21 @@ def last_gated_commit(
     return None
 
 
+def fetch_what_runs_read(project: Project) -> None:
+    """Bring every branch a run may read up to date from the remote: its own (records land there), the main
+    branch (where the gate starts on a stage's first run) and the other stage branches (training compares
+    with the release on deploy-model and bases its release branch on it). A Jenkins multibranch checkout
+    fetches only the branch it builds, so without this a training build would see no model deployed and
+    make a release branch with no history in common with deploy-model."""
+    config = project.config
+    if not config.git.remote:
+        return
+    names = list(dict.fromkeys([config.branches.main, *(config.branch_for(stage) for stage in STAGES)]))
+    missing = gitops.fetch_branches(project.repo, config.git.remote, names)
+    if missing:
+        log.warning("remote '%s' has no branch %s", config.git.remote, ", ".join(missing))
+
+
 def first_non_bot(repo: git.Repo, sha: str, marker: str) -> str:
     commit = repo.commit(sha)
     while gate.is_own_commit(repo, commit.hexsha, marker):
@@ -170,6 +185,8 @@ def run_branch(
     project = Project.open(repo_path)
     repo, config = project.repo, project.config
     stages = config.stages_for_branch(branch)
+    if stages and config.branches.mode == "single-branch":
+        fetch_what_runs_read(project)  # before the tip is read (run_stage fetches for itself)
     if not stages:
         return [
             RunReport(
@@ -240,6 +257,7 @@ def run_stage(
     module = stage_module(stage)
     branch = boot.branch_for(stage)
     remote = boot.git.remote
+    fetch_what_runs_read(project)
     tip = commit or gitops.branch_tip(repo, branch, remote)
     if tip is None:
         raise BranchopsError(f"branch '{branch}' (stage {stage}) does not exist")
