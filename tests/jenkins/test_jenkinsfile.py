@@ -81,14 +81,18 @@ def test_every_shell_script_of_the_jenkinsfile_parses() -> None:
 def test_the_declarative_structure() -> None:
     model = read_jenkinsfile(JENKINSFILE)
     assert model.agent_yaml_file == "jenkins/agent-pod.yaml"
-    assert model.stages == ["Set up", "Component tests", "Stage"]
+    assert model.stages == ["Bot commit", "Set up", "Component tests", "Stage"]
     assert set(model.options) == {"disableConcurrentBuilds", "timeout", "buildDiscarder", "timestamps"}
     assert model.timeout_s == 6 * 3600
     assert model.post_conditions == ["always", "success", "failure"]
-    assert model.run_commands == ['.venv/bin/branchops run --for-branch "$BRANCH_NAME"']
+    assert model.run_commands == [
+        '.venv/bin/branchops run --for-branch "$BRANCH_NAME" --commit "$GIT_COMMIT" || status=$?'
+    ]
+    assert model.bot_marker == "Branchops-Bot"
+    assert model.bot_guarded == ["Set up", "Component tests", "Stage"]
     assert model.run_stage_guarded and model.run_inside_credentials
     assert "reports/junit/components.xml" in model.junitxml_paths
-    assert "records/**" in model.archived
+    assert model.archived == ["reports/**"]
     assert not model.uses_set_x and not model.groovy_interpolated_secrets and not model.traced_scripts
 
 
@@ -111,8 +115,34 @@ def test_the_jenkinsfile_is_in_step_with_config(config_name: str) -> None:
 DRIFTS = {
     "a missing option": (("    timestamps()\n", ""), "`timestamps` is missing"),
     "a hard-coded stage": (
-        ('.venv/bin/branchops run --for-branch "$BRANCH_NAME"', ".venv/bin/branchops run training"),
+        (
+            '.venv/bin/branchops run --for-branch "$BRANCH_NAME" --commit "$GIT_COMMIT"',
+            '.venv/bin/branchops run training --commit "$GIT_COMMIT"',
+        ),
         "no step runs",
+    ),
+    "the branch tip built instead of the checked-out commit": (
+        (
+            '.venv/bin/branchops run --for-branch "$BRANCH_NAME" --commit "$GIT_COMMIT"',
+            '.venv/bin/branchops run --for-branch "$BRANCH_NAME"',
+        ),
+        "no step runs",
+    ),
+    "set-up for a record commit": (
+        (
+            "stage('Set up') {\n            when { environment name: 'BRANCHOPS_BOT_COMMIT', "
+            "value: 'false' }",
+            "stage('Set up') {",
+        ),
+        "Set up must be skipped for branchops' own commits",
+    ),
+    "no bot-commit check": (
+        ("Branchops-Bot: true[[:space:]]*'", "[[:space:]]*'"),
+        "the first stage must stop a build of branchops' own record commit",
+    ),
+    "another bot marker": (
+        ("Branchops-Bot: true[[:space:]]*'", "Bot: true[[:space:]]*'"),
+        "looks for the trailer 'Bot', but bot.marker is 'Branchops-Bot'",
     ),
     "shell tracing": (
         (
@@ -134,7 +164,7 @@ DRIFTS = {
         ),
         "runs with `sh -xe`",
     ),
-    "pull requests running stages": (("when { not { changeRequest() } }", ""), "skipped for pull requests"),
+    "pull requests running stages": (("not { changeRequest() }", ""), "skipped for pull requests"),
     "a credential of the wrong kind": (
         (
             (
@@ -163,7 +193,14 @@ DRIFTS = {
         ("timeout(time: 6, unit: 'HOURS')", "timeout(time: 45, unit: 'MINUTES')"),
         "timeout 2700s is shorter than the training stage may take",
     ),
-    "no records archived": (("'records/**, reports/**'", "'reports/**'"), "does not archive records/**"),
+    "no records archived": (
+        ("artifacts: 'reports/**'", "artifacts: 'reports/junit/**'"),
+        "this build's reports/records",
+    ),
+    "the checkout's records archived": (
+        ("artifacts: 'reports/**'", "artifacts: 'records/**, reports/**'"),
+        "archives records/**, the records of the commit checked out",
+    ),
     "no failure notification": (("        failure {", "        unstable {"), "`failure` is missing"),
 }
 

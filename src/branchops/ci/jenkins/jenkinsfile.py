@@ -3,8 +3,10 @@
 The Jenkinsfile names its credential ids literally, so a reviewer sees which secrets a build can reach.
 :func:`read_jenkinsfile` reads its declarative structure (not a Groovy parser: Debian's groovy checks
 the syntax in CI) and :func:`check_jenkinsfile` lists every drift: credentials bound under other ids,
-kinds or variables, secret references no binding provides, a missing gate for pull requests, a timeout
-shorter than training, tracing that would print secrets. ``sync`` and ``bootstrap`` refuse a drifted file.
+kinds or variables, secret references no binding provides, a missing gate for pull requests, a run of
+another commit than the one checked out, record commits that would build in full, archives of the
+checkout's old records instead of the build's own, a timeout shorter than training, tracing that would
+print secrets. ``sync`` and ``bootstrap`` refuse a drifted file.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ CREDENTIAL_KINDS = {
 _NOT_USED_IN_BUILDS = ("ci.jenkins.",)
 
 TIME_UNITS = {"SECONDS": 1, "MINUTES": 60, "HOURS": 3600, "DAYS": 86400}
+
+# Where the stage step puts the records its run pushed (they never reach the workspace's records/, which
+# holds the checked-out commit's), for archiveArtifacts.
+BUILD_RECORDS = "reports/records"
+# What the first stage sets, and every later stage's `when` reads: "true" for branchops' own commit.
+BOT_COMMIT_VARIABLE = "BRANCHOPS_BOT_COMMIT"
 
 
 def default_credentials() -> dict[str, str]:
@@ -240,6 +248,8 @@ class JenkinsfileModel:
     archived: list[str]
     groovy_interpolated_secrets: list[str]  # double-quoted sh strings inside a credentials block
     interpolated_arguments: list[str]  # step arguments whose value only the build knows (`"${...}"`)
+    bot_marker: str | None  # the trailer the first stage's git check looks for
+    bot_guarded: list[str]  # stages whose `when` skips them for branchops' own commits
     traced_scripts: list[str]  # sh scripts inside a credentials block that Jenkins runs with `sh -xe`
     uses_set_x: bool
 
@@ -299,7 +309,19 @@ def read_jenkinsfile(text: str, source: str = "Jenkinsfile") -> JenkinsfileModel
             if "branchops run" in statement:
                 run_inside = True
     guarded = False
+    bot_marker = None
+    if stages:
+        marker = re.search(r"grep\b[^\n]*?([A-Za-z][A-Za-z0-9-]*): true", stages[0].text())
+        bot_marker = marker.group(1) if marker else None
+    bot_guarded = []
     for stage in stages:
+        when = stage.block("when")
+        conditions = when.text() if when else ""
+        for name, value in re.findall(
+            rf"environment\s*\(?\s*name\s*:\s*({STRING})\s*,\s*value\s*:\s*({STRING})", conditions
+        ):
+            if string_value(name) == BOT_COMMIT_VARIABLE and string_value(value) == "false":
+                bot_guarded.append(stage.argument or "")
         text_of_stage = stage.text()
         if "branchops run" in text_of_stage:
             run_commands += [line.strip() for line in text_of_stage.splitlines() if "branchops run" in line]
@@ -331,6 +353,8 @@ def read_jenkinsfile(text: str, source: str = "Jenkinsfile") -> JenkinsfileModel
         ],
         groovy_interpolated_secrets=interpolated,
         interpolated_arguments=not_literal,
+        bot_marker=bot_marker,
+        bot_guarded=bot_guarded,
         traced_scripts=traced,
         uses_set_x=bool(re.search(r"set\s+-[a-wyzA-Z]*x|set\s+-o\s+xtrace", everything)),
     )
@@ -355,7 +379,9 @@ def _secret_refs(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def required_run_command() -> str:
-    return 'branchops run --for-branch "$BRANCH_NAME"'
+    # --commit: exactly the commit Jenkins checked out; by the time a queued build starts, the branch tip
+    # may be the record commit of the run before it, above the merge this build is for
+    return 'branchops run --for-branch "$BRANCH_NAME" --commit "$GIT_COMMIT"'
 
 
 def check_jenkinsfile(
@@ -457,8 +483,30 @@ def check_jenkinsfile(
     for report in model.junitxml_paths:
         if not any(fnmatch(report, pattern) for pattern in model.junit_patterns):
             problems.append(f"post: junit does not pick up {report}")
-    if not any(fnmatch("records/x/y.json", p) for p in model.archived):
-        problems.append("post: archiveArtifacts does not archive records/**")
+    for name in ("record.json", "run.log"):
+        if not any(fnmatch(f"{BUILD_RECORDS}/stage/run-id/{name}", p) for p in model.archived):
+            problems.append(f"post: archiveArtifacts does not archive this build's {BUILD_RECORDS}/**")
+    if any(fnmatch("records/stage/run-id/record.json", p) for p in model.archived):
+        problems.append(
+            "post: archiveArtifacts archives records/**, the records of the commit checked out (every "
+            f"earlier run's), not this build's ({BUILD_RECORDS})"
+        )
+    if model.bot_marker is None:
+        problems.append(
+            "stages: the first stage must stop a build of branchops' own record commit before set-up "
+            f"(git: the commit's `{config.bot.marker}: true` trailer) and set {BOT_COMMIT_VARIABLE}"
+        )
+    elif model.bot_marker != config.bot.marker:
+        problems.append(
+            f"stages: the first stage looks for the trailer '{model.bot_marker}', but bot.marker is "
+            f"'{config.bot.marker}': record commits would build in full"
+        )
+    unguarded = [name for name in model.stages[1:] if name not in model.bot_guarded]
+    if unguarded:
+        problems.append(
+            f"stages: {', '.join(unguarded)} must be skipped for branchops' own commits "
+            f"(`when {{ environment name: '{BOT_COMMIT_VARIABLE}', value: 'false' }}`)"
+        )
     if model.uses_set_x:
         problems.append("shell tracing (`set -x`) would print the bound secrets")
     for statement in model.traced_scripts:
