@@ -4,6 +4,7 @@ with NO_COLOR."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from branchops.console import DEBUG, NORMAL, QUIET, VERBOSE, ConsoleFilter
 from tests.conftest import REPO_ROOT
 from tests.foundation.conftest import Project, make_project
 
@@ -143,3 +145,14 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(approved: Project):
     assert "\x1b[" not in on_a_terminal(approved, "mr", "show", "99", env={"NO_COLOR": "1"})
     piped = branchops(approved, "mr", "show", "99")
     assert piped.stderr == "error: merge request !99 does not exist\n"
+
+
+@pytest.mark.parametrize("verbosity", [QUIET, NORMAL, VERBOSE, DEBUG])
+def test_a_library_record_of_any_level_needs_the_flag(verbosity: int):
+    """The filter itself: -vv also lowers the level of branchops' own loggers only, so a library's DEBUG
+    record is never made without --log-libs, but its warnings are, and they stay off the console too."""
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):
+        record = logging.LogRecord("git.cmd", level, __file__, 1, "a library line", None, None)
+        assert not ConsoleFilter(verbosity, libraries=False).filter(record)
+    warning = logging.LogRecord("git.cmd", logging.WARNING, __file__, 1, "a library warning", None, None)
+    assert ConsoleFilter(verbosity, libraries=True).filter(warning)

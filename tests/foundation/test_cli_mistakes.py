@@ -26,6 +26,16 @@ def test_the_author_cannot_approve(project: Project):
     assert approvals(project, number) == []
 
 
+def test_the_author_cannot_approve_where_no_stage_runs_either(project: Project):
+    """A merge request into a branch without a stage has no designated approvers: still no self-approval."""
+    project.commit("ds1", "src/model.py", "VERSION = 2\n")
+    number = project.open_mr("main")
+    result = project.run("mr", "approve", str(number), "--as", "ds1", expect=4)
+    assert "ds1 is the author of !1 (no self-approval)" in result.output
+    project.run("mr", "approve", str(number), "--as", "anyone")
+    assert approvals(project, number) == ["anyone"]
+
+
 def test_who_the_target_branch_does_not_designate_cannot_approve(project: Project):
     project.commit("ds1", "src/model.py", "VERSION = 2\n")
     number = project.open_mr("build-components")
@@ -63,7 +73,10 @@ def test_approving_a_closed_request_is_the_forges_refusal(project: Project):
 
 @pytest.mark.parametrize("port", ["99999", "0", "-1"])
 def test_a_port_out_of_range_is_a_usage_error_naming_the_range(project: Project, port: str):
-    result = project.run("serve", "start", "--port", port, expect=2)
+    try:
+        result = project.run("serve", "start", "--port", port, expect=2)
+    finally:  # a server that started anyway (the mistake accepted) must not outlive the test
+        project.run("serve", "stop", expect=None)
     assert "1<=x<=65535" in result.output
 
 
