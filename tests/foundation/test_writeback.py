@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -177,3 +178,48 @@ def test_a_push_that_loses_a_race_is_rebuilt_on_the_new_tip_and_lands(tmp_path, 
     assert git(remote, "log", "-1", "--format=%s", "training~1") == "another writer's record"
     retried = [r.getMessage() for r in caplog.records if "rebasing on the new tip" in r.getMessage()]
     assert len(retried) == 1 and ("fetch first" in retried[0] or "non-fast-forward" in retried[0]), retried
+
+
+REMOTE_CONFIG = """\
+approvers: {build-components: [lead], kf-pipeline: [lead], training: [lead], deploy-model: [lead]}
+git: {remote: origin}
+notifications: [{kind: log_file}]
+"""
+
+
+def test_a_run_whose_record_the_remote_refuses_says_so_with_the_remotes_words(tmp_path, monkeypatch):
+    """The stage's work is done, but branch protection refuses the bot's record push (GH006 when the bot has
+    no bypass): the run ends at once with the remote's message, and people hear it the same way."""
+    from branchops.stages import REGISTRY
+    from tests.foundation import recording_stage
+    from tests.foundation.conftest import STAGES, make_project
+
+    for stage in STAGES:
+        monkeypatch.setitem(REGISTRY, stage, recording_stage)
+    monkeypatch.setenv("BRANCHOPS_TEST_STAGE_LOG", str(tmp_path / "stage-calls.log"))
+    project = make_project(tmp_path, REMOTE_CONFIG)
+    approved_merge(project)
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    git(project.path, "remote", "add", "origin", str(remote))
+    git(project.path, "push", "-q", "origin", "--all")
+    attempts = tmp_path / "attempts"
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"echo attempt >> '{attempts}'\n"
+        "echo 'error: GH006: Protected branch update failed for refs/heads/build-components.' >&2\n"
+        "exit 1\n"
+    )
+    hook.chmod(0o755)
+
+    result = project.run("run", "build-components", expect=6)
+    assert "GH006: Protected branch update failed for refs/heads/build-components." in result.output
+    assert "keeps moving" not in result.output
+    assert attempts.read_text().splitlines() == ["attempt"]
+    assert (tmp_path / "stage-calls.log").read_text().startswith("build-components ")  # the work was done
+    notified = (project.path / ".branchops" / "notifications.log").read_text().splitlines()
+    last = json.loads(notified[-1])
+    assert last["kind"] == "failed"
+    assert "succeeded but its record could not be written" in last["message"]
+    assert "GH006: Protected branch update failed" in last["message"]
