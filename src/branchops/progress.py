@@ -298,20 +298,24 @@ def run_streaming(
     env: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
     label: str = "",
+    echo: bool | None = None,
     transform: Callable[[str], str] = lambda line: line,
     tail_lines: int = 20,
 ) -> Streamed:
     """Run ``argv`` (stdin closed, stderr merged into stdout) and copy each output line, as it comes,
-    through ``transform`` (secret masking) to ``log_file`` (flushed) and, at ``-v``, to the console as
-    ``[label] line`` (at DEBUG otherwise, so ``-vv`` shows it too).
+    through ``transform`` (secret masking) to ``log_file`` (flushed) and, when ``echo`` (by default: at
+    ``-v``), to the console as ``[label] line``; otherwise at DEBUG, which ``-vv`` shows. Pass ``echo``
+    from a worker thread: the ``-v`` of the running command is known only on the command's own thread.
 
     A command still running after ``timeout_s`` is killed with everything it started (it runs in a
     session of its own, so its children cannot keep the output pipe open) and its result has
-    ``returncode`` None. So is a command interrupted by Ctrl-C or a stage stop: the exception goes on.
-    FileNotFoundError when the program is not installed.
+    ``returncode`` None. Interrupted (Ctrl-C, a stage stop), the command is killed the same way and the
+    exception goes on. FileNotFoundError when the program is not installed.
     """
     prefix = f"[{label}] " if label else ""
-    level = logging.INFO if verbosity() >= 1 else logging.DEBUG
+    if echo is None:
+        echo = verbosity() >= 1
+    level = logging.INFO if echo else logging.DEBUG
     started = time.monotonic()
     process = subprocess.Popen(
         list(argv),

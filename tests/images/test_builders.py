@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import click
 import pytest
 
 from branchops import progress
@@ -203,3 +204,18 @@ def test_the_stage_prints_each_result_line_once(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     result_line = f"alpha: not-built :{line['tag']} - {line['reason']}"
     assert messages.count(result_line) == 1, messages
+
+
+def test_at_v_each_line_of_the_component_tests_is_on_the_console(tmp_path, caplog):
+    # The tests run on worker threads; -v is known on the command's thread (click's context), not theirs.
+    ws = tmp_path / "ws"
+    (ws / "components" / "common").mkdir(parents=True)
+    for name in ("__init__.py", "__main__.py", "common/__init__.py"):
+        (ws / "components" / name).write_text("")
+    write_component(ws, "alpha")
+    command = click.Context(click.Command("branchops"))
+    command.params = {"verbose": 1, "quiet": False}
+    with command, caplog.at_level(logging.INFO):
+        build_components(ws, RegistrySection(), tmp_path / "logs")
+    echoed = [r.getMessage() for r in caplog.records if r.name == "branchops.output"]
+    assert any(line.startswith("[alpha] ") and "test_value PASSED" in line for line in echoed), echoed
