@@ -8,10 +8,10 @@ from tests.storage.storage_k8s_emulator import KubeEmulator, RunningEmulator
 
 
 @pytest.fixture
-def kube():
+def kube(tmp_path):
     """A running emulator; afterwards the API server refused nothing and dropped no unknown field (the
     kubernetes client does not show the Warning headers, so a dropped field would go unnoticed)."""
-    emulator = KubeEmulator()
+    emulator = KubeEmulator(volumes_root=tmp_path / "volumes")  # what the emulated pods mount
     with RunningEmulator(emulator) as running:
         yield running
     assert emulator.rejected == [], f"the API server refused invalid objects: {emulator.rejected}"
