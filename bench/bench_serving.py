@@ -2,9 +2,12 @@
 
 Run: ``python bench/bench_serving.py [--runs 5] [--requests 300]``. Measures, in one run:
 
-* :predict latency (p50, p99) and sequential throughput through the REST server (one client, one row
-  per request, row format), and the same SavedModel's ``serving_default`` called in this process
-  (the physical limit); the overhead as a ratio and in milliseconds;
+* :predict latency (p50, p99) and sequential throughput through the REST server (one client on one
+  keep-alive connection, one row per request, row format), and the same SavedModel's
+  ``serving_default`` called in this process (the physical limit); the overhead as a ratio and in
+  milliseconds. The server's overhead is measured with a lean client (``http.client``); the same
+  requests through ``requests.Session`` (what ``ServingClient`` uses) are reported beside it, since a
+  client library's own cost can be larger than the server's;
 * throughput with 4 concurrent clients;
 * the duration of a local rolling rollout (new version loaded, checked, switched) and of a rollback.
 
@@ -138,7 +141,10 @@ def main() -> int:
 
     in_process()
     config = BranchopsConfig.model_validate(
-        {"approvers": {s: ["a"] for s in STAGES}, "serving": {"local": {"base_path": str(work / "serving")}}}
+        {
+            "approvers": {s: ["a"] for s in STAGES},
+            "serving": {"model_name": "djia", "local": {"base_path": str(work / "serving")}},
+        }
     )
     serving = LocalServing(config, work / "state")
     serving.start(port=0)
@@ -149,6 +155,8 @@ def main() -> int:
         "rest_p50",
         "rest_p99",
         "rest_rps",
+        "requests_p50",
+        "requests_p99",
         "rest_rps_4",
         "rollout_s",
         "rollback_s",
@@ -163,19 +171,33 @@ def main() -> int:
 
     try:
         assert serving.deploy(release(1), v1).ok
+        import http.client
+        from urllib.parse import urlsplit
+
         session = requests.Session()
         url = serving.client().model_url() + ":predict"
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        headers = {"Content-Type": "application/json"}
 
         def rest() -> None:
+            connection.request("POST", parts.path, body=json.dumps({"instances": [row]}), headers=headers)
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 200 and answer["predictions"], answer
+
+        def with_requests() -> None:
             session.post(url, json={"instances": [row]}, timeout=30).raise_for_status()
 
         rest()
+        with_requests()
         for run in range(args.runs):
-            for name, call in (("inproc", in_process), ("rest", rest)):
+            for name, call in (("inproc", in_process), ("rest", rest), ("requests", with_requests)):
                 lat, rps = timed(call, args.requests)
                 rows[f"{name}_p50"].append(statistics.median(lat))
                 rows[f"{name}_p99"].append(pct(lat, 99))
-                rows[f"{name}_rps"].append(rps)
+                if f"{name}_rps" in rows:
+                    rows[f"{name}_rps"].append(rps)
             rows["rest_rps_4"].append(concurrent_throughput(url, row, 4, args.requests // 4))
             for key, action, expect_ok in (
                 ("rollout_s", lambda: serving.deploy(release(2), v2), True),
@@ -198,12 +220,15 @@ def main() -> int:
     table = [
         f"| serving (median of {args.runs} runs, {args.requests} requests each, "
         f"1 row of {N_FEATURES} features) "
-        "| in-process SavedModel | local REST server | overhead |",
+        "| in-process SavedModel | local REST server (http.client) | overhead |",
         "|---|---|---|---|",
         f"| :predict p50 latency | {m['inproc_p50']:.2f} ms | {m['rest_p50']:.2f} ms | "
         f"{m['rest_p50'] / m['inproc_p50']:.1f}x, +{m['rest_p50'] - m['inproc_p50']:.2f} ms |",
         f"| :predict p99 latency | {m['inproc_p99']:.2f} ms | {m['rest_p99']:.2f} ms | "
         f"{m['rest_p99'] / m['inproc_p99']:.1f}x, +{m['rest_p99'] - m['inproc_p99']:.2f} ms |",
+        f"| :predict p50 / p99 through requests.Session | | {m['requests_p50']:.2f} / "
+        f"{m['requests_p99']:.2f} ms | +{m['requests_p50'] - m['inproc_p50']:.2f} / "
+        f"+{m['requests_p99'] - m['inproc_p99']:.2f} ms |",
         f"| throughput, 1 client | {m['inproc_rps']:.0f} req/s | {m['rest_rps']:.0f} req/s | "
         f"{m['inproc_rps'] / m['rest_rps']:.1f}x fewer |",
         f"| throughput, 4 clients | — | {m['rest_rps_4']:.0f} req/s | |",
@@ -218,9 +243,10 @@ def main() -> int:
         f"Measured on {os.cpu_count()} CPUs with a 1-minute load average of {load:.1f} at the start "
         "(a shared machine: "
         "absolute numbers are noisy, the ratios measured in the same run are the point). The REST overhead "
-        "is HTTP + JSON on both sides (requests client, waitress, Flask, row-format decoding and shape "
-        "checks); rollout and rollback times exclude TensorFlow's import, which the running server has "
-        "already paid.",
+        "is HTTP + JSON on both sides (the client, waitress, Flask, row-format decoding and shape checks, "
+        "TF Serving's and branchops' metrics); requests.Session adds its own per-request cost on top of "
+        "the same server. Rollout and rollback times exclude TensorFlow's import, which the running "
+        "server has already paid.",
     ]
     text = "\n".join(table) + "\n"
     out = ROOT / "bench" / "results" / "serving.md"
