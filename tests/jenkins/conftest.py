@@ -28,6 +28,7 @@ def production_config(jenkins_url: str = "https://jenkins.example.com", **overri
         "backend": "github",
         "github": {"repository": "acme/djia-mlops", "token": {"credential": "github-token"}},
     }
+    data["git"] = {**data.get("git", {}), "remote": "origin"}
     data["ci"] = {
         "backend": "jenkins",
         "jenkins": {

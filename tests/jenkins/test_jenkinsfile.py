@@ -252,6 +252,10 @@ def test_config_drift_is_caught() -> None:
     # References only the admin's machine resolves are not a build's business.
     assert not any(p.startswith("ci.jenkins.") for p in problems)
 
+    local_records = production_config(git={"remote": None})
+    problems = check_jenkinsfile(local_records, REPO_ROOT)
+    assert any(p.startswith("git.remote is None: under Jenkins it must be 'origin'") for p in problems)
+
     long_training = production_config(training={"timeout_s": 4 * 3600, "max_parallel_runs": 1})
     assert any("shorter than the training stage" in p for p in check_jenkinsfile(long_training, REPO_ROOT))
 

@@ -43,6 +43,8 @@ TIME_UNITS = {"SECONDS": 1, "MINUTES": 60, "HOURS": 3600, "DAYS": 86400}
 # Where the stage step puts the records its run pushed (they never reach the workspace's records/, which
 # holds the checked-out commit's), for archiveArtifacts.
 BUILD_RECORDS = "reports/records"
+# The remote a Jenkins checkout names: records are pushed there, and the stage step reads them back from it.
+JENKINS_REMOTE = "origin"
 # What the first stage sets, and every later stage's `when` reads: "true" for branchops' own commit.
 BOT_COMMIT_VARIABLE = "BRANCHOPS_BOT_COMMIT"
 
@@ -490,6 +492,12 @@ def check_jenkinsfile(
         problems.append(
             "post: archiveArtifacts archives records/**, the records of the commit checked out (every "
             f"earlier run's), not this build's ({BUILD_RECORDS})"
+        )
+    if config.ci.backend == "jenkins" and config.git.remote != JENKINS_REMOTE:
+        problems.append(
+            f"git.remote is {config.git.remote!r}: under Jenkins it must be '{JENKINS_REMOTE}', the remote "
+            "the build's checkout names; a workspace is thrown away after the build, so records that are "
+            "not pushed there are lost"
         )
     if model.bot_marker is None:
         problems.append(
