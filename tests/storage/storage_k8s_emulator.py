@@ -24,8 +24,8 @@ documented semantics:
   (``pods/<name>/log``, stdout and stderr as the container runtime keeps them) is readable once the
   container has started, and a ``400`` before, as the API server answers for a waiting container.
 
-It is not the real thing: no admission, no finalizers, no watch, no image pulls, and a read-only mount is
-not enforced. Tests say so.
+It is not the real thing: no admission, no finalizers, no watch, no image pulls, and neither a read-only
+mount nor a pod's security context is enforced (the command runs as this process's user). Tests say so.
 """
 
 from __future__ import annotations

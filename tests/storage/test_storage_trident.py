@@ -352,6 +352,14 @@ def test_a_file_on_a_volume_is_read_by_a_reader_pod_that_is_deleted_afterwards(t
     assert len(pods) == 6
     [mount] = pods[0]["spec"]["containers"][0]["volumeMounts"]
     assert mount["readOnly"] is True
+    # a sidecar (Istio injection in Kubeflow namespaces) would keep the pod from ever ending
+    assert pods[0]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    # what the "restricted" Pod Security Standard asks of a pod (kubernetes.io/docs/concepts/security/
+    # pod-security-standards): non-root, RuntimeDefault seccomp, no privilege escalation, no capabilities
+    security = pods[0]["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True and security["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pods[0]["spec"]["containers"][0]["securityContext"]
+    assert container == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     assert pods[0]["spec"]["volumes"][0]["persistentVolumeClaim"] == {
         "claimName": "djia-models",
         "readOnly": True,
