@@ -30,7 +30,14 @@ QUIET, NORMAL, VERBOSE, DEBUG = -1, 0, 1, 2
 
 # The loggers whose INFO lines tell a user how a command is going; every other branchops logger tells
 # how a part of it did its work, which -v shows.
-NARRATIVE = ("branchops.runner", "branchops.stage", "branchops.notify", "branchops.demo")
+NARRATIVE = (
+    "branchops.runner",
+    "branchops.stage",
+    "branchops.notify",
+    "branchops.demo",
+    "branchops.progress",  # a wait's heartbeat: "<what> … still running (2m10s)"
+    "branchops.component",  # `branchops component NAME` running one component
+)
 
 LIBRARY_LOGS_ENV = "BRANCHOPS_LOG_LIBS"
 

@@ -82,6 +82,38 @@ def test_an_inner_heartbeat_stands_in_for_the_outer_one_until_it_ends(monkeypatc
     )
 
 
+def test_at_the_default_verbosity_the_console_shows_a_heartbeat_that_names_no_logger(monkeypatch):
+    # A wait whose caller passes no logger of its own (the model server's start, `branchops component`)
+    # must still be heard in a CI log at the default verbosity.
+    from branchops.console import NORMAL, ConsoleFilter
+
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.1)
+    shown: list[str] = []
+
+    class Console(logging.Handler):
+        def emit(self, record):
+            shown.append(record.getMessage())
+
+    console = Console()
+    console.addFilter(ConsoleFilter(NORMAL, libraries=False))
+    root = logging.getLogger()
+    root.addHandler(console)
+    previous = root.level
+    root.setLevel(logging.INFO)
+    try:
+        with heartbeat("starting model server", stream=io.StringIO()):
+            time.sleep(0.35)
+        with heartbeat(
+            "component prepare", logger=logging.getLogger("branchops.component"), stream=io.StringIO()
+        ):
+            time.sleep(0.35)
+    finally:
+        root.removeHandler(console)
+        root.setLevel(previous)
+    assert any(x.startswith("starting model server … still running") for x in shown), shown
+    assert any(x.startswith("component prepare … still running") for x in shown), shown
+
+
 def test_under_ci_a_terminal_still_gets_plain_lines(monkeypatch, caplog):
     monkeypatch.setenv("CI", "true")
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.1)
