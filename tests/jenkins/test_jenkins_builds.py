@@ -301,3 +301,15 @@ def test_a_training_build_sees_deploy_model_and_bases_the_release_on_it(tmp_path
     release_branch = "branchops/release-model"
     assert git(remote, "rev-parse", f"{release_branch}~1") == deploy_tip
     assert git(remote, "diff", "--name-only", deploy_tip, release_branch) == "serving/tfserve/release.yaml"
+
+
+def test_a_build_of_main_runs_the_component_tests_and_no_stage(tmp_path, team) -> None:
+    """The job builds main too (its pull requests' target); main has no stage, and `branchops run
+    --for-branch main` would be an error (not a stage branch), so the build does not call it."""
+    project, remote = team
+    jenkins = jenkins_for(tmp_path, project, remote)
+    build = jenkins.build("main", git(remote, "rev-parse", "main"))
+    assert build.result == "SUCCESS", build.console
+    assert build.stage("Stage") == "ran"
+    assert "main runs no stage" in build.console
+    assert not any("branchops run" in script for script in build.scripts)
