@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from branchops import gitops
 from branchops.errors import ConfigError, GateRefused
-from branchops.forge.base import Approval, MergeRequest
+from branchops.forge.base import Approval, Forge, MergeRequest
 from branchops.gate import counted_approvals
 from branchops.project import Project, config_at
 
@@ -35,9 +35,10 @@ def designated_now(project: Project, mr: MergeRequest) -> dict[str, list[str]]:
     return {stage: list(config.approvers[stage]) for stage in config.stages_for_branch(mr.target)}  # type: ignore[index]
 
 
-def check_approval(project: Project, mr: MergeRequest, user: str) -> None:
+def check_approval(project: Project, forge: Forge, mr: MergeRequest, user: str) -> None:
     """Raise GateRefused when the gate would not count ``user``'s approval of ``mr`` for any stage it runs;
-    warn when it would count for some of the branch's stages only (single-branch mode)."""
+    warn when it would count for some of the branch's stages only (single-branch mode). Approvers named as
+    a team are resolved through ``forge``, as the gate resolves them."""
     candidate = replace(
         mr,
         approvals=[
@@ -50,7 +51,9 @@ def check_approval(project: Project, mr: MergeRequest, user: str) -> None:
     designated = designated_now(project, mr)
     if not designated:
         return  # no stage runs on this branch: the gate never reads its approvals
-    refusals = {stage: counted_approvals(candidate, approvers)[1] for stage, approvers in designated.items()}
+    refusals = {
+        stage: counted_approvals(candidate, approvers, forge)[1] for stage, approvers in designated.items()
+    }
     counting = [stage for stage, reasons in refusals.items() if not reasons]
     if not counting:
         approvers = sorted({a for names in designated.values() for a in names})

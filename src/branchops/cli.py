@@ -501,7 +501,7 @@ def mr_approve(obj: dict, number: int, user: str | None, as_json: bool) -> None:
     forge, approver = _local_forge(obj), _user(user)
     request = forge.get(number)
     if request.state == "open":  # approving a merged or closed request is the forge's refusal (exit 5)
-        check_approval(_project(obj), request, approver)
+        check_approval(_project(obj), forge, request, approver)
     m = forge.approve(number, approver)
     _emit(m.to_dict(), as_json, f"approved !{number} at {m.head_sha[:12]} as {approver}")
 

@@ -105,3 +105,37 @@ def test_every_number_option_is_range_checked():
 )
 def test_numbers_below_one_are_usage_errors(project: Project, args: list[str]):
     assert "x>=1" in project.run(*args, expect=2).output
+
+
+def test_an_approver_named_as_a_team_is_resolved_through_the_forge(project: Project):
+    """Approvers written org/team are members of that team on the forge (GitHub's team members API), as the
+    gate resolves them; the embedded forge has no teams, so there a team designates nobody."""
+    from branchops import gitops
+    from branchops.approvals import check_approval
+    from branchops.errors import GateRefused
+    from branchops.forge.local import LocalForge
+    from branchops.project import Project as Repository
+
+    config = (project.path / "config" / "branchops.yaml").read_text()
+    team_config = config.replace("build-components: [lead]", "build-components: [acme/leads]")
+    for branch in ("build-components", "ds1"):
+        project.commit(branch, "config/branchops.yaml", team_config, user="lead")
+    project.commit("ds1", "src/model.py", "VERSION = 2\n")
+    number = project.open_mr("build-components")
+    result = project.run("mr", "approve", str(number), "--as", "lead", expect=4)
+    assert (
+        "lead is not a designated approver of 'build-components' (nor a member of acme/leads)"
+        in result.output
+    )
+
+    class ForgeWithTeams(LocalForge):
+        """The embedded forge plus one team, as GitHub would list its members."""
+
+        def team_members(self, team: str) -> list[str] | None:
+            return ["lead"] if team == "acme/leads" else None
+
+    repo = gitops.open_repo(project.path)
+    forge = ForgeWithTeams(repo)
+    check_approval(Repository(repo), forge, forge.get(number), "lead")  # a member: accepted
+    with pytest.raises(GateRefused, match="nor a member of acme/leads"):
+        check_approval(Repository(repo), forge, forge.get(number), "head-of-ds")
