@@ -178,9 +178,8 @@ def test_prometheus_metrics_count_requests_errors_and_latency_per_version(served
     assert delta("branchops_serving_request_latency_seconds_count", version="1") == 2
     assert metric_sum(after, "branchops_serving_version_available", version="1") == 1
     assert delta("branchops_serving_request_errors_total", version="1") == 0
-    # TF Serving's own series, as its Prometheus exporter names them (dashboards built for it work here);
-    # the client reads a counter's samples as NAME_total
-    count = ":tensorflow:serving:request_count_total"
+    # TF Serving's own series, as its Prometheus exporter names them (dashboards built for it work here)
+    count = ":tensorflow:serving:request_count"
     assert delta(count, model_name="djia", status="OK") == 1
     assert delta(count, model_name="djia", status="INVALID_ARGUMENT") == 1
     # latency in microseconds, for the requests that succeeded only, as TF Serving records it

@@ -7,6 +7,7 @@ metadata, ``:predict`` (row or columnar), Prometheus metrics. Every call has a t
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import requests
 
 from branchops.errors import ExternalError
+
+_UNSUFFIXED_COUNTER = re.compile(r"^#\s*TYPE\s+(\S+?)(?<!_total)\s+counter\s*$", re.MULTILINE)
 
 
 class ServingError(ExternalError):
@@ -35,19 +38,23 @@ class Sample:
 
 def parse_prometheus(text: str) -> list[Sample]:
     """Every sample of a Prometheus text exposition, read by prometheus_client's own parser (timestamps,
-    escaped label values and all); text it cannot parse is an ExternalError.
+    escaped label values and all), under the names the exposition gave them; text it cannot parse is an
+    ExternalError.
 
-    Counter samples are named ``NAME_total`` whether the exposition wrote the suffix or not (the parser's
-    OpenMetrics naming): TF Serving's ``:tensorflow:serving:request_count`` counter reads as
-    ``:tensorflow:serving:request_count_total``, from TF Serving and from the local server alike."""
+    The parser renames the samples of a counter declared without the ``_total`` suffix (TF Serving's
+    ``# TYPE :tensorflow:serving:request_count counter``) to ``NAME_total``; they are given back their
+    own name, the one Prometheus stores and dashboards query."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    unsuffixed_counters = set(_UNSUFFIXED_COUNTER.findall(text))
     try:
-        return [
-            Sample(s.name, dict(s.labels), float(s.value))
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        ]
+        samples = []
+        for family in text_string_to_metric_families(text):
+            renamed = family.type == "counter" and family.name in unsuffixed_counters
+            for s in family.samples:
+                name = family.name if renamed and s.name == family.name + "_total" else s.name
+                samples.append(Sample(name, dict(s.labels), float(s.value)))
+        return samples
     except ValueError as exc:
         raise ExternalError(f"the metrics are not Prometheus' text format: {str(exc)[:300]}") from None
 
