@@ -238,10 +238,10 @@ class TfServingReplica:
         else:
             versions = sorted(self.available, reverse=True)
         found = [v for v in versions if v in self.available]
+        if not versions:
+            return 404, {"error": f"Could not find any versions of model {match[1]}"}
         if not found:
-            return 404, {
-                "error": f"Could not find version {versions[0] if versions else ''} of model {match[1]}"
-            }
+            return 404, {"error": f"Could not find version {versions[0]} of model {match[1]}"}
         ok = {"error_code": "OK", "error_message": ""}
         return 200, {
             "model_version_status": [{"version": str(v), "state": "AVAILABLE", "status": ok} for v in found]
