@@ -18,7 +18,7 @@ import click
 
 from branchops import STAGES as STAGE_NAMES  # light: --help imports no schema
 from branchops.console import DEBUG, QUIET, emit_error, emit_json, setup_console
-from branchops.errors import EXIT_CODES
+from branchops.errors import EXIT_CODES, BranchopsError
 
 log = logging.getLogger("branchops.cli")
 
@@ -106,9 +106,8 @@ class BranchopsGroup(click.Group):
     every error (usage errors too) into one JSON document on stderr."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from branchops.errors import BranchopsError  # light module
-
-        # read before the group consumes them: the subcommand's own parsing may be what fails
+        # Read before the group consumes them: the subcommand's own parsing may be what fails. (Click 8.2
+        # deprecated the public protected_args; until 9.0 the command's name is still kept apart there.)
         as_json = "--json" in [*ctx._protected_args, *ctx.args]
         try:
             return super().invoke(ctx)
@@ -171,7 +170,7 @@ def main(ctx: click.Context, repo: str, verbose: int, quiet: bool, log_libs: boo
     from branchops.secrets import install_log_masking
 
     install_log_masking()
-    log.debug("repository %s, command %s", repo, " ".join(sys.argv[1:]))
+    log.debug("command %s in repository %s", ctx.invoked_subcommand, repo)
     ctx.obj = {"repo": repo}
 
 

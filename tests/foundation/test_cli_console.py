@@ -92,7 +92,7 @@ def test_each_verbosity_shows_more_of_branchops(approved: Project, tmp_path: Pat
     assert len(debug) > len(verbose)
     # -vv: the seconds since start before every line, and the debug line of the command itself
     assert all(line.split()[0].endswith("s") and float(line.split()[0][:-1]) >= 0 for line in debug)
-    assert any("command -vv" in line for line in debug)
+    assert any("command mr in repository" in line for line in debug)
 
 
 def without_hashes(line: str) -> str:
