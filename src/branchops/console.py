@@ -5,8 +5,9 @@
 * Everything else goes to stderr: log lines while a command works, and its error (with ``--json``, the
   error too is one JSON document, ``{"error": ..., "code": ...}``).
 * Verbosity is about branchops' own loggers: ``-q`` warnings and errors; the default adds what a run
-  tells a user (the runner, the stages, notifications, the demo); ``-v`` adds what every branchops module
-  does (volumes, snapshots, uploads, pushes); ``-vv`` adds debug records with the seconds since start.
+  tells a user (``NARRATIVE``: the runner, the stages, notifications, heartbeats); ``-v`` adds what every
+  branchops module does (volumes, snapshots, uploads, pushes); ``-vv`` adds debug records with the seconds
+  since start.
   Other libraries log to the console only when asked (``--log-libs`` or ``BRANCHOPS_LOG_LIBS=1``): their
   INFO and DEBUG lines (GitPython's every git call) drown what branchops says.
 * Lines carry no logger names; ``warning:`` and ``error:`` say what they are, in colour only on a
