@@ -34,13 +34,14 @@ from branchops.ci.jenkins.client import JenkinsClient, make_client
 from branchops.ci.jenkins.jenkinsfile import check_jenkinsfile
 from branchops.ci.jenkins.job import PR_STATUS_CONTEXT, WEBHOOK_EVENTS, WEBHOOK_PATH, render_job_xml
 from branchops.errors import BranchopsError, ConfigError, ExternalError
+from branchops.gate import CODEOWNERS_PATH
+from branchops.gitops import bot_message
 
 if TYPE_CHECKING:
     from branchops.config import BranchopsConfig, SecretRef
 
 log = logging.getLogger(__name__)
 
-CODEOWNERS_PATH = ".github/CODEOWNERS"
 ActionKind = Literal[
     "ensure-branch", "write-codeowners", "protect-branch", "ensure-webhook", "sync-jenkins-job"
 ]
@@ -166,6 +167,13 @@ def codeowners_for(config: BranchopsConfig, branch: str) -> str:
         f"# these owners on every pull request into '{branch}'.\n"
         f"* {' '.join(owners)}\n"
     )
+
+
+def codeowners_message(branch: str, marker: str) -> str:
+    """The commit message of bootstrap's code owners commit. It carries the bot trailer: the commit sits on
+    the stage branch between main and its first merge, and the gate (gate.is_own_commit) and the
+    Jenkinsfile's bot-commit check must know it for branchops' own, not a direct push."""
+    return bot_message(f"Set code owners of {branch} from config/branchops.yaml", "", marker)
 
 
 def webhook_url(config: BranchopsConfig) -> str:
@@ -376,7 +384,7 @@ def _execute(
             action.target,
             CODEOWNERS_PATH,
             p["content"],
-            f"Set code owners of {action.target} from config/branchops.yaml",
+            codeowners_message(action.target, config.bot.marker),
         )
         return ActionOutcome(action, _outcome_of(result, "written"))
     if action.kind == "protect-branch":

@@ -19,6 +19,10 @@ from branchops.errors import GateRefused
 from branchops.forge.base import Forge, MergeRequest
 from branchops.records import RECORDS_ROOT
 
+# bootstrap writes each stage branch's code owners as the bot (before the branch is protected); the file
+# names who reviews on GitHub and runs nothing, and the gate reads approvers from config, not from it
+CODEOWNERS_PATH = ".github/CODEOWNERS"
+
 # A gated range longer than this is not walked commit by commit: that many unrecorded commits on a stage
 # branch means its history was rewritten or never gated, and a person should look.
 MAX_COMMITS = 500
@@ -41,13 +45,14 @@ def is_own_commit(repo: git.Repo, sha: str, bot_marker: str) -> bool:
     The trailer alone does not say so: a squash or rebase merge of the release merge request lands the
     bot's release commit, trailer and all, as a new commit on deploy-model, and a person can write the
     trailer too. What branchops itself pushes to a stage branch is a single-parent commit that adds
-    records and changes nothing else; anything more is someone's change, gated like any other.
+    records (or bootstrap's code owners) and changes nothing else; anything more is someone's change, gated
+    like any other.
     """
     commit = repo.commit(sha)
     if not gitops.trailer_marks(commit.message, bot_marker) or len(commit.parents) != 1:
         return False
     changed = gitops.changed_paths(repo, commit.parents[0].hexsha, commit.hexsha)
-    return all(path.startswith(f"{RECORDS_ROOT}/") for path in changed)
+    return all(path.startswith(f"{RECORDS_ROOT}/") or path == CODEOWNERS_PATH for path in changed)
 
 
 def is_team(name: str) -> bool:

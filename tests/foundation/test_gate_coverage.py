@@ -102,3 +102,32 @@ def test_an_unapproved_merge_reverted_on_the_branch_no_longer_blocks(project, st
     _, result = approved_merge(project, path="src/other.py", content="X = 1\n")
 
     assert "build-components on build-components: succeeded" in result.output, result.output
+
+
+def test_bootstraps_code_owners_commit_is_not_a_direct_push(project, stage_calls):
+    # bootstrap writes .github/CODEOWNERS onto each new stage branch as the bot, so on the stage's first run
+    # that commit lies between main and the approved merge
+    from branchops.bootstrap import codeowners_message
+    from branchops.gate import CODEOWNERS_PATH
+
+    project.commit(
+        "build-components",
+        CODEOWNERS_PATH,
+        "* @lead\n",
+        message=codeowners_message("build-components", "Branchops-Bot"),
+    )
+    _, result = approved_merge(project)
+    assert "build-components on build-components: succeeded" in result.output, result.output
+
+
+def test_a_code_owners_commit_that_changes_more_is_gated(project, stage_calls):
+    from branchops.bootstrap import codeowners_message
+
+    sneaked = project.commit(
+        "build-components",
+        "src/config.py",
+        "EPOCHS = 2\n",
+        message=codeowners_message("build-components", "Branchops-Bot"),
+    )
+    _, result = approved_merge(project, expect=4)
+    assert sneaked[:12] in result.output and stage_calls() == []
