@@ -18,7 +18,12 @@ def make_config(base_path: Path, **rollout):
             "serving": {
                 "model_name": "djia",
                 "local": {"base_path": str(base_path)},
-                "rollout": {"requests_per_step": 10, "max_p99_latency_ms": 60000, **rollout},
+                "rollout": {
+                    "requests_per_step": 10,
+                    "min_step_seconds": 0.5,
+                    "max_p99_latency_ms": 60000,
+                    **rollout,
+                },
             },
         }
     )

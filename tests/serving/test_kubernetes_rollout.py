@@ -1,313 +1,248 @@
-"""The Kubernetes rollout logic against a fake cluster at the backend's KubeApi boundary.
+"""The Kubernetes rollout through the real ``KubeApi`` client against the emulated API server.
 
-No API server or TF Serving binary runs here. The fake stores what the backend applies (each object
-first judged by the API server's own rules, tests/k8s/api_rules.py: whatever a real server would refuse
-or silently trim fails the test), runs the copy Job as a file copy, and plays
-every TF Serving pod with a real branchops model server whose version policy and labels follow the
-ConfigMap's models.config, as TF Serving's config polling does. This is a fake, not an integration
-test: it checks our rollout decisions, not Kubernetes."""
+No API server or TF Serving binary runs here. The emulator (k8s_emulator.py) judges every object by the
+API server's own rules, runs the Deployments' pods and the copy Jobs, and plays TF Serving in each pod as
+server_core.cc behaves: a pod reads ``models.config`` only after the kubelet has synced the ConfigMap
+into its volume and at its poll interval, labels before loads, and answers model status and labels from
+what it read. This test answers the rest of TF Serving's REST API for a pod (metadata, ``:predict``)
+with a real branchops model server over the same SavedModels, on the version that pod would use: the one
+asked for, the label's, or, for a request naming neither, the highest version the pod has loaded.
+A logic test, not an integration test: it checks our rollout decisions, not Kubernetes."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
-import requests
-from requests.adapters import BaseAdapter
-from requests.structures import CaseInsensitiveDict
 
 from branchops.config import STAGES, BranchopsConfig
-from branchops.serving.client import ServingClient
+from branchops.k8s.client import KubeApi
 from branchops.serving.kubernetes_backend import METADATA_MARKER, KubernetesServing
 from branchops.serving.release import Release
 from branchops.serving.server import ModelServer, create_app
-from tests.k8s.api_rules import review
+from tests.serving.k8s_emulator import RunningEmulator, ServingKubeEmulator
+from tests.serving.model_factory import SAMPLE
 
-PROXY = re.compile(
-    r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<kind>services|pods)/(?P<name>[^/:]+):[^/]+/proxy(?P<path>/.*)$"
+NS = "serving"
+MODEL = "djia"
+TF_SERVING_CALL = re.compile(
+    rf"^/v1/models/{MODEL}(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?(?P<call>/metadata|:predict)$"
 )
 
 
-class Pod:
-    def __init__(self, name: str, track: str, models: Path, model: str) -> None:
-        self.name, self.track = name, track
-        self.server = ModelServer(model, models)
+class TfServingApi:
+    """metadata and :predict for the emulator's pods, answered on the version the pod would use."""
+
+    def __init__(self, emulator: ServingKubeEmulator, models) -> None:
+        self.emulator = emulator
+        self.server = ModelServer(MODEL, models)
         self.app = create_app(self.server).test_client()
+        self.unlabelled: list[tuple[str, int]] = []  # (pod's track, version) of requests naming none
 
-    def sync(self, models_config: str) -> None:
-        """What TF Serving does when it re-reads models.config: load, label, unload."""
-        versions = [int(v) for v in re.findall(r"versions: (\d+)", models_config)]
-        labels = {k: int(v) for k, v in re.findall(r'key: "(\w+)"\s+value: (\d+)', models_config)}
-        loaded = self.server.versions()
-        for v in versions:
-            if v not in loaded or loaded[v].state == "END" and loaded[v].error_code == "OK":
-                self.server.load(v)
-        available = {v for v, mv in self.server.versions().items() if mv.state == "AVAILABLE"}
-        routing = {k: v for k, v in labels.items() if v in available}
-        self.server.set_routing(routing.get("stable"), routing.get("canary"), 0)
-        for v, mv in self.server.versions().items():
-            if v not in versions and mv.state == "AVAILABLE":
-                self.server.retire(v)
-
-
-class FakeCluster:
-    def __init__(self, root: Path, model: str) -> None:
-        self.root, self.model = root, model
-        self.objects: dict[tuple[str, str], dict] = {}
-        self.history: list[tuple[str, str, str]] = []  # (verb, kind, name)
-        self.volumes: dict[str, Path] = {}
-        self.snapshots: dict[str, Path] = {}
-        self.pods: dict[str, Pod] = {}
-        self.job_logs: dict[str, str] = {}
-        self.jobs_failed: set[str] = set()
-        self.refused: list[str] = []  # what an API server would have refused or trimmed
-
-    # -- the KubeApi surface --------------------------------------------------------------------
-    def apply(self, obj: dict) -> None:
-        verdict = review(obj)
-        if verdict.refused or verdict.warnings:
-            # Kept as well as raised: the rollout may turn the error into a rollback, the fixture will not.
-            self.refused.append(verdict.status["message"] if verdict.status else "; ".join(verdict.warnings))
-            raise AssertionError(f"the API server would refuse or trim {obj['kind']}: {self.refused[-1]}")
-        kind, name = obj["kind"], obj["metadata"]["name"]
-        self.history.append(
-            (
-                "apply",
-                kind,
-                name
-                if kind != "VirtualService"
-                else f"{name}:{obj['spec']['http'][0]['route'][1]['weight']}",
-            )
-        )
-        self.objects[(kind, name)] = json.loads(json.dumps(obj))
-        if kind == "PersistentVolumeClaim":
-            source = obj["spec"].get("dataSource")
-            path = self.volumes.setdefault(name, self.root / "volumes" / name)
-            if source:
-                shutil.copytree(self.snapshots[source["name"]], path, dirs_exist_ok=True)
-            path.mkdir(parents=True, exist_ok=True)
-        elif kind == "Job":
-            self._run_copy(obj)
-        elif kind == "Deployment":
-            track = obj["metadata"]["labels"]["branchops.io/track"]
-            replicas = obj["spec"].get("replicas", 1)
-            for i in range(replicas):
-                pod = f"{name}-{i}"
-                self.pods.setdefault(
-                    pod, Pod(pod, track, self.volumes["tfserve-models"] / self.model, self.model)
-                )
-            for pod in [
-                p for p in self.pods if p.startswith(f"{name}-") and int(p.rsplit("-", 1)[1]) >= replicas
-            ]:
-                del self.pods[pod]
-
-    def _run_copy(self, job: dict) -> None:
-        spec = job["spec"]["template"]["spec"]
-        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]}
-        env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
-        version = job["metadata"]["name"].rsplit("-v", 1)[1]
-        source = self.volumes[claims["source"]] / env["SOURCE_PATH"]
-        target = self.volumes[claims["models"]] / self.model / version
-        if not (source / "saved_model.pb").is_file():
-            self.jobs_failed.add(job["metadata"]["name"])
-            return
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source, target)
-        meta = (target / "assets.extra" / "branchops_model.json").read_text()
-        self.job_logs[job["metadata"]["name"]] = f"{METADATA_MARKER}\n{meta}"
-
-    def delete(self, kind: str, name: str, namespace: str) -> None:
-        self.history.append(("delete", kind, name))
-        self.objects.pop((kind, name), None)
-        if kind == "Deployment":
-            for pod in [
-                p
-                for p in self.pods
-                if p.startswith(f"{name}-") and p.rsplit("-", 1)[1].isdigit() and p.rsplit("-", 1)[0] == name
-            ]:
-                del self.pods[pod]
-
-    def config_state(self, name: str, namespace: str) -> dict | None:
-        cm = self.objects.get(("ConfigMap", name))
-        return json.loads(cm["metadata"]["annotations"]["branchops.io/serving-state"]) if cm else None
-
-    def job_finished(self, name: str, namespace: str) -> bool | None:
-        return name not in self.jobs_failed
-
-    def job_log(self, job: str, namespace: str) -> str:
-        return self.job_logs.get(job, "")
-
-    def ready_pods(self, namespace: str, selector: dict[str, str]) -> list[str]:
-        track = selector.get("branchops.io/track")
-        return [p.name for p in self.pods.values() if track in (None, p.track)]
-
-    def proxy_client(self, namespace: str, target: str, model: str, timeout_s: float = 10.0) -> ServingClient:
-        session = requests.Session()
-        session.mount("http://apiserver/", _ProxyAdapter(self))
-        return ServingClient(
-            f"http://apiserver/api/v1/namespaces/{namespace}/{target}/proxy", model, session=session
-        )
-
-    # -- TF Serving's config polling ----------------------------------------------------------------
-    def sync(self) -> None:
-        for pod in self.pods.values():
-            cm = self.objects.get(
-                ("ConfigMap", "tfserve-config" if pod.track == "stable" else f"tfserve-{pod.track}-config")
-            )
-            if cm:
-                pod.sync(cm["data"]["models.config"])
-
-    def wait_loaded(self) -> None:
-        for pod in self.pods.values():
-            for thread in pod.server._loaders:
-                thread.join(120)
-
-
-class _ProxyAdapter(BaseAdapter):
-    """Routes the API server's proxy URLs to the fake pods (a Service picks its stable pods in turn)."""
-
-    def __init__(self, cluster: FakeCluster) -> None:
-        super().__init__()
-        self.cluster = cluster
-        self.turn = 0
-
-    def send(self, request, **kwargs):
-        self.cluster.sync()
-        self.cluster.wait_loaded()
-        self.cluster.sync()
-        match = PROXY.match(urlparse(request.url).path)
-        if match["kind"] == "pods":
-            pod = self.cluster.pods[match["name"]]
-        else:
-            stable = [p for p in self.cluster.pods.values() if p.track == "stable"]
-            self.turn += 1
-            pod = stable[self.turn % len(stable)]
-        answer = pod.app.open(
-            match["path"],
-            method=request.method,
-            data=request.body,
+    def __call__(self, pod: dict, method: str, path: str, body: bytes):
+        match = TF_SERVING_CALL.match(path)
+        replica = self.emulator.replicas.get(pod["metadata"]["uid"])
+        if not match or replica is None:
+            return None
+        if match["label"] is not None:
+            if match["label"] not in replica.labels:
+                return 404, {"error": f"Unrecognized servable version label: {match['label']}"}
+            version = replica.labels[match["label"]]
+        elif match["version"] is not None:
+            version = int(match["version"])
+        else:  # TF Serving: the highest version it has loaded
+            version = max(replica.available, default=0)
+            self.unlabelled.append((pod["metadata"]["labels"]["branchops.io/track"], version))
+        if version not in replica.available:
+            return 404, {"error": f"Servable not found for request: Specific({MODEL}, {version})"}
+        self.server.load(version)
+        for thread in self.server._loaders:
+            thread.join(120)
+        answer = self.app.open(
+            f"/v1/models/{MODEL}/versions/{version}{match['call']}",
+            method=method,
+            data=body,
             headers={"Content-Type": "application/json"},
             environ_base={"REMOTE_ADDR": "10.0.0.9"},
         )
-        response = requests.Response()
-        response.status_code, response._content = answer.status_code, answer.data
-        response.headers = CaseInsensitiveDict(dict(answer.headers))
-        response.url, response.request = request.url, request
-        return response
-
-    def close(self) -> None:
-        pass
+        return answer.status_code, answer.get_json()
 
 
-def release(
-    version: int,
-    path: str,
-    *,
-    volume: str | None = "djia-models",
-    snapshot: str | None = None,
-    strategy: str = "rolling",
-) -> Release:
-    source = {"snapshot": snapshot} if snapshot else {"volume": volume}
-    return Release.model_validate(
-        {"model": "djia", "version": version, "strategy": strategy, "source": {**source, "path": path}}
-    )
+@pytest.fixture
+def cluster(models, tmp_path, monkeypatch):
+    """The emulated cluster (kubelet sync and TF Serving's poll take real, short time), the serving volume's
+    SavedModels, and the copy Jobs' outcomes: each prints its version's metadata after the marker."""
+    volume = tmp_path / "serving-volume" / MODEL
+    outcomes = {}
+    for key, version in (("v1", 1), ("v2", 2), ("v3", 3), ("mismatch", 8), ("wide", 4)):
+        shutil.copytree(models[key], volume / str(version))
+        meta = (volume / str(version) / "assets.extra" / "branchops_model.json").read_text()
+        outcomes[f"tfserve-copy-v{version}"] = (True, f"copied\n{METADATA_MARKER}\n{meta}")
+    outcomes["tfserve-copy-v9"] = (False, "cp: can't stat '/source/djia/missing/.': No such file")
+    emulator = ServingKubeEmulator(kubelet_sync_s=0.4, config_poll_s=0.1, job_outcomes=outcomes)
+    emulator.proxy_handler = TfServingApi(emulator, volume)
+    with RunningEmulator(emulator) as running:
+        monkeypatch.setenv("KUBECONFIG", str(running.kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield emulator
+    assert emulator.rejected == [], f"the API server refused invalid objects: {emulator.rejected}"
+    assert emulator.warnings == [], f"the API server dropped unknown fields: {emulator.warnings}"
 
 
-@pytest.fixture()
-def cluster(models, tmp_path):
-    fake = FakeCluster(tmp_path, "djia")
-    volume = fake.volumes["djia-models"] = tmp_path / "volumes" / "djia-models"
-    for key, version in (("v1", 1), ("v2", 2), ("mismatch", 8), ("corrupt", 6)):
-        shutil.copytree(models[key], volume / "djia" / str(version))
-    fake.snapshots["djia-models-run3"] = tmp_path / "snapshots" / "run3"
-    shutil.copytree(models["v3"], fake.snapshots["djia-models-run3"] / "djia" / "3")
-    yield fake
-    assert fake.refused == [], f"the API server would have refused or trimmed: {fake.refused}"
-
-
-def backend(cluster: FakeCluster, **kubernetes) -> KubernetesServing:
+def backend(**kubernetes) -> KubernetesServing:
     config = BranchopsConfig.model_validate(
         {
             "approvers": {s: ["lead"] for s in STAGES},
             "serving": {
                 "backend": "kubernetes",
-                "model_name": "djia",
+                "model_name": MODEL,
                 "kubernetes": {"replicas": 2, "rollout_timeout_s": 60, **kubernetes},
                 "rollout": {
                     "canary_steps": [10, 50, 100],
                     "requests_per_step": 6,
+                    "min_step_seconds": 0.3,
                     "max_p99_latency_ms": 60000,
                 },
             },
         }
     )
-    serving = KubernetesServing(config, Path("."), api=cluster)  # type: ignore[arg-type]
+    api = KubeApi()  # from KUBECONFIG, as in production
+    api.poll_s = 0.05
+    serving = KubernetesServing(config, Path("."), api=api)
     serving.poll_s = 0.05
+    serving.label_timeout_s = 20  # the emulator's kubelet sync and poll, with room for a busy machine
     return serving
 
 
-def served_stable(cluster: FakeCluster) -> set[str]:
-    cluster.sync()
-    return {
-        p.server.routing.stable and str(p.server.routing.stable)
-        for p in cluster.pods.values()
-        if p.track == "stable"
-    }
+def release(version: int, path: str | None = None, strategy: str = "rolling", **extra) -> Release:
+    return Release.model_validate(
+        {
+            "model": MODEL,
+            "version": version,
+            "strategy": strategy,
+            "source": {"volume": "djia-models", "path": path or f"{MODEL}/{version}"},
+            **extra,
+        }
+    )
 
 
-def test_rolling_rollouts_and_automatic_rollbacks(cluster):
-    serving = backend(cluster)
-    first = serving.deploy(release(1, "djia/1"))
+def spy(serving: KubernetesServing) -> list[dict]:
+    """Every object the backend sends from now on, as sent."""
+    applied: list[dict] = []
+    send = serving.api.apply
+    serving.api.apply = lambda obj: (applied.append(copy.deepcopy(obj)), send(obj))[1]
+    return applied
+
+
+def stable_policies(cluster: ServingKubeEmulator) -> list[str]:
+    """Every models.config the stable pods were given, in order."""
+    return [text for _, text in cluster.config_history.get((NS, "tfserve-config"), [])]
+
+
+def versions_in(text: str) -> set[int]:
+    return {int(v) for v in re.findall(r"versions: (\d+)", text)}
+
+
+def test_rolling_rollout_waits_for_tf_serving_to_report_the_moved_label(cluster):
+    serving = backend()
+    first = serving.deploy(release(1))
     assert first.outcome == "deployed", first.reason
-    assert serving.live_version() == 1 and served_stable(cluster) == {"1"}
-    assert len(cluster.ready_pods("serving", {"branchops.io/track": "stable"})) == 2
-
-    second = serving.deploy(release(2, "djia/2"))
+    second = serving.deploy(release(2))
+    # The ConfigMap reaches the pods only after the kubelet's sync: predicting through /labels/stable at
+    # once would find version 1 there (or no label) and roll back a good release.
     assert (second.outcome, second.before, second.after) == ("deployed", 1, 2), second.reason
-    assert {c.name for c in second.checks} >= {"load", "signature", "smoke", "live"}
-    assert cluster.config_state("tfserve-config", "serving")["versions"] == [2]  # the old one retired
-    assert served_stable(cluster) == {"2"}
+    assert {c.name for c in second.checks} >= {"copy", "contract", "load", "signature", "smoke", "live"}
+    status = serving.status()  # what TF Serving reports on the pods, not what the ConfigMap asks for
+    assert (status.stable, status.versions[2]) == (2, "AVAILABLE")
+    assert serving.live_version() == 2
+    assert versions_in(stable_policies(cluster)[-1]) == {2}  # the old version retired
+    assert serving.deploy(release(2)).outcome == "unchanged"
 
-    for version, path, check in (
-        (8, "djia/8", "smoke failed"),
-        (6, "djia/6", "load failed"),
-        (9, "djia/missing", "copy failed"),
-    ):
+
+def test_a_failed_release_never_reaches_the_stable_pods_and_is_rolled_back(cluster):
+    serving = backend()
+    assert serving.deploy(release(1)).ok
+    for version, path, check in ((8, None, "smoke failed"), (9, "djia/missing", "copy failed")):
         failed = serving.deploy(release(version, path))
         assert failed.outcome == "rolled_back" and failed.reason.startswith(check), failed.reason
-        state = cluster.config_state("tfserve-config", "serving")
-        assert (state["versions"], state["stable"]) == ([2], 2)
-        assert served_stable(cluster) == {"2"}
+        # TF Serving answers requests naming no version with the highest it loaded: the stable pods'
+        # version policy never named the unchecked version.
+        assert all(version not in versions_in(text) for text in stable_policies(cluster))
+        assert serving.status().stable == 1
+        assert ("deployments", NS, "tfserve-canary") not in cluster.objects
+    # A rerun of the same release copies again: the old Job is gone before the new one is created.
+    again = serving.deploy(release(8))
+    assert again.reason.startswith("smoke failed")
+    assert not [r for r in cluster.requests if r[0] == "patch" and r[2] == "jobs"]
 
-    assert serving.deploy(release(2, "djia/2")).outcome == "unchanged"
+
+def test_a_release_that_breaks_the_clients_is_refused_before_anything_loads(cluster):
+    serving = backend()
+    assert serving.deploy(release(1)).ok
+    applied = spy(serving)
+    refused = serving.deploy(release(4))
+    assert refused.outcome == "rolled_back"
+    assert refused.reason.startswith("contract failed"), refused.reason
+    assert "clients send [-1, 4]" in refused.reason
+    assert ("deployments", NS, "tfserve-canary") not in cluster.objects
+    assert not [o for o in applied if o["kind"] == "Deployment"]  # no pod was started for it
+    declared = serving.deploy(release(4, breaking_change="10-day window: 8 inputs"))
+    assert declared.outcome == "deployed", declared.reason
 
 
 def test_canary_with_istio_steps_weights_then_promotes(cluster):
-    serving = backend(cluster, istio=True)
-    assert serving.deploy(release(1, "djia/1")).ok
-    result = serving.deploy(release(3, "djia/3", volume=None, snapshot="djia-models-run3", strategy="canary"))
+    serving = backend(istio=True)
+    assert serving.deploy(release(1)).ok
+    applied = spy(serving)
+    result = serving.deploy(release(3, strategy="canary"))
     assert result.outcome == "deployed", result.reason
     assert [s["weight"] for s in result.canary_steps] == [10, 50]
-    weights = [name.split(":")[1] for verb, kind, name in cluster.history if kind == "VirtualService"]
-    assert weights[-3:] == ["10", "50", "0"]  # stepped, then all traffic back to the (now promoted) stable
-    assert ("PersistentVolumeClaim", "tfserve-src-3") in cluster.objects  # cloned from the snapshot
-    assert ("Deployment", "tfserve-canary") not in cluster.objects
-    assert served_stable(cluster) == {"3"}
+    assert all(s["ok"] and s["seconds"] >= 0.3 and s["requests"] >= 6 for s in result.canary_steps)
+    assert all("Istio" in s["routing"] for s in result.canary_steps)
+    weights = [o["spec"]["http"][0]["route"][1]["weight"] for o in applied if o["kind"] == "VirtualService"]
+    # None while it is checked, stepped, then all back to the (now promoted) stable.
+    assert (weights[0], [w for w in weights if w], weights[-1]) == (0, [10, 50], 0)
+    assert ("deployments", NS, "tfserve-canary") not in cluster.objects
+    assert serving.status().stable == 3
+    # Requests naming no version that stable pods answered, during the steps: all by the serving version.
+    assert {v for track, v in cluster.proxy_handler.unlabelled if track == "stable"} == {1}
 
 
 def test_canary_breach_removes_the_canary_and_keeps_stable(cluster):
-    serving = backend(cluster)
-    assert serving.deploy(release(1, "djia/1")).ok
-    strict = backend(cluster)
+    serving = backend()
+    assert serving.deploy(release(1)).ok
+    strict = backend()
     strict.rollout = strict.rollout.model_copy(update={"max_p99_latency_ms": 0.001})
-    result = strict.deploy(release(2, "djia/2", strategy="canary"))
-    assert result.outcome == "rolled_back" and result.reason.startswith("canary failed: at 10%")
-    assert result.canary_steps[0]["replicas"] == 1  # 10% of 2 stable replicas, without Istio: one pod
-    assert ("Deployment", "tfserve-canary") not in cluster.objects
-    assert cluster.config_state("tfserve-config", "serving")["stable"] == 1 and served_stable(cluster) == {
-        "1"
-    }
+    result = strict.deploy(release(2, strategy="canary"))
+    assert result.outcome == "rolled_back" and result.reason.startswith("canary failed: at 10%"), (
+        result.reason
+    )
+    assert result.canary_steps[0]["routing"].startswith("probes only")  # no Istio: no ordinary traffic
+    assert ("deployments", NS, "tfserve-canary") not in cluster.objects
+    assert all(2 not in versions_in(text) for text in stable_policies(cluster))
+    assert serving.status().stable == 1
+
+
+def test_serve_and_predict_on_kubernetes_say_what_they_can_do(cluster, tmp_path):
+    from tests.foundation.conftest import MINIMAL_CONFIG, make_project
+
+    assert backend().deploy(release(1)).ok
+    project = make_project(
+        tmp_path,
+        MINIMAL_CONFIG
+        + f"serving:\n  backend: kubernetes\n  model_name: {MODEL}\n  kubernetes: {{replicas: 2}}\n",
+    )
+    for command in ("start", "stop"):
+        refused = project.run("serve", command, expect=2)
+        assert f"'serve {command}'" in refused.output and "serving.backend 'kubernetes'" in refused.output
+    # The live version's export sample, read from the cluster, predicted through the Service.
+    answered = project.run("predict", "--sample", "--json")
+    document = json.loads(answered.output)
+    assert len(document["response"]["predictions"]) == len(SAMPLE)
+    assert document["expected_at_export"]["direction"] == [
+        p["direction"] for p in document["response"]["predictions"]
+    ]

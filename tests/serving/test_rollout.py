@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,7 +96,8 @@ def test_first_deploy_then_rolling_update_drops_no_request(env, models):
     "broken, version, check",
     [
         ("corrupt", 6, "load failed"),
-        ("wrong_signature", 7, "signature failed"),
+        # Its inputs are not what the serving version's clients send: refused before it is loaded.
+        ("wrong_signature", 7, "contract failed"),
         ("mismatch", 8, "smoke failed"),
     ],
 )
@@ -128,10 +131,89 @@ def test_canary_steps_through_weights_then_promotes(serving_v1, models):
     assert result.outcome == "deployed", result.reason
     assert [s["weight"] for s in result.canary_steps] == [10, 50]
     assert all(s["ok"] and s["errors"] == 0 and s["requests"] >= 10 for s in result.canary_steps)
+    # Each step lasts its configured minimum (conftest: 0.5 s), however fast the probes are answered.
+    assert all(s["seconds"] >= 0.5 for s in result.canary_steps)
+    assert all(s["stable_client_error_rate"] == 0 for s in result.canary_steps)
     assert (result.before, result.after) == (live, 3)
     assert loop.failures == []
     status = serving.status()
     assert (status.stable, status.canary, status.canary_weight) == (3, None, 0)
+
+
+class StableWatcher:
+    """Records every version the stable server holds while a rollout runs. TF Serving answers a request
+    without version or label with the highest version it has loaded, so any version loaded there is one
+    ordinary clients can get."""
+
+    def __init__(self, serving: LocalServing) -> None:
+        self.client = serving.client()
+        self.seen: set[int] = set()
+        self._stop = threading.Event()
+
+    def __enter__(self) -> StableWatcher:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            versions = self.client.health()["versions"]
+            self.seen |= {int(v) for v, s in versions.items() if s["state"] in ("LOADING", "AVAILABLE")}
+            time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.mark.parametrize("broken, version", [("mismatch", 8), ("corrupt", 6)])
+def test_an_unchecked_version_is_never_loaded_where_ordinary_clients_are_served(
+    serving_v1, models, broken, version
+):
+    serving = serving_v1["serving"]
+    with StableWatcher(serving) as watcher:
+        result = serving.deploy(release(version, "canary"), models[broken])
+    assert result.outcome == "rolled_back", result.reason
+    assert watcher.seen == {1}, f"the stable server held {watcher.seen} during the rollout"
+    assert not serving._canary_track().status().running  # the canary track is gone with it
+
+
+@pytest.mark.parametrize("wide", ["wide", "wide_unrecorded"])
+def test_a_release_that_breaks_the_serving_versions_clients_is_refused_before_it_loads(
+    serving_v1, models, wide
+):
+    serving = serving_v1["serving"]
+    with StableWatcher(serving) as watcher:
+        result = serving.deploy(release(4, "canary"), models[wide])
+    assert result.outcome == "rolled_back"
+    assert result.reason.startswith("contract failed"), result.reason
+    assert "'lagged_returns' has shape [-1, 8], clients send [-1, 4]" in result.reason
+    assert "breaking_change" in result.reason  # says how to release it on purpose
+    assert watcher.seen == {1} and serving.live_version() == 1
+    if wide == "wide":  # its recorded contract refuses it before any server loads it
+        assert [c.name for c in result.checks] == ["copy", "contract"]
+    assert result.canary_steps == []
+
+
+def test_a_declared_breaking_change_goes_through(serving_v1, models):
+    serving = serving_v1["serving"]
+    declared = release(4).model_copy(update={"breaking_change": "10-day window: 310 inputs"})
+    result = serving.deploy(declared, models["wide"])
+    assert result.outcome == "deployed", result.reason
+    contract = next(c for c in result.checks if c.name == "contract")
+    assert "breaking change declared" in contract.detail and "10-day window" in contract.detail
+    assert serving.live_version() == 4
+
+
+def test_the_new_version_must_answer_what_clients_send_now(serving_v1, models):
+    # Its contract admits 4-feature rows and its own sample passes; the serving version's sample does not.
+    serving = serving_v1["serving"]
+    with StableWatcher(serving) as watcher:
+        result = serving.deploy(release(5), models["any_width"])
+    assert result.outcome == "rolled_back"
+    assert result.reason.startswith("smoke (serving sample) failed"), result.reason
+    assert "sample of version 1" in result.reason
+    assert watcher.seen == {1} and serving.live_version() == 1
 
 
 def test_canary_that_breaches_latency_is_rolled_back(serving_v1, models):

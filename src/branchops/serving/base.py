@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from branchops.errors import ExternalError
+from branchops.errors import BadArgument, ExternalError
 
 if TYPE_CHECKING:
     from branchops.serving.client import ServingClient
@@ -102,6 +102,24 @@ class Serving(abc.ABC):
 
     @abc.abstractmethod
     def client(self) -> ServingClient: ...
+
+    @abc.abstractmethod
+    def export_metadata(self, version: int) -> dict[str, Any]:
+        """The export metadata of a served ``version`` (its sample and the predictions recorded for it)."""
+
+    def start(self, port: int | None = None) -> ServingStatus:
+        """Start the model server (the local backend's own process)."""
+        raise BadArgument(
+            f"'serve start' starts the local model server; with serving.backend '{self.backend}' TF Serving "
+            "runs in the cluster and the deploy-model stage rolls it out: there is nothing to start here"
+        )
+
+    def stop(self) -> bool:
+        """Stop the model server (the local backend's own process)."""
+        raise BadArgument(
+            f"'serve stop' stops the local model server; with serving.backend '{self.backend}' TF Serving "
+            "runs in the cluster: scale or delete its Deployment with kubectl if you mean to stop it"
+        )
 
 
 # -- checks shared by the backends ---------------------------------------------------------------------

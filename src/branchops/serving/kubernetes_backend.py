@@ -1,18 +1,29 @@
 """Kubernetes serving backend: TensorFlow Serving as a Deployment, rolled forward by its model config.
 
 The objects come from :mod:`branchops.serving.kubernetes_manifests`, the cluster calls from
-:mod:`branchops.k8s.client`.
+:mod:`branchops.k8s.client`, the rollout's steps from :mod:`branchops.serving.rollout`; this module
+supplies the primitives:
 
-Rollout (the same checks as the local backend, through the API server's proxy to TF Serving's REST API):
-put the version on the serving volume with a Job (from the model volume, or a PVC cloned from the
-model snapshot), move the version policy forward to ``[old, new]``, wait until the new version is
-AVAILABLE on every replica, check signature and smoke test, move the ``stable`` label, retire the old
-version. Any failure puts the previous model config back.
+* the **canary track** is a Deployment of its own (track ``canary``) whose ConfigMap serves the new
+  version alone. Ordinary clients reach it only through Istio's VirtualService at the step's weight
+  (``serving.kubernetes.istio``); without Istio the Service selects the stable pods only, and the canary
+  answers the rollout's probes alone, as TF Serving has no traffic weights;
+* the **stable track** keeps a ``specific`` version policy naming the serving version until the new one
+  has passed its checks; then the policy lists both, and once the new version is AVAILABLE on every
+  stable pod the ``stable`` label moves to it (moving a label needs the version loaded) and the rollout
+  waits until every pod's TF Serving reports it, however long the kubelet's ConfigMap sync and TF
+  Serving's config poll take (``kubernetes_manifests.model_config_visible_within_s``);
+* what serves is what TF Serving reports on the pods (model status and labels), not what the ConfigMap
+  asks for; the ConfigMap's annotation keeps the serving version's export sample and contract, so the
+  next release is checked against what its clients send.
+
+Checks reach TF Serving through the API server's proxy (to the Service, and to each pod). With Istio's
+STRICT mTLS the API server, outside the mesh, cannot reach the pods: allow plain text on the REST port
+for it (a PeerAuthentication with ``portLevelMtls: {8501: {mode: PERMISSIVE}}`` on the serving pods).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,25 +32,26 @@ from typing import TYPE_CHECKING, Any
 from branchops.errors import ConfigError, ExternalError
 from branchops.k8s.client import KubeApi
 from branchops.serving.base import (
+    METADATA_FILE,
     Check,
     DeployFailed,
     DeployResult,
     Serving,
     ServingStatus,
-    check_signature,
-    percentile,
-    smoke_test,
 )
-from branchops.serving.client import ServingClient
+from branchops.serving.client import ServingClient, ServingError
 from branchops.serving.kubernetes_manifests import (  # noqa: F401  (some re-exported for callers)
     METADATA_MARKER,
     REST_PORT,
     STATE_ANNOTATION,
     ObjectBuilder,
     canary_replicas,
+    check_snapshot_namespace,
+    model_config_visible_within_s,
     render_manifests,
     render_models_config,
 )
+from branchops.serving.rollout import Counts, Rollout, RolloutBackend
 
 if TYPE_CHECKING:
     from branchops.config import BranchopsConfig
@@ -60,6 +72,7 @@ class KubernetesServing(Serving):
         self.namespace = self.k8s.namespace
         self._api = api
         self.poll_s = 3.0  # TF Serving re-reads its model config every 15 s; polling faster buys nothing
+        self.label_timeout_s = model_config_visible_within_s()
 
     @property
     def api(self) -> KubeApi:
@@ -70,245 +83,71 @@ class KubernetesServing(Serving):
     def client(self) -> ServingClient:
         return self.api.proxy_client(self.namespace, f"services/{self.objects.name}:http", self.model_name)
 
+    def pod_client(self, pod: str) -> ServingClient:
+        return self.api.proxy_client(self.namespace, f"pods/{pod}:{REST_PORT}", self.model_name)
+
     def _state(self) -> dict[str, Any]:
         return self.api.config_state(self.objects.config_map_name(), self.namespace) or {"versions": []}
 
     def status(self) -> ServingStatus:
+        """What TF Serving reports on the stable pods: each version's state, and the version every pod
+        labels ``stable`` (None while they differ)."""
+        pods = self.api.ready_pods(self.namespace, self.objects.selector("stable"))
+        per_version: dict[int, list[str]] = {}
+        labelled: set[int | None] = set()
+        for pod in pods:
+            replica = self.pod_client(pod)
+            try:
+                for entry in replica.status():
+                    per_version.setdefault(int(entry["version"]), []).append(entry["state"])
+                labelled.add(int(replica.status(label="stable")[0]["version"]))
+            except ServingError as exc:
+                if exc.status != 404:
+                    raise
+                labelled.add(None)
+        versions = {}
+        for version, states in sorted(per_version.items()):
+            common = set(states)
+            versions[version] = (
+                states[0]
+                if len(common) == 1 and len(states) == len(pods)
+                else ", ".join(f"{s} on {states.count(s)} of {len(pods)} pods" for s in sorted(common))
+            )
+        canary = self.api.ready_pods(self.namespace, self.objects.selector("canary"))
         state = self._state()
         return ServingStatus(
             self.backend,
             self.model_name,
-            running=bool(state.get("versions")),
+            running=bool(pods),
             url=f"http://{self.objects.name}.{self.namespace}.svc:{REST_PORT}",
-            stable=state.get("stable"),
-            canary=state.get("canary"),
-            canary_weight=state.get("canary_weight", 0),
-            versions={int(v): "SERVED" for v in state.get("versions", [])},
+            stable=labelled.pop() if len(labelled) == 1 else None,
+            canary=state.get("canary") if canary else None,
+            canary_weight=state.get("canary_weight", 0) if canary else 0,
+            versions=versions,
         )
 
     def live_version(self) -> int | None:
-        return self._state().get("stable")
+        return self.status().stable
+
+    def export_metadata(self, version: int) -> dict[str, Any]:
+        meta = _KubernetesTracks(self).serving_metadata(version)
+        if meta is None:
+            raise DeployFailed(
+                "metadata", f"no export metadata of version {version} is recorded (nor its copy Job's log)"
+            )
+        return meta
 
     # -- rollout ----------------------------------------------------------------------------------
-    def _set_policy(
-        self, versions: list[int], stable: int | None, canary: int | None = None, weight: int = 0
-    ) -> None:
-        labels = {k: v for k, v in (("stable", stable), ("canary", canary)) if v is not None}
-        state = {
-            "versions": sorted(set(versions)),
-            "stable": stable,
-            "canary": canary,
-            "canary_weight": weight,
-        }
-        self.api.apply(self.objects.config_map(state["versions"], labels, state=state))
-
-    def _ensure_workload(self) -> None:
-        """Deployment, Service, autoscaler, disruption budget (and Istio routing): created once, kept."""
-        objects = [
-            self.objects.deployment(replicas=self.k8s.replicas),
-            self.objects.service(),
-            self.objects.autoscaler(),
-            self.objects.disruption_budget(),
-        ]
-        if self.objects.istio:
-            objects += [self.objects.destination_rule(), self.objects.virtual_service(0)]
-        for obj in objects:
-            self.api.apply(obj)
-
-    def _wait(self, what: str, predicate: Any) -> None:
-        deadline = time.monotonic() + self.k8s.rollout_timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(self.poll_s)
-        raise DeployFailed("timeout", f"{what} not reached within {self.k8s.rollout_timeout_s:.0f}s")
-
-    def _copy_in(self, release: Release) -> None:
-        source = release.source
-        claim = source.volume or ""
-        if source.snapshot:
-            clone = self.objects.source_clone(source.snapshot, release.version)
-            self.api.apply(clone)
-            claim = clone["metadata"]["name"]
-        job = self.objects.copy_job(claim, source.path, release.version)
-        self.api.delete("Job", job["metadata"]["name"], self.namespace)  # a rerun copies again
-        self.api.apply(job)
-        outcome: dict[str, bool | None] = {"done": None}
-
-        def finished() -> bool:
-            outcome["done"] = self.api.job_finished(job["metadata"]["name"], self.namespace)
-            return outcome["done"] is not None
-
-        self._wait(f"copy Job {job['metadata']['name']}", finished)
-        if outcome["done"] is False:
-            raise DeployFailed(
-                "copy",
-                f"Job {job['metadata']['name']} could not copy {source.describe()} "
-                "onto the serving volume (see its pod's log)",
-            )
-
-    def _wait_available_everywhere(self, version: int, track: str = "stable") -> None:
-        from branchops.serving.client import ServingError
-
-        def on_every_replica() -> bool:
-            pods = self.api.ready_pods(self.namespace, self.objects.selector(track))
-            if not pods:
-                return False
-            for pod in pods:
-                replica = self.api.proxy_client(self.namespace, f"pods/{pod}:{REST_PORT}", self.model_name)
-                try:
-                    status = replica.status(version=version)[0]
-                except ServingError as exc:
-                    if exc.status == 404:  # the replica has not read the new model config yet
-                        return False
-                    raise
-                error = status.get("status", {})
-                if status["state"] == "END" and error.get("error_code", "OK") != "OK":
-                    raise DeployFailed(
-                        "load", f"version {version} failed to load on pod {pod}: {error.get('error_message')}"
-                    )
-                if status["state"] != "AVAILABLE":
-                    return False
-            return True
-
-        self._wait(f"version {version} AVAILABLE on every {track} replica", on_every_replica)
-
     def deploy(self, release: Release, model_source_dir: Path | None = None) -> DeployResult:
         if release.model != self.model_name:
             raise ConfigError(
                 f"the release serves model '{release.model}' but serving.model_name is '{self.model_name}'"
             )
-        strategy = release.strategy_or(self.rollout.strategy)
-        state = self._state()
-        before = state.get("stable")
-        result = DeployResult(self.model_name, release.version, strategy, before=before, after=before)
-        started = time.monotonic()
-        version = release.version
-        if before == version and state.get("canary") is None:
-            result.outcome = "unchanged"
-            return result
-        try:
-            phase = time.monotonic()
-            self.api.apply(self.objects.serving_volume())
-            self._copy_in(release)
-            result.timings["copy"] = round(time.monotonic() - phase, 3)
-            phase = time.monotonic()
-            old = [v for v in [before] if v is not None]
-            self._set_policy(old + [version], stable=before)  # move the policy forward: load beside the old
-            self._ensure_workload()
-            self._wait_available_everywhere(version)
-            result.timings["load"] = round(time.monotonic() - phase, 3)
-            client = self.client()
-            meta = self._metadata(version)
-            result.checks.append(Check("load", True, f"version {version} AVAILABLE on every replica"))
-            result.checks.append(check_signature(client, version, meta))
-            result.checks.append(smoke_test(client, meta, version=version))
-            if strategy == "canary" and before is not None:
-                self._canary(before, version, meta, result)
-            self._set_policy(old + [version], stable=version)
-            result.after = version
-            self._set_policy([version], stable=version)  # retire the old version
-            result.checks.append(smoke_test(client, meta, label="stable", name="live"))
-        except (DeployFailed, ExternalError) as exc:
-            check, reason = (
-                (exc.check, exc.reason) if isinstance(exc, DeployFailed) else ("kubernetes", str(exc))
-            )
-            result.checks.append(Check(check, False, reason))
-            result.outcome, result.reason, result.after = "rolled_back", f"{check} failed: {reason}", before
-            self._roll_back(before)
-        result.timings["total"] = round(time.monotonic() - started, 3)
-        return result
-
-    def _metadata(self, version: int) -> dict[str, Any]:
-        """The export's metadata (with its sample), as the copy Job printed it after the marker."""
-        from branchops.serving.base import METADATA_FILE
-
-        log_text = self.api.job_log(
-            self.objects.copy_job("x", "x", version)["metadata"]["name"], self.namespace
+        if release.source.snapshot:
+            check_snapshot_namespace(self.config)
+        return Rollout(_KubernetesTracks(self), self.model_name, self.rollout).deploy(
+            release, None, release.strategy_or(self.rollout.strategy)
         )
-        _, marker, tail = log_text.partition(METADATA_MARKER)
-        try:
-            meta = json.loads(tail) if marker else None
-        except ValueError:
-            meta = None
-        if not isinstance(meta, dict):
-            raise DeployFailed(
-                "metadata", f"the copy Job printed no valid {METADATA_FILE} for version {version}"
-            )
-        sample = meta.get("sample")
-        if not (
-            isinstance(sample, dict)
-            and sample.get("instances")
-            and isinstance(sample.get("predictions"), dict)
-        ):
-            raise DeployFailed(
-                "metadata", f"{METADATA_FILE} of version {version} has no sample to smoke-test"
-            )
-        return meta
-
-    def _canary(self, stable: int, canary: int, meta: dict[str, Any], result: DeployResult) -> None:
-        self.api.apply(self.objects.config_map([canary], {"stable": canary}, track="canary"))
-        for weight in self.rollout.canary_steps:
-            if weight >= 100:
-                break
-            phase = time.monotonic()
-            replicas = canary_replicas(self.k8s.replicas, weight)
-            self.api.apply(self.objects.deployment("canary", replicas=replicas))
-            if self.objects.istio:
-                self.api.apply(self.objects.virtual_service(weight))
-            self._wait_available_everywhere(canary, track="canary")
-            pods = self.api.ready_pods(self.namespace, self.objects.selector("canary"))
-            latencies, failures = [], 0
-            rows = meta["sample"]["instances"]
-            for i in range(self.rollout.requests_per_step):
-                client = self.api.proxy_client(
-                    self.namespace, f"pods/{pods[i % len(pods)]}:{REST_PORT}", self.model_name
-                )
-                sent = time.perf_counter()
-                try:
-                    client.predict(instances=[rows[i % len(rows)]], version=canary)
-                except ExternalError:
-                    failures += 1
-                latencies.append((time.perf_counter() - sent) * 1000)
-            error_rate, p99 = failures / self.rollout.requests_per_step, percentile(latencies, 99)
-            ok = error_rate <= self.rollout.max_error_rate and p99 <= self.rollout.max_p99_latency_ms
-            result.canary_steps.append(
-                {
-                    "weight": weight,
-                    "replicas": replicas,
-                    "requests": self.rollout.requests_per_step,
-                    "errors": failures,
-                    "error_rate": round(error_rate, 4),
-                    "p99_ms": round(p99, 2),
-                    "seconds": round(time.monotonic() - phase, 3),
-                    "ok": ok,
-                }
-            )
-            if not ok:
-                raise DeployFailed(
-                    "canary",
-                    f"at {weight}% the canary's error rate was {error_rate:.2%} "
-                    f"(max {self.rollout.max_error_rate:.2%}) and p99 latency {p99:.1f} ms "
-                    f"(max {self.rollout.max_p99_latency_ms:.1f} ms)",
-                )
-        self._remove_canary()
-
-    def _remove_canary(self) -> None:
-        if self.objects.istio:
-            self.api.apply(self.objects.virtual_service(0))
-        self.api.delete("Deployment", self.objects.deployment_name("canary"), self.namespace)
-        self.api.delete("ConfigMap", self.objects.config_map_name("canary"), self.namespace)
-
-    def _roll_back(self, before: int | None) -> None:
-        try:
-            self._remove_canary()
-            if before is not None:
-                self._set_policy([before], stable=before)
-            else:  # nothing served before this failed first rollout: serve nothing rather than a bad model
-                self.api.delete("Deployment", self.objects.deployment_name(), self.namespace)
-                self.api.delete("ConfigMap", self.objects.config_map_name(), self.namespace)
-        except ExternalError as exc:
-            log.error("rollback to version %s incomplete: %s", before, exc)
 
     def rollback_to(self, version: int) -> DeployResult:
         from branchops.serving.release import Release
@@ -323,3 +162,264 @@ class KubernetesServing(Serving):
             }
         )
         return self.deploy(release)
+
+
+class _KubernetesTracks(RolloutBackend):
+    """The primitives on a cluster: the stable Deployment and a canary Deployment, both TF Serving."""
+
+    external = "kubernetes"
+
+    def __init__(self, serving: KubernetesServing) -> None:
+        self.serving = serving
+        self.api = serving.api
+        self.objects = serving.objects
+        self.namespace = serving.namespace
+        self.k8s = serving.k8s
+        self.poll_s = serving.poll_s
+        self.label_timeout_s = serving.label_timeout_s
+        self._exports: dict[int, dict[str, Any]] = {}
+
+    def stable_version(self) -> int | None:
+        if not self.api.ready_pods(self.namespace, self.objects.selector("stable")):
+            return None
+        # Pods that disagree are still reading a config: the one asked for is what they move to.
+        return self.label_version("stable") or self.serving._state().get("stable")
+
+    def stable_client(self) -> ServingClient:
+        return self.serving.client()
+
+    def _wait(self, what: str, predicate: Any, timeout_s: float | None = None) -> None:
+        timeout_s = self.k8s.rollout_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(self.poll_s)
+        raise DeployFailed("timeout", f"{what} not reached within {timeout_s:.0f}s")
+
+    def install(self, release: Release, source: Path | None) -> str:
+        origin = release.source
+        self.api.apply(self.objects.serving_volume())
+        claim = origin.volume or ""
+        if origin.snapshot:
+            # A clone smaller than the snapshot's restoreSize never binds.
+            restore_size = self.api.snapshot_restore_size(origin.snapshot, self.namespace)
+            clone = self.objects.source_clone(origin.snapshot, release.version, restore_size)
+            self.api.apply(clone)
+            claim = clone["metadata"]["name"]
+        job = self.objects.copy_job(claim, origin.path, release.version)
+        name = job["metadata"]["name"]
+        # A rerun copies again: a Job's template cannot be changed, so the old Job goes first, and is
+        # gone (its pods too: foreground deletion) before the new one is created under its name.
+        self.api.delete("Job", name, self.namespace)
+        self.api.apply(job)
+        outcome: dict[str, bool | None] = {"done": None}
+
+        def finished() -> bool:
+            outcome["done"] = self.api.job_finished(name, self.namespace)
+            return outcome["done"] is not None
+
+        self._wait(f"copy Job {name}", finished)
+        if outcome["done"] is False:
+            raise DeployFailed(
+                "copy",
+                f"Job {name} could not copy {origin.describe()} onto the serving volume (see its pod's log)",
+            )
+        return f"Job {name} copied {origin.describe()} onto the serving volume"
+
+    def export_metadata(self, release: Release, source: Path | None) -> dict[str, Any]:
+        meta = self._job_metadata(release.version)
+        if meta is None:
+            raise DeployFailed(
+                "metadata", f"the copy Job printed no valid {METADATA_FILE} for version {release.version}"
+            )
+        sample = meta.get("sample")
+        if not (
+            isinstance(sample, dict)
+            and sample.get("instances")
+            and isinstance(sample.get("predictions"), dict)
+        ):
+            raise DeployFailed(
+                "metadata", f"{METADATA_FILE} of version {release.version} has no sample to smoke-test"
+            )
+        self._exports[release.version] = meta
+        return meta
+
+    def check_runtime(self, meta: dict[str, Any]) -> Check:
+        from branchops.serving.compat import check_serving_image
+
+        verdict = check_serving_image(self.k8s.image, meta)
+        if not verdict.ok:
+            raise DeployFailed("serving image", verdict.reason)
+        return Check("serving image", True, verdict.reason or f"{self.k8s.image} loads what the export wrote")
+
+    def _job_metadata(self, version: int) -> dict[str, Any] | None:
+        """The export's metadata as the copy Job printed it after the marker (None without a log)."""
+        import json
+
+        log_text = self.api.job_log(
+            self.objects.copy_job("x", "x", version)["metadata"]["name"], self.namespace
+        )
+        _, marker, tail = log_text.partition(METADATA_MARKER)
+        try:
+            meta = json.loads(tail) if marker else None
+        except ValueError:
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def serving_metadata(self, version: int) -> dict[str, Any] | None:
+        state = self.serving._state()
+        export = state.get("export")
+        if isinstance(export, dict) and export.get("version") == version:
+            self._exports[version] = export  # kept for a restore after the annotation has moved on
+            return export
+        return self._job_metadata(version)  # the copy Job's log, while the Job is kept
+
+    def _stable_policy(self, versions: list[int], stable: int) -> None:
+        """The stable ConfigMap: TF Serving loads exactly ``versions`` and labels ``stable``."""
+        state: dict[str, Any] = {
+            "versions": sorted(set(versions)),
+            "stable": stable,
+            "canary": None,
+            "canary_weight": 0,
+        }
+        export = self._exports.get(stable) or self.serving._state().get("export")
+        if isinstance(export, dict) and export.get("version", stable) == stable:
+            # What the next release is checked against: the sample clients' rows look like, the contract.
+            state["export"] = {
+                "version": stable,
+                "sample": export.get("sample"),
+                **{k: export[k] for k in ("input", "outputs", "serving_contract") if k in export},
+            }
+        self.api.apply(self.objects.config_map(state["versions"], {"stable": stable}, state=state))
+
+    def _ensure_workload(self) -> None:
+        """Deployment, Service, autoscaler, disruption budget (and Istio routing): created once, kept."""
+        service = self.objects.service()
+        if not self.objects.istio:
+            # Without Istio nothing weighs traffic: ordinary clients reach the stable pods only.
+            service["spec"]["selector"] = self.objects.selector("stable")
+        objects = [
+            self.objects.deployment(replicas=self.k8s.replicas),
+            service,
+            self.objects.autoscaler(),
+            self.objects.disruption_budget(),
+        ]
+        if self.objects.istio:
+            objects += [self.objects.destination_rule(), self.objects.virtual_service(0)]
+        for obj in objects:
+            self.api.apply(obj)
+
+    def _available_everywhere(self, version: int, track: str) -> bool:
+        pods = self.api.ready_pods(self.namespace, self.objects.selector(track))
+        if not pods:
+            return False
+        for pod in pods:
+            try:
+                status = self.serving.pod_client(pod).status(version=version)[0]
+            except ServingError as exc:
+                if exc.status in (404, 503):  # not read the new model config yet, or still starting
+                    return False
+                raise
+            error = status.get("status", {})
+            if status["state"] == "END" and error.get("error_code", "OK") != "OK":
+                raise DeployFailed(
+                    "load", f"version {version} failed to load on pod {pod}: {error.get('error_message')}"
+                )
+            if status["state"] != "AVAILABLE":
+                return False
+        return True
+
+    def _await_available(self, version: int, track: str) -> None:
+        self._wait(
+            f"version {version} AVAILABLE on every {track} replica",
+            lambda: self._available_everywhere(version, track),
+        )
+
+    def start_canary(self, version: int) -> ServingClient:
+        self._remove_canary()  # a canary left by an interrupted rollout; with Istio, no traffic to it yet
+        self.api.apply(self.objects.config_map([version], {}, track="canary"))
+        self.api.apply(self.objects.deployment("canary", replicas=1))
+        self._await_available(version, "canary")
+        # Through the Service: with Istio the canary pods are its endpoints too, addressed by version.
+        pods = self.api.ready_pods(self.namespace, self.objects.selector("canary"))
+        return self.serving.pod_client(pods[0])
+
+    def set_canary_weight(self, weight: int) -> str:
+        if not self.objects.istio:
+            return "probes only: without Istio no ordinary traffic reaches the canary pods"
+        replicas = canary_replicas(self.k8s.replicas, weight)
+        self.api.apply(self.objects.deployment("canary", replicas=replicas))
+        self.api.apply(self.objects.virtual_service(weight))
+        return f"Istio VirtualService: {weight}% of ordinary traffic to {replicas} canary pod(s)"
+
+    def traffic(self, track: str) -> Counts | None:
+        """Requests the track's pods answered, from TF Serving's ``:tensorflow:serving:request_count``
+        (by status: the gRPC code a REST error maps from); None if a pod's metrics cannot be read."""
+        counts = Counts()
+        for pod in self.api.ready_pods(self.namespace, self.objects.selector(track)):
+            try:
+                samples = self.serving.pod_client(pod).metrics()
+            except ExternalError:
+                return None
+            found = False
+            for sample in samples:
+                if sample.name != ":tensorflow:serving:request_count":
+                    continue
+                found = True
+                n, status = int(sample.value), sample.labels.get("status", "OK")
+                counts.requests += n
+                if status in _SERVER_SIDE:
+                    counts.server_errors += n
+                elif status != "OK":
+                    counts.client_errors += n
+            if not found:
+                return None
+        return counts
+
+    def switch_stable(self, version: int, previous: int | None) -> None:
+        if previous is None:
+            self._stable_policy([version], stable=version)
+            self._ensure_workload()
+            self._await_available(version, "stable")
+            return
+        # Loaded beside the serving version first: TF Serving moves a label only onto a loaded version.
+        self._stable_policy([previous, version], stable=previous)
+        self._ensure_workload()
+        self._await_available(version, "stable")
+        self._stable_policy([previous, version], stable=version)
+
+    def label_version(self, label: str) -> int | None:
+        seen = set()
+        for pod in self.api.ready_pods(self.namespace, self.objects.selector("stable")):
+            try:
+                seen.add(int(self.serving.pod_client(pod).status(label=label)[0]["version"]))
+            except ServingError as exc:
+                if exc.status not in (404, 503):
+                    raise
+                seen.add(None)
+        return seen.pop() if len(seen) == 1 else None
+
+    def stop_canary(self) -> None:
+        self._remove_canary()
+
+    def retire(self, keep: int) -> None:
+        self._stable_policy([keep], stable=keep)
+
+    def _remove_canary(self) -> None:
+        if self.objects.istio:
+            self.api.apply(self.objects.virtual_service(0))
+        self.api.delete("Deployment", self.objects.deployment_name("canary"), self.namespace)
+        self.api.delete("ConfigMap", self.objects.config_map_name("canary"), self.namespace)
+
+    def restore(self, previous: int | None, failed: int) -> None:
+        self._remove_canary()
+        if previous is not None:
+            self._stable_policy([previous], stable=previous)
+        else:  # nothing served before this failed first rollout: serve nothing rather than a bad model
+            self.api.delete("Deployment", self.objects.deployment_name(), self.namespace)
+            self.api.delete("ConfigMap", self.objects.config_map_name(), self.namespace)
+
+
+# gRPC codes TF Serving counts that are the server's fault (a REST client sees them as 5xx).
+_SERVER_SIDE = {"INTERNAL", "UNAVAILABLE", "UNKNOWN", "DATA_LOSS", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}

@@ -9,10 +9,11 @@ real paths of the repository and its state directory). A record whose process is
 belongs to another process, is stale and removed; a record another repository wrote (a repository copied
 with its ``.branchops``) is not this repository's server, so nothing here stops or queries that server.
 
-A rollout never touches the version that is serving: the new version is copied in (temp + rename),
-loaded in the background, checked (signature, smoke test on the export's sample), and only then
-labelled ``stable`` (rolling) or ``canary`` with stepped weights; any failed check moves the labels
-back and unloads the new version, so the previous version answers throughout.
+The rollout (serving/rollout.py) never loads an unchecked version into this server, which answers an
+unlabelled request with the highest version it has loaded, as TF Serving does: the new version is copied
+in (temp + rename), loaded and checked on a canary server of its own (``serving/canary/``, a free port no
+client is given), and only then loaded here and labelled ``stable``; a failed check stops the canary and
+removes the new version, so the previous version answers throughout.
 """
 
 from __future__ import annotations
@@ -34,18 +35,15 @@ from typing import TYPE_CHECKING, Any
 from branchops.errors import ConfigError, ExternalError
 from branchops.processes import ProcessId
 from branchops.serving.base import (
-    Check,
     DeployFailed,
     DeployResult,
     Serving,
     ServingStatus,
-    check_signature,
     find_version_dir,
-    percentile,
     read_model_metadata,
-    smoke_test,
 )
-from branchops.serving.client import ServingClient, ServingError, metric_sum
+from branchops.serving.client import ServingClient, ServingError
+from branchops.serving.rollout import Counts, Rollout, RolloutBackend
 
 if TYPE_CHECKING:
     from branchops.config import BranchopsConfig
@@ -97,20 +95,27 @@ class LocalServing(Serving):
     backend = "local"
 
     def __init__(
-        self, config: BranchopsConfig, state_dir: str | Path, start_timeout_s: float = START_TIMEOUT_S
+        self,
+        config: BranchopsConfig,
+        state_dir: str | Path,
+        start_timeout_s: float = START_TIMEOUT_S,
+        track: str = "stable",
     ) -> None:
         serving = config.serving
+        self.config = config
+        self.track = track
         self.model_name = serving.model_name
         self.rollout = serving.rollout
         self.default_strategy = serving.rollout.strategy
         self.host = serving.local.host
-        self.port = serving.local.port
+        # The canary track is a server of its own on a free port; clients know only the stable one's.
+        self.port = serving.local.port if track == "stable" else 0
         state_dir = Path(state_dir)
         base = Path(serving.local.base_path)
         # Relative paths are relative to the repository root, the parent of the state directory.
         self.base_path = (base if base.is_absolute() else state_dir.parent / base) / self.model_name
         self.state_dir = state_dir
-        self.dir = state_dir / "serving"
+        self.dir = state_dir / "serving" if track == "stable" else state_dir / "serving" / track
         self.info_file = self.dir / "server.json"
         self.log_file = self.dir / "server.log"
         self.routing_file = self.dir / "routing.json"
@@ -187,6 +192,10 @@ class LocalServing(Serving):
     def _spawn(self, port: int | None) -> ServingStatus:
         self.base_path.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
+        if self.track != "stable":
+            # Nothing to restore: the rollout loads the one version this track is for (the newest on disk,
+            # what a server loads without saved state, is not necessarily that one).
+            self.routing_file.write_text(json.dumps({"model": self.model_name, "versions": []}))
         port = self.port if port is None else port
         # Absolute paths: the server's command line says which repository it serves, whatever its cwd.
         command = [
@@ -272,6 +281,8 @@ class LocalServing(Serving):
 
     def stop(self) -> bool:
         """Stop this repository's server; False if it was not running (another repository's is left alone)."""
+        if self.track == "stable":
+            self._canary_track().stop()  # left behind by an interrupted rollout
         info = self._running_info()
         if info is None:
             return False
@@ -344,216 +355,171 @@ class LocalServing(Serving):
     def live_version(self) -> int | None:
         return self.status().stable
 
+    def export_metadata(self, version: int) -> dict[str, Any]:
+        return read_model_metadata(find_version_dir(self.base_path / str(version), version))
+
     # -- rollout ----------------------------------------------------------------------------------
-    def deploy(self, release: Release, model_source_dir: Path) -> DeployResult:
+    def deploy(self, release: Release, model_source_dir: Path | None) -> DeployResult:
         if release.model != self.model_name:
             raise ConfigError(
                 f"the release serves model '{release.model}' but serving.model_name is '{self.model_name}'"
             )
-        strategy = release.strategy_or(self.default_strategy)
-        result = DeployResult(model=self.model_name, version=release.version, strategy=strategy)
-        started = time.monotonic()
         self.start()
-        client = self.client()
-        health = client.health()
-        before = health["routing"].get("stable")
-        result.before = result.after = before
-        if (
-            before == release.version
-            and health["routing"].get("canary") is None
-            and health["versions"].get(str(before), {}).get("state") == "AVAILABLE"
-        ):
-            result.outcome = "unchanged"
-            try:
-                result.checks.append(
-                    smoke_test(
-                        client, read_model_metadata(self.base_path / str(before)), label="stable", name="live"
-                    )
-                )
-            except DeployFailed as exc:  # reported, but nothing to roll back to: this is the desired state
-                result.checks.append(Check(exc.check, False, exc.reason))
-            result.timings["total"] = round(time.monotonic() - started, 3)
-            return result
-        phase = time.monotonic()
-        version = release.version
-        try:
-            source = find_version_dir(Path(model_source_dir), version)
-            meta = read_model_metadata(source)
-            installed = self._install(client, source, version)
-            result.timings["copy"] = round(time.monotonic() - phase, 3)
-            result.checks.append(Check("copy", True, f"{installed} {self.base_path / str(version)}"))
-            self._load_and_check(client, version, meta, result)
-            if strategy == "canary" and before is not None:
-                self._canary(client, before, version, meta, result)
-            else:
-                phase = time.monotonic()
-                client.set_routing(stable=version)
-                result.timings["switch"] = round(time.monotonic() - phase, 3)
-            result.after = version
-            result.checks.append(smoke_test(client, meta, label="stable", name="live"))
-            self._retire_others(client, keep=version)
-        except (DeployFailed, ExternalError) as exc:
-            check, reason = (
-                (exc.check, exc.reason) if isinstance(exc, DeployFailed) else ("serving", str(exc))
-            )
-            result.checks.append(Check(check, False, reason))
-            result.reason = f"{check} failed: {reason}"
-            result.outcome = "rolled_back"
-            phase = time.monotonic()
-            self._roll_back(client, before, version)
-            result.after = before
-            result.timings["rollback"] = round(time.monotonic() - phase, 3)
-            log.error("rollout of version %s rolled back: %s", version, result.reason)
-        result.timings["total"] = round(time.monotonic() - started, 3)
-        return result
+        source = Path(model_source_dir) if model_source_dir is not None else None
+        return Rollout(_LocalTracks(self), self.model_name, self.rollout).deploy(
+            release, source, release.strategy_or(self.default_strategy)
+        )
 
     def rollback_to(self, version: int) -> DeployResult:
         """Serve ``version`` again (it must still be in the base path) after the usual checks."""
-        self.start()
-        client = self.client()
-        before = client.health()["routing"].get("stable")
-        result = DeployResult(
-            model=self.model_name, version=version, strategy="rollback", before=before, after=before
-        )
-        started = time.monotonic()
-        try:
-            meta = read_model_metadata(find_version_dir(self.base_path / str(version), version))
-            self._load_and_check(client, version, meta, result)
-            client.set_routing(stable=version)
-            result.after = version
-            self._retire_others(client, keep=version)
-        except (DeployFailed, ExternalError) as exc:
-            reason = exc.reason if isinstance(exc, DeployFailed) else str(exc)
-            result.outcome, result.reason = "rolled_back", f"rollback to {version} failed: {reason}"
-            if before is not None and before != version:
-                client.set_routing(stable=before)
-        result.timings["total"] = round(time.monotonic() - started, 3)
-        return result
+        from branchops.serving.release import Release
 
-    def _install(self, client: ServingClient, source: Path, version: int) -> str:
-        """Copy the version directory in with temp + rename, so the server never sees half a model."""
-        target = self.base_path / str(version)
-        self.base_path.mkdir(parents=True, exist_ok=True)
+        release = Release.model_validate(
+            {
+                "model": self.model_name,
+                "version": version,
+                "source": {"volume": "local-serving", "path": str(version)},
+            }
+        )
+        self.start()
+        return Rollout(_LocalTracks(self), self.model_name, self.rollout).deploy(
+            release, self.base_path / str(version), "rollback"
+        )
+
+    def _canary_track(self) -> LocalServing:
+        return LocalServing(self.config, self.state_dir, self.start_timeout_s, track="canary")
+
+
+class _LocalTracks(RolloutBackend):
+    """The local primitives: the stable track is the repository's server; the canary track a second
+    server process of its own, which ordinary clients never call."""
+
+    label_timeout_s = 30.0
+
+    def __init__(self, serving: LocalServing) -> None:
+        self.serving = serving
+        self.canary = serving._canary_track()
+
+    def stable_version(self) -> int | None:
+        return self.serving.status().stable
+
+    def stable_client(self) -> ServingClient:
+        return self.serving.client()
+
+    def install(self, release: Release, source: Path | None) -> str:
+        """Copy the version directory in with temp + rename, so a server never sees half a model."""
+        if source is None:
+            raise DeployFailed("source", "the local backend needs the model's directory")
+        version = release.version
+        source = find_version_dir(source, version)
+        base = self.serving.base_path
+        target = base / str(version)
+        base.mkdir(parents=True, exist_ok=True)
         if target.exists():
             if source.resolve() == target.resolve() or _tree_digest(source) == _tree_digest(target):
-                return "reused"
+                return f"reused {target}"
+            client = self.stable_client()
             state = client.health()["versions"].get(str(version), {}).get("state")
             if state in ("LOADING", "AVAILABLE"):
-                client.retire_version(version)  # not labelled: deploy() returned early for the live version
-        incoming = self.base_path / f".incoming-{version}-{uuid.uuid4().hex[:8]}"
+                # Not labelled: the rollout returned early for the live version.
+                client.retire_version(version)
+        incoming = base / f".incoming-{version}-{uuid.uuid4().hex[:8]}"
         shutil.copytree(source, incoming)
         if target.exists():
-            replaced = self.base_path / f".replaced-{version}-{uuid.uuid4().hex[:8]}"
+            replaced = base / f".replaced-{version}-{uuid.uuid4().hex[:8]}"
             target.rename(replaced)
             shutil.rmtree(replaced, ignore_errors=True)
         incoming.rename(target)
-        return "copied to"
+        return f"copied to {target}"
 
-    def _load_and_check(
-        self, client: ServingClient, version: int, meta: dict[str, Any], result: DeployResult
-    ) -> None:
-        phase = time.monotonic()
-        client.load_version(version)
-        status = client.wait_version(version, LOAD_TIMEOUT_S)
-        result.timings["load"] = round(time.monotonic() - phase, 3)
-        if status["state"] != "AVAILABLE":
-            error = status["status"]
-            raise DeployFailed(
-                "load",
-                f"version {version} failed to load ({error.get('error_code')}): {error.get('error_message')}",
-            )
-        result.checks.append(Check("load", True, f"version {version} AVAILABLE", result.timings["load"]))
-        result.checks.append(check_signature(client, version, meta))
-        result.checks.append(smoke_test(client, meta, version=version))
+    def export_metadata(self, release: Release, source: Path | None) -> dict[str, Any]:
+        return read_model_metadata(self.serving.base_path / str(release.version))
 
-    def _canary(
-        self, client: ServingClient, stable: int, canary: int, meta: dict[str, Any], result: DeployResult
-    ) -> None:
-        rollout = self.rollout
-        rows = meta["sample"]["instances"]
-        for weight in rollout.canary_steps:
-            if weight >= 100:
-                break
-            phase = time.monotonic()
-            client.set_routing(stable=stable, canary=canary, canary_weight=weight)
-            counted_before = client.metrics()
-            latencies, failures = [], 0
-            for i in range(rollout.requests_per_step):
-                sent = time.perf_counter()
-                try:
-                    client.predict(instances=[rows[i % len(rows)]], label="canary")
-                except ExternalError:
-                    failures += 1
-                latencies.append((time.perf_counter() - sent) * 1000)
-            counted_after = client.metrics()
-            # Server-side counts include the live traffic the canary took at this weight, not only our probes.
-            served = _delta(
-                counted_before, counted_after, "branchops_serving_requests_total", str(canary), api="predict"
-            )
-            errors = _delta(
-                counted_before, counted_after, "branchops_serving_request_errors_total", str(canary)
-            )
-            total = max(served, rollout.requests_per_step)
-            error_rate = max(errors, failures) / total
-            p99 = percentile(latencies, 99)
-            step = {
-                "weight": weight,
-                "requests": int(total),
-                "errors": int(max(errors, failures)),
-                "error_rate": round(error_rate, 4),
-                "p99_ms": round(p99, 2),
-                "seconds": round(time.monotonic() - phase, 3),
-            }
-            step["ok"] = error_rate <= rollout.max_error_rate and p99 <= rollout.max_p99_latency_ms
-            result.canary_steps.append(step)
-            if not step["ok"]:
-                raise DeployFailed(
-                    "canary",
-                    f"at {weight}% the canary's error rate was {error_rate:.2%} "
-                    f"(max {rollout.max_error_rate:.2%}) and p99 latency {p99:.1f} ms "
-                    f"(max {rollout.max_p99_latency_ms:.1f} ms)",
-                )
-            result.checks.append(
-                Check(
-                    f"canary {weight}%",
-                    True,
-                    f"error rate {error_rate:.2%}, p99 {p99:.1f} ms",
-                    step["seconds"],
-                )
-            )
-        phase = time.monotonic()
-        client.set_routing(stable=canary)
-        result.timings["promote"] = round(time.monotonic() - phase, 3)
-
-    def _roll_back(self, client: ServingClient, before: int | None, failed: int) -> None:
-        """Labels back to the previous version first, then unload and remove the failed one."""
+    def serving_metadata(self, version: int) -> dict[str, Any] | None:
         try:
-            client.set_routing(stable=before)
+            return read_model_metadata(self.serving.base_path / str(version))
+        except DeployFailed:
+            return None
+
+    def start_canary(self, version: int) -> ServingClient:
+        self.canary.stop()  # a canary left by an interrupted rollout
+        self.canary.start()
+        client = self.canary.client()
+        client.load_version(version)
+        _await_available(client, version)
+        return client
+
+    def set_canary_weight(self, weight: int) -> str:
+        return "probes only: locally no ordinary traffic reaches the canary (TF Serving has no weights)"
+
+    def traffic(self, track: str) -> Counts | None:
+        serving = self.canary if track == "canary" else self.serving
+        try:
+            samples = serving.client().metrics()
+        except ExternalError:
+            return None
+        counts = Counts()
+        for sample in samples:
+            if sample.name == "branchops_serving_requests_total" and sample.labels.get("api") == "predict":
+                code, n = int(sample.labels.get("code", "0")), int(sample.value)
+                counts.requests += n
+                counts.client_errors += n if 400 <= code < 500 else 0
+                counts.server_errors += n if code >= 500 else 0
+        return counts
+
+    def switch_stable(self, version: int, previous: int | None) -> None:
+        client = self.stable_client()
+        client.load_version(version)
+        _await_available(client, version)
+        client.set_routing(stable=version)
+
+    def label_version(self, label: str) -> int | None:
+        try:
+            return int(self.stable_client().status(label=label)[0]["version"])
         except ServingError as exc:
-            log.error("could not restore stable=%s: %s", before, exc)
+            if exc.status == 404:
+                return None
+            raise
+
+    def stop_canary(self) -> None:
+        self.canary.stop()
+
+    def retire(self, keep: int) -> None:
+        # Older version directories stay on disk, so rollback_to() can bring them back quickly.
+        client = self.stable_client()
+        for version, status in client.health()["versions"].items():
+            if int(version) != keep and status["state"] in ("LOADING", "AVAILABLE"):
+                client.retire_version(int(version))
+
+    def restore(self, previous: int | None, failed: int) -> None:
+        """Labels back to the previous version first, then unload and remove the failed one."""
+        self.canary.stop()
+        client = self.stable_client()
+        try:
+            client.set_routing(stable=previous)
+        except ServingError as exc:
+            log.error("could not restore stable=%s: %s", previous, exc)
         try:
             if client.health()["versions"].get(str(failed), {}).get("state") in ("LOADING", "AVAILABLE"):
                 client.retire_version(failed)
         except ServingError as exc:
             log.warning("could not unload failed version %s: %s", failed, exc)
-        target = self.base_path / str(failed)
-        if failed != before and target.exists():
+        target = self.serving.base_path / str(failed)
+        if failed != previous and target.exists():
             # Out of the base path so a restart does not load it; kept for a post-mortem.
-            graveyard = self.dir / "failed"
+            graveyard = self.serving.dir / "failed"
             graveyard.mkdir(parents=True, exist_ok=True)
             target.rename(graveyard / f"{failed}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
 
-    def _retire_others(self, client: ServingClient, keep: int) -> None:
-        # Older version directories stay on disk, so rollback_to() can bring them back quickly.
-        for version, status in client.health()["versions"].items():
-            if int(version) != keep and status["state"] in ("LOADING", "AVAILABLE"):
-                client.retire_version(int(version))
 
-
-def _delta(before: list, after: list, name: str, version: str, **labels: str) -> float:
-    return metric_sum(after, name, version=version, **labels) - metric_sum(
-        before, name, version=version, **labels
-    )
+def _await_available(client: ServingClient, version: int) -> None:
+    status = client.wait_version(version, LOAD_TIMEOUT_S)
+    if status["state"] != "AVAILABLE":
+        error = status["status"]
+        raise DeployFailed(
+            "load",
+            f"version {version} failed to load ({error.get('error_code')}): {error.get('error_message')}",
+        )
 
 
 def _tree_digest(root: Path) -> str:

@@ -87,14 +87,21 @@ def plan(ctx: StageContext) -> list[str]:
             f"{where}: live version {live if live is not None else 'nothing'} -> desired {release.version} "
             f"({strategy}) from {release.source.describe()}"
         ),
-        "load it beside the live version, check its signature and smoke-test the export's sample",
+        "refuse it if its serving contract breaks the live version's clients (unless the release declares "
+        "breaking_change)",
+        "load it on a canary track no ordinary client reaches, check its signature, smoke-test the export's "
+        "sample and the live version's",
     ]
+    rollout = ctx.config.serving.rollout
     if strategy == "canary" and live is not None:
         steps.append(
-            f"canary weights {ctx.config.serving.rollout.canary_steps}% with "
-            f"{ctx.config.serving.rollout.requests_per_step} checked requests per step, then promote"
+            f"canary weights {rollout.canary_steps}%, each step at least {rollout.min_step_seconds:g} s and "
+            f"{rollout.requests_per_step} requests, 4xx counted against the stable track's"
         )
-    steps.append("retire the old version; on any failed check roll back automatically")
+    steps.append(
+        "switch the stable track once TF Serving reports the label there, retire the old version; "
+        "on any failed check roll back automatically"
+    )
     return steps
 
 
