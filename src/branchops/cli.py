@@ -703,12 +703,10 @@ def predict(
     client = serving.client()
     expected = None
     if sample:
-        from branchops.serving.base import find_version_dir, read_model_metadata
-
         live = version or serving.live_version()
         if live is None:
             raise click.UsageError("no model version is live yet")
-        meta = read_model_metadata(find_version_dir(serving.base_path, live))
+        meta = serving.export_metadata(live)
         rows, expected = meta["sample"]["instances"], meta["sample"]["predictions"]
     elif instances:
         rows = json.loads(instances)
