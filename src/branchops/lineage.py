@@ -14,7 +14,7 @@ from typing import Any, Callable
 import git
 
 from branchops import gitops, records
-from branchops.errors import BranchopsError, NotFound
+from branchops.errors import BadArgument, NotFound
 from branchops.runner import working_config
 
 
@@ -40,7 +40,8 @@ def find_training_run(repo: git.Repo, tip: str | None, key: str) -> records.Stor
     found = history.read(matches) if len(matches) == 1 else []
     if not found:
         known = ", ".join(history.run_ids[-5:]) or "none yet"
-        raise (BranchopsError if matches else NotFound)(
+        # a prefix of several run ids is a usage error (give more of it); of none, a run not found
+        raise (BadArgument if matches else NotFound)(
             f"{'more than one' if len(matches) > 1 else 'no'} training run matches '{key}' "
             f"(latest runs: {known})"
         )

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from branchops import gitops
-from branchops.errors import BranchopsError, StageFailed
+from branchops.errors import NotFound, StageFailed
 from branchops.lineage import find_training_run
 from branchops.runner import config_at, working_config, workspace_at
 
@@ -29,16 +29,17 @@ def reproduce(
     wanted = experiment or (outputs.best.experiment if outputs.best else None)
     entry = next((e for e in outputs.experiments if e.succeeded and e.experiment == wanted), None)
     if entry is None or entry.model is None or entry.model.version is None:
-        raise BranchopsError(f"run {run.run_id} has no successful experiment '{wanted}'")
+        raise NotFound(f"run {run.run_id} has no successful experiment '{wanted}'")
     snapshot = entry.data.snapshot if entry.data else None
     if not snapshot:
-        raise BranchopsError(
+        # what a reproduction starts from does not exist
+        raise NotFound(
             f"run {run.run_id} took no data snapshot (storage.snapshots was false): it cannot be "
             "reproduced from its data"
         )
     commit = run.record.source_commit
     if not commit:
-        raise BranchopsError(f"{run.path} names no source commit: run {run.run_id} cannot be reproduced")
+        raise NotFound(f"{run.path} names no source commit: run {run.run_id} cannot be reproduced")
     config = config_at(repo, commit)
     state = gitops.state_dir(repo)
     storage = make_storage(config, state)

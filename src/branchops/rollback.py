@@ -8,7 +8,7 @@ import git
 import yaml
 
 from branchops import gitops
-from branchops.errors import BranchopsError
+from branchops.errors import BadArgument, NotFound
 from branchops.forge import make_forge
 from branchops.forge.base import MergeRequest
 from branchops.runner import working_config
@@ -37,27 +37,30 @@ def prepare_rollback(
     deploy_branch = config.branch_for("deploy-model")
     tip = gitops.branch_tip(repo, deploy_branch, config.git.remote)
     if tip is None:
-        raise BranchopsError(f"branch '{deploy_branch}' does not exist")
+        raise NotFound(f"branch '{deploy_branch}' does not exist")
     current = gitops.read_file(repo, tip, release_file)
     if to_merge_request is not None:
         target = forge.get(to_merge_request)
         if target.state != "merged" or target.target != deploy_branch or not target.merge_commit:
-            raise BranchopsError(f"!{to_merge_request} is not a merge request merged into '{deploy_branch}'")
+            # the request exists (an unknown number is not found): the user named one that holds no release
+            raise BadArgument(f"!{to_merge_request} is not a merge request merged into '{deploy_branch}'")
         wanted = gitops.read_file(repo, target.merge_commit, release_file)
         reason = f"back to the release of !{to_merge_request}"
     else:
         merges = release_merges(repo, tip, release_file)
         if not merges:
-            raise BranchopsError(
-                f"no merge into '{deploy_branch}' changed {release_file}: nothing to roll back"
-            )
+            # the earlier release to go back to does not exist
+            raise NotFound(f"no merge into '{deploy_branch}' changed {release_file}: nothing to roll back")
         latest = merges[0]
         wanted = gitops.read_file(repo, latest.parents[0].hexsha, release_file)
         reason = f"revert {latest.hexsha[:12]} ({latest.summary})"
     if wanted is None:
-        raise BranchopsError(f"there was no release before that merge: nothing to roll back to ({reason})")
+        raise NotFound(f"there was no release before that merge: nothing to roll back to ({reason})")
     if wanted == current:
-        raise BranchopsError(f"{release_file} on '{deploy_branch}' already is that release ({reason})")
+        # with --to, the user named the release already desired; without, no earlier release differs
+        raise (BadArgument if to_merge_request is not None else NotFound)(
+            f"{release_file} on '{deploy_branch}' already is that release ({reason})"
+        )
     desired = yaml.safe_load(wanted)
     identity = gitops.Identity(user, f"{user}@users.local")
     message = f"Roll back {desired.get('model')} to version {desired.get('version')}\n\n{reason}\n"

@@ -24,7 +24,7 @@ import git
 
 from branchops import __version__, gate, gitops, preflight, records
 from branchops.config import STAGES, BranchopsConfig
-from branchops.errors import BranchopsError, ConfigError, GateRefused, StageBusy
+from branchops.errors import BranchopsError, ConfigError, GateRefused, NotFound, StageBusy
 from branchops.forge import make_forge
 from branchops.interrupt import Interrupted, handling_signals
 from branchops.notify import make_notifier
@@ -260,7 +260,7 @@ def run_stage(
     fetch_what_runs_read(project)
     tip = commit or gitops.branch_tip(repo, branch, remote)
     if tip is None:
-        raise BranchopsError(f"branch '{branch}' (stage {stage}) does not exist")
+        raise NotFound(f"branch '{branch}' (stage {stage}) does not exist")
     if gate.is_own_commit(repo, tip, boot.bot.marker) and triggered_by_push and not force:
         return RunReport(
             stage=stage,

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from branchops.cli import main
 from branchops.errors import EXIT_CODES
 from tests.conftest import REPO_ROOT, git
+from tests.foundation import record_history as history
 from tests.foundation.conftest import Project, make_project
 from tests.foundation.test_faults import approved_merge, start_waiting_run
 
@@ -40,6 +41,13 @@ def cli(project: Project, *args: str) -> int:
     return project.run(*args, expect=None).exit_code
 
 
+def cli_saying(project: Project, reason: str, *args: str) -> int:
+    """The exit code of a command that must end for ``reason``, so that the code is that reason's."""
+    result = project.run(*args, expect=None)
+    assert reason in result.output, f"{args}: {result.output}"
+    return result.exit_code
+
+
 def merged_change(project: Project, path: str = "src/model.py", content: str = "VERSION = 2\n") -> int:
     project.commit("ds1", path, content)
     number = project.open_mr("build-components")
@@ -61,11 +69,26 @@ def stage_failed(project: Project, tmp_path: Path) -> list[int]:
 def usage_error(project: Project, tmp_path: Path) -> list[int]:
     (tmp_path / "not-new").mkdir()
     (tmp_path / "not-new" / "file").write_text("keep me")
+    history.fill_history(project.path, 2)
+    project.commit("ds1", "src/model.py", "VERSION = 2\n")
+    open_request = project.open_mr("build-components")
     return [
         cli(project, "status", "--no-such-option"),
         cli(project, "serve", "start", "--port", "99999"),
         cli(project, "mr", "show", "0"),
         cli(project, "init", str(tmp_path / "not-new")),
+        # a run id prefix that names more than one run: the user gives more of it
+        cli_saying(project, "more than one training run matches", "lineage", history.run_id(0)[:9]),
+        # a rollback to a request that was never merged into deploy-model: the user names another
+        cli_saying(
+            project,
+            "is not a merge request merged into 'deploy-model'",
+            "rollback",
+            "--to",
+            str(open_request),
+            "--as",
+            "ds1",
+        ),
     ]
 
 
@@ -120,11 +143,27 @@ def missing_requirement(project: Project, tmp_path: Path) -> list[int]:
 
 def not_found(project: Project, tmp_path: Path) -> list[int]:
     (tmp_path / "no-repository").mkdir()
-    return [
+    history.fill_history(project.path, 1)
+    codes = [
         CliRunner().invoke(main, ["-C", str(tmp_path / "no-repository"), "status"]).exit_code,
         cli(project, "mr", "show", "99"),
         cli(project, "lineage", "20990101T000000Z-nothing"),
         cli(project, "component", "nope"),
+        cli_saying(
+            project,
+            "has no successful experiment 'nope'",
+            "reproduce",
+            history.run_id(0),
+            "--experiment",
+            "nope",
+        ),
+        # no release was ever merged into deploy-model
+        cli_saying(project, "nothing to roll back", "rollback", "--as", "ds1"),
+    ]
+    git(project.path, "branch", "-D", "kf-pipeline")
+    return [
+        *codes,
+        cli_saying(project, "branch 'kf-pipeline' (stage kf-pipeline) does not exist", "run", "kf-pipeline"),
     ]
 
 
@@ -156,14 +195,14 @@ def interrupted(project: Project, tmp_path: Path) -> list[int]:
 PROVOKE: dict[str, tuple[Callable[[Project, Path], list[int]], list[int]]] = {
     "0": (success, [0, 0]),
     "1": (stage_failed, [1]),
-    "2": (usage_error, [2, 2, 2, 2]),
+    "2": (usage_error, [2, 2, 2, 2, 2, 2]),
     "3": (invalid_config, [3]),
     "4": (gate_refused, [4, 4]),
     "5": (merge_refused, [5]),
     "6": (external_failure, [6]),
     "7": (bad_data, [7]),
     "8": (missing_requirement, [8]),
-    "9": (not_found, [9, 9, 9, 9]),
+    "9": (not_found, [9, 9, 9, 9, 9, 9, 9]),
     "10": (stage_busy, [10]),
     "130/143": (interrupted, [130, 143]),
 }

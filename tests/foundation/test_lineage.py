@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from branchops import gitops
-from branchops.errors import BranchopsError
+from branchops.errors import BadArgument, NotFound
 from branchops.lineage import find_training_run
 from tests.foundation import record_history as history
 from tests.foundation.conftest import make_project
@@ -47,10 +47,10 @@ def test_a_training_run_is_found_by_version_or_by_a_unique_prefix(tmp_path: Path
     assert find_training_run(repo, tip, str(history.FIRST_VERSION)).run_id == history.run_id(0)
     assert find_training_run(repo, tip, str(history.FIRST_VERSION + 39)).run_id == history.run_id(39)
     assert find_training_run(repo, tip, history.run_id(17)[:20]).run_id == history.run_id(17)
-    with pytest.raises(BranchopsError, match="more than one training run matches '20260101T'"):
+    with pytest.raises(BadArgument, match="more than one training run matches '20260101T'"):
         find_training_run(repo, tip, "20260101T")
     unknown = str(history.FIRST_VERSION - 1)
-    with pytest.raises(BranchopsError, match=f"no training run produced model version {unknown}"):
+    with pytest.raises(NotFound, match=f"no training run produced model version {unknown}"):
         find_training_run(repo, tip, unknown)
 
 

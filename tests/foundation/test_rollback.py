@@ -87,3 +87,20 @@ def test_rollback_prepares_the_release_before_the_latest_release_merge(tmp_path:
     (request,) = [r for r in requests if r["target"] == "deploy-model"]
     restored = yaml.safe_load(git(project.path, "show", f"{request['source']}:{RELEASE}"))
     assert restored["version"] == 1 and request["title"] == "Roll back djia to version 1"
+
+
+def test_a_rollback_to_no_other_release_says_why_with_the_code_that_fits(tmp_path: Path) -> None:
+    """Naming the request whose release is the one desired is the user's mistake (2, usage); a first
+    release has no release before it to go back to (9, not found). Neither prepares anything."""
+    project = make_project(tmp_path)
+    project.commit("ds1", RELEASE, release(1))
+    number = project.open_mr("deploy-model")
+    project.run("mr", "approve", str(number), "--as", "head-of-ds")
+    project.run("mr", "merge", str(number), "--as", "head-of-ds", "--no-run")
+    refs = project.refs()
+
+    named_the_live_one = project.run("rollback", "--to", str(number), "--as", "ds1", expect=2)
+    assert "already is that release" in named_the_live_one.output
+    first_release = project.run("rollback", "--as", "ds1", expect=9)
+    assert "there was no release before that merge" in first_release.output
+    assert project.refs() == refs
