@@ -134,10 +134,6 @@ def trailer_marks(message: str, marker: str) -> bool:
     return any(line.strip().lower() == f"{marker.lower()}: true" for line in message.splitlines())
 
 
-def is_bot_commit(repo: git.Repo, sha: str, marker: str) -> bool:
-    return trailer_marks(repo.commit(sha).message, marker)
-
-
 def _run_git(
     repo: git.Repo, args: list[str], *, input: bytes | None = None, env: dict[str, str] | None = None
 ) -> str:
