@@ -177,8 +177,10 @@ def main() -> int:
         session = requests.Session()
         url = serving.client().model_url() + ":predict"
         parts = urlsplit(url)
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         headers = {"Content-Type": "application/json"}
+        # One keep-alive connection per run (the server closes connections idle for its channel timeout,
+        # which a rollout between runs exceeds).
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
 
         def rest() -> None:
             connection.request("POST", parts.path, body=json.dumps({"instances": [row]}), headers=headers)
@@ -192,6 +194,9 @@ def main() -> int:
         rest()
         with_requests()
         for run in range(args.runs):
+            connection.close()
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+            rest()
             for name, call in (("inproc", in_process), ("rest", rest), ("requests", with_requests)):
                 lat, rps = timed(call, args.requests)
                 rows[f"{name}_p50"].append(statistics.median(lat))
