@@ -16,7 +16,10 @@ Writes ``metrics.json`` and ``plots/learning_curves.png``, ``plots/roc.png``, ``
 * ``validation``: the same metrics and comparisons on the walk-forward folds (rows before the test
   period only; see train), per fold and as the mean over folds with an interval.  Experiments are ranked on
   this section, so the test split is used once, for the chosen model;
-* ``baselines``: each baseline's test metrics; ``beats_baselines``: whether each comparison is significant.
+* ``baselines``: each baseline's test metrics; ``beats_baselines``: whether each comparison is significant;
+* ``curves``: what ``branchops plots diff`` overlays: ``learning`` (train's per-epoch history: loss,
+  val_loss, accuracy, val_accuracy) and ``roc`` (the model's test ROC, ``fpr`` and ``tpr``, at most
+  ``ROC_POINTS`` points).
 
 Baselines: **majority_class** (the training split's majority every day) and **persistence** (the last
 label known on the label day: for direction, yesterday's direction; for turbulence, whether the 5 days
@@ -100,6 +103,20 @@ def roc_curve(y_true, score):
     fpr = [float(((score >= t) & (y_true == 0)).sum() / neg) for t in thresholds]
     tpr = [float(((score >= t) & (y_true == 1)).sum() / pos) for t in thresholds]
     return fpr, tpr
+
+
+# The ROC kept in metrics.json (and so in the run's record): enough points to draw it, few enough to keep
+# the record small whatever the test period's length.
+ROC_POINTS = 101
+
+
+def roc_points(y_true, score, limit: int = ROC_POINTS) -> dict[str, list[float]]:
+    """The ROC curve thinned to at most ``limit`` points, its first and last kept."""
+    fpr, tpr = roc_curve(y_true, score)
+    if len(fpr) > limit:
+        picks = sorted({round(i * (len(fpr) - 1) / (limit - 1)) for i in range(limit)})
+        fpr, tpr = [fpr[i] for i in picks], [tpr[i] for i in picks]
+    return {"fpr": [round(v, 5) for v in fpr], "tpr": [round(v, 5) for v in tpr]}
 
 
 BASELINES = ("majority_class", "persistence")
@@ -308,6 +325,7 @@ def run(work_dir: str, confidence: float = 0.95, seed: int = 0) -> dict[str, Any
         "training": {
             k: history.get(k) for k in ("epochs_run", "best_epoch", "stopped_early", "device", "final_model")
         },
+        "curves": {"learning": history.get("history", {}), "roc": roc_points(y_test, probability)},
     }
     with staged_outputs(work) as staging:
         write_json_atomic(staging / METRICS_FILE, metrics)

@@ -1,9 +1,11 @@
 """Train: a Keras MLP (no hidden layer: a logistic regression) on the features, seeded, with early
 stopping and resumable checkpoints, and a walk-forward evaluation of the same configuration.
 
-Reads ``features.npz`` from the work folder and writes ``model.keras``, ``walk_forward.npz`` and
-``history.json``.  The model starts with a Normalization layer adapted on the training split, so it takes
-raw values.  The final model is trained on the training split, early-stopped on the validation split.
+Reads ``features.npz`` from the work folder and writes ``model.keras``, ``walk_forward.npz``,
+``history.json`` and TensorBoard event files of the training history (``tensorboard/train`` and
+``tensorboard/validation``, what ``branchops tensorboard`` opens).  The model starts with a Normalization
+layer adapted on the training split, so it takes raw values.  The final model is trained on the training
+split, early-stopped on the validation split.
 
 Walk-forward (rolling origin): the rows before the test period (train and validation) are cut into
 ``walk_forward_folds`` consecutive folds after an initial window; for each fold a fresh model of the same
@@ -43,6 +45,7 @@ FEATURES_FILE = "features.npz"
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 WALK_FORWARD_FILE = "walk_forward.npz"
+TENSORBOARD_DIR = "tensorboard"
 MIN_WALK_FORWARD_FOLDS = 2
 CHECKPOINT_DIR = "checkpoints"
 # Saving a checkpoint costs a few tens of milliseconds; an epoch on this data costs about as much, so
@@ -389,6 +392,7 @@ def train(
         "history": state["history"],
         "fingerprint": fingerprint,
     }
+    write_tensorboard(work / TENSORBOARD_DIR, state["history"])
     write_json_atomic(work / HISTORY_FILE, history)
     checkpoints.clear()
     log.info(
@@ -400,6 +404,28 @@ def train(
         time.monotonic() - started,
     )
     return _summary(work, history, already_trained=False)
+
+
+def write_tensorboard(folder: Path, curves: dict[str, list[float]]) -> None:
+    """The training history as TensorBoard event files, laid out as Keras' TensorBoard callback lays them
+    out (``train/`` and ``validation/``, scalars ``epoch_<metric>``, steps from 0).
+
+    Written from the history after the fit rather than by the callback during it: the history survives an
+    interruption in the checkpoints, so a resumed run still gets every epoch's curve, once. The folder is
+    replaced, so a rerun with other parameters shows only its own curves."""
+    import tensorflow as tf
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for part, prefix in (("train", ""), ("validation", "val_")):
+        writer = tf.summary.create_file_writer(str(folder / part))
+        with writer.as_default():
+            for key, values in sorted(curves.items()):
+                metric = key[len(prefix) :] if prefix else key
+                if (prefix and not key.startswith(prefix)) or (not prefix and key.startswith("val_")):
+                    continue
+                for step, value in enumerate(values):
+                    tf.summary.scalar(f"epoch_{metric}", value, step=step)
+        writer.close()
 
 
 def _finished_run(work: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:

@@ -188,9 +188,11 @@ def _training_refs(repo: git.Repo, config, all_branches: bool) -> dict[str, str]
     )
     refs = {config.branch_for(TRAINING): main_tip} if main_tip else {}
     if all_branches:
-        for ref in [*repo.heads, *repo.remote_refs]:
-            if not ref.name.endswith("/HEAD"):
-                refs.setdefault(ref.name, ref.commit.hexsha)
+        listed = repo.git.for_each_ref("--format=%(refname) %(objectname)", "refs/heads", "refs/remotes")
+        for line in listed.splitlines():
+            ref, _, tip = line.partition(" ")
+            if not ref.endswith("/HEAD"):  # a remote's default branch, listed under its own name too
+                refs.setdefault(ref.removeprefix("refs/heads/").removeprefix("refs/remotes/"), tip)
     return refs
 
 
@@ -368,12 +370,9 @@ def as_csv(table: ExperimentTable) -> str:
     writer.writerow([*names, *(f"interval.{n}.{end}" for n in interval_names for end in ("low", "high"))])
     for row in table.rows:
         writer.writerow(
-            [_cell(row.value(n)) for n in names]
-            + [
-                _cell(getattr(row.intervals.get(n), end, None))
-                for n in interval_names
-                for end in ("low", "high")
-            ]
+            # unrounded: CSV is read by programs
+            ["" if row.value(n) is None else row.value(n) for n in names]
+            + [getattr(row.intervals.get(n), end, None) for n in interval_names for end in ("low", "high")]
         )
     return out.getvalue()
 
@@ -388,7 +387,7 @@ def render(table: ExperimentTable) -> str:
             row.run_id,
             row.experiment + (" *" if row.best else ""),
             row.state or "",
-            *(_cell(row.params.get(n)) for n in table.param_names),
+            *("" if row.params.get(n) is None else str(row.params.get(n)) for n in table.param_names),
             *(_metric_cell(row, n) for n in table.metric_names),
             row.gate or "",
             "serving" if row.serving else "",

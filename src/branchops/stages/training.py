@@ -542,6 +542,13 @@ def report_markdown(
             lines.append("| production | " + " | ".join(fmt(production.get(k)) for k in names) + " |")
         else:
             lines.append("| production | no model deployed yet |" + " |" * (len(names) - 1))
+        if production:
+            # what `branchops metrics diff` shows, for the approver of the release into deploy-model
+            from branchops.compare import markdown_table, metric_changes
+
+            changes = metric_changes(production, best.metrics or {}, names)
+            lines += ["", "### Change against production", ""]
+            lines += markdown_table(changes, "production", f"**{best.experiment}**")
         test_comparisons = [c for c in best.metric("comparisons") or [] if isinstance(c, dict)]
         if test_comparisons:
             lines += [""] + [f"- test period, {comparison_sentence(c)}" for c in test_comparisons]
