@@ -632,6 +632,132 @@ def rollback(obj: dict, to_mr: int | None, user: str | None, as_json: bool) -> N
     )
 
 
+# -- the data scientist's view: experiments, metrics and plots diffs, TensorBoard --------------------------
+
+
+@main.group()
+def exp() -> None:
+    """Experiments: every run's experiments with their parameters and metrics, from the training records."""
+
+
+@exp.command("show")
+@click.option(
+    "--all-branches", is_flag=True, help="Also the training records on every other branch (merge requests')."
+)
+@click.option("--sort", "sort_by", default=None, help="Sort by a column: a metric, parameter or field.")
+@click.option("--ascending", is_flag=True, help="Sort smallest first (default: largest first).")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Keep the rows whose column compares so (=, !=, >, >=, <, <=); repeat to combine.",
+)
+@click.option("--csv", "as_csv", is_flag=True, help="Print the table as CSV.")
+@json_option
+@click.pass_obj
+def exp_show(
+    obj: dict,
+    all_branches: bool,
+    sort_by: str | None,
+    ascending: bool,
+    filters: tuple[str, ...],
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    """The runs × experiments table: parameters, metrics with their intervals, the KPI gate's verdict, and
+    which model is serving."""
+    from branchops import experiments
+
+    if as_csv and as_json:
+        raise click.UsageError("--csv and --json: choose one")
+    table = experiments.select(
+        experiments.experiment_table(obj["repo"], all_branches), list(filters), sort_by, not ascending
+    )
+    if as_csv:
+        click.echo(experiments.as_csv(table), nl=False)
+    else:
+        _emit(table.to_dict(), as_json, None if as_json else experiments.render(table))
+
+
+@main.group()
+def metrics() -> None:
+    """Metrics of training runs."""
+
+
+_SIDES_HELP = (
+    "A and B: a training run id (or prefix), a branch, a commit, 'serving' or 'latest', each optionally "
+    "':EXPERIMENT' (default: the run's best). Default: the latest run (B) against what is serving (A)."
+)
+
+
+@metrics.command("diff", help=f"The change in metrics from A to B. {_SIDES_HELP}")
+@click.argument("a", required=False, shell_complete=_complete_run_ids)
+@click.argument("b", required=False, shell_complete=_complete_run_ids)
+@json_option
+@click.pass_obj
+def metrics_diff(obj: dict, a: str | None, b: str | None, as_json: bool) -> None:
+    from branchops import compare
+
+    result = compare.diff(obj["repo"], a, b)
+    _emit(result.to_dict(), as_json, None if as_json else compare.render(result))
+
+
+@main.group()
+def plots() -> None:
+    """Plots of training runs."""
+
+
+@plots.command("diff", help=f"Learning curves and ROC curves of A and B overlaid, in one file. {_SIDES_HELP}")
+@click.argument("a", required=False, shell_complete=_complete_run_ids)
+@click.argument("b", required=False, shell_complete=_complete_run_ids)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="A .png or .html file to write."
+)
+@json_option
+@click.pass_obj
+def plots_diff(obj: dict, a: str | None, b: str | None, output: str, as_json: bool) -> None:
+    from branchops import compare
+
+    written = compare.plot(compare.diff(obj["repo"], a, b), output)
+    _emit(written, as_json, f"wrote {written['written']}")
+
+
+@main.command()
+@click.argument(
+    "runs", nargs=-1, required=True, metavar="RUN[:EXPERIMENT]...", shell_complete=_complete_run_ids
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="TensorBoard's port (default: its own)."
+)
+@click.option("--dry-run", is_flag=True, help="Print the command; start nothing.")
+@json_option
+@click.pass_obj
+def tensorboard(obj: dict, runs: tuple[str, ...], port: int | None, dry_run: bool, as_json: bool) -> None:
+    """Open the TensorBoard event files of training runs side by side (with --json or --dry-run: print the
+    command instead)."""
+    import shlex
+    import subprocess
+    from dataclasses import asdict
+
+    from branchops import compare
+
+    logdirs = compare.tensorboard_logdirs(obj["repo"], list(runs))
+    command = compare.tensorboard_command(logdirs, port)
+    if as_json or dry_run:
+        _emit({"command": command, "logdirs": [asdict(d) for d in logdirs]}, as_json, shlex.join(command))
+        return
+    try:
+        import tensorboard as _  # noqa: F401
+    except ImportError:
+        from branchops.errors import MissingRequirement
+
+        raise MissingRequirement(
+            "branchops tensorboard needs the 'train' extra (pip install 'branchops[train]')"
+        )
+    sys.exit(subprocess.call(command))
+
+
 # -- serving ---------------------------------------------------------------------------------------------
 
 

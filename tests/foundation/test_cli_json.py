@@ -84,6 +84,14 @@ INVOCATIONS: dict[tuple[str, ...], tuple[Invocation, Expect]] = {
     ("component",): (lambda p, tmp: ["no-such-component"], error(9)),
     ("lineage",): (lambda p, tmp: [str(history.FIRST_VERSION + 1)], OK),
     ("reproduce",): (lambda p, tmp: ["20990101T000000Z-nothing"], error(9)),
+    ("exp", "show"): (lambda p, tmp: ["--sort", "roc_auc"], OK),
+    ("metrics", "diff"): (lambda p, tmp: [], OK),  # the latest run against the one serving
+    ("plots", "diff"): (
+        lambda p, tmp: [history.run_id(0), history.run_id(1), "-o", str(tmp / "diff.png")],
+        OK,
+    ),
+    # the history's runs trained nowhere on this machine: no event files to open
+    ("tensorboard",): (lambda p, tmp: [history.run_id(0)], error(9)),
     # no deployment yet: nothing to roll back to
     ("rollback",): (lambda p, tmp: ["--as", "ds1"], error(1)),
     ("serve", "start"): (lambda p, tmp: ["--port", str(free_port())], OK),

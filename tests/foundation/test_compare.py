@@ -1,0 +1,256 @@
+"""``branchops metrics diff`` and ``plots diff`` between two runs, commits or branches (by default the
+latest run against what is serving), the change against production in the training report, and
+``branchops tensorboard`` on the event files the train component writes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from branchops.records import ExperimentEntry, TrainingLineage
+from branchops.stages import training
+from tests.foundation import record_history as history
+from tests.foundation import training_records as tr
+from tests.foundation.conftest import Project
+
+RUN0, RUN1, RUN2 = (history.run_id(i) for i in range(3))
+
+
+@pytest.fixture
+def runs(project: Project) -> Project:
+    tr.three_runs(project.path)
+    return project
+
+
+def diff(project: Project, *args: str, expect: int = 0) -> dict:
+    result = project.run("metrics", "diff", *args, "--json", expect=expect)
+    return json.loads(result.stdout if expect == 0 else result.stderr)
+
+
+def test_by_default_the_latest_run_against_what_is_serving(runs):
+    found = diff(runs)
+    assert (found["a"]["run_id"], found["a"]["experiment"], found["a"]["label"]) == (RUN1, "wide", "serving")
+    assert (found["b"]["run_id"], found["b"]["experiment"], found["b"]["label"]) == (RUN2, "wide", "latest")
+    changes = {c["metric"]: c for c in found["metrics"]}
+    assert list(changes) == ["accuracy", "roc_auc", "validation.accuracy", "validation.roc_auc"]
+    roc = changes["roc_auc"]
+    assert (roc["a"], roc["b"], roc["change"]) == (0.64, 0.66, pytest.approx(0.02))
+    assert roc["a_interval"] == [pytest.approx(0.61), pytest.approx(0.67)]
+    assert roc["b_interval"] == [pytest.approx(0.63), pytest.approx(0.69)]
+    assert changes["accuracy"]["change"] == pytest.approx(0.02)
+    assert found["params"] == {"units": {"a": 64, "b": 128}}  # only what differs
+
+    text = runs.run("metrics", "diff").stdout
+    assert f"A  serving: {RUN1} / wide" in text and f"B  latest: {RUN2} / wide" in text
+    roc_line = next(line for line in text.splitlines() if line.startswith("roc_auc"))
+    assert roc_line.split() == [
+        "roc_auc",
+        "0.6400",
+        "[0.610,",
+        "0.670]",
+        "0.6600",
+        "[0.630,",
+        "0.690]",
+        "+0.0200",
+    ]
+    assert "units: 64 -> 128" in text
+
+
+def test_sides_by_run_commit_branch_and_experiment(runs):
+    by_run = diff(runs, RUN0[:20], f"{RUN1}:deep")
+    assert (by_run["a"]["run_id"], by_run["a"]["experiment"]) == (RUN0, "wide")
+    assert (by_run["b"]["run_id"], by_run["b"]["experiment"]) == (RUN1, "deep")
+    roc = next(c for c in by_run["metrics"] if c["metric"] == "roc_auc")
+    assert (roc["a"], roc["b"], roc["change"]) == (0.58, 0.61, pytest.approx(0.03))
+
+    by_commit = diff(runs, history.commit_of(0), "training")  # a commit; a branch: its newest run
+    assert (by_commit["a"]["run_id"], by_commit["b"]["run_id"]) == (RUN0, RUN2)
+
+    one_side = diff(runs, RUN0)  # one side given: it against what is serving
+    assert (one_side["a"]["run_id"], one_side["b"]["run_id"]) == (RUN1, RUN0)
+
+
+@pytest.mark.parametrize(
+    "sides, code, message",
+    [
+        (("no-such-thing",), 9, "is not a training run, a branch or a commit"),
+        ((f"{RUN1}:nope",), 9, "has no experiment 'nope'"),
+        ((f"{RUN2}:deep",), 9, "no metrics"),  # the experiment failed
+        (("20260101T00",), 2, "more than one training run matches"),
+        (("ds1",), 9, "branch 'ds1' holds no training records"),
+    ],
+)
+def test_a_side_that_cannot_be_compared_says_why(runs, sides, code, message):
+    error = diff(runs, *sides, expect=code)
+    assert error["code"] == code and message in error["error"]
+
+
+def test_nothing_serving_yet_is_not_found(project):
+    tr.write(
+        project.path,
+        "training",
+        [tr.training_run(0, [tr.experiment("wide", 0, {}, tr.metrics(0.6, 0.6))], "wide", True)],
+    )
+    error = diff(project, expect=9)
+    assert "nothing is serving" in error["error"]
+    assert diff(project, RUN0, "latest")["b"]["run_id"] == RUN0
+
+
+def test_plots_diff_overlays_learning_curves_and_roc_in_a_png(runs, tmp_path):
+    from PIL import Image
+
+    output = tmp_path / "out" / "diff.png"
+    written = json.loads(runs.run("plots", "diff", "-o", str(output), "--json").stdout)
+    assert written["written"] == str(output)
+    assert written["plotted"]["roc"] == ["serving", "latest"]
+    assert written["plotted"]["learning_curves"] == [
+        f"{side}:{key}"
+        for side in ("serving", "latest")
+        for key in ("loss", "val_loss", "accuracy", "val_accuracy")
+    ]
+    with Image.open(output) as image:
+        assert image.format == "PNG" and image.size == (1500, 450)
+        # two coloured lines per panel: the image is not a blank canvas
+        assert len(image.convert("RGB").getcolors(maxcolors=100_000)) > 50
+
+
+def test_plots_diff_as_html_holds_the_image_and_the_table(runs, tmp_path):
+    output = tmp_path / "diff.html"
+    runs.run("plots", "diff", RUN0, RUN2, "-o", str(output))
+    page = output.read_text()
+    assert "<img" in page and "src='data:image/png;base64," in page
+    assert "| roc_auc | 0.5800 [0.550, 0.610] | 0.6600 [0.630, 0.690] | +0.0800 |" in page
+
+
+def test_plots_diff_of_runs_recorded_without_curves_says_so(project, tmp_path):
+    old = [tr.experiment("wide", i, {}, tr.metrics(0.6, 0.6, curves=False)) for i in range(2)]
+    tr.write(project.path, "training", [tr.training_run(i, [old[i]], "wide", True) for i in range(2)])
+    written = json.loads(
+        project.run("plots", "diff", RUN0, RUN1, "-o", str(tmp_path / "d.png"), "--json").stdout
+    )
+    assert written["plotted"] == {"learning_curves": [], "roc": []}
+    error = project.run("plots", "diff", RUN0, RUN1, "-o", str(tmp_path / "d.svg"), "--json", expect=2)
+    assert "a .png or an .html file" in json.loads(error.stderr)["error"]
+
+
+def test_the_training_report_carries_the_change_against_production():
+    best = ExperimentEntry(experiment="wide", state="SUCCEEDED", params={}, metrics=tr.metrics(0.66, 0.62))
+    ctx = SimpleNamespace(
+        config=SimpleNamespace(
+            project=SimpleNamespace(name="p", description=""),
+            training=SimpleNamespace(
+                select_by="roc_auc",
+                metrics=["accuracy", "roc_auc"],
+                kpis=SimpleNamespace(
+                    thresholds={}, require_significant=False, beat_production_by=None, confidence=0.95
+                ),
+            ),
+        ),
+        source_commit="a" * 40,
+        merge_request=SimpleNamespace(number=1, title="t", author="ds1", merged_by="lead"),
+        run_id="run",
+        artifacts={},
+    )
+    production = tr.metrics(0.64, 0.60)
+    report = training.report_markdown(ctx, [best], best, production, [], TrainingLineage(), False)
+    section = report.split("### Change against production", 1)[1].split("\n\n")[1].splitlines()
+    assert section == [
+        "| metric | production | **wide** | change |",
+        "|---|---|---|---|",
+        "| accuracy | 0.6000 | 0.6200 | +0.0200 |",
+        "| roc_auc | 0.6400 [0.610, 0.670] | 0.6600 [0.630, 0.690] | +0.0200 |",
+        "| validation.accuracy | 0.5900 | 0.6100 | +0.0200 |",
+        "| validation.roc_auc | 0.6300 | 0.6500 | +0.0200 |",
+    ]
+    first = training.report_markdown(ctx, [best], best, None, [], TrainingLineage(), False)
+    assert "Change against production" not in first  # nothing deployed yet: nothing to compare with
+
+
+# -- TensorBoard -----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_event_files(project: Project, i: int, experiment: str, epochs: int) -> Path:
+    """The event files the train component writes, in the work folder the training stage gave the run."""
+    from branchops import gitops
+    from branchops.project import working_config
+    from branchops.storage import make_storage
+    from components import train
+
+    repo = gitops.open_repo(project.path)
+    volume = make_storage(working_config(repo), gitops.state_dir(repo)).ensure_volume("models")
+    curves = tr.metrics(0.6, 0.6, epochs=epochs)["curves"]["learning"]
+    folder = Path(volume.path) / "runs" / f"{history.commit_of(i)[:12]}-{experiment}" / train.TENSORBOARD_DIR
+    train.write_tensorboard(folder, curves)
+    return folder
+
+
+def test_tensorboard_opens_the_runs_event_files_side_by_side(runs):
+    first = write_event_files(runs, 1, "wide", epochs=3)
+    write_event_files(runs, 1, "deep", epochs=3)
+    second = write_event_files(runs, 2, "wide", epochs=5)
+    port = free_port()
+    found = json.loads(runs.run("tensorboard", RUN1, f"{RUN2}:wide", "--port", str(port), "--json").stdout)
+    assert [(d["run_id"], d["experiment"]) for d in found["logdirs"]] == [
+        (RUN1, "wide"),
+        (RUN1, "deep"),
+        (RUN2, "wide"),
+    ]
+    spec = found["command"][found["command"].index("--logdir_spec") + 1]
+    assert spec.split(",")[0] == f"{RUN1}/wide:{first}" and spec.split(",")[2] == f"{RUN2}/wide:{second}"
+    printed = runs.run("tensorboard", RUN1, "--dry-run").stdout
+    assert "-m tensorboard.main --logdir_spec" in printed and f"{RUN1}/deep:" in printed
+
+    # the real TensorBoard, started with that command, lists each run's curves under its name
+    server = subprocess.Popen(found["command"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        listed = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"http://localhost:{port}/data/plugin/scalars/tags", timeout=5
+                ) as r:
+                    listed = json.loads(r.read())
+                if len(listed) == 6:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert listed is not None, "TensorBoard did not answer"
+        assert sorted(listed) == sorted(
+            f"{run}/{experiment}/{part}"
+            for run, experiment in ((RUN1, "wide"), (RUN1, "deep"), (RUN2, "wide"))
+            for part in ("train", "validation")
+        )
+        assert set(listed[f"{RUN2}/wide/validation"]) == {"epoch_loss", "epoch_accuracy"}
+        query = urllib.parse.urlencode({"run": f"{RUN2}/wide/train", "tag": "epoch_loss"})
+        with urllib.request.urlopen(f"http://localhost:{port}/data/plugin/scalars/scalars?{query}") as r:
+            points = json.loads(r.read())
+        assert [step for _, step, _ in points] == [0, 1, 2, 3, 4]
+        assert [round(value, 4) for _, _, value in points] == [0.7, 0.69, 0.68, 0.67, 0.66]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_tensorboard_of_a_run_without_event_files_is_not_found(runs):
+    error = runs.run("tensorboard", RUN0, "--json", expect=9)
+    assert "volume models, which is not a folder on this machine" in json.loads(error.stderr)["error"]
+    write_event_files(runs, 1, "wide", epochs=1)  # the volume now exists; run 0 wrote nothing in it
+    error = runs.run("tensorboard", RUN0, "--json", expect=9)
+    message = json.loads(error.stderr)["error"]
+    assert "no TensorBoard event files" in message and f"{history.commit_of(0)[:12]}-wide" in message
