@@ -51,7 +51,7 @@ from branchops.serving.kubernetes_manifests import (  # noqa: F401  (some re-exp
     render_manifests,
     render_models_config,
 )
-from branchops.serving.rollout import Counts, Rollout, RolloutBackend
+from branchops.serving.rollout import Counts, Rollout, RolloutBackend, counts_from_metrics
 
 if TYPE_CHECKING:
     from branchops.config import BranchopsConfig
@@ -354,27 +354,17 @@ class _KubernetesTracks(RolloutBackend):
         return f"Istio VirtualService: {weight}% of ordinary traffic to {replicas} canary pod(s)"
 
     def traffic(self, track: str) -> Counts | None:
-        """Requests the track's pods answered, from TF Serving's ``:tensorflow:serving:request_count``
-        (by status: the gRPC code a REST error maps from); None if a pod's metrics cannot be read."""
+        """Requests the track's pods answered (with Istio, the VirtualService's share of ordinary traffic
+        and the probes), from each pod's metrics; None if a pod's cannot be read."""
         counts = Counts()
         for pod in self.api.ready_pods(self.namespace, self.objects.selector(track)):
             try:
-                samples = self.serving.pod_client(pod).metrics()
+                found = counts_from_metrics(self.serving.pod_client(pod).metrics(), self.serving.model_name)
             except ExternalError:
                 return None
-            found = False
-            for sample in samples:
-                if sample.name != ":tensorflow:serving:request_count":
-                    continue
-                found = True
-                n, status = int(sample.value), sample.labels.get("status", "OK")
-                counts.requests += n
-                if status in _SERVER_SIDE:
-                    counts.server_errors += n
-                elif status != "OK":
-                    counts.client_errors += n
-            if not found:
+            if found is None:
                 return None
+            counts = counts + found
         return counts
 
     def switch_stable(self, version: int, previous: int | None) -> None:
@@ -419,7 +409,3 @@ class _KubernetesTracks(RolloutBackend):
         else:  # nothing served before this failed first rollout: serve nothing rather than a bad model
             self.api.delete("Deployment", self.objects.deployment_name(), self.namespace)
             self.api.delete("ConfigMap", self.objects.config_map_name(), self.namespace)
-
-
-# gRPC codes TF Serving counts that are the server's fault (a REST client sees them as 5xx).
-_SERVER_SIDE = {"INTERNAL", "UNAVAILABLE", "UNKNOWN", "DATA_LOSS", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}

@@ -43,7 +43,7 @@ from branchops.serving.base import (
     read_model_metadata,
 )
 from branchops.serving.client import ServingClient, ServingError
-from branchops.serving.rollout import Counts, Rollout, RolloutBackend
+from branchops.serving.rollout import Counts, Rollout, RolloutBackend, counts_from_metrics
 
 if TYPE_CHECKING:
     from branchops.config import BranchopsConfig
@@ -455,17 +455,9 @@ class _LocalTracks(RolloutBackend):
     def traffic(self, track: str) -> Counts | None:
         serving = self.canary if track == "canary" else self.serving
         try:
-            samples = serving.client().metrics()
+            return counts_from_metrics(serving.client().metrics(), self.serving.model_name)
         except ExternalError:
             return None
-        counts = Counts()
-        for sample in samples:
-            if sample.name == "branchops_serving_requests_total" and sample.labels.get("api") == "predict":
-                code, n = int(sample.labels.get("code", "0")), int(sample.value)
-                counts.requests += n
-                counts.client_errors += n if 400 <= code < 500 else 0
-                counts.server_errors += n if code >= 500 else 0
-        return counts
 
     def switch_stable(self, version: int, previous: int | None) -> None:
         client = self.stable_client()

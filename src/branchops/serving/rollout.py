@@ -44,7 +44,7 @@ from branchops.serving.base import (
 
 if TYPE_CHECKING:
     from branchops.config import RolloutSection
-    from branchops.serving.client import ServingClient
+    from branchops.serving.client import Sample, ServingClient
     from branchops.serving.release import Release
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,13 @@ class Counts:
     client_errors: int = 0
     server_errors: int = 0
 
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.requests + other.requests,
+            self.client_errors + other.client_errors,
+            self.server_errors + other.server_errors,
+        )
+
     def __sub__(self, other: Counts) -> Counts:
         return Counts(
             self.requests - other.requests,
@@ -83,6 +90,36 @@ class Counts:
         self.requests += 1
         self.client_errors += 400 <= status < 500
         self.server_errors += status >= 500
+
+
+# The canonical status codes TF Serving counts that are the server's fault (5xx to a REST client).
+SERVER_SIDE_STATUS = {
+    "INTERNAL",
+    "UNAVAILABLE",
+    "UNKNOWN",
+    "DATA_LOSS",
+    "DEADLINE_EXCEEDED",
+    "UNIMPLEMENTED",
+    "RESOURCE_EXHAUSTED",
+}
+REQUEST_COUNT = ":tensorflow:serving:request_count"
+
+
+def counts_from_metrics(samples: list[Sample], model: str) -> Counts | None:
+    """A server's requests by outcome, from TF Serving's ``:tensorflow:serving:request_count{model_name,
+    status}`` (the local server exposes it too); None if the server does not expose it."""
+    counts, found = Counts(), False
+    for sample in samples:
+        if sample.name != REQUEST_COUNT or sample.labels.get("model_name", model) != model:
+            continue
+        found = True
+        n, status = int(sample.value), sample.labels.get("status", "OK")
+        counts.requests += n
+        if status in SERVER_SIDE_STATUS:
+            counts.server_errors += n
+        elif status != "OK":
+            counts.client_errors += n
+    return counts if found else None
 
 
 class RolloutBackend(abc.ABC):
