@@ -813,6 +813,33 @@ def serve_status(obj: dict, as_json: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default)."
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8470, show_default=True, help="Port (0: any free one)."
+)
+@json_option
+@click.pass_obj
+def ui(obj: dict, host: str, port: int, as_json: bool) -> None:
+    """Serve a read-only web dashboard over the records until interrupted: runs per stage, lineage graphs,
+    metrics and plots, comparison of runs, what is serving now. With --json, prints {"url": ...} once
+    listening."""
+    from branchops.errors import MissingRequirement
+
+    try:
+        from branchops.ui.app import serve as serve_dashboard
+    except ImportError as exc:
+        raise MissingRequirement(f"branchops ui needs the 'ui' extra (pip install 'branchops[ui]'): {exc}")
+
+    def started(url: str) -> None:
+        _emit({"url": url}, as_json, f"dashboard at {url} (read-only; Ctrl-C stops it)")
+        sys.stdout.flush()
+
+    serve_dashboard(obj["repo"], host, port, on_started=started)
+
+
+@main.command()
 @click.option("--instances", default=None, help='Rows as JSON, e.g. "[[0.01, -0.02, ...]]".')
 @click.option("--sample", is_flag=True, help="Send the sample exported with the live model, and compare.")
 @click.option(

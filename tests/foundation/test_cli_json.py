@@ -94,6 +94,8 @@ INVOCATIONS: dict[tuple[str, ...], tuple[Invocation, Expect]] = {
     ("tensorboard",): (lambda p, tmp: [history.run_id(0)], error(9)),
     # no deployment yet: nothing to roll back to
     ("rollback",): (lambda p, tmp: ["--as", "ds1"], error(1)),
+    # it serves until interrupted: called where it cannot listen (an address of no interface here)
+    ("ui",): (lambda p, tmp: ["--host", "203.0.113.1"], error(2)),
     ("serve", "start"): (lambda p, tmp: ["--port", str(free_port())], OK),
     ("serve", "status"): (lambda p, tmp: [], OK),
     ("predict",): (lambda p, tmp: ["--instances", "[[0.1]]"], error(6)),

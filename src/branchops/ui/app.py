@@ -1,0 +1,115 @@
+"""The dashboard's web application (Flask) and the server that runs it (waitress).
+
+Flask and waitress are the ones the local model server already uses (the ``serve`` extra): one web stack
+in the project, both maintained, waitress a production WSGI server with no C extension. Every route is a
+GET: the dashboard never changes a repository.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from flask import Flask, Response, abort, render_template, request
+
+from branchops.errors import BadArgument, BranchopsError, NotFound
+from branchops.ui.views import Dashboard
+
+log = logging.getLogger("branchops.ui")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8470
+
+
+def create_app(repo_path: str) -> Flask:
+    app = Flask(__name__)  # templates/ and static/ beside this module, shipped as package data
+    dashboard = Dashboard(repo_path)
+
+    def page_number() -> int:
+        value = request.args.get("page", "1")
+        return int(value) if value.isdigit() else 1
+
+    @app.get("/")
+    def overview() -> str:
+        return render_template("overview.html", **dashboard.overview())
+
+    @app.get("/stages/<stage>")
+    def stage(stage: str) -> str:
+        return render_template("stage.html", **dashboard.stage_page(stage, page_number()))
+
+    @app.get("/runs/<stage>/<run_id>")
+    def run(stage: str, run_id: str) -> str:
+        return render_template("run.html", run=dashboard.run_page(stage, run_id))
+
+    @app.get("/runs/<stage>/<run_id>/artifacts/<path:artifact>")
+    def plot(stage: str, run_id: str, artifact: str) -> Response:
+        response = Response(dashboard.plot(stage, run_id, artifact), mimetype="image/png")
+        # a recorded artifact never changes: its record folder is append-only
+        response.cache_control.max_age = 86400
+        return response
+
+    @app.get("/models")
+    def models() -> str:
+        return render_template("models.html", **dashboard.models(page_number()))
+
+    @app.get("/models/<key>")
+    def model(key: str) -> str:
+        return render_template("model.html", key=key, **dashboard.model_page(key))
+
+    @app.get("/compare")
+    def compare() -> str:
+        run_ids = request.args.getlist("run")
+        if len(run_ids) < 2:
+            abort(400, "select at least two training runs to compare")
+        return render_template("compare.html", **dashboard.compare(run_ids))
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return app.send_static_file("favicon.svg")
+
+    @app.errorhandler(NotFound)
+    def not_found(error: NotFound) -> tuple[str, int]:
+        return render_template("error.html", message=str(error)), 404
+
+    @app.errorhandler(BranchopsError)
+    def failed(error: BranchopsError) -> tuple[str, int]:
+        return render_template("error.html", message=str(error)), 500
+
+    @app.template_filter("seconds")
+    def seconds(value: Any) -> str:
+        return f"{value:.1f} s" if isinstance(value, (int, float)) else "—"
+
+    @app.template_filter("cell")
+    def cell(value: Any) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return app
+
+
+def serve(
+    repo_path: str,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    on_started: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the dashboard until interrupted; ``on_started`` gets the URL once the port is bound."""
+    from waitress.server import create_server
+
+    app = create_app(repo_path)
+    # read the configuration now, so that a repository without one fails here and not on the first page
+    app.config["DASHBOARD_MODEL"] = Dashboard(repo_path).config.serving.model_name
+    try:
+        server = create_server(app, host=host, port=port, threads=4)
+    except OSError as exc:  # the port is taken, or the address is not one of this machine's
+        raise BadArgument(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound_host, bound_port = server.getsockname()[:2]
+    url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}/"
+    log.info("dashboard at %s (read-only; Ctrl-C stops it)", url)
+    if on_started:
+        on_started(url)
+    try:
+        server.run()
+    finally:
+        server.close()

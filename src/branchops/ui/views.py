@@ -1,0 +1,339 @@
+"""What the dashboard's pages show, read from the records: plain dicts the templates lay out.
+
+Pages read only what they show: a stage's page lists the folder once and reads one page of records
+(``StageHistory.read`` of those run ids), so a page costs the same with 10 runs or 1,000.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import git
+
+from branchops import STAGES, gitops, records
+from branchops.errors import NotFound
+from branchops.project import working_config
+
+log = logging.getLogger("branchops.ui")
+
+PAGE_SIZE = 50
+RECENT = 5  # runs per stage on the overview
+# Keys whose values are never shown, however a record or a parameter came to hold one: records are
+# masked when written, but a parameter named like a credential is hidden here too.
+SECRET_KEY = re.compile(r"credential|token|secret|password|passwd|api[_-]?key|private[_-]?key", re.I)
+HIDDEN = "(hidden)"
+
+
+def redact(value: Any) -> Any:
+    """``value`` with whatever sits under a credential-like key replaced by a placeholder."""
+    if isinstance(value, dict):
+        return {k: HIDDEN if SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def _approvals(run: records.RunRecord) -> list[dict[str, Any]]:
+    """The merge requests the run used and who approved each, as the gate counted them."""
+    included = [mr.to_dict() for mr in run.included_merge_requests]
+    if not included and run.merge_request and run.merge_request.number is not None:
+        mr = run.merge_request
+        included = [
+            {"number": mr.number, "title": mr.title, "author": mr.author, "approved_by": mr.approved_by}
+        ]
+    return redact(included)
+
+
+def run_row(stored: records.StoredRecord) -> dict[str, Any]:
+    """One line of a stage's table: outcome, approvals, timings."""
+    run = stored.record
+    return {
+        "stage": stored.stage,
+        "run_id": stored.run_id,
+        "outcome": stored.outcome,
+        "summary": run.summary,
+        "source_commit": run.source_commit,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "duration_s": run.duration_s,
+        "approvals": _approvals(run),
+    }
+
+
+def _metric_cells(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """Metrics as table cells: numbers as they are, an interval or a per-baseline verdict as compact text."""
+    cells = {}
+    for name, value in redact(metrics or {}).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {_short(v)}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = "[" + ", ".join(_short(v) for v in value) + "]"
+        cells[name] = value
+    return cells
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@dataclass
+class Dashboard:
+    """The records of one repository, as its stage branches hold them now."""
+
+    repo_path: str
+
+    @cached_property
+    def repo(self) -> git.Repo:
+        return gitops.open_repo(self.repo_path)
+
+    @cached_property
+    def config(self):
+        return working_config(self.repo)
+
+    def tip(self, stage: str) -> str | None:
+        # read on every request: the dashboard shows the branches as they are, not as they were at start
+        return gitops.branch_tip(self.repo, self.config.branch_for(stage), self.config.git.remote)
+
+    def history(self, stage: str) -> records.StageHistory:
+        if stage not in STAGES:
+            raise NotFound(f"no stage '{stage}' (stages: {', '.join(STAGES)})")
+        return records.stage_history(self.repo, self.tip(stage), stage)
+
+    # -- pages --------------------------------------------------------------------------------------
+
+    def overview(self) -> dict[str, Any]:
+        stages = []
+        for stage in STAGES:
+            history = self.history(stage)
+            newest = list(reversed(history.run_ids))[:RECENT]
+            stages.append(
+                {
+                    "stage": stage,
+                    "branch": self.config.branch_for(stage),
+                    "count": len(history.run_ids),
+                    "runs": [run_row(r) for r in history.read(newest)],
+                }
+            )
+        return {
+            "stages": stages,
+            "empty": not any(s["count"] for s in stages),
+            "serving": self.serving_now(),
+        }
+
+    def stage_page(self, stage: str, page: int = 1) -> dict[str, Any]:
+        history = self.history(stage)
+        newest_first = list(reversed(history.run_ids))
+        pages = max(1, -(-len(newest_first) // PAGE_SIZE))
+        page = min(max(page, 1), pages)
+        chosen = newest_first[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        chosen_records = history.read(chosen)
+        rows = [run_row(r) for r in chosen_records]
+        if stage == "training":
+            for row, stored in zip(rows, chosen_records):
+                row["model_version"] = stored.read_as(records.TrainingVersionView).model_version
+        return {
+            "stage": stage,
+            "branch": self.config.branch_for(stage),
+            "count": len(newest_first),
+            "page": page,
+            "pages": pages,
+            "runs": rows,
+        }
+
+    def record(self, stage: str, run_id: str) -> records.StoredRecord:
+        history = self.history(stage)
+        if run_id not in history.folders:
+            raise NotFound(f"no {stage} run '{run_id}'")
+        found = history.read([run_id])
+        if not found:
+            raise NotFound(f"{stage} run '{run_id}' has no {records.RECORD_FILE}")
+        return found[0]
+
+    def run_page(self, stage: str, run_id: str) -> dict[str, Any]:
+        stored = self.record(stage, run_id)
+        page = run_row(stored) | {
+            "error": stored.record.error,
+            "artifacts": stored.record.artifacts,
+            "raw": redact(stored.data),
+        }
+        if stage == "training":
+            page["training"] = self.training_view(stored)
+        if stage == "deploy-model":
+            outputs = stored.deploy_outputs
+            page["deployment"] = redact(outputs.deployment.to_dict()) if outputs.deployment else None
+            page["release"] = redact(outputs.release.to_dict()) if outputs.release else None
+        return page
+
+    def training_view(self, stored: records.StoredRecord) -> dict[str, Any]:
+        """A training run's experiments: parameters, metrics and plots; which one the run chose."""
+        outputs = stored.training_outputs
+        plots = [a for a in stored.record.artifacts if a.endswith(".png")]
+        experiments = [
+            {
+                "experiment": e.experiment,
+                "state": e.state,
+                "error": e.error,
+                "duration_s": e.duration_s,
+                "params": redact(e.params),
+                "metrics": _metric_cells(e.metrics),
+                "model_version": e.model.version if e.model else None,
+                "plots": [p for p in plots if p.startswith(f"{e.experiment}/")],
+                "best": bool(outputs.best and outputs.best.experiment == e.experiment),
+            }
+            for e in outputs.experiments
+        ]
+        return {
+            "experiments": experiments,
+            "model_version": outputs.model_version,
+            "kpi": outputs.kpi.to_dict() if outputs.kpi else None,
+            "synthetic_data": bool(outputs.synthetic_data),
+        }
+
+    def plot(self, stage: str, run_id: str, artifact: str) -> bytes:
+        """A PNG a run recorded, straight from git's objects; only files the record lists as its artifacts."""
+        stored = self.record(stage, run_id)
+        if not artifact.endswith(".png") or artifact not in stored.record.artifacts:
+            raise NotFound(f"{stage} run '{run_id}' recorded no plot '{artifact}'")
+        history = self.history(stage)
+        blob = records._cat_files(self.repo, [f"{history.folders[run_id]}:{artifact}"])[0]
+        if blob is None:
+            raise NotFound(f"{stage} run '{run_id}' lists '{artifact}' but its folder has no such file")
+        return blob
+
+    def compare(self, run_ids: list[str]) -> dict[str, Any]:
+        """Training runs side by side, each by the experiment it chose (``branchops.experiments``' rows):
+        parameters, the configured metrics with their intervals, the gate's verdict, plots."""
+        from branchops import experiments
+
+        history = self.history("training")
+        missing = [r for r in run_ids if r not in history.folders]
+        if missing:
+            raise NotFound(f"no training run {', '.join(missing)}")
+        metric_names = list(self.config.training.metrics)
+        serving = self._serving_for_experiments()
+        columns = []
+        for stored in history.read(run_ids):
+            rows = experiments.rows_of(stored, metric_names, serving, [self.config.branch_for("training")])
+            row = next((r for r in rows if r.best), rows[0] if rows else None)
+            plots = [a for a in stored.record.artifacts if a.endswith(".png")]
+            columns.append(
+                {
+                    "run_id": stored.run_id,
+                    "outcome": stored.outcome,
+                    "experiment": row.experiment if row else None,
+                    "model_version": row.model_version if row else None,
+                    "gate": row.gate if row else None,
+                    "serving": bool(row and row.serving),
+                    "params": redact(row.params) if row else {},
+                    "metrics": row.metrics if row else {},
+                    "intervals": row.intervals if row else {},
+                    "plots": [p for p in plots if row and p.startswith(f"{row.experiment}/")],
+                }
+            )
+        params = sorted({name for column in columns for name in column["params"]})
+        metric_rows = []
+        for name in metric_names:
+            values = [column["metrics"].get(name) for column in columns]
+            intervals = [column["intervals"].get(name) for column in columns]
+            both = len(values) == 2 and all(isinstance(v, (int, float)) for v in values)
+            metric_rows.append(
+                {
+                    "name": name,
+                    "values": values,
+                    "intervals": [[i.low, i.high] if i else None for i in intervals],
+                    "change": values[1] - values[0] if both else None,
+                }
+            )
+        return {
+            "runs": columns,
+            "params": [
+                {"name": p, "values": [column["params"].get(p) for column in columns]} for p in params
+            ],
+            "metrics": metric_rows,
+        }
+
+    def _serving_for_experiments(self):
+        """``experiments.Serving`` from the newest deployment: its release names the training run."""
+        from branchops import experiments
+
+        for stored in self.history("deploy-model").newest_first(batch=4):
+            outputs = stored.deploy_outputs
+            deployment, release = outputs.deployment, outputs.release
+            if deployment is None or deployment.after is None:
+                continue
+            made_by = release.training.run_id if release and release.training else None
+            return experiments.Serving(
+                deployment.after,
+                stored.run_id,
+                deployment.outcome,
+                made_by if release and release.version == deployment.after else None,
+            )
+        return experiments.Serving()
+
+    def serving_now(self) -> dict[str, Any] | None:
+        """What the newest deploy-model run left serving (the TF Serving label ``stable``) and the canary
+        steps its rollout went through; and, when the local model server is running, its live labels and
+        canary weight (a canary lives only while a rollout runs: a finished run promoted or rolled back)."""
+        history = self.history("deploy-model")
+        for stored in history.newest_first(batch=4):
+            deployment = stored.deploy_outputs.deployment
+            if deployment is None:
+                continue
+            return {
+                "model": deployment.model or self.config.serving.model_name,
+                "labels": {"stable": deployment.after, "canary": None},
+                "canary_weight": 0,
+                "canary_steps": [step.get("weight") for step in deployment.canary_steps],
+                "strategy": deployment.strategy,
+                "outcome": deployment.outcome,
+                "reason": deployment.reason,
+                "run_id": stored.run_id,
+                "backend": stored.deploy_outputs.backend,
+                "finished_at": stored.record.finished_at,
+            } | self._live_labels()
+        return None
+
+    def _live_labels(self) -> dict[str, Any]:
+        """The running local server's labels and canary weight; nothing for another backend (the dashboard
+        reads git, never a cluster) or when no local server runs."""
+        if self.config.serving.backend != "local":
+            return {}
+        # the state folder as the server left it: not gitops.state_dir, which would create it
+        state = gitops.main_worktree(self.repo) / ".branchops"
+        if not (state / "serving" / "server.json").exists():  # no server started: spare the client's import
+            return {}
+        from branchops.serving.local_backend import LocalServing
+
+        try:
+            status = LocalServing(self.config, state).status()
+        except Exception as exc:  # a server that does not answer leaves the records' view
+            log.warning("the local model server did not say what it serves: %s", exc)
+            return {}
+        if not status.running:
+            return {}
+        return {
+            "live": True,
+            "labels": {"stable": status.stable, "canary": status.canary},
+            "canary_weight": status.canary_weight if status.canary is not None else 0,
+        }
+
+    def model_page(self, version: str) -> dict[str, Any]:
+        """A model version (or the training run that made it): its lineage, as data and as a graph."""
+        from branchops.lineage import lineage
+        from branchops.ui.graph import lineage_graph, render_svg
+
+        chain = redact(lineage(self.repo_path, version))
+        deploy_ids = [d["run_id"] for d in chain["deployments"]]
+        deploys = self.history("deploy-model").read(deploy_ids)
+        graph = lineage_graph(chain, deploys)
+        return {"chain": chain, "graph": graph, "svg": render_svg(graph)}
+
+    def models(self, page: int = 1) -> dict[str, Any]:
+        """Model versions, newest first: one per training run that produced one."""
+        listing = self.stage_page("training", page)
+        listing["runs"] = [r for r in listing["runs"] if r.get("model_version") is not None]
+        return listing

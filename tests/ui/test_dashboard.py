@@ -1,0 +1,170 @@
+"""The dashboard's pages over real records (Flask's test client), and `branchops ui` as a process."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from branchops.ui.app import create_app
+from tests.foundation.record_history import FIRST_VERSION
+from tests.ui import stand_in_stages
+from tests.ui.conftest import DashboardServer
+
+MODEL_1, MODEL_2 = FIRST_VERSION + 1, FIRST_VERSION + 2
+
+
+@pytest.fixture(scope="module")
+def client(dashboard_repo: Path):
+    return create_app(str(dashboard_repo)).test_client()
+
+
+def runs_of(repo: Path, stage: str) -> list[str]:
+    listing = subprocess.run(
+        ["git", "ls-tree", "--name-only", f"{stage}:records/{stage}/"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted(listing.split())
+
+
+def page(client, url: str, status: int = 200) -> str:
+    response = client.get(url)
+    assert response.status_code == status, f"{url}: {response.status_code}\n{response.text[:2000]}"
+    return response.text
+
+
+def test_a_repository_without_runs_says_so(empty_repo: Path) -> None:
+    client = create_app(str(empty_repo)).test_client()
+    html = page(client, "/")
+    assert 'id="no-runs"' in html and "No runs yet" in html
+    assert "Nothing has been deployed yet" in html
+    assert "No runs yet on this stage branch" in page(client, "/stages/training")
+    assert "No model versions" in page(client, "/models")
+
+
+def test_overview_lists_each_stage_with_outcomes_approvals_and_timings(client, dashboard_repo: Path) -> None:
+    html = page(client, "/")
+    assert 'id="no-runs"' not in html
+    for stage, count in (("build-components", 1), ("kf-pipeline", 1), ("training", 2), ("deploy-model", 3)):
+        assert len(runs_of(dashboard_repo, stage)) == count
+        section = html.split(f'id="stage-{stage}"')[1].split("</section>")[0]
+        assert f"{count} run" in section
+        for run_id in runs_of(dashboard_repo, stage):
+            assert f"/runs/{stage}/{run_id}" in section
+        assert "succeeded" in section
+        # who approved, as the gate counted it, and how long the run took
+        assert "approved by " + stand_in_stages_approver(stage) in section
+        assert re.search(r"\d+\.\d s", section)
+
+
+def stand_in_stages_approver(stage: str) -> str:
+    from tests.ui.conftest import APPROVER
+
+    return APPROVER[stage]
+
+
+def test_serving_now_is_the_last_deployment_with_its_labels(client) -> None:
+    html = page(client, "/")
+    serving = html.split('id="serving-now"')[1].split("</section>")[0]
+    # the last deploy-model run promoted model 2 after a canary at 10% and 50%
+    assert re.search(rf"<code>stable</code> → version <strong>{MODEL_2}</strong>", serving)
+    assert "no canary" in serving
+
+
+def test_training_run_shows_metrics_and_plots_served_from_git(client, dashboard_repo: Path) -> None:
+    run_id = runs_of(dashboard_repo, "training")[-1]
+    html = page(client, f"/runs/training/{run_id}")
+    assert "roc_auc" in html and "0.63" in html
+    plots = re.findall(r'<img class="plot" alt="[^"]+" src="([^"]+)"', html)
+    assert len(plots) == 2
+    for src in plots:
+        response = client.get(src)
+        assert response.status_code == 200 and response.mimetype == "image/png"
+        artifact = src.split("/artifacts/", 1)[1]
+        in_git = subprocess.run(
+            ["git", "show", f"training:records/training/{run_id}/{artifact}"],
+            cwd=dashboard_repo,
+            capture_output=True,
+            check=True,
+        ).stdout
+        assert response.data == in_git
+    # only a PNG the record lists as its artifact: not its record.json, not a path outside the folder
+    for other in ("record.json", "wide/metrics.json", "../../deploy-model/x.png", "wide/plots/nope.png"):
+        assert client.get(f"/runs/training/{run_id}/artifacts/{other}").status_code == 404
+
+
+def test_no_secret_is_shown(client, dashboard_repo: Path) -> None:
+    for run_id in runs_of(dashboard_repo, "training"):
+        html = page(client, f"/runs/training/{run_id}")
+        assert "kaggle_token" in html  # the parameter is listed...
+        assert stand_in_stages.SECRET_VALUE not in html  # ...its value is not
+    first, second = runs_of(dashboard_repo, "training")
+    assert stand_in_stages.SECRET_VALUE not in page(client, f"/compare?run={first}&run={second}")
+    assert stand_in_stages.SECRET_VALUE not in page(client, f"/models/{MODEL_2}")
+
+
+def test_comparison_of_two_runs_shows_parameters_metrics_and_the_change(client, dashboard_repo: Path) -> None:
+    first, second = runs_of(dashboard_repo, "training")
+    html = page(client, f"/compare?run={first}&run={second}")
+    table = html.split('id="comparison"')[1].split("</table>")[0]
+    assert first in table and second in table
+    units = table.split("<th>units</th>")[1].split("</tr>")[0]
+    assert "64" in units and "128" in units and "changed" in units
+    roc = table.split('data-metric="roc_auc"')[1].split("</tr>")[0]
+    assert "0.58" in roc and "0.63" in roc and "+0.05" in roc
+    assert "[0.55, 0.61]" in roc and "[0.6, 0.66]" in roc  # each value with its interval
+    # the second run made model 2, which serves now
+    version_row = table.split("<th>model version</th>")[1].split("</tr>")[0]
+    assert f"{MODEL_2}</a> (serving)" in version_row and f"{MODEL_1}</a> (serving)" not in version_row
+    assert html.count('<img class="plot"') == 4
+    assert page(client, f"/compare?run={first}", status=400)
+    assert page(client, f"/compare?run={first}&run=20990101T000000000000Z-nope", status=404)
+
+
+def test_lineage_graph_of_a_model_version_with_its_deploys_and_rollback(client, dashboard_repo: Path) -> None:
+    html = page(client, f"/models/{MODEL_2}")
+    svg = html.split('<div class="graph">')[1].split("</svg>")[0]
+    for node in ("commit", "config", "pipeline", "data", "run", "model"):
+        assert f'data-node="{node}"' in svg
+    training_run = runs_of(dashboard_repo, "training")[-1]
+    assert f'href="/runs/training/{training_run}"' in svg
+    # model 2's deployments: the canary rolled back, then the full rollout; model 1's first deploy is not
+    deploys = runs_of(dashboard_repo, "deploy-model")
+    assert f'data-node="deploy-{deploys[0]}"' not in svg
+    assert re.search(rf'class="node node-rollback" data-node="deploy-{deploys[1]}"', svg)
+    assert re.search(rf'class="node node-deploy" data-node="deploy-{deploys[2]}"', svg)
+    assert svg.count("<line") == 5 + 2  # the chain of six nodes, and one edge per deployment
+    # model 1: its one deployment
+    model_1 = page(client, f"/models/{MODEL_1}")
+    assert f'data-node="deploy-{deploys[0]}"' in model_1 and f"deploy-{deploys[2]}" not in model_1
+    assert page(client, "/models/12345", status=404)
+
+
+def test_stage_pages_and_models_list(client, dashboard_repo: Path) -> None:
+    html = page(client, "/stages/training")
+    assert html.count('type="checkbox" name="run"') == 2
+    models = page(client, "/models")
+    assert f"/models/{MODEL_1}" in models and f"/models/{MODEL_2}" in models
+    assert page(client, "/stages/nonsense", status=404)
+
+
+def test_the_dashboard_only_reads(client) -> None:
+    assert client.post("/").status_code == 405
+    assert client.delete("/runs/training/x").status_code == 405
+
+
+def test_branchops_ui_serves_on_loopback_and_prints_its_url(dashboard_repo: Path) -> None:
+    server = DashboardServer(dashboard_repo)
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(server.url, timeout=10) as response:
+            assert response.status == 200 and b"training" in response.read()
+    finally:
+        server.stop()
+    assert server.process.returncode is not None
