@@ -92,8 +92,8 @@ INVOCATIONS: dict[tuple[str, ...], tuple[Invocation, Expect]] = {
     ),
     # the history's runs trained nowhere on this machine: no event files to open
     ("tensorboard",): (lambda p, tmp: [history.run_id(0)], error(9)),
-    # no deployment yet: nothing to roll back to
-    ("rollback",): (lambda p, tmp: ["--as", "ds1"], error(1)),
+    # no deployment yet: no earlier release to roll back to (not found)
+    ("rollback",): (lambda p, tmp: ["--as", "ds1"], error(9)),
     # it serves until interrupted: called where it cannot listen (an address of no interface here)
     ("ui",): (lambda p, tmp: ["--host", "203.0.113.1"], error(2)),
     ("serve", "start"): (lambda p, tmp: ["--port", str(free_port())], OK),
