@@ -21,7 +21,8 @@ DIRECT = {
     "consolidate": ["pandas", "pyarrow", "kaggle", "six"],
     "validate": ["pandas", "pyarrow", "exchange-calendars"],
     "features": ["pandas", "pyarrow", "numpy"],
-    "train": ["tensorflow-cpu"],
+    # tf.summary (train's TensorBoard event files) needs tensorboard, which TensorFlow 2.21 does not install
+    "train": ["tensorflow-cpu", "tensorboard"],
     "evaluate": ["tensorflow-cpu", "matplotlib"],
     "export": ["tensorflow-cpu"],
 }
@@ -68,7 +69,8 @@ def main() -> int:
     version = metadata.version("tensorflow-cpu")
     # pip resolves this file's dependencies, constrained by train's pins (docker/train-gpu/Dockerfile): a
     # constraint installs nothing, so the step runtime is named here too
-    runtime = "".join(f"{name}=={metadata.version(name)}\n" for name in STEP_RUNTIME)
+    also = [name for name in DIRECT["train"] if name != "tensorflow-cpu"]
+    runtime = "".join(f"{name}=={metadata.version(name)}\n" for name in also + STEP_RUNTIME)
     (here / "train" / "requirements-gpu.txt").write_text(
         HEADER + "# GPU variant of the training image: the same TensorFlow release with its CUDA wheels.\n"
         f"tensorflow[and-cuda]=={version}\n" + runtime

@@ -126,3 +126,16 @@ def test_plots_are_png_files(trained_work_dir):
 def test_missing_model_says_which_component_to_run(tmp_path):
     with pytest.raises(DataError, match="model.keras; run the train component first"):
         evaluate.run(str(tmp_path))
+
+
+def test_metrics_file_carries_the_curves_plots_diff_overlays(trained_work_dir):
+    metrics = json.loads((trained_work_dir / "metrics.json").read_text())
+    history = json.loads((trained_work_dir / "history.json").read_text())
+    assert metrics["curves"]["learning"] == history["history"]
+    fpr, tpr = metrics["curves"]["roc"]["fpr"], metrics["curves"]["roc"]["tpr"]
+    assert 2 < len(fpr) == len(tpr) <= evaluate.ROC_POINTS
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert fpr == sorted(fpr) and tpr == sorted(tpr)
+    # the thinned curve still encloses the model's ROC AUC
+    area = sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(fpr, fpr[1:], tpr, tpr[1:]))
+    assert area == pytest.approx(metrics["roc_auc"], abs=0.01)

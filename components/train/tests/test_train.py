@@ -162,3 +162,26 @@ def test_the_final_model_is_fitted_as_final_fit_says(real_work_dir, tmp_path):
         keras.models.load_model(w / "model.keras").predict(X_test[:20], verbose=0) for w in (split, refit)
     ]
     assert not np.allclose(answers[0], answers[1])  # another model: it was fitted on more rows
+
+
+def test_the_training_history_is_written_for_tensorboard(real_work_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    work = _work(real_work_dir, tmp_path / "work")
+    train.run(str(work), **{**SMALL, "epochs": 3})
+    history = json.loads((work / "history.json").read_text())["history"]
+    for part, prefix in (("train", ""), ("validation", "val_")):
+        events = EventAccumulator(str(work / train.TENSORBOARD_DIR / part), size_guidance={"tensors": 0})
+        events.Reload()
+        assert sorted(events.Tags()["tensors"]) == ["epoch_accuracy", "epoch_loss"]
+        for metric in ("loss", "accuracy"):
+            points = events.Tensors(f"epoch_{metric}")
+            assert [p.step for p in points] == [0, 1, 2]
+            values = [float(np.asarray(tf_value(p))) for p in points]
+            assert values == pytest.approx(history[f"{prefix}{metric}"], rel=1e-6)
+
+
+def tf_value(point):
+    from tensorboard.util import tensor_util
+
+    return tensor_util.make_ndarray(point.tensor_proto)
