@@ -341,7 +341,6 @@ def tensorboard_logdirs(repo_path: str, keys: list[str]) -> list[LogDir]:
     """The TensorBoard folders of training runs (``RUN`` or ``RUN:EXPERIMENT``; a run alone: each of its
     succeeded experiments), in the work folders the runs trained in (``runs/<run name>`` of the model
     volume, as the training stage lays them out)."""
-    from branchops.lineage import find_training_run
     from branchops.project import working_config
     from branchops.storage import make_storage
 
@@ -349,10 +348,17 @@ def tensorboard_logdirs(repo_path: str, keys: list[str]) -> list[LogDir]:
     config = working_config(repo)
     training_tip, _ = _tips(repo, config)
     storage = make_storage(config, gitops.state_dir(repo))
+    history = records.stage_history(repo, training_tip, TRAINING)
     found = []
     for key in keys:
         run_key, _, experiment = key.partition(":")
-        rec = find_training_run(repo, training_tip, run_key)
+        matches = [run_id for run_id in history.run_ids if run_id.startswith(run_key)]
+        if len(matches) != 1:
+            raise (BadArgument if matches else NotFound)(
+                f"{'more than one' if matches else 'no'} training run matches '{run_key}' on "
+                f"'{config.branch_for(TRAINING)}'"
+            )
+        rec = history.read(matches)[0]
         entries = [
             e
             for e in rec.training_outputs.experiments
