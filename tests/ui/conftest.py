@@ -84,6 +84,7 @@ class DashboardServer:
     """``branchops ui`` in its own process, as a user starts it."""
 
     def __init__(self, repo: Path):
+        self.repo = repo
         self.process = subprocess.Popen(
             [sys.executable, "-m", "branchops.cli", "-C", str(repo), "ui", "--port", "0", "--json"],
             stdout=subprocess.PIPE,

@@ -123,7 +123,10 @@ def test_comparison_of_two_runs_shows_parameters_metrics_and_the_change(client, 
     version_row = table.split("<th>model version</th>")[1].split("</tr>")[0]
     assert f"{MODEL_2}</a> (serving)" in version_row and f"{MODEL_1}</a> (serving)" not in version_row
     assert html.count('<img class="plot"') == 4
+    # the same comparison whichever order the runs are named in: older first, the change to the newer
+    assert page(client, f"/compare?run={second}&run={first}") == html
     assert page(client, f"/compare?run={first}", status=400)
+    assert page(client, f"/compare?run={first}&run={first}", status=400)
     assert page(client, f"/compare?run={first}&run=20990101T000000000000Z-nope", status=404)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from flask import Flask, Response, abort, render_template, request
+from flask import Flask, Response, abort, g, render_template, request
 
 from branchops.errors import BadArgument, BranchopsError, NotFound
 from branchops.ui.views import Dashboard
@@ -23,7 +23,17 @@ DEFAULT_PORT = 8470
 
 def create_app(repo_path: str) -> Flask:
     app = Flask(__name__)  # templates/ and static/ beside this module, shipped as package data
-    dashboard = Dashboard(repo_path)
+    shared = Dashboard(repo_path)
+
+    class CurrentDashboard:
+        """The request's own view of the repository (``Dashboard.fresh``), made on first use."""
+
+        def __getattr__(self, name: str) -> Any:
+            if "dashboard" not in g:
+                g.dashboard = shared.fresh()
+            return getattr(g.dashboard, name)
+
+    dashboard = CurrentDashboard()
 
     def page_number() -> int:
         value = request.args.get("page", "1")
@@ -59,7 +69,7 @@ def create_app(repo_path: str) -> Flask:
     @app.get("/compare")
     def compare() -> str:
         run_ids = request.args.getlist("run")
-        if len(run_ids) < 2:
+        if len(set(run_ids)) < 2:
             abort(400, "select at least two training runs to compare")
         return render_template("compare.html", **dashboard.compare(run_ids))
 
@@ -99,7 +109,7 @@ def serve(
 
     app = create_app(repo_path)
     # read the configuration now, so that a repository without one fails here and not on the first page
-    app.config["DASHBOARD_MODEL"] = Dashboard(repo_path).config.serving.model_name
+    Dashboard(repo_path).config
     try:
         server = create_server(app, host=host, port=port, threads=4)
     except OSError as exc:  # the port is taken, or the address is not one of this machine's

@@ -11,7 +11,7 @@ from typing import Any
 
 from branchops import records
 
-NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 150, 58, 36, 16, 12
+NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 172, 58, 30, 16, 12
 
 
 def lineage_graph(chain: dict[str, Any], deploys: list[records.StoredRecord]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Pages read only what they show: a stage's page lists the folder once and reads o
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from dataclasses import dataclass
@@ -94,34 +95,73 @@ class Dashboard:
     def config(self):
         return working_config(self.repo)
 
+    def fresh(self) -> Dashboard:
+        """This dashboard for one request: the same repository and configuration, the branches' tips read
+        anew (once, on first use), so a page shows the branches as they are and reads them consistently."""
+        view = Dashboard(self.repo_path)
+        view.__dict__.update(repo=self.repo, config=self.config)
+        return view
+
+    @cached_property
+    def tips(self) -> dict[str, str | None]:
+        """Each stage's branch tip, from one ``git for-each-ref`` (not one git process per stage)."""
+        remote = self.config.git.remote
+        refs = {
+            stage: f"refs/remotes/{remote}/{self.config.branch_for(stage)}"
+            if remote
+            else f"refs/heads/{self.config.branch_for(stage)}"
+            for stage in STAGES
+        }
+        listing = self.repo.git.for_each_ref("--format=%(refname) %(objectname)", *refs.values())
+        found = dict(line.split(" ", 1) for line in listing.splitlines())
+        return {stage: found.get(ref) for stage, ref in refs.items()}
+
     def tip(self, stage: str) -> str | None:
-        # read on every request: the dashboard shows the branches as they are, not as they were at start
-        return gitops.branch_tip(self.repo, self.config.branch_for(stage), self.config.git.remote)
+        return self.tips[stage]
+
+    @cached_property
+    def _histories(self) -> dict[str, records.StageHistory]:
+        return {}
 
     def history(self, stage: str) -> records.StageHistory:
+        """The stage's records folder, listed once per request."""
         if stage not in STAGES:
             raise NotFound(f"no stage '{stage}' (stages: {', '.join(STAGES)})")
-        return records.stage_history(self.repo, self.tip(stage), stage)
+        if stage not in self._histories:
+            self._histories[stage] = records.stage_history(self.repo, self.tip(stage), stage)
+        return self._histories[stage]
 
     # -- pages --------------------------------------------------------------------------------------
 
     def overview(self) -> dict[str, Any]:
+        histories = {stage: self.history(stage) for stage in STAGES}
+        newest = {stage: list(reversed(h.run_ids))[:RECENT] for stage, h in histories.items()}
+        # every stage's newest records in one git process
+        specs = [
+            f"{histories[stage].folders[r]}:{records.RECORD_FILE}" for stage in STAGES for r in newest[stage]
+        ]
+        blobs = iter(records._cat_files(self.repo, specs))
         stages = []
         for stage in STAGES:
-            history = self.history(stage)
-            newest = list(reversed(history.run_ids))[:RECENT]
+            found = [
+                records.StoredRecord(stage, r, f"{records.record_dir(stage, r)}/{records.RECORD_FILE}", raw)
+                for r, raw in ((r, next(blobs)) for r in newest[stage])
+                if raw is not None
+            ]
             stages.append(
                 {
                     "stage": stage,
                     "branch": self.config.branch_for(stage),
-                    "count": len(history.run_ids),
-                    "runs": [run_row(r) for r in history.read(newest)],
+                    "count": len(histories[stage].run_ids),
+                    "runs": [run_row(r) for r in found],
+                    "records": found,
                 }
             )
+        deploys = stages[-1]["records"]
         return {
             "stages": stages,
             "empty": not any(s["count"] for s in stages),
-            "serving": self.serving_now(),
+            "serving": self.serving_now(deploys),
         }
 
     def stage_page(self, stage: str, page: int = 1) -> dict[str, Any]:
@@ -209,6 +249,8 @@ class Dashboard:
         parameters, the configured metrics with their intervals, the gate's verdict, plots."""
         from branchops import experiments
 
+        # oldest first (run ids begin with their start time), so that a change reads from older to newer
+        run_ids = sorted(set(run_ids))
         history = self.history("training")
         missing = [r for r in run_ids if r not in history.folders]
         if missing:
@@ -274,12 +316,15 @@ class Dashboard:
             )
         return experiments.Serving()
 
-    def serving_now(self) -> dict[str, Any] | None:
+    def serving_now(self, newest: list[records.StoredRecord] | None = None) -> dict[str, Any] | None:
         """What the newest deploy-model run left serving (the TF Serving label ``stable``) and the canary
         steps its rollout went through; and, when the local model server is running, its live labels and
         canary weight (a canary lives only while a rollout runs: a finished run promoted or rolled back)."""
         history = self.history("deploy-model")
-        for stored in history.newest_first(batch=4):
+        # the newest records already read first (the overview's), the older ones only if none deployed
+        already = {r.run_id for r in newest or []}
+        older = (r for r in history.newest_first(batch=4) if r.run_id not in already)
+        for stored in itertools.chain(newest or [], older):
             deployment = stored.deploy_outputs.deployment
             if deployment is None:
                 continue
