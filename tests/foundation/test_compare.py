@@ -20,6 +20,7 @@ from branchops.stages import training
 from tests.foundation import record_history as history
 from tests.foundation import training_records as tr
 from tests.foundation.conftest import Project
+from tests.foundation.test_cli_schemas import check
 
 RUN0, RUN1, RUN2 = (history.run_id(i) for i in range(3))
 
@@ -37,6 +38,7 @@ def diff(project: Project, *args: str, expect: int = 0) -> dict:
 
 def test_by_default_the_latest_run_against_what_is_serving(runs):
     found = diff(runs)
+    check("metrics_diff", found)  # docs/cli.md
     assert (found["a"]["run_id"], found["a"]["experiment"], found["a"]["label"]) == (RUN1, "wide", "serving")
     assert (found["b"]["run_id"], found["b"]["experiment"], found["b"]["label"]) == (RUN2, "wide", "latest")
     changes = {c["metric"]: c for c in found["metrics"]}
@@ -109,6 +111,7 @@ def test_plots_diff_overlays_learning_curves_and_roc_in_a_png(runs, tmp_path):
 
     output = tmp_path / "out" / "diff.png"
     written = json.loads(runs.run("plots", "diff", "-o", str(output), "--json").stdout)
+    check("plots_diff", written)  # docs/cli.md
     assert written["written"] == str(output)
     assert written["plotted"]["roc"] == ["serving", "latest"]
     assert written["plotted"]["learning_curves"] == [
@@ -209,6 +212,7 @@ def test_tensorboard_opens_the_runs_event_files_side_by_side(runs):
         (RUN1, "deep"),
         (RUN2, "wide"),
     ]
+    check("tensorboard", found)  # docs/cli.md
     spec = found["command"][found["command"].index("--logdir_spec") + 1]
     assert spec.split(",")[0] == f"{RUN1}/wide:{first}" and spec.split(",")[2] == f"{RUN2}/wide:{second}"
     printed = runs.run("tensorboard", RUN1, "--dry-run").stdout

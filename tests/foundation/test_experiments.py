@@ -14,6 +14,7 @@ from branchops import experiments
 from tests.foundation import record_history as history
 from tests.foundation import training_records as tr
 from tests.foundation.conftest import Project
+from tests.foundation.test_cli_schemas import check
 
 RUN0, RUN1, RUN2 = (history.run_id(i) for i in range(3))
 
@@ -31,6 +32,7 @@ def show(project: Project, *args: str, expect: int = 0) -> dict:
 
 def test_every_experiment_of_every_run_with_params_metrics_intervals_gate_and_serving(runs):
     table = show(runs)
+    check("exp_show", table)  # docs/cli.md
     rows = {(row["run_id"], row["experiment"]): row for row in table["rows"]}
     assert list(rows) == [(r, e) for r in (RUN0, RUN1, RUN2) for e in ("wide", "deep")]
     assert table["metrics"] == ["accuracy", "roc_auc"]  # training.metrics
@@ -142,7 +144,9 @@ def test_all_branches_adds_the_runs_only_other_branches_hold(runs):
 
 
 def test_a_repository_without_runs_says_so(project):
-    assert show(project)["rows"] == []
+    empty = show(project)
+    assert empty["rows"] == [] and empty["serving"]["version"] is None
+    check("exp_show", empty)
     assert "no training runs yet" in project.run("exp", "show").stdout
 
 
