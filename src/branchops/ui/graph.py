@@ -64,7 +64,7 @@ def lineage_graph(chain: dict[str, Any], deploys: list[records.StoredRecord]) ->
                 "id": node_id,
                 "kind": "rollback" if rolled_back or rollback_to else "deploy",
                 "title": "rolled back" if rolled_back else ("rollback to it" if rollback_to else "deployed"),
-                "line1": f"{before} → {after}",
+                "line1": f"{'nothing' if before is None else before} → {after}",
                 "line2": stored.run_id[:20],
                 "href": _run_link("deploy-model", stored.run_id),
             }
@@ -115,5 +115,5 @@ def render_svg(graph: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _fit(text: str, width: int = 22) -> str:
+def _fit(text: str, width: int = 24) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"

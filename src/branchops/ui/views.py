@@ -65,16 +65,22 @@ def run_row(stored: records.StoredRecord) -> dict[str, Any]:
     }
 
 
-def _metric_cells(metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """Metrics as table cells: numbers as they are, an interval or a per-baseline verdict as compact text."""
-    cells = {}
-    for name, value in redact(metrics or {}).items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}: {_short(v)}" for k, v in value.items())
-        elif isinstance(value, list):
-            value = "[" + ", ".join(_short(v) for v in value) + "]"
-        cells[name] = value
-    return cells
+def _metric_cells(metrics: dict[str, Any] | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """A run's metrics.json split for a page: the scalar metrics as table cells (with their interval, when
+    the run reports one), and the structured rest (curves, baselines, folds) to show folded away."""
+    metrics = redact(metrics or {})
+    intervals = metrics.get("intervals") if isinstance(metrics.get("intervals"), dict) else {}
+    cells, details = {}, {}
+    for name, value in metrics.items():
+        if isinstance(value, (dict, list)):
+            details[name] = value
+            continue
+        cell = _short(value)
+        interval = intervals.get(name)
+        if isinstance(interval, dict) and "low" in interval and "high" in interval:
+            cell += f" [{_short(interval['low'])}, {_short(interval['high'])}]"
+        cells[name] = cell
+    return cells, details
 
 
 def _short(value: Any) -> str:
@@ -219,7 +225,8 @@ class Dashboard:
                 "error": e.error,
                 "duration_s": e.duration_s,
                 "params": redact(e.params),
-                "metrics": _metric_cells(e.metrics),
+                "metrics": (split := _metric_cells(e.metrics))[0],
+                "metric_details": split[1],
                 "model_version": e.model.version if e.model else None,
                 "plots": [p for p in plots if p.startswith(f"{e.experiment}/")],
                 "best": bool(outputs.best and outputs.best.experiment == e.experiment),
