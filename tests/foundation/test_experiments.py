@@ -74,6 +74,11 @@ def test_a_rollback_leaves_the_older_model_serving(runs):
     )
     table = show(runs)
     assert [(r["run_id"], r["experiment"]) for r in table["rows"] if r["serving"]] == [(RUN1, "wide")]
+    # the version the rollout left serving, not the one it released
+    assert (table["serving"]["version"], table["serving"]["outcome"]) == (
+        history.FIRST_VERSION + 1,
+        "rolled_back",
+    )
     tr.write(runs.path, "deploy-model", [tr.deploy_run(2, 2)])
     table = show(runs)
     assert [(r["run_id"], r["experiment"]) for r in table["rows"] if r["serving"]] == [(RUN2, "wide")]
@@ -86,6 +91,11 @@ def test_filter_and_sort(runs):
         (RUN1, "wide"),
         (RUN1, "deep"),
     ]
+    # a row without the column (the failed experiment has no roc_auc) is not kept
+    measured = show(runs, "--filter", "roc_auc>0")
+    assert len(measured["rows"]) == 5 and (RUN2, "deep") not in {
+        (r["run_id"], r["experiment"]) for r in measured["rows"]
+    }
     ascending = show(runs, "--filter", "units=64", "--sort", "metrics.accuracy", "--ascending")
     assert [r["run_id"] for r in ascending["rows"]] == [RUN0, RUN1]
     serving = show(runs, "--filter", "serving=true")
