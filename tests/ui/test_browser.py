@@ -144,8 +144,8 @@ def test_main_pages_in_chromium(browser, dashboard, artifacts: Path, capsys) -> 
         assert run_id in table.text
     roc = table.find_element(By.CSS_SELECTOR, "tr[data-metric=roc_auc]").text
     assert "0.58" in roc and "0.63" in roc and "+0.05" in roc
-    plots = images_decoded(browser)
-    assert len(plots) == 4 and all(width > 0 for _, width in plots), plots
+    plots = images_decoded(browser)  # each run's two, and both runs' curves overlaid
+    assert len(plots) == 5 and all(width > 0 for _, width in plots), plots
     shots.append(screenshot(browser, artifacts, "compare"))
 
     with capsys.disabled():

@@ -122,7 +122,12 @@ def test_comparison_of_two_runs_shows_parameters_metrics_and_the_change(client, 
     # the second run made model 2, which serves now
     version_row = table.split("<th>model version</th>")[1].split("</tr>")[0]
     assert f"{MODEL_2}</a> (serving)" in version_row and f"{MODEL_1}</a> (serving)" not in version_row
-    assert html.count('<img class="plot"') == 4
+    assert html.count('<img class="plot"') == 4  # each run's two plots
+    # and both runs' curves overlaid, drawn as `branchops plots diff` draws them
+    overlay = re.search(r'<img class="plot overlay" alt="[^"]+" src="([^"]+)"', html).group(1)
+    image = client.get(overlay.replace("&amp;", "&"))
+    assert image.status_code == 200 and image.data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert client.get(f"/compare/curves.png?run={first}").status_code == 400
     # the same comparison whichever order the runs are named in: older first, the change to the newer
     assert page(client, f"/compare?run={second}&run={first}") == html
     assert page(client, f"/compare?run={first}", status=400)

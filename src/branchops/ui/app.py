@@ -73,6 +73,13 @@ def create_app(repo_path: str) -> Flask:
             abort(400, "select at least two training runs to compare")
         return render_template("compare.html", **dashboard.compare(run_ids))
 
+    @app.get("/compare/curves.png")
+    def compare_curves() -> Response:
+        run_ids = request.args.getlist("run")
+        if len(set(run_ids)) != 2:
+            abort(400, "overlaid curves compare exactly two training runs")
+        return Response(dashboard.compare_curves(run_ids), mimetype="image/png")
+
     @app.get("/favicon.ico")
     def favicon() -> Response:
         return app.send_static_file("favicon.svg")

@@ -6,6 +6,7 @@ Pages read only what they show: a stage's page lists the folder once and reads o
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import re
@@ -299,11 +300,27 @@ class Dashboard:
             )
         return {
             "runs": columns,
+            # plots diff's overlay needs matplotlib (the train extra), which the dashboard alone does not
+            "curves": len(columns) == 2 and importlib.util.find_spec("matplotlib") is not None,
             "params": [
                 {"name": p, "values": [column["params"].get(p) for column in columns]} for p in params
             ],
             "metrics": metric_rows,
         }
+
+    def compare_curves(self, run_ids: list[str]) -> bytes:
+        """Two runs' learning and ROC curves overlaid in one PNG, as ``branchops plots diff`` draws them."""
+        import tempfile
+        from pathlib import Path
+
+        from branchops import compare
+
+        older, newer = sorted(set(run_ids))
+        result = compare.diff(self.repo_path, older, newer)
+        with tempfile.TemporaryDirectory(prefix="branchops-ui-") as folder:
+            image = Path(folder) / "curves.png"
+            compare.plot(result, image)
+            return image.read_bytes()
 
     def _serving_for_experiments(self):
         """``experiments.Serving`` from the newest deployment: its release names the training run."""
