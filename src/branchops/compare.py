@@ -190,8 +190,28 @@ def resolve(repo: git.Repo, config, spec: str) -> Side:
     raise NotFound(f"'{key}' is not a training run, a branch or a commit (nor serving/latest)")
 
 
+def _served_before(repo: git.Repo, config) -> records.StoredRecord | None:
+    """The training run whose model served before the serving one: the ``before`` of the newest deployment
+    that brought the serving version in."""
+    training_tip, deploy_tip = _tips(repo, config)
+    serving = serving_now(repo, deploy_tip, training_tip)
+    for rec in records.stage_history(repo, deploy_tip, DEPLOY).newest_first():
+        deployment = rec.deploy_outputs.deployment
+        if (
+            deployment
+            and deployment.after == serving.version
+            and deployment.before not in (None, serving.version)
+        ):
+            for candidate in records.stage_history(repo, training_tip, TRAINING).newest_first():
+                if candidate.read_as(records.TrainingVersionView).model_version == deployment.before:
+                    return candidate
+            return None
+    return None
+
+
 def diff(repo_path: str, a: str | None = None, b: str | None = None) -> MetricsDiff:
-    """B against A; by default the latest run (B) against what is serving (A)."""
+    """B against A; by default the latest run (B) against what is serving (A), and when the latest run is
+    the one serving, against the model it replaced."""
     from branchops.project import working_config
 
     repo = gitops.open_repo(repo_path)
@@ -199,6 +219,10 @@ def diff(repo_path: str, a: str | None = None, b: str | None = None) -> MetricsD
     if a is not None and b is None:  # one side given: it against what is serving
         a, b = None, a
     left, right = resolve(repo, config, a or "serving"), resolve(repo, config, b or "latest")
+    if a is None and b is None and left.run_id == right.run_id:
+        previous = _served_before(repo, config)
+        if previous is not None:
+            left, right = _side("served before", previous, None), resolve(repo, config, "serving")
     names = list(config.training.metrics)
     params = {
         name: (left.params.get(name), right.params.get(name))

@@ -66,6 +66,14 @@ def test_by_default_the_latest_run_against_what_is_serving(runs):
     assert "units: 64 -> 128" in text
 
 
+def test_when_the_latest_run_is_serving_by_default_against_the_model_it_replaced(runs):
+    tr.write(runs.path, "deploy-model", [tr.deploy_run(1, 2, before=history.FIRST_VERSION + 1)])
+    found = diff(runs)
+    assert (found["a"]["label"], found["a"]["run_id"]) == ("served before", RUN1)
+    assert (found["b"]["label"], found["b"]["run_id"]) == ("serving", RUN2)
+    assert next(c for c in found["metrics"] if c["metric"] == "roc_auc")["change"] == pytest.approx(0.02)
+
+
 def test_sides_by_run_commit_branch_and_experiment(runs):
     by_run = diff(runs, RUN0[:20], f"{RUN1}:deep")
     assert (by_run["a"]["run_id"], by_run["a"]["experiment"]) == (RUN0, "wide")

@@ -100,7 +100,9 @@ def training_run(
     )
 
 
-def deploy_run(i: int, training_i: int, outcome: str = "deployed", after: int | None = None) -> DeployRun:
+def deploy_run(
+    i: int, training_i: int, outcome: str = "deployed", after: int | None = None, before: int | None = None
+) -> DeployRun:
     """deploy-model run ``i`` releasing training run ``training_i``'s model; rolled back: ``after`` is the
     version left serving."""
     version = history.FIRST_VERSION + training_i
@@ -123,6 +125,7 @@ def deploy_run(i: int, training_i: int, outcome: str = "deployed", after: int | 
                 model="djia",
                 version=version,
                 outcome=outcome,
+                before=before,
                 after=version if after is None else after,
                 ok=outcome != "rolled_back",
             ),
