@@ -687,7 +687,8 @@ def metrics() -> None:
 
 _SIDES_HELP = (
     "A and B: a training run id (or prefix), a branch, a commit, 'serving' or 'latest', each optionally "
-    "':EXPERIMENT' (default: the run's best). Default: the latest run (B) against what is serving (A)."
+    "':EXPERIMENT' (default: the run's best). Default: the latest run (B) against what is serving (A), or, "
+    "when the latest run is serving, against the model it replaced."
 )
 
 
