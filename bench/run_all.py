@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["workflow", "components", "model", "compile", "build", "snapshot", "serving", "history"]
+ORDER = ["workflow", "components", "model", "compile", "build", "snapshot", "serving", "history", "ui"]
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Pages read only what they show: a stage's page lists the folder once and reads o
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import logging
@@ -86,6 +87,22 @@ def _metric_cells(metrics: dict[str, Any] | None) -> tuple[dict[str, str], dict[
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# Drawing the figure takes most of a second; a pair of runs always draws the same one (records are
+# append-only: a run's record never changes), so the dashboard draws each pair once.
+@functools.lru_cache(maxsize=32)
+def overlaid_curves(repo_path: str, older: str, newer: str) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    from branchops import compare
+
+    result = compare.diff(repo_path, older, newer)
+    with tempfile.TemporaryDirectory(prefix="branchops-ui-") as folder:
+        image = Path(folder) / "curves.png"
+        compare.plot(result, image)
+        return image.read_bytes()
 
 
 @dataclass
@@ -310,17 +327,9 @@ class Dashboard:
 
     def compare_curves(self, run_ids: list[str]) -> bytes:
         """Two runs' learning and ROC curves overlaid in one PNG, as ``branchops plots diff`` draws them."""
-        import tempfile
-        from pathlib import Path
-
-        from branchops import compare
-
         older, newer = sorted(set(run_ids))
-        result = compare.diff(self.repo_path, older, newer)
-        with tempfile.TemporaryDirectory(prefix="branchops-ui-") as folder:
-            image = Path(folder) / "curves.png"
-            compare.plot(result, image)
-            return image.read_bytes()
+        self.compare([older, newer])  # both must be training runs on the branch (NotFound otherwise)
+        return overlaid_curves(self.repo_path, older, newer)
 
     def _serving_for_experiments(self):
         """``experiments.Serving`` from the newest deployment: its release names the training run."""

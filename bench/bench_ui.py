@@ -1,0 +1,187 @@
+"""Benchmark: the pages of `branchops ui` on a repository of 1,000 records per stage, beside `status`.
+
+The repository is bench_history's (each of the four stage branches holds N records: training run i made
+model version i from pipeline upload i and build i, deploy-model run i deployed it; one fast-import per
+branch, packed). The dashboard runs as a user starts it, `branchops ui --port 0` in its own process, and
+each page is fetched over HTTP (a new connection each time, as a browser's first visit) after one warm-up
+fetch. Baseline, in the same run: `branchops status --json` in process through the CLI entry, as
+bench_history measures it (the newest record of each stage), and `lineage --json` of the same version the
+model page shows.
+
+    python bench/bench_ui.py [--sizes 0 1000] [--runs 7]
+
+Writes bench/results/ui.md. Goal (issue 17, item 4): every page under 0.5 s at 1,000 records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_history import FIRST_VERSION, ROOT, make_project, run_id, timed_cli  # noqa: E402
+
+SIZES = (0, 1000)
+GOAL_S = 0.5
+IMAGE = "image: the comparison's overlaid curves (PNG)"  # loads after its page, which shows at once
+
+
+def pages(count: int, fetch: int = 0) -> dict[str, str]:
+    """Page name -> path (``fetch``: which fetch this is, so that a first draw is a new pair each time).
+    With no records only the pages that exist then."""
+    found = {"overview": "/", "training runs (page 1)": "/stages/training", "model versions": "/models"}
+    if count:
+        latest, first = count - 1, 0
+        found |= {
+            "training run": f"/runs/training/{run_id(latest)}",
+            "deploy-model run": f"/runs/deploy-model/{run_id(latest)}",
+            "lineage graph, latest version": f"/models/{FIRST_VERSION + latest}",
+            "lineage graph, first version (every training record read)": f"/models/{FIRST_VERSION + first}",
+            "comparison of two runs": f"/compare?run={run_id(latest - 1)}&run={run_id(latest)}",
+            # the image the comparison page embeds: plots diff's matplotlib figure, drawn once per pair
+            IMAGE
+            + ", a pair drawn before": f"/compare/curves.png?run={run_id(latest - 1)}&run={run_id(latest)}",
+            IMAGE
+            + ", first draw of a pair": f"/compare/curves.png?run={run_id(fetch + 1)}&run={run_id(latest)}",
+            "training runs, last page": f"/stages/training?page={-(-count // 50)}",
+        }
+    return found
+
+
+class Dashboard:
+    def __init__(self, repo: Path):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "branchops.cli", "-C", str(repo), "ui", "--port", "0", "--json"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )
+        lines = []
+        for line in self.process.stdout:
+            lines.append(line)
+            if line.rstrip() == "}":
+                break
+        self.url = json.loads("".join(lines))["url"].rstrip("/")
+
+    def fetch(self, path: str) -> float:
+        start = time.perf_counter()
+        with urllib.request.urlopen(self.url + path, timeout=60) as response:
+            body = response.read()
+            if response.status != 200 or not body:
+                raise SystemExit(f"{path}: HTTP {response.status}")
+        return time.perf_counter() - start
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def measure(root: Path, count: int, runs: int) -> dict[str, list[float]]:
+    t0 = time.perf_counter()
+    repo = make_project(root, count)
+    print(f"{count} records per stage: built in {time.perf_counter() - t0:.1f} s", flush=True)
+    dashboard = Dashboard(repo)
+    times: dict[str, list[float]] = {}
+    try:
+        baseline = {"`status --json` (baseline)": ("status", "--json")}
+        if count:
+            baseline["`lineage --json` of the latest version (baseline)"] = (
+                "lineage",
+                str(FIRST_VERSION + count - 1),
+                "--json",
+            )
+        timed_cli(repo, "status")  # warm the file cache and the imports, as the server's warm-up fetch
+        for path in pages(count, fetch=0).values():
+            dashboard.fetch(path)
+        for fetch in range(1, runs + 1):
+            for name, path in pages(count, fetch).items():
+                times.setdefault(name, []).append(dashboard.fetch(path))
+            for name, args in baseline.items():
+                times.setdefault(name, []).append(timed_cli(repo, *args))
+    finally:
+        dashboard.stop()
+    print("  " + ", ".join(f"{n} {statistics.median(t) * 1000:.0f} ms" for n, t in times.items()), flush=True)
+    return times
+
+
+def report(results: dict[int, dict[str, list[float]]], runs: int, sizes: list[int]) -> list[str]:
+    names = list(dict.fromkeys(name for times in results.values() for name in times))
+    lines = [
+        "## Dashboard pages (`bench/bench_ui.py`)",
+        "",
+        f"Median of {runs} fetches per page over HTTP from `branchops ui` (a new connection each, after "
+        f"one warm-up fetch); {os.cpu_count()} CPU cores (shared, 1-minute load average "
+        f"{os.getloadavg()[0]:.1f} at the end), {platform.machine()}, Python {platform.python_version()}. "
+        "The repository is bench_history's: N records on each of the four stage branches. Baselines in the "
+        "same run, in process through the CLI entry. "
+        f"`python bench/bench_ui.py --sizes {' '.join(map(str, sizes))} --runs {runs}`",
+        "",
+        "| page | " + " | ".join(f"{count:,} records per stage" for count in results) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
+    for name in names:
+        cells = [
+            f"{statistics.median(times[name]) * 1000:.0f} ms" if name in times else "—"
+            for times in results.values()
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if 1000 in results:
+        at_1000 = {n: statistics.median(t) for n, t in results[1000].items() if "baseline" not in n}
+        pages_at_1000 = {n: t for n, t in at_1000.items() if not n.startswith(IMAGE)}
+        slowest = max(pages_at_1000, key=pages_at_1000.get)
+        met = pages_at_1000[slowest] < GOAL_S
+        first_draw = at_1000.get(IMAGE + ", first draw of a pair")
+        lines += [
+            "",
+            f"- 1,000 records, the slowest page ({slowest}): {pages_at_1000[slowest]:.2f} s, goal < "
+            f"{GOAL_S:g} s for every page: **{'met' if met else 'not met'}**",
+            f"- the comparison's overlaid curves, the first time a pair is compared: {first_draw:.2f} s "
+            f"(goal < {GOAL_S:g} s: **{'met' if first_draw < GOAL_S else 'not met'}**; the comparison page "
+            "itself shows before it, and a pair drawn before is served from memory)",
+        ]
+    lines += [
+        "",
+        "Reading: each page lists the records folders it needs once and reads only the records it shows "
+        "(the overview the newest five per stage, a stage page fifty, a run page one, a comparison two), so "
+        "its cost does not grow with the history; the comparison's overlaid curves are `branchops plots "
+        "diff`'s matplotlib figure, drawn the first time a pair is compared and kept in memory after (the "
+        "import paid once, by the warm-up); the lineage graph is `branchops lineage` plus the "
+        "deploy-model records of that version, and the first version's is the worst case, as in "
+        "bench_history (every training record read newest first until the oldest).",
+        "",
+        "Raw times (s): "
+        + "; ".join(
+            f"{count}: " + ", ".join(f"{n} {[round(t, 3) for t in v]}" for n, v in times.items())
+            for count, times in results.items()
+        ),
+    ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "ui.md")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="branchops-bench-ui-") as tmp:
+        for count in args.sizes:
+            results[count] = measure(Path(tmp), count, args.runs)
+    lines = report(results, args.runs, args.sizes)
+    args.output.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
