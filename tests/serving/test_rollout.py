@@ -141,9 +141,9 @@ def test_canary_steps_through_weights_then_promotes(serving_v1, models):
 
 
 class StableWatcher:
-    """Records every version the stable server holds while a rollout runs. TF Serving answers a request
-    without version or label with the highest version it has loaded, so any version loaded there is one
-    ordinary clients can get."""
+    """Records every version the stable server was asked to load while a rollout runs (in any state: one
+    that failed to load stays listed, as END). TF Serving answers a request without version or label
+    with the highest version it has loaded, so any version loaded there is one ordinary clients can get."""
 
     def __init__(self, serving: LocalServing) -> None:
         self.client = serving.client()
@@ -158,7 +158,7 @@ class StableWatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             versions = self.client.health()["versions"]
-            self.seen |= {int(v) for v, s in versions.items() if s["state"] in ("LOADING", "AVAILABLE")}
+            self.seen |= {int(v) for v in versions}
             time.sleep(0.02)
 
     def __exit__(self, *exc) -> None:
