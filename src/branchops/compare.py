@@ -268,6 +268,8 @@ def render(result: MetricsDiff) -> str:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [f"A  {title(result.a)}", f"B  {title(result.b)}", ""]
+    if (result.a.run_id, result.a.experiment) == (result.b.run_id, result.b.experiment):
+        lines[2:] = ["A and B are the same run's experiment (no model served before it): nothing changed", ""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if result.params:
         lines += ["", "parameters that differ:"]
@@ -296,10 +298,10 @@ def plot(result: MetricsDiff, output: str | Path) -> dict[str, Any]:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     drawn: dict[str, list[str]] = {"learning_curves": [], "roc": []}
-    for side, colour in ((result.a, "tab:blue"), (result.b, "tab:orange")):
+    # the legends say A and B, the title what they are: run ids would crowd the panels out
+    for name, side, colour in (("A", result.a, "tab:blue"), ("B", result.b, "tab:orange")):
         curves = side.curves()
         learning = curves.get("learning") if isinstance(curves.get("learning"), dict) else {}
-        name = f"{side.label} ({side.experiment})"
         for ax, metric in zip(axes[:2], ("loss", "accuracy")):
             for key, style, part in ((metric, "-", "train"), (f"val_{metric}", "--", "validation")):
                 values = learning.get(key)
@@ -325,6 +327,15 @@ def plot(result: MetricsDiff, output: str | Path) -> dict[str, Any]:
             ax.legend(fontsize=7)
         else:  # a run recorded before metrics.json carried its curves
             ax.text(0.5, 0.5, "not recorded for these runs", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(
+        "\n".join(
+            f"{name}: {side.run_id} / {side.experiment}"
+            # what was asked for, when it was not the run itself (serving, latest, a branch, a commit)
+            + ("" if side.run_id.startswith(side.label.partition(":")[0]) else f" ({side.label})")
+            for name, side in (("A", result.a), ("B", result.b))
+        ),
+        fontsize=9,
+    )
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=100)

@@ -74,6 +74,13 @@ def test_when_the_latest_run_is_serving_by_default_against_the_model_it_replaced
     assert next(c for c in found["metrics"] if c["metric"] == "roc_auc")["change"] == pytest.approx(0.02)
 
 
+def test_the_first_deployed_run_against_itself_says_so(runs):
+    tr.write(runs.path, "deploy-model", [tr.deploy_run(1, 2)])  # run 2 deployed, nothing recorded before it
+    text = runs.run("metrics", "diff").stdout
+    assert f"A  serving: {RUN2}" in text and f"B  latest: {RUN2}" in text
+    assert "A and B are the same run's experiment (no model served before it): nothing changed" in text
+
+
 def test_sides_by_run_commit_branch_and_experiment(runs):
     by_run = diff(runs, RUN0[:20], f"{RUN1}:deep")
     assert (by_run["a"]["run_id"], by_run["a"]["experiment"]) == (RUN0, "wide")
