@@ -246,3 +246,22 @@ def test_serve_and_predict_on_kubernetes_say_what_they_can_do(cluster, tmp_path)
     assert document["expected_at_export"]["direction"] == [
         p["direction"] for p in document["response"]["predictions"]
     ]
+
+
+def test_the_shipped_service_is_the_one_the_backend_applies(cluster):
+    import yaml
+
+    from branchops.serving.kubernetes_manifests import render_manifests
+
+    serving = backend()
+    applied = spy(serving)
+    assert serving.deploy(release(1)).ok
+    sent = [o for o in applied if o["kind"] == "Service"]
+    shipped = [
+        o
+        for o in yaml.safe_load_all(render_manifests(serving.config)["tfserve.yaml"])
+        if o["kind"] == "Service"
+    ]
+    # Without Istio the canary pods must not be the Service's endpoints: the manifests say the same.
+    assert sent and shipped == sent[-1:]
+    assert shipped[0]["spec"]["selector"]["branchops.io/track"] == "stable"

@@ -295,13 +295,9 @@ class _KubernetesTracks(RolloutBackend):
 
     def _ensure_workload(self) -> None:
         """Deployment, Service, autoscaler, disruption budget (and Istio routing): created once, kept."""
-        service = self.objects.service()
-        if not self.objects.istio:
-            # Without Istio nothing weighs traffic: ordinary clients reach the stable pods only.
-            service["spec"]["selector"] = self.objects.selector("stable")
         objects = [
             self.objects.deployment(replicas=self.k8s.replicas),
-            service,
+            self.objects.service(),
             self.objects.autoscaler(),
             self.objects.disruption_budget(),
         ]

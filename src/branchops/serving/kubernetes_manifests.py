@@ -4,8 +4,8 @@ Validated strictly in CI and rendered into ``serving/tfserve/``: a ConfigMap wit
 (version policy ``specific`` + version labels) and ``monitoring.config``, the Deployment (TF Serving
 polls the config file and the file system), Service, HorizontalPodAutoscaler (autoscaling/v2),
 PodDisruptionBudget, the serving volume, and for canaries a second Deployment (track ``canary``) with
-Istio's DestinationRule/VirtualService weights when ``kubernetes.istio`` is true, or a replica ratio
-otherwise. Nothing here talks to a cluster (``branchops.k8s.client`` does).
+Istio's DestinationRule/VirtualService weights when ``kubernetes.istio`` is true; otherwise the Service
+selects the stable pods only and the canary answers the rollout's probes alone. Nothing here talks to a cluster (``branchops.k8s.client`` does).
 """
 
 from __future__ import annotations
@@ -223,14 +223,17 @@ class ObjectBuilder:
         }
 
     def service(self) -> dict[str, Any]:
-        # Selects both tracks: without Istio the canary's share is its share of the replicas.
+        # With Istio the DestinationRule's subsets split the Service's endpoints by track, so it selects
+        # both; without Istio nothing weighs traffic and TF Serving has no weights of its own, so
+        # ordinary clients reach the stable pods only (the canary answers the rollout's probes alone).
+        selector = self.selector() if self.istio else self.selector("stable")
         return {
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": self.meta(self.name),
             "spec": {
                 "type": "ClusterIP",
-                "selector": self.selector(),
+                "selector": selector,
                 "ports": [
                     {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
                     {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
