@@ -469,6 +469,9 @@ class ServingKubernetes(Strict):
         default="docker.io/tensorflow/serving:2.18.0",
         pattern=r"^[^\s:]+(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?$",
     )
+    # An image older than the TensorFlow that exported the model is a warning in the release's checks;
+    # true refuses the release instead (serving/compat.py says why it is not the default).
+    refuse_older_image: bool = False
     max_replicas: int = Field(default=6, ge=1)
     serving_volume_size: str = Field(default="10Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$")
 

@@ -42,14 +42,17 @@ def tensorflow_version(text: str) -> tuple[int, int, int] | None:
 
 
 def check_serving_image(
-    image: str, metadata: dict[str, Any], allow_older: bool = False
+    image: str, metadata: dict[str, Any], refuse_older: bool = False
 ) -> ServingCompatibility:
     """Whether TF Serving from ``image`` can be trusted to load a model with this export ``metadata``.
 
-    Refused when the image's release (major.minor) is older than the exporting TensorFlow's; with
-    ``allow_older`` that is only a warning in ``reason``. A model without ``tensorflow_version`` (exported
-    before it was recorded) or an image whose tag names no version cannot be compared: allowed, and
-    ``reason`` says so."""
+    An image whose release (major.minor) is older than the exporting TensorFlow's is a warning in
+    ``reason`` (allowed), and refused with ``refuse_older`` (``serving.kubernetes.refuse_older_image``):
+    TF Serving's releases trail TensorFlow's (none newer than 2.18 is published while training exports
+    with 2.21), so refusing by default would refuse every release; the rollout's load and smoke checks
+    still catch a model the server cannot load before any client sees it. A model without
+    ``tensorflow_version`` (exported before it was recorded) or an image whose tag names no version cannot
+    be compared: allowed, and ``reason`` says so."""
     exported = tensorflow_version(str(metadata.get("tensorflow_version") or ""))
     if exported is None:
         return ServingCompatibility(
@@ -69,4 +72,10 @@ def check_serving_image(
         f"{metadata['tensorflow_version']} that exported the model: it may not load it (ops or SavedModel "
         f"features it does not know); use a TF Serving image of {exported[0]}.{exported[1]} or newer"
     )
-    return ServingCompatibility(allow_older, reason)
+    if refuse_older:
+        return ServingCompatibility(False, f"{reason} (serving.kubernetes.refuse_older_image is true)")
+    return ServingCompatibility(
+        True,
+        f"warning: {reason}, or set serving.kubernetes.refuse_older_image: true to refuse such releases; "
+        "allowed, as the load and smoke checks run before any client is served",
+    )

@@ -248,9 +248,11 @@ class _KubernetesTracks(RolloutBackend):
     def check_runtime(self, meta: dict[str, Any]) -> Check:
         from branchops.serving.compat import check_serving_image
 
-        verdict = check_serving_image(self.k8s.image, meta)
+        verdict = check_serving_image(self.k8s.image, meta, refuse_older=self.k8s.refuse_older_image)
         if not verdict.ok:
             raise DeployFailed("serving image", verdict.reason)
+        if verdict.reason:
+            log.warning("serving image: %s", verdict.reason)
         return Check("serving image", True, verdict.reason or f"{self.k8s.image} loads what the export wrote")
 
     def _job_metadata(self, version: int) -> dict[str, Any] | None:
