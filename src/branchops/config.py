@@ -560,6 +560,31 @@ class BranchopsConfig(Strict):
             )
         return approvers
 
+    @model_validator(mode="after")
+    def _snapshots_in_the_serving_namespace(self) -> "BranchopsConfig":
+        """Kubernetes serving reads a release's model from a PVC cloned from its Trident VolumeSnapshot,
+        made in the serving namespace; a PVC's ``dataSource`` can only name a VolumeSnapshot in its own
+        namespace (cross-namespace sources need the alpha CrossNamespaceVolumeDataSource gate and a
+        ReferenceGrant, which Trident's provisioner is not set up for here). Said at load, not mid-rollout."""
+        if self.serving.backend != "kubernetes" or self.storage.backend != "trident":
+            return self
+        storage_ns, serving_ns = self.storage.trident.namespace, self.serving.kubernetes.namespace
+        if storage_ns == serving_ns:
+            return self
+        defaults = (
+            " (both are their defaults, which differ: set one of them)"
+            if "namespace" not in self.storage.trident.model_fields_set
+            and "namespace" not in self.serving.kubernetes.model_fields_set
+            else ""
+        )
+        raise ValueError(
+            f"storage.trident.namespace is '{storage_ns}' but serving.kubernetes.namespace is "
+            f"'{serving_ns}'{defaults}: with serving.backend 'kubernetes' and storage.backend 'trident' the "
+            "serving backend clones a model snapshot into a PVC in its own namespace, and a PVC's "
+            "dataSource can only name a VolumeSnapshot in that same namespace. Put both in one namespace "
+            f"(e.g. serving.kubernetes.namespace: {storage_ns})."
+        )
+
     @property
     def source(self) -> Path | None:
         return self._source

@@ -270,3 +270,31 @@ def test_stage_branches_must_exist_unless_offline(tmp_path):
     result = project.run("config", "validate", expect=3)
     assert "trainig" in result.output and "do not exist" in result.output
     project.run("config", "validate", "--offline")
+
+
+def test_kubernetes_serving_and_trident_snapshots_must_share_a_namespace():
+    # The serving backend clones a model snapshot into a PVC in its own namespace, and a PVC's
+    # dataSource names a VolumeSnapshot in that namespace only: said when the configuration is loaded.
+    both = "storage:\n  backend: trident\nserving:\n  backend: kubernetes\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(APPROVERS + both, "config/branchops.yaml")
+    message = str(err.value)
+    for fragment in (
+        "storage.trident.namespace is 'kubeflow-user'",
+        "serving.kubernetes.namespace is 'serving'",
+        "both are their defaults, which differ",
+        "serving.backend 'kubernetes' and storage.backend 'trident'",
+        "dataSource can only name a VolumeSnapshot in that same namespace",
+    ):
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+    chosen = "storage:\n  backend: trident\n  trident: {namespace: ml}\nserving:\n  backend: kubernetes\n"
+    with pytest.raises(ConfigError, match="'ml' but serving.kubernetes.namespace is 'serving': ") as err:
+        parse_config(APPROVERS + chosen, "config/branchops.yaml")
+    assert "defaults" not in str(err.value)
+    agreed = parse_config(
+        APPROVERS + both + "  kubernetes: {namespace: kubeflow-user}\n", "config/branchops.yaml"
+    )
+    assert agreed.serving.kubernetes.namespace == agreed.storage.trident.namespace
+    # Only that pair clones snapshots: either backend alone keeps its own namespace.
+    parse_config(APPROVERS + "storage:\n  backend: trident\nserving:\n  backend: local\n", "c.yaml")
+    parse_config(APPROVERS + "serving:\n  backend: kubernetes\n", "c.yaml")

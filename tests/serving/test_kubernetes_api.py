@@ -851,28 +851,6 @@ def test_a_clone_smaller_than_the_restore_size_or_from_another_namespace_never_b
     assert 'volumesnapshots.snapshot.storage.k8s.io "djia-models-run4" not found' in reasons["tfserve-src-4"]
 
 
-def test_a_configuration_whose_snapshots_live_in_another_namespace_is_refused():
-    from branchops.errors import ConfigError
-    from branchops.serving.kubernetes_manifests import check_snapshot_namespace
-
-    def config(storage_ns: str, serving_ns: str) -> BranchopsConfig:
-        return BranchopsConfig.model_validate(
-            {
-                "approvers": {s: ["lead"] for s in STAGES},
-                "storage": {"backend": "trident", "trident": {"namespace": storage_ns}},
-                "serving": {
-                    "backend": "kubernetes",
-                    "model_name": "djia",
-                    "kubernetes": {"namespace": serving_ns},
-                },
-            }
-        )
-
-    with pytest.raises(ConfigError, match="storage.trident.namespace is 'kubeflow-user' but serving"):
-        check_snapshot_namespace(config("kubeflow-user", "serving"))
-    check_snapshot_namespace(config("ml", "ml"))
-
-
 def test_a_pod_whose_readiness_probe_fails_takes_no_traffic(api, kube, objects):
     em = kube.emulator
     model_configs(api, objects)

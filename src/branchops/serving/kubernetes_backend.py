@@ -46,7 +46,6 @@ from branchops.serving.kubernetes_manifests import (  # noqa: F401  (some re-exp
     STATE_ANNOTATION,
     ObjectBuilder,
     canary_replicas,
-    check_snapshot_namespace,
     model_config_visible_within_s,
     render_manifests,
     render_models_config,
@@ -143,8 +142,6 @@ class KubernetesServing(Serving):
             raise ConfigError(
                 f"the release serves model '{release.model}' but serving.model_name is '{self.model_name}'"
             )
-        if release.source.snapshot:
-            check_snapshot_namespace(self.config)
         return Rollout(_KubernetesTracks(self), self.model_name, self.rollout).deploy(
             release, None, release.strategy_or(self.rollout.strategy)
         )

@@ -325,8 +325,8 @@ class ObjectBuilder:
     def source_clone(self, snapshot: str, version: int, restore_size: str | None = None) -> dict[str, Any]:
         """A PVC cloned from the model snapshot, read by the copy Job (Trident clones cost no copy).
 
-        A PVC's ``dataSource`` names a VolumeSnapshot in the PVC's own namespace (see
-        :func:`check_snapshot_namespace`), and a claim smaller than the snapshot's ``status.restoreSize``
+        A PVC's ``dataSource`` names a VolumeSnapshot in the PVC's own namespace (the configuration is
+        refused at load when Trident's namespace is not the serving one: ``BranchopsConfig``), and a claim smaller than the snapshot's ``status.restoreSize``
         is never provisioned: give ``restore_size`` (``KubeApi.snapshot_restore_size``)."""
         return {
             "apiVersion": "v1",
@@ -417,27 +417,6 @@ class ObjectBuilder:
         if self.istio:
             objects += [self.destination_rule(), self.virtual_service(0)]
         return objects
-
-
-def check_snapshot_namespace(config: BranchopsConfig) -> None:
-    """Refuse a configuration whose model snapshots the serving backend cannot clone.
-
-    The copy Job reads a model version from a PVC cloned from its VolumeSnapshot, made in the serving
-    namespace; a PVC's ``dataSource`` can only name a VolumeSnapshot in its own namespace (cross-namespace
-    sources need the alpha CrossNamespaceVolumeDataSource gate and a ReferenceGrant, which Trident's
-    provisioner is not set up for here), so Trident's snapshots must live in the serving namespace."""
-    from branchops.errors import ConfigError
-
-    if config.serving.backend != "kubernetes" or config.storage.backend != "trident":
-        return
-    storage_ns, serving_ns = config.storage.trident.namespace, config.serving.kubernetes.namespace
-    if storage_ns != serving_ns:
-        raise ConfigError(
-            f"storage.trident.namespace is '{storage_ns}' but serving.kubernetes.namespace is "
-            f"'{serving_ns}': "
-            "the serving backend clones a model snapshot into a PVC in its own namespace, and a PVC's "
-            "dataSource can only name a VolumeSnapshot in that same namespace. Put both in one namespace."
-        )
 
 
 def canary_replicas(stable_replicas: int, weight: int) -> int:
