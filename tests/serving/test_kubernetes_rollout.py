@@ -265,3 +265,26 @@ def test_the_shipped_service_is_the_one_the_backend_applies(cluster):
     # Without Istio the canary pods must not be the Service's endpoints: the manifests say the same.
     assert sent and shipped == sent[-1:]
     assert shipped[0]["spec"]["selector"]["branchops.io/track"] == "stable"
+
+
+def test_a_release_from_a_snapshot_larger_than_the_serving_volume_gets_a_clone_that_binds(cluster):
+    from tests.serving.test_kubernetes_api import ready_snapshot
+
+    serving = backend()  # serving_volume_size: 10Gi
+    assert serving.k8s.serving_volume_size == "10Gi"
+    ready_snapshot(cluster, NS, "djia-models-run1", "20Gi")
+    snapshot_release = Release.model_validate(
+        {
+            "model": MODEL,
+            "version": 1,
+            "strategy": "rolling",
+            "source": {"snapshot": "djia-models-run1", "path": f"{MODEL}/1"},
+        }
+    )
+    result = serving.deploy(snapshot_release)
+    assert result.outcome == "deployed", result.reason
+    # A claim requesting less than the snapshot's restoreSize would stay Pending and the copy never run.
+    claim = cluster.get("persistentvolumeclaims", NS, "tfserve-src-1")
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert claim["spec"]["dataSource"]["name"] == "djia-models-run1"
+    assert (claim["status"]["phase"], claim["status"]["capacity"]["storage"]) == ("Bound", "20Gi")
