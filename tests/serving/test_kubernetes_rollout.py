@@ -267,24 +267,59 @@ def test_the_shipped_service_is_the_one_the_backend_applies(cluster):
     assert shipped[0]["spec"]["selector"]["branchops.io/track"] == "stable"
 
 
-def test_a_release_from_a_snapshot_larger_than_the_serving_volume_gets_a_clone_that_binds(cluster):
+def ready_snapshot_for(cluster: ServingKubeEmulator, name: str) -> None:
+    """A model snapshot in the serving namespace as Trident leaves it: ready, restoreSize 20Gi."""
     from tests.serving.test_kubernetes_api import ready_snapshot
 
-    serving = backend()  # serving_volume_size: 10Gi
-    assert serving.k8s.serving_volume_size == "10Gi"
-    ready_snapshot(cluster, NS, "djia-models-run1", "20Gi")
-    snapshot_release = Release.model_validate(
+    ready_snapshot(cluster, NS, name, "20Gi")
+
+
+def snapshot_release(version: int, snapshot: str) -> Release:
+    return Release.model_validate(
         {
             "model": MODEL,
-            "version": 1,
+            "version": version,
             "strategy": "rolling",
-            "source": {"snapshot": "djia-models-run1", "path": f"{MODEL}/1"},
+            "source": {"snapshot": snapshot, "path": f"{MODEL}/{version}"},
         }
     )
-    result = serving.deploy(snapshot_release)
+
+
+def test_a_release_from_a_snapshot_larger_than_the_serving_volume_gets_a_clone_that_binds(cluster):
+    serving = backend()  # serving_volume_size: 10Gi
+    assert serving.k8s.serving_volume_size == "10Gi"
+    ready_snapshot_for(cluster, "djia-models-run1")  # restoreSize 20Gi
+    result = serving.deploy(snapshot_release(1, "djia-models-run1"))
     assert result.outcome == "deployed", result.reason
     # A claim requesting less than the snapshot's restoreSize would stay Pending and the copy never run.
     claim = cluster.get("persistentvolumeclaims", NS, "tfserve-src-1")
     assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
     assert claim["spec"]["dataSource"]["name"] == "djia-models-run1"
     assert (claim["status"]["phase"], claim["status"]["capacity"]["storage"]) == ("Bound", "20Gi")
+
+
+def test_the_serving_role_grants_every_call_the_rollout_makes(cluster):
+    """jenkins/rbac/serving.yaml against what KubeApi really sends: a release from a snapshot (its
+    restoreSize read), a canary with Istio, a failed release rolled back, the status."""
+    from tests.storage.test_rbac_manifests import allowed, find
+
+    serving = backend(istio=True)
+    ready_snapshot_for(cluster, "djia-models-run1")
+    assert serving.deploy(snapshot_release(1, "djia-models-run1")).ok
+    assert serving.deploy(release(2, strategy="canary")).ok
+    assert serving.deploy(release(8)).outcome == "rolled_back"
+    serving.status()
+
+    role = find("Role", "branchops-serving", NS)
+    # The emulator records a proxied call as "proxy" (GET for status, POST for :predict) and a
+    # subresource read as "status" / "log": in RBAC's terms these are get and create, and get.
+    rbac_verbs = {"proxy": ("get", "create"), "status": ("get",), "log": ("get",)}
+    used = set(cluster.requests)
+    missing = [
+        (verb, group, resource)
+        for call_verb, group, resource in sorted(used)
+        for verb in rbac_verbs.get(call_verb, (call_verb,))
+        if not allowed(role, verb, group, resource)
+    ]
+    assert ("get", "snapshot.storage.k8s.io", "volumesnapshots") in used
+    assert missing == [], f"jenkins/rbac/serving.yaml does not grant: {missing}"

@@ -1,5 +1,7 @@
 """The RBAC manifests in jenkins/rbac/: valid against the Kubernetes schemas (strict), consistent with
-each other and with the agent pod, and granting every call the Trident backend makes."""
+each other and with the agent pod, and granting every call the Trident backend makes (the serving role
+against every call a Kubernetes rollout makes: tests/serving/test_kubernetes_rollout.py, where the emulated
+cluster with TF Serving lives)."""
 
 from __future__ import annotations
 
