@@ -5,7 +5,8 @@ Validated strictly in CI and rendered into ``serving/tfserve/``: a ConfigMap wit
 polls the config file and the file system), Service, HorizontalPodAutoscaler (autoscaling/v2),
 PodDisruptionBudget, the serving volume, and for canaries a second Deployment (track ``canary``) with
 Istio's DestinationRule/VirtualService weights when ``kubernetes.istio`` is true; otherwise the Service
-selects the stable pods only and the canary answers the rollout's probes alone. Nothing here talks to a cluster (``branchops.k8s.client`` does).
+selects the stable pods only and the canary answers the rollout's probes alone. Nothing here talks to
+a cluster (``branchops.k8s.client`` does).
 """
 
 from __future__ import annotations
@@ -326,8 +327,9 @@ class ObjectBuilder:
         """A PVC cloned from the model snapshot, read by the copy Job (Trident clones cost no copy).
 
         A PVC's ``dataSource`` names a VolumeSnapshot in the PVC's own namespace (the configuration is
-        refused at load when Trident's namespace is not the serving one: ``BranchopsConfig``), and a claim smaller than the snapshot's ``status.restoreSize``
-        is never provisioned: give ``restore_size`` (``KubeApi.snapshot_restore_size``)."""
+        refused at load when Trident's namespace is not the serving one: ``BranchopsConfig``), and a
+        claim smaller than the snapshot's ``status.restoreSize`` is never provisioned: give
+        ``restore_size`` (``KubeApi.snapshot_restore_size``)."""
         return {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",

@@ -16,7 +16,8 @@ schema) before it is sent. API failures become :class:`~branchops.errors.Externa
 operation, the object and the server's message.
 
 The client is configured in-cluster (a CI agent pod with a service account; see ``jenkins/rbac/``) or
-from ``KUBECONFIG`` / ``~/.kube/config``. ``kubernetes`` is imported only when this backend is used.
+from ``KUBECONFIG`` / ``~/.kube/config`` (``branchops.k8s.client.load_api_client``, shared with Kubernetes
+serving). ``kubernetes`` is imported only when this backend is used.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from branchops.errors import ConfigError, ExternalError
+from branchops.k8s.client import load_api_client
 from branchops.storage.base import (
     LABEL_CLONED_FROM,
     LABEL_MANAGED_BY,
@@ -87,25 +88,6 @@ def quantity_bytes(quantity: str | int) -> int:
     if not match or match.group(2) not in _UNITS:
         raise ConfigError(f"{quantity!r} is not a storage quantity (e.g. 20Gi, 500Mi, 1000000000)")
     return int(float(match.group(1)) * _UNITS[match.group(2)])
-
-
-def load_api_client() -> Any:
-    """A kubernetes ApiClient: in-cluster when running in a pod, else from KUBECONFIG (or ~/.kube/config)."""
-    from kubernetes import client, config
-
-    kubeconfig = os.environ.get("KUBECONFIG")
-    try:
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and not kubeconfig:
-            configuration = client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)
-            return client.ApiClient(configuration)
-        # Read KUBECONFIG now: the client library reads it once, at import time.
-        return config.new_client_from_config(config_file=kubeconfig or os.path.expanduser("~/.kube/config"))
-    except (config.ConfigException, OSError) as exc:
-        raise ExternalError(
-            "cannot configure the Kubernetes client: not in a cluster and no usable kubeconfig "
-            f"(KUBECONFIG={kubeconfig or 'unset'}): {exc}"
-        ) from None
 
 
 class TridentStorage(Storage):
