@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from branchops.errors import ConfigError, ExternalError
 from branchops.processes import ProcessId
+from branchops.progress import heartbeat
 from branchops.serving.base import (
     DeployFailed,
     DeployResult,
@@ -240,6 +241,11 @@ class LocalServing(Serving):
 
     def _await_healthy(self, process: subprocess.Popen, identity: ProcessId) -> ServingStatus:
         """Record the server once its port is bound, and return once it answers healthy."""
+        # TensorFlow's import and the first load take seconds: say the start is alive meanwhile.
+        with heartbeat("starting model server", interval_s=3):
+            return self._poll_healthy(process, identity)
+
+    def _poll_healthy(self, process: subprocess.Popen, identity: ProcessId) -> ServingStatus:
         state_dir = self.state_dir.resolve()
         deadline = time.monotonic() + self.start_timeout_s
         info: dict[str, Any] | None = None
