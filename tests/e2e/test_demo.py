@@ -110,7 +110,9 @@ def test_a_second_release_then_a_rollback_by_revert_brings_the_first_back(demo):
     workdir, _ = demo
     first = serve_status(workdir)["stable"]
 
-    # a data scientist's second study: one small experiment, no KPI threshold, no production comparison
+    # a data scientist's second study: one small experiment, no KPI threshold, no production comparison. It
+    # predicts what the served model predicts from the same inputs (window and target kind), so its release
+    # keeps the serving contract; a changed window would be refused before anything loads
     git(workdir, "checkout", "-q", "ds1")
     config_path = workdir / "config" / "branchops.yaml"
     config = yaml.safe_load(config_path.read_text())
@@ -119,7 +121,8 @@ def test_a_second_release_then_a_rollback_by_revert_brings_the_first_back(demo):
             "name": "aapl-small",
             "params": {
                 "target": "AAPL",
-                "window": 3,
+                "target_kind": "turbulence",
+                "purge_gap": 5,
                 "hidden_units": [16],
                 "epochs": 4,
                 "patience": 2,
