@@ -47,6 +47,7 @@ from branchops.engine.base import (
     validate_params,
 )
 from branchops.errors import ConfigError, ExternalError
+from branchops.progress import elapsed
 
 if TYPE_CHECKING:
     from branchops.config import KubeflowRemote
@@ -500,7 +501,7 @@ class KubeflowEngine(PipelineEngine):
                 break
             now = self._clock()
             if now - last_beat >= self.settings.heartbeat_s:
-                progress(f"run {run_name}: {state}, {_duration(now - t0)} elapsed; {self.run_url(run_id)}")
+                progress(f"run {run_name}: {state}, {elapsed(now - t0)} elapsed; {self.run_url(run_id)}")
                 last_beat = now
             if now - t0 > timeout_s:
                 self._terminate(run_id, run_name)
@@ -547,16 +548,6 @@ class KubeflowEngine(PipelineEngine):
 
     def _elapsed(self, t0: float) -> float:
         return round(self._clock() - t0, 3)
-
-
-def _duration(seconds: float) -> str:
-    """Elapsed time as a person reads it in a log: 45s, 12m05s, 2h03m."""
-    total = int(seconds)
-    if total < 60:
-        return f"{total}s"
-    if total < 3600:
-        return f"{total // 60}m{total % 60:02d}s"
-    return f"{total // 3600}h{total % 3600 // 60:02d}m"
 
 
 def _task_states(run: Any) -> dict[str, str]:
