@@ -148,6 +148,23 @@ class KubeApi:
         except (ApiException, HTTPError) as exc:
             raise self._error(f"Kubernetes refused {obj['kind']} {namespace}/{name}", exc) from None
 
+    def _by_name(self, verb: str, kind: str, name: str, namespace: str, **options: Any) -> Any:
+        """``verb`` ("read" or "delete") one named object: Istio kinds through the custom objects API (which
+        calls reading "get"; ``options`` are for the typed APIs only), the rest through their typed API."""
+        if kind in _ISTIO_PLURALS:
+            call = getattr(self.custom, f"{'get' if verb == 'read' else verb}_namespaced_custom_object")
+            return call(
+                "networking.istio.io",
+                "v1beta1",
+                namespace,
+                _ISTIO_PLURALS[kind],
+                name,
+                _request_timeout=self.request_timeout_s,
+            )
+        api, suffix = _KINDS[kind]
+        call = getattr(getattr(self, api), f"{verb}_namespaced_{suffix}")
+        return call(name, namespace, _request_timeout=self.request_timeout_s, **options)
+
     def delete(self, kind: str, name: str, namespace: str, wait_s: float | None = None) -> None:
         """Delete, quietly if it is gone already. A Job is deleted in the foreground (it stays until its
         pods are gone) and waited for (``wait_s``, by default :attr:`job_gone_timeout_s`): a Job
@@ -160,20 +177,7 @@ class KubeApi:
             wait_s = self.job_gone_timeout_s if kind == "Job" else 0.0
         propagation = "Foreground" if kind == "Job" else "Background"
         try:
-            if kind in _ISTIO_PLURALS:
-                self.custom.delete_namespaced_custom_object(
-                    "networking.istio.io",
-                    "v1beta1",
-                    namespace,
-                    _ISTIO_PLURALS[kind],
-                    name,
-                    _request_timeout=self.request_timeout_s,
-                )
-            else:
-                api, suffix = _KINDS[kind]
-                getattr(getattr(self, api), f"delete_namespaced_{suffix}")(
-                    name, namespace, propagation_policy=propagation, _request_timeout=self.request_timeout_s
-                )
+            self._by_name("delete", kind, name, namespace, propagation_policy=propagation)
         except (ApiException, HTTPError) as exc:
             if isinstance(exc, ApiException) and exc.status == 404:
                 return
@@ -187,20 +191,7 @@ class KubeApi:
         from urllib3.exceptions import HTTPError
 
         try:
-            if kind in _ISTIO_PLURALS:
-                self.custom.get_namespaced_custom_object(
-                    "networking.istio.io",
-                    "v1beta1",
-                    namespace,
-                    _ISTIO_PLURALS[kind],
-                    name,
-                    _request_timeout=self.request_timeout_s,
-                )
-            else:
-                api, suffix = _KINDS[kind]
-                getattr(getattr(self, api), f"read_namespaced_{suffix}")(
-                    name, namespace, _request_timeout=self.request_timeout_s
-                )
+            self._by_name("read", kind, name, namespace)
         except (ApiException, HTTPError) as exc:
             if isinstance(exc, ApiException) and exc.status == 404:
                 return False
