@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up branchops on a fresh Debian/Ubuntu machine: a virtualenv in .venv with branchops and the
 # libraries its stages use. With --test-tools it also installs what the test suite exercises for real
-# (buildah, podman and a local registry; Prism with GitHub's API description; groovy), via .ci/setup.d/.
+# (buildah, podman and a local registry; a Python base image made with mmdebstrap; Prism with GitHub's
+# API description; groovy; Chromium and chromedriver), via .ci/setup.d/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
