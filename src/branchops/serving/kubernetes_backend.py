@@ -186,12 +186,16 @@ class _KubernetesTracks(RolloutBackend):
         return self.serving.client()
 
     def _wait(self, what: str, predicate: Any, timeout_s: float | None = None) -> None:
+        from branchops.progress import heartbeat
+
         timeout_s = self.k8s.rollout_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(self.poll_s)
+        # up to rollout_timeout_s (600 s by default) of waiting on the cluster: say it is still waiting
+        with heartbeat(f"waiting for {what}"):
+            while time.monotonic() < deadline:
+                if predicate():
+                    return
+                time.sleep(self.poll_s)
         raise DeployFailed("timeout", f"{what} not reached within {timeout_s:.0f}s")
 
     def install(self, release: Release, source: Path | None) -> str:
