@@ -185,8 +185,6 @@ def run_branch(
     project = Project.open(repo_path)
     repo, config = project.repo, project.config
     stages = config.stages_for_branch(branch)
-    if stages and config.branches.mode == "single-branch":
-        fetch_what_runs_read(project)  # before the tip is read (run_stage fetches for itself)
     if not stages:
         return [
             RunReport(
@@ -200,6 +198,7 @@ def run_branch(
         return [
             run_stage(project, stages[0], dry_run=dry_run, force=force, commit=commit, triggered_by_push=True)
         ]
+    fetch_what_runs_read(project)  # once, before the tip is read; the stages below run on what it fetched
     tip = commit or gitops.branch_tip(repo, branch, config.git.remote) or gitops.resolve(repo, "HEAD")
     if tip and gate.is_own_commit(repo, tip, config.bot.marker) and not force:
         return [
@@ -229,7 +228,13 @@ def run_branch(
             )
             continue
         report = run_stage(
-            project, stage, dry_run=dry_run, force=force, commit=source, triggered_by_push=True
+            project,
+            stage,
+            dry_run=dry_run,
+            force=force,
+            commit=source,
+            triggered_by_push=True,
+            fetched=True,
         )
         reports.append(report)
         if report.status not in ("succeeded", "skipped", "planned"):
@@ -245,19 +250,22 @@ def run_stage(
     force: bool = False,
     commit: str | None = None,
     triggered_by_push: bool = False,
+    fetched: bool = False,
 ) -> RunReport:
     """Run one stage on its branch under the stage contract; never raises for a refused or failed stage.
 
     ``triggered_by_push`` (what a CI job does on every push): a tip that is branchops' own commit starts
     nothing, so record commits never trigger runs. A person running the stage by hand gets the last
     merge under the records instead: a rerun after a failed or interrupted run just works.
+    ``fetched``: the caller (``run_branch``) already ran :func:`fetch_what_runs_read` for this run.
     """
     project = Project.open(repo_path)
     repo, boot = project.repo, project.config
     module = stage_module(stage)
     branch = boot.branch_for(stage)
     remote = boot.git.remote
-    fetch_what_runs_read(project)
+    if not fetched:
+        fetch_what_runs_read(project)
     tip = commit or gitops.branch_tip(repo, branch, remote)
     if tip is None:
         raise NotFound(f"branch '{branch}' (stage {stage}) does not exist")

@@ -25,6 +25,11 @@ def test_only_stages_whose_inputs_changed_run(tmp_path, monkeypatch, stage_calls
     )
     monkeypatch.setitem(REGISTRY, "training", training)
     monkeypatch.setitem(REGISTRY, "deploy-model", training)
+    from branchops import runner
+
+    fetches = []
+    fetch = runner.fetch_what_runs_read
+    monkeypatch.setattr(runner, "fetch_what_runs_read", lambda p: fetches.append(1) or fetch(p))
     project = make_project(tmp_path, CONFIG)
     project.commit("ds1", "src/model.py", "VERSION = 2\n")
     number = project.open_mr("main")
@@ -32,6 +37,7 @@ def test_only_stages_whose_inputs_changed_run(tmp_path, monkeypatch, stage_calls
     result = project.run("mr", "merge", str(number), "--as", "ds1")
     calls = [line.split()[0] for line in stage_calls()]
     assert calls == ["build-components", "kf-pipeline"]
+    assert len(fetches) == 1  # one fetch per run, not one more per stage
     assert (
         "training on main: skipped" in result.output and "none of its inputs (data/) changed" in result.output
     )
