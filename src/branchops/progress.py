@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from branchops.console import colour_wanted
+
 log = logging.getLogger("branchops.progress")
 output_log = logging.getLogger("branchops.output")
 
@@ -91,7 +93,9 @@ def is_terminal(stream: IO[str]) -> bool:
 
 
 def colour_allowed(stream: IO[str]) -> bool:
-    return is_terminal(stream) and "NO_COLOR" not in os.environ
+    """Colour on the status line: the console's rule (:func:`branchops.console.colour_wanted`, which
+    reads NO_COLOR) on a stream that is a person's terminal."""
+    return is_terminal(stream) and colour_wanted(stream)
 
 
 class Progress:
