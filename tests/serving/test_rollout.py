@@ -332,3 +332,24 @@ def test_deploy_model_stage_makes_serving_match_the_release(serving_v1, models, 
         env["serving"].client().predict(instances=SAMPLE)["predictions"][0]["direction"]
         == sample_predictions(models["v2"])["direction"][0]
     )
+
+
+def test_an_interrupted_rollout_leaves_no_canary_and_restores_the_stable_track(
+    serving_v1, models, monkeypatch
+):
+    # Ctrl-C while the new version is loaded on the canary track, before the stable track moves.
+    from branchops.serving.rollout import Rollout
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Rollout, "_smoke_serving_sample", interrupted)
+    serving = serving_v1["serving"]
+    with pytest.raises(KeyboardInterrupt):
+        serving.deploy(release(2), models["v2"])
+    assert serving._canary_track()._running_info() is None  # no canary server process left behind
+    status = serving.status()
+    assert (status.stable, status.canary) == (1, None)
+    assert status.versions.get(2) != "AVAILABLE"
+    assert not (serving.base_path / "2").exists()  # a restart will not load it
+    assert serving.client().predict(instances=SAMPLE)["predictions"]

@@ -300,6 +300,15 @@ class Rollout:
                 result.checks.append(Check("restore", False, str(restore_error)))
             result.timings["rollback"] = round(time.monotonic() - phase, 3)
             log.error("rollout of version %s rolled back: %s", version, result.reason)
+        except BaseException:
+            # Interrupted (Ctrl-C, a stage's timeout) or an unexpected error: no canary track left behind
+            # (a server process, a Deployment), the stable track put back, then the interrupt goes on.
+            log.error("rollout of version %s interrupted; restoring version %s", version, before)
+            try:
+                backend.restore(before, version)
+            except Exception as restore_error:
+                log.error("restoring version %s after the interrupted rollout: %s", before, restore_error)
+            raise
         result.timings["total"] = round(time.monotonic() - started, 3)
         return result
 
