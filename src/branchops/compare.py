@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import git
 
 from branchops import gitops, records
 from branchops.errors import BadArgument, NotFound
-from branchops.experiments import DEPLOY, TRAINING, serving_now
+from branchops.experiments import DEPLOY, TRAINING, Serving, serving_now, stage_tip
 
 SERVING = ("serving", "production")
 LATEST = ("latest", "last")
@@ -113,12 +114,29 @@ def metric_changes(a: dict[str, Any], b: dict[str, Any], names: list[str]) -> li
 # -- finding a side ------------------------------------------------------------------------------------
 
 
-def _tips(repo: git.Repo, config) -> tuple[str | None, str | None]:
-    def tip(stage: str) -> str | None:
-        branch = config.branch_for(stage)
-        return gitops.branch_tip(repo, branch, config.git.remote) or gitops.branch_tip(repo, branch)
+@dataclass
+class _Branches:
+    """The training and deploy-model branches for one command: each tip resolved, each records folder listed
+    and what serves found once, however many sides ask."""
 
-    return tip(TRAINING), tip(DEPLOY)
+    repo: git.Repo
+    config: Any
+
+    @cached_property
+    def training_tip(self) -> str | None:
+        return stage_tip(self.repo, self.config, TRAINING)
+
+    @cached_property
+    def trainings(self) -> records.StageHistory:
+        return records.stage_history(self.repo, self.training_tip, TRAINING)
+
+    @cached_property
+    def deploys(self) -> records.StageHistory:
+        return records.stage_history(self.repo, stage_tip(self.repo, self.config, DEPLOY), DEPLOY)
+
+    @cached_property
+    def serving(self) -> Serving:
+        return serving_now(self.deploys, self.trainings.newest_first())
 
 
 def _side(label: str, rec: records.StoredRecord, experiment: str | None) -> Side:
@@ -147,13 +165,12 @@ def _side(label: str, rec: records.StoredRecord, experiment: str | None) -> Side
     )
 
 
-def resolve(repo: git.Repo, config, spec: str) -> Side:
+def resolve(branches: _Branches, spec: str) -> Side:
     """A side by run id, ``serving``, ``latest``, branch or commit, optionally ``:EXPERIMENT``."""
     key, _, experiment = spec.partition(":")
-    training_tip, deploy_tip = _tips(repo, config)
-    history = records.stage_history(repo, training_tip, TRAINING)
+    repo, config, history = branches.repo, branches.config, branches.trainings
     if key in SERVING:
-        serving = serving_now(repo, deploy_tip, training_tip)
+        serving = branches.serving
         if serving.version is None:
             raise NotFound("nothing is serving: no deploy-model run has deployed a model yet")
         if serving.training_run_id is None:
@@ -190,19 +207,18 @@ def resolve(repo: git.Repo, config, spec: str) -> Side:
     raise NotFound(f"'{key}' is not a training run, a branch or a commit (nor serving/latest)")
 
 
-def _served_before(repo: git.Repo, config) -> records.StoredRecord | None:
+def _served_before(branches: _Branches) -> records.StoredRecord | None:
     """The training run whose model served before the serving one: the ``before`` of the newest deployment
     that brought the serving version in."""
-    training_tip, deploy_tip = _tips(repo, config)
-    serving = serving_now(repo, deploy_tip, training_tip)
-    for rec in records.stage_history(repo, deploy_tip, DEPLOY).newest_first():
+    serving = branches.serving
+    for rec in branches.deploys.newest_first():
         deployment = rec.deploy_outputs.deployment
         if (
             deployment
             and deployment.after == serving.version
             and deployment.before not in (None, serving.version)
         ):
-            for candidate in records.stage_history(repo, training_tip, TRAINING).newest_first():
+            for candidate in branches.trainings.newest_first():
                 if candidate.read_as(records.TrainingVersionView).model_version == deployment.before:
                     return candidate
             return None
@@ -216,13 +232,14 @@ def diff(repo_path: str, a: str | None = None, b: str | None = None) -> MetricsD
 
     repo = gitops.open_repo(repo_path)
     config = working_config(repo)
+    branches = _Branches(repo, config)
     if a is not None and b is None:  # one side given: it against what is serving
         a, b = None, a
-    left, right = resolve(repo, config, a or "serving"), resolve(repo, config, b or "latest")
+    left, right = resolve(branches, a or "serving"), resolve(branches, b or "latest")
     if a is None and b is None and left.run_id == right.run_id:
-        previous = _served_before(repo, config)
-        if previous is not None:
-            left, right = _side("served before", previous, None), resolve(repo, config, "serving")
+        previous = _served_before(branches)
+        if previous is not None:  # B: the serving side already resolved, A: the model it replaced
+            left, right = _side("served before", previous, None), left
     names = list(config.training.metrics)
     params = {
         name: (left.params.get(name), right.params.get(name))
@@ -381,9 +398,8 @@ def tensorboard_logdirs(repo_path: str, keys: list[str]) -> list[LogDir]:
 
     repo = gitops.open_repo(repo_path)
     config = working_config(repo)
-    training_tip, _ = _tips(repo, config)
     storage = make_storage(config, gitops.state_dir(repo))
-    history = records.stage_history(repo, training_tip, TRAINING)
+    history = _Branches(repo, config).trainings
     found = []
     for key in keys:
         run_key, _, experiment = key.partition(":")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import git
 
@@ -115,20 +115,29 @@ def _intervals(section: Any) -> dict[str, Interval]:
     }
 
 
-def serving_now(repo: git.Repo, deploy_tip: str | None, training_tip: str | None) -> Serving:
+def stage_tip(repo: git.Repo, config, stage: str) -> str | None:
+    """The tip of ``stage``'s branch: its remote-tracking branch, or the local branch when there is none."""
+    branch = config.branch_for(stage)
+    return gitops.branch_tip(repo, branch, config.git.remote) or gitops.branch_tip(repo, branch)
+
+
+def serving_now(deploys: records.StageHistory, trainings: Iterable[records.StoredRecord]) -> Serving:
     """The version the newest deploy-model run left serving (its deployment's stable version after the
-    rollout: the old one when it rolled back), and the training run that produced it."""
-    history = records.stage_history(repo, deploy_tip, DEPLOY)
-    for rec in history.newest_first():
+    rollout: the old one when it rolled back), and the training run that produced it: the first of
+    ``trainings`` (the training branch's records, newest first) whose best model has that version."""
+    for rec in deploys.newest_first():
         deployment = rec.deploy_outputs.deployment
         if deployment is None or deployment.after is None:
             continue  # a run that deployed nothing (no release file yet, or it failed before the rollout)
-        training_run = None
-        for candidate in records.stage_history(repo, training_tip, TRAINING).newest_first():
-            if candidate.read_as(records.TrainingVersionView).model_version == deployment.after:
-                training_run = candidate.run_id
-                break
-        return Serving(deployment.after, rec.run_id, deployment.outcome, training_run)
+        made_by = next(
+            (
+                candidate.run_id
+                for candidate in trainings
+                if candidate.read_as(records.TrainingVersionView).model_version == deployment.after
+            ),
+            None,
+        )
+        return Serving(deployment.after, rec.run_id, deployment.outcome, made_by)
     return Serving()
 
 
@@ -179,14 +188,12 @@ def rows_of(
     return rows
 
 
-def _training_refs(repo: git.Repo, config, all_branches: bool) -> dict[str, str]:
+def _training_refs(
+    repo: git.Repo, main_branch: str, main_tip: str | None, all_branches: bool
+) -> dict[str, str]:
     """Branch name -> tip to read training records from: the training branch, and with ``all_branches``
     every local and remote-tracking branch (merge requests' source branches among them)."""
-    remote = config.git.remote
-    main_tip = gitops.branch_tip(repo, config.branch_for(TRAINING), remote) or gitops.branch_tip(
-        repo, config.branch_for(TRAINING)
-    )
-    refs = {config.branch_for(TRAINING): main_tip} if main_tip else {}
+    refs = {main_branch: main_tip} if main_tip else {}
     if all_branches:
         listed = repo.git.for_each_ref("--format=%(refname) %(objectname)", "refs/heads", "refs/remotes")
         for line in listed.splitlines():
@@ -203,24 +210,21 @@ def experiment_table(repo_path: str, all_branches: bool = False) -> ExperimentTa
 
     repo = gitops.open_repo(repo_path)
     config = working_config(repo)
-    remote = config.git.remote
-    training_tip = gitops.branch_tip(repo, config.branch_for(TRAINING), remote) or gitops.branch_tip(
-        repo, config.branch_for(TRAINING)
-    )
-    deploy_tip = gitops.branch_tip(repo, config.branch_for(DEPLOY), remote) or gitops.branch_tip(
-        repo, config.branch_for(DEPLOY)
-    )
-    serving = serving_now(repo, deploy_tip, training_tip)
+    training_tip = stage_tip(repo, config, TRAINING)
+    trainings = records.stage_history(repo, training_tip, TRAINING)
     metric_names = list(config.training.metrics)
     found: dict[str, records.StoredRecord] = {}
     branches: dict[str, list[str]] = {}
-    for branch, tip in _training_refs(repo, config, all_branches).items():
-        history = records.stage_history(repo, tip, TRAINING)
+    for branch, tip in _training_refs(repo, config.branch_for(TRAINING), training_tip, all_branches).items():
+        history = trainings if tip == training_tip else records.stage_history(repo, tip, TRAINING)
         new = [run_id for run_id in history.run_ids if run_id not in found]
         for rec in history.read(new):
             found[rec.run_id] = rec
         for run_id in history.run_ids:
             branches.setdefault(run_id, []).append(branch)
+    # the serving model's training run among the training branch's records just read (not read again)
+    newest_first = [found[run_id] for run_id in reversed(trainings.run_ids) if run_id in found]
+    serving = serving_now(records.stage_history(repo, stage_tip(repo, config, DEPLOY), DEPLOY), newest_first)
     rows = [
         row
         for run_id in sorted(found)

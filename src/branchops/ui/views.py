@@ -281,7 +281,8 @@ class Dashboard:
         if missing:
             raise NotFound(f"no training run {', '.join(missing)}")
         metric_names = list(self.config.training.metrics)
-        serving = self._serving_for_experiments()
+        # what serves and which training run made it, as ``branchops exp show`` finds them
+        serving = experiments.serving_now(self.history("deploy-model"), history.newest_first())
         columns = []
         for stored in history.read(run_ids):
             rows = experiments.rows_of(stored, metric_names, serving, [self.config.branch_for("training")])
@@ -330,24 +331,6 @@ class Dashboard:
         older, newer = sorted(set(run_ids))
         self.compare([older, newer])  # both must be training runs on the branch (NotFound otherwise)
         return overlaid_curves(self.repo_path, older, newer)
-
-    def _serving_for_experiments(self):
-        """``experiments.Serving`` from the newest deployment: its release names the training run."""
-        from branchops import experiments
-
-        for stored in self.history("deploy-model").newest_first(batch=4):
-            outputs = stored.deploy_outputs
-            deployment, release = outputs.deployment, outputs.release
-            if deployment is None or deployment.after is None:
-                continue
-            made_by = release.training.run_id if release and release.training else None
-            return experiments.Serving(
-                deployment.after,
-                stored.run_id,
-                deployment.outcome,
-                made_by if release and release.version == deployment.after else None,
-            )
-        return experiments.Serving()
 
     def serving_now(self, newest: list[records.StoredRecord] | None = None) -> dict[str, Any] | None:
         """What the newest deploy-model run left serving (the TF Serving label ``stable``) and the canary
