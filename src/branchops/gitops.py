@@ -119,7 +119,9 @@ def list_dir(repo: git.Repo, rev: str, path: str) -> list[str]:
 def changed_paths(repo: git.Repo, old: str | None, new: str) -> list[str]:
     if old is None:
         return [item.path for item in repo.commit(new).tree.traverse() if item.type == "blob"]
-    return [line for line in repo.git.diff("--name-only", old, new).splitlines() if line]
+    # --no-renames: a moved file changed both its paths (a rename lists only the new one, so a move out of
+    # src/ into records/ would pass for a records-only commit)
+    return [line for line in repo.git.diff("--name-only", "--no-renames", old, new).splitlines() if line]
 
 
 def is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:

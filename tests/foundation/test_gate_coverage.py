@@ -131,3 +131,24 @@ def test_a_code_owners_commit_that_changes_more_is_gated(project, stage_calls):
     )
     _, result = approved_merge(project, expect=4)
     assert sneaked[:12] in result.output and stage_calls() == []
+
+
+def test_a_bot_commit_that_moves_code_into_records_is_gated(project, stage_calls):
+    # git's rename detection names only a moved file's new path: the move takes code out of src/ too
+    from branchops.bootstrap import codeowners_message
+
+    git(project.path, "checkout", "-q", "build-components")
+    moved = git(project.path, "ls-files", "src/").splitlines()[0]
+    (project.path / "records").mkdir(exist_ok=True)
+    git(project.path, "mv", moved, "records/moved.py")
+    git(
+        project.path,
+        "commit",
+        "-q",
+        "-m",
+        codeowners_message("build-components", "Branchops-Bot"),
+        user="ds1",
+    )
+    sneaked = git(project.path, "rev-parse", "HEAD")
+    _, result = approved_merge(project, expect=4)
+    assert sneaked[:12] in result.output and stage_calls() == []
