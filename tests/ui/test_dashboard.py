@@ -176,3 +176,13 @@ def test_branchops_ui_serves_on_loopback_and_prints_its_url(dashboard_repo: Path
     finally:
         server.stop()
     assert server.process.returncode is not None
+
+
+def test_stage_and_model_pages_page_through_the_runs(client, monkeypatch) -> None:
+    from branchops.ui import views
+
+    monkeypatch.setattr(views, "PAGE_SIZE", 1)  # training holds two runs: two pages
+    for url in ("/stages/training", "/models"):
+        first, second = page(client, url), page(client, f"{url}?page=2")
+        assert "page 1 of 2" in first and 'href="?page=2">older' in first and "newer" not in first
+        assert "page 2 of 2" in second and 'href="?page=1">newer' in second and "older" not in second
