@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from branchops import STAGES as STAGE_NAMES  # light: --help imports no schema
-from branchops.console import DEBUG, QUIET, emit_error, emit_json, setup_console
+from branchops.console import DEBUG, QUIET, emit_error, emit_json, set_verbosity, setup_console
 from branchops.errors import EXIT_CODES, BranchopsError
 
 log = logging.getLogger("branchops.cli")
@@ -167,6 +167,7 @@ def main(ctx: click.Context, repo: str, verbose: int, quiet: bool, log_libs: boo
     if quiet and verbose:
         raise click.UsageError("-q and -v ask for opposite things: give one of them")
     setup_console(QUIET if quiet else min(verbose, DEBUG), libraries=log_libs)
+    ctx.call_on_close(lambda: set_verbosity(None))  # a later command in this process starts at NORMAL
     from branchops.secrets import install_log_masking
 
     install_log_masking()

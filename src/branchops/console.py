@@ -42,6 +42,10 @@ NARRATIVE = (
 
 LIBRARY_LOGS_ENV = "BRANCHOPS_LOG_LIBS"
 
+# The running command's verbosity, QUIET..DEBUG: what the console filter prints and what progress reads
+# (its status line, a streamed command's lines at -v), on every thread; NORMAL outside a command.
+_verbosity = NORMAL
+
 _LEVEL_COLOURS = {logging.WARNING: "yellow", logging.ERROR: "red", logging.CRITICAL: "red"}
 
 
@@ -54,6 +58,17 @@ def colour_wanted(stream: Any) -> bool:
         return bool(isatty and isatty())
     except ValueError:  # a closed stream
         return False
+
+
+def set_verbosity(level: int | None) -> None:
+    """Set the verbosity (QUIET..DEBUG); None to go back to NORMAL, as when a command ends."""
+    global _verbosity
+    _verbosity = NORMAL if level is None else level
+
+
+def verbosity() -> int:
+    """The running command's ``-q``/``-v``/``-vv`` as QUIET..DEBUG, else NORMAL."""
+    return _verbosity
 
 
 def _within(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -132,6 +147,7 @@ def setup_console(verbosity: int, libraries: bool = False) -> ConsoleHandler | N
     already has other handlers (an application embedding branchops, pytest's capture) configured logging
     itself and keeps it, as with ``logging.basicConfig``: nothing is installed and None is returned.
     """
+    set_verbosity(verbosity)
     libraries = libraries or os.environ.get(LIBRARY_LOGS_ENV, "") not in ("", "0")
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, ConsoleHandler)]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from branchops.console import colour_wanted
+from branchops.console import QUIET, VERBOSE, colour_wanted, verbosity
 
 log = logging.getLogger("branchops.progress")
 output_log = logging.getLogger("branchops.output")
@@ -42,34 +42,6 @@ HEARTBEAT_S = 15.0  # a CI log line every 15 s: often enough to see it is alive,
 REDRAW_S = 1.0  # the terminal's status line ticks every second
 _SPINNER = "|/-\\"
 _COLOUR_ON, _COLOUR_OFF = "\x1b[36m", "\x1b[0m"
-
-_verbosity: int | None = None
-
-
-def set_verbosity(level: int | None) -> None:
-    """How chatty the console is: -1 at ``-q``, 0 by default, 1 at ``-v`` (every line of a streamed
-    command), 2 at ``-vv``; None to read it from the running command again."""
-    global _verbosity
-    _verbosity = level
-
-
-def verbosity() -> int:
-    """What :func:`set_verbosity` said, else what the running ``branchops`` command was given (``-q``,
-    ``-v``), else 0."""
-    if _verbosity is not None:
-        return _verbosity
-    try:
-        import click
-
-        ctx = click.get_current_context(silent=True)
-    except ImportError:
-        return 0
-    if ctx is None:
-        return 0
-    params = ctx.find_root().params
-    if params.get("quiet"):
-        return -1
-    return int(params.get("verbose") or 0)
 
 
 def elapsed(seconds: float) -> str:
@@ -214,7 +186,7 @@ def heartbeat(
     stream = stream if stream is not None else sys.stderr
     progress = Progress(what, total)
     terminal = is_terminal(stream)
-    if not logger.isEnabledFor(logging.INFO) or (terminal and verbosity() < 0):
+    if not logger.isEnabledFor(logging.INFO) or (terminal and verbosity() <= QUIET):
         yield progress
         return
     stop = threading.Event()
@@ -302,14 +274,13 @@ def run_streaming(
     env: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
     label: str = "",
-    echo: bool | None = None,
     transform: Callable[[str], str] = lambda line: line,
     tail_lines: int = 20,
 ) -> Streamed:
     """Run ``argv`` (stdin closed, stderr merged into stdout) and copy each output line, as it comes,
-    through ``transform`` (secret masking) to ``log_file`` (flushed) and, when ``echo`` (by default: at
-    ``-v``), to the console as ``[label] line``; otherwise at DEBUG, which ``-vv`` shows. Pass ``echo``
-    from a worker thread: the ``-v`` of the running command is known only on the command's own thread.
+    through ``transform`` (secret masking) to ``log_file`` (flushed) and, at ``-v``, to the console as
+    ``[label] line``; otherwise at DEBUG, which ``-vv`` shows (on any thread: the verbosity is the
+    process's, :func:`branchops.console.verbosity`).
 
     A command still running after ``timeout_s`` is killed with everything it started (it runs in a
     session of its own, so its children cannot keep the output pipe open) and its result has
@@ -317,9 +288,7 @@ def run_streaming(
     exception goes on. FileNotFoundError when the program is not installed.
     """
     prefix = f"[{label}] " if label else ""
-    if echo is None:
-        echo = verbosity() >= 1
-    level = logging.INFO if echo else logging.DEBUG
+    level = logging.INFO if verbosity() >= VERBOSE else logging.DEBUG
     started = time.monotonic()
     process = subprocess.Popen(
         list(argv),

@@ -15,7 +15,7 @@ from pathlib import Path
 import git
 import pytest
 
-from branchops import progress
+from branchops import console, progress
 from branchops.progress import heartbeat, run_streaming
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # Select Graphic Rendition: the escape sequences that colour text
@@ -34,9 +34,9 @@ def on_a_terminal(monkeypatch, caplog):
     monkeypatch.delenv("CI", raising=False)  # CI=true means "a log", whatever isatty says
     monkeypatch.setenv("TERM", "xterm")
     monkeypatch.setattr(progress, "REDRAW_S", 0.05)
-    progress.set_verbosity(0)
+    console.set_verbosity(0)
     yield Terminal()
-    progress.set_verbosity(None)
+    console.set_verbosity(None)
 
 
 def test_elapsed_reads_at_a_glance():
@@ -186,7 +186,7 @@ def test_a_log_line_never_shares_the_status_line(on_a_terminal):
 
 
 def test_quiet_shows_no_status_line(on_a_terminal):
-    progress.set_verbosity(-1)
+    console.set_verbosity(-1)
     with heartbeat("training", logger=logging.getLogger("branchops.t"), stream=on_a_terminal):
         time.sleep(0.2)
     assert on_a_terminal.getvalue() == ""
@@ -237,7 +237,7 @@ def test_a_streamed_command_is_in_its_log_while_it_runs(tmp_path):
 
 
 def test_each_line_goes_to_the_console_at_v_and_is_masked(tmp_path, caplog):
-    progress.set_verbosity(1)
+    console.set_verbosity(1)
     try:
         with (tmp_path / "out.log").open("w") as log, caplog.at_level(logging.INFO, "branchops.output"):
             done = run_streaming(
@@ -247,19 +247,19 @@ def test_each_line_goes_to_the_console_at_v_and_is_masked(tmp_path, caplog):
                 transform=lambda line: line.replace("s3cr3t", "****"),
             )
     finally:
-        progress.set_verbosity(None)
+        console.set_verbosity(None)
     assert done.returncode == 3
     assert [r.getMessage() for r in caplog.records if r.name == "branchops.output"] == ["[train] token=****"]
     assert "s3cr3t" not in (tmp_path / "out.log").read_text()
 
 
 def test_at_the_default_verbosity_the_lines_stay_out_of_the_console(tmp_path, caplog):
-    progress.set_verbosity(0)
+    console.set_verbosity(0)
     try:
         with (tmp_path / "out.log").open("w") as log, caplog.at_level(logging.INFO):
             run_streaming(["sh", "-c", "echo hello"], log, label="train")
     finally:
-        progress.set_verbosity(None)
+        console.set_verbosity(None)
     assert "hello" not in caplog.text and (tmp_path / "out.log").read_text() == "hello\n"
 
 

@@ -12,10 +12,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import click
 import pytest
 
-from branchops import progress
+from branchops import console, progress
 from branchops.config import RegistrySection
 from branchops.errors import ConfigError
 from branchops.images import build_components
@@ -207,15 +206,17 @@ def test_the_stage_prints_each_result_line_once(tmp_path, caplog):
 
 
 def test_at_v_each_line_of_the_component_tests_is_on_the_console(tmp_path, caplog):
-    # The tests run on worker threads; -v is known on the command's thread (click's context), not theirs.
+    # The tests run on worker threads: -v (console.set_verbosity, as the CLI sets it) reaches them too.
     ws = tmp_path / "ws"
     (ws / "components" / "common").mkdir(parents=True)
     for name in ("__init__.py", "__main__.py", "common/__init__.py"):
         (ws / "components" / name).write_text("")
     write_component(ws, "alpha")
-    command = click.Context(click.Command("branchops"))
-    command.params = {"verbose": 1, "quiet": False}
-    with command, caplog.at_level(logging.INFO):
-        build_components(ws, RegistrySection(), tmp_path / "logs")
+    console.set_verbosity(console.VERBOSE)
+    try:
+        with caplog.at_level(logging.INFO):
+            build_components(ws, RegistrySection(), tmp_path / "logs")
+    finally:
+        console.set_verbosity(None)
     echoed = [r.getMessage() for r in caplog.records if r.name == "branchops.output"]
     assert any(line.startswith("[alpha] ") and "test_value PASSED" in line for line in echoed), echoed

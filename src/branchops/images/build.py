@@ -189,10 +189,10 @@ class _Tee:
 
 
 def _run_component_tests(
-    workspace: Path, component: Component, timeout_s: float, log_file: IO[str], echo: bool
+    workspace: Path, component: Component, timeout_s: float, log_file: IO[str]
 ) -> _TestRun:
     """Run the component's tests with their output streamed into ``log_file`` as they go (and to the
-    console when ``echo``)."""
+    console at ``-v``)."""
     from branchops.progress import run_streaming
 
     tests_dir = workspace / component.tests_dir
@@ -213,7 +213,6 @@ def _run_component_tests(
         env=env,
         timeout_s=timeout_s,
         label=component.name,
-        echo=echo,
         transform=mask,
     )
     if done.timed_out:
@@ -252,7 +251,6 @@ def _build_one(
     registry_cfg: RegistrySection,
     auth_dir: Path | None,
     log_path: Path,
-    echo: bool,
 ) -> None:
     from branchops.images.builders import BuildRequest, CommandFailed
 
@@ -273,7 +271,7 @@ def _build_one(
     with log_path.open("a", encoding="utf-8") as handle:
         handle.write(f"\n== build and push {entry.image} with {builder.name}\n")
         try:
-            reported = builder.build_and_push(request, handle, echo=echo)
+            reported = builder.build_and_push(request, handle)
         except CommandFailed as exc:
             entry.status, entry.reason = "failed", f"build or push failed: {exc} (see {log_path.name})"
             return
@@ -348,7 +346,6 @@ def _test_and_log(
     parallel: int,
     timeout_s: float,
     say: logging.Logger,
-    echo: bool,
 ) -> None:
     """Run the tests (once per source folder: train and train-gpu share components/train), each streamed
     into the logs of the components it tests while it runs."""
@@ -381,7 +378,7 @@ def _test_and_log(
                 say.info("%s: testing %s", names, component.tests_dir)
                 with running.one(names):
                     run = _run_component_tests(
-                        workspace, component, timeout_s, _Tee([handles[e.name] for e in entries]), echo
+                        workspace, component, timeout_s, _Tee([handles[e.name] for e in entries])
                     )
                 say.info("%s: tests %s in %.1fs", names, run.result, run.seconds)
                 for entry in entries:
@@ -418,11 +415,7 @@ def build_components(
     logger, which the console shows) gets a line when each starts and ends and a heartbeat meanwhile.
     The result lines are the caller's to print (``report.lines()``).
     """
-    from branchops.progress import verbosity
-
     say = progress_log or log
-    # Read here, on the command's thread: the tests and builds run on worker threads, which do not know it.
-    echo = verbosity() >= 1
     workspace = Path(workspace).resolve()
     components = discover_components(workspace, registry_cfg.build_args)
     by_name = {c.name: c for c in components}
@@ -468,7 +461,7 @@ def build_components(
 
     parallel = min(registry_cfg.max_parallel_builds, (builder.max_parallel if builder else None) or 32)
     _test_and_log(
-        workspace, to_build, by_name, Path(log_dir), run_tests, parallel, registry_cfg.timeout_s, say, echo
+        workspace, to_build, by_name, Path(log_dir), run_tests, parallel, registry_cfg.timeout_s, say
     )
     ready = [e for e in to_build if e.status != "failed"]
     if builder is None:
@@ -496,7 +489,6 @@ def build_components(
                             registry_cfg,
                             auth_dir,
                             Path(entry.log or ""),
-                            echo,
                         )
                     seconds = entry.durations.get("build_s", 0.0)
                     say.info("%s: %s in %.1fs (build and push)", entry.name, entry.status, seconds)

@@ -56,12 +56,12 @@ class Builder(ABC):
         """Extra environment variables for the commands."""
         return {}
 
-    def build_and_push(self, request: BuildRequest, log: IO[str], echo: bool = False) -> str | None:
-        """Run the commands (their output also on the console when ``echo``: ``-v``); return the pushed
-        digest if the tool reported it (else the caller asks the registry)."""
+    def build_and_push(self, request: BuildRequest, log: IO[str]) -> str | None:
+        """Run the commands (their output also on the console at ``-v``); return the pushed digest if
+        the tool reported it (else the caller asks the registry)."""
         env = {**os.environ, **self.environment(request)}
         for argv in self.commands(request):
-            run_logged(argv, log, cwd=request.workspace, env=env, timeout_s=self.timeout_s, echo=echo)
+            run_logged(argv, log, cwd=request.workspace, env=env, timeout_s=self.timeout_s)
         if request.digest_file.exists():
             digest = request.digest_file.read_text(encoding="utf-8").strip()
             if digest.startswith("sha256:"):
@@ -75,7 +75,6 @@ def run_logged(
     cwd: Path,
     env: Mapping[str, str] | None,
     timeout_s: float,
-    echo: bool = False,
 ) -> None:
     """Run ``argv`` with its output appended to ``log`` line by line as it runs (a build's log shows
     each step while it happens); raise CommandFailed on a non-zero exit or a timeout."""
@@ -89,7 +88,6 @@ def run_logged(
             env=env,
             timeout_s=timeout_s,
             label=Path(argv[0]).name,
-            echo=echo,
             transform=mask,
         )
     except FileNotFoundError:
