@@ -227,6 +227,38 @@ def test_canary_breach_removes_the_canary_and_keeps_stable(cluster):
     assert serving.status().stable == 1
 
 
+def test_an_interrupted_canary_leaves_no_canary_deployment_and_keeps_stable(cluster, monkeypatch):
+    serving = backend(istio=True)
+    assert serving.deploy(release(1)).ok
+    applied = spy(serving)
+    steps = 0
+
+    def interrupt_at_the_second_step(original):
+        def step(self, weight):
+            nonlocal steps
+            steps += 1
+            if steps == 2:  # Ctrl-C while 10% of ordinary traffic goes to the canary
+                raise KeyboardInterrupt
+            return original(self, weight)
+
+        return step
+
+    from branchops.serving.kubernetes_backend import _KubernetesTracks
+
+    monkeypatch.setattr(
+        _KubernetesTracks,
+        "set_canary_weight",
+        interrupt_at_the_second_step(_KubernetesTracks.set_canary_weight),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        serving.deploy(release(3, strategy="canary"))
+    assert ("deployments", NS, "tfserve-canary") not in cluster.objects
+    weights = [o["spec"]["http"][0]["route"][1]["weight"] for o in applied if o["kind"] == "VirtualService"]
+    assert 10 in weights and weights[-1] == 0  # no share of ordinary traffic left on the canary
+    assert all(3 not in versions_in(text) for text in stable_policies(cluster))
+    assert serving.status().stable == 1
+
+
 def test_serve_and_predict_on_kubernetes_say_what_they_can_do(cluster, tmp_path):
     from tests.foundation.conftest import MINIMAL_CONFIG, make_project
 
