@@ -260,9 +260,7 @@ class _KubernetesTracks(RolloutBackend):
         """The export's metadata as the copy Job printed it after the marker (None without a log)."""
         import json
 
-        log_text = self.api.job_log(
-            self.objects.copy_job("x", "x", version)["metadata"]["name"], self.namespace
-        )
+        log_text = self.api.job_log(self.objects.copy_job_name(version), self.namespace)
         _, marker, tail = log_text.partition(METADATA_MARKER)
         try:
             meta = json.loads(tail) if marker else None

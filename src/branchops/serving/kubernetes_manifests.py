@@ -346,6 +346,9 @@ class ObjectBuilder:
             },
         }
 
+    def copy_job_name(self, version: int) -> str:
+        return f"{self.name}-copy-v{version}"
+
     def copy_job(self, source_claim: str, source_path: str, version: int) -> dict[str, Any]:
         """Copy one SavedModel version onto the serving volume: into a temp directory, then rename, so
         TF Serving's file-system poll never sees half a version."""
@@ -368,7 +371,7 @@ class ObjectBuilder:
         return {
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": self.meta(f"{self.name}-copy-v{version}"),
+            "metadata": self.meta(self.copy_job_name(version)),
             "spec": {
                 "backoffLimit": 2,
                 "ttlSecondsAfterFinished": 3600,
