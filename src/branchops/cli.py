@@ -309,8 +309,12 @@ def _print_reports(reports: list, as_json: bool) -> int:
                 click.echo(f"  record: {r.record_path} ({(r.record_commit or '')[:12]})")
             if r.log_path:
                 click.echo(f"  log: {r.log_path}")
-    codes = [r.exit_code for r in reports if r.exit_code]
-    return codes[0] if codes else 0
+    return _exit_code(reports)
+
+
+def _exit_code(reports: list) -> int:
+    """The command's exit code for its runs: the first that did not end in 0, else 0."""
+    return next((r.exit_code for r in reports if r.exit_code), 0)
 
 
 @main.command()
@@ -520,8 +524,7 @@ def mr_merge(obj: dict, number: int, user: str | None, no_run: bool, as_json: bo
     merged, reports = merge_and_run(_project(obj), number, _user(user), run=not no_run)
     if as_json:
         emit_json({"merge_request": merged.to_dict(), "runs": [r.to_dict() for r in reports]})
-        codes = [r.exit_code for r in reports if r.exit_code]
-        sys.exit(codes[0] if codes else 0)
+        sys.exit(_exit_code(reports))
     click.echo(f"merged !{number} into {merged.target} as {merged.merge_commit[:12]}")
     sys.exit(_print_reports(reports, as_json=False))
 
