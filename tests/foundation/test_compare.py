@@ -22,7 +22,7 @@ from tests.foundation import training_records as tr
 from tests.foundation.conftest import Project
 from tests.foundation.test_cli_schemas import check
 
-RUN0, RUN1, RUN2 = (history.run_id(i) for i in range(3))
+RUN0, RUN1, RUN2 = tr.THREE_RUN_IDS
 
 
 @pytest.fixture
@@ -32,8 +32,7 @@ def runs(project: Project) -> Project:
 
 
 def diff(project: Project, *args: str, expect: int = 0) -> dict:
-    result = project.run("metrics", "diff", *args, "--json", expect=expect)
-    return json.loads(result.stdout if expect == 0 else result.stderr)
+    return tr.cli_json(project, "metrics", "diff", *args, expect=expect)
 
 
 def test_by_default_the_latest_run_against_what_is_serving(runs):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 import pytest
 
@@ -16,7 +15,7 @@ from tests.foundation import training_records as tr
 from tests.foundation.conftest import Project
 from tests.foundation.test_cli_schemas import check
 
-RUN0, RUN1, RUN2 = (history.run_id(i) for i in range(3))
+RUN0, RUN1, RUN2 = tr.THREE_RUN_IDS
 
 
 @pytest.fixture
@@ -26,8 +25,7 @@ def runs(project: Project) -> Project:
 
 
 def show(project: Project, *args: str, expect: int = 0) -> dict:
-    result = project.run("exp", "show", *args, "--json", expect=expect)
-    return json.loads(result.stdout if expect == 0 else result.stderr)
+    return tr.cli_json(project, "exp", "show", *args, expect=expect)
 
 
 def test_every_experiment_of_every_run_with_params_metrics_intervals_gate_and_serving(runs):

@@ -6,6 +6,7 @@ The metrics are metrics.json as the evaluate component documents it (components/
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,16 @@ def write(repo: Path, branch: str, runs: list[TrainingRun | DeployRun]) -> None:
     """The runs' record.json files on ``branch``, in one commit, as the stages serialise them."""
     if runs:
         history.add_records(repo, branch, runs[0].stage, [run.to_dict() for run in runs])
+
+
+# the run ids of three_runs' training runs 0, 1, 2
+THREE_RUN_IDS = tuple(history.run_id(i) for i in range(3))
+
+
+def cli_json(project, *args: str, expect: int = 0) -> dict[str, Any]:
+    """A ``--json`` command's answer: its output when it succeeds, its error report (stderr) otherwise."""
+    result = project.run(*args, "--json", expect=expect)
+    return json.loads(result.stdout if expect == 0 else result.stderr)
 
 
 def three_runs(repo: Path) -> None:
