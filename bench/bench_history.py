@@ -35,6 +35,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 from click.testing import CliRunner
 
@@ -393,29 +394,45 @@ def report(results: dict[int, dict[str, list[float]]], runs: int, sizes: list[in
         f"version's lineage reads all {largest:,} training records ({training_bytes / 2**20:.0f} MiB of "
         "JSON) and as many deploy-model records.",
         "",
-        "Raw times (s): "
-        + "; ".join(
-            f"{count}: "
-            + ", ".join(f"{name} {[round(t, 3) for t in values]}" for name, values in times.items())
-            for count, times in results.items()
-        ),
+        raw_times(results),
     ]
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "history.md")
+def raw_times(results: dict[int, dict[str, list[float]]]) -> str:
+    """The report's last line: every measured time, per size and measurement."""
+    return "Raw times (s): " + "; ".join(
+        f"{count}: " + ", ".join(f"{name} {[round(t, 3) for t in values]}" for name, values in times.items())
+        for count, times in results.items()
+    )
+
+
+def bench_main(
+    description: str,
+    measure: Callable[[Path, int, int], dict[str, list[float]]],
+    report: Callable[[dict[int, dict[str, list[float]]], int, list[int]], list[str]],
+    sizes: tuple[int, ...],
+    runs: int,
+    name: str,
+) -> None:
+    """A history benchmark's command line: measure each size in a scratch folder, write
+    bench/results/<name>.md and print it."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(sizes))
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / f"{name}.md")
     args = parser.parse_args()
     results = {}
-    with tempfile.TemporaryDirectory(prefix="branchops-bench-history-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"branchops-bench-{name}-") as tmp:
         for count in args.sizes:
             results[count] = measure(Path(tmp), count, args.runs)
     lines = report(results, args.runs, args.sizes)
     args.output.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def main() -> None:
+    bench_main(__doc__.splitlines()[0], measure, report, SIZES, 5, "history")
 
 
 if __name__ == "__main__":

@@ -15,21 +15,27 @@ Writes bench/results/ui.md. Goal (issue 17, item 4): every page under 0.5 s at 1
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_history import FIRST_VERSION, ROOT, make_project, run_id, timed_cli  # noqa: E402
+from bench_history import (  # noqa: E402
+    FIRST_VERSION,
+    ROOT,
+    bench_main,
+    make_project,
+    raw_times,
+    run_id,
+    timed_cli,
+)
 
 SIZES = (0, 1000)
 GOAL_S = 0.5
@@ -159,28 +165,13 @@ def report(results: dict[int, dict[str, list[float]]], runs: int, sizes: list[in
         "deploy-model records of that version, and the first version's is the worst case, as in "
         "bench_history (every training record read newest first until the oldest).",
         "",
-        "Raw times (s): "
-        + "; ".join(
-            f"{count}: " + ", ".join(f"{n} {[round(t, 3) for t in v]}" for n, v in times.items())
-            for count, times in results.items()
-        ),
+        raw_times(results),
     ]
     return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "ui.md")
-    args = parser.parse_args()
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="branchops-bench-ui-") as tmp:
-        for count in args.sizes:
-            results[count] = measure(Path(tmp), count, args.runs)
-    lines = report(results, args.runs, args.sizes)
-    args.output.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    bench_main(__doc__.splitlines()[0], measure, report, SIZES, 7, "ui")
 
 
 if __name__ == "__main__":
