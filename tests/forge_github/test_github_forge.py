@@ -130,6 +130,23 @@ def test_merge_found_in_a_busy_repository(fake_github: FakeGitHub, make_forge) -
     assert forge.merged_request_into("training", "d4" * 20) is None  # a direct push
 
 
+def test_the_lookups_of_a_gated_range_read_each_page_once(fake_github: FakeGitHub, make_forge) -> None:
+    # the gate asks for every commit of the range: the merge, and direct pushes that no pull request made
+    n = fake_github.add_pull("ds1", "training", head_sha=SHA_A)
+    fake_github.merge(n, by="lead", merge_sha=MERGE, at="2026-01-03T00:00:00Z")
+    for i in range(4):
+        other = fake_github.add_pull(f"ds-{i}", "training", head_sha=f"{i:040x}")
+        fake_github.merge(other, by="lead", merge_sha=f"{i + 1000:040x}", at=f"2026-02-0{1 + i}T00:00:00Z")
+    forge = make_forge(per_page=2)
+
+    assert forge.merged_request_into("training", f"{3 + 1000:040x}") is not None  # the first page
+    assert forge.merged_request_into("training", "d4" * 20) is None  # every page
+    assert forge.merged_request_into("training", "d5" * 20) is None
+    assert forge.merged_request_into("training", MERGE).number == n
+
+    assert len(fake_github.calls("GET", r"/repos/octo/hello/pulls")) == 3  # 5 pull requests, 2 a page
+
+
 def test_pagination_reads_every_page(fake_github: FakeGitHub, make_forge) -> None:
     for i in range(7):
         fake_github.add_pull(f"ds{i}", "training")

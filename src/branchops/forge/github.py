@@ -167,6 +167,9 @@ class GitHubRepositoryClient:
         )
         self._repo = self._github.get_repo(settings.repository)
         self._team_members: dict[str, list[str]] = {}
+        # per base branch (None: any): the merged pull requests read so far, by merge commit, and the rest
+        # of the listing, read on only as far as a lookup needs (see _merged_pull)
+        self._merges: dict[str | None, tuple[dict[str, int], Iterator[Any]]] = {}
 
     # -- error translation --------------------------------------------------------------------------
 
@@ -305,23 +308,28 @@ class GitHubForge(GitHubRepositoryClient, Forge):
         return self._merged_pull(sha, target)
 
     def _merged_pull(self, sha: str, target: str | None) -> MergeRequest | None:
-        filters: dict[str, Any] = {"state": "closed", "sort": "updated", "direction": "desc"}
-        if target is not None:
-            filters["base"] = target
+        """The lookups of one forge share one listing per ``target``: the gate asks for each commit of a
+        range, and each page is read once, not once per commit (nor every page again per direct push)."""
         with self._calling(f"looking for the pull request merged as {sha}"):
-            # PaginatedList: the next page is read only when the ones before did not hold it.
-            found = next(
-                (
-                    pr
-                    for pr in self._repo.get_pulls(**filters)
-                    # a merged pull request whose merge produced the commit, not one that merely holds it
-                    if pr.merged_at is not None and pr.merge_commit_sha == sha
-                ),
-                None,
-            )
-            if found is None:
-                return None
-            return self._to_merge_request(self._repo.get_pull(found.number))
+            if target not in self._merges:
+                filters: dict[str, Any] = {"state": "closed", "sort": "updated", "direction": "desc"}
+                if target is not None:
+                    filters["base"] = target
+                # PaginatedList: the next page is read only when the ones before did not hold it.
+                self._merges[target] = ({}, iter(self._repo.get_pulls(**filters)))
+            merged, rest = self._merges[target]
+            while sha not in merged:
+                try:
+                    pr = next(rest, None)
+                except BaseException:
+                    del self._merges[target]  # a listing that failed has ended: the next lookup starts anew
+                    raise
+                if pr is None:
+                    return None
+                # a merged pull request whose merge produced the commit, not one that merely holds it
+                if pr.merged_at is not None and pr.merge_commit_sha:
+                    merged.setdefault(pr.merge_commit_sha, pr.number)
+            return self._to_merge_request(self._repo.get_pull(merged[sha]))
 
     def team_members(self, team: str) -> list[str]:
         """Logins of the members of ``team`` ("org/team" or "@org/team"; child teams' members included,
