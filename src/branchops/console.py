@@ -100,6 +100,14 @@ class ConsoleFilter(logging.Filter):
         return ours and _within(record.name, NARRATIVE)
 
 
+def _label(levelno: int, colour: bool) -> str:
+    """``warning:`` or ``error:`` for a level at WARNING or above, in its colour when ``colour``."""
+    label = "error:" if levelno >= logging.ERROR else "warning:"
+    if colour:
+        return click.style(label, fg=_LEVEL_COLOURS[min(levelno, logging.CRITICAL)], bold=True)
+    return label
+
+
 class ConsoleFormatter(logging.Formatter):
     """``message``; ``warning: message`` / ``error: message``; with -vv the seconds since start first."""
 
@@ -112,12 +120,7 @@ class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         if record.levelno >= logging.WARNING:
-            prefix = "error:" if record.levelno >= logging.ERROR else "warning:"
-            if self.colour:
-                prefix = click.style(
-                    prefix, fg=_LEVEL_COLOURS[min(record.levelno, logging.CRITICAL)], bold=True
-                )
-            text = f"{prefix} {text}"
+            text = f"{_label(record.levelno, self.colour)} {text}"
         elif record.levelno < logging.INFO and self.colour:
             text = click.style(text, dim=True)
         if self.elapsed:
@@ -180,5 +183,4 @@ def emit_error(message: str, code: int, as_json: bool) -> None:
         click.echo(json.dumps({"error": message, "code": code}), err=True)
         return
     colour = colour_wanted(sys.stderr)
-    prefix = click.style("error:", fg="red", bold=True) if colour else "error:"
-    click.echo(f"{prefix} {message}", err=True, color=colour)
+    click.echo(f"{_label(logging.ERROR, colour)} {message}", err=True, color=colour)
