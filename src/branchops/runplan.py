@@ -40,9 +40,8 @@ class Paths:
     data_dir: str
     work_dir: str
     export_base: str
-    local_work_dir: Path | None  # the work dir as this process can read it (local storage only)
     # A file of the work dir, by name relative to it, read through the storage port; None if absent.
-    read_work_file: Callable[[str], bytes | None] | None = None
+    read_work_file: Callable[[str], bytes | None]
 
 
 def component_images(config: BranchopsConfig, workspace: Path) -> dict[str, str]:
@@ -92,13 +91,11 @@ def run_paths(storage: Storage, data_volume: Volume, model_volume: Volume, folde
     """The directories of a run whose work goes to ``folder`` of the model volume (``runs/<name>``)."""
     data, models = storage.step_dir(data_volume, "data"), storage.step_dir(model_volume, "models")
     work = f"{models.rstrip('/')}/{folder}"
-    readable = Path(work) if model_volume.path else None
     return Paths(
         f"{data.rstrip('/')}/raw",
         data,
         work,
         f"{work}/export",
-        readable,
         lambda name: storage.read_file(model_volume, f"{folder}/{name}"),
     )
 
@@ -139,7 +136,7 @@ def read_metrics(outputs: dict[str, Any], paths: Paths, names: list[str]) -> dic
     API returns only the steps' states, never the values they returned), else what the engine returned as
     the run's ``metrics`` output. Every metric in ``names`` must be a number."""
     metrics = outputs.get("metrics") if isinstance(outputs.get("metrics"), dict) else None
-    content = paths.read_work_file(METRICS_FILE) if paths.read_work_file else None
+    content = paths.read_work_file(METRICS_FILE)
     if content is not None:
         try:
             metrics = json.loads(content)
