@@ -90,18 +90,20 @@ def uploaded_version(ctx: StageContext, engine, compiled):
 # -- data ----------------------------------------------------------------------------------------------
 
 
-def provide_data(ctx: StageContext, storage) -> tuple[Any, str | None]:
+def provide_data(ctx: StageContext, storage) -> tuple[Any, str | None, bool]:
     """The data volume as config's policy says, with the raw files in ``raw/``: (volume, kaggle dataset the
-    pipeline downloads into it, if any).
+    pipeline downloads into it, if any, whether the raw files are generated: the SYNTHETIC marker).
 
     Whether the raw files are there is asked of the volume itself (through the storage port), not taken
     from whether the volume is new: a download that failed leaves the volume behind, empty of raw files,
-    and the next run must download again."""
+    and the next run must download again. The one listing (a reader pod on Kubernetes) also says whether
+    the data there is synthetic, so that generated data on a PVC is reported as such too."""
     cfg = ctx.config
     volume, needs_data = storage.provide_data_volume(cfg.storage.data_volume)
     raw = Path(volume.path) / "raw" if volume.path else None
-    if not needs_data and storage.list_folder(volume, "raw"):
-        return volume, None
+    listed = None if needs_data else storage.list_folder(volume, "raw")
+    if listed:
+        return volume, None, SYNTHETIC_MARKER in listed
     data = cfg.data
     if data is None:
         raise ConfigError(
@@ -119,7 +121,7 @@ def provide_data(ctx: StageContext, storage) -> tuple[Any, str | None]:
             volume.name,
             data.kaggle.dataset,
         )
-        return volume, data.kaggle.dataset
+        return volume, data.kaggle.dataset, False
     if raw is None:
         raise ConfigError(
             f"storage '{cfg.storage.backend}': a new data volume is filled by the pipeline's own "
@@ -155,9 +157,10 @@ def provide_data(ctx: StageContext, storage) -> tuple[Any, str | None]:
                 f"data.script {data.script} exited {done.returncode}: "
                 f"{(done.stderr or done.stdout).strip()[-2000:]}"
             )
-    if is_synthetic(raw):
+    synthetic = is_synthetic(raw)
+    if synthetic:
         ctx.log.warning("data volume %s holds SYNTHETIC data (%s)", volume.name, raw / SYNTHETIC_MARKER)
-    return volume, None
+    return volume, None, synthetic
 
 
 def check_kaggle_credentials(ctx: StageContext) -> None:
@@ -720,7 +723,7 @@ def run(ctx: StageContext) -> StageResult:
     engine = make_engine(cfg, ctx.state_dir, ctx.workspace)
     upload = uploaded_version(ctx, engine, compiled)
     storage = make_storage(cfg, ctx.state_dir)
-    data_volume, kaggle = provide_data(ctx, storage)
+    data_volume, kaggle, synthetic = provide_data(ctx, storage)
     model_volume = storage.ensure_volume(cfg.storage.model_volume)
     version = commit_version(ctx)
     # every experiment's parameters are checked against the pipeline before any run starts
@@ -729,8 +732,6 @@ def run(ctx: StageContext) -> StageResult:
         pipeline_params(
             compiled.spec, paths, version, ctx.source_commit, kaggle, data_volume, model_volume, exp.params
         )
-    # asked of the volume, so that generated data on a PVC is reported as such too
-    synthetic = SYNTHETIC_MARKER in (storage.list_folder(data_volume, "raw") or [])
 
     with ThreadPoolExecutor(max_workers=cfg.training.max_parallel_runs) as pool:
         entries = list(
