@@ -274,12 +274,8 @@ class Dashboard:
         parameters, the configured metrics with their intervals, the gate's verdict, plots."""
         from branchops import experiments
 
-        # oldest first (run ids begin with their start time), so that a change reads from older to newer
-        run_ids = sorted(set(run_ids))
+        run_ids = self._training_run_ids(run_ids)
         history = self.history("training")
-        missing = [r for r in run_ids if r not in history.folders]
-        if missing:
-            raise NotFound(f"no training run {', '.join(missing)}")
         metric_names = list(self.config.training.metrics)
         # what serves and which training run made it, as ``branchops exp show`` finds them
         serving = experiments.serving_now(self.history("deploy-model"), history.newest_first())
@@ -328,9 +324,17 @@ class Dashboard:
 
     def compare_curves(self, run_ids: list[str]) -> bytes:
         """Two runs' learning and ROC curves overlaid in one PNG, as ``branchops plots diff`` draws them."""
-        older, newer = sorted(set(run_ids))
-        self.compare([older, newer])  # both must be training runs on the branch (NotFound otherwise)
+        older, newer = self._training_run_ids(run_ids)
         return overlaid_curves(self.repo_path, older, newer)
+
+    def _training_run_ids(self, run_ids: list[str]) -> list[str]:
+        """``run_ids`` once each, oldest first (run ids begin with their start time, so that a change reads
+        from older to newer); NotFound unless each is a training run on the branch."""
+        run_ids = sorted(set(run_ids))
+        missing = [r for r in run_ids if r not in self.history("training").folders]
+        if missing:
+            raise NotFound(f"no training run {', '.join(missing)}")
+        return run_ids
 
     def serving_now(self, newest: list[records.StoredRecord] | None = None) -> dict[str, Any] | None:
         """What the newest deploy-model run left serving (the TF Serving label ``stable``) and the canary
