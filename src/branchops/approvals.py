@@ -18,7 +18,7 @@ from branchops import gitops
 from branchops.errors import ConfigError, GateRefused
 from branchops.forge.base import Approval, Forge, MergeRequest
 from branchops.gate import counted_approvals
-from branchops.project import Project, config_at
+from branchops.project import Project
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def designated_now(project: Project, mr: MergeRequest) -> dict[str, list[str]]:
     runner does for a branch's first configuration)."""
     tip = gitops.branch_tip(project.repo, mr.target)
     try:
-        config = config_at(project.repo, tip) if tip else project.config_at(mr.head_sha)
+        config = project.config_at(tip or mr.head_sha)
     except ConfigError:
         config = project.config_at(mr.head_sha)
     return {stage: list(config.approvers[stage]) for stage in config.stages_for_branch(mr.target)}  # type: ignore[index]
