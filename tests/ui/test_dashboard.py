@@ -152,6 +152,11 @@ def test_lineage_graph_of_a_model_version_with_its_deploys_and_rollback(client, 
     model_1 = page(client, f"/models/{MODEL_1}")
     assert f'data-node="deploy-{deploys[0]}"' in model_1 and f"deploy-{deploys[2]}" not in model_1
     assert page(client, "/models/12345", status=404)
+    # a run id prefix both training runs share: which one is meant, the page says (a request error, not the
+    # dashboard's)
+    first, second = runs_of(dashboard_repo, "training")
+    shared = next(i for i, (x, y) in enumerate(zip(first, second)) if x != y)
+    assert "more than one training run matches" in page(client, f"/models/{first[:shared]}", status=400)
 
 
 def test_stage_pages_and_models_list(client, dashboard_repo: Path) -> None:

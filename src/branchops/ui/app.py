@@ -88,6 +88,10 @@ def create_app(repo_path: str) -> Flask:
     def not_found(error: NotFound) -> tuple[str, int]:
         return render_template("error.html", message=str(error)), 404
 
+    @app.errorhandler(BadArgument)
+    def bad_request(error: BadArgument) -> tuple[str, int]:  # e.g. a run id prefix that several runs share
+        return render_template("error.html", message=str(error)), 400
+
     @app.errorhandler(BranchopsError)
     def failed(error: BranchopsError) -> tuple[str, int]:
         return render_template("error.html", message=str(error)), 500
