@@ -384,3 +384,33 @@ def test_a_reader_pod_that_cannot_start_fails_after_the_timeout_naming_the_image
     with pytest.raises(ExternalError, match="did not finish within.*registry.example.test/busybox:1.36"):
         storage.read_file(gone, "metrics.json")
     assert not [key for key in kube.emulator.objects if key[0] == "pods"]
+
+
+def test_a_reader_pod_whose_create_answer_was_lost_is_still_deleted(trident, kube, monkeypatch):
+    """The API server stored the pod but its answer never arrived (a timeout): the pod has a name chosen
+    before the create, so it is deleted all the same instead of being left behind."""
+    from kubernetes.client import CoreV1Api
+    from urllib3.exceptions import ReadTimeoutError
+
+    volume = trident.ensure_volume("djia-models")
+    create = CoreV1Api.create_namespaced_pod
+
+    def answer_lost(self, *args, **kwargs):
+        create(self, *args, **kwargs)
+        raise ReadTimeoutError(None, "/api/v1/namespaces/team-a/pods", "read timed out")
+
+    monkeypatch.setattr(CoreV1Api, "create_namespaced_pod", answer_lost)
+    with pytest.raises(ExternalError, match="unreachable while trying to create a reader Pod"):
+        trident.read_file(volume, "runs/r1/metrics.json")
+    assert kube.emulator.count("create", "pods") == 1
+    assert not [key for key in kube.emulator.objects if key[0] == "pods"]
+
+
+def test_a_reader_pod_that_cannot_be_deleted_is_a_warning_naming_it(trident, kube, caplog):
+    volume = trident.ensure_volume("djia-models")
+    (kube.emulator.volume_dir(NS, "djia-models") / "metrics.json").write_bytes(b"{}")
+    kube.emulator.fail_next("DELETE", "pods", 403, "Forbidden", "pods is forbidden: cannot delete")
+    with caplog.at_level(logging.WARNING, logger="branchops.storage.trident"):
+        assert trident.read_file(volume, "metrics.json") == b"{}"  # the read itself succeeded
+    [pod] = [name for (resource, _, name) in kube.emulator.objects if resource == "pods"]
+    assert f"reader Pod {NS}/{pod} may be left behind" in caplog.text and "cannot delete" in caplog.text

@@ -25,8 +25,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import re
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -482,13 +484,13 @@ class TridentStorage(Storage):
         out = self._run_reader(volume, _LIST_FOLDER, check_volume_path(path), f"list {path}/")
         return None if out is None else sorted(line for line in out.splitlines() if line)
 
-    def _reader_pod(self, volume: Volume, script: str, path: str) -> dict[str, Any]:
+    def _reader_pod(self, pod: str, volume: Volume, script: str, path: str) -> dict[str, Any]:
         return self._send(
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {
-                    "generateName": "branchops-read-",
+                    "name": pod,
                     "namespace": self.namespace,
                     "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_VOLUME: volume.name},
                     # Kubeflow profile namespaces inject Istio sidecars, and a pod with a sidecar never
@@ -497,7 +499,7 @@ class TridentStorage(Storage):
                 },
                 "spec": {
                     "restartPolicy": "Never",
-                    "activeDeadlineSeconds": int(self.ready_timeout_s),
+                    "activeDeadlineSeconds": max(1, math.ceil(self.ready_timeout_s)),  # the API wants >= 1
                     # admitted under the "restricted" Pod Security Standard; files the steps wrote are
                     # world-readable, so an unprivileged user can read them
                     "securityContext": {
@@ -530,14 +532,17 @@ class TridentStorage(Storage):
     def _run_reader(self, volume: Volume, script: str, path: str, what: str) -> str | None:
         """Run a reader pod on ``volume`` and return its log, or None when ``path`` is not there."""
         check_name(volume.name, "volume name")
-        created = self._call(
-            f"create a reader Pod in {self.namespace} to {what} of volume {volume.name}",
-            self._core().create_namespaced_pod,
-            self.namespace,
-            self._reader_pod(volume, script, path),
-        )
-        pod = self._to_dict(created)["metadata"]["name"]
+        # Named here, not by the API server (generateName): a create whose answer is lost (a timeout, a
+        # dropped connection) may still have made the pod, and only a known name lets it be deleted.
+        pod = f"branchops-read-{uuid.uuid4().hex[:12]}"
+        body = self._reader_pod(pod, volume, script, path)
         try:
+            self._call(
+                f"create a reader Pod in {self.namespace} to {what} of volume {volume.name}",
+                self._core().create_namespaced_pod,
+                self.namespace,
+                body,
+            )
             phase, exit_code = self._wait_for_pod(pod, f"{what} of volume {volume.name}")
             log_text = self._call(
                 f"read the log of Pod {self.namespace}/{pod}",
@@ -547,13 +552,7 @@ class TridentStorage(Storage):
                 container=READER_CONTAINER,
             )
         finally:
-            self._call(
-                f"delete Pod {self.namespace}/{pod}",
-                self._core().delete_namespaced_pod,
-                pod,
-                self.namespace,
-                missing_ok=True,
-            )
+            self._delete_reader(pod)
         if phase == "Succeeded":
             return str(log_text or "")
         if exit_code == READER_MISSING:
@@ -562,6 +561,27 @@ class TridentStorage(Storage):
             f"reader Pod {self.namespace}/{pod} could not {what} of volume {volume.name}: it ended {phase} "
             f"(exit code {exit_code}): {str(log_text or '').strip()[-500:] or '(no output)'}"
         )
+
+    def _delete_reader(self, pod: str) -> None:
+        """Delete a reader pod (gone already is fine). A delete that fails is a warning naming the pod left
+        behind, never an error: it must not hide why the read failed, nor fail a read that succeeded."""
+        try:
+            self._call(
+                f"delete Pod {self.namespace}/{pod}",
+                self._core().delete_namespaced_pod,
+                pod,
+                self.namespace,
+                missing_ok=True,
+            )
+        except ExternalError as exc:
+            log.warning(
+                "reader Pod %s/%s may be left behind (kubectl -n %s delete pod %s): %s",
+                self.namespace,
+                pod,
+                self.namespace,
+                pod,
+                exc,
+            )
 
     def _wait_for_pod(self, pod: str, what: str) -> tuple[str, int | None]:
         """Poll the pod until it has ended: (phase, its container's exit code)."""
