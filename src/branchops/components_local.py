@@ -12,7 +12,7 @@ from pathlib import Path
 
 from branchops import gitops
 from branchops.errors import DataError, NotFound, StageFailed
-from branchops.progress import heartbeat, print_line
+from branchops.progress import heartbeat, kill_group, print_line
 
 log = logging.getLogger("branchops.component")
 
@@ -53,6 +53,7 @@ def run_component(repo_path: str | Path, name: str, params: dict) -> dict:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # so an interruption can stop what the component started, too
     )
     assert proc.stdout is not None and proc.stderr is not None
     passer = threading.Thread(target=_pass_through, args=(proc.stderr,), daemon=True)
@@ -64,7 +65,7 @@ def run_component(repo_path: str | Path, name: str, params: dict) -> dict:
             passer.join()
     finally:
         if proc.poll() is None:  # interrupted: the component must not run on without us
-            proc.kill()
+            kill_group(proc)
             proc.wait()
     if proc.returncode == 7:
         raise DataError(f"component {name} rejected its input (see the message above)")

@@ -307,7 +307,7 @@ def run_streaming(
 
     def kill() -> None:
         timed_out.set()
-        _kill_group(process)
+        kill_group(process)
 
     timer = threading.Timer(timeout_s, kill) if timeout_s else None
     if timer:
@@ -328,7 +328,7 @@ def run_streaming(
         if timer:
             timer.cancel()
         if process.poll() is None:  # interrupted while reading: the command must not outlive us
-            _kill_group(process)
+            kill_group(process)
             process.wait()
         if process.stdout:
             process.stdout.close()
@@ -340,7 +340,8 @@ def run_streaming(
     )
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def kill_group(process: subprocess.Popen) -> None:
+    """Kill ``process`` and everything it started (it must run in a session of its own)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
