@@ -86,7 +86,11 @@ def fetch_branches(repo: git.Repo, remote: str, branches: list[str]) -> list[str
         return []
     except git.GitCommandError as exc:
         if "couldn't find remote ref" not in str(exc.stderr):
-            raise ExternalError(f"git fetch {remote} failed: {str(exc.stderr).strip()}") from None
+            raise ExternalError(
+                f"git fetch {remote} {' '.join(branches)} failed: {str(exc.stderr).strip()}"
+            ) from None
+        if len(branches) == 1:
+            return list(branches)
     missing = []  # one at a time, to learn which
     for branch, refspec in refspecs.items():
         try:
@@ -244,13 +248,7 @@ def commit_to_branch(
     """
     for attempt in range(1, retries + 1):
         if remote:
-            try:
-                _run_git(
-                    repo, ["fetch", "--quiet", remote, f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}"]
-                )
-            except git.GitCommandError as exc:
-                if "couldn't find remote ref" not in str(exc.stderr):
-                    raise ExternalError(f"git fetch {remote} {branch} failed: {exc.stderr.strip()}") from None
+            fetch_branches(repo, remote, [branch])  # a branch the remote lacks yet is created by the push
         tip = branch_tip(repo, branch, remote)
         commit = build_commit(repo, tip, files, message, identity, overwrite=overwrite)
         if remote:
