@@ -10,7 +10,6 @@ plot says so rather than drawing nothing.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -21,7 +20,7 @@ import git
 
 from branchops import gitops, records
 from branchops.errors import BadArgument, NotFound
-from branchops.experiments import DEPLOY, TRAINING, Serving, serving_now, stage_tip
+from branchops.experiments import DEPLOY, TRAINING, Serving, finite_number, serving_now, stage_tip
 
 SERVING = ("serving", "production")
 LATEST = ("latest", "last")
@@ -73,14 +72,10 @@ class MetricsDiff:
         }
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _interval(metrics: dict[str, Any], name: str) -> tuple[float, float] | None:
     found = metrics.get("intervals")
     found = found.get(name) if isinstance(found, dict) else None
-    if isinstance(found, dict) and _number(found.get("low")) and _number(found.get("high")):
+    if isinstance(found, dict) and finite_number(found.get("low")) and finite_number(found.get("high")):
         return (found["low"], found["high"])
     return None
 
@@ -94,8 +89,8 @@ def metric_changes(a: dict[str, Any], b: dict[str, Any], names: list[str]) -> li
         sections.append(("validation.", a_val or {}, b_val or {}))
     for prefix, left, right in sections:
         for name in names:
-            x = left.get(name) if _number(left.get(name)) else None
-            y = right.get(name) if _number(right.get(name)) else None
+            x = left.get(name) if finite_number(left.get(name)) else None
+            y = right.get(name) if finite_number(right.get(name)) else None
             if prefix and x is None and y is None:
                 continue
             changes.append(
@@ -328,7 +323,7 @@ def plot(result: MetricsDiff, output: str | Path) -> dict[str, Any]:
         roc = curves.get("roc") if isinstance(curves.get("roc"), dict) else {}
         if isinstance(roc.get("fpr"), list) and isinstance(roc.get("tpr"), list) and roc["fpr"]:
             auc = side.metrics.get("roc_auc")
-            ax_label = f"{name}, AUC {auc:.3f}" if _number(auc) else name
+            ax_label = f"{name}, AUC {auc:.3f}" if finite_number(auc) else name
             axes[2].plot(roc["fpr"], roc["tpr"], color=colour, label=ax_label)
             drawn["roc"].append(side.label)
     for ax, metric in zip(axes[:2], ("loss", "accuracy")):

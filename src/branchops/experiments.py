@@ -97,7 +97,8 @@ class ExperimentTable:
         }
 
 
-def _number(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
+    """A metric's value as metrics.json may hold it: a finite int or float (not a bool, NaN or infinity)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -106,9 +107,9 @@ def _intervals(section: Any) -> dict[str, Interval]:
         return {}
     return {
         name: Interval(
-            value.get("low") if _number(value.get("low")) else None,
-            value.get("high") if _number(value.get("high")) else None,
-            value.get("confidence") if _number(value.get("confidence")) else None,
+            value.get("low") if finite_number(value.get("low")) else None,
+            value.get("high") if finite_number(value.get("high")) else None,
+            value.get("confidence") if finite_number(value.get("confidence")) else None,
         )
         for name, value in section.items()
         if isinstance(value, dict)
@@ -167,9 +168,9 @@ def rows_of(
                 merge_request=run.merge_request.number if run.merge_request else None,
                 best=is_best,
                 params=dict(entry.params),
-                metrics={n: metrics.get(n) if _number(metrics.get(n)) else None for n in metric_names},
+                metrics={n: metrics.get(n) if finite_number(metrics.get(n)) else None for n in metric_names},
                 intervals=_intervals(metrics.get("intervals")),
-                validation={n: validation.get(n) for n in metric_names if _number(validation.get(n))},
+                validation={n: validation.get(n) for n in metric_names if finite_number(validation.get(n))},
                 gate=(
                     None
                     if not is_best or verdict is None or verdict.passed is None
@@ -255,7 +256,7 @@ def _coerce(text: str, like: Any) -> Any:
         if text.lower() in ("false", "no", "0"):
             return False
         raise BadArgument(f"'{text}' is not a boolean (true or false)")
-    if _number(like):
+    if finite_number(like):
         try:
             return float(text)
         except ValueError:
