@@ -348,7 +348,6 @@ class LocalServing(Serving):
             pid=int(info["pid"]),
             stable=routing.get("stable"),
             canary=routing.get("canary"),
-            canary_weight=routing.get("canary_weight", 0),
             versions={int(v): s["state"] for v, s in health["versions"].items()},
         )
 
