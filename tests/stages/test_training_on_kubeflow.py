@@ -260,6 +260,22 @@ def test_kaggle_data_without_local_credentials_fails_before_any_run(tmp_path, re
         training.provide_data(ctx, LocalStorage(tmp_path / "volumes"))
 
 
+def test_a_kaggle_json_where_the_download_step_looks_is_enough(tmp_path, repo, registry, monkeypatch):
+    """~/.config/kaggle/kaggle.json is one of the places the consolidate step reads credentials from: the
+    check before the run accepts it too."""
+    from branchops.storage.local import LocalStorage
+
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle-json"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / ".config" / "kaggle").mkdir(parents=True)
+    (tmp_path / "home" / ".config" / "kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    ctx = context(repo, tmp_path, registry, "kubeflow: {backend: local}\n" + NEW_DATA_VOLUME)
+    _, dataset, synthetic = training.provide_data(ctx, LocalStorage(tmp_path / "volumes"))
+    assert (dataset, synthetic) == (ctx.config.data.kaggle.dataset, False)
+
+
 def test_generated_data_on_a_pvc_is_reported_as_synthetic(tmp_path, repo, kube, kfp, registry):
     ctx = context(repo, tmp_path, registry)
     upload_pipeline(ctx)

@@ -111,11 +111,7 @@ def provide_data(ctx: StageContext, storage) -> tuple[Any, str | None, bool]:
             "saying where its files come from (data.source: folder, kaggle or script)"
         )
     if data.source == "kaggle":
-        check_kaggle_credentials(ctx)
-        for ref, var in ((data.kaggle.username, "KAGGLE_USERNAME"), (data.kaggle.key, "KAGGLE_KEY")):
-            value = ref.resolve() if ref else None
-            if value:
-                os.environ[var] = value  # the pipeline's download step (a local process) reads these
+        provide_kaggle_credentials(ctx)
         ctx.log.info(
             "data volume %s holds no raw data: the pipeline's first step downloads Kaggle dataset %s",
             volume.name,
@@ -163,11 +159,13 @@ def provide_data(ctx: StageContext, storage) -> tuple[Any, str | None, bool]:
     return volume, None, synthetic
 
 
-def check_kaggle_credentials(ctx: StageContext) -> None:
+def provide_kaggle_credentials(ctx: StageContext) -> None:
     """Refuse, before any run starts, a Kaggle download that cannot authenticate: on Kubeflow the step
     reads the credentials from the Kubernetes Secret ``data.kaggle.secret`` (bound to it when the pipeline
-    is compiled); a local step reads KAGGLE_USERNAME/KAGGLE_KEY, which ``data.kaggle`` references, or a
-    kaggle.json. Credentials Kaggle refuses are reported by the download step, the pipeline's first."""
+    is compiled); a local step reads KAGGLE_USERNAME/KAGGLE_KEY (set here from what ``data.kaggle``
+    references), KAGGLE_API_TOKEN or a kaggle.json, looked for where the download step looks
+    (components/consolidate). Credentials Kaggle refuses are reported by the download step, the
+    pipeline's first."""
     kaggle = ctx.config.data.kaggle
     if ctx.config.kubeflow.backend == "kubeflow":
         if not kaggle.secret:
@@ -178,20 +176,23 @@ def check_kaggle_credentials(ctx: StageContext) -> None:
                 "data.kaggle.secret"
             )
         return
-    refs = [ref for ref in (kaggle.username, kaggle.key) if ref is not None]
-    if refs and all(ref.resolve() for ref in refs):
-        return
+    refs = {"KAGGLE_USERNAME": kaggle.username, "KAGGLE_KEY": kaggle.key}
+    for var, ref in refs.items():
+        value = ref.resolve() if ref else None
+        if value:
+            os.environ[var] = value  # the pipeline's download step (a local process) reads these
     if (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or os.environ.get(
         "KAGGLE_API_TOKEN"
     ):
         return
-    folders = [os.environ.get("KAGGLE_CONFIG_DIR"), str(Path.home() / ".kaggle")]
+    home = Path.home()
+    folders = [os.environ.get("KAGGLE_CONFIG_DIR"), str(home / ".kaggle"), str(home / ".config" / "kaggle")]
     if any(folder and (Path(folder) / "kaggle.json").is_file() for folder in folders):
         return
-    unresolved = ", ".join(ref.describe() for ref in refs if not ref.resolve()) or "none configured"
+    configured = ", ".join(ref.describe() for ref in refs.values() if ref) or "none configured"
     raise ConfigError(
         f"data.kaggle: the data volume needs Kaggle dataset {kaggle.dataset} but there are no Kaggle "
-        f"credentials (data.kaggle.username/key: {unresolved}; no KAGGLE_USERNAME/KAGGLE_KEY, "
+        f"credentials (data.kaggle.username/key: {configured}; no KAGGLE_USERNAME/KAGGLE_KEY, "
         "KAGGLE_API_TOKEN or kaggle.json): nothing was started"
     )
 
