@@ -85,7 +85,8 @@ OPEN_MERGE_REQUEST = _complete_merge_requests(("open",))
 MR_NUMBER = click.IntRange(min=1)
 
 
-def _user(explicit: str | None) -> str:
+def _user(obj: dict, explicit: str | None) -> str:
+    """--as, else BRANCHOPS_USER, else git's user.name in the repository of this command (-C)."""
     if explicit:
         return explicit
     if os.environ.get("BRANCHOPS_USER"):
@@ -93,7 +94,7 @@ def _user(explicit: str | None) -> str:
     from branchops import gitops
 
     try:
-        name = gitops.open_repo(".").config_reader().get_value("user", "name", "")
+        name = gitops.open_repo(obj["repo"]).config_reader().get_value("user", "name", "")
     except Exception:
         name = ""
     if not name:
@@ -442,7 +443,7 @@ def mr_open(
     obj: dict, source: str, target: str, title: str, body: str, user: str | None, as_json: bool
 ) -> None:
     """Open a merge request (or update the open one from SOURCE into TARGET)."""
-    request, created = _forge(obj).open_merge_request(source, target, title, body, _user(user))
+    request, created = _forge(obj).open_merge_request(source, target, title, body, _user(obj, user))
     _emit(
         request.to_dict() | {"created": created},
         as_json,
@@ -502,7 +503,7 @@ def mr_approve(obj: dict, number: int, user: str | None, as_json: bool) -> None:
     the target branch: the approval gate would not count it at the merge."""
     from branchops.approvals import check_approval
 
-    forge, approver = _local_forge(obj), _user(user)
+    forge, approver = _local_forge(obj), _user(obj, user)
     request = forge.get(number)
     if request.state == "open":  # approving a merged or closed request is the forge's refusal (exit 5)
         check_approval(_project(obj), forge, request, approver)
@@ -521,7 +522,7 @@ def mr_merge(obj: dict, number: int, user: str | None, no_run: bool, as_json: bo
     from branchops.merging import merge_and_run
 
     _local_forge(obj)
-    merged, reports = merge_and_run(_project(obj), number, _user(user), run=not no_run)
+    merged, reports = merge_and_run(_project(obj), number, _user(obj, user), run=not no_run)
     if as_json:
         emit_json({"merge_request": merged.to_dict(), "runs": [r.to_dict() for r in reports]})
         sys.exit(_exit_code(reports))
@@ -626,7 +627,7 @@ def rollback(obj: dict, to_mr: int | None, user: str | None, as_json: bool) -> N
     """Prepare the revert of the latest deployment as a merge request into deploy-model."""
     from branchops.rollback import prepare_rollback
 
-    request, created, reason = prepare_rollback(obj["repo"], _user(user), to_mr)
+    request, created, reason = prepare_rollback(obj["repo"], _user(obj, user), to_mr)
     _emit(
         {"merge_request": request.to_dict(), "created": created, "reason": reason},
         as_json,

@@ -139,3 +139,22 @@ def test_an_approver_named_as_a_team_is_resolved_through_the_forge(project: Proj
     check_approval(Repository(repo), forge, forge.get(number), "lead")  # a member: accepted
     with pytest.raises(GateRefused, match="nor a member of acme/leads"):
         check_approval(Repository(repo), forge, forge.get(number), "head-of-ds")
+
+
+def test_without_as_the_user_is_git_user_name_of_the_repository_named_by_c(
+    project: Project, tmp_path, monkeypatch
+):
+    """``-C DIR`` names the repository whose ``user.name`` stands in for ``--as``, not the current folder."""
+    import git
+
+    monkeypatch.delenv("BRANCHOPS_USER", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not a repository
+    with git.Repo(project.path).config_writer() as writer:
+        writer.set_value("user", "name", "ds1")
+    project.commit("ds1", "src/model.py", "VERSION = 2\n")
+    result = project.run(
+        "mr", "open", "--source", "ds1", "--target", "build-components", "--title", "t", "--json"
+    )
+    assert json.loads(result.output)["author"] == "ds1"
