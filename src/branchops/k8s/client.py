@@ -67,6 +67,7 @@ class KubeApi:
             # client of our own rather than the library's process-wide default configuration.
             api_client = load_api_client()
         self.api_client = api_client
+        self._session: Any = None  # proxy_client's, made on first use
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
@@ -314,17 +315,26 @@ class KubeApi:
     def proxy_client(self, namespace: str, target: str, model: str, timeout_s: float = 10.0) -> ServingClient:
         """A REST client reaching TF Serving through the API server's proxy (``services/NAME:http`` or
         ``pods/NAME:8501``), with the cluster credentials the kubernetes client loaded."""
-        import requests
-
         from branchops.serving.client import ServingClient
 
         conf = self.api_client.configuration
-        session = requests.Session()
+        base = f"{conf.host.rstrip('/')}/api/v1/namespaces/{namespace}/{target}/proxy"
+        return ServingClient(base, model, timeout_s=timeout_s, session=self._proxy_session())
+
+    def _proxy_session(self) -> Any:
+        """One HTTP session for every proxy client: the rollout polls each pod every few seconds, and a
+        session per client would open (and TLS-handshake) a new connection to the API server each time.
+        The token is read again for each client (in a cluster, the client library refreshes it)."""
+        conf = self.api_client.configuration
+        if self._session is None:
+            import requests
+
+            session = requests.Session()
+            if conf.cert_file and conf.key_file:
+                session.cert = (conf.cert_file, conf.key_file)
+            session.verify = conf.ssl_ca_cert if conf.verify_ssl and conf.ssl_ca_cert else conf.verify_ssl
+            self._session = session
         token = conf.get_api_key_with_prefix("authorization")  # "Bearer ..." from kubeconfig or in-cluster
         if token:
-            session.headers["Authorization"] = token
-        if conf.cert_file and conf.key_file:
-            session.cert = (conf.cert_file, conf.key_file)
-        session.verify = conf.ssl_ca_cert if conf.verify_ssl and conf.ssl_ca_cert else conf.verify_ssl
-        base = f"{conf.host.rstrip('/')}/api/v1/namespaces/{namespace}/{target}/proxy"
-        return ServingClient(base, model, timeout_s=timeout_s, session=session)
+            self._session.headers["Authorization"] = token
+        return self._session
