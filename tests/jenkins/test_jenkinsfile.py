@@ -390,3 +390,57 @@ def test_an_interpolated_credential_id_is_not_taken_for_a_literal() -> None:
     )
     problems = check_jenkinsfile(production_config(), REPO_ROOT, escaped)
     assert any("not BRANCHOPS_CRED_KUBEFLOW_TOKEN$" in p for p in problems), problems
+
+
+# -- the bot-commit check agrees with the gate ------------------------------------------------------
+
+
+def test_the_bot_commit_check_agrees_with_the_gate(tmp_path) -> None:
+    """The first stage's git check and gate.is_own_commit tell branchops' own commits apart alike."""
+    import git as gitpython
+
+    from branchops.gate import is_own_commit
+    from tests.conftest import git
+
+    (check,) = re.findall(
+        r"stage\('Bot commit'\).*?sh\(returnStatus: true, script: '''(.*?)'''\)", JENKINSFILE, re.S
+    )
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "src").mkdir()
+    (repo / "src" / "model.py").write_text("VERSION = 1\nprint('a line long enough to be renamed')\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "start")
+    bot = "\n\nBranchops-Bot: true\n"
+
+    def commit(message: str, *changes: tuple[str, str | None]) -> str:
+        for path, content in changes:
+            if content is None:
+                (repo / "records").mkdir(exist_ok=True)
+                git(repo, "mv", path, "records/moved.py")
+            else:
+                (repo / path).parent.mkdir(parents=True, exist_ok=True)
+                (repo / path).write_text(content)
+                git(repo, "add", path)
+        git(repo, "commit", "-q", "--allow-empty", "-m", message)
+        return git(repo, "rev-parse", "HEAD")
+
+    cases = {
+        commit("record" + bot, ("records/training/r1/record.json", "{}")): True,
+        commit("code owners" + bot, (".github/CODEOWNERS", "* @lead\n")): True,
+        commit("nothing" + bot): True,
+        commit("record, no trailer", ("records/training/r2/record.json", "{}")): False,
+        commit(
+            "release" + bot, ("records/training/r3/record.json", "{}"), ("src/model.py", "VERSION = 2\n")
+        ): False,
+        commit("moved" + bot, ("src/model.py", None)): False,
+    }
+    for sha, own in cases.items():
+        jenkins = subprocess.run(
+            ["bash", "-c", check], cwd=repo, env={**os.environ, "GIT_COMMIT": sha}, capture_output=True
+        )
+        assert jenkins.returncode in (0, 1), jenkins.stderr
+        message = git(repo, "log", "-1", "--format=%s", sha)
+        gate_says = is_own_commit(gitpython.Repo(repo), sha, "Branchops-Bot")
+        assert (gate_says, jenkins.returncode == 0) == (own, own), message
