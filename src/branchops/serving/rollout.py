@@ -295,9 +295,14 @@ class Rollout:
             phase = time.monotonic()
             try:
                 backend.restore(before, version)
-            except ExternalError as restore_error:
+            except (DeployFailed, ExternalError) as restore_error:
                 log.error("restoring version %s after the failed rollout: %s", before, restore_error)
                 result.checks.append(Check("restore", False, str(restore_error)))
+                # The stage reports the reason: it must not read as if the previous state were back.
+                result.reason += (
+                    f"; restoring {f'version {before}' if before is not None else 'the empty state'} "
+                    f"failed too, serving may be half-changed: {restore_error}"
+                )
             result.timings["rollback"] = round(time.monotonic() - phase, 3)
             log.error("rollout of version %s rolled back: %s", version, result.reason)
         except BaseException:
