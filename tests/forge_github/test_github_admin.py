@@ -48,6 +48,7 @@ def test_ensure_branch_protect_and_webhook_are_idempotent(
     admin.protect_branch("training", 1, "branchops/training", False, bypass_bot="branchops-bot")
     assert fake_github.push_allowed("training", "lead")
     assert len(fake_github.rulesets) == 1
+    assert len(fake_github.calls("GET", r"/users/branchops-bot")) == 1  # looked up once, not per branch
 
     ref = SecretRef(env="HOOK_SECRET")
     hook_id, created = admin.ensure_webhook("https://jenkins.example/github-webhook/", ref, ["push"])

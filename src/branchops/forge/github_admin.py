@@ -34,6 +34,10 @@ RULESET_PREFIX = "branchops: "
 class GitHubAdmin(GitHubRepositoryClient):
     """Repository setup on one GitHub repository: every call is idempotent, so bootstrap can run again."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bypass_actors: dict[str, dict[str, Any]] = {}  # by bot name: bootstrap asks once per branch
+
     def ensure_branch(self, branch: str, from_branch: str) -> bool:
         """Create ``branch`` at the tip of ``from_branch`` unless it exists. Returns whether it was
         created."""
@@ -125,6 +129,8 @@ class GitHubAdmin(GitHubRepositoryClient):
         app's commits), else a user (its login)."""
         from github.GithubException import GithubException
 
+        if bot in self._bypass_actors:
+            return dict(self._bypass_actors[bot])
         app = bot.endswith("[bot]")
         name = bot.removesuffix("[bot]")
         base = self._github.requester.base_url
@@ -140,11 +146,12 @@ class GitHubAdmin(GitHubRepositoryClient):
                     "account whose token pushes the stage records: its login, or '<app-slug>[bot]' for a "
                     "GitHub App"
                 ) from None
-        return {
+        self._bypass_actors[bot] = {
             "actor_id": int(data["id"]),
             "actor_type": "Integration" if app else "User",
             "bypass_mode": "always",
         }
+        return dict(self._bypass_actors[bot])
 
     def protect_branch(
         self,
