@@ -21,7 +21,8 @@ import pytest
 
 from branchops.config import STAGES, BranchopsConfig
 from branchops.k8s.client import KubeApi
-from branchops.serving.kubernetes_backend import METADATA_MARKER, KubernetesServing
+from branchops.serving.kubernetes_backend import KubernetesServing
+from branchops.serving.kubernetes_manifests import METADATA_MARKER
 from branchops.serving.release import Release
 from branchops.serving.server import ModelServer, create_app
 from tests.serving.k8s_emulator import RunningEmulator, ServingKubeEmulator

@@ -40,15 +40,12 @@ from branchops.serving.base import (
     ServingStatus,
 )
 from branchops.serving.client import ServingClient, ServingError
-from branchops.serving.kubernetes_manifests import (  # noqa: F401  (some re-exported for callers)
+from branchops.serving.kubernetes_manifests import (
     METADATA_MARKER,
     REST_PORT,
-    STATE_ANNOTATION,
     ObjectBuilder,
     canary_replicas,
     model_config_visible_within_s,
-    render_manifests,
-    render_models_config,
 )
 from branchops.serving.rollout import Counts, Rollout, RolloutBackend, counts_from_metrics
 
