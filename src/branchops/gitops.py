@@ -205,7 +205,11 @@ def push(repo: git.Repo, remote: str, refspec: str) -> None:
     with the remote's own words when it refuses the push (a hook, a protected branch) or cannot be reached.
     """
     proc = subprocess.run(
-        ["git", "push", "--porcelain", remote, refspec], cwd=repo.git_dir, capture_output=True, text=True
+        ["git", "push", "--porcelain", remote, refspec],
+        cwd=repo.git_dir,
+        capture_output=True,
+        text=True,
+        errors="replace",  # a hook's message in another encoding is still reported, not a decoding error
     )
     # porcelain: one "<flag>\t<from>:<to>\t<summary>" line per ref; "!" is a ref the remote did not take
     statuses = [line.split("\t") for line in proc.stdout.splitlines() if line.count("\t") == 2]
