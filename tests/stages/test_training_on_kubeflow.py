@@ -191,6 +191,8 @@ def test_a_kubeflow_run_on_trident_volumes_reaches_snapshots_and_the_release_mer
     assert ctx.artifacts["aapl-turbulence/plots/roc.png"] == PNG
     assert json.loads(ctx.artifacts["aapl-turbulence/metrics.json"])["roc_auc"] == 0.64
     assert not [key for key in kube.objects if key[0] == "pods"]  # the reader pods were cleaned up
+    # one reader pod each: raw/ listed, metrics.json read, the plots read
+    assert len([body for body in kube.received if body["kind"] == "Pod"]) == 3
     # while the run was waited on, plain heartbeat lines said how long and where to look
     link = f"{KF_HOST}/#/runs/details/{run.run_id}"
     beats = [r.getMessage() for r in caplog.records if "elapsed" in r.getMessage()]

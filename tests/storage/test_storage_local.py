@@ -262,5 +262,7 @@ def test_files_of_a_volume_are_read_through_the_port(tmp_path):
     assert storage.list_folder(volume, "runs/r1") == ["metrics.json"]
     assert storage.read_file(volume, "runs/r2/metrics.json") is None
     assert storage.list_folder(volume, "runs/r2") is None
+    assert storage.read_folder(volume, "runs/r1") == {"metrics.json": b'{"roc_auc": 0.61}'}
+    assert storage.read_folder(volume, "runs/r2") is None
     with pytest.raises(ConfigError):
         storage.read_file(volume, "../escape")

@@ -414,3 +414,21 @@ def test_a_reader_pod_that_cannot_be_deleted_is_a_warning_naming_it(trident, kub
         assert trident.read_file(volume, "metrics.json") == b"{}"  # the read itself succeeded
     [pod] = [name for (resource, _, name) in kube.emulator.objects if resource == "pods"]
     assert f"reader Pod {NS}/{pod} may be left behind" in caplog.text and "cannot delete" in caplog.text
+
+
+def test_the_files_of_a_folder_are_read_by_one_reader_pod(trident, kube):
+    volume = trident.ensure_volume("djia-models")
+    plots = kube.emulator.volume_dir(NS, "djia-models") / "runs" / "r1" / "plots"
+    (plots / "old").mkdir(parents=True)  # a subfolder is left out
+    (plots / "roc.png").write_bytes(bytes(range(256)) * 40)  # binary, several base64 lines
+    (plots / "empty.png").write_bytes(b"")
+    (plots / ".hidden").write_bytes(b"h")
+
+    assert trident.read_folder(volume, "runs/r1/plots") == {
+        ".hidden": b"h",
+        "empty.png": b"",
+        "roc.png": bytes(range(256)) * 40,
+    }
+    assert trident.read_folder(volume, "runs/r2/plots") is None
+    assert len([body for body in kube.emulator.received if body["kind"] == "Pod"]) == 2
+    assert not [key for key in kube.emulator.objects if key[0] == "pods"]

@@ -280,10 +280,10 @@ def run_experiment(
     # The run's files are read from the model volume through the storage port: on Kubeflow with Trident
     # no directory here holds them, and the Kubeflow API returns the steps' states, not their outputs.
     ctx.add_artifact(f"{experiment.name}/{METRICS_FILE}", json.dumps(entry.metrics, indent=2) + "\n")
-    plots = f"{folder}/{PLOTS_DIR}"
-    for png in [n for n in storage.list_folder(model_volume, plots) or [] if n.endswith(".png")]:
-        content = storage.read_file(model_volume, f"{plots}/{png}")
-        if content is not None:
+    # every plot in one read (one reader pod on Trident, not one per file)
+    plots = storage.read_folder(model_volume, f"{folder}/{PLOTS_DIR}") or {}
+    for png, content in plots.items():
+        if png.endswith(".png"):
             ctx.add_artifact(f"{experiment.name}/{PLOTS_DIR}/{png}", content)
     return entry
 

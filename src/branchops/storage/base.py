@@ -197,3 +197,8 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def list_folder(self, volume: Volume, path: str) -> list[str] | None:
         """The names in folder ``path`` of the volume, sorted, or None if there is no such folder."""
+
+    @abc.abstractmethod
+    def read_folder(self, volume: Volume, path: str) -> dict[str, bytes] | None:
+        """The files directly in folder ``path`` of the volume (name -> bytes; subfolders left out), all
+        read at once, or None if there is no such folder."""

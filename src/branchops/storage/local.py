@@ -227,6 +227,12 @@ class LocalStorage(Storage):
         folder = self._volume_dir(volume.name) / check_volume_path(path)
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else None
 
+    def read_folder(self, volume: Volume, path: str) -> dict[str, bytes] | None:
+        folder = self._volume_dir(volume.name) / check_volume_path(path)
+        if not folder.is_dir():
+            return None
+        return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
     def delete_volume(self, name: str) -> bool:
         directory = self._volume_dir(name)
         if not directory.is_dir():

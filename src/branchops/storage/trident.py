@@ -66,6 +66,11 @@ READER_CONTAINER = "reader"
 READER_MISSING = 3
 _READ_FILE = f'test -f "$1" || exit {READER_MISSING}; base64 "$1"'
 _LIST_FOLDER = f'test -d "$1" || exit {READER_MISSING}; ls -1A "$1"'
+# each regular file of the folder as a line "#<name>" (# is not in base64's alphabet) and its base64
+_READ_FOLDER = (
+    f'test -d "$1" || exit {READER_MISSING}; cd "$1" || exit 1; '
+    'for f in * .[!.]*; do if test -f "$f"; then echo "#$f"; base64 "$f" || exit 1; fi; done'
+)
 
 _UNITS = {
     "": 1,
@@ -483,6 +488,19 @@ class TridentStorage(Storage):
     def list_folder(self, volume: Volume, path: str) -> list[str] | None:
         out = self._run_reader(volume, _LIST_FOLDER, check_volume_path(path), f"list {path}/")
         return None if out is None else sorted(line for line in out.splitlines() if line)
+
+    def read_folder(self, volume: Volume, path: str) -> dict[str, bytes] | None:
+        out = self._run_reader(volume, _READ_FOLDER, check_volume_path(path), f"read {path}/")
+        if out is None:
+            return None
+        files: dict[str, list[str]] = {}
+        current: list[str] = []
+        for line in out.splitlines():
+            if line.startswith("#"):
+                current = files.setdefault(line[1:], [])
+            elif line.strip():
+                current.append(line.strip())
+        return {name: base64.b64decode("".join(parts)) for name, parts in sorted(files.items())}
 
     def _reader_pod(self, pod: str, volume: Volume, script: str, path: str) -> dict[str, Any]:
         return self._send(
