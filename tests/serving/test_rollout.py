@@ -353,3 +353,22 @@ def test_an_interrupted_rollout_leaves_no_canary_and_restores_the_stable_track(
     assert status.versions.get(2) != "AVAILABLE"
     assert not (serving.base_path / "2").exists()  # a restart will not load it
     assert serving.client().predict(instances=SAMPLE)["predictions"]
+
+
+def test_a_failed_rollback_keeps_the_older_versions_directory(serving_v1, models, monkeypatch):
+    # A rollback reuses the directory already in the base path: a failed check must not take it away.
+    from branchops.serving.base import DeployFailed
+    from branchops.serving.rollout import Rollout
+
+    serving = serving_v1["serving"]
+    assert serving.deploy(release(2), models["v2"]).ok
+
+    def refused(*args, **kwargs):
+        raise DeployFailed("smoke (serving sample)", "refused by the test")
+
+    monkeypatch.setattr(Rollout, "_smoke_serving_sample", refused)
+    result = serving.rollback_to(1)
+    assert result.outcome == "rolled_back" and serving.live_version() == 2
+    assert (serving.base_path / "1").is_dir()
+    monkeypatch.undo()
+    assert serving.rollback_to(1).ok and serving.live_version() == 1

@@ -404,6 +404,7 @@ class _LocalTracks(RolloutBackend):
     def __init__(self, serving: LocalServing) -> None:
         self.serving = serving
         self.canary = serving._canary_track()
+        self._copied: set[int] = set()  # versions this rollout copied in (a reused directory is not one)
 
     def stable_version(self) -> int | None:
         return self.serving.status().stable
@@ -435,6 +436,7 @@ class _LocalTracks(RolloutBackend):
             target.rename(replaced)
             shutil.rmtree(replaced, ignore_errors=True)
         incoming.rename(target)
+        self._copied.add(version)
         return f"copied to {target}"
 
     def export_metadata(self, release: Release, source: Path | None) -> dict[str, Any]:
@@ -502,8 +504,9 @@ class _LocalTracks(RolloutBackend):
         except ServingError as exc:
             log.warning("could not unload failed version %s: %s", failed, exc)
         target = self.serving.base_path / str(failed)
-        if failed != previous and target.exists():
-            # Out of the base path so a restart does not load it; kept for a post-mortem.
+        if failed != previous and failed in self._copied and target.exists():
+            # Out of the base path so a restart does not load it; kept for a post-mortem. A directory the
+            # rollout only reused (a rollback to an older version) stays where rollback_to() finds it.
             graveyard = self.serving.dir / "failed"
             graveyard.mkdir(parents=True, exist_ok=True)
             target.rename(graveyard / f"{failed}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
