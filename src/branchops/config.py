@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
@@ -346,6 +347,10 @@ class DataSection(Strict):
     # script: run ``python <script> <raw folder>`` from the checkout, e.g. to generate synthetic data. A
     # script that writes a file named SYNTHETIC marks the data as synthetic in every report.
     script: str | None = None
+    # the data window: the last day (YYYY-MM-DD) a run may use, passed to pipelines that declare the
+    # ``data_until`` input; null: all the data there is. A retraining merge request opened by
+    # ``branchops monitor`` moves it forward (the data refresh it proposes).
+    until: Annotated[date, Field(strict=False)] | None = None
 
     @model_validator(mode="after")
     def _settings_for_source(self) -> "DataSection":
@@ -375,6 +380,7 @@ TOOLKIT_INPUTS = (
     "kaggle_dataset",
     "data_pvc",
     "model_pvc",
+    "data_until",
 )
 ParamValue = Union[str, int, float, bool, list, dict]
 
@@ -495,6 +501,58 @@ class ServingSection(Strict):
     rollout: RolloutSection = RolloutSection()
 
 
+class PredictionLogSection(Strict):
+    """What the serving side logs of its :predict traffic for ``branchops monitor`` (docs/monitoring.md):
+    a sample of requests with their inputs, predictions, model version and time, as JSON Lines files that
+    rotate at ``max_file_bytes`` and of which at most ``max_files`` are kept."""
+
+    enabled: bool = True
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    max_file_bytes: int = Field(default=16 * 1024 * 1024, ge=4096)
+    max_files: int = Field(default=8, ge=1, le=1000)
+    # local backend: a folder (relative to the repository's state directory, .branchops/); kubernetes
+    # backend: the PVC the logging proxy beside TF Serving writes to
+    folder: str = "prediction-log"
+    volume: K8sName = "prediction-log"
+    volume_size: str = Field(default="5Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$")
+
+
+class DriftSection(Strict):
+    # Population Stability Index per feature (and of the predictions) against the served version's
+    # training reference: 0.1 is commonly read as "some shift", 0.25 as "a major shift"
+    psi_threshold: float = Field(default=0.25, gt=0)
+    # a two-sample Kolmogorov-Smirnov test per feature (scipy) counts as drift below this p-value
+    ks_alpha: float = Field(default=0.01, gt=0, lt=1)
+    # fewer logged rows than this since the last check: no verdict (said so), never an alarm
+    min_rows: int = Field(default=100, ge=10)
+    # drift must be seen on this many consecutive checks before a retrain is proposed
+    consecutive_checks: int = Field(default=2, ge=1, le=100)
+    # how many features must drift at once for the check to count as drifted
+    min_drifted_features: int = Field(default=1, ge=1)
+
+
+class LiveMetricSection(Strict):
+    # where outcomes arrive: files of (request_id, label) rows, CSV or JSON Lines, in this folder (local:
+    # relative to the state directory; kubernetes: a folder on the prediction-log volume)
+    outcomes_folder: str = "outcomes"
+    min_outcomes: int = Field(default=50, ge=10)
+    confidence: float = Field(default=0.95, ge=0.5, lt=1)
+
+
+class RetrainSection(Strict):
+    # the bot's branch for the retraining merge request into the training branch (one open at a time)
+    branch: str = Field(default="branchops/retrain", pattern=BRANCH_NAME_PATTERN)
+
+
+class MonitoringSection(Strict):
+    log: PredictionLogSection = PredictionLogSection()
+    drift: DriftSection = DriftSection()
+    live_metric: LiveMetricSection = LiveMetricSection()
+    retrain: RetrainSection = RetrainSection()
+    # Jenkins cron spec of the periodic monitor job `branchops jenkins sync` creates (H: Jenkins' hash)
+    schedule: str = Field(default="H */6 * * *", min_length=9)
+
+
 class ConsoleNotifier(Strict):
     kind: Literal["console"]
 
@@ -544,6 +602,7 @@ class BranchopsConfig(Strict):
     data: DataSection | None = None
     training: TrainingSection = TrainingSection()
     serving: ServingSection = ServingSection()
+    monitoring: MonitoringSection = MonitoringSection()
     notifications: list[Notifier] = Field(
         default_factory=lambda: [ConsoleNotifier(kind="console"), LogFileNotifier(kind="log_file")]
     )
