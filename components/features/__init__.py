@@ -13,6 +13,10 @@ then test), and ``purge_gap`` labelled days (at least the label horizon) are dro
 split, so no training label's window reaches into a day that a later split's label covers
 (:func:`check_no_leak`).  The arrays are raw; normalisation is learnt from the training split inside the
 model (see train), so the exported model takes raw values too.
+
+``data_until`` (a day, ``YYYY-MM-DD``; empty: all the data) is the data window's last day: prices after it
+are dropped before anything is computed, so no feature comes from a later day and a label whose window
+would reach past it is not made at all (the run trains as if the data ended that day).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +165,70 @@ def split_bounds(
     return {"train": (0, n_train), "val": (val_start, val_start + n_val), "test": (test_start, n)}
 
 
+def within_window(prices, data_until: str | None):
+    """The price rows dated no later than ``data_until`` (all of them when it is empty or None)."""
+    import pandas as pd
+
+    if not data_until:
+        return prices
+    try:
+        last_day = pd.Timestamp(date.fromisoformat(data_until))
+    except (TypeError, ValueError):
+        raise DataError(
+            f"data_until must be a day as YYYY-MM-DD (or empty for all data), got {data_until!r}"
+        ) from None
+    kept = prices[prices["Date"] <= last_day]
+    if kept.empty:
+        first = prices["Date"].min()
+        raise DataError(
+            f"data_until {data_until} is before the first trading day of the data"
+            + (f" ({first:%Y-%m-%d})" if not prices.empty else "")
+        )
+    return kept
+
+
+def rows_by_day(
+    data_dir: str,
+    target: str,
+    target_kind: str = "direction",
+    window: int = 5,
+    first_day: str = "",
+    last_day: str = "",
+) -> dict[str, Any]:
+    """The features and label of each labelled trading day from ``first_day`` to ``last_day`` (inclusive;
+    empty: unbounded), computed exactly as :func:`run` computes them for training, from all the prices in
+    ``data_dir``: what a client sends the served model on that day (the features use Closes of the days
+    before only) and the label that becomes known ``label_horizon`` days later. Days whose label window
+    reaches past the data are left out. Returns ``{"dates": [YYYY-MM-DD...], "X": float32 [n, features],
+    "y": int32 [n], "feature_names": [...], "label_horizon": int}``."""
+    import numpy as np
+    import pandas as pd
+
+    if target_kind not in TARGET_KINDS:
+        raise DataError(f"target_kind must be one of {', '.join(TARGET_KINDS)}, got {target_kind!r}")
+    source = require_file(Path(data_dir) / INPUT_FILE, "validate")
+    prices = pd.read_parquet(source, columns=["Date", "Name", "Close"])
+    if target_kind == "direction":
+        X, y, _, dates, tickers = build_features(prices, target, window)
+        names = feature_names(tickers, window)
+    else:
+        X, y, _, dates, tickers = build_turbulence_features(prices, target)
+        names = turbulence_feature_names(target)
+    day_strings = np.array([f"{d:%Y-%m-%d}" for d in dates])
+    keep = np.ones(len(day_strings), dtype=bool)
+    if first_day:
+        keep &= day_strings >= first_day
+    if last_day:
+        keep &= day_strings <= last_day
+    return {
+        "dates": day_strings[keep].tolist(),
+        "X": X[keep],
+        "y": y[keep],
+        "feature_names": names,
+        "label_horizon": LABEL_HORIZON[target_kind],
+    }
+
+
 def run(
     data_dir: str,
     work_dir: str,
@@ -169,8 +238,10 @@ def run(
     test_fraction: float,
     target_kind: str = "direction",
     purge_gap: int | None = None,
+    data_until: str = "",
 ) -> dict[str, Any]:
-    """``purge_gap`` None: the label horizon of ``target_kind``; smaller than it is refused."""
+    """``purge_gap`` None: the label horizon of ``target_kind``; smaller than it is refused. ``data_until``:
+    the last day of prices used (empty: all)."""
     import numpy as np
     import pandas as pd
 
@@ -186,7 +257,7 @@ def run(
             f"({horizon}), got {purge_gap!r}"
         )
     source = require_file(Path(data_dir) / INPUT_FILE, "validate")
-    prices = pd.read_parquet(source, columns=["Date", "Name", "Close"])
+    prices = within_window(pd.read_parquet(source, columns=["Date", "Name", "Close"]), data_until)
     if target_kind == "direction":
         X, y, persistence, dates, tickers = build_features(prices, target, window)
         names = feature_names(tickers, window)
@@ -246,6 +317,9 @@ def run(
         "test_fraction": test_fraction,
         "splits": meta_splits,
         "rows": len(y),
+        # the data window: None when every price was used
+        "data_until": data_until or None,
+        "last_price_day": f"{prices['Date'].max():%Y-%m-%d}",
     }
     with staged_outputs(work_dir) as staging:
         with open(staging / ARRAYS_FILE, "wb") as handle:
@@ -267,6 +341,7 @@ def run(
         "rows": len(y),
         "n_features": len(names),
         "splits": meta_splits,
+        "data_until": data_until or None,
     }
 
 

@@ -249,3 +249,97 @@ def test_unknown_target_kind_is_refused(tmp_path):
         features.run(
             data_dir=str(tmp_path), work_dir=str(tmp_path / "w"), **{**PARAMS, "target_kind": "volume"}
         )
+
+
+UNTIL = "2015-12-31"
+
+
+def _all_rows(work: Path) -> dict:
+    arrays = _load(work)
+    return {
+        kind: np.concatenate([arrays[f"{kind}_{s}"] for s in features.SPLITS]) for kind in ("X", "y", "dates")
+    }
+
+
+@pytest.mark.parametrize("params", [PARAMS, TURBULENCE], ids=["direction", "turbulence"])
+def test_data_until_ends_the_data_no_later_day_is_used(real_data_dir, tmp_path, params):
+    """Every price after the window's last day is replaced by noise: a run with data_until must not
+    notice (no feature, no label, no row from those days), while a run on all the data does."""
+    import pandas as pd
+
+    prices = pd.read_parquet(real_data_dir / "validated.parquet")
+    later = prices["Date"] > pd.Timestamp(UNTIL)
+    assert later.sum() > 0
+    changed = prices.copy()
+    changed.loc[later, "Close"] *= np.random.default_rng(2).uniform(0.5, 1.5, int(later.sum()))
+    (tmp_path / "changed").mkdir()
+    changed.to_parquet(tmp_path / "changed" / "validated.parquet", index=False)
+
+    windowed = {}
+    for name, folder in (("original", real_data_dir), ("changed", tmp_path / "changed")):
+        work = tmp_path / name
+        features.run(data_dir=str(folder), work_dir=str(work), **params, data_until=UNTIL)
+        windowed[name] = _all_rows(work)
+        meta = json.loads((work / "features.json").read_text())
+        assert meta["data_until"] == UNTIL and meta["last_price_day"] == "2015-12-31"
+        assert meta["splits"]["test"]["last_date"] <= UNTIL
+    for kind in ("X", "y", "dates"):
+        np.testing.assert_array_equal(windowed["original"][kind], windowed["changed"][kind])
+    assert windowed["original"]["dates"][-1] <= UNTIL
+
+    # without the window the same change reaches the rows: the comparison above could have failed
+    features.run(data_dir=str(tmp_path / "changed"), work_dir=str(tmp_path / "all"), **params)
+    everything = _all_rows(tmp_path / "all")
+    assert everything["dates"][-1] > UNTIL
+
+
+def test_a_label_whose_window_reaches_past_data_until_is_dropped(real_data_dir, tmp_path):
+    """Turbulence labels look 5 trading days ahead (the label day and the 4 after it): with the window
+    ending on 2015-12-31 the last label day is 2015-12-24, four trading days before, whose window
+    2015-12-24 .. 2015-12-31 ends on the last day; the days after it, labelled on all the data, are gone."""
+    import pandas as pd
+
+    features.run(data_dir=str(real_data_dir), work_dir=str(tmp_path / "w"), **TURBULENCE, data_until=UNTIL)
+    windowed = _all_rows(tmp_path / "w")
+    prices = pd.read_parquet(real_data_dir / "validated.parquet")
+    trading_days = [f"{d:%Y-%m-%d}" for d in sorted(prices["Date"].unique())]
+    last_label_day = trading_days[trading_days.index(UNTIL) - 4]
+    assert last_label_day == "2015-12-24"
+    assert windowed["dates"][-1] == last_label_day
+
+    rows = features.rows_by_day(str(real_data_dir), "AAPL", "turbulence", first_day="2015-12-01")
+    needing_later_days = [d for d in rows["dates"] if last_label_day < d <= UNTIL]
+    assert needing_later_days == ["2015-12-28", "2015-12-29", "2015-12-30", "2015-12-31"]
+    assert not set(needing_later_days) & set(windowed["dates"])
+    # a kept row is the same as on all the data: the window removes rows, it does not change them
+    index = rows["dates"].index(last_label_day)
+    np.testing.assert_array_equal(rows["X"][index], windowed["X"][-1])
+    assert rows["y"][index] == windowed["y"][-1]
+
+
+@pytest.mark.parametrize(
+    "until, message",
+    [
+        ("2015-13-01", "data_until must be a day as YYYY-MM-DD (or empty for all data), got '2015-13-01'"),
+        ("31/12/2015", "data_until must be a day as YYYY-MM-DD"),
+        ("2005-06-30", "data_until 2005-06-30 is before the first trading day of the data (2006-01-03)"),
+    ],
+)
+def test_a_data_until_that_is_not_a_day_of_the_data_is_refused(real_data_dir, tmp_path, until, message):
+    with pytest.raises(DataError) as err:
+        features.run(
+            data_dir=str(real_data_dir), work_dir=str(tmp_path / "w"), **TURBULENCE, data_until=until
+        )
+    assert message in str(err.value)
+    assert not (tmp_path / "w" / "features.npz").exists()
+
+
+def test_rows_by_day_are_the_training_rows_of_those_days(real_data_dir, turbulence_work_dir):
+    """What the demo sends the served model for a day is what training computed for that day."""
+    arrays = _load(turbulence_work_dir)
+    first, last = arrays["dates_test"][0], arrays["dates_test"][-1]
+    rows = features.rows_by_day(str(real_data_dir), "AAPL", "turbulence", first_day=first, last_day=last)
+    assert rows["dates"] == arrays["dates_test"].tolist() and rows["label_horizon"] == 5
+    np.testing.assert_array_equal(rows["X"], arrays["X_test"])
+    np.testing.assert_array_equal(rows["y"], arrays["y_test"])
+    assert rows["feature_names"] == features.turbulence_feature_names("AAPL")
