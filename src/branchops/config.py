@@ -480,6 +480,12 @@ class ServingKubernetes(Strict):
     refuse_older_image: bool = False
     max_replicas: int = Field(default=6, ge=1)
     serving_volume_size: str = Field(default="10Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$")
+    # The logging proxy beside TF Serving in every serving pod (docs/monitoring.md): branchops[serve]
+    # built from docker/log-proxy/Dockerfile and pushed where the cluster pulls from; pinned like image.
+    proxy_image: str = Field(
+        default="branchops-log-proxy:0.1.0",
+        pattern=r"^[^\s:]+(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?$",
+    )
 
 
 class RolloutSection(Strict):
