@@ -91,6 +91,7 @@ def build_pipeline(
         val_fraction: float,
         test_fraction: float,
         purge_gap: int,
+        data_until: str,
     ) -> dict:
         from components.features import run
 
@@ -103,6 +104,7 @@ def build_pipeline(
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             purge_gap=purge_gap,
+            data_until=data_until,
         )
 
     @dsl.component(base_image=image("train"), install_kfp_package=False)
@@ -180,6 +182,8 @@ def build_pipeline(
         version: int,
         commit: str,
         kaggle_dataset: str = "",
+        # the data window's last day (YYYY-MM-DD; branchops passes config data.until), "" for all the data
+        data_until: str = "",
         data_pvc: str = "djia-data",
         model_pvc: str = "djia-models",
         target: str = "AAPL",
@@ -228,6 +232,7 @@ def build_pipeline(
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             purge_gap=purge_gap,
+            data_until=data_until,
         ).after(validated)
         steps.append(featured)
         trained = train(

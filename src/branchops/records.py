@@ -128,8 +128,10 @@ class ModelRef(RecordPart):
 
 
 class DataRef(RecordPart):
+    OMIT_WHEN_NONE = frozenset({"until"})
     volume: str | None = None
     snapshot: str | None = None  # None when storage.snapshots is false
+    until: str | None = None  # the data window's last day (data.until) the run used; left out: all the data
 
 
 class ExperimentEntry(RecordPart):

@@ -18,7 +18,13 @@ def reproduce(
     repo_path: str, key: str, experiment: str | None = None, tolerance: float = 1e-6
 ) -> dict[str, Any]:
     from branchops.engine import make_engine
-    from branchops.runplan import compile_workspace, pipeline_params, read_metrics, run_paths
+    from branchops.runplan import (
+        compile_workspace,
+        data_until_input,
+        pipeline_params,
+        read_metrics,
+        run_paths,
+    )
     from branchops.storage import make_storage
 
     repo = gitops.open_repo(repo_path)
@@ -71,7 +77,15 @@ def reproduce(
             raise StageFailed(f"pipeline version {compiled.spec_hash[:16]} is no longer registered")
         paths = run_paths(storage, data_volume, model_volume, f"reproductions/{name}")
         params = pipeline_params(
-            compiled.spec, paths, entry.model.version, commit, None, data_volume, model_volume, entry.params
+            compiled.spec,
+            paths,
+            entry.model.version,
+            commit,
+            None,
+            data_volume,
+            model_volume,
+            entry.params,
+            data_until_input(config),  # the run's window, as its commit's configuration set it
         )
         result = engine.run(
             f"{boot.branch_for('training')}-reproduce", upload, name, params, config.training.timeout_s

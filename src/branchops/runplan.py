@@ -4,7 +4,8 @@ A project's pipeline (``kubeflow.pipeline_module``) defines ``build_pipeline(ima
 may take ``secrets``, the Kubernetes Secrets to bind to its steps: see :func:`step_secrets`) and
 declares the inputs it wants. branchops provides the toolkit inputs (``config.TOOLKIT_INPUTS``: where the
 raw data is, the data and work directories, where to export the model, the model version and the commit,
-the volumes' names) to those that the pipeline declares, and the experiment's ``params`` to the rest.
+the volumes' names, the data window's last day) to those that the pipeline declares, and the
+experiment's ``params`` to the rest.
 
 What a run leaves in its work directory (``work_dir``) is the contract back: ``metrics.json`` (a JSON
 object holding at least the metrics ``training.metrics`` names), ``plots/*.png`` (committed beside the
@@ -100,6 +101,13 @@ def run_paths(storage: Storage, data_volume: Volume, model_volume: Volume, folde
     )
 
 
+def data_until_input(config: BranchopsConfig) -> str:
+    """The ``data_until`` toolkit input: the data window's last day (``data.until``) as YYYY-MM-DD, or ""
+    when the window is open (no data section, or no ``until``)."""
+    until = config.data.until if config.data is not None else None
+    return until.isoformat() if until else ""
+
+
 def pipeline_params(
     spec: bytes | dict[str, Any],
     paths: Paths,
@@ -109,9 +117,11 @@ def pipeline_params(
     data_volume: Volume,
     model_volume: Volume,
     params: dict[str, Any],
+    data_until: str = "",
 ) -> dict[str, Any]:
     """One run's parameters: the toolkit inputs the pipeline declares, then the experiment's ``params``;
-    checked against the compiled pipeline (unknown names, missing required ones, wrong types)."""
+    checked against the compiled pipeline (unknown names, missing required ones, wrong types).
+    ``data_until`` is the data window's last day (see :func:`data_until_input`), "" for all the data."""
     from branchops.engine.base import spec_parameters, validate_params
 
     toolkit = {
@@ -124,6 +134,7 @@ def pipeline_params(
         "kaggle_dataset": kaggle or "",
         "data_pvc": data_volume.name,
         "model_pvc": model_volume.name,
+        "data_until": data_until,
     }
     declared = spec_parameters(spec)
     merged = {name: value for name, value in toolkit.items() if name in declared} | dict(params)

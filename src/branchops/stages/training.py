@@ -37,6 +37,7 @@ from branchops.runplan import (
     METRICS_FILE,
     PLOTS_DIR,
     compile_workspace,
+    data_until_input,
     pipeline_params,
     read_metrics,
     run_paths,
@@ -221,8 +222,9 @@ def run_experiment(
     # A retry (a new run name) works in the same folder: its parameters are this run's.
     folder = f"runs/{name}"
     paths = run_paths(storage, data_volume, model_volume, folder)
+    until = data_until_input(cfg)
     params = pipeline_params(
-        spec, paths, version, ctx.source_commit, kaggle, data_volume, model_volume, experiment.params
+        spec, paths, version, ctx.source_commit, kaggle, data_volume, model_volume, experiment.params, until
     )
     ctx.log.info(
         "experiment %s: run %s starting (%s)",
@@ -267,7 +269,7 @@ def run_experiment(
         model_snap = storage.snapshot(
             model_volume.name, snapshot_name(model_volume.name, ctx, experiment.name), labels
         )
-        entry.data = DataRef(volume=data_volume.name, snapshot=data_snap.name)
+        entry.data = DataRef(volume=data_volume.name, snapshot=data_snap.name, until=until or None)
         entry.model.snapshot = model_snap.name
         ctx.log.info(
             "experiment %s: snapshots %s (data) and %s (model)",
@@ -276,7 +278,7 @@ def run_experiment(
             model_snap.name,
         )
     else:
-        entry.data = DataRef(volume=data_volume.name, snapshot=None)
+        entry.data = DataRef(volume=data_volume.name, snapshot=None, until=until or None)
     # The run's files are read from the model volume through the storage port: on Kubeflow with Trident
     # no directory here holds them, and the Kubeflow API returns the steps' states, not their outputs.
     ctx.add_artifact(f"{experiment.name}/{METRICS_FILE}", json.dumps(entry.metrics, indent=2) + "\n")
@@ -731,7 +733,15 @@ def run(ctx: StageContext) -> StageResult:
     for exp in cfg.training.experiments:
         paths = run_paths(storage, data_volume, model_volume, f"runs/{run_name(ctx, exp.name)}")
         pipeline_params(
-            compiled.spec, paths, version, ctx.source_commit, kaggle, data_volume, model_volume, exp.params
+            compiled.spec,
+            paths,
+            version,
+            ctx.source_commit,
+            kaggle,
+            data_volume,
+            model_volume,
+            exp.params,
+            data_until_input(cfg),
         )
 
     with ThreadPoolExecutor(max_workers=cfg.training.max_parallel_runs) as pool:
