@@ -692,8 +692,9 @@ def metrics() -> None:
 
 _SIDES_HELP = (
     "A and B: a training run id (or prefix), a branch, a commit, 'serving' or 'latest', each optionally "
-    "':EXPERIMENT' (default: the run's best). Default: the latest run (B) against what is serving (A), or, "
-    "when the latest run is serving, against the model it replaced."
+    "':EXPERIMENT' (default: the run's best). Default: the deployed model (B) against the previous "
+    "deployment (A), or, with no previous deployment, the latest run (B) against what is serving (A); it "
+    "says which."
 )
 
 
@@ -726,7 +727,9 @@ def plots_diff(obj: dict, a: str | None, b: str | None, output: str, as_json: bo
     from branchops import compare
 
     written = compare.plot(compare.diff(obj["repo"], a, b), output)
-    _emit(written, as_json, f"wrote {written['written']}")
+    # with no side named, first what the default compared (as metrics diff's first line)
+    note = f"{written['note']}.\n" if written["note"] else ""
+    _emit(written, as_json, f"{note}wrote {written['written']}")
 
 
 @main.command()

@@ -2,7 +2,9 @@
 
 Each side is a run's experiment (its best one unless named: ``RUN:EXPERIMENT``), found by run id (or a
 unique prefix), by a branch (its newest training record), by a commit (the newest run of that source
-commit), or by ``serving`` / ``latest``. The default compares the latest run against what is serving.
+commit), or by ``serving`` / ``latest``. The default compares the deployed model with the previous
+deployment (the version the deployment that brought it in replaced); with no previous deployment, the latest
+run with what is serving; the result's ``note`` says which of the two it compared.
 The curves plotted are those the evaluate component writes into metrics.json (``curves``: the training
 history per epoch and the test period's ROC points); a run recorded before it wrote them has none, and the
 plot says so rather than drawing nothing.
@@ -62,6 +64,8 @@ class MetricsDiff:
     b: Side
     metrics: list[MetricChange]
     params: dict[str, tuple[Any, Any]]  # only the parameters that differ
+    # with no side given: what the default compared, and why (None when the sides were named)
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +73,7 @@ class MetricsDiff:
             "b": self.b.to_dict(),
             "metrics": [asdict(change) for change in self.metrics],
             "params": {name: {"a": a, "b": b} for name, (a, b) in self.params.items()},
+            "note": self.note,
         }
 
 
@@ -202,9 +207,13 @@ def resolve(branches: _Branches, spec: str) -> Side:
     raise NotFound(f"'{key}' is not a training run, a branch or a commit (nor serving/latest)")
 
 
-def _served_before(branches: _Branches) -> records.StoredRecord | None:
-    """The training run whose model served before the serving one: the ``before`` of the newest deployment
-    that brought the serving version in."""
+PREVIOUS = "previous deployment"
+
+
+def _previous_deployment(branches: _Branches) -> tuple[int | None, records.StoredRecord | None]:
+    """The version the serving one replaced, and the training run that made it: the ``before`` of the newest
+    deployment that brought the serving version in (a canary rolled back since, or a rerun that changed
+    nothing, replaced nothing). (None, None): the serving version is the first one deployed."""
     serving = branches.serving
     for rec in branches.deploys.newest_first():
         deployment = rec.deploy_outputs.deployment
@@ -213,35 +222,62 @@ def _served_before(branches: _Branches) -> records.StoredRecord | None:
             and deployment.after == serving.version
             and deployment.before not in (None, serving.version)
         ):
-            for candidate in branches.trainings.newest_first():
-                if candidate.read_as(records.TrainingVersionView).model_version == deployment.before:
-                    return candidate
-            return None
-    return None
+            made_by = next(
+                (
+                    candidate
+                    for candidate in branches.trainings.newest_first()
+                    if candidate.read_as(records.TrainingVersionView).model_version == deployment.before
+                ),
+                None,
+            )
+            return deployment.before, made_by
+    return None, None
+
+
+def _default_sides(branches: _Branches) -> tuple[Side, Side, str]:
+    """With no side named: the deployed model (B) against the previous deployment (A); without one, the
+    latest run (B) against what is serving (A). The note says which, and why."""
+    serving = resolve(branches, SERVING[0])
+    previous_version, previous = _previous_deployment(branches)
+    if previous is not None:
+        note = (
+            f"The deployed model (B, version {serving.model_version}) against the previous deployment "
+            f"(A, version {previous_version}, which it replaced)"
+        )
+        return _side(PREVIOUS, previous, None), serving, note
+    training_branch = branches.config.branch_for(TRAINING)
+    why = (
+        f"No previous deployment (version {serving.model_version} is the first deployed)"
+        if previous_version is None
+        else f"Version {previous_version} served before, but no training run on '{training_branch}' made it"
+    )
+    note = f"{why}: the latest run on '{training_branch}' (B) against what is serving (A) instead"
+    return serving, resolve(branches, LATEST[0]), note
 
 
 def diff(repo_path: str, a: str | None = None, b: str | None = None) -> MetricsDiff:
-    """B against A; by default the latest run (B) against what is serving (A), and when the latest run is
-    the one serving, against the model it replaced."""
+    """B against A. With no side: the deployed model (B) against the previous deployment (A), or, when
+    there is none, the latest run (B) against what is serving (A); one side: it (B) against what is
+    serving."""
     from branchops.project import working_config
 
     repo = gitops.open_repo(repo_path)
     config = working_config(repo)
     branches = _Branches(repo, config)
-    if a is not None and b is None:  # one side given: it against what is serving
-        a, b = None, a
-    left, right = resolve(branches, a or "serving"), resolve(branches, b or "latest")
-    if a is None and b is None and left.run_id == right.run_id:
-        previous = _served_before(branches)
-        if previous is not None:  # B: the serving side already resolved, A: the model it replaced
-            left, right = _side("served before", previous, None), left
+    note = None
+    if a is None and b is None:
+        left, right, note = _default_sides(branches)
+    else:
+        if b is None:  # one side given: it against what is serving
+            a, b = None, a
+        left, right = resolve(branches, a or SERVING[0]), resolve(branches, b)
     names = list(config.training.metrics)
     params = {
         name: (left.params.get(name), right.params.get(name))
         for name in sorted({*left.params, *right.params})
         if left.params.get(name) != right.params.get(name)
     }
-    return MetricsDiff(left, right, metric_changes(left.metrics, right.metrics, names), params)
+    return MetricsDiff(left, right, metric_changes(left.metrics, right.metrics, names), params, note)
 
 
 # -- text ----------------------------------------------------------------------------------------------
@@ -280,8 +316,10 @@ def render(result: MetricsDiff) -> str:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [f"A  {title(result.a)}", f"B  {title(result.b)}", ""]
+    if result.note:
+        lines[:0] = [f"{result.note}.", ""]
     if (result.a.run_id, result.a.experiment) == (result.b.run_id, result.b.experiment):
-        lines[2:] = ["A and B are the same run's experiment (no model served before it): nothing changed", ""]
+        lines[-1:] = ["A and B are the same run's experiment: nothing changed", ""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if result.params:
         lines += ["", "parameters that differ:"]
@@ -341,10 +379,14 @@ def plot(result: MetricsDiff, output: str | Path) -> dict[str, Any]:
             ax.text(0.5, 0.5, "not recorded for these runs", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(
         "\n".join(
-            f"{name}: {side.run_id} / {side.experiment}"
-            # what was asked for, when it was not the run itself (serving, latest, a branch, a commit)
-            + ("" if side.run_id.startswith(side.label.partition(":")[0]) else f" ({side.label})")
-            for name, side in (("A", result.a), ("B", result.b))
+            # with no side named, first what the default compared
+            ([result.note] if result.note else [])
+            + [
+                f"{name}: {side.run_id} / {side.experiment}"
+                # what was asked for, when it was not the run itself (serving, latest, a branch, a commit)
+                + ("" if side.run_id.startswith(side.label.partition(":")[0]) else f" ({side.label})")
+                for name, side in (("A", result.a), ("B", result.b))
+            ]
         ),
         fontsize=9,
     )
@@ -364,7 +406,8 @@ def plot(result: MetricsDiff, output: str | Path) -> dict[str, Any]:
             "<body>\n"
             f"<h1>{html.escape(result.a.run_id)} / {html.escape(result.a.experiment)} (A) against "
             f"{html.escape(result.b.run_id)} / {html.escape(result.b.experiment)} (B)</h1>\n"
-            f"<pre>{html.escape(table)}</pre>\n"
+            + (f"<p>{html.escape(result.note)}.</p>\n" if result.note else "")
+            + f"<pre>{html.escape(table)}</pre>\n"
             f"<img alt='learning curves and ROC' src='data:image/png;base64,"
             f"{base64.b64encode(image.getvalue()).decode()}'>\n</body></html>\n"
         )

@@ -23,6 +23,8 @@ from tests.foundation.conftest import Project
 from tests.foundation.test_cli_schemas import check
 
 RUN0, RUN1, RUN2 = tr.THREE_RUN_IDS
+RUN3 = history.run_id(3)  # a_fourth_run_deployed_after_the_serving_one's
+VERSION = {i: history.FIRST_VERSION + i for i in range(4)}  # the model version training run i made
 
 
 @pytest.fixture
@@ -35,11 +37,74 @@ def diff(project: Project, *args: str, expect: int = 0) -> dict:
     return tr.cli_json(project, "metrics", "diff", *args, expect=expect)
 
 
-def test_by_default_the_latest_run_against_what_is_serving(runs):
+def a_fourth_run_deployed_after_the_serving_one(runs: Project) -> None:
+    """Training run 3 (latest); deploy-model: run 1's model (three_runs' one deployment), then run 2's, which
+    replaced it, then run 3's as a canary that was rolled back (run 2's model still serving)."""
+    tr.write(
+        runs.path,
+        "training",
+        [
+            tr.training_run(
+                3,
+                [tr.experiment("wide", 3, {"units": 256, "lr": 0.003}, tr.metrics(0.67, 0.63))],
+                "wide",
+                True,
+            )
+        ],
+    )
+    tr.write(
+        runs.path,
+        "deploy-model",
+        [
+            tr.deploy_run(1, 2, before=VERSION[1]),
+            tr.deploy_run(2, 3, outcome="rolled_back", after=VERSION[2], before=VERSION[2]),
+        ],
+    )
+
+
+def test_by_default_the_deployed_model_against_the_previous_deployment(runs):
+    a_fourth_run_deployed_after_the_serving_one(runs)
+    found = diff(runs)
+    check("metrics_diff", found)  # docs/cli.md
+    # not the latest run (3, whose canary was rolled back): what serves, against the version it replaced
+    assert (found["a"]["label"], found["a"]["run_id"], found["a"]["model_version"]) == (
+        "previous deployment",
+        RUN1,
+        VERSION[1],
+    )
+    assert (found["b"]["label"], found["b"]["run_id"], found["b"]["model_version"]) == (
+        "serving",
+        RUN2,
+        VERSION[2],
+    )
+    assert found["note"] == (
+        f"The deployed model (B, version {VERSION[2]}) against the previous deployment "
+        f"(A, version {VERSION[1]}, which it replaced)"
+    )
+    roc = next(c for c in found["metrics"] if c["metric"] == "roc_auc")
+    assert (roc["a"], roc["b"], roc["change"]) == (0.64, 0.66, pytest.approx(0.02))
+    assert found["params"] == {"units": {"a": 64, "b": 128}}
+
+    text = runs.run("metrics", "diff").stdout.splitlines()
+    assert text[0] == found["note"] + "."
+    assert text[2:4] == [
+        f"A  previous deployment: {RUN1} / wide (model version {VERSION[1]})",
+        f"B  serving: {RUN2} / wide (model version {VERSION[2]})",
+    ]
+    # named sides are compared as named, with no note
+    named = diff(runs, "serving", "latest")
+    assert (named["a"]["run_id"], named["b"]["run_id"], named["note"]) == (RUN2, RUN3, None)
+
+
+def test_with_one_deployment_by_default_the_latest_run_against_what_is_serving_and_says_so(runs):
     found = diff(runs)
     check("metrics_diff", found)  # docs/cli.md
     assert (found["a"]["run_id"], found["a"]["experiment"], found["a"]["label"]) == (RUN1, "wide", "serving")
     assert (found["b"]["run_id"], found["b"]["experiment"], found["b"]["label"]) == (RUN2, "wide", "latest")
+    assert found["note"] == (
+        f"No previous deployment (version {VERSION[1]} is the first deployed): the latest run on 'training' "
+        "(B) against what is serving (A) instead"
+    )
     changes = {c["metric"]: c for c in found["metrics"]}
     assert list(changes) == ["accuracy", "roc_auc", "validation.accuracy", "validation.roc_auc"]
     roc = changes["roc_auc"]
@@ -50,6 +115,7 @@ def test_by_default_the_latest_run_against_what_is_serving(runs):
     assert found["params"] == {"units": {"a": 64, "b": 128}}  # only what differs
 
     text = runs.run("metrics", "diff").stdout
+    assert text.startswith(found["note"] + ".\n")
     assert f"A  serving: {RUN1} / wide" in text and f"B  latest: {RUN2} / wide" in text
     roc_line = next(line for line in text.splitlines() if line.startswith("roc_auc"))
     assert roc_line.split() == [
@@ -65,19 +131,22 @@ def test_by_default_the_latest_run_against_what_is_serving(runs):
     assert "units: 64 -> 128" in text
 
 
-def test_when_the_latest_run_is_serving_by_default_against_the_model_it_replaced(runs):
-    tr.write(runs.path, "deploy-model", [tr.deploy_run(1, 2, before=history.FIRST_VERSION + 1)])
+def test_a_previous_version_no_training_run_made_is_named_and_the_default_falls_back(runs):
+    tr.write(runs.path, "deploy-model", [tr.deploy_run(1, 2, before=VERSION[0] - 1)])
     found = diff(runs)
-    assert (found["a"]["label"], found["a"]["run_id"]) == ("served before", RUN1)
-    assert (found["b"]["label"], found["b"]["run_id"]) == ("serving", RUN2)
-    assert next(c for c in found["metrics"] if c["metric"] == "roc_auc")["change"] == pytest.approx(0.02)
+    assert (found["a"]["label"], found["a"]["run_id"]) == ("serving", RUN2)
+    assert (found["b"]["label"], found["b"]["run_id"]) == ("latest", RUN2)
+    assert found["note"].startswith(
+        f"Version {VERSION[0] - 1} served before, but no training run on 'training' made it: the latest run"
+    )
 
 
 def test_the_first_deployed_run_against_itself_says_so(runs):
     tr.write(runs.path, "deploy-model", [tr.deploy_run(1, 2)])  # run 2 deployed, nothing recorded before it
     text = runs.run("metrics", "diff").stdout
+    assert text.startswith(f"No previous deployment (version {VERSION[2]} is the first deployed)")
     assert f"A  serving: {RUN2}" in text and f"B  latest: {RUN2}" in text
-    assert "A and B are the same run's experiment (no model served before it): nothing changed" in text
+    assert "A and B are the same run's experiment: nothing changed" in text
 
 
 def test_sides_by_run_commit_branch_and_experiment(runs):
@@ -137,6 +206,19 @@ def test_plots_diff_overlays_learning_curves_and_roc_in_a_png(runs, tmp_path):
         assert image.format == "PNG" and image.size == (1500, 450)
         # two coloured lines per panel: the image is not a blank canvas
         assert len(image.convert("RGB").getcolors(maxcolors=100_000)) > 50
+
+
+def test_plots_diff_by_default_draws_the_deployed_model_against_the_previous_deployment(runs, tmp_path):
+    a_fourth_run_deployed_after_the_serving_one(runs)
+    written = json.loads(runs.run("plots", "diff", "-o", str(tmp_path / "d.png"), "--json").stdout)
+    check("plots_diff", written)  # docs/cli.md
+    assert written["plotted"]["roc"] == ["previous deployment", "serving"]
+    assert (written["a"]["run_id"], written["b"]["run_id"]) == (RUN1, RUN2)
+    assert written["note"].startswith("The deployed model (B, ")
+    page = tmp_path / "d.html"
+    printed = runs.run("plots", "diff", "-o", str(page)).stdout
+    assert printed == f"{written['note']}.\nwrote {page}\n"
+    assert f"<p>{written['note']}.</p>" in page.read_text()
 
 
 def test_plots_diff_as_html_holds_the_image_and_the_table(runs, tmp_path):
