@@ -550,13 +550,136 @@ class RetrainSection(Strict):
     branch: str = Field(default="branchops/retrain", pattern=BRANCH_NAME_PATTERN)
 
 
+# Jenkins' cron syntax, as hudson.scheduler's CrontabParser.g4 and BaseParser read a TimerTrigger's spec:
+# per field its bounds (inclusive), and the upper bound H hashes within (days 1-28, so that every month has
+# the day; Sunday once, as 0).
+_CRON_FIELDS = (
+    ("MINUTE", 0, 59, 59),
+    ("HOUR", 0, 23, 23),
+    ("DOM", 1, 31, 28),
+    ("MONTH", 1, 12, 12),
+    ("DOW", 0, 7, 6),
+)
+_CRON_ALIASES = ("yearly", "annually", "monthly", "weekly", "daily", "midnight", "hourly")
+_CRON_TERM = re.compile(
+    r"(?P<from>[0-9]+)-(?P<to>[0-9]+)(?:/(?P<range_step>[0-9]+))?"
+    r"|(?P<value>[0-9]+)"
+    r"|\*(?:/(?P<star_step>[0-9]+))?"
+    r"|H\((?P<hash_from>[0-9]+)-(?P<hash_to>[0-9]+)\)(?:/(?P<hash_range_step>[0-9]+))?"
+    r"|H(?:/(?P<hash_step>[0-9]+))?"
+)
+_JAVA_INT_MAX = 2**31 - 1  # Jenkins reads every number with Integer.parseInt
+
+
+def _cron_field_problem(text: str, field: int) -> str | None:
+    name, low, high, hash_high = _CRON_FIELDS[field]
+
+    def number(digits: str) -> int:
+        value = int(digits)
+        if value > _JAVA_INT_MAX:
+            raise ValueError(f"{name}: {digits} is too large a number")
+        return value
+
+    def bounded(value: int) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"{name}: {value} is out of range {low}-{high}")
+
+    def positive(step: int) -> None:
+        if step <= 0:
+            raise ValueError(f"{name}: the step must be positive, got {step}")
+
+    try:
+        for term in text.split(","):
+            match = _CRON_TERM.fullmatch(term)
+            if match is None:
+                return (
+                    f"{name}: '{term}' is not a term Jenkins knows (N, N-M, N-M/S, *, */S, H, H/S, "
+                    "H(N-M), H(N-M)/S; no names, no '?', 'L' or spaces)"
+                )
+            parts = {key: number(value) for key, value in match.groupdict().items() if value is not None}
+            if "value" in parts:
+                bounded(parts["value"])
+            elif "from" in parts:
+                bounded(parts["from"])
+                bounded(parts["to"])
+                positive(parts.get("range_step", 1))
+                if parts["from"] > parts["to"]:
+                    raise ValueError(f"{name}: the range {term} ends before it starts")
+            elif "hash_from" in parts or term.startswith("H"):
+                start, end = parts.get("hash_from", low), parts.get("hash_to", hash_high)
+                bounded(start)
+                bounded(end)
+                if start > end:
+                    raise ValueError(f"{name}: the range of {term} ends before it starts")
+                step = parts.get("hash_range_step", parts.get("hash_step", 1))
+                if step > end - start + 1:
+                    raise ValueError(f"{name}: {term}: the step must be within 1-{end - start + 1}")
+                positive(step)
+            else:
+                positive(parts.get("star_step", 1))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def jenkins_cron_problem(spec: str) -> str | None:
+    """Why Jenkins would refuse ``spec`` as the schedule of a TimerTrigger (None: it accepts it).
+
+    Jenkins' CronTabList: lines of ``MINUTE HOUR DOM MONTH DOW`` or an alias such as ``@daily``, an
+    optional ``TZ=<zone>`` first line, blank lines and ``#`` comments ignored. A spec with no schedule line
+    is refused here too: Jenkins would take it and never run the job.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    entries = 0
+    for number, raw in enumerate(re.split(r"\r?\n", spec), start=1):
+        line = raw.strip()
+        where = f"line {number}: " if "\n" in spec.strip() else ""
+        if number == 1 and line.startswith("TZ="):
+            zone = line[len("TZ=") :]
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                return f"{where}'{zone}' is not a time zone (TZ= takes an IANA name such as Europe/London)"
+            continue
+        if not line or line.startswith("#"):
+            continue
+        entries += 1
+        if line.startswith("@"):
+            if line[1:] not in _CRON_ALIASES:
+                return f"{where}'{line}' is not an alias Jenkins knows (@{', @'.join(_CRON_ALIASES)})"
+            continue
+        fields = re.split(r"[ \t]+", line)
+        if len(fields) != len(_CRON_FIELDS):
+            return (
+                f"{where}'{line}' has {len(fields)} fields; Jenkins expects 5, MINUTE HOUR DOM MONTH DOW "
+                f"(e.g. 'H */6 * * *'), or an alias such as @daily"
+            )
+        for field, text in enumerate(fields):
+            problem = _cron_field_problem(text, field)
+            if problem:
+                return f"{where}'{line}': {problem}"
+    if entries == 0:
+        return "no schedule line: the monitor job would never run (e.g. 'H */6 * * *')"
+    return None
+
+
 class MonitoringSection(Strict):
     log: PredictionLogSection = PredictionLogSection()
     drift: DriftSection = DriftSection()
     live_metric: LiveMetricSection = LiveMetricSection()
     retrain: RetrainSection = RetrainSection()
     # Jenkins cron spec of the periodic monitor job `branchops jenkins sync` creates (H: Jenkins' hash)
-    schedule: str = Field(default="H */6 * * *", min_length=9)
+    schedule: str = "H */6 * * *"
+
+    @field_validator("schedule")
+    @classmethod
+    def _a_schedule_jenkins_accepts(cls, schedule: str) -> str:
+        """Refused here, not when Jenkins refuses the job's config.xml at `branchops jenkins sync`."""
+        problem = jenkins_cron_problem(schedule)
+        if problem:
+            raise ValueError(f"not a schedule Jenkins accepts (Jenkins cron syntax): {problem}")
+        return schedule
 
 
 class ConsoleNotifier(Strict):
