@@ -14,6 +14,18 @@ must be as new) and the served signature (``serving_contract``: each input's and
 shape as TensorFlow Serving's signature_def metadata gives them, ``DT_FLOAT`` and ``-1`` for a free
 dimension), read from the exported graph itself.
 
+It also carries ``reference``, what ``branchops monitor`` measures the served traffic's drift against: the
+training split's distribution of every feature (101 quantiles, q0 to q100, and a seeded sample of training
+rows) and the same of the probability the exported graph answers for those training rows::
+
+    "reference": {"split": "train", "rows": 1234, "input": "lagged_returns",
+                  "features": {"<feature name>": {"quantiles": [...101], "sample": [...]}},
+                  "prediction": {"output": "probability_up", "quantiles": [...101], "sample": [...]}}
+
+The sample holds at most :data:`REFERENCE_SAMPLE_ROWS` rows, fewer for wide inputs (at most
+:data:`REFERENCE_SAMPLE_VALUES` values over all features) so that the metadata stays a few hundred KB,
+and its values are rounded to :data:`REFERENCE_DIGITS` significant digits.
+
 The version is built in a hidden temporary folder under ``export_base`` and renamed into place, so
 TensorFlow Serving (which watches ``export_base``) never sees half a version.  Versions are immutable:
 exporting an existing version again is a no-op when it holds the same model from the same commit,
@@ -25,13 +37,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from components.common.errors import ComponentError, DataError
-from components.common.io import require_file, write_json_atomic
+from components.common.io import require_file
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +58,18 @@ SIGNATURE = "serving_default"
 METADATA_FILE = "branchops_model.json"
 SAMPLE_ROWS = 8
 THRESHOLD = 0.5
+# The reference distribution: 101 quantiles (q0..q100) per feature, and a sample of training rows for the
+# two-sample tests. The whole metadata travels with every read of it (the Kubernetes backend prints it in a
+# Job's log), so a wide input gets fewer sample rows: the direction model's 155 features x 500 rows would
+# be about 1.5 MB of JSON; at most REFERENCE_SAMPLE_VALUES values keep it under 400 KB (100 rows there).
+REFERENCE_QUANTILES = 101
+REFERENCE_SAMPLE_ROWS = 500
+REFERENCE_SAMPLE_VALUES = 15_500
+# a KS test needs enough reference rows to have power, even for the widest input
+REFERENCE_MIN_SAMPLE_ROWS = 100
+REFERENCE_SEED = 20_151
+# float32 features carry ~7 significant digits; 5 change no drift statistic and save a third of the bytes
+REFERENCE_DIGITS = 5
 
 
 def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str, Any]:
@@ -61,6 +86,7 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
     meta = json.loads(require_file(work / "features.json", "features").read_text())
     with np.load(require_file(work / "features.npz", "features")) as data:
         X_test = data["X_test"].astype("float32")
+        X_train = data["X_train"].astype("float32")
     sample_index = np.unique(np.linspace(0, len(X_test) - 1, min(SAMPLE_ROWS, len(X_test))).astype(int))
     instances = X_test[sample_index]
 
@@ -113,6 +139,7 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
                 "the exported graph answers differently from the trained model "
                 f"({probability[:3]} vs {keras_probability[:3]})"
             )
+        train_probability = _predict_in_batches(served, probability_name, X_train)
         metadata = {
             "tensorflow_version": tf.__version__,
             "serving_contract": serving_contract(served),
@@ -143,8 +170,11 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
                     label_name: [int(d) for d in label],
                 },
             },
+            "reference": reference_statistics(
+                X_train, meta["feature_names"], train_probability, probability_name
+            ),
         }
-        write_json_atomic(target / "assets.extra" / METADATA_FILE, metadata)
+        _write_metadata(target / "assets.extra" / METADATA_FILE, metadata)
         if final.exists():
             return _existing_version(final, metadata)
         os.rename(target, final)
@@ -162,6 +192,72 @@ def run(work_dir: str, export_base: str, version: int, commit: str) -> dict[str,
         "already_exported": False,
         "metadata": str(final / "assets.extra" / METADATA_FILE),
     }
+
+
+def reference_statistics(
+    X_train: Any, feature_names: list[str], probability: Any, probability_name: str
+) -> dict[str, Any]:
+    """The training split's distribution of each feature and of the model's probability (``reference``).
+
+    The sample is the same training rows for every feature and for the prediction, drawn without
+    replacement with a fixed seed: the same training data gives the same reference."""
+    import numpy as np
+
+    rows, n_features = X_train.shape
+    if rows == 0:
+        raise DataError("the training split is empty: there is no reference distribution to export")
+    wanted = min(
+        REFERENCE_SAMPLE_ROWS,
+        max(REFERENCE_MIN_SAMPLE_ROWS, REFERENCE_SAMPLE_VALUES // max(n_features, 1)),
+    )
+    generator = np.random.default_rng(REFERENCE_SEED)
+    picked = np.sort(generator.choice(rows, size=min(wanted, rows), replace=False))
+    levels = np.linspace(0.0, 1.0, REFERENCE_QUANTILES)
+
+    def distribution(values: Any) -> dict[str, list[float]]:
+        values = np.asarray(values, dtype="float64")
+        return {
+            "quantiles": _rounded(np.quantile(values, levels)),
+            "sample": _rounded(values[picked]),
+        }
+
+    return {
+        "split": "train",
+        "rows": int(rows),
+        "input": INPUT_NAME,
+        "features": {name: distribution(X_train[:, j]) for j, name in enumerate(feature_names)},
+        "prediction": {"output": probability_name, **distribution(probability)},
+    }
+
+
+def _rounded(values: Any) -> list[float]:
+    return [float(f"{v:.{REFERENCE_DIGITS}g}") for v in values.tolist()]
+
+
+def _predict_in_batches(served: Any, output: str, rows: Any, batch: int = 4096) -> Any:
+    """The exported graph's ``output`` for every row (the training split can be larger than one call)."""
+    import numpy as np
+    import tensorflow as tf
+
+    parts = [
+        served(**{INPUT_NAME: tf.constant(rows[start : start + batch])})[output].numpy()
+        for start in range(0, len(rows), batch)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype="float32")
+
+
+# a list of numbers alone, as json.dumps(indent=2) lays it out: one number per line (a raw newline is never
+# inside a JSON string, so this matches no text)
+_NUMBER_LIST = re.compile(r"\[\n\s*(-?[0-9][-+0-9.eE]*(?:,\n\s*-?[0-9][-+0-9.eE]*)*)\n\s*\]")
+
+
+def _write_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    """The metadata as indented JSON with each list of numbers on one line: one number per line would
+    double the reference's bytes with indentation alone."""
+    text = json.dumps(metadata, indent=2)
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]", text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def serving_contract(signature: Any) -> dict[str, Any]:

@@ -124,3 +124,46 @@ def test_the_served_outputs_are_named_for_what_the_model_predicts(trained_work_d
     assert set(meta["sample"]["predictions"]) == {"probability_turbulent", "turbulent"}
     served = tf.saved_model.load(str(tmp_path / "models" / "1")).signatures["serving_default"]
     assert set(served.structured_outputs) == {"probability_turbulent", "turbulent"}
+
+
+def test_the_reference_distribution_travels_with_the_model(exported, trained_work_dir):
+    """branchops monitor measures drift against these: the training split's features and predictions."""
+    import tensorflow as tf
+
+    base, _ = exported
+    path = base / "3" / "assets.extra" / "branchops_model.json"
+    meta = json.loads(path.read_text())
+    with np.load(trained_work_dir / "features.npz") as data:
+        X_train = data["X_train"].astype("float32")
+    reference = meta["reference"]
+    assert (reference["split"], reference["rows"], reference["input"]) == ("train", len(X_train), "lagged_returns")
+    assert list(reference["features"]) == meta["feature_names"]
+    # the direction model's 155 features: the sample shrinks for a wide input and the file stays small
+    assert len(meta["feature_names"]) == 155 and path.stat().st_size < 400_000
+    levels = np.linspace(0, 1, 101)
+    sample_rows = {len(f["sample"]) for f in reference["features"].values()}
+    assert len(sample_rows) == 1 and 100 <= sample_rows.pop() <= 500
+    for j, name in enumerate(meta["feature_names"]):
+        np.testing.assert_allclose(
+            reference["features"][name]["quantiles"], np.quantile(X_train[:, j], levels), rtol=1e-4, atol=1e-9
+        )
+    # the sample is whole training rows (the same rows for every feature), not values drawn per feature
+    columns = np.array([reference["features"][name]["sample"] for name in meta["feature_names"]]).T
+    for row in columns:
+        assert np.isclose(X_train, row, rtol=1e-4, atol=1e-9).all(axis=1).any()
+    assert len({tuple(row) for row in columns}) == len(columns)  # drawn without replacement
+
+    served = tf.saved_model.load(str(base / "3")).signatures["serving_default"]
+    probability = served(lagged_returns=tf.constant(X_train))["probability_up"].numpy()
+    prediction = reference["prediction"]
+    assert prediction["output"] == "probability_up" and len(prediction["sample"]) == len(columns)
+    np.testing.assert_allclose(prediction["quantiles"], np.quantile(probability, levels), rtol=1e-4, atol=1e-6)
+    assert all(np.isclose(probability, p, rtol=1e-4).any() for p in prediction["sample"])
+
+
+def test_the_reference_is_the_same_for_the_same_training_data(exported, trained_work_dir, tmp_path):
+    base, _ = exported
+    again = export.run(work_dir=str(trained_work_dir), export_base=str(tmp_path), version=3, commit="0123abc")
+    first = json.loads((base / "3" / "assets.extra" / "branchops_model.json").read_text())["reference"]
+    second = json.loads((tmp_path / "3" / "assets.extra" / "branchops_model.json").read_text())["reference"]
+    assert again["already_exported"] is False and first == second
