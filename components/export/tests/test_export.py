@@ -136,7 +136,11 @@ def test_the_reference_distribution_travels_with_the_model(exported, trained_wor
     with np.load(trained_work_dir / "features.npz") as data:
         X_train = data["X_train"].astype("float32")
     reference = meta["reference"]
-    assert (reference["split"], reference["rows"], reference["input"]) == ("train", len(X_train), "lagged_returns")
+    assert (reference["split"], reference["rows"], reference["input"]) == (
+        "train",
+        len(X_train),
+        "lagged_returns",
+    )
     assert list(reference["features"]) == meta["feature_names"]
     # the direction model's 155 features: the sample shrinks for a wide input and the file stays small
     assert len(meta["feature_names"]) == 155 and path.stat().st_size < 400_000
@@ -157,7 +161,9 @@ def test_the_reference_distribution_travels_with_the_model(exported, trained_wor
     probability = served(lagged_returns=tf.constant(X_train))["probability_up"].numpy()
     prediction = reference["prediction"]
     assert prediction["output"] == "probability_up" and len(prediction["sample"]) == len(columns)
-    np.testing.assert_allclose(prediction["quantiles"], np.quantile(probability, levels), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        prediction["quantiles"], np.quantile(probability, levels), rtol=1e-4, atol=1e-6
+    )
     assert all(np.isclose(probability, p, rtol=1e-4).any() for p in prediction["sample"])
 
 
