@@ -31,6 +31,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 # GitHub's contents API returns file content only up to 1 MB (larger: encoding "none", content "").
 GITHUB_CONTENT_LIMIT = 1024 * 1024
+# GitHub refuses an issue's or pull request's body longer than this (422, "body is too long").
+ISSUE_BODY_LIMIT = 65536
 
 
 def git_blob_sha(data: bytes) -> str:
@@ -423,9 +425,14 @@ class FakeGitHub:
         if mm := m(r"/pulls/(\d+)", path):
             pull = self.pulls[int(mm[1])]
             if r.method == "PATCH":
+                refusal = self._pull_update_refusal(r.body or {})
+                if refusal is not None:
+                    return 422, {}, refusal
                 for key in ("title", "body", "state"):
                     if key in (r.body or {}):
                         setattr(pull, key, r.body[key])
+                # an edit is activity on the pull request: GitHub moves its updated_at
+                pull.updated_at = max(pull.updated_at, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             return 200, {}, self._pull_json(pull, base)
         if mm := m(r"/pulls/(\d+)/reviews", path):
             pull = self.pulls[int(mm[1])]
@@ -689,6 +696,40 @@ class FakeGitHub:
         }
 
     # -- branch rules --------------------------------------------------------------------------------
+
+    def _pull_update_refusal(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """What GitHub answers 422 to an "Update a pull request" (PATCH /repos/{owner}/{repo}/pulls/{n}):
+        the request body its REST description documents (title, body, base: strings; state: "open" or
+        "closed"; maintainer_can_modify: a boolean), a body over GitHub's 65536 characters (its answer:
+        "body is too long (maximum is 65536 characters)") and a base branch that does not exist."""
+        kinds = {"title": str, "body": str, "base": str, "state": str, "maintainer_can_modify": bool}
+        wrong = [key for key, kind in kinds.items() if key in body and not isinstance(body[key], kind)]
+        if wrong or body.get("state", "open") not in ("open", "closed"):
+            return {
+                "message": "Invalid request.",
+                "errors": [f"Invalid value for {key!r}." for key in wrong or ["state"]],
+                "documentation_url": "https://docs.github.com/rest/pulls/pulls#update-a-pull-request",
+            }
+        if len(body.get("body") or "") > ISSUE_BODY_LIMIT:
+            return {
+                "message": "Validation Failed",
+                "errors": [
+                    {
+                        "resource": "Issue",
+                        "code": "custom",
+                        "field": "body",
+                        "message": f"body is too long (maximum is {ISSUE_BODY_LIMIT} characters)",
+                    }
+                ],
+                "documentation_url": "https://docs.github.com/rest/pulls/pulls#update-a-pull-request",
+            }
+        if "base" in body and body["base"] not in self.branches:
+            return {
+                "message": "Validation Failed",
+                "errors": [{"resource": "PullRequest", "code": "invalid", "field": "base"}],
+                "documentation_url": "https://docs.github.com/rest/pulls/pulls#update-a-pull-request",
+            }
+        return None
 
     def push_allowed(self, branch: str, login: str, *, app: bool = False) -> bool:
         """Whether GitHub accepts a direct push to ``branch`` by ``login`` (an app's slug with ``app``).

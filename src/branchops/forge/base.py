@@ -97,6 +97,11 @@ class Forge(abc.ABC):
         return path
 
     @abc.abstractmethod
+    def update_body(self, number: int, markdown: str) -> None:
+        """Replace the description of merge request ``number``, keeping its title, branches and
+        approvals (e.g. a bot's merge request whose evidence is newer than when it was opened)."""
+
+    @abc.abstractmethod
     def comment(self, number: int, markdown: str) -> None: ...
 
     @abc.abstractmethod

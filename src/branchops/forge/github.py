@@ -367,6 +367,12 @@ class GitHubForge(GitHubRepositoryClient, Forge):
             web = self._repo.html_url.rstrip("/")
         return f"{web}/blob/{quote(ref)}/{quote(path)}?raw=true"
 
+    def update_body(self, number: int, markdown: str) -> None:
+        """One PATCH of the pull request's ``body`` ("Update a pull request"); the title is left as it is."""
+        with self._calling(f"updating the description of pull request #{number}"):
+            # Lazy: the pull request's URL is built from its number, so this is the PATCH alone.
+            self._repo.get_pull(number).edit(body=markdown)
+
     def comment(self, number: int, markdown: str) -> None:
         with self._calling(f"commenting on pull request #{number}"):
             self._repo.get_issue(number).create_comment(markdown)

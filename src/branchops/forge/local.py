@@ -129,6 +129,12 @@ class LocalForge(Forge):
     def merged_request_for_commit(self, sha: str) -> MergeRequest | None:
         return next((mr for mr in self._load_all() if mr.state == "merged" and mr.merge_commit == sha), None)
 
+    def update_body(self, number: int, markdown: str) -> None:
+        with self._locked():
+            mr = self.get(number)  # a closed or merged request's description can be edited too, as on GitHub
+            mr.body = markdown
+            self._save(mr)
+
     def comment(self, number: int, markdown: str, author: str = "branchops-bot") -> None:
         with self._locked():
             self.get(number)  # existence check
