@@ -12,7 +12,8 @@ from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal["started", "succeeded", "failed", "refused", "skipped"]
+# "proposed": branchops proposes a change for review (the retraining merge request of `branchops monitor`)
+EventKind = Literal["started", "succeeded", "failed", "refused", "skipped", "proposed"]
 
 
 @dataclass(frozen=True)

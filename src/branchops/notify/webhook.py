@@ -18,6 +18,7 @@ COLOURS = {
     "failed": "E01E5A",
     "refused": "ECB22E",
     "skipped": "999999",
+    "proposed": "439FE0",
 }
 
 
@@ -32,6 +33,7 @@ CARD_COLOURS = {
     "failed": "attention",
     "refused": "warning",
     "skipped": "default",
+    "proposed": "accent",
 }
 # Teams renders Adaptive Cards up to 1.5; 1.4 is what Workflows' "post card" action documents and needs
 # nothing newer here.
