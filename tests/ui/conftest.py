@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from branchops.stages import REGISTRY
+from tests.conftest import git
 from tests.foundation import recording_stage
 from tests.foundation.conftest import Project, make_project
-from tests.ui import stand_in_stages
+from tests.foundation.record_history import FIRST_VERSION
+from tests.ui import monitor_records, stand_in_stages
 
 # Two training runs (models 1 and 2), then deploy-model: model 1, model 2 as a canary that failed its
 # checks and was rolled back to 1, then model 2 again, fully.
@@ -33,6 +35,15 @@ DEPLOY_RUNS = [
     },
     {"version": 2, "before": 1, "canary_steps": [{"weight": 10, "ok": True}, {"weight": 50, "ok": True}]},
 ]
+# Then monitoring of model 2 (each feature's PSI): in distribution, then volatility drifting on two checks in
+# a row, the second of which opened the retraining merge request and had outcomes for a live metric.
+MONITOR_CHECKS = [
+    {"return_1d": 0.02, "volatility_20d": 0.04, "volume_ratio": 0.01},
+    {"return_1d": 0.03, "volatility_20d": 0.31, "volume_ratio": 0.02},
+    {"return_1d": 0.05, "volatility_20d": 0.47, "volume_ratio": 0.12},
+]
+LIVE_METRIC = {"name": "roc_auc", "value": 0.55, "low": 0.49, "high": 0.61, "validated": 0.63, "n": 120}
+RETRAIN_BRANCH = "branchops/retrain"
 APPROVER = {
     "build-components": "lead",
     "kf-pipeline": "lead",
@@ -71,7 +82,31 @@ def dashboard_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             merge_run(
                 project, "deploy-model", wanted | {"training_run_id": training_runs[wanted["version"] - 1]}
             )
+        monitor(project)
     return project.path
+
+
+def monitor(project: Project) -> None:
+    """MONITOR_CHECKS recorded on deploy-model, the last one with the retraining merge request it opened (a
+    real one on the embedded forge, from the bot's branch into training)."""
+    git(project.path, "branch", RETRAIN_BRANCH, "training")
+    project.commit(RETRAIN_BRANCH, "src/data_window.txt", "until 2016-06-30\n", user="branchops-bot")
+    git(project.path, "checkout", "-q", "ds1")
+    number = project.open_mr("training", author="branchops-bot", source=RETRAIN_BRANCH, title="Retrain")
+    version = FIRST_VERSION + DEPLOY_RUNS[-1]["version"]
+    last = len(MONITOR_CHECKS) - 1
+    checks = [
+        monitor_records.check(
+            i,
+            version,
+            psi,
+            streak=i,  # checks 1 and 2 drifted
+            live_metric=LIVE_METRIC if i == last else None,
+            merge_request={"number": number, "url": None, "action": "opened"} if i == last else None,
+        )
+        for i, psi in enumerate(MONITOR_CHECKS)
+    ]
+    monitor_records.write(project.path, checks)
 
 
 @pytest.fixture(scope="module")

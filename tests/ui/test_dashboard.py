@@ -191,3 +191,158 @@ def test_stage_and_model_pages_page_through_the_runs(client, monkeypatch) -> Non
         first, second = page(client, url), page(client, f"{url}?page=2")
         assert "page 1 of 2" in first and 'href="?page=2">older' in first and "newer" not in first
         assert "page 2 of 2" in second and 'href="?page=1">newer' in second and "older" not in second
+
+
+# -- monitoring ------------------------------------------------------------------------------------------
+
+
+def monitoring_section(html: str) -> str:
+    return html.split('id="monitoring-now"')[1].split("</section>")[0]
+
+
+def test_serving_now_shows_the_latest_checks_drift_against_the_thresholds(client) -> None:
+    from tests.ui.conftest import LIVE_METRIC, MONITOR_CHECKS
+
+    section = monitoring_section(page(client, "/"))
+    latest = MONITOR_CHECKS[-1]
+    rows = {
+        name: section.split(f'data-feature="{name}">')[1].split("</tr>")[0]
+        for name in (*latest, "prediction")
+    }
+    # each feature's PSI against the threshold (0.25) and its KS p-value; what passes a threshold stands out
+    assert "(threshold 0.25)" in section and "(drift below 0.01)" in section
+    assert re.search(
+        r'<td class="over">0.47</td>\s*<td class="over">1e-07</td>\s*<td>yes</td>', rows["volatility_20d"]
+    )
+    assert re.search(r'<td class="">0.12</td>\s*<td class="">0.420</td>\s*<td>no</td>', rows["volume_ratio"])
+    assert '<td class="">0.05</td>' in rows["return_1d"]
+    # the prediction's drift: its PSI and p-value, no verdict of its own
+    assert re.search(r'<td class="">0.25</td>\s*<td class="over">0.003</td>\s*<td>—</td>', rows["prediction"])
+    # two drifted checks in a row, of the two that propose a retrain
+    assert re.search(r'<strong id="drift-streak">2</strong> of the 2 consecutive', section)
+    assert f"of version {MODEL_2}:" in section and "not the version serving now" not in section
+    live = section.split('class="live-metric"')[1].split("</p>")[0]
+    assert (
+        f"Live roc_auc: <strong>{LIVE_METRIC['value']}</strong> [0.49, 0.61] on 120 outcomes, against 0.63"
+        in live
+    )
+    assert live.endswith(
+        'against 0.63 validated at training: <span class="warn">significantly below it</span>.'
+    )
+    retrain = section.split('id="retrain-mr"')[1].split("</p>")[0]
+    assert re.search(r"<strong>!\d+</strong>", retrain) and "is open" in retrain
+
+
+def test_a_retraining_merge_request_no_longer_open_is_not_linked(
+    dashboard_repo: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from tests.foundation.conftest import Project
+
+    copy = Project(tmp_path / "project")
+    shutil.copytree(dashboard_repo, copy.path)
+    client = create_app(str(copy.path)).test_client()
+    listed = json.loads(copy.run("mr", "list", "--json").output)
+    [number] = [mr["number"] for mr in listed if mr["target"] == "training" and mr["state"] == "open"]
+    assert f"<strong>!{number}</strong>" in monitoring_section(page(client, "/"))
+    copy.run("mr", "close", str(number))
+    section = monitoring_section(page(client, "/"))
+    assert 'id="retrain-mr"' not in section and 'id="drift-streak"' in section
+
+
+def test_monitoring_page_lists_the_checks_with_their_plots(client, dashboard_repo: Path, monkeypatch) -> None:
+    from branchops import records
+    from tests.ui.conftest import MONITOR_CHECKS
+
+    reads = []
+    cat_files = records._cat_files
+    monkeypatch.setattr(
+        records, "_cat_files", lambda repo, specs: reads.append(specs) or cat_files(repo, specs)
+    )
+    html = page(client, "/monitoring")
+    # the checks' records in one read, whatever their number
+    assert [len(specs) for specs in reads] == [len(MONITOR_CHECKS)]
+    checks = runs_of_monitor(dashboard_repo)
+    assert len(checks) == len(MONITOR_CHECKS)
+    table = html.split('id="checks"')[1].split("</table>")[0]
+    listed = re.findall(r'data-check="([^"]+)"', table)
+    assert listed == checks[::-1]  # newest first
+    verdicts = re.findall(r'class="outcome[^"]*">([^<]+)<', table)
+    assert verdicts == ["drifted", "drifted", "no drift"]
+    assert "volatility_20d" in table.split(f'data-check="{checks[-1]}"')[1].split("</tr>")[0]
+    # every plot a check recorded, straight from git; the newest check's drawn on the page
+    links = re.findall(r'href="(/monitoring/[^"]+/artifacts/[^"]+)"', table)
+    assert len(links) == 2 + 1 + 1
+    for link in links:
+        response = client.get(link)
+        run_id, artifact = link.split("/")[2], link.split("/artifacts/")[1]
+        in_git = subprocess.run(
+            ["git", "show", f"deploy-model:records/monitor/{run_id}/{artifact}"],
+            cwd=dashboard_repo,
+            capture_output=True,
+            check=True,
+        ).stdout
+        assert response.status_code == 200 and response.mimetype == "image/png" and response.data == in_git
+    newest = html.split('id="newest-check"')[1]
+    assert len(re.findall(r'<img class="plot"', newest)) == 2
+    assert 'data-feature="volatility_20d"' in newest
+    # one check's page
+    detail = page(client, f"/monitoring/{checks[-1]}")
+    assert "drifted" in detail and "0.47" in detail and "Live roc_auc" in detail
+    assert page(client, "/monitoring/20990101T000000000000Z-nope", status=404)
+    for other in ("record.json", "nope.png", "../../deploy-model/x.png"):
+        assert client.get(f"/monitoring/{checks[-1]}/artifacts/{other}").status_code == 404
+    assert client.get(f"/monitoring/{checks[0]}/artifacts/live_metric.png").status_code == 404  # not recorded
+
+
+def runs_of_monitor(repo: Path) -> list[str]:
+    listing = subprocess.run(
+        ["git", "ls-tree", "--name-only", "deploy-model:records/monitor/"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted(listing.split())
+
+
+@pytest.fixture
+def deployed(tmp_path: Path):
+    """A project whose deploy-model branch has deployed a model and recorded no monitoring check."""
+    from tests.foundation import training_records
+    from tests.foundation.conftest import make_project
+
+    project = make_project(tmp_path)
+    training_records.three_runs(project.path)
+    return project
+
+
+def test_before_any_monitoring_check_the_serving_panel_says_so(deployed, empty_repo: Path) -> None:
+    client = create_app(str(deployed.path)).test_client()
+    section = monitoring_section(page(client, "/"))
+    assert 'id="no-checks"' in section and "No monitoring checks yet" in section
+    assert 'id="drift-streak"' not in section
+    assert "No monitoring checks yet" in page(client, "/monitoring")
+    assert "No monitoring checks yet" in page(create_app(str(empty_repo)).test_client(), "/monitoring")
+
+
+def test_a_check_recorded_without_some_figures_shows_them_missing(deployed) -> None:
+    from tests.ui import monitor_records
+
+    version = FIRST_VERSION + 1  # three_runs' deployment
+    drifted = [monitor_records.check(i, version, {"volatility_20d": 0.4}, streak=0) for i in range(3)]
+    for found in drifted:
+        del found["outputs"]["streak"]  # a record that does not count its streak: counted from the checks
+        del found["outputs"]["thresholds"]  # nor says its thresholds: the configured ones
+    bare = monitor_records.check(3, version, {}, streak=0)
+    bare["outputs"] = {"drifted": True}  # a check that recorded nothing else
+    monitor_records.write(deployed.path, [*drifted, bare])
+    client = create_app(str(deployed.path)).test_client()
+    section = monitoring_section(page(client, "/"))
+    assert "no feature figures recorded" in section and "No live metric" in section
+    assert re.search(r'<strong id="drift-streak">4</strong> of the 2 consecutive', section)
+    assert "(threshold 0.25)" in section
+    html = page(client, "/monitoring")
+    assert html.count("data-check=") == 4

@@ -80,6 +80,20 @@ def create_app(repo_path: str) -> Flask:
             abort(400, "overlaid curves compare exactly two training runs")
         return Response(dashboard.compare_curves(run_ids), mimetype="image/png")
 
+    @app.get("/monitoring")
+    def monitoring() -> str:
+        return render_template("monitoring.html", **dashboard.monitoring_page(page_number()))
+
+    @app.get("/monitoring/<run_id>")
+    def monitor_check(run_id: str) -> str:
+        return render_template("check.html", **dashboard.monitor_check(run_id))
+
+    @app.get("/monitoring/<run_id>/artifacts/<path:artifact>")
+    def monitor_plot(run_id: str, artifact: str) -> Response:
+        response = Response(dashboard.monitor_plot(run_id, artifact), mimetype="image/png")
+        response.cache_control.max_age = 86400  # a check's record folder is append-only, as a run's
+        return response
+
     @app.get("/favicon.ico")
     def favicon() -> Response:
         return app.send_static_file("favicon.svg")
@@ -99,6 +113,10 @@ def create_app(repo_path: str) -> Flask:
     @app.template_filter("seconds")
     def seconds(value: Any) -> str:
         return f"{value:.1f} s" if isinstance(value, (int, float)) else "—"
+
+    @app.template_filter("pvalue")
+    def pvalue(value: Any) -> str:  # a KS p-value is often far below what 4 significant digits show as 0
+        return "—" if value is None else f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
 
     @app.template_filter("cell")
     def cell(value: Any) -> str:

@@ -20,6 +20,7 @@ import git
 from branchops import STAGES, gitops, records
 from branchops.errors import NotFound
 from branchops.project import working_config
+from branchops.ui.monitoring import MONITOR_STAGE, Check, drift_streak, local_merge_request_state, read_check
 
 log = logging.getLogger("branchops.ui")
 
@@ -186,6 +187,7 @@ class Dashboard:
             "stages": stages,
             "empty": not any(s["count"] for s in stages),
             "serving": self.serving_now(deploys),
+            "monitoring": self.monitoring_now(),
         }
 
     def stage_page(self, stage: str, page: int = 1) -> dict[str, Any]:
@@ -385,6 +387,112 @@ class Dashboard:
             "labels": {"stable": status.stable, "canary": status.canary},
             "canary_weight": status.canary_weight if status.canary is not None else 0,
         }
+
+    # -- monitoring -----------------------------------------------------------------------------------
+
+    @cached_property
+    def monitor_history(self) -> records.StageHistory:
+        """The monitoring checks' folder on the deploy-model branch, listed once per request (none there:
+        no check yet)."""
+        return records.stage_history(self.repo, self.tip("deploy-model"), MONITOR_STAGE)
+
+    def drift_thresholds(self, check: Check | None = None) -> dict[str, float]:
+        """The PSI threshold and the KS test's alpha a check applied: as its record says, else configured."""
+        drift = self.config.monitoring.drift
+        configured = {"psi_threshold": drift.psi_threshold, "ks_alpha": drift.ks_alpha}
+        return configured | (check.thresholds if check else {})
+
+    def monitoring_now(self) -> dict[str, Any] | None:
+        """The newest monitoring check, for the serving panel: drift per feature against the thresholds, the
+        live metric against the validated one, the drift streak, and the retraining merge request while it is
+        open. None: no check recorded yet."""
+        history = self.monitor_history
+        needed = self.config.monitoring.drift.consecutive_checks
+        # enough of the newest checks to count a streak as long as the configured one, in one read
+        chosen = list(reversed(history.run_ids))[: max(needed, RECENT)]
+        newest = [read_check(r.run_id, redact(r.data)) for r in history.read(chosen)]
+        if not newest:
+            return None
+        latest = newest[0]
+        streak = drift_streak(newest)
+        return {
+            "count": len(history.run_ids),
+            "latest": latest,
+            "thresholds": self.drift_thresholds(latest),
+            "streak": streak,
+            # every check read counted as drifted: the streak may be longer than what was read
+            "streak_at_least": latest.streak is None and streak == len(newest) < len(history.run_ids),
+            "needed": needed,
+            "merge_request": self.retrain_request(newest),
+        }
+
+    def retrain_request(self, newest_first: list[Check]) -> dict[str, Any] | None:
+        """The retraining merge request the newest checks opened or updated, with its state where the
+        embedded forge keeps it beside the repository (another forge's is not asked: the dashboard reads
+        git); None when none of them proposed one, or when it is known to be merged or closed."""
+        check = next((c for c in newest_first if c.merge_request), None)
+        if check is None:
+            return None
+        proposed = check.merge_request or {}
+        state = None
+        if self.config.forge.backend == "local":
+            state = local_merge_request_state(
+                gitops.main_worktree(self.repo) / ".branchops", proposed["number"]
+            )
+            if state in ("merged", "closed"):
+                return None
+        url = proposed.get("url")
+        return {
+            "number": proposed["number"],
+            # the embedded forge's url is a file beside the repository, not a page a browser opens
+            "url": url if isinstance(url, str) and url.startswith(("https://", "http://")) else None,
+            "action": proposed.get("action"),
+            "state": state,
+            "check": check.run_id,
+            "time": check.time,
+        }
+
+    def monitoring_page(self, page: int = 1) -> dict[str, Any]:
+        """The monitoring checks, newest first, a page at a time: each with its verdict and plots."""
+        history = self.monitor_history
+        newest_first = list(reversed(history.run_ids))
+        pages = max(1, -(-len(newest_first) // PAGE_SIZE))
+        page = min(max(page, 1), pages)
+        chosen = newest_first[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        checks = [read_check(r.run_id, redact(r.data)) for r in history.read(chosen)]
+        return {
+            "count": len(newest_first),
+            "page": page,
+            "pages": pages,
+            "checks": checks,
+            "thresholds": self.drift_thresholds(checks[0] if checks else None),
+            "needed": self.config.monitoring.drift.consecutive_checks,
+            "merge_request": self.retrain_request(checks) if page == 1 else None,
+        }
+
+    def monitor_record(self, run_id: str) -> records.StoredRecord:
+        history = self.monitor_history
+        if run_id not in history.folders:
+            raise NotFound(f"no monitoring check '{run_id}'")
+        found = history.read([run_id])
+        if not found:
+            raise NotFound(f"monitoring check '{run_id}' has no {records.RECORD_FILE}")
+        return found[0]
+
+    def monitor_check(self, run_id: str) -> dict[str, Any]:
+        stored = self.monitor_record(run_id)
+        check = read_check(run_id, redact(stored.data))
+        return {"check": check, "thresholds": self.drift_thresholds(check)}
+
+    def monitor_plot(self, run_id: str, artifact: str) -> bytes:
+        """A PNG a check recorded (drift.png, live_metric.png): only files its record lists."""
+        check = read_check(run_id, self.monitor_record(run_id).data)
+        if artifact not in check.plots:
+            raise NotFound(f"monitoring check '{run_id}' recorded no plot '{artifact}'")
+        blob = records._cat_files(self.repo, [f"{self.monitor_history.folders[run_id]}:{artifact}"])[0]
+        if blob is None:
+            raise NotFound(f"monitoring check '{run_id}' lists '{artifact}' but its folder has no such file")
+        return blob
 
     def model_page(self, version: str) -> dict[str, Any]:
         """A model version (or the training run that made it): its lineage, as data and as a graph."""
