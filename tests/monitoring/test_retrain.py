@@ -124,6 +124,23 @@ def test_a_proposal_is_one_bot_merge_request_into_training_that_moves_only_the_d
     assert event["message"].startswith("retraining proposed: drift on 2 consecutive checks")
 
 
+def test_a_window_commit_is_never_taken_for_the_bots_own_even_with_the_trailer(project):
+    """Were the proposal's commit ever marked with the bot trailer (or a person copied it), it changes
+    config/, so the gate still counts it as a change to approve, not as a record commit."""
+    proposal = propose(project)
+    repo = gitops.open_repo(project.path)
+    marked = gitops.build_commit(
+        repo,
+        project.tip("training"),
+        {CONFIG_FILE: git(project.path, "show", f"{proposal.commit}:{CONFIG_FILE}").encode() + b"\n"},
+        gitops.bot_message("Retrain on data until 2016-06-30", "", "Branchops-Bot"),
+        gitops.Identity("branchops-bot", "branchops-bot@users.noreply.local"),
+        overwrite=True,
+    )
+    assert gitops.trailer_marks(repo.commit(marked).message, "Branchops-Bot")
+    assert not gate.is_own_commit(repo, marked, "Branchops-Bot")
+
+
 def test_repeated_proposals_keep_one_open_merge_request_and_add_a_commit_only_when_the_window_moves(project):
     first = propose(project)
     assert open_proposals(project) == [first.number]
@@ -203,13 +220,6 @@ def test_merging_the_proposal_without_approval_runs_nothing(project, stage_calls
     result = project.run("mr", "merge", str(proposal.number), "--as", "lead", expect=None)
     assert result.exit_code == 4 and "nobody approved it" in result.output
     assert stage_calls() == [] and project.files("training") == before
-
-
-def test_the_bot_cannot_approve_its_own_proposal(project, stage_calls):
-    proposal = propose(project)
-    forge(project).approve(proposal.number, "branchops-bot")  # as a forge would record it
-    result = project.run("mr", "merge", str(proposal.number), "--as", "lead", expect=None)
-    assert result.exit_code == 4 and stage_calls() == []
 
 
 def test_an_approved_proposal_retrains_on_the_refreshed_window(project, stage_calls):
