@@ -898,27 +898,37 @@ def jenkins() -> None:
 
 @jenkins.command("sync")
 @click.option(
-    "--dry-run", is_flag=True, help="Say whether the job would be created or updated; change nothing."
+    "--dry-run", is_flag=True, help="Say whether the jobs would be created or updated; change nothing."
 )
 @json_option
 @click.pass_obj
 def jenkins_sync(obj: dict, dry_run: bool, as_json: bool) -> None:
-    """Create or update the multibranch job (idempotent), after checking the Jenkinsfile against config."""
+    """Create or update the multibranch job and the periodic monitor job (idempotent), after checking the
+    Jenkinsfile against config."""
     from branchops.ci.jenkins import sync_job
 
     config, root = _config_and_root(obj)
     result = sync_job(config, root, dry_run=dry_run)
+    monitor = result.monitor
     _emit(
         {
             "job": result.job,
             "outcome": result.outcome,
             "folders_created": list(result.folders_created),
             "url": result.url,
+            "monitor": {"job": monitor.job, "outcome": monitor.outcome, "url": monitor.url}
+            if monitor
+            else None,
         },
         as_json,
         f"{result.job}: {result.outcome}"
         + (f" ({result.url})" if result.url else "")
-        + (f"; folders created: {', '.join(result.folders_created)}" if result.folders_created else ""),
+        + (f"; folders created: {', '.join(result.folders_created)}" if result.folders_created else "")
+        + (
+            f"\n{monitor.job}: {monitor.outcome}" + (f" ({monitor.url})" if monitor.url else "")
+            if monitor
+            else ""
+        ),
     )
 
 

@@ -8,7 +8,8 @@ documented behaviour where branchops depends on it:
   2.176, binds the crumb to the web session it opens (a ``JSESSIONID`` cookie); a POST without that
   header and that cookie is refused with 403 (stricter than Jenkins >= 2.96, which exempts API-token
   requests, so the tests prove python-jenkins sends both).
-- ``POST <parent>/createItem?name=N`` with an XML body creates an item from config.xml; with
+- ``POST <parent>/createItem?name=N`` with an XML body creates an item from config.xml (its class from
+  the root element: a class name, or XStream's alias, ``flow-definition`` for a pipeline job); with
   ``mode=com.cloudbees.hudson.plugins.folder.Folder`` a folder. 400 if N exists, 404 if the parent
   folder does not.
 - ``GET|POST <item>/config.xml``: Jenkins rewrites stored XML (plugin versions added to ``plugin``
@@ -37,6 +38,9 @@ FOLDER = "com.cloudbees.hudson.plugins.folder.Folder"
 MULTIBRANCH = "org.jenkinsci.plugins.workflow.multibranch.WorkflowMultiBranchProject"
 WORKFLOW_JOB = "org.jenkinsci.plugins.workflow.job.WorkflowJob"
 FREESTYLE = "hudson.model.FreeStyleProject"
+# The root elements XStream writes for these item classes instead of their class names (the rest are
+# named by class, e.g. the multibranch project).
+XSTREAM_ALIASES = {"flow-definition": WORKFLOW_JOB, "project": FREESTYLE}
 CRUMB_FIELD = "Jenkins-Crumb"
 SESSION_COOKIE = "JSESSIONID.5f3e1a2b"
 
@@ -261,7 +265,8 @@ class FakeJenkins:
             root = ElementTree.fromstring(body)
         except ElementTree.ParseError as exc:
             return self._send(h, 500, f"Failed to parse config.xml: {exc}")
-        parent.children[name] = Item(name, root.tag, config_xml=self._as_jenkins_stores_it(body.decode()))
+        kind = XSTREAM_ALIASES.get(root.tag, root.tag)
+        parent.children[name] = Item(name, kind, config_xml=self._as_jenkins_stores_it(body.decode()))
         return self._send(h, 200, "")
 
     @staticmethod

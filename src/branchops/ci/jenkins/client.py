@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MULTIBRANCH_CLASS = "org.jenkinsci.plugins.workflow.multibranch.WorkflowMultiBranchProject"
+# The monitor job (jenkins/jobs/monitor.yaml): a pipeline job, `flow-definition` in its config.xml.
+PIPELINE_CLASS = "org.jenkinsci.plugins.workflow.job.WorkflowJob"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class SyncResult:
     outcome: Literal["created", "updated", "unchanged", "would create", "would update"]
     folders_created: tuple[str, ...] = ()
     url: str = ""
+    # `branchops jenkins sync` provisions the periodic monitor job beside the multibranch job
+    monitor: SyncResult | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,15 @@ class JenkinsClient:
 
     @property
     def job_url(self) -> str:
-        parts = self.job_name.split("/")
+        return self._url_of(self.job_name)
+
+    @property
+    def monitor_job_name(self) -> str:
+        """The monitor job, in the multibranch job's folder and named after it (``<job>-monitor``)."""
+        return f"{self.job_name}-monitor"
+
+    def _url_of(self, name: str) -> str:
+        parts = name.split("/")
         return self.settings.url.rstrip("/") + "/" + "".join(f"job/{_quote_segment(p)}/" for p in parts)
 
     @property
@@ -201,22 +213,37 @@ class JenkinsClient:
         After a change the repository is scanned at once, so new branches appear without waiting for
         the periodic scan.
         """
+        result = self._provision(
+            self.job_name, job_xml, MULTIBRANCH_CLASS, "a multibranch pipeline", dry_run=dry_run
+        )
+        if scan and result.outcome in ("created", "updated"):
+            self.trigger_scan()
+        return result
+
+    def sync_monitor(self, job_xml: str, *, dry_run: bool = False) -> SyncResult:
+        """Create the periodic monitor job or update its configuration, like :meth:`sync` (no scan: its
+        schedule starts it)."""
+        return self._provision(
+            self.monitor_job_name, job_xml, PIPELINE_CLASS, "a pipeline job", dry_run=dry_run
+        )
+
+    def _provision(self, name: str, job_xml: str, kind: str, kind_name: str, *, dry_run: bool) -> SyncResult:
         folders = self._ensure_folders(dry_run)
-        name = self.job_name
+        url = self._url_of(name)
         info = None if (dry_run and folders) else self._info(name, f"reading job {name}")
         wanted = job_digest(job_xml)
         if info is None:
             if dry_run:
-                return SyncResult(name, "would create", tuple(folders), self.job_url)
+                return SyncResult(name, "would create", tuple(folders), url)
             with self._calling(f"creating job {name}"):
                 self.server.create_job(name, job_xml)
             outcome: Literal["created", "updated"] = "created"
         else:
-            kind = info.get("_class", "")
-            if kind != MULTIBRANCH_CLASS:
+            found = info.get("_class", "")
+            if found != kind:
                 raise ExternalError(
-                    f"Jenkins: '{name}' exists and is a {kind or 'different kind of item'}, "
-                    "not a multibranch pipeline; rename it or set ci.jenkins.job to another name"
+                    f"Jenkins: '{name}' exists and is a {found or 'different kind of item'}, "
+                    f"not {kind_name}; rename it or set ci.jenkins.job to another name"
                 )
             with self._calling(f"reading the configuration of {name}"):
                 current = self.server.get_job_config(name)
@@ -224,16 +251,14 @@ class JenkinsClient:
             if current_digest is None:
                 log.warning("job %s was not provisioned by branchops; its configuration is replaced", name)
             if wanted is not None and current_digest == wanted:
-                return SyncResult(name, "unchanged", tuple(folders), self.job_url)
+                return SyncResult(name, "unchanged", tuple(folders), url)
             if dry_run:
-                return SyncResult(name, "would update", tuple(folders), self.job_url)
+                return SyncResult(name, "would update", tuple(folders), url)
             with self._calling(f"updating job {name}"):
                 self.server.reconfig_job(name, job_xml)
             outcome = "updated"
-        if scan:
-            self.trigger_scan()
         log.info("Jenkins job %s %s", name, outcome)
-        return SyncResult(name, outcome, tuple(folders), self.job_url)
+        return SyncResult(name, outcome, tuple(folders), url)
 
     def trigger_scan(self) -> None:
         """Scan Repository Now: ``POST <job>/build`` on the multibranch project (ComputedFolder.doBuild)."""

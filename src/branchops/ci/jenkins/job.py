@@ -1,10 +1,14 @@
-"""The Jenkins job: the multibranch project that builds main and the stage branches, rendered from config.
+"""The Jenkins jobs: the multibranch project that builds main and the stage branches, and the periodic
+monitor job beside it, rendered from config.
 
 ``jenkins/jobs/branchops.yaml`` is a jenkins-job-builder template; :func:`render_job_xml` fills it from
 config (repository, stage branches, credential ids, scan interval) and renders Jenkins' ``config.xml``
-with jenkins-job-builder itself, so what is provisioned is exactly what ``jenkins-jobs test`` shows. The
-digest written into the job's description tells a later sync whether the job is already at this
-definition. jenkins-job-builder is imported only while rendering.
+with jenkins-job-builder itself, so what is provisioned is exactly what ``jenkins-jobs test`` shows.
+``jenkins/jobs/monitor.yaml`` (with its pipeline, ``monitor.groovy``) is rendered the same way by
+:func:`render_monitor_job_xml`: ``branchops monitor --json`` on the deploy-model branch, on the schedule
+``monitoring.schedule``, with the Jenkinsfile's credential bindings. The digest written into a job's
+description tells a later sync whether the job is already at this definition. jenkins-job-builder is
+imported only while rendering.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 from branchops.errors import ConfigError
@@ -24,6 +29,12 @@ if TYPE_CHECKING:
     from branchops.config import BranchopsConfig, JenkinsSettings
 
 JOB_TEMPLATE = Path("jenkins") / "jobs" / "branchops.yaml"
+MONITOR_JOB_TEMPLATE = Path("jenkins") / "jobs" / "monitor.yaml"
+# The pipeline monitor.yaml includes (``!include-raw-expand:``): part of what the digest covers.
+MONITOR_PIPELINE = Path("jenkins") / "jobs" / "monitor.groovy"
+AGENT_POD = Path("jenkins") / "agent-pod.yaml"
+# The agent pod's container every stage but build-components runs in (the Jenkinsfile's defaultContainer).
+AGENT_CONTAINER = "python"
 
 # The intervals cloudbees-folder's PeriodicFolderTrigger offers (and jenkins-job-builder accepts).
 SCAN_INTERVALS = (
@@ -103,6 +114,27 @@ def job_parameters(config: BranchopsConfig) -> dict[str, str]:
     }
 
 
+def _read_template(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: the job template is missing (it ships with the branchops layout)"
+        ) from None
+
+
+def _definition_digest(templates: list[str], params: dict[str, str]) -> str:
+    """What a job's definition is made of: its template files, their parameters, the renderer's version."""
+    try:  # the digest changes when the renderer might
+        from importlib.metadata import PackageNotFoundError, version
+
+        jjb_version = version("jenkins-job-builder")
+    except PackageNotFoundError:
+        jjb_version = "not installed"
+    inputs = {"template": "\n".join(templates), "params": params, "jjb": jjb_version}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def jjb_project(config: BranchopsConfig, repo_root: str | Path = ".") -> tuple[Path, list[dict[str, Any]]]:
     """The job template and the jenkins-job-builder ``project`` that fills it from config.
 
@@ -110,21 +142,7 @@ def jjb_project(config: BranchopsConfig, repo_root: str | Path = ".") -> tuple[P
     """
     params = job_parameters(config)
     template = Path(repo_root) / JOB_TEMPLATE
-    try:
-        template_text = template.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{template}: the job template is missing (it ships with the branchops layout)"
-        ) from None
-    try:  # the digest changes when the renderer might
-        from importlib.metadata import PackageNotFoundError, version
-
-        jjb_version = version("jenkins-job-builder")
-    except PackageNotFoundError:
-        jjb_version = "not installed"
-    digest = hashlib.sha256(
-        json.dumps({"template": template_text, "params": params, "jjb": jjb_version}, sort_keys=True).encode()
-    ).hexdigest()[:16]
+    digest = _definition_digest([_read_template(template)], params)
     params["description"] = (
         f"branchops stages of {params['repo_owner']}/{params['repo']}. Provisioned "
         "by `branchops jenkins sync` from config/branchops.yaml: change that, not "
@@ -136,6 +154,128 @@ def jjb_project(config: BranchopsConfig, repo_root: str | Path = ".") -> tuple[P
 def render_job_xml(config: BranchopsConfig, repo_root: str | Path = ".") -> str:
     """The job's ``config.xml``, rendered by jenkins-job-builder from :data:`JOB_TEMPLATE` and config."""
     template, project = jjb_project(config, repo_root)
+    return _render_with_jjb(template, project)
+
+
+def repository_url(config: BranchopsConfig) -> str:
+    """The HTTPS clone URL of ``forge.github.repository`` (github.com, or a GitHub Enterprise host)."""
+    github = config.forge.github
+    if github is None:
+        raise ConfigError(
+            "forge.github: the monitor job checks out the repository; it needs forge.github.repository "
+            "(owner/name) and the GitHub API URL"
+        )
+    api = urlsplit(github.base_url.rstrip("/"))
+    if api.netloc == "api.github.com":
+        web = f"{api.scheme}://github.com"
+    else:  # GitHub Enterprise Server: the API is <host>/api/v3
+        web = f"{api.scheme}://{api.netloc}{api.path.removesuffix('/api/v3')}"
+    return f"{web}/{github.repository}.git"
+
+
+def monitor_job_name(config: BranchopsConfig) -> str:
+    """The monitor job's name: in the multibranch job's folder, named after it."""
+    return f"{jenkins_settings(config).job}-monitor"
+
+
+def _groovy_quoted(value: str) -> str:
+    """``value`` as the inside of a Groovy single-quoted string (plain or triple): nothing interpolates."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _jjb_literal(value: str) -> str:
+    """``value`` as a jenkins-job-builder parameter kept as written (its braces are no placeholders)."""
+    return value.replace("{", "{{").replace("}", "}}")
+
+
+def monitor_agent_pod(repo_root: str | Path = ".") -> str:
+    """The stage builds' agent pod (jenkins/agent-pod.yaml) reduced to the container the monitor needs,
+    the unprivileged ``python`` one, and the volumes it mounts."""
+    import yaml
+
+    path = Path(repo_root) / AGENT_POD
+    try:
+        pod = yaml.safe_load(path.read_text(encoding="utf-8"))
+        spec = pod["spec"]
+        containers = [c for c in spec["containers"] if c.get("name") == AGENT_CONTAINER]
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: the agent pod is missing (it ships with the branchops layout)") from None
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a pod with spec.containers ({exc})") from None
+    if not containers:
+        raise ConfigError(f"{path}: no container named '{AGENT_CONTAINER}' (the stage builds' default)")
+    mounted = {m.get("name") for c in containers for m in c.get("volumeMounts", [])}
+    spec["containers"] = containers
+    volumes = [v for v in spec.get("volumes", []) if v.get("name") in mounted]
+    if volumes:
+        spec["volumes"] = volumes
+    else:
+        spec.pop("volumes", None)
+    return yaml.safe_dump(pod, sort_keys=False)
+
+
+def monitor_credential_bindings(
+    config: BranchopsConfig, repo_root: str | Path = "."
+) -> tuple[list[str], list[str]]:
+    """The Jenkinsfile's ``withCredentials`` bindings and the exports that copy them to the names libraries
+    read, as Groovy and bash lines: the monitor job binds exactly what the stage builds bind (sync has
+    checked the Jenkinsfile against ``ci.jenkins.credentials`` first)."""
+    from branchops.ci.jenkins.jenkinsfile import JENKINSFILE, read_jenkinsfile
+
+    path = Path(repo_root) / JENKINSFILE
+    try:
+        model = read_jenkinsfile(path.read_text(encoding="utf-8"), str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing (it ships with the branchops layout)") from None
+    bindings = []
+    for binding in model.bindings:
+        arguments = [f"credentialsId: '{_groovy_quoted(binding.credentials_id)}'"] + [
+            f"{role}: '{_groovy_quoted(variable)}'" for role, variable in binding.variables.items()
+        ]
+        bindings.append(f"{binding.kind}({', '.join(arguments)}),")
+    exports = [f'export {name}="${bound}"' for name, bound in model.exported.items()]
+    return bindings, exports
+
+
+def monitor_job_parameters(config: BranchopsConfig, repo_root: str | Path = ".") -> dict[str, str]:
+    """The values :data:`MONITOR_JOB_TEMPLATE`'s placeholders take for this configuration."""
+    settings = jenkins_settings(config)
+    if "github" not in settings.credentials:
+        raise ConfigError("ci.jenkins.credentials: no 'github' entry; the monitor job checks out with it")
+    bindings, exports = monitor_credential_bindings(config, repo_root)
+    return {
+        "job_name": _jjb_literal(settings.job),
+        "schedule": _jjb_literal(config.monitoring.schedule),
+        "deploy_branch": _jjb_literal(_groovy_quoted(config.branch_for("deploy-model"))),
+        "repository_url": _jjb_literal(_groovy_quoted(repository_url(config))),
+        "github_credentials_id": _jjb_literal(_groovy_quoted(settings.credentials["github"])),
+        "agent_pod": _jjb_literal(_groovy_quoted(monitor_agent_pod(repo_root))),
+        "credential_bindings": _jjb_literal("\n".join(" " * 20 + line for line in bindings)),
+        "credential_exports": _jjb_literal("\n".join(" " * 24 + line for line in exports)),
+    }
+
+
+def monitor_jjb_project(
+    config: BranchopsConfig, repo_root: str | Path = "."
+) -> tuple[Path, list[dict[str, Any]]]:
+    """The monitor job's template and the jenkins-job-builder ``project`` that fills it from config."""
+    params = monitor_job_parameters(config, repo_root)
+    template = Path(repo_root) / MONITOR_JOB_TEMPLATE
+    texts = [_read_template(template), _read_template(Path(repo_root) / MONITOR_PIPELINE)]
+    digest = _definition_digest(texts, params)
+    github = config.forge.github
+    assert github is not None  # repository_url refused its absence
+    params["description"] = (
+        f"branchops monitor of {github.repository}: serving drift and live metric, on the schedule "
+        "monitoring.schedule. Provisioned by `branchops jenkins sync` from config/branchops.yaml: change "
+        f"that, not this job. {DIGEST_MARKER}{digest}"
+    )
+    return template, [{"project": {"name": "branchops-monitor", **params, "jobs": ["{job_name}-monitor"]}}]
+
+
+def render_monitor_job_xml(config: BranchopsConfig, repo_root: str | Path = ".") -> str:
+    """The monitor job's ``config.xml``, rendered by jenkins-job-builder from :data:`MONITOR_JOB_TEMPLATE`."""
+    template, project = monitor_jjb_project(config, repo_root)
     return _render_with_jjb(template, project)
 
 
