@@ -42,7 +42,26 @@ MONITOR_CHECKS = [
     {"return_1d": 0.03, "volatility_20d": 0.31, "volume_ratio": 0.02},
     {"return_1d": 0.05, "volatility_20d": 0.47, "volume_ratio": 0.12},
 ]
-LIVE_METRIC = {"name": "roc_auc", "value": 0.55, "low": 0.49, "high": 0.61, "validated": 0.63, "n": 120}
+LIVE_METRIC = {
+    "name": "roc_auc",
+    "value": 0.55,
+    "low": 0.49,
+    "high": 0.61,
+    "n": 120,
+    "validated": 0.63,
+    "confidence": 0.95,
+    "note": None,
+    "below_validated": True,
+}
+# before enough outcomes arrived
+NO_LIVE_METRIC = LIVE_METRIC | {
+    "value": None,
+    "low": None,
+    "high": None,
+    "n": 12,
+    "below_validated": False,
+    "note": "12 outcomes joined, fewer than the 50 needed",
+}
 RETRAIN_BRANCH = "branchops/retrain"
 APPROVER = {
     "build-components": "lead",
@@ -101,8 +120,17 @@ def monitor(project: Project) -> None:
             version,
             psi,
             streak=i,  # checks 1 and 2 drifted
-            live_metric=LIVE_METRIC if i == last else None,
-            merge_request={"number": number, "url": None, "action": "opened"} if i == last else None,
+            live_metric=LIVE_METRIC if i == last else NO_LIVE_METRIC,
+            merge_request={
+                "number": number,
+                "url": None,
+                "action": "opened",
+                "branch": RETRAIN_BRANCH,
+                "commit": None,
+                "data_until": "2016-06-30",
+            }
+            if i == last
+            else None,
         )
         for i, psi in enumerate(MONITOR_CHECKS)
     ]

@@ -1,10 +1,11 @@
 """Monitoring checks for the dashboard's tests: ``records/monitor/<run id>/`` on the deploy-model branch, a
 record.json and the two plots ``branchops monitor`` records beside it, in one bot commit (git fast-import).
 
-A check's outputs are monitor.json's fields (docs/monitoring.md: time, model, version, rows, drifted,
-features {name: {psi, ks_pvalue, drifted}}, prediction {psi, ks_pvalue}, live_metric {name, value, low,
-high, validated, n} or null) with the check's alarm, drift streak and the retraining merge request it
-opened or updated (monitoring.retrain's RetrainProposal: number, url, action)."""
+A record is laid out as ``branchops.monitoring.monitor.check`` writes it: a run record whose ``outputs`` are
+``MonitorResult.to_dict()`` (verdict, rows, features {name: {psi, ks_statistic, ks_pvalue, drifted}}, the
+prediction's, consecutive_drifted_checks, live_metric as ``LiveMetric.to_dict()``, alarm and its reasons, the
+retraining proposal as ``RetrainProposal.to_dict()``, the thresholds applied) and whose artifacts are the
+two plots."""
 
 from __future__ import annotations
 
@@ -43,45 +44,67 @@ def check(
 ) -> dict[str, Any]:
     """Check ``i`` (six hours apart) of ``version``: a feature drifts when its PSI is over the threshold, and
     its KS p-value follows (tiny when it drifts)."""
-    features = {
-        name: {
+
+    def drift(value: float) -> dict[str, Any]:
+        over = value >= psi_threshold
+        return {
             "psi": value,
-            "ks_pvalue": 1e-7 if value > psi_threshold else 0.42,
-            "drifted": value > psi_threshold,
+            "ks_statistic": 0.3 if over else 0.05,
+            "ks_pvalue": 1e-7 if over else 0.42,
+            "drifted": over,
         }
-        for name, value in psi.items()
-    }
+
+    features = {name: drift(value) for name, value in psi.items()}
     drifted_names = [name for name, found in features.items() if found["drifted"]]
     drifted = bool(drifted_names)
-    time = check_time(i).isoformat().replace("+00:00", "Z")
+    when = check_time(i).isoformat(timespec="seconds")
+    reasons = [f"drift on {streak} consecutive checks"] if merge_request else []
+    outputs = {
+        "model": "djia",
+        "version": version,
+        "verdict": "drift" if drifted else "no drift",
+        "dry_run": False,
+        "run_id": run_id(i),
+        "record": f"records/monitor/{run_id(i)}",
+        "rows": rows,
+        "requests": rows,
+        "cursor": when,
+        "previous_cursor": None,
+        "drifted": drifted,
+        "drifted_features": drifted_names,
+        "consecutive_drifted_checks": streak,
+        "features": features,
+        "prediction": {
+            **drift(0.25 if drifted else 0.05),
+            "ks_pvalue": 0.003 if drifted else 0.2,
+            "drifted": False,
+        },
+        "live_metric": live_metric,
+        "alarm": bool(reasons),
+        "alarm_reasons": reasons,
+        "merge_request": merge_request,
+        "data_until": None,
+        "thresholds": {
+            "psi_threshold": psi_threshold,
+            "ks_alpha": ks_alpha,
+            "min_rows": 100,
+            "consecutive_checks": 2,
+            "min_drifted_features": 1,
+        },
+    }
     return {
         "stage": "monitor",
         "run_id": run_id(i),
         "branch": "deploy-model",
+        "source_commit": None,
         "outcome": "succeeded",
-        "summary": f"{rows} rows checked: "
-        + (f"drift in {', '.join(drifted_names)}" if drifted else "no drift"),
-        "started_at": time,
-        "finished_at": time,
+        "summary": f"{outputs['verdict']} on version {version}: {rows} logged rows",
+        "error": None,
+        "started_at": when,
+        "finished_at": when,
         "duration_s": 1.5,
-        "outputs": {
-            "time": time,
-            "model": "djia",
-            "version": version,
-            "rows": rows,
-            "drifted": drifted,
-            "features": features,
-            "prediction": {
-                "psi": 0.05 + (0.2 if drifted else 0.0),
-                "ks_pvalue": 0.2 if not drifted else 0.003,
-            },
-            "live_metric": live_metric,
-            "alarm": merge_request is not None,
-            "streak": streak,
-            "merge_request": merge_request,
-            "thresholds": {"psi_threshold": psi_threshold, "ks_alpha": ks_alpha},
-        },
-        "artifacts": ["drift.png", "live_metric.png"] if live_metric else ["drift.png"],
+        "outputs": outputs,
+        "artifacts": ["drift.png", "live_metric.png"],
     }
 
 
@@ -101,8 +124,7 @@ def write(repo: Path, checks: list[dict[str, Any]], branch: str = "deploy-model"
         folder = f"records/monitor/{found['run_id']}"
         files = {"record.json": (json.dumps(found, indent=2, sort_keys=True) + "\n").encode()}
         files["drift.png"] = DRIFT_PNG
-        if "live_metric.png" in found["artifacts"]:
-            files["live_metric.png"] = LIVE_METRIC_PNG
+        files["live_metric.png"] = LIVE_METRIC_PNG
         for name, content in files.items():
             stream.append(
                 f"M 100644 inline {folder}/{name}\ndata {len(content)}\n".encode() + content + b"\n"

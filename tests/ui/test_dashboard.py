@@ -209,22 +209,26 @@ def test_serving_now_shows_the_latest_checks_drift_against_the_thresholds(client
         name: section.split(f'data-feature="{name}">')[1].split("</tr>")[0]
         for name in (*latest, "prediction")
     }
-    # each feature's PSI against the threshold (0.25) and its KS p-value; what passes a threshold stands out
-    assert "(threshold 0.25)" in section and "(drift below 0.01)" in section
+    # each feature's PSI against the threshold (0.25) and its KS p-value against alpha shared among the
+    # columns tested (three features and the prediction); what passes a threshold stands out
+    assert "(threshold 0.25)" in section and "(drift below 0.01 / 4 tested = 0.0025)" in section
     assert re.search(
         r'<td class="over">0.47</td>\s*<td class="over">1e-07</td>\s*<td>yes</td>', rows["volatility_20d"]
     )
     assert re.search(r'<td class="">0.12</td>\s*<td class="">0.420</td>\s*<td>no</td>', rows["volume_ratio"])
     assert '<td class="">0.05</td>' in rows["return_1d"]
-    # the prediction's drift: its PSI and p-value, no verdict of its own
-    assert re.search(r'<td class="">0.25</td>\s*<td class="over">0.003</td>\s*<td>—</td>', rows["prediction"])
+    # the prediction's PSI reaches the threshold, but its p-value is not below alpha / 4: no drift
+    assert re.search(
+        r'<td class="over">0.25</td>\s*<td class="">0.003</td>\s*<td>no</td>', rows["prediction"]
+    )
     # two drifted checks in a row, of the two that propose a retrain
     assert re.search(r'<strong id="drift-streak">2</strong> of the 2 consecutive', section)
+    assert '<p class="warn alarm">Alarm: drift on 2 consecutive checks.</p>' in section
     assert f"of version {MODEL_2}:" in section and "not the version serving now" not in section
     live = section.split('class="live-metric"')[1].split("</p>")[0]
     assert (
-        f"Live roc_auc: <strong>{LIVE_METRIC['value']}</strong> [0.49, 0.61] on 120 outcomes, against 0.63"
-        in live
+        f"Live roc_auc: <strong>{LIVE_METRIC['value']}</strong> [0.49, 0.61] "
+        '<span class="muted">(95 % interval)</span> on 120 outcomes, against 0.63' in live
     )
     assert live.endswith(
         'against 0.63 validated at training: <span class="warn">significantly below it</span>.'
@@ -274,7 +278,7 @@ def test_monitoring_page_lists_the_checks_with_their_plots(client, dashboard_rep
     assert "volatility_20d" in table.split(f'data-check="{checks[-1]}"')[1].split("</tr>")[0]
     # every plot a check recorded, straight from git; the newest check's drawn on the page
     links = re.findall(r'href="(/monitoring/[^"]+/artifacts/[^"]+)"', table)
-    assert len(links) == 2 + 1 + 1
+    assert len(links) == 2 * len(MONITOR_CHECKS)
     for link in links:
         response = client.get(link)
         run_id, artifact = link.split("/")[2], link.split("/artifacts/")[1]
@@ -291,10 +295,13 @@ def test_monitoring_page_lists_the_checks_with_their_plots(client, dashboard_rep
     # one check's page
     detail = page(client, f"/monitoring/{checks[-1]}")
     assert "drifted" in detail and "0.47" in detail and "Live roc_auc" in detail
+    # a check before enough outcomes had arrived says why it has no live metric
+    assert "No live metric (roc_auc): 12 outcomes joined, fewer than the 50 needed." in page(
+        client, f"/monitoring/{checks[0]}"
+    )
     assert page(client, "/monitoring/20990101T000000000000Z-nope", status=404)
     for other in ("record.json", "nope.png", "../../deploy-model/x.png"):
         assert client.get(f"/monitoring/{checks[-1]}/artifacts/{other}").status_code == 404
-    assert client.get(f"/monitoring/{checks[0]}/artifacts/live_metric.png").status_code == 404  # not recorded
 
 
 def runs_of_monitor(repo: Path) -> list[str]:
@@ -334,7 +341,8 @@ def test_a_check_recorded_without_some_figures_shows_them_missing(deployed) -> N
     version = FIRST_VERSION + 1  # three_runs' deployment
     drifted = [monitor_records.check(i, version, {"volatility_20d": 0.4}, streak=0) for i in range(3)]
     for found in drifted:
-        del found["outputs"]["streak"]  # a record that does not count its streak: counted from the checks
+        # a record that does not count its streak: counted from the checks
+        del found["outputs"]["consecutive_drifted_checks"]
         del found["outputs"]["thresholds"]  # nor says its thresholds: the configured ones
     bare = monitor_records.check(3, version, {}, streak=0)
     bare["outputs"] = {"drifted": True}  # a check that recorded nothing else

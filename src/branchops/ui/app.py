@@ -116,7 +116,7 @@ def create_app(repo_path: str) -> Flask:
 
     @app.template_filter("pvalue")
     def pvalue(value: Any) -> str:  # a KS p-value is often far below what 4 significant digits show as 0
-        return "—" if value is None else f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+        return "—" if value is None else f"{value:.2g}" if value < 0.01 else f"{value:.3f}"
 
     @app.template_filter("cell")
     def cell(value: Any) -> str:

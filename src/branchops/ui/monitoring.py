@@ -2,11 +2,12 @@
 branch (``records/monitor/<run id>/record.json``, beside its ``drift.png`` and ``live_metric.png``), read from
 git as the stage records are.
 
-A check's figures are those of monitor.json (docs/monitoring.md): the rows of logged traffic it read, per
-feature the PSI against the served version's training reference and a two-sample KS test's p-value, the same
-for the prediction, whether the check counted as drifted, and, where outcomes had arrived, the live metric
-with its interval against the value validated at training. A record is read leniently: a figure it lacks is
-shown as missing, never guessed, and a repository never monitored simply has no checks.
+A check's figures are its record's ``outputs`` (``branchops.monitoring.monitor.MonitorResult.to_dict``): the
+verdict and the rows of logged traffic it read, per feature the PSI against the served version's training
+reference and a two-sample KS test's p-value, the same for the prediction, how many checks in a row have
+drifted, the thresholds it applied, the live metric with its interval against the value validated at
+training, and the retraining merge request it opened or updated. A record is read leniently: a figure it
+lacks is shown as missing, never guessed, and a repository never monitored simply has no checks.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class LiveMetric:
     high: float | None
     validated: float | None  # the serving version's value at training
     n: int | None  # outcomes joined
+    confidence: float | None = None
+    note: str | None = None  # why there is no value (too few outcomes, one class only, ...)
 
     @property
     def below_validated(self) -> bool:
@@ -62,12 +65,14 @@ class Check:
     model: str | None
     version: int | None
     rows: int | None
+    verdict: str | None  # drift | no drift | too few rows
     drifted: bool | None
     alarm: bool | None
+    alarm_reasons: list[str]
     features: list[FeatureDrift]
     prediction: FeatureDrift | None
     live_metric: LiveMetric | None
-    streak: int | None  # consecutive drifted checks up to this one, when the record counts them
+    streak: int | None  # drifted checks in a row up to this one, as the record counts them
     merge_request: dict[str, Any] | None  # the retraining merge request this check opened or updated
     plots: list[str]
     outcome: str | None
@@ -77,6 +82,12 @@ class Check:
     @property
     def drifted_features(self) -> list[str]:
         return [f.name for f in self.features if f.drifted]
+
+    @property
+    def ks_tests(self) -> int:
+        """The columns the check tested at once (each feature and the prediction): monitor divides the KS
+        test's alpha by it (Bonferroni), so that alpha bounds the chance of any false alarm per check."""
+        return max(len(self.features) + (1 if self.prediction else 0), 1)
 
     @property
     def largest_psi(self) -> FeatureDrift | None:
@@ -92,27 +103,28 @@ def _drift(name: str, found: Any) -> FeatureDrift:
 
 
 def read_check(run_id: str, data: Any) -> Check:
-    """A check from its record's JSON: the figures under the record's ``outputs`` (monitor.json's fields)."""
+    """A check from its record's JSON."""
     data = data if isinstance(data, dict) else {}
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
     features = outputs.get("features") if isinstance(outputs.get("features"), dict) else {}
-    prediction = outputs.get("prediction")
-    live = outputs.get("live_metric")
-    # the retraining proposal (monitoring.retrain.propose_retrain's number, url, action) this check made
-    merge_request = next(
-        (outputs[key] for key in ("merge_request", "retrain") if isinstance(outputs.get(key), dict)), None
-    )
+    prediction, live = outputs.get("prediction"), outputs.get("live_metric")
+    # the retraining proposal this check made (monitoring.retrain's RetrainProposal: number, url, action)
+    merge_request = outputs.get("merge_request")
     thresholds = outputs.get("thresholds") if isinstance(outputs.get("thresholds"), dict) else {}
     artifacts = data.get("artifacts") if isinstance(data.get("artifacts"), list) else []
-    version, rows, streak = outputs.get("version"), outputs.get("rows"), outputs.get("streak")
+    reasons = outputs.get("alarm_reasons") if isinstance(outputs.get("alarm_reasons"), list) else []
+    version, rows = outputs.get("version"), outputs.get("rows")
+    streak = outputs.get("consecutive_drifted_checks")
     return Check(
         run_id=run_id,
         time=outputs.get("time") or data.get("finished_at"),
         model=outputs.get("model"),
         version=version if isinstance(version, int) else None,
         rows=rows if isinstance(rows, int) else None,
+        verdict=outputs.get("verdict") if isinstance(outputs.get("verdict"), str) else None,
         drifted=_flag(outputs.get("drifted")),
         alarm=_flag(outputs.get("alarm")),
+        alarm_reasons=[str(reason) for reason in reasons],
         features=[_drift(str(name), found) for name, found in features.items()],
         prediction=_drift("prediction", prediction) if isinstance(prediction, dict) else None,
         live_metric=LiveMetric(
@@ -122,10 +134,12 @@ def read_check(run_id: str, data: Any) -> Check:
             _number(live.get("high")),
             _number(live.get("validated")),
             live.get("n") if isinstance(live.get("n"), int) else None,
+            _number(live.get("confidence")),
+            str(live["note"]) if live.get("note") else None,
         )
         if isinstance(live, dict)
         else None,
-        streak=streak if isinstance(streak, int) else None,
+        streak=streak if isinstance(streak, int) and not isinstance(streak, bool) else None,
         merge_request=merge_request
         if isinstance(merge_request, dict) and merge_request.get("number")
         else None,

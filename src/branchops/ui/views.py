@@ -399,7 +399,11 @@ class Dashboard:
     def drift_thresholds(self, check: Check | None = None) -> dict[str, float]:
         """The PSI threshold and the KS test's alpha a check applied: as its record says, else configured."""
         drift = self.config.monitoring.drift
-        configured = {"psi_threshold": drift.psi_threshold, "ks_alpha": drift.ks_alpha}
+        configured = {
+            "psi_threshold": drift.psi_threshold,
+            "ks_alpha": drift.ks_alpha,
+            "consecutive_checks": drift.consecutive_checks,
+        }
         return configured | (check.thresholds if check else {})
 
     def monitoring_now(self) -> dict[str, Any] | None:
@@ -407,22 +411,26 @@ class Dashboard:
         live metric against the validated one, the drift streak, and the retraining merge request while it is
         open. None: no check recorded yet."""
         history = self.monitor_history
-        needed = self.config.monitoring.drift.consecutive_checks
-        # enough of the newest checks to count a streak as long as the configured one, in one read
-        chosen = list(reversed(history.run_ids))[: max(needed, RECENT)]
-        newest = [read_check(r.run_id, redact(r.data)) for r in history.read(chosen)]
+        # enough of the newest checks to count a streak as long as the configured one (when the newest
+        # record does not count it), in one read
+        wanted = max(self.config.monitoring.drift.consecutive_checks, RECENT)
+        newest = [
+            read_check(r.run_id, redact(r.data))
+            for r in history.read(list(reversed(history.run_ids))[:wanted])
+        ]
         if not newest:
             return None
         latest = newest[0]
+        thresholds = self.drift_thresholds(latest)
         streak = drift_streak(newest)
         return {
             "count": len(history.run_ids),
             "latest": latest,
-            "thresholds": self.drift_thresholds(latest),
+            "thresholds": thresholds,
             "streak": streak,
             # every check read counted as drifted: the streak may be longer than what was read
             "streak_at_least": latest.streak is None and streak == len(newest) < len(history.run_ids),
-            "needed": needed,
+            "needed": int(thresholds["consecutive_checks"]),
             "merge_request": self.retrain_request(newest),
         }
 
@@ -460,13 +468,14 @@ class Dashboard:
         page = min(max(page, 1), pages)
         chosen = newest_first[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
         checks = [read_check(r.run_id, redact(r.data)) for r in history.read(chosen)]
+        thresholds = self.drift_thresholds(checks[0] if checks else None)
         return {
             "count": len(newest_first),
             "page": page,
             "pages": pages,
             "checks": checks,
-            "thresholds": self.drift_thresholds(checks[0] if checks else None),
-            "needed": self.config.monitoring.drift.consecutive_checks,
+            "thresholds": thresholds,
+            "needed": int(thresholds["consecutive_checks"]),
             "merge_request": self.retrain_request(checks) if page == 1 else None,
         }
 
