@@ -1,8 +1,9 @@
 """The dashboard in a real browser: Debian's Chromium, headless, driven by Selenium through Debian's
 chromedriver (.ci/setup.d/browser.sh installs both; CI runs this test, where a skip is a failure).
 
-Each main page must load without a console error, the lineage graph and the plots must render (images
-decoded: naturalWidth > 0), and ticking two runs and pressing "Compare" must show their comparison.
+Each main page (the monitoring checks' among them) must load without a console error, the lineage graph and
+the plots must render (images decoded: naturalWidth > 0), and ticking two runs and pressing "Compare" must
+show their comparison.
 Screenshots of the main pages go to $BRANCHOPS_ARTIFACTS (default build/artifacts/ui), whose path is
 printed, for CI to keep."""
 
@@ -95,7 +96,8 @@ def screenshot(browser, artifacts: Path, name: str) -> Path:
 def test_main_pages_in_chromium(browser, dashboard, artifacts: Path, capsys) -> None:
     from selenium.webdriver.common.by import By
 
-    from tests.ui.test_dashboard import runs_of
+    from tests.ui.conftest import MONITOR_CHECKS
+    from tests.ui.test_dashboard import runs_of, runs_of_monitor
 
     base = dashboard.url.rstrip("/")
     shots = []
@@ -104,7 +106,24 @@ def test_main_pages_in_chromium(browser, dashboard, artifacts: Path, capsys) -> 
     for stage in ("build-components", "kf-pipeline", "training", "deploy-model"):
         assert browser.find_element(By.ID, f"stage-{stage}").find_elements(By.CSS_SELECTOR, "tbody tr")
     assert str(MODEL_2) in browser.find_element(By.ID, "serving-now").text
+    # what serves now, with the newest monitoring check's drift per feature and the open retraining request
+    drift = browser.find_element(By.ID, "monitoring-now")
+    assert len(drift.find_elements(By.CSS_SELECTOR, "table.drift tbody tr")) == len(MONITOR_CHECKS[-1]) + 1
+    assert [cell.text for cell in drift.find_elements(By.CSS_SELECTOR, "tr.feature td.over")] == [
+        "0.47",
+        "1e-07",
+    ]
+    assert drift.find_element(By.ID, "drift-streak").text == "2"
+    assert "is open" in drift.find_element(By.ID, "retrain-mr").text
     shots.append(screenshot(browser, artifacts, "overview"))
+
+    # the monitoring checks, newest first, and the newest one's drift and live metric plots
+    visit(browser, f"{base}/monitoring")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#checks tbody tr")
+    assert [r.get_attribute("data-check") for r in rows] == runs_of_monitor(dashboard.repo)[::-1]
+    plots = images_decoded(browser)
+    assert len(plots) == 2 and all(width > 0 for _, width in plots), plots
+    shots.append(screenshot(browser, artifacts, "monitoring"))
 
     # a training run: its metrics and its two plots, decoded from the PNGs the dashboard reads out of git
     training_runs = runs_of(dashboard.repo, "training")
