@@ -332,3 +332,18 @@ def test_dry_run_shows_the_monitor_job_and_changes_nothing(fake_jenkins: FakeJen
     text = CliRunner().invoke(main, ["-C", str(repo), "jenkins", "sync", "--dry-run"])
     assert text.exit_code == 0
     assert "ml/djia/branchops-monitor: unchanged" in text.stdout
+
+
+def test_the_guides_production_settings_give_the_monitor_job_its_schedule() -> None:
+    from branchops.config import parse_config
+
+    from .test_setup_guide import GUIDE, production_settings
+
+    data = yaml.safe_load((REPO_ROOT / "config" / "branchops.yaml").read_text(encoding="utf-8"))
+    data.update(production_settings())
+    config = parse_config(yaml.safe_dump(data), "docs/setup.md")
+    root = ElementTree.fromstring(render_monitor_job_xml(config, REPO_ROOT).encode())
+    schedule = production_settings()["monitoring"]["schedule"]
+    assert root.findtext(f"{TRIGGERS}/hudson.triggers.TimerTrigger/spec") == schedule
+    assert f"`{config.ci.jenkins.job}-monitor`" in GUIDE or "`<ci.jenkins.job>-monitor`" in GUIDE
+    assert "[monitoring.md](monitoring.md)" in GUIDE and "jenkins/rbac/serving.yaml" in GUIDE
