@@ -588,6 +588,53 @@ def lineage(obj: dict, key: str, as_json: bool) -> None:
     _emit(chain, as_json, None if as_json else render(chain))
 
 
+@main.command(epilog=exit_code_help())
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Compute and print the check; write nothing (no record, monitor.json or MR).",
+)
+@click.option(
+    "--data-until",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="The last day of the data window a proposed retrain should use (default: the latest day the "
+    "outcomes' request ids end with, e.g. AAPL/2016-03-14; none: all the data there is).",
+)
+@json_option
+@click.pass_obj
+def monitor(obj: dict, dry_run: bool, data_until: Any, as_json: bool) -> None:
+    """Check the served model once: drift of the logged traffic since the last check against the
+    training reference (PSI and a KS test per feature and for the prediction) and the live metric where
+    outcomes arrived. Appends records/monitor/<run-id>/ to the deploy-model branch, publishes the
+    gauges' monitor.json, and on an alarm (drift on monitoring.drift.consecutive_checks checks in a row,
+    or the live metric's interval below the validated value) opens or updates the retraining merge
+    request into training. An alarm is a result, not a failure: the exit code is 0; an empty or corrupt
+    prediction log is 7, nothing serving 9, a model exported without reference statistics 7; no request
+    since the last check is 0 with nothing written. docs/monitoring.md says how it measures."""
+    from branchops.monitoring.monitor import check, summary
+
+    result = check(_project(obj), dry_run=dry_run, data_until=data_until.date() if data_until else None)
+    if as_json:
+        _emit(result.to_dict(), True)
+        return
+    if result.verdict == "no new traffic":
+        click.echo(f"no request logged since {result.cursor}: nothing to check, nothing written")
+        return
+    click.echo(summary(result))
+    for name in result.drifted_features[:10]:
+        entry = next(d for d in result.features if d.name == name)
+        click.echo(f"  drifted: {name}  psi {entry.psi:.3f}  KS p {entry.ks_pvalue:.2g}")
+    if result.merge_request:
+        mr = result.merge_request
+        click.echo(
+            f"retraining merge request: {mr['action']} !{mr['number']}"
+            if mr["number"]
+            else f"retraining merge request: {mr['action']}"
+        )
+    click.echo(f"record: {result.record}" if result.record else "dry run: nothing written")
+
+
 @main.command()
 @click.argument("run_id", shell_complete=_complete_run_ids)
 @click.option("--experiment", default=None, help="Which experiment of the run (default: the best).")

@@ -1,0 +1,124 @@
+"""The live metric: the metric training selects models by (``training.select_by``), computed on the served
+rows whose outcome has arrived, with a bootstrap interval, against the value validated at training.
+
+Supported metrics are those a served probability and a 0/1 outcome define on their own:
+
+* ``roc_auc``: the area under the ROC curve as the reference project's evaluate component defines it
+  (the Mann-Whitney U of the positives' scores against the negatives', ties counting one half, over
+  n_pos * n_neg), here through ``scipy.stats.mannwhitneyu``;
+* ``accuracy``: the share of rows whose label at the model's threshold (0.5 unless the metadata says
+  otherwise) is the outcome.
+
+The interval is a percentile bootstrap over the joined rows (seeded, so a check is reproducible);
+resamples holding a single class, where ROC AUC is undefined, are drawn again. The live metric is
+"significantly below" the validated one when the interval's upper bound is below it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+SUPPORTED = ("roc_auc", "accuracy")
+RESAMPLES = 1000
+SEED = 15
+
+
+@dataclass
+class LiveMetric:
+    name: str
+    value: float | None
+    low: float | None
+    high: float | None
+    n: int
+    validated: float | None
+    confidence: float
+    note: str | None = None  # why there is no value (too few outcomes, one class only, ...)
+
+    @property
+    def below_validated(self) -> bool:
+        """The whole interval lies below the validated value: the served model does worse than at training."""
+        return self.high is not None and self.validated is not None and self.high < self.validated
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["below_validated"] = self.below_validated
+        return data
+
+
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U / (n_pos * n_neg)); None with a single class."""
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype="float64")
+    positives, negatives = s[y == 1], s[y == 0]
+    if positives.size == 0 or negatives.size == 0:
+        return None
+    u = mannwhitneyu(positives, negatives, alternative="two-sided", method="asymptotic").statistic
+    return float(u) / (positives.size * negatives.size)
+
+
+def accuracy(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> float | None:
+    import numpy as np
+
+    y = np.asarray(labels, dtype=int)
+    if y.size == 0:
+        return None
+    return float(np.mean((np.asarray(scores, dtype="float64") >= threshold).astype(int) == y))
+
+
+def metric_function(name: str, threshold: float) -> Callable[[Any, Any], float | None] | None:
+    if name == "roc_auc":
+        return roc_auc
+    if name == "accuracy":
+        return lambda labels, scores: accuracy(labels, scores, threshold)
+    return None
+
+
+def live_metric(
+    name: str,
+    labels: Sequence[int],
+    scores: Sequence[float],
+    *,
+    validated: float | None,
+    confidence: float,
+    min_outcomes: int,
+    threshold: float = 0.5,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> LiveMetric:
+    """``name`` on the joined rows with its ``confidence`` bootstrap interval; no value (and a note saying
+    why) with fewer than ``min_outcomes`` rows or a metric not computed live."""
+    import numpy as np
+
+    n = len(labels)
+    empty = LiveMetric(name, None, None, None, n, validated, confidence)
+    compute = metric_function(name, threshold)
+    if compute is None:
+        empty.note = f"'{name}' is not computed live (supported: {', '.join(SUPPORTED)})"
+        return empty
+    if n < min_outcomes:
+        empty.note = f"{n} served rows have an outcome; the live metric needs {min_outcomes}"
+        return empty
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype="float64")
+    value = compute(y, s)
+    if value is None:
+        empty.note = "every outcome so far has the same label: the metric is undefined"
+        return empty
+    generator = np.random.default_rng(seed)
+    estimates: list[float] = []
+    draws = 0
+    while len(estimates) < resamples and draws < resamples * 10:
+        draws += 1
+        pick = generator.integers(0, n, n)
+        estimate = compute(y[pick], s[pick])
+        if estimate is not None:
+            estimates.append(estimate)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(estimates, [tail, 100 - tail])
+    return LiveMetric(
+        name, round(value, 6), round(float(low), 6), round(float(high), 6), n, validated, confidence
+    )
