@@ -173,11 +173,6 @@ def repository_url(config: BranchopsConfig) -> str:
     return f"{web}/{github.repository}.git"
 
 
-def monitor_job_name(config: BranchopsConfig) -> str:
-    """The monitor job's name: in the multibranch job's folder, named after it."""
-    return f"{jenkins_settings(config).job}-monitor"
-
-
 def _groovy_quoted(value: str) -> str:
     """``value`` as the inside of a Groovy single-quoted string (plain or triple): nothing interpolates."""
     return value.replace("\\", "\\\\").replace("'", "\\'")
@@ -214,9 +209,7 @@ def monitor_agent_pod(repo_root: str | Path = ".") -> str:
     return yaml.safe_dump(pod, sort_keys=False)
 
 
-def monitor_credential_bindings(
-    config: BranchopsConfig, repo_root: str | Path = "."
-) -> tuple[list[str], list[str]]:
+def monitor_credential_bindings(repo_root: str | Path = ".") -> tuple[list[str], list[str]]:
     """The Jenkinsfile's ``withCredentials`` bindings and the exports that copy them to the names libraries
     read, as Groovy and bash lines: the monitor job binds exactly what the stage builds bind (sync has
     checked the Jenkinsfile against ``ci.jenkins.credentials`` first)."""
@@ -242,7 +235,7 @@ def monitor_job_parameters(config: BranchopsConfig, repo_root: str | Path = ".")
     settings = jenkins_settings(config)
     if "github" not in settings.credentials:
         raise ConfigError("ci.jenkins.credentials: no 'github' entry; the monitor job checks out with it")
-    bindings, exports = monitor_credential_bindings(config, repo_root)
+    bindings, exports = monitor_credential_bindings(repo_root)
     return {
         "job_name": _jjb_literal(settings.job),
         "schedule": _jjb_literal(config.monitoring.schedule),
