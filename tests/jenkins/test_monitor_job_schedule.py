@@ -4,8 +4,10 @@ is loaded, naming the file, the line, the key and what Jenkins expects.
 What Jenkins accepts is taken from Jenkins core, not from branchops: the grammar of
 core/src/main/antlr4/hudson/scheduler/CrontabParser.g4 and CrontabLexer.g4, the bounds and step checks
 of hudson/scheduler/BaseParser.java, CronTabList.create (TZ= first line, comments) and the examples of
-the TimerTrigger help (hudson/triggers/TimerTrigger/help-spec.jelly). Jenkins refuses a bad spec when it
-reads the job's config.xml (Trigger.readResolve), i.e. at `branchops jenkins sync`, after the review.
+the TimerTrigger help (hudson/triggers/TimerTrigger/help-spec.jelly). Jenkins cannot read such a trigger
+from the job's config.xml (Trigger.readResolve throws): the sync fails, after the review, or, where
+XStream's robust converters skip what they cannot read, the job is kept without its trigger and never
+runs. Hence the refusal when the configuration is loaded.
 """
 
 from __future__ import annotations
