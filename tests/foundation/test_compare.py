@@ -273,6 +273,62 @@ def test_the_training_report_carries_the_change_against_production():
     assert "Change against production" not in first  # nothing deployed yet: nothing to compare with
 
 
+def release_context(project: Project, i: int):
+    """The training stage's context for training run ``i`` of three_runs, on the project's own repository."""
+    from branchops import gitops
+    from branchops.forge.base import MergeRequest
+    from branchops.forge.local import LocalForge
+    from branchops.project import working_config
+    from branchops.stages.base import StageContext
+
+    repo = gitops.open_repo(project.path)
+    return StageContext(
+        stage="training",
+        branch="training",
+        workspace=project.path,
+        git_dir=project.path,
+        state_dir=gitops.state_dir(repo),
+        config=working_config(repo),
+        source_commit=history.commit_of(i),
+        run_id=history.run_id(i),
+        record_dir=f"records/training/{history.run_id(i)}",
+        merge_request=MergeRequest(
+            i + 1, "change", "ds1", "training", "ds1", "merged", "0" * 40, merged_by="lead"
+        ),
+        forge=LocalForge(repo),
+        notifier=None,
+    )
+
+
+def test_the_merge_request_into_deploy_model_carries_the_diff_against_production(runs):
+    from branchops import gitops, records
+
+    repo = gitops.open_repo(runs.path)
+    trainings = records.stage_history(repo, runs.tip("training"), "training")
+
+    def release(i: int) -> tuple[int, str]:
+        ctx = release_context(runs, i)
+        best = trainings.read([history.run_id(i)])[0].training_outputs.best
+        _, production = training.production_release(ctx)
+        report = training.report_markdown(ctx, [best], best, production, [], TrainingLineage(), False)
+        number, _ = training.open_release_request(ctx, best, report)
+        return number, ctx.forge.get(number).body
+
+    # run 1's release merged into deploy-model (what serves), then run 2 passes the gate
+    first, first_body = release(1)
+    assert "Change against production" not in first_body  # nothing released before it
+    runs.run("mr", "approve", str(first), "--as", "head-of-ds")
+    runs.run("mr", "merge", str(first), "--as", "head-of-ds", "--no-run")
+    _, body = release(2)
+    assert "### Change against production" in body
+    table = body.split("### Change against production\n\n", 1)[1].split("\n\n")[0].splitlines()
+    # the table `branchops metrics diff` shows for the same two runs
+    same = diff(runs, RUN1, RUN2)["metrics"]
+    assert table[0] == "| metric | production | **wide** | change |"
+    assert [row.split(" | ")[0].lstrip("| ") for row in table[2:]] == [c["metric"] for c in same]
+    assert "| roc_auc | 0.6400 [0.610, 0.670] | 0.6600 [0.630, 0.690] | +0.0200 |" in table
+
+
 # -- TensorBoard -----------------------------------------------------------------------------------------
 
 
