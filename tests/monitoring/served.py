@@ -29,7 +29,8 @@ TICKERS = ("AAPL", "MSFT", "IBM", "JPM", "XOM")
 WINDOW = 4
 INPUT, OUTPUT, LABEL_OUTPUT = "lagged_returns", "probability_up", "direction"
 VERSION = history.FIRST_VERSION  # the version training run 0 of training_records produces
-# the reference: calm years; the shifted traffic: the 2008 crash, real days the model never saw
+# the reference: every other day of calm years (in-distribution traffic: the days between them); the
+# shifted traffic: the 2008 crash, real days the model never saw
 TRAIN_DAYS = ("2012-01-01", "2014-12-31")
 CRASH_DAYS = ("2008-09-01", "2009-06-30")
 
@@ -57,7 +58,14 @@ class Days:
     labels: np.ndarray  # AAPL up on that day
 
     def between(self, first: str, last: str) -> Days:
-        pick = np.array([first <= d <= last for d in self.days])
+        return self._where(np.array([first <= d <= last for d in self.days]))
+
+    def alternate(self, offset: int) -> Days:
+        """Every other day from ``offset``: the reference is built from one half of a period and
+        in-distribution traffic drawn from the other, rows the reference has never seen (as traffic is)."""
+        return self._where(np.arange(len(self.days)) % 2 == offset)
+
+    def _where(self, pick: np.ndarray) -> Days:
         return Days([d for d, p in zip(self.days, pick) if p], self.features[pick], self.labels[pick])
 
 
