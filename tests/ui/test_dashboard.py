@@ -354,3 +354,48 @@ def test_a_check_recorded_without_some_figures_shows_them_missing(deployed) -> N
     assert "(threshold 0.25)" in section
     html = page(client, "/monitoring")
     assert html.count("data-check=") == 4
+
+
+def test_the_checks_branchops_monitor_records_are_what_the_serving_panel_shows(
+    tmp_path: Path, djia_dir
+) -> None:
+    """The dashboard against the real writer: two checks of the 2008 crash by `branchops monitor` (the second
+    with outcomes, an alarm and the retraining merge request), on the monitoring tests' served model."""
+    from branchops.monitoring import monitor
+    from tests.foundation import training_records
+    from tests.monitoring import served as model
+
+    days = model.load_days(djia_dir)
+    served = model.served_project(tmp_path, days.between(*model.TRAIN_DAYS).alternate(0))
+    training_records.write(served.path, "deploy-model", [training_records.deploy_run(0, 0)])
+    crash = days.between(*model.CRASH_DAYS)
+    served.log_lines(crash, range(0, 100))
+    monitor.check(served.path)
+    served.log_lines(crash, range(100, 200))
+    served.outcomes(crash, range(0, 200))
+    check = monitor.check(served.path)
+    assert check.alarm and check.merge_request["action"] == "opened"
+
+    client = create_app(str(served.path)).test_client()
+    section = monitoring_section(page(client, "/"))
+    assert re.search(rf"of version {model.VERSION}:\s+{check.rows} logged rows", section)
+    for drift in [*check.features, check.prediction]:
+        row = section.split(f'data-feature="{drift.name}">')[1].split("</tr>")[0]
+        cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+        assert cells[0] == f"{drift.psi:.4g}" and cells[2] == ("yes" if drift.drifted else "no"), (
+            drift,
+            cells,
+        )
+    assert f'<strong id="drift-streak">{check.consecutive_drifted_checks}</strong>' in section
+    assert check.alarm_reasons[0] in section
+    live = check.live_metric
+    assert f"Live {live.name}: <strong>{live.value:.4g}</strong> [{live.low:.4g}, {live.high:.4g}]" in section
+    assert f"<strong>!{check.merge_request['number']}</strong>" in section and "is open" in section
+
+    html = page(client, "/monitoring")
+    assert re.findall(r'data-check="([^"]+)"', html)[0] == check.run_id
+    plots = re.findall(r'<img class="plot" alt="[^"]+" src="([^"]+)"', html)
+    assert len(plots) == 2
+    for src in plots:
+        response = client.get(src)
+        assert response.status_code == 200 and response.data.startswith(b"\x89PNG\r\n\x1a\n")
