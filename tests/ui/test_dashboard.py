@@ -374,7 +374,7 @@ def test_the_checks_branchops_monitor_records_are_what_the_serving_panel_shows(
     served.log_lines(crash, range(100, 200))
     served.outcomes(crash, range(0, 200))
     check = monitor.check(served.path)
-    assert check.alarm and check.merge_request["action"] == "opened"
+    assert check.alarm and check.merge_request["action"] == "opened", check.to_dict()
 
     client = create_app(str(served.path)).test_client()
     section = monitoring_section(page(client, "/"))
