@@ -100,6 +100,8 @@ INVOCATIONS: dict[tuple[str, ...], tuple[Invocation, Expect]] = {
     ("serve", "status"): (lambda p, tmp: [], OK),
     ("predict",): (lambda p, tmp: ["--instances", "[[0.1]]"], error(6)),
     ("serve", "stop"): (lambda p, tmp: [], OK),
+    # the server started above served no model: nothing to monitor (not found)
+    ("monitor",): (lambda p, tmp: ["--dry-run"], error(9)),
     ("jenkins", "sync"): (lambda p, tmp: ["--dry-run"], error(3)),
     ("jenkins", "status"): (lambda p, tmp: [], error(3)),
     ("jenkins", "trigger"): (lambda p, tmp: [], error(3)),
