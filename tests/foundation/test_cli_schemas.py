@@ -46,6 +46,7 @@ def test_the_schemas_are_documented():
         "metrics_diff",
         "plots_diff",
         "tensorboard",
+        "monitor",  # checked in tests/monitoring/test_monitor.py
     }
 
 

@@ -21,6 +21,7 @@ from branchops.errors import DataError
 from branchops.forge.local import LocalForge
 from branchops.monitoring import monitor
 from branchops.monitoring.traffic import NoTraffic
+from tests.foundation.test_cli_schemas import check as schema_check
 from tests.monitoring import served as model
 
 
@@ -150,6 +151,7 @@ def test_drift_on_consecutive_checks_opens_one_retraining_merge_request(served, 
     two = monitor.check(served.path)
     assert (two.verdict, two.consecutive_drifted_checks, two.alarm) == ("drift", 2, True)
     assert two.alarm_reasons[0].startswith("drift on 2 consecutive checks")
+    schema_check("monitor", two.to_dict())
     assert two.merge_request["action"] == "opened" and open_retrains(served) == [two.merge_request["number"]]
     # the window reaches the last day whose outcome is known (the request ids end with the day)
     assert two.data_until == crash.days[199] == two.merge_request["data_until"]
@@ -294,6 +296,7 @@ def test_a_dry_run_computes_the_alarm_and_writes_nothing(served, crash):
 
     assert (result.alarm, result.consecutive_drifted_checks, result.record) == (True, 2, None)
     assert result.merge_request["action"] == "would open" and result.data_until == "2009-01-30"
+    schema_check("monitor", result.to_dict())
     assert served.deploy_tip() == tip and served.monitor_json().read_text() == published
     assert open_retrains(served) == []
     # the same check for real finds the same rows: the dry run moved no cursor
@@ -308,6 +311,7 @@ def test_the_command_prints_the_check_as_json(served, calm):
     outcome = CliRunner().invoke(main, ["-C", str(served.path), "monitor", "--json"], catch_exceptions=False)
     assert outcome.exit_code == 0, outcome.stderr
     document = json.loads(outcome.stdout)
+    schema_check("monitor", document)  # the schema of docs/cli.md
     assert (document["verdict"], document["rows"], document["alarm"]) == ("no drift", 200, False)
     assert set(document["features"]) == set(model.feature_names()) and document["record"].startswith(
         "records/monitor/"
