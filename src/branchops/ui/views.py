@@ -397,7 +397,8 @@ class Dashboard:
         return records.stage_history(self.repo, self.tip("deploy-model"), MONITOR_STAGE)
 
     def drift_thresholds(self, check: Check | None = None) -> dict[str, float]:
-        """The PSI threshold and the KS test's alpha a check applied: as its record says, else configured."""
+        """The PSI threshold, the KS test's alpha and the drifted checks in a row that propose a retrain, as
+        a check applied them (its record says), else as configured."""
         drift = self.config.monitoring.drift
         configured = {
             "psi_threshold": drift.psi_threshold,
