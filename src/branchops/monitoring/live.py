@@ -9,9 +9,10 @@ Supported metrics are those a served probability and a 0/1 outcome define on the
 * ``accuracy``: the share of rows whose label at the model's threshold (0.5 unless the metadata says
   otherwise) is the outcome.
 
-The interval is a percentile bootstrap over the joined rows (seeded, so a check is reproducible);
-resamples holding a single class, where ROC AUC is undefined, are drawn again. The live metric is
-"significantly below" the validated one when the interval's upper bound is below it.
+The interval is a percentile bootstrap over the joined rows (seeded, so a check is reproducible), its
+resamples ranked together (``scipy.stats.rankdata`` along an axis: the same U statistic, without a
+thousand separate calls); resamples holding a single class, where ROC AUC is undefined, are left out.
+The live metric is "significantly below" the validated one when the interval's upper bound is below it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any, Callable, Sequence
 SUPPORTED = ("roc_auc", "accuracy")
 RESAMPLES = 1000
 SEED = 15
+# resamples ranked at once: 100 x 10,000 rows is 8 MB a matrix
+CHUNK = 100
 
 
 @dataclass
@@ -108,17 +111,35 @@ def live_metric(
     if value is None:
         empty.note = "every outcome so far has the same label: the metric is undefined"
         return empty
-    generator = np.random.default_rng(seed)
-    estimates: list[float] = []
-    draws = 0
-    while len(estimates) < resamples and draws < resamples * 10:
-        draws += 1
-        pick = generator.integers(0, n, n)
-        estimate = compute(y[pick], s[pick])
-        if estimate is not None:
-            estimates.append(estimate)
+    estimates = _bootstrap(name, y, s, threshold, resamples, seed)
+    if not estimates.size:
+        empty.note = "too few outcomes of one of the labels for an interval"
+        return empty
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(estimates, [tail, 100 - tail])
     return LiveMetric(
         name, round(value, 6), round(float(low), 6), round(float(high), 6), n, validated, confidence
     )
+
+
+def _bootstrap(name: str, y: Any, s: Any, threshold: float, resamples: int, seed: int) -> Any:
+    """The metric on ``resamples`` resamples of the rows, with replacement (undefined ones left out)."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    generator = np.random.default_rng(seed)
+    n = len(y)
+    found = []
+    for start in range(0, resamples, CHUNK):
+        picks = generator.integers(0, n, (min(CHUNK, resamples - start), n))
+        labels, scores = y[picks], s[picks]
+        if name == "accuracy":
+            found.append(((scores >= threshold).astype(int) == labels).mean(axis=1))
+            continue
+        positives = labels.sum(axis=1)
+        negatives = n - positives
+        ranks = rankdata(scores, axis=1)  # ties share their average rank, as in the U statistic
+        u = (ranks * labels).sum(axis=1) - positives * (positives + 1) / 2.0
+        defined = (positives > 0) & (negatives > 0)
+        found.append(u[defined] / (positives[defined] * negatives[defined]))
+    return np.concatenate(found) if found else np.zeros(0)
