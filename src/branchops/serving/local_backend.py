@@ -9,11 +9,13 @@ real paths of the repository and its state directory). A record whose process is
 belongs to another process, is stale and removed; a record another repository wrote (a repository copied
 with its ``.branchops``) is not this repository's server, so nothing here stops or queries that server.
 
-The rollout (serving/rollout.py) never loads an unchecked version into this server, which answers an
-unlabelled request with the highest version it has loaded, as TF Serving does: the new version is copied
-in (temp + rename), loaded and checked on a canary server of its own (``serving/canary/``, a free port no
-client is given), and only then loaded here and labelled ``stable``; a failed check stops the canary and
-removes the new version, so the previous version answers throughout.
+The rollout (serving/rollout.py) never loads an unchecked version where an unlabelled request could get
+it. This server answers such a request with the highest version it has loaded, as TF Serving does, so a new
+version is copied in (temp + rename), loaded and checked on a canary server of its own
+(``serving/canary/``, a free port no client is given), and only then loaded here and labelled ``stable``;
+a failed check stops the canary and removes the new version, so the previous version answers throughout.
+A rollback to a version below the one serving is checked here, where it gets only the requests that name
+it (no second server to start).
 """
 
 from __future__ import annotations
@@ -397,7 +399,13 @@ class LocalServing(Serving):
 
 class _LocalTracks(RolloutBackend):
     """The local primitives: the stable track is the repository's server; the canary track a second
-    server process of its own, which ordinary clients never call."""
+    server process of its own, which ordinary clients never call.
+
+    A version below the highest one the stable server has AVAILABLE (a rollback) is checked on the
+    stable server itself: TF Serving answers an unlabelled request with the highest version it has
+    loaded, so only requests naming the older version reach it, as they would reach a canary server. That
+    saves starting a second server (TensorFlow's import, seconds). A newer version would take the
+    unlabelled traffic the moment it loaded there, so it is checked on the canary server."""
 
     label_timeout_s = 30.0
 
@@ -405,6 +413,7 @@ class _LocalTracks(RolloutBackend):
         self.serving = serving
         self.canary = serving._canary_track()
         self._copied: set[int] = set()  # versions this rollout copied in (a reused directory is not one)
+        self._checked_in_place = False  # the version under test is loaded on the stable server
 
     def stable_version(self) -> int | None:
         return self.serving.status().stable
@@ -450,6 +459,16 @@ class _LocalTracks(RolloutBackend):
 
     def start_canary(self, version: int) -> ServingClient:
         self.canary.stop()  # a canary left by an interrupted rollout
+        stable = self.stable_client()
+        available = [
+            int(v) for v, status in stable.health()["versions"].items() if status["state"] == "AVAILABLE"
+        ]
+        if available and version < max(available):
+            self._checked_in_place = True
+            self.canary_place = f"the serving server, below version {max(available)} (named requests only)"
+            stable.load_version(version)
+            _await_available(stable, version)
+            return stable
         self.canary.start()
         client = self.canary.client()
         client.load_version(version)
@@ -460,6 +479,8 @@ class _LocalTracks(RolloutBackend):
         return "probes only: locally no ordinary traffic reaches the canary (TF Serving has no weights)"
 
     def traffic(self, track: str) -> Counts | None:
+        if self._checked_in_place:
+            return None  # one server's counts mix both tracks: the rollout's probes tell them apart
         serving = self.canary if track == "canary" else self.serving
         try:
             return counts_from_metrics(serving.client().metrics(), self.serving.model_name)

@@ -148,7 +148,9 @@ class RolloutBackend(abc.ABC):
     @abc.abstractmethod
     def start_canary(self, version: int) -> ServingClient:
         """Serve only ``version`` on the canary track, which ordinary traffic does not reach yet; return
-        once it is AVAILABLE there (DeployFailed('load', ...) if it fails to load), with a client to it."""
+        once it is AVAILABLE there (DeployFailed('load', ...) if it fails to load), with a client to it.
+        A backend may load a version below the highest one its stable servers have loaded on those
+        servers instead (TF Serving gives it only the requests naming it) and say so in ``canary_place``."""
 
     @abc.abstractmethod
     def set_canary_weight(self, weight: int) -> str:
@@ -184,6 +186,7 @@ class RolloutBackend(abc.ABC):
         return None
 
     label_timeout_s: float = 30.0  # how long TF Serving may take to report a new label
+    canary_place: str = "the canary track"  # where start_canary() loaded the version, for the load check
     poll_s: float = 0.2
     external: str = "serving"  # the check named when the backend's own system fails
 
@@ -339,7 +342,9 @@ class Rollout:
         canary = backend.start_canary(version)
         result.timings["load"] = round(time.monotonic() - phase, 3)
         result.checks.append(
-            Check("load", True, f"version {version} AVAILABLE on the canary track", result.timings["load"])
+            Check(
+                "load", True, f"version {version} AVAILABLE on {backend.canary_place}", result.timings["load"]
+            )
         )
         if new_contract is None:  # the export recorded none: what TF Serving serves, still before traffic
             served = contract_from_signature_def(canary.metadata(version=version))
