@@ -5,6 +5,13 @@ It plays the people: a data scientist (``ds1``) commits and opens merge requests
 head of data science approve them, and each merge runs its stage through the local CI runner, exactly
 as ``branchops mr ...`` would from a shell. What it leaves in the work directory is an ordinary branchops
 repository: every command works on it afterwards.
+
+When the template says how (its ``demo.replay``), the demo then closes the loop (issue 15): the study
+trained on the data up to ``demo.data_until``; the trading days after it are replayed as traffic through
+TensorFlow Serving's REST API, one ``:predict`` per day with that day's features as the project itself
+computes them, and their outcomes are written once the prices that decide them have come; ``branchops
+monitor`` checks the logged traffic until it proposes a retrain, which the head of data science approves,
+and the retrained model rolls forward through the same gated path as the first.
 """
 
 from __future__ import annotations
@@ -13,8 +20,11 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +37,14 @@ from branchops.forge.local import LocalForge
 from branchops.merging import merge_and_run
 from branchops.progress import heartbeat
 from branchops.runner import RunReport
-from branchops.scaffold import Template, data_section, init_project, load_template, project_config
+from branchops.scaffold import (
+    Template,
+    data_section,
+    deep_merge,
+    init_project,
+    load_template,
+    project_config,
+)
 
 log = logging.getLogger("branchops.demo")
 
@@ -65,6 +82,15 @@ class DemoResult:
     served_version: int | None = None
     synthetic: bool = False
     metrics: dict[str, Any] | None = None
+    # closing the loop (a template with demo.replay): the first study's data window, the days replayed,
+    # the monitor checks, the retraining merge request and the version it rolled forward to
+    data_until: str | None = None
+    replayed_days: list[str] = field(default_factory=list)
+    monitor_checks: list[dict[str, Any]] = field(default_factory=list)
+    retrain_merge_request: int | None = None
+    retrained_until: str | None = None
+    retrained_version: int | None = None
+    retrained_metrics: dict[str, Any] | None = None
 
 
 def free_port() -> int:
@@ -186,6 +212,10 @@ class Demo:
         config = yaml.safe_load(config_path.read_text())
         experiments = self.template.demo.get("experiments") or config["training"]["experiments"]
         config["training"]["experiments"] = experiments
+        # the study's own settings (its data window, how many runs at once, its KPIs), as the template says
+        config = deep_merge(config, self.template.demo.get("config") or {})
+        until = (config.get("data") or {}).get("until")
+        self.result.data_until = str(until) if until else None
         header = "".join(line + "\n" for line in config_path.read_text().splitlines() if line.startswith("#"))
         self.commit_as(
             DATA_SCIENTIST,
@@ -198,7 +228,10 @@ class Demo:
         )
         echo(
             f"2. ds1 committed the experiments {', '.join(e['name'] for e in experiments)} "
-            f"(data: {data['source']}" + (f" {data.get('folder')}" if data.get("folder") else "") + ")"
+            f"(data: {data['source']}"
+            + (f" {data.get('folder')}" if data.get("folder") else "")
+            + (f", up to {self.result.data_until}" if self.result.data_until else "")
+            + ")"
         )
         if self.result.synthetic:
             echo("   !!! SYNTHETIC DATA: the model will be trained on generated data, not real data !!!")
@@ -297,7 +330,202 @@ class Demo:
         echo(f"   POST {serving.client().model_url()}:predict with 3 rows of the export's sample")
         echo(f"   -> {json.dumps(answer)}")
         echo(f"   (recorded at export time: {json.dumps(self.result.sample_predictions)})")
+        if self.template.demo.get("replay"):
+            self.close_the_loop(serving, meta)
         return self.result
+
+    # -- closing the loop ----------------------------------------------------------------------------
+    def close_the_loop(self, serving, meta: dict[str, Any]) -> None:
+        """Replay the days after the study's data window as traffic, ``days_per_check`` trading days
+        between two ``branchops monitor`` checks, until monitor proposes a retrain; then approve it, merge
+        it (training on the refreshed window), approve the release and roll forward."""
+        echo, replay = self.echo, self.template.demo["replay"]
+        from branchops.runner import working_config
+
+        config = working_config(gitops.open_repo(self.workdir))
+        drift = config.monitoring.drift
+        per_check = max(int(replay.get("days_per_check") or 0), drift.min_rows)
+        first_day = self.result.data_until or ""
+        t = time.monotonic()
+        days = self.days_after_window(config, replay["rows"], meta, first_day)
+        self.result.steps.append(
+            Step("the replayed days' features (project code)", "done", time.monotonic() - t)
+        )
+        if not days["dates"]:
+            raise StageFailed(f"no trading day after {first_day} in the data: nothing to replay")
+        checks = -(-len(days["dates"]) // per_check)
+        echo(
+            f"9. the world moves on: {len(days['dates'])} trading days after {first_day or 'the data'} "
+            f"({days['dates'][0]} .. {days['dates'][-1]}) replayed as traffic, branchops monitor after each "
+            f"{per_check} ({checks} checks; it proposes a retrain after {drift.consecutive_checks} drifted "
+            "checks in a row, or when the live metric falls below the validated one)"
+        )
+        client = serving.client()
+        outcomes_dir = (
+            gitops.state_dir(gitops.open_repo(self.workdir)) / config.monitoring.live_metric.outcomes_folder
+        )
+        horizon = int(days["label_horizon"])
+        proposal = None
+        for check_number, start in enumerate(range(0, len(days["dates"]), per_check), 1):
+            batch = range(start, min(start + per_check, len(days["dates"])))
+            t = time.monotonic()
+            for i in batch:
+                # one request per trading day, keyed by the business key its outcome will carry
+                client.predict(instances=[days["X"][i]], request_id=f"{meta['target']}/{days['dates'][i]}")
+            what = f"replay {days['dates'][batch.start]} .. {days['dates'][batch.stop - 1]}"
+            self.result.replayed_days += days["dates"][batch.start : batch.stop]
+            self.result.steps.append(Step(what, f"{len(batch)} :predict", time.monotonic() - t))
+            # a day's label is known once the last day of its window has come (horizon - 1 days later)
+            known = max(0, batch.stop - (horizon - 1))
+            written = self.write_outcomes(outcomes_dir, meta["target"], days, known)
+            echo(
+                f"   {what}: {len(batch)} :predict (X-Request-ID {meta['target']}/<day>), "
+                f"{written} outcomes written (labels known by {days['dates'][batch.stop - 1]})"
+            )
+            t = time.monotonic()
+            check = run_monitor(self.workdir)
+            self.result.monitor_checks.append(check)
+            proposed = check.get("merge_request") or {}
+            proposal = self.open_retrain_request(config) or proposal
+            self.result.steps.append(
+                Step(
+                    f"branchops monitor (check {check_number})",
+                    f"{check.get('verdict')}"
+                    + (f", !{proposal.number} {proposed.get('action')}" if proposed and proposal else ""),
+                    time.monotonic() - t,
+                    check.get("record"),
+                )
+            )
+            echo(
+                f"   branchops monitor: {monitor_verdict(check)}"
+                + (
+                    f"; retraining merge request !{proposal.number} {proposed.get('action')} "
+                    f"(data.until {check.get('data_until')})"
+                    if proposed and proposal
+                    else ""
+                )
+            )
+        if proposal is None:
+            raise StageFailed(
+                f"monitor proposed no retrain after {len(self.result.monitor_checks)} checks of "
+                f"{len(days['dates'])} replayed days"
+            )
+        self.retrain(config, proposal)
+
+    def days_after_window(
+        self, config, function: str, meta: dict[str, Any], first_day: str
+    ) -> dict[str, Any]:
+        """Every labelled trading day after ``first_day``: its features as the served model takes them and
+        its label, from the project's own code (``demo.replay.rows``, ``module:function``) run in the
+        project's checkout on the prices in the data volume."""
+        from branchops.storage import make_storage
+
+        storage = make_storage(config, gitops.state_dir(gitops.open_repo(self.workdir)))
+        data_dir = storage.step_dir(storage.ensure_volume(config.storage.data_volume.name), "data")
+        module, _, name = function.partition(":")
+        arguments = {
+            "data_dir": data_dir,
+            "target": meta["target"],
+            "target_kind": meta.get("target_kind") or "direction",
+            "window": meta.get("window") or 1,
+            # from the day after the window: the first day the study never saw
+            "first_day": (date.fromisoformat(first_day) + timedelta(days=1)).isoformat() if first_day else "",
+        }
+        script = (
+            "import json, sys\n"
+            f"from {module} import {name} as rows\n"
+            "out = rows(**json.loads(sys.argv[1]))\n"
+            "json.dump({'dates': [str(d) for d in out['dates']], 'X': out['X'].tolist(),\n"
+            "           'y': [int(v) for v in out['y']], 'label_horizon': int(out['label_horizon'])},\n"
+            "          sys.stdout)\n"
+        )
+        # the project's code, in its own checkout (as its pipeline steps run it), not in branchops' process
+        git.Repo(self.workdir).git.checkout("--quiet", "main")
+        proc = subprocess.run(
+            [sys.executable, "-c", script, json.dumps(arguments)],
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if proc.returncode != 0:
+            raise StageFailed(f"demo.replay.rows {function} failed: {proc.stderr.strip()[-2000:]}")
+        return json.loads(proc.stdout)
+
+    @staticmethod
+    def write_outcomes(folder: Path, target: str, days: dict[str, Any], known: int) -> int:
+        """The outcomes known so far (design: CSV ``request_id,label``), one file per check; returns how
+        many of them are new."""
+        folder.mkdir(parents=True, exist_ok=True)
+        done = sum(len(f.read_text().splitlines()) - 1 for f in folder.glob("demo-*.csv"))
+        if known <= done:
+            return 0
+        lines = ["request_id,label"] + [
+            f"{target}/{days['dates'][i]},{days['y'][i]}" for i in range(done, known)
+        ]
+        path = folder / f"demo-{days['dates'][known - 1]}.csv"
+        path.with_suffix(".tmp").write_text("\n".join(lines) + "\n")
+        path.with_suffix(".tmp").rename(path)  # whole files only: monitor may read the folder any time
+        return known - done
+
+    def open_retrain_request(self, config):
+        """The open retraining merge request monitor opened into training, if any."""
+        forge = LocalForge(gitops.open_repo(self.workdir))
+        branch, training = config.monitoring.retrain.branch, config.branch_for("training")
+        return next((m for m in forge.list("open", target=training) if m.source == branch), None)
+
+    def retrain(self, config, proposal) -> None:
+        echo = self.echo
+        training_branch = config.branch_for("training")
+        proposed = yaml.safe_load(git.Repo(self.workdir).git.show(f"{proposal.source}:config/branchops.yaml"))
+        self.result.retrain_merge_request = proposal.number
+        self.result.retrained_until = str((proposed.get("data") or {}).get("until"))
+        echo(
+            f"10. monitor opened !{proposal.number} {proposal.source} -> {training_branch} as "
+            f"{proposal.author}: '{proposal.title}' (data.until {self.result.data_until} -> "
+            f"{self.result.retrained_until}); the head of data science reads the evidence and approves"
+        )
+        forge = LocalForge(gitops.open_repo(self.workdir))
+        forge.approve(proposal.number, HEAD_OF_DS)
+        reports = self.merge_and_wait("training", proposal.number, LEAD)
+        training = self.record(f"retraining up to {self.result.retrained_until}", reports)
+        best = training.outputs.get("best") or {}
+        self.result.retrained_metrics = best.get("metrics")
+        deploy_mr = (training.outputs.get("deploy_merge_request") or {}).get("number")
+        if not deploy_mr:
+            raise StageFailed("the retraining passed its KPIs but opened no merge request into deploy-model")
+        echo(f"11. the retrained model: !{deploy_mr} into deploy-model; the head of data science merges it")
+        forge.approve(deploy_mr, HEAD_OF_DS)
+        reports = self.merge_and_wait("deploy-model", deploy_mr, HEAD_OF_DS)
+        self.record("deploy-model (roll forward)", reports)
+        self.result.retrained_version = (best.get("model") or {}).get("version")
+        echo(f"   serving version {self.result.retrained_version} (was {self.result.served_version})")
+
+
+def run_monitor(workdir: Path) -> dict[str, Any]:
+    """One ``branchops monitor`` check of the project, as a dict (its JSON document)."""
+    from branchops.monitoring.monitor import check
+
+    return check(workdir).to_dict()
+
+
+def monitor_verdict(check: dict[str, Any]) -> str:
+    """A check's verdict in a few words for the story and the timeline."""
+    features = check.get("features") or {}
+    drifted = check.get("drifted_features") or []
+    words = [f"{check.get('verdict')} ({check.get('rows', 0)} rows"]
+    if features:
+        words[0] += f", {len(drifted)} of {len(features)} features drifted"
+    words[0] += ")"
+    live = check.get("live_metric") or {}
+    if live.get("value") is not None:
+        words.append(
+            f"live {live.get('name')} {live['value']:.3f} [{live['low']:.3f}, {live['high']:.3f}]"
+            + (f" vs {live['validated']:.3f} validated" if live.get("validated") is not None else "")
+        )
+    if check.get("alarm"):
+        words.append("ALARM")
+    return "; ".join(words)
 
 
 def run_demo(
@@ -340,6 +568,14 @@ def timeline(result: DemoResult) -> str:
             f"model version {result.served_version}: {numbers}"
             + (f" — {m['summary']}" if m.get("summary") else ""),
         ]
+    if result.retrained_version is not None:
+        m = result.retrained_metrics or {}
+        lines.append(
+            f"the loop: trained up to {result.data_until}, {len(result.replayed_days)} days after it "
+            f"replayed, {len(result.monitor_checks)} monitor checks; retraining "
+            f"!{result.retrain_merge_request} on the data up to {result.retrained_until} -> version "
+            f"{result.retrained_version} serves" + (f" ({m['summary']})" if m.get("summary") else "")
+        )
     if result.synthetic:
         lines.append("!!! trained on SYNTHETIC data: these numbers say nothing about the real world !!!")
     d = result.workdir
@@ -347,7 +583,7 @@ def timeline(result: DemoResult) -> str:
         "",
         f"try next, in {d}:",
         f"  branchops -C {d} status",
-        f"  branchops -C {d} lineage {result.served_version}",
+        f"  branchops -C {d} lineage {result.retrained_version or result.served_version}",
         f"  branchops -C {d} predict --sample",
         f"  branchops -C {d} mr list",
         f"  branchops -C {d} rollback --as ds1      # prepares the revert as a merge request",

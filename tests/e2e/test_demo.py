@@ -1,6 +1,8 @@
-"""End to end: `branchops demo` on the real DJIA files, then the same repository driven through the CLI
-to a second release and a rollback by revert. Every stage, merge request and server here is real
-(git, Kubeflow's local runner, TensorFlow, the local REST server); nothing is faked."""
+"""End to end: `branchops demo` on the real DJIA files (a release trained up to a cut-off, the days after
+it replayed as traffic, monitor's retraining merge request approved and merged, the retrained model
+rolled forward), then the same repository driven through the CLI to another release and a rollback by
+revert. Every stage, merge request and server here is real (git, Kubeflow's local runner, TensorFlow,
+the local REST server); nothing is faked."""
 
 from __future__ import annotations
 
@@ -32,6 +34,13 @@ def record_of(workdir: Path, branch: str, stage: str) -> dict:
     paths = sorted(f for f in files if f.startswith(f"records/{stage}/") and f.endswith("/record.json"))
     assert paths, f"no {stage} record on {branch}"
     return json.loads(git(workdir, "show", f"{branch}:{paths[-1]}"))
+
+
+def records_of(workdir: Path, branch: str, stage: str) -> list[dict]:
+    """Every record of ``stage`` on ``branch``, oldest first (run ids begin with their UTC start time)."""
+    files = git(workdir, "ls-tree", "-r", "--name-only", branch).splitlines()
+    paths = sorted(f for f in files if f.startswith(f"records/{stage}/") and f.endswith("/record.json"))
+    return [json.loads(git(workdir, "show", f"{branch}:{path}")) for path in paths]
 
 
 def serve_status(workdir: Path) -> dict:
@@ -77,10 +86,11 @@ def test_the_demo_plays_every_stage_and_serves_the_model(demo):
     report = git(workdir, "show", f"training:records/training/{training['run_id']}/report.md")
     assert "Against the baselines and production" in report and "branchops reproduce" in report
 
-    # the merge request into deploy-model carried the report and the release, and was merged
+    # the merge requests into deploy-model (the first release, then the retrained one) carried the report
+    # and the release, and were merged
     requests = json.loads(branchops("-C", str(workdir), "mr", "list", "--json").stdout)
     deploy = [m for m in requests if m["target"] == "deploy-model"]
-    assert len(deploy) == 1 and deploy[0]["state"] == "merged" and "Training report" in deploy[0]["body"]
+    assert len(deploy) == 2 and all(m["state"] == "merged" and "Training report" in m["body"] for m in deploy)
     release = yaml.safe_load(git(workdir, "show", "deploy-model:serving/tfserve/release.yaml"))
     assert release["version"] == best["model"]["version"]
 
@@ -104,6 +114,53 @@ def test_the_demo_plays_every_stage_and_serves_the_model(demo):
     again = json.loads(branchops("-C", str(workdir), "reproduce", training["run_id"], "--json").stdout)
     assert again["identical"] is True and again["data_snapshot"] == best["data"]["snapshot"]
     assert again["metrics"]["accuracy"]["reproduced"] == best["metrics"]["accuracy"]
+
+
+def test_monitor_proposed_the_retrain_which_was_approved_merged_and_rolled_forward(demo):
+    """The loop closed: the study trained up to its cut-off, the days after it came as traffic, monitor's
+    merge request into training (the bot's, with the evidence) was approved by the head of data science
+    and merged, training ran on the refreshed window, and a second deploy serves the newer version."""
+    workdir, out = demo
+    assert "branchops monitor" in out and "timeline" in out
+
+    requests = json.loads(branchops("-C", str(workdir), "mr", "list", "--json").stdout)
+    retrains = [m for m in requests if m["source"] == "branchops/retrain"]
+    assert len(retrains) == 1, requests
+    retrain = retrains[0]
+    assert retrain["target"] == "training" and retrain["author"] == "branchops-bot"
+    assert retrain["state"] == "merged" and [a["user"] for a in retrain["approvals"]] == ["head-of-ds"]
+    assert "PSI" in retrain["body"] and "roc_auc" in retrain["body"]  # the drift table, the live metric
+    # ... and it came before the second release: its merge is what trained the version deployed after it
+    deploys = [m for m in requests if m["target"] == "deploy-model"]
+    assert [m["number"] for m in deploys] == sorted(m["number"] for m in deploys)
+    assert deploys[0]["number"] < retrain["number"] < deploys[1]["number"]
+
+    # two trainings: the study up to its cut-off, then the retrain on the window monitor proposed
+    study, retrained = records_of(workdir, "training", "training")
+    assert study["outputs"]["best"]["data"]["until"] == "2016-12-30"
+    refreshed = retrained["outputs"]["best"]["data"]["until"]
+    assert "2017-06-30" < refreshed <= "2017-12-29"
+    assert retrained["merge_request"]["number"] == retrain["number"]
+    assert retrained["merge_request"]["approved_by"] == ["head-of-ds"]
+    proposed = yaml.safe_load(git(workdir, "show", f"{retrain['merge_commit']}:config/branchops.yaml"))
+    assert str(proposed["data"]["until"]) == refreshed
+
+    # monitor checked the replayed days on deploy-model, each check a record, and the last one alarmed
+    checks = records_of(workdir, "deploy-model", "monitor")
+    assert len(checks) >= 2 and checks[-1]["outputs"]["alarm"] is True
+    assert sum(c["outputs"]["rows"] for c in checks) >= 200
+    assert checks[-1]["outputs"]["merge_request"]["number"] == retrain["number"]
+
+    # two deploy-model runs, the second serving the retrained, newer version
+    first, second = records_of(workdir, "deploy-model", "deploy-model")
+    assert first["outcome"] == second["outcome"] == "succeeded"
+    old_version = study["outputs"]["best"]["model"]["version"]
+    new_version = retrained["outputs"]["best"]["model"]["version"]
+    assert new_version > old_version
+    assert str(old_version) in json.dumps(first["outputs"]) and str(new_version) in json.dumps(
+        second["outputs"]
+    )
+    assert serve_status(workdir)["stable"] == new_version
 
 
 def test_a_second_release_then_a_rollback_by_revert_brings_the_first_back(demo):
