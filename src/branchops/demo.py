@@ -364,7 +364,6 @@ class Demo:
         outcomes_dir = (
             gitops.state_dir(gitops.open_repo(self.workdir)) / config.monitoring.live_metric.outcomes_folder
         )
-        horizon = int(days["label_horizon"])
         proposal = None
         for check_number, start in enumerate(range(0, len(days["dates"]), per_check), 1):
             batch = range(start, min(start + per_check, len(days["dates"])))
@@ -375,9 +374,7 @@ class Demo:
             what = f"replay {days['dates'][batch.start]} .. {days['dates'][batch.stop - 1]}"
             self.result.replayed_days += days["dates"][batch.start : batch.stop]
             self.result.steps.append(Step(what, f"{len(batch)} :predict", time.monotonic() - t))
-            # a day's label is known once the last day of its window has come (horizon - 1 days later)
-            known = max(0, batch.stop - (horizon - 1))
-            written = self.write_outcomes(outcomes_dir, meta["target"], days, known)
+            written = self.write_outcomes(outcomes_dir, meta["target"], days, replayed=batch.stop)
             echo(
                 f"   {what}: {len(batch)} :predict (X-Request-ID {meta['target']}/<day>), "
                 f"{written} outcomes written (labels known by {days['dates'][batch.stop - 1]})"
@@ -453,9 +450,11 @@ class Demo:
         return json.loads(proc.stdout)
 
     @staticmethod
-    def write_outcomes(folder: Path, target: str, days: dict[str, Any], known: int) -> int:
-        """The outcomes known so far (design: CSV ``request_id,label``), one file per check; returns how
-        many of them are new."""
+    def write_outcomes(folder: Path, target: str, days: dict[str, Any], replayed: int) -> int:
+        """The outcomes known once the first ``replayed`` days have come (design: CSV ``request_id,label``):
+        a day's label is known when the last day of its window has come, ``label_horizon`` - 1 days
+        later. One file per check with the newly known ones; returns how many it holds."""
+        known = max(0, replayed - (int(days["label_horizon"]) - 1))
         folder.mkdir(parents=True, exist_ok=True)
         done = sum(len(f.read_text().splitlines()) - 1 for f in folder.glob("demo-*.csv"))
         if known <= done:

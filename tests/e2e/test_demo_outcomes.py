@@ -24,17 +24,20 @@ def read(folder: Path) -> dict[tuple[str, int], int]:
 
 def test_outcomes_are_written_once_known_and_read_by_monitor(tmp_path):
     folder = tmp_path / "outcomes"
-    # three days replayed: with a 5-day label window none of their labels is known yet
-    assert Demo.write_outcomes(folder, "AAPL", DAYS, known=0) == 0
+    # four days replayed: with a 5-day label window none of their labels is known yet
+    assert Demo.write_outcomes(folder, "AAPL", DAYS, replayed=4) == 0
     assert read(folder) == {}
-    # six replayed: the first two labels are known (their windows end on the fifth and sixth day)
-    assert Demo.write_outcomes(folder, "AAPL", DAYS, known=2) == 2
-    assert read(folder) == {("AAPL/2017-01-03", 0): 1, ("AAPL/2017-01-04", 0): 0}
+    # five replayed: the first day's window (its day and the 4 after it) has come, its label is known
+    assert Demo.write_outcomes(folder, "AAPL", DAYS, replayed=5) == 1
+    assert read(folder) == {("AAPL/2017-01-03", 0): 1}
     # a later check adds only the new ones; nothing is written twice, no temporary file is left
-    assert Demo.write_outcomes(folder, "AAPL", DAYS, known=2) == 0
-    assert Demo.write_outcomes(folder, "AAPL", DAYS, known=5) == 3
-    assert read(folder) == {(f"AAPL/{d}", 0): y for d, y in zip(DAYS["dates"][:5], DAYS["y"][:5])}
-    assert sorted(p.name for p in folder.iterdir()) == ["demo-2017-01-04.csv", "demo-2017-01-09.csv"]
-    assert (folder / "demo-2017-01-09.csv").read_text().splitlines()[0] == "request_id,label"
+    assert Demo.write_outcomes(folder, "AAPL", DAYS, replayed=5) == 0
+    assert Demo.write_outcomes(folder, "AAPL", DAYS, replayed=6) == 1
+    assert read(folder) == {("AAPL/2017-01-03", 0): 1, ("AAPL/2017-01-04", 0): 0}
+    assert sorted(p.name for p in folder.iterdir()) == ["demo-2017-01-03.csv", "demo-2017-01-04.csv"]
+    assert (folder / "demo-2017-01-04.csv").read_text().splitlines() == [
+        "request_id,label",
+        "AAPL/2017-01-04,0",
+    ]
     # the day the window proposes (monitor's default: the latest day the outcomes' request ids end with)
-    assert str(traffic.latest_day([key[0] for key in read(folder)])) == "2017-01-09"
+    assert str(traffic.latest_day([key[0] for key in read(folder)])) == "2017-01-04"
