@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from branchops.errors import BadArgument, ExternalError
+from branchops.errors import BadArgument, BranchopsError, ExternalError
 
 if TYPE_CHECKING:
     from branchops.serving.client import ServingClient
@@ -22,6 +22,8 @@ METADATA_FILE = Path("assets.extra") / "branchops_model.json"
 # (different kernels, thread counts); anything beyond this is a different model.
 SMOKE_ATOL = 1e-4
 SMOKE_RTOL = 1e-3
+# The X-Request-ID of the smoke test's requests: a prediction log tells branchops' own checks from traffic.
+SMOKE_REQUEST_ID = "branchops/smoke-test"
 
 Outcome = Literal["deployed", "unchanged", "rolled_back"]
 
@@ -106,6 +108,22 @@ class Serving(abc.ABC):
     @abc.abstractmethod
     def export_metadata(self, version: int) -> dict[str, Any]:
         """The export metadata of a served ``version`` (its sample and the predictions recorded for it)."""
+
+    # -- monitoring (docs/monitoring.md) ---------------------------------------------------------------
+    def read_prediction_log(self) -> dict[str, bytes]:
+        """Every prediction log file (``predictions-*.jsonl``) the serving side wrote: name -> content."""
+        raise self._unsupported("reading the prediction log")
+
+    def read_outcomes(self) -> dict[str, bytes]:
+        """Every outcome file (``*.csv``, ``*.jsonl``) in the outcomes folder: name -> content."""
+        raise self._unsupported("reading outcomes")
+
+    def publish_monitoring(self, payload: dict[str, Any]) -> None:
+        """Write the last monitor check (``monitor.json``) where the serving side exposes it as gauges."""
+        raise self._unsupported("publishing monitoring results")
+
+    def _unsupported(self, what: str) -> BranchopsError:
+        return BranchopsError(f"{what} is not supported by serving backend '{self.backend}'")
 
     def start(self, port: int | None = None) -> ServingStatus:
         """Start the model server (the local backend's own process)."""
@@ -239,7 +257,9 @@ def smoke_test(
     sample = meta["sample"]
     where = f"version {version}" if version is not None else f"label '{label}'"
     try:
-        answer = client.predict(instances=sample["instances"], version=version, label=label)
+        answer = client.predict(
+            instances=sample["instances"], version=version, label=label, request_id=SMOKE_REQUEST_ID
+        )
     except ExternalError as exc:
         raise DeployFailed(name, f"{where} could not predict the export's sample: {exc}") from None
     got = _columns(answer.get("predictions"), list(sample["predictions"]))

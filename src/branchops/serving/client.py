@@ -100,13 +100,17 @@ class ServingClient:
         version: int | None = None,
         label: str | None = None,
         signature_name: str | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
+        """``request_id`` is sent as ``X-Request-ID``, the key the prediction log keeps the request under
+        (and outcomes are later joined on)."""
         if (instances is None) == (inputs is None):
             raise ValueError("give 'instances' (row format) or 'inputs' (columnar format)")
         body: dict[str, Any] = {"instances": instances} if instances is not None else {"inputs": inputs}
         if signature_name:
             body["signature_name"] = signature_name
-        return self._json("POST", self.model_url(version, label) + ":predict", body)
+        headers = {"X-Request-ID": request_id} if request_id is not None else None
+        return self._json("POST", self.model_url(version, label) + ":predict", body, headers)
 
     def metrics(self) -> list[Sample]:
         url = f"{self.base_url}/monitoring/prometheus/metrics"
@@ -147,9 +151,11 @@ class ServingClient:
         return self._json("POST", f"{self.base_url}/branchops/admin/routing", body)
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _request(self, method: str, url: str, body: Any = None) -> requests.Response:
+    def _request(
+        self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> requests.Response:
         try:
-            response = self.session.request(method, url, json=body, timeout=self.timeout_s)
+            response = self.session.request(method, url, json=body, headers=headers, timeout=self.timeout_s)
         except requests.Timeout:
             raise ExternalError(f"{url}: no answer within {self.timeout_s:.0f}s") from None
         except requests.ConnectionError as exc:
@@ -164,8 +170,8 @@ class ServingClient:
             raise ServingError(response.status_code, str(message), url)
         return response
 
-    def _json(self, method: str, url: str, body: Any = None) -> Any:
-        response = self._request(method, url, body)
+    def _json(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        response = self._request(method, url, body, headers)
         try:
             return response.json()
         except ValueError:

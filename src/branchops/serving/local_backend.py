@@ -4,6 +4,12 @@ State lives in ``<state_dir>/serving/``: ``server.json`` (pid, port), ``server.l
 ``routing.json`` (which versions and labels the server restores after a restart). Model versions
 live under ``<serving.local.base_path>/<model>/<version>/``, TF Serving's layout.
 
+Monitoring (docs/monitoring.md): with ``monitoring.log.enabled`` the server logs a sample of its :predict
+traffic in ``<state_dir>/<monitoring.log.folder>/``, where ``publish_monitoring`` also writes the last
+check's ``monitor.json`` (the server exposes it as gauges); outcomes arrive in
+``<state_dir>/<monitoring.live_metric.outcomes_folder>/``. Only the stable server logs: the canary track
+answers the rollout's own probes, not traffic.
+
 ``server.json`` names the server by process (pid and start time) and by the repository it serves (the
 real paths of the repository and its state directory). A record whose process is gone, or whose pid now
 belongs to another process, is stale and removed; a record another repository wrote (a repository copied
@@ -34,7 +40,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from branchops.errors import ConfigError, ExternalError
+from branchops.errors import BranchopsError, ConfigError, ExternalError
 from branchops.processes import ProcessId
 from branchops.progress import heartbeat
 from branchops.serving.base import (
@@ -46,6 +52,7 @@ from branchops.serving.base import (
     read_model_metadata,
 )
 from branchops.serving.client import ServingClient, ServingError
+from branchops.serving.prediction_log import MONITOR_FILE, log_files
 from branchops.serving.rollout import Counts, Rollout, RolloutBackend, counts_from_metrics
 
 if TYPE_CHECKING:
@@ -124,6 +131,9 @@ class LocalServing(Serving):
         self.routing_file = self.dir / "routing.json"
         self.ready_file = self.dir / "ready.json"
         self.start_timeout_s = start_timeout_s
+        monitoring = config.monitoring
+        self.prediction_log_dir = state_dir / monitoring.log.folder
+        self.outcomes_dir = state_dir / monitoring.live_metric.outcomes_folder
 
     # -- process ----------------------------------------------------------------------------------
     def _info(self) -> dict[str, Any] | None:
@@ -199,25 +209,7 @@ class LocalServing(Serving):
             # Nothing to restore: the rollout loads the one version this track is for (the newest on disk,
             # what a server loads without saved state, is not necessarily that one).
             self.routing_file.write_text(json.dumps({"model": self.model_name, "versions": []}))
-        port = self.port if port is None else port
-        # Absolute paths: the server's command line says which repository it serves, whatever its cwd.
-        command = [
-            sys.executable,
-            "-m",
-            "branchops.serving.server",
-            "--model-name",
-            self.model_name,
-            "--base-path",
-            str(self.base_path.resolve()),
-            "--host",
-            self.host,
-            "--port",
-            str(port),
-            "--state-file",
-            str(self.routing_file.resolve()),
-            "--ready-file",
-            str(self.ready_file.resolve()),
-        ]
+        command = self.server_command(self.port if port is None else port)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         with open(self.log_file, "ab") as log_handle:
             process = subprocess.Popen(
@@ -240,6 +232,39 @@ class LocalServing(Serving):
             if ProcessId.from_dict(self._info() or {}) == identity:
                 self.info_file.unlink(missing_ok=True)
             raise
+
+    def server_command(self, port: int) -> list[str]:
+        # Absolute paths: the server's command line says which repository it serves, whatever its cwd.
+        command = [
+            sys.executable,
+            "-m",
+            "branchops.serving.server",
+            "--model-name",
+            self.model_name,
+            "--base-path",
+            str(self.base_path.resolve()),
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--state-file",
+            str(self.routing_file.resolve()),
+            "--ready-file",
+            str(self.ready_file.resolve()),
+        ]
+        settings = self.config.monitoring.log
+        if settings.enabled and self.track == "stable":
+            command += [
+                "--prediction-log",
+                str(self.prediction_log_dir.resolve()),
+                "--log-sample-rate",
+                repr(settings.sample_rate),
+                "--log-max-file-bytes",
+                str(settings.max_file_bytes),
+                "--log-max-files",
+                str(settings.max_files),
+            ]
+        return command
 
     def _await_healthy(self, process: subprocess.Popen, identity: ProcessId) -> ServingStatus:
         """Record the server once its port is bound, and return once it answers healthy."""
@@ -364,6 +389,31 @@ class LocalServing(Serving):
 
     def export_metadata(self, version: int) -> dict[str, Any]:
         return read_model_metadata(find_version_dir(self.base_path / str(version), version))
+
+    # -- monitoring -------------------------------------------------------------------------------
+    def read_prediction_log(self) -> dict[str, bytes]:
+        return _read_files(log_files(self.prediction_log_dir))
+
+    def read_outcomes(self) -> dict[str, bytes]:
+        try:
+            paths = sorted(self.outcomes_dir.iterdir())
+        except FileNotFoundError:
+            return {}
+        return _read_files([p for p in paths if p.suffix in (".csv", ".jsonl") and p.is_file()])
+
+    def publish_monitoring(self, payload: dict[str, Any]) -> None:
+        from branchops.serving.server_metrics import monitor_samples
+
+        try:
+            monitor_samples(payload)  # the server would expose nothing of a document it cannot read
+            text = json.dumps(payload, indent=1)
+        except (ValueError, TypeError) as exc:
+            raise BranchopsError(f"not a monitoring result the server can expose: {exc}") from None
+        self.prediction_log_dir.mkdir(parents=True, exist_ok=True)
+        # temp + rename: a scrape reads the previous result or this one, never half of it
+        tmp = self.prediction_log_dir / f".{MONITOR_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.replace(self.prediction_log_dir / MONITOR_FILE)
 
     # -- rollout ----------------------------------------------------------------------------------
     def deploy(self, release: Release, model_source_dir: Path | None) -> DeployResult:
@@ -541,6 +591,17 @@ def _await_available(client: ServingClient, version: int) -> None:
             "load",
             f"version {version} failed to load ({error.get('error_code')}): {error.get('error_message')}",
         )
+
+
+def _read_files(paths: list[Path]) -> dict[str, bytes]:
+    """name -> content; a file deleted since it was listed (the log rotated it away) is left out."""
+    contents = {}
+    for path in paths:
+        try:
+            contents[path.name] = path.read_bytes()
+        except FileNotFoundError:
+            continue
+    return contents
 
 
 def _tree_digest(root: Path) -> str:

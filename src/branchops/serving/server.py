@@ -15,6 +15,7 @@ Public REST surface (the same as TensorFlow Serving's, https://www.tensorflow.or
 * ``GET  /v1/models/NAME[/versions/N|/labels/L]/metadata``   signature metadata
 * ``POST /v1/models/NAME[/versions/N|/labels/L]:predict``    row (``instances``) or columnar (``inputs``)
 * ``GET  /monitoring/prometheus/metrics``                    TF Serving's metrics, and branchops' per version
+  (with ``--prediction-log``: the log's line counts and the last monitor check's gauges)
 * errors as ``{"error": "..."}``, those waitress answers itself (413, 400, 431, 501) included; a request
   the server cannot use gets a 4xx, never a crash.
 
@@ -22,8 +23,12 @@ Admin surface (answered to loopback clients only; the local backend drives rollo
 ``GET /branchops/admin/health``, ``POST /branchops/admin/versions/N:load``,
 ``POST /branchops/admin/versions/N:retire``, ``GET|POST /branchops/admin/routing``.
 
+With ``--prediction-log DIR`` a sample of the :predict requests answered 200 is logged there with their
+answers (``prediction_log``; ``X-Request-ID`` is kept as the line's request id), for ``branchops monitor``.
+
 The parts: ``server_codec`` (TF Serving's JSON formats and signatures), ``server_model`` (versions,
-loading, label routing), ``server_metrics`` (Prometheus), and this module (the HTTP app and the process).
+loading, label routing), ``server_metrics`` (Prometheus), ``prediction_log`` (the sampled request log),
+and this module (the HTTP app and the process).
 TensorFlow is imported only in this process.
 """
 
@@ -40,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from branchops.serving.prediction_log import DEFAULT_QUEUE_SIZE, MONITOR_FILE, PredictionLog
 from branchops.serving.server_codec import RequestError, parse_json, predict
 from branchops.serving.server_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from branchops.serving.server_model import ModelServer
@@ -63,7 +69,7 @@ MODEL_PATH_RE = re.compile(
 __all__ = ["MAX_BODY_BYTES", "ModelServer", "RequestError", "create_app", "main"]
 
 
-def create_app(server: ModelServer) -> Any:
+def create_app(server: ModelServer, prediction_log: PredictionLog | None = None) -> Any:
     from flask import Flask, Response, request
     from werkzeug.exceptions import HTTPException
 
@@ -133,7 +139,10 @@ def create_app(server: ModelServer) -> Any:
                 body = parse_json(request.get_data(cache=False))
                 mv = server.resolve(version, label)
                 version_label = str(mv.version)
-                response = ok(predict(mv, body))
+                answer = predict(mv, body)
+                response = ok(answer)
+                if prediction_log is not None:
+                    prediction_log.submit(mv, label, body, answer, request.headers.get("X-Request-ID"))
             else:
                 raise RequestError(
                     400, f"{api} needs tf.Example signatures, which this server does not serve; use :predict"
@@ -255,6 +264,20 @@ def _connection_limit() -> int:
     return max(16, min(CONNECTION_LIMIT, soft - FILES_BESIDES_CONNECTIONS))
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m branchops.serving.server", description=__doc__.split("\n")[0]
@@ -272,6 +295,26 @@ def main(argv: list[str] | None = None) -> int:
         "--ready-file", type=Path, help="written with pid, start time and port once the port is bound"
     )
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument(
+        "--prediction-log",
+        type=Path,
+        metavar="DIR",
+        help="log a sample of the :predict requests and their answers in DIR (JSON Lines); its "
+        "monitor.json is exposed as gauges",
+    )
+    parser.add_argument(
+        "--log-sample-rate", type=_fraction, default=1.0, help="share of requests logged (0 to 1)"
+    )
+    parser.add_argument(
+        "--log-max-file-bytes", type=_at_least_one, default=16 * 1024 * 1024, help="rotate at this size"
+    )
+    parser.add_argument("--log-max-files", type=_at_least_one, default=8, help="keep this many log files")
+    parser.add_argument(
+        "--log-queue-size",
+        type=_at_least_one,
+        default=DEFAULT_QUEUE_SIZE,
+        help="answered requests waiting to be logged; more are dropped (and counted), never waited for",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -282,7 +325,19 @@ def main(argv: list[str] | None = None) -> int:
     from branchops.processes import ProcessId
 
     model_server = ModelServer(args.model_name, args.base_path, args.state_file)
-    app = create_app(model_server)
+    prediction_log = None
+    if args.prediction_log is not None:
+        prediction_log = PredictionLog(
+            args.prediction_log,
+            args.model_name,
+            sample_rate=args.log_sample_rate,
+            max_file_bytes=args.log_max_file_bytes,
+            max_files=args.log_max_files,
+            queue_size=args.log_queue_size,
+            registry=model_server.metrics.registry,
+        )
+        model_server.metrics.watch_monitor_file(args.prediction_log / MONITOR_FILE)
+    app = create_app(model_server, prediction_log)
     sockets: dict[int, Any] = {}
     # waitress refuses a body of max_request_body_size bytes or more, Flask one over MAX_CONTENT_LENGTH:
     # both let a body of exactly MAX_BODY_BYTES through.
@@ -317,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopping on SIGTERM")
     finally:
         http.close()
+        if prediction_log is not None:
+            prediction_log.close()  # what is queued is written before the process ends
     return 0
 
 
