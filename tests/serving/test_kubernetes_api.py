@@ -94,6 +94,7 @@ def test_apply_creates_every_kind_then_patches_it_with_the_patch_type_the_client
     assert kinds == {
         ("persistentvolumeclaims", "tfserve-models"),
         ("persistentvolumeclaims", "tfserve-src-3"),
+        ("persistentvolumeclaims", "prediction-log"),
         ("configmaps", "tfserve-config"),
         ("deployments", "tfserve"),
         ("services", "tfserve"),
@@ -157,7 +158,8 @@ def test_a_changed_deployment_template_rolls_its_pods(api, kube, objects):
     api.apply(changed)
     obj = em.get("deployments", NS, "tfserve")
     assert obj["metadata"]["generation"] == 2
-    assert [c["name"] for c in obj["spec"]["template"]["spec"]["containers"]] == ["tfserving"]
+    # merged by name: still TF Serving and the logging proxy, not a second TF Serving
+    assert [c["name"] for c in obj["spec"]["template"]["spec"]["containers"]] == ["tfserving", "log-proxy"]
     em.settle(20)
     status = em.get("deployments", NS, "tfserve")["status"]
     assert (status["observedGeneration"], status["updatedReplicas"], status["availableReplicas"]) == (2, 2, 2)

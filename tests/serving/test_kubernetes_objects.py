@@ -128,6 +128,7 @@ def test_shipped_manifests_match_the_generator_and_are_valid():
     checked = validate_manifest_file(TFSERVE / "tfserve.yaml")
     assert [c.kind for c in checked] == [
         "PersistentVolumeClaim",
+        "PersistentVolumeClaim",  # the prediction log's
         "ConfigMap",
         "Deployment",
         "Service",

@@ -7,6 +7,12 @@ PodDisruptionBudget, the serving volume, and for canaries a second Deployment (t
 Istio's DestinationRule/VirtualService weights when ``kubernetes.istio`` is true; otherwise the Service
 selects the stable pods only and the canary answers the rollout's probes alone. Nothing here talks to
 a cluster (``branchops.k8s.client`` does).
+
+With ``monitoring.log.enabled`` every serving pod (stable and canary) also runs the logging proxy
+(:mod:`branchops.serving.log_proxy`, image ``serving.kubernetes.proxy_image``) beside TF Serving: the
+Service's REST port goes to the proxy, which forwards to TF Serving on the pod's loopback and logs the
+:predict traffic onto the prediction log volume (``monitoring.log.volume``, ReadWriteMany, shared by the
+pods), mounted in the proxy alone; gRPC still goes to TF Serving directly (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ STATE_ANNOTATION = "branchops.io/serving-state"  # the routing state as JSON, be
 COPY_IMAGE = "docker.io/library/busybox:1.36.1"
 METADATA_MARKER = "BRANCHOPS-MODEL-METADATA"
 MODEL_CONFIG_POLL_S = 15  # TF Serving's --model_config_file_poll_wait_seconds
+PROXY_PORT = 8502
+PROXY_PORT_NAME = "proxy-http"  # a port name is unique in a pod: TF Serving's REST port keeps "http"
+PROXY_HEALTH_PATH = "/branchops/log-proxy/health"
+PREDICTION_LOG_MOUNT = "/var/log/branchops/predictions"
+# The proxy's user and group (the nonroot user of docker/log-proxy/Dockerfile); the pods that read and
+# write the prediction log volume for the backend run as the same, so every file there is theirs.
+PROXY_UID = 65532
 # A ConfigMap change reaches a mounted volume within the kubelet's sync period (--sync-frequency, 1 min by
 # default) plus the delay of its ConfigMap cache (up to its TTL, 1 min, with the TTL cache strategy).
 KUBELET_CONFIGMAP_SYNC_S = 60 + 60
@@ -83,6 +96,7 @@ class ObjectBuilder:
         self.storage_class = config.storage.trident.storage_class
         self.volume_access = config.storage.trident.access_mode
         self.istio = self.k8s.istio
+        self.prediction_log = config.monitoring.log
 
     def labels(self, track: str | None = None) -> dict[str, str]:
         labels = {
@@ -127,6 +141,57 @@ class ObjectBuilder:
                 "accessModes": [self.volume_access],
                 "storageClassName": self.storage_class,
                 "resources": {"requests": {"storage": self.k8s.serving_volume_size}},
+            },
+        }
+
+    def prediction_log_volume(self) -> dict[str, Any]:
+        """The volume the logging proxies of every serving pod write to (so ReadWriteMany) and that
+        ``branchops monitor`` reads through a short-lived pod."""
+        return {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": self.meta(self.prediction_log.volume),
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": self.storage_class,
+                "resources": {"requests": {"storage": self.prediction_log.volume_size}},
+            },
+        }
+
+    def log_proxy_container(self) -> dict[str, Any]:
+        """The logging proxy beside TF Serving, under the restricted Pod Security Standard."""
+        health = {"httpGet": {"path": PROXY_HEALTH_PATH, "port": PROXY_PORT_NAME}}
+        log = self.prediction_log
+        return {
+            "name": "log-proxy",
+            "image": self.k8s.proxy_image,
+            "command": ["python3", "-m", "branchops.serving.log_proxy"],
+            "args": [
+                f"--upstream=http://127.0.0.1:{REST_PORT}",  # TF Serving, in the same pod
+                f"--port={PROXY_PORT}",
+                f"--model-name={self.model}",
+                f"--prediction-log={PREDICTION_LOG_MOUNT}",
+                f"--log-sample-rate={log.sample_rate}",
+                f"--log-max-file-bytes={log.max_file_bytes}",
+                # every pod's proxy prunes the shared volume to this many files, whoever wrote them
+                f"--log-max-files={log.max_files}",
+            ],
+            "ports": [{"name": PROXY_PORT_NAME, "containerPort": PROXY_PORT, "protocol": "TCP"}],
+            "readinessProbe": {**health, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3},
+            "livenessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
+            "resources": {
+                "requests": {"cpu": "100m", "memory": "128Mi"},
+                "limits": {"cpu": "1", "memory": "512Mi"},
+            },
+            "volumeMounts": [{"name": "prediction-log", "mountPath": PREDICTION_LOG_MOUNT}],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": PROXY_UID,
+                "runAsGroup": PROXY_UID,
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
             },
         }
 
@@ -188,6 +253,26 @@ class ObjectBuilder:
             ],
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         }
+        logging = self.prediction_log.enabled
+        pod_spec: dict[str, Any] = {
+            # TF Serving first: the container `kubectl logs` and `exec` pick when none is named.
+            "containers": [container, self.log_proxy_container()] if logging else [container],
+            "terminationGracePeriodSeconds": 30,
+            "volumes": [
+                {
+                    "name": "models",
+                    "persistentVolumeClaim": {"claimName": self.volume_claim, "readOnly": True},
+                },
+                {"name": "config", "configMap": {"name": self.config_map_name(track)}},
+            ],
+        }
+        if logging:
+            pod_spec["volumes"].append(
+                {"name": "prediction-log", "persistentVolumeClaim": {"claimName": self.prediction_log.volume}}
+            )
+            # The proxy's group owns the log volume's files (OnRootMismatch: changed once, not at every
+            # start); the read-only models volume is left as it is.
+            pod_spec["securityContext"] = {"fsGroup": PROXY_UID, "fsGroupChangePolicy": "OnRootMismatch"}
         spec: dict[str, Any] = {
             "selector": {"matchLabels": self.selector(track)},
             # Never fewer ready replicas than wanted while pods are replaced.
@@ -197,21 +282,12 @@ class ObjectBuilder:
                     "labels": self.labels(track),
                     "annotations": {
                         "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(REST_PORT),
+                        # the proxy answers TF Serving's metrics followed by the monitoring gauges
+                        "prometheus.io/port": str(PROXY_PORT if logging else REST_PORT),
                         "prometheus.io/path": METRICS_PATH,
                     },
                 },
-                "spec": {
-                    "containers": [container],
-                    "terminationGracePeriodSeconds": 30,
-                    "volumes": [
-                        {
-                            "name": "models",
-                            "persistentVolumeClaim": {"claimName": self.volume_claim, "readOnly": True},
-                        },
-                        {"name": "config", "configMap": {"name": self.config_map_name(track)}},
-                    ],
-                },
+                "spec": pod_spec,
             },
         }
         if replicas is not None:
@@ -228,6 +304,8 @@ class ObjectBuilder:
         # both; without Istio nothing weighs traffic and TF Serving has no weights of its own, so
         # ordinary clients reach the stable pods only (the canary answers the rollout's probes alone).
         selector = self.selector() if self.istio else self.selector("stable")
+        # REST through the logging proxy (it forwards every request to TF Serving); gRPC is not logged.
+        rest_target = PROXY_PORT_NAME if self.prediction_log.enabled else "http"
         return {
             "apiVersion": "v1",
             "kind": "Service",
@@ -236,7 +314,7 @@ class ObjectBuilder:
                 "type": "ClusterIP",
                 "selector": selector,
                 "ports": [
-                    {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
+                    {"name": "http", "port": REST_PORT, "targetPort": rest_target, "protocol": "TCP"},
                     {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
                 ],
             },
@@ -411,8 +489,10 @@ class ObjectBuilder:
     def base_objects(
         self, versions: list[int], labels: dict[str, int], state: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        objects = [
-            self.serving_volume(),
+        objects = [self.serving_volume()]
+        if self.prediction_log.enabled:
+            objects.append(self.prediction_log_volume())
+        objects += [
             self.config_map(versions, labels, state=state),
             self.deployment(replicas=self.k8s.replicas),
             self.service(),
