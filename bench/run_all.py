@@ -17,7 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["workflow", "components", "model", "compile", "build", "snapshot", "serving", "history", "ui"]
+ORDER = [
+    "workflow", "components", "model", "compile", "build", "snapshot", "serving", "history", "ui", "monitor",
+]
 
 
 def main() -> None:
