@@ -18,7 +18,16 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ORDER = [
-    "workflow", "components", "model", "compile", "build", "snapshot", "serving", "history", "ui", "monitor",
+    "workflow",
+    "components",
+    "model",
+    "compile",
+    "build",
+    "snapshot",
+    "serving",
+    "history",
+    "ui",
+    "monitor",
 ]
 
 
