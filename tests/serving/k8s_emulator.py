@@ -27,6 +27,10 @@ client calls for the TF Serving rollout, following the API's documented semantic
   observedGeneration, replicas, updatedReplicas, readyReplicas, availableReplicas; a Job runs one pod
   at a time to ``Succeeded`` (status.succeeded, condition Complete) or ``Failed`` (retried up to
   backoffLimit, then condition Failed/BackoffLimitExceeded), with the log set by the test;
+* a Pod created on its own (no Deployment or Job owns it: the short-lived pods that read or write a
+  volume's files) is run by the storage emulator's kubelet: Pending while a PVC it mounts is missing,
+  else its command runs here against the emulated volumes' directories and it ends Succeeded or Failed
+  with the exit code, its output as its log;
 * pod logs (``pods/NAME/log?container=``) and the API server proxy (``pods/NAME:PORT/proxy/...``,
   ``services/NAME:PORT/proxy/...`` to a ready pod the Service selects), answered by a handler the test
   installs; with none, or to a pod not Ready yet (TF Serving opens its REST port after its initial
@@ -276,6 +280,7 @@ class ServingKubeEmulator(KubeEmulator):
     config_history: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)
     terminating: dict[str, int] = field(default_factory=dict)  # pod uid -> reads until it is gone
     events: list[tuple[str, str, str, str]] = field(default_factory=list)  # (ns, object, reason, message)
+    created_pods: set[str] = field(default_factory=set)  # uids of the pods created through the API
 
     url_map = Map(
         [
@@ -436,7 +441,7 @@ class ServingKubeEmulator(KubeEmulator):
             ip = f"10.96.{len(self.objects) % 250}.{len(self.objects) % 200 + 10}"
             body["spec"].setdefault("clusterIP", ip)
             body["spec"].setdefault("clusterIPs", [body["spec"]["clusterIP"]])
-        if resource == "persistentvolumeclaims":
+        if resource in ("persistentvolumeclaims", "pods"):
             body["status"] = {"phase": "Pending"}
         elif resource in ("deployments", "jobs"):
             body["status"] = {}
@@ -451,6 +456,8 @@ class ServingKubeEmulator(KubeEmulator):
             }
         self._bump(body)
         self.objects[(resource, ns, name)] = body
+        if resource == "pods":
+            self.created_pods.add(meta["uid"])
         return self._json(body, 201)
 
     def _verb_get(self, request: Request, ns: str, resource: str, name: str) -> Response:
@@ -659,6 +666,8 @@ class ServingKubeEmulator(KubeEmulator):
                 "BadRequest",
                 f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating',
             )
+        if (ns, name) in self.logs:  # what a pod run by the kubelet printed
+            return Response(self.logs[(ns, name)], status="200 OK", content_type="text/plain")
         return Response(
             pod["metadata"].get("annotations", {}).get("emulator/log", ""),
             status="200 OK",
@@ -866,6 +875,9 @@ class ServingKubeEmulator(KubeEmulator):
         self.ages[uid] = age = self.ages.get(uid, 0) + 1
         owner = self.owners.get(uid, ("", "", ""))
         status = pod["status"]
+        if uid in self.created_pods and status["phase"] == "Pending":  # a pod of its own: run it to its end
+            self._kubelet(pod["metadata"]["namespace"], pod)
+            return
         if owner[0] == "jobs" and age > self.job_ticks:
             succeeds, _ = self.job_outcomes.get(owner[2], (True, ""))
             status.update(phase="Succeeded" if succeeds else "Failed", conditions=_conditions(ready=False))

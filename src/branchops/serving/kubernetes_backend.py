@@ -20,16 +20,26 @@ supplies the primitives:
 Checks reach TF Serving through the API server's proxy (to the Service, and to each pod). With Istio's
 STRICT mTLS the API server, outside the mesh, cannot reach the pods: allow plain text on the REST port
 for it (a PeerAuthentication with ``portLevelMtls: {8501: {mode: PERMISSIVE}}`` on the serving pods).
+
+Monitoring: the logging proxy in each serving pod writes the prediction log onto the volume
+``monitoring.log.volume``; ``branchops monitor`` reads it (and the outcomes folder on it) and writes
+``monitor.json`` there through short-lived pods that mount the volume, as the Trident storage backend
+reads a volume's files: a PVC is mounted only in pods, and the CI agent mounts none (docs/monitoring.md).
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import logging
+import math
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from branchops.errors import ConfigError, ExternalError
+from branchops.errors import BranchopsError, ConfigError, ExternalError
 from branchops.k8s.client import KubeApi
 from branchops.serving.base import (
     METADATA_FILE,
@@ -41,12 +51,15 @@ from branchops.serving.base import (
 )
 from branchops.serving.client import ServingClient, ServingError
 from branchops.serving.kubernetes_manifests import (
+    COPY_IMAGE,
     METADATA_MARKER,
+    PROXY_UID,
     REST_PORT,
     ObjectBuilder,
     canary_replicas,
     model_config_visible_within_s,
 )
+from branchops.serving.prediction_log import FILE_PREFIX, FILE_SUFFIX, MONITOR_FILE
 from branchops.serving.rollout import Counts, Rollout, RolloutBackend, counts_from_metrics
 
 if TYPE_CHECKING:
@@ -143,6 +156,37 @@ class KubernetesServing(Serving):
             release, None, release.strategy_or(self.rollout.strategy)
         )
 
+    # -- monitoring -----------------------------------------------------------------------------
+    def read_prediction_log(self) -> dict[str, bytes]:
+        if not self.config.monitoring.log.enabled:
+            return {}  # no proxy logs, and no volume to read
+        files = _LogVolumePods(self).read_folder(".") or {}
+        return {n: data for n, data in files.items() if n.startswith(FILE_PREFIX) and n.endswith(FILE_SUFFIX)}
+
+    def read_outcomes(self) -> dict[str, bytes]:
+        if not self.config.monitoring.log.enabled:
+            return {}
+        folder = self.config.monitoring.live_metric.outcomes_folder
+        files = _LogVolumePods(self).read_folder(folder) or {}
+        return {n: data for n, data in files.items() if n.endswith((".csv", ".jsonl"))}
+
+    def publish_monitoring(self, payload: dict[str, Any]) -> None:
+        if not self.config.monitoring.log.enabled:
+            log.warning(
+                "monitoring.log.enabled is false: no logging proxy exposes the monitoring results, so "
+                "%s is not written",
+                MONITOR_FILE,
+            )
+            return
+        from branchops.serving.server_metrics import monitor_samples
+
+        try:
+            monitor_samples(payload)  # the proxies would expose nothing of a document they cannot read
+            data = (json.dumps(payload, indent=1) + "\n").encode("utf-8")
+        except (ValueError, TypeError) as exc:
+            raise BranchopsError(f"not a monitoring result the logging proxies can expose: {exc}") from None
+        _LogVolumePods(self).write_file(MONITOR_FILE, data)
+
     def rollback_to(self, version: int) -> DeployResult:
         from branchops.serving.release import Release
 
@@ -198,6 +242,8 @@ class _KubernetesTracks(RolloutBackend):
     def install(self, release: Release, source: Path | None) -> str:
         origin = release.source
         self.api.apply(self.objects.serving_volume())
+        if self.objects.prediction_log.enabled:  # every serving pod's proxy mounts it, a canary's too
+            self.api.apply(self.objects.prediction_log_volume())
         claim = origin.volume or ""
         if origin.snapshot:
             # A clone smaller than the snapshot's restoreSize never binds.
@@ -403,3 +449,232 @@ class _KubernetesTracks(RolloutBackend):
         else:  # nothing served before this failed first rollout: serve nothing rather than a bad model
             self.api.delete("Deployment", self.objects.deployment_name(), self.namespace)
             self.api.delete("ConfigMap", self.objects.config_map_name(), self.namespace)
+
+
+# -- the prediction log volume's files, through short-lived pods --------------------------------------
+
+# A missing folder exits with this code (neither sh, test, cd, gzip nor base64 use it for their errors),
+# so "absent" is told from "failed" without parsing their messages.
+_MISSING = 3
+_MOUNT = "/mnt/prediction-log"
+_CONTAINER = "files"
+# Each regular file of the folder as a line "#<name>" and its content gzipped, in base64 (# is not in
+# base64's alphabet), then "#end". A pod's log goes through the kubelet, which keeps only the newest
+# containerLogMaxSize (10 MiB by default) of it: compressed, a log of a few times that still fits, and
+# what was cut is noticed (no "#end", or a first file without its name, or gzip's checksum failing).
+_READ_FOLDER = (
+    f'test -d "$1" || exit {_MISSING}; cd "$1" || exit 1; '
+    'for f in * .[!.]*; do if test -f "$f"; then echo "#$f"; gzip -c "$f" | base64 || exit 1; fi; done; '
+    'echo "#end"'
+)
+# Written beside (a hidden name), then renamed: the proxies read monitor.json whole or not at all.
+_WRITE_FILE = 'printf %s "$3" | base64 -d > "$2" && mv -f "$2" "$1"'
+# The content travels as one argument of the pod's command: the kernel takes no longer one (MAX_ARG_STRLEN).
+_MAX_WRITE_BYTES = 96 * 1024
+
+
+class _LogVolumePods:
+    """Reads a folder of the prediction log volume, or writes one file on it, with a pod that mounts it.
+
+    The pod runs as the logging proxy's user under the restricted Pod Security Standard, has no Istio
+    sidecar (a pod with one never reaches Succeeded), is named before it is created (a create whose answer
+    is lost can still be deleted) and is deleted once its log is read, whatever happened."""
+
+    def __init__(self, serving: KubernetesServing) -> None:
+        self.api = serving.api
+        self.namespace = serving.namespace
+        self.claim = serving.config.monitoring.log.volume
+        self.timeout_s = serving.k8s.rollout_timeout_s
+        self.poll_s = serving.poll_s
+
+    def read_folder(self, folder: str) -> dict[str, bytes] | None:
+        """File name -> content of every regular file in ``folder`` ("." for the volume's root), or None
+        when the folder is not there."""
+        where = self.claim if folder == "." else f"{self.claim}/{folder}"
+        out = self._run(_READ_FOLDER, [f"{_MOUNT}/{folder}"], f"read {where}/", read_only=True)
+        if out is None:
+            return None
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        if not lines or lines[-1] != "#end" or not lines[0].startswith("#"):
+            raise ExternalError(
+                f"the log of the pod that read {where}/ is cut short ({len(out)} characters): the "
+                "kubelet keeps only the newest containerLogMaxSize of a container's log; lower "
+                "monitoring.log.max_files or max_file_bytes so that the log fits"
+            )
+        files: dict[str, list[str]] = {}
+        current: list[str] = []
+        for line in lines[:-1]:
+            if line.startswith("#"):
+                current = files.setdefault(line[1:], [])
+            else:
+                current.append(line)
+        try:
+            return {name: gzip.decompress(base64.b64decode("".join(parts))) for name, parts in files.items()}
+        except (ValueError, OSError, EOFError) as exc:
+            raise ExternalError(f"the files the pod read from {where}/ do not decode: {exc}") from None
+
+    def write_file(self, name: str, data: bytes) -> None:
+        encoded = base64.b64encode(data).decode("ascii")
+        if len(encoded) > _MAX_WRITE_BYTES:
+            raise ExternalError(
+                f"{name} is {len(data)} bytes, more than a pod's command takes "
+                f"({_MAX_WRITE_BYTES * 3 // 4} bytes at most)"
+            )
+        args = [f"{_MOUNT}/{name}", f"{_MOUNT}/.{name}.tmp", encoded]
+        self._run(_WRITE_FILE, args, f"write {self.claim}/{name}", read_only=False)
+
+    def _pod(self, name: str, script: str, args: list[str], read_only: bool) -> dict[str, Any]:
+        from branchops.k8s.validate import validate_object
+
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                # Not the serving pods' labels: no Service or Deployment selector may take it in.
+                "labels": {
+                    "app.kubernetes.io/part-of": "branchops",
+                    "app.kubernetes.io/managed-by": "branchops",
+                    "app.kubernetes.io/component": "prediction-log-access",
+                },
+                "annotations": {"sidecar.istio.io/inject": "false"},
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "activeDeadlineSeconds": max(1, math.ceil(self.timeout_s)),  # the API wants >= 1
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": PROXY_UID,
+                    "runAsGroup": PROXY_UID,
+                    "fsGroup": PROXY_UID,
+                    "fsGroupChangePolicy": "OnRootMismatch",
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [
+                    {
+                        "name": _CONTAINER,
+                        "image": COPY_IMAGE,
+                        "command": ["sh", "-c", script, _CONTAINER, *args],
+                        "volumeMounts": [
+                            {"name": "prediction-log", "mountPath": _MOUNT, "readOnly": read_only}
+                        ],
+                        "resources": {
+                            "requests": {"cpu": "50m", "memory": "32Mi"},
+                            "limits": {"memory": "128Mi"},
+                        },
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }
+                ],
+                "volumes": [
+                    {
+                        "name": "prediction-log",
+                        "persistentVolumeClaim": {"claimName": self.claim, "readOnly": read_only},
+                    }
+                ],
+            },
+        }
+        validate_object(pod)
+        return pod
+
+    def _call(self, what: str, func: Any, *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return func(*args, _request_timeout=self.api.request_timeout_s, **kwargs)
+        except (ApiException, HTTPError) as exc:
+            if missing_ok and isinstance(exc, ApiException) and exc.status == 404:
+                return None
+            raise self.api._error(what, exc) from None
+
+    def _run(self, script: str, args: list[str], what: str, read_only: bool) -> str | None:
+        """Run a pod on the volume: its log, or None when it exited with :data:`_MISSING`."""
+        name = f"branchops-files-{uuid.uuid4().hex[:12]}"
+        body = self._pod(name, script, args, read_only)
+        core = self.api.core
+        try:
+            self._call(
+                f"could not create a Pod in {self.namespace} to {what}",
+                core.create_namespaced_pod,
+                self.namespace,
+                body,
+            )
+            phase, exit_code = self._wait(name, what)
+            text = self._call(
+                f"could not read the log of Pod {self.namespace}/{name}",
+                core.read_namespaced_pod_log,
+                name,
+                self.namespace,
+                container=_CONTAINER,
+            )
+        finally:
+            self._delete(name)
+        if phase == "Succeeded":
+            return str(text or "")
+        if exit_code == _MISSING:
+            return None
+        raise ExternalError(
+            f"Pod {self.namespace}/{name} could not {what}: it ended {phase} (exit code {exit_code}): "
+            f"{str(text or '').strip()[-500:] or '(no output)'}"
+        )
+
+    def _wait(self, name: str, what: str) -> tuple[str, int | None]:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            pod = self._call(
+                f"could not read Pod {self.namespace}/{name}",
+                self.api.core.read_namespaced_pod,
+                name,
+                self.namespace,
+                missing_ok=True,
+            )
+            if pod is None:
+                raise ExternalError(f"Pod {self.namespace}/{name} ({what}) disappeared before it ended")
+            status = pod.status
+            phase = (status.phase if status else None) or "Pending"
+            if phase in ("Succeeded", "Failed"):
+                terminated = next(
+                    (
+                        s.state.terminated
+                        for s in status.container_statuses or []
+                        if s.name == _CONTAINER and s.state and s.state.terminated
+                    ),
+                    None,
+                )
+                return phase, terminated.exit_code if terminated else None
+            if time.monotonic() >= deadline:
+                conditions = "; ".join(
+                    f"{c.reason}: {c.message}"
+                    for c in (status.conditions if status else None) or []
+                    if c.reason
+                )
+                raise ExternalError(
+                    f"Pod {self.namespace}/{name} ({what}) did not finish within {self.timeout_s:.0f}s "
+                    f"(phase {phase}{'; ' + conditions if conditions else ''}; is the PersistentVolumeClaim "
+                    f"{self.claim} there, and can the cluster pull {COPY_IMAGE}?)"
+                )
+            time.sleep(self.poll_s)
+
+    def _delete(self, name: str) -> None:
+        """A failed delete is a warning naming the pod left behind: it must not hide why a read failed."""
+        try:
+            self._call(
+                f"could not delete Pod {self.namespace}/{name}",
+                self.api.core.delete_namespaced_pod,
+                name,
+                self.namespace,
+                missing_ok=True,
+            )
+        except ExternalError as exc:
+            log.warning(
+                "Pod %s/%s may be left behind (kubectl -n %s delete pod %s): %s",
+                self.namespace,
+                name,
+                self.namespace,
+                name,
+                exc,
+            )
