@@ -610,10 +610,20 @@ def monitor(obj: dict, dry_run: bool, data_until: Any, as_json: bool) -> None:
     gauges' monitor.json, and on an alarm (drift on monitoring.drift.consecutive_checks checks in a row,
     or the live metric's interval below the validated value) opens or updates the retraining merge
     request into training. An alarm is a result, not a failure: the exit code is 0; an empty or corrupt
-    prediction log is 7, nothing serving 9, a model exported without reference statistics 7; no request
-    since the last check is 0 with nothing written. docs/monitoring.md says how it measures."""
+    prediction log is 7, nothing serving 9, a model exported without reference statistics 7, the
+    'monitor' extra missing 8; no request since the last check is 0 with nothing written.
+    docs/monitoring.md says how it measures."""
+    from branchops.errors import MissingRequirement
     from branchops.monitoring.monitor import check, summary
 
+    try:
+        import matplotlib  # noqa: F401
+        import numpy  # noqa: F401
+        import scipy.stats  # noqa: F401
+    except ImportError as exc:
+        raise MissingRequirement(
+            f"branchops monitor needs the 'monitor' extra (pip install 'branchops[monitor]'): {exc}"
+        ) from None
     result = check(_project(obj), dry_run=dry_run, data_until=data_until.date() if data_until else None)
     if as_json:
         _emit(result.to_dict(), True)

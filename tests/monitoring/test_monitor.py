@@ -8,6 +8,7 @@ the real local serving backend (its prediction log, outcomes and monitor.json) a
 from __future__ import annotations
 
 import json
+import sys
 from datetime import date
 
 import numpy as np
@@ -335,3 +336,14 @@ def test_the_command_on_an_empty_log_exits_7_with_the_message(served):
     assert outcome.exit_code == 7 and outcome.stdout == ""
     error = json.loads(outcome.stderr.strip().splitlines()[-1])
     assert error["code"] == 7 and error["error"].startswith("no traffic")
+
+
+def test_without_the_monitor_extra_the_command_names_it(served, calm, monkeypatch):
+    served.log_lines(calm, range(0, 200))
+    tip = served.deploy_tip()
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # as if scipy were not installed
+    outcome = CliRunner().invoke(main, ["-C", str(served.path), "monitor", "--json"])
+    error = json.loads(outcome.stderr.strip().splitlines()[-1])
+    assert outcome.exit_code == 8 and error["code"] == 8
+    assert "needs the 'monitor' extra (pip install 'branchops[monitor]')" in error["error"]
+    assert_nothing_written(served, tip)
