@@ -30,7 +30,8 @@ client calls for the TF Serving rollout, following the API's documented semantic
 * a Pod created on its own (no Deployment or Job owns it: the short-lived pods that read or write a
   volume's files) is run by the storage emulator's kubelet: Pending while a PVC it mounts is missing,
   else its command runs here against the emulated volumes' directories and it ends Succeeded or Failed
-  with the exit code, its output as its log;
+  with the exit code, its output as its log, of which the kubelet keeps only the newest
+  ``container_log_max_bytes`` (its containerLogMaxSize; unlimited by default);
 * pod logs (``pods/NAME/log?container=``) and the API server proxy (``pods/NAME:PORT/proxy/...``,
   ``services/NAME:PORT/proxy/...`` to a ready pod the Service selects), answered by a handler the test
   installs; with none, or to a pod not Ready yet (TF Serving opens its REST port after its initial
@@ -281,6 +282,7 @@ class ServingKubeEmulator(KubeEmulator):
     terminating: dict[str, int] = field(default_factory=dict)  # pod uid -> reads until it is gone
     events: list[tuple[str, str, str, str]] = field(default_factory=list)  # (ns, object, reason, message)
     created_pods: set[str] = field(default_factory=set)  # uids of the pods created through the API
+    container_log_max_bytes: int | None = None  # the kubelet's containerLogMaxSize (10 MiB by default)
 
     url_map = Map(
         [
@@ -876,7 +878,11 @@ class ServingKubeEmulator(KubeEmulator):
         owner = self.owners.get(uid, ("", "", ""))
         status = pod["status"]
         if uid in self.created_pods and status["phase"] == "Pending":  # a pod of its own: run it to its end
-            self._kubelet(pod["metadata"]["namespace"], pod)
+            key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+            self._kubelet(key[0], pod)
+            limit = self.container_log_max_bytes
+            if limit is not None and len(self.logs.get(key, "")) > limit:  # rotated: the newest part only
+                self.logs[key] = self.logs[key][-limit:]
             return
         if owner[0] == "jobs" and age > self.job_ticks:
             succeeds, _ = self.job_outcomes.get(owner[2], (True, ""))

@@ -9,6 +9,7 @@ directory, as a kubelet would (neither a read-only mount nor the security contex
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -190,12 +191,14 @@ def test_read_prediction_log_returns_every_log_file_as_written(kube, make_servin
     (folder / "outcomes").mkdir()
     (folder / "outcomes" / "predictions-x.jsonl").write_text("in a subfolder: not the log")
 
-    assert serving.read_prediction_log() == written
-    assert own_pods(kube) == []  # the reader pod is gone
+    # the line still being written is left for the next check
+    expected = {**written, "predictions-20261129T230000000001-1.jsonl": line.encode()}
+    assert serving.read_prediction_log() == expected
+    assert own_pods(kube) == []  # the reader pods are gone
     created = [b for b in kube.emulator.received if b.get("kind") == "Pod"]
-    assert len(created) == 1
-    volume = created[0]["spec"]["volumes"][0]["persistentVolumeClaim"]
-    assert volume == {"claimName": VOLUME, "readOnly": True}  # a reader never writes
+    assert len(created) == 2  # one lists, one reads
+    for pod in created:  # a reader never writes
+        assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": VOLUME, "readOnly": True}
 
 
 def test_a_large_log_is_read_whole(kube, make_serving):
@@ -210,22 +213,45 @@ def test_a_large_log_is_read_whole(kube, make_serving):
     assert serving.read_prediction_log() == {"predictions-20261129T225901123456-1.jsonl": data}
 
 
-def test_a_pod_log_the_kubelet_cut_short_is_an_error_not_a_shorter_log(kube, make_serving):
-    """The kubelet keeps only the newest part of a long container log: what comes back must be refused."""
+def random_lines(count: int, seed: int) -> bytes:
+    """Log lines that do not compress (the kubelet's limit is on what the reader prints)."""
+    import random
+
+    draw = random.Random(seed)
+    return b"".join(json.dumps({"x": draw.getrandbits(128)}).encode() + b"\n" for _ in range(count))
+
+
+def test_a_log_larger_than_the_kubelet_keeps_is_read_whole_in_several_pods(kube, make_serving, monkeypatch):
+    """The kubelet keeps only the newest containerLogMaxSize of a pod's log: a cut log is noticed and read
+    again in smaller pieces, never taken as a shorter log."""
+    from branchops.serving import kubernetes_backend
+
+    monkeypatch.setattr(kubernetes_backend, "READ_BATCH_BYTES", 64 * 1024)
+    monkeypatch.setattr(kubernetes_backend, "MIN_READ_BYTES", 1024)
+    kube.emulator.container_log_max_bytes = 20 * 1024  # a pod of 64 KB of such files prints more
     serving = make_serving()
     folder = kube.emulator.volume_dir(NS, VOLUME)
-    for i in range(3):
-        (folder / f"predictions-2026112{i}T000000000000-1.jsonl").write_text(f'{{"n": {i}}}\n' * 500)
-    run = kube.emulator._kubelet
+    written = {
+        f"predictions-2026112{i}T000000000000-1.jsonl": random_lines(2000 + 700 * i, i) for i in range(3)
+    }
+    for name, data in written.items():
+        (folder / name).write_bytes(data)
+    assert serving.read_prediction_log() == written
+    first_try = 1 + math.ceil(sum(len(d) for d in written.values()) / (64 * 1024))  # a listing, then batches
+    assert len([b for b in kube.emulator.received if b.get("kind") == "Pod"]) > first_try  # some read again
+    assert own_pods(kube) == []
 
-    def rotated(ns, pod):
-        run(ns, pod)
-        key = (ns, pod["metadata"]["name"])
-        if key in kube.emulator.logs:
-            kube.emulator.logs[key] = kube.emulator.logs[key][len(kube.emulator.logs[key]) // 2 :]
 
-    kube.emulator._kubelet = rotated
-    with pytest.raises(ExternalError, match="cut short.*containerLogMaxSize"):
+def test_a_kubelet_keeping_almost_nothing_is_an_error_not_a_shorter_log(kube, make_serving, monkeypatch):
+    from branchops.serving import kubernetes_backend
+
+    monkeypatch.setattr(kubernetes_backend, "MIN_READ_BYTES", 4096)
+    kube.emulator.container_log_max_bytes = 600
+    serving = make_serving()
+    (kube.emulator.volume_dir(NS, VOLUME) / "predictions-20261120T000000000000-1.jsonl").write_bytes(
+        random_lines(300, 1)
+    )
+    with pytest.raises(ExternalError, match="cut short.*containerLogMaxSize is too small"):
         serving.read_prediction_log()
     assert own_pods(kube) == []
 
@@ -240,10 +266,13 @@ def test_read_outcomes_reads_the_outcomes_folder_on_the_log_volume(kube, make_se
     folder = kube.emulator.volume_dir(NS, VOLUME) / "outcomes"
     folder.mkdir()
     (folder / "2016-03.csv").write_text("request_id,label\nAAPL/2016-03-14,1\n")
+    (folder / "no-final-newline.csv").write_text("request_id,label\nAAPL/2016-03-16,1")
+    (folder / "README").write_text("not an outcome file")
     (folder / "late.jsonl").write_text('{"request_id": "AAPL/2016-03-15", "row": 0, "label": 0}\n')
     assert serving.read_outcomes() == {
         "2016-03.csv": b"request_id,label\nAAPL/2016-03-14,1\n",
         "late.jsonl": b'{"request_id": "AAPL/2016-03-15", "row": 0, "label": 0}\n',
+        "no-final-newline.csv": b"request_id,label\nAAPL/2016-03-16,1",  # a file someone wrote, whole
     }
 
 

@@ -36,6 +36,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,15 +161,17 @@ class KubernetesServing(Serving):
     def read_prediction_log(self) -> dict[str, bytes]:
         if not self.config.monitoring.log.enabled:
             return {}  # no proxy logs, and no volume to read
-        files = _LogVolumePods(self).read_folder(".") or {}
-        return {n: data for n, data in files.items() if n.startswith(FILE_PREFIX) and n.endswith(FILE_SUFFIX)}
+
+        def is_log(name: str) -> bool:
+            return name.startswith(FILE_PREFIX) and name.endswith(FILE_SUFFIX)
+
+        return _LogVolumePods(self).read_folder(".", is_log, whole_lines=True) or {}
 
     def read_outcomes(self) -> dict[str, bytes]:
         if not self.config.monitoring.log.enabled:
             return {}
         folder = self.config.monitoring.live_metric.outcomes_folder
-        files = _LogVolumePods(self).read_folder(folder) or {}
-        return {n: data for n, data in files.items() if n.endswith((".csv", ".jsonl"))}
+        return _LogVolumePods(self).read_folder(folder, lambda name: name.endswith((".csv", ".jsonl"))) or {}
 
     def publish_monitoring(self, payload: dict[str, Any]) -> None:
         if not self.config.monitoring.log.enabled:
@@ -458,15 +461,24 @@ class _KubernetesTracks(RolloutBackend):
 _MISSING = 3
 _MOUNT = "/mnt/prediction-log"
 _CONTAINER = "files"
-# Each regular file of the folder as a line "#<name>" and its content gzipped, in base64 (# is not in
-# base64's alphabet), then "#end". A pod's log goes through the kubelet, which keeps only the newest
-# containerLogMaxSize (10 MiB by default) of it: compressed, a log of a few times that still fits, and
-# what was cut is noticed (no "#end", or a first file without its name, or gzip's checksum failing).
-_READ_FOLDER = (
+# A pod's log goes through the kubelet, which keeps only the newest containerLogMaxSize (10 MiB by
+# default) of it. So a folder is read in two steps: one pod lists its regular files with their sizes,
+# then pods print byte ranges of them, each range as a line "#<name> <offset>" and the bytes gzipped in
+# base64 (# is not in base64's alphabet), then "#end", about READ_BATCH_BYTES of files per pod. What the
+# kubelet cut is noticed (no "#end", no name first, or gzip's checksum failing) and that batch is read
+# again in halves; a file gone since the listing (pruned by a proxy) is "#-<name>".
+_LIST_FOLDER = (
     f'test -d "$1" || exit {_MISSING}; cd "$1" || exit 1; '
-    'for f in * .[!.]*; do if test -f "$f"; then echo "#$f"; gzip -c "$f" | base64 || exit 1; fi; done; '
-    'echo "#end"'
+    'for f in * .[!.]*; do if test -f "$f"; then echo "$(wc -c < "$f") $f"; fi; done; echo "#end"'
 )
+_READ_RANGES = (
+    'cd "$1" || exit 1; shift; while [ $# -ge 3 ]; do '
+    'if test -f "$1"; then echo "#$1 $2"; tail -c "+$(($2 + 1))" "$1" | head -c "$3" | gzip -c | base64; '
+    'else echo "#-$1"; fi; shift 3; done; echo "#end"'
+)
+# JSON Lines compress about threefold: a batch of this many bytes prints well under 10 MiB.
+READ_BATCH_BYTES = 16 * 1024 * 1024
+MIN_READ_BYTES = 256 * 1024  # a batch cut short even at this size: the kubelet's limit is tiny
 # Written beside (a hidden name), then renamed: the proxies read monitor.json whole or not at all.
 _WRITE_FILE = 'printf %s "$3" | base64 -d > "$2" && mv -f "$2" "$1"'
 # The content travels as one argument of the pod's command: the kernel takes no longer one (MAX_ARG_STRLEN).
@@ -487,31 +499,89 @@ class _LogVolumePods:
         self.timeout_s = serving.k8s.rollout_timeout_s
         self.poll_s = serving.poll_s
 
-    def read_folder(self, folder: str) -> dict[str, bytes] | None:
-        """File name -> content of every regular file in ``folder`` ("." for the volume's root), or None
-        when the folder is not there."""
+    def read_folder(
+        self, folder: str, wanted: Callable[[str], bool], whole_lines: bool = False
+    ) -> dict[str, bytes] | None:
+        """File name -> content of the regular files in ``folder`` ("." for the volume's root) whose name
+        is ``wanted``, or None when the folder is not there. ``whole_lines``: a file ends at its last
+        whole line (several proxies append to their files while they are read; the line being written
+        is read by the next check)."""
         where = self.claim if folder == "." else f"{self.claim}/{folder}"
-        out = self._run(_READ_FOLDER, [f"{_MOUNT}/{folder}"], f"read {where}/", read_only=True)
-        if out is None:
+        path = f"{_MOUNT}/{folder}"
+        listing = self._run(_LIST_FOLDER, [path], f"list {where}/", read_only=True)
+        if listing is None:
             return None
-        lines = [line.strip() for line in out.splitlines() if line.strip()]
-        if not lines or lines[-1] != "#end" or not lines[0].startswith("#"):
-            raise ExternalError(
-                f"the log of the pod that read {where}/ is cut short ({len(out)} characters): the "
-                "kubelet keeps only the newest containerLogMaxSize of a container's log; lower "
-                "monitoring.log.max_files or max_file_bytes so that the log fits"
-            )
-        files: dict[str, list[str]] = {}
-        current: list[str] = []
+        lines = [line.strip() for line in listing.splitlines() if line.strip()]
+        if not lines or lines[-1] != "#end":
+            raise ExternalError(f"the log of the pod that listed {where}/ is cut short: {listing[-300:]!r}")
+        sizes = {}
         for line in lines[:-1]:
-            if line.startswith("#"):
-                current = files.setdefault(line[1:], [])
+            size, _, name = line.partition(" ")
+            if wanted(name):
+                sizes[name] = int(size)
+        # byte ranges (name, offset, length) of at most READ_BATCH_BYTES, in pods of about that much
+        ranges = [
+            (name, offset, min(READ_BATCH_BYTES, size - offset))
+            for name, size in sorted(sizes.items())
+            for offset in range(0, max(size, 1), READ_BATCH_BYTES)
+        ]
+        parts: dict[str, dict[int, bytes]] = {name: {} for name in sizes}
+        gone: set[str] = set()
+        batches = _packed(ranges)
+        while batches:
+            batch = batches.pop(0)
+            read = self._read_ranges(path, where, batch)
+            if read is None:  # cut short by the kubelet: the same bytes again, in two pods
+                if sum(length for _, _, length in batch) <= MIN_READ_BYTES:
+                    raise ExternalError(
+                        f"the log of the pod that read {where}/ is cut short even for "
+                        f"{MIN_READ_BYTES} bytes of files: the kubelet's containerLogMaxSize is too small"
+                    )
+                batches[0:0] = _halves(batch)
+                continue
+            for name, offset, data in read:
+                if data is None:
+                    gone.add(name)
+                else:
+                    parts[name][offset] = data
+        files = {}
+        for name in sorted(set(parts) - gone):
+            data = b"".join(chunk for _, chunk in sorted(parts[name].items()))
+            files[name] = data[: data.rfind(b"\n") + 1] if whole_lines else data
+        return files
+
+    def _read_ranges(
+        self, path: str, where: str, batch: list[tuple[str, int, int]]
+    ) -> list[tuple[str, int, bytes | None]] | None:
+        """The ranges' bytes (None for a file gone since the listing), or None if the kubelet cut the
+        pod's log."""
+        args = [path] + [str(v) for r in batch for v in r]
+        out = self._run(_READ_RANGES, args, f"read {where}/", read_only=True)
+        lines = [line.strip() for line in (out or "").splitlines() if line.strip()]
+        if not lines or lines[-1] != "#end" or not lines[0].startswith("#"):
+            return None
+        read: list[tuple[str, int, bytes | None]] = []
+        current: list[str] = []
+        chunks: list[tuple[str, int, list[str]]] = []
+        for line in lines[:-1]:
+            if line.startswith("#-"):
+                read.append((line[2:], 0, None))
+            elif line.startswith("#"):
+                name, _, offset = line[1:].rpartition(" ")
+                current = []
+                chunks.append((name, int(offset), current))
             else:
                 current.append(line)
         try:
-            return {name: gzip.decompress(base64.b64decode("".join(parts))) for name, parts in files.items()}
-        except (ValueError, OSError, EOFError) as exc:
-            raise ExternalError(f"the files the pod read from {where}/ do not decode: {exc}") from None
+            read += [
+                (name, offset, gzip.decompress(base64.b64decode("".join(b64))))
+                for name, offset, b64 in chunks
+            ]
+        except (ValueError, OSError, EOFError):
+            return None  # a cut inside a range: gzip's length or checksum does not match
+        if len(read) != len(batch):
+            return None
+        return read
 
     def write_file(self, name: str, data: bytes) -> None:
         encoded = base64.b64encode(data).decode("ascii")
@@ -678,3 +748,22 @@ class _LogVolumePods:
                 name,
                 exc,
             )
+
+
+def _packed(ranges: list[tuple[str, int, int]]) -> list[list[tuple[str, int, int]]]:
+    """Consecutive ranges in batches of at most :data:`READ_BATCH_BYTES` (a range is never larger)."""
+    batches: list[list[tuple[str, int, int]]] = [[]]
+    for entry in ranges:
+        if batches[-1] and sum(length for _, _, length in batches[-1]) + entry[2] > READ_BATCH_BYTES:
+            batches.append([])
+        batches[-1].append(entry)
+    return [b for b in batches if b]
+
+
+def _halves(batch: list[tuple[str, int, int]]) -> list[list[tuple[str, int, int]]]:
+    """The same bytes as ``batch`` in two batches (a single range cut in two)."""
+    if len(batch) > 1:
+        return [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+    name, offset, length = batch[0]
+    half = length // 2
+    return [[(name, offset, half)], [(name, offset + half, length - half)]]
