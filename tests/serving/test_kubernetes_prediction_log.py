@@ -14,7 +14,7 @@ import math
 import pytest
 
 from branchops.config import STAGES, BranchopsConfig
-from branchops.errors import ExternalError
+from branchops.errors import BranchopsError, ExternalError
 from branchops.k8s.client import KubeApi
 from branchops.k8s.validate import validate_object
 from branchops.serving.kubernetes_backend import KubernetesServing
@@ -291,6 +291,14 @@ def test_publish_monitoring_writes_monitor_json_where_the_proxies_read_it(kube, 
         "readOnly": False,
     }
     assert own_pods(kube) == []
+
+
+def test_a_result_the_proxies_could_not_expose_is_refused_before_any_pod(kube, make_serving):
+    serving = make_serving()
+    with pytest.raises(BranchopsError, match="'drifted' must be true or false"):
+        serving.publish_monitoring({"time": "2026-11-29T23:00:00Z", "model": "djia", "version": 1})
+    assert not [b for b in kube.emulator.received if b.get("kind") == "Pod"]
+    assert not (kube.emulator.volume_dir(NS, VOLUME) / "monitor.json").exists()
 
 
 def test_a_missing_log_volume_is_said_after_the_timeout(kube, make_serving):
