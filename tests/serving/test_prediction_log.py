@@ -239,6 +239,11 @@ def test_stopping_the_server_writes_every_answered_request(models, tmp_path):
         assert {line["request_id"] for line in lines[:-4]} == {SMOKE_REQUEST_ID}
         assert [line["request_id"] for line in lines[-4:]] == ["stop-0", "stop-1", "stop-2", "stop-big"]
         assert lines[-1]["inputs"] == {"lagged_returns": big}
+        # the writer was waited for on SIGTERM, and said what it wrote
+        closed = re.findall(
+            r"prediction log closed: (\d+) lines written, (\d+) dropped", serving.log_file.read_text()
+        )
+        assert closed == [(str(len(lines)), "0")]
 
 
 MONITOR = {

@@ -109,6 +109,11 @@ def columnar_outputs(answer: dict[str, Any], names: list[str]) -> dict[str, Any]
     return {names[0]: outputs} if len(names) == 1 else {n: outputs[n] for n in names}
 
 
+def _total(counter: Any) -> int:
+    """A counter's count over all its labels."""
+    return int(sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total")))
+
+
 def _timestamp(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -222,6 +227,11 @@ class PredictionLog:
                 timeout_s,
                 self._queue.qsize(),
             )
+        log.info(
+            "prediction log closed: %d lines written, %d dropped",
+            _total(self._lines),
+            _total(self._dropped),
+        )
 
     # -- writer thread ------------------------------------------------------------------------------
     def _run(self) -> None:
