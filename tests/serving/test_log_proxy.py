@@ -79,6 +79,17 @@ def server(models, tmp_path_factory):
         serving.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_proxy(server, tmp_path_factory):
+    """One proxy for the tests that only compare answers: its base URL."""
+    tmp = tmp_path_factory.mktemp("shared-proxy")
+    process, url = start_proxy(server, tmp / "predictions", tmp)
+    try:
+        yield url
+    finally:
+        stop(process)
+
+
 @pytest.fixture
 def proxied(server, tmp_path):
     """A proxy in front of the shared server, logging into a folder of its own: (base URL, log folder)."""
@@ -123,8 +134,8 @@ REQUESTS = [
 
 
 @pytest.mark.parametrize("method, path, body", REQUESTS, ids=[f"{m} {p}" for m, p, _ in REQUESTS])
-def test_answers_exactly_what_tf_serving_answers(server, proxied, method, path, body):
-    url, _ = proxied
+def test_answers_exactly_what_tf_serving_answers(server, shared_proxy, method, path, body):
+    url = shared_proxy
     direct = requests.request(method, server + path, json=body, timeout=30)
     through = requests.request(method, url + path, json=body, timeout=30)
     assert through.status_code == direct.status_code
@@ -132,8 +143,8 @@ def test_answers_exactly_what_tf_serving_answers(server, proxied, method, path, 
     assert through.headers.get("Content-Type") == direct.headers.get("Content-Type")
 
 
-def test_a_body_that_is_not_json_reaches_tf_serving_as_sent(server, proxied):
-    url, folder = proxied
+def test_a_body_that_is_not_json_reaches_tf_serving_as_sent(server, shared_proxy):
+    url = shared_proxy
     body = b'{"instances": [[0.1, 0.2, 0.3, 0.4]'  # cut short
     direct = requests.post(server + "/v1/models/djia:predict", data=body, timeout=30)
     through = requests.post(url + "/v1/models/djia:predict", data=body, timeout=30)
