@@ -8,6 +8,8 @@ Run: ``python bench/bench_serving.py [--runs 5] [--requests 300]``. Measures, in
   milliseconds. The server's overhead is measured with a lean client (``http.client``); the same
   requests through ``requests.Session`` (what ``ServingClient`` uses) are reported beside it, since a
   client library's own cost can be larger than the server's;
+* the same :predict latency on a second server that logs every request (the prediction log at sample
+  rate 1.0), beside the first, which logs nothing;
 * throughput with 4 concurrent clients;
 * the duration of a local rolling rollout (new version loaded and checked on the canary server, then
   switched), of a rollback to the older version (checked on the serving server, where unlabelled
@@ -142,14 +144,21 @@ def main() -> int:
         fn(lagged_returns=x)["probability_up"].numpy()
 
     in_process()
-    config = BranchopsConfig.model_validate(
-        {
-            "approvers": {s: ["a"] for s in STAGES},
-            "serving": {"model_name": "djia", "local": {"base_path": str(work / "serving")}},
-        }
-    )
-    serving = LocalServing(config, work / "state")
+
+    def server_config(base_path: Path, log_every_request: bool) -> BranchopsConfig:
+        log = {"enabled": True, "sample_rate": 1.0} if log_every_request else {"enabled": False}
+        return BranchopsConfig.model_validate(
+            {
+                "approvers": {s: ["a"] for s in STAGES},
+                "serving": {"model_name": "djia", "local": {"base_path": str(base_path)}},
+                "monitoring": {"log": log},
+            }
+        )
+
+    serving = LocalServing(server_config(work / "serving", False), work / "state")
     serving.start(port=0)
+    logging_serving = LocalServing(server_config(work / "serving-logged", True), work / "state-logged")
+    logging_serving.start(port=0)
     keys = (
         "inproc_p50",
         "inproc_p99",
@@ -159,6 +168,8 @@ def main() -> int:
         "rest_rps",
         "requests_p50",
         "requests_p99",
+        "logged_p50",
+        "logged_p99",
         "rest_rps_4",
         "rollout_s",
         "rollback_s",
@@ -173,6 +184,7 @@ def main() -> int:
 
     try:
         assert serving.deploy(release(1), v1).ok
+        assert logging_serving.deploy(release(1), v1).ok
         import http.client
         from urllib.parse import urlsplit
 
@@ -193,13 +205,29 @@ def main() -> int:
         def with_requests() -> None:
             session.post(url, json={"instances": [row]}, timeout=30).raise_for_status()
 
+        logged_parts = urlsplit(logging_serving.client().model_url() + ":predict")
+        logged_connection = http.client.HTTPConnection(logged_parts.hostname, logged_parts.port, timeout=30)
+
+        def logged() -> None:
+            body = json.dumps({"instances": [row]})
+            logged_connection.request("POST", logged_parts.path, body=body, headers=headers)
+            response = logged_connection.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 200 and answer["predictions"], answer
+
         rest()
         with_requests()
         for run in range(args.runs):
             connection.close()
             connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
             rest()
-            for name, call in (("inproc", in_process), ("rest", rest), ("requests", with_requests)):
+            logged_connection.close()
+            logged_connection = http.client.HTTPConnection(
+                logged_parts.hostname, logged_parts.port, timeout=30
+            )
+            logged()
+            calls = (("inproc", in_process), ("rest", rest), ("logged", logged), ("requests", with_requests))
+            for name, call in calls:
                 lat, rps = timed(call, args.requests)
                 rows[f"{name}_p50"].append(statistics.median(lat))
                 rows[f"{name}_p99"].append(pct(lat, 99))
@@ -222,6 +250,7 @@ def main() -> int:
             )
     finally:
         serving.stop()
+        logging_serving.stop()
     load_at_end = os.getloadavg()[0]
 
     m = {k: statistics.median(v) for k, v in rows.items()}
@@ -237,6 +266,9 @@ def main() -> int:
         f"| :predict p50 / p99 through requests.Session | | {m['requests_p50']:.2f} / "
         f"{m['requests_p99']:.2f} ms | +{m['requests_p50'] - m['inproc_p50']:.2f} / "
         f"+{m['requests_p99'] - m['inproc_p99']:.2f} ms |",
+        f"| :predict p50 / p99 with the prediction log on (every request logged; a second server) | | "
+        f"{m['logged_p50']:.2f} / {m['logged_p99']:.2f} ms | {m['logged_p50'] - m['rest_p50']:+.2f} / "
+        f"{m['logged_p99'] - m['rest_p99']:+.2f} ms over the log off |",
         f"| throughput, 1 client | {m['inproc_rps']:.0f} req/s | {m['rest_rps']:.0f} req/s | "
         f"{m['inproc_rps'] / m['rest_rps']:.1f}x fewer |",
         f"| throughput, 4 clients | — | {m['rest_rps_4']:.0f} req/s | |",
