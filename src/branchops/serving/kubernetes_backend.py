@@ -19,7 +19,8 @@ supplies the primitives:
 
 Checks reach TF Serving through the API server's proxy (to the Service, and to each pod). With Istio's
 STRICT mTLS the API server, outside the mesh, cannot reach the pods: allow plain text on the REST port
-for it (a PeerAuthentication with ``portLevelMtls: {8501: {mode: PERMISSIVE}}`` on the serving pods).
+for it (a PeerAuthentication with ``portLevelMtls`` PERMISSIVE on the serving pods' 8501, and on 8502,
+the logging proxy's port the Service goes to).
 
 Monitoring: the logging proxy in each serving pod writes the prediction log onto the volume
 ``monitoring.log.volume``; ``branchops monitor`` reads it (and the outcomes folder on it) and writes
