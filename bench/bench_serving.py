@@ -294,6 +294,12 @@ def main() -> int:
         "server would take the ordinary clients' traffic before any check (issue 13, item 3). The rollback "
         "to version 1 is checked on the serving server, beside version 2, where unlabelled requests do "
         "not reach it, and pays no import.",
+        "",
+        "Per run (the load moves between runs; each run measures both sides back to back): :predict p50 "
+        f"overhead {[round(r - i, 2) for r, i in zip(rows['rest_p50'], rows['inproc_p50'])]} ms, p99 "
+        f"overhead {[round(r - i, 2) for r, i in zip(rows['rest_p99'], rows['inproc_p99'])]} ms, rolling "
+        f"rollout {[round(s, 2) for s in rows['rollout_s']]} s, "
+        f"rollback {[round(s, 2) for s in rows['rollback_s']]} s.",
     ]
     text = "\n".join(table) + "\n"
     out = ROOT / "bench" / "results" / "serving.md"
