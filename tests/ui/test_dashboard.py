@@ -224,7 +224,7 @@ def test_serving_now_shows_the_latest_checks_drift_against_the_thresholds(client
     # two drifted checks in a row, of the two that propose a retrain
     assert re.search(r'<strong id="drift-streak">2</strong> of the 2 consecutive', section)
     assert '<p class="warn alarm">Alarm: drift on 2 consecutive checks.</p>' in section
-    assert f"of version {MODEL_2}:" in section and "not the version serving now" not in section
+    assert f"of version {MODEL_2}:" in section and 'id="not-checked-yet"' not in section
     live = section.split('class="live-metric"')[1].split("</p>")[0]
     assert (
         f"Live roc_auc: <strong>{LIVE_METRIC['value']}</strong> [0.49, 0.61] "
@@ -336,6 +336,7 @@ def test_before_any_monitoring_check_the_serving_panel_says_so(deployed, empty_r
 
 
 def test_a_check_recorded_without_some_figures_shows_them_missing(deployed) -> None:
+    from tests.foundation import training_records
     from tests.ui import monitor_records
 
     version = FIRST_VERSION + 1  # three_runs' deployment
@@ -345,13 +346,19 @@ def test_a_check_recorded_without_some_figures_shows_them_missing(deployed) -> N
         del found["outputs"]["consecutive_drifted_checks"]
         del found["outputs"]["thresholds"]  # nor says its thresholds: the configured ones
     bare = monitor_records.check(3, version, {}, streak=0)
-    bare["outputs"] = {"drifted": True}  # a check that recorded nothing else
+    bare["outputs"] = {"drifted": True, "version": version}  # a check that recorded nothing else
     monitor_records.write(deployed.path, [*drifted, bare])
     client = create_app(str(deployed.path)).test_client()
     section = monitoring_section(page(client, "/"))
     assert "no feature figures recorded" in section and "No live metric" in section
     assert re.search(r'<strong id="drift-streak">4</strong> of the 2 consecutive', section)
     assert "(threshold 0.25)" in section
+    # a version deployed since the last check: the panel says the check is of the one before
+    assert 'id="not-checked-yet"' not in section
+    training_records.write(deployed.path, "deploy-model", [training_records.deploy_run(1, 2, before=version)])
+    section = monitoring_section(page(client, "/"))
+    assert f"No monitoring check of version {FIRST_VERSION + 2} yet" in section
+    assert f"of version {version}:" in section
     html = page(client, "/monitoring")
     assert html.count("data-check=") == 4
 
