@@ -19,6 +19,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ORDER = [
     "workflow",
+    "demo",
     "components",
     "model",
     "compile",
