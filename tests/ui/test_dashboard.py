@@ -275,7 +275,7 @@ def test_monitoring_page_lists_the_checks_with_their_plots(client, dashboard_rep
     assert listed == checks[::-1]  # newest first
     verdicts = re.findall(r'class="outcome[^"]*">([^<]+)<', table)
     assert verdicts == ["drifted", "drifted", "no drift"]
-    assert "volatility_20d" in table.split(f'data-check="{checks[-1]}"')[1].split("</tr>")[0]
+    assert "<td>1 of 3: volatility_20d</td>" in table.split(f'data-check="{checks[-1]}"')[1].split("</tr>")[0]
     # every plot a check recorded, straight from git; the newest check's drawn on the page
     links = re.findall(r'href="(/monitoring/[^"]+/artifacts/[^"]+)"', table)
     assert len(links) == 2 * len(MONITOR_CHECKS)
