@@ -124,6 +124,14 @@ def test_a_proposal_is_one_bot_merge_request_into_training_that_moves_only_the_d
     assert event["message"].startswith("retraining proposed: drift on 2 consecutive checks")
 
 
+def test_a_proposal_never_shrinks_the_window_training_already_has(project):
+    # traffic replayed from days before training's window (its outcomes end in 2009) must not propose
+    # training on less data than the model in production had
+    proposal = propose(project, until=date(2009, 1, 23))
+    assert (proposal.action, proposal.data_until) == ("opened", "2016-01-01")
+    assert git(project.path, "diff", "training", BRANCH) == ""
+
+
 def test_a_window_commit_is_never_taken_for_the_bots_own_even_with_the_trailer(project):
     """Were the proposal's commit ever marked with the bot trailer (or a person copied it), it changes
     config/, so the gate still counts it as a change to approve, not as a record commit."""

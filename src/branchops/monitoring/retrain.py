@@ -96,6 +96,10 @@ def propose_retrain(
         request = _open_request(forge, branch, training)
         branch_tip = gitops.branch_tip(repo, branch, remote)
         training_until = _until(project, training_tip)
+        if data_until is not None and training_until is not None and data_until < training_until:
+            # outcomes or traffic older than the window training already has (a replay of old days):
+            # a retrain never shrinks the window, it proposes the one training has
+            data_until = training_until
         if request is not None and branch_tip is not None:
             # the open request's branch only ever moves forward: a reviewer may be reading it
             base, proposed_until = branch_tip, _until(project, branch_tip)
