@@ -347,3 +347,40 @@ def test_without_the_monitor_extra_the_command_names_it(served, calm, monkeypatc
     assert outcome.exit_code == 8 and error["code"] == 8
     assert "needs the 'monitor' extra (pip install 'branchops[monitor]')" in error["error"]
     assert_nothing_written(served, tip)
+
+
+def test_the_live_metric_plot_draws_an_interval_that_misses_its_point_value() -> None:
+    # a percentile bootstrap interval can lie wholly above or below its point value (a skewed resampling
+    # distribution, seen once in the demo): the plot must still be drawn, not fail the check
+    from branchops.monitoring.monitor import MonitorResult, live_metric_plot
+
+    history = [
+        {
+            "run_id": "r1",
+            "outputs": {
+                "live_metric": {
+                    "name": "roc_auc",
+                    "value": 0.60,
+                    "low": 0.62,
+                    "high": 0.70,
+                    "validated": 0.72,
+                    "n": 80,
+                }
+            },
+        },
+        {
+            "run_id": "r0",
+            "outputs": {
+                "live_metric": {
+                    "name": "roc_auc",
+                    "value": 0.65,
+                    "low": 0.55,
+                    "high": 0.64,
+                    "validated": 0.72,
+                    "n": 60,
+                }
+            },
+        },
+    ]
+    png = live_metric_plot(MonitorResult(model="djia", version=3, verdict="no drift"), history)
+    assert png.startswith(b"\x89PNG")

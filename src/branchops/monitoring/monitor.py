@@ -502,9 +502,11 @@ def live_metric_plot(result: MonitorResult, history: list[dict[str, Any]]) -> by
     if points:
         xs = list(range(len(points)))
         values = [p["value"] for p in points]
+        # a percentile bootstrap interval need not contain its point value (a skewed resampling
+        # distribution): matplotlib refuses negative error bars, so such a side is drawn as zero
         errors = [
-            [v - p["low"] for v, p in zip(values, points)],
-            [p["high"] - v for v, p in zip(values, points)],
+            [max(v - p["low"], 0.0) for v, p in zip(values, points)],
+            [max(p["high"] - v, 0.0) for v, p in zip(values, points)],
         ]
         axes.errorbar(xs, values, yerr=errors, fmt="o-", capsize=3, label=f"live {name}")
         validated = [p.get("validated") for p in points]
