@@ -931,7 +931,12 @@ def predict(
         rows = json.loads(instances)
     else:
         raise click.UsageError("give --instances JSON or --sample")
-    answer = client.predict(rows, version=version, label=label)
+    from branchops.serving.base import SAMPLE_REQUEST_ID
+
+    # the export's sample is branchops' check, not client traffic: the prediction log says so
+    answer = client.predict(
+        rows, version=version, label=label, request_id=SAMPLE_REQUEST_ID if sample else None
+    )
     if as_json:
         emit_json({"response": answer, "expected_at_export": expected})
         return

@@ -324,7 +324,9 @@ class Demo:
         meta = read_model_metadata(find_version_dir(serving.base_path, self.result.served_version))
         rows = meta["sample"]["instances"][:3]
         t = time.monotonic()
-        answer = serving.client().predict(rows)
+        from branchops.serving.base import SAMPLE_REQUEST_ID
+
+        answer = serving.client().predict(rows, request_id=SAMPLE_REQUEST_ID)
         self.result.sample_predictions = {k: v[:3] for k, v in meta["sample"]["predictions"].items()}
         self.result.steps.append(Step("predict (REST :predict)", "done", time.monotonic() - t))
         echo(f"   POST {serving.client().model_url()}:predict with 3 rows of the export's sample")

@@ -63,6 +63,23 @@ def test_a_line_that_is_not_a_log_entry_is_named_by_file_and_line(bad, message):
         traffic.read_prediction_log(files)
 
 
+def test_branchops_own_requests_are_not_traffic():
+    # the smoke test, the rollout's probes and sample predictions carry a branchops/ request id: counting
+    # them would mix the export's test rows into the live distribution
+    from branchops.serving.base import PROBE_REQUEST_ID, SAMPLE_REQUEST_ID, SMOKE_REQUEST_ID
+
+    files = {
+        "predictions-20261129T120000000000-11.jsonl": line(1)
+        + line(2, SMOKE_REQUEST_ID)
+        + line(3, PROBE_REQUEST_ID)
+        + line(4, SAMPLE_REQUEST_ID)
+        + line(5, None)
+    }
+    log = traffic.read_prediction_log(files)
+    rows = traffic.rows_of(log.requests, version=3, input_name="x", output_name="p", n_features=2)
+    assert rows.keys == [("AAPL/2016-03-14", 0), (None, 0)]
+
+
 def test_outcomes_from_csv_and_json_lines_join_on_request_and_row():
     outcomes = traffic.read_outcomes(
         {

@@ -159,10 +159,14 @@ def rows_of(
 ) -> Rows:
     """The rows that ``version`` answered (other versions' traffic, a canary's, is not this reference's),
     checked against the model's signature: a row of another width is an error naming its line."""
+    from branchops.serving.base import TOOLKIT_REQUEST_PREFIX
+
     found = Rows()
     for request in requests:
         if request.version != version:
             continue
+        if (request.request_id or "").startswith(TOOLKIT_REQUEST_PREFIX):
+            continue  # branchops' own smoke tests, rollout probes and sample predictions are not traffic
         inputs = request.inputs.get(input_name)
         outputs = request.outputs.get(output_name)
         if inputs is None or outputs is None:

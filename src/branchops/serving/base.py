@@ -22,8 +22,12 @@ METADATA_FILE = Path("assets.extra") / "branchops_model.json"
 # (different kernels, thread counts); anything beyond this is a different model.
 SMOKE_ATOL = 1e-4
 SMOKE_RTOL = 1e-3
-# The X-Request-ID of the smoke test's requests: a prediction log tells branchops' own checks from traffic.
-SMOKE_REQUEST_ID = "branchops/smoke-test"
+# The X-Request-ID prefix of branchops' own requests (smoke tests, rollout probes, sample predictions): a
+# prediction log tells them from client traffic, and branchops monitor leaves them out of the drift.
+TOOLKIT_REQUEST_PREFIX = "branchops/"
+SMOKE_REQUEST_ID = TOOLKIT_REQUEST_PREFIX + "smoke-test"
+PROBE_REQUEST_ID = TOOLKIT_REQUEST_PREFIX + "rollout-probe"
+SAMPLE_REQUEST_ID = TOOLKIT_REQUEST_PREFIX + "sample"
 
 Outcome = Literal["deployed", "unchanged", "rolled_back"]
 
