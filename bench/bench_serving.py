@@ -15,7 +15,7 @@ Run: ``python bench/bench_serving.py [--runs 5] [--requests 300]``. Measures, in
   switched), of a rollback to the older version (checked on the serving server, where unlabelled
   requests do not reach it) and of an automatic rollback of a broken version.
 
-Medians over ``--runs`` runs. Writes ``bench/results/serving.md``.
+Medians over ``--runs`` runs; in each run both sides first make ``WARM_UP_CALLS`` unmeasured calls. Writes ``bench/results/serving.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 N_FEATURES = 5 * 31  # the reference model: 5 lagged returns of 31 tickers
 HIDDEN = (64, 32)
+WARM_UP_CALLS = 50  # per side and run, not measured
 
 
 def build_model(target: Path, seed: int, falsify_sample: bool = False) -> Path:
@@ -228,6 +229,10 @@ def main() -> int:
             logged()
             calls = (("inproc", in_process), ("rest", rest), ("logged", logged), ("requests", with_requests))
             for name, call in calls:
+                # steady state on both sides alike: the first calls of a freshly (re)loaded version pay
+                # TensorFlow's one-time costs (graph optimisation, thread pools, allocator growth), and
+                # the version on the server has just been rolled out and back by the previous run
+                timed(call, WARM_UP_CALLS)
                 lat, rps = timed(call, args.requests)
                 rows[f"{name}_p50"].append(statistics.median(lat))
                 rows[f"{name}_p99"].append(pct(lat, 99))
