@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 
 from branchops.serving import make_serving
+from branchops.serving.base import PROBE_REQUEST_ID, SMOKE_REQUEST_ID
 from branchops.serving.client import metric_sum
 from branchops.serving.local_backend import LocalServing
 from branchops.serving.release import Release
 from tests.serving.conftest import make_config
 from tests.serving.helpers import RequestLoop
 from tests.serving.model_factory import SAMPLE
+
+TOOLKIT_IDS = {PROBE_REQUEST_ID, SMOKE_REQUEST_ID}
 
 
 def release(version: int, strategy: str | None = None) -> Release:
@@ -138,6 +141,20 @@ def test_canary_steps_through_weights_then_promotes(serving_v1, models):
     assert loop.failures == []
     status = serving.status()
     assert (status.stable, status.canary, status.canary_weight) == (3, None, 0)
+    # the probes the stable server answered are logged under the rollout's own id, which monitor leaves
+    # out of the traffic (the request loop's requests carry none)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ids = [
+            json.loads(line).get("request_id")
+            for content in serving.read_prediction_log().values()
+            for line in content.decode().splitlines()
+        ]
+        if ids.count(PROBE_REQUEST_ID) >= sum(s["requests"] for s in result.canary_steps):
+            break
+        time.sleep(0.2)
+    assert ids.count(PROBE_REQUEST_ID) >= sum(s["requests"] for s in result.canary_steps)
+    assert None in ids and not [i for i in ids if i and i.startswith("branchops/") and i not in TOOLKIT_IDS]
 
 
 class StableWatcher:

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from branchops.errors import ExternalError
 from branchops.serving.base import (
+    PROBE_REQUEST_ID,
+    SMOKE_REQUEST_ID,
     Check,
     DeployFailed,
     DeployResult,
@@ -404,7 +406,7 @@ class Rollout:
         started = time.monotonic()
         rows = serving_meta["sample"]["instances"]
         try:
-            answer = canary.predict(instances=rows, version=version)
+            answer = canary.predict(instances=rows, version=version, request_id=SMOKE_REQUEST_ID)
         except ExternalError as exc:
             raise DeployFailed(
                 "smoke (serving sample)",
@@ -444,9 +446,16 @@ class Rollout:
             while sent < rollout.requests_per_step or time.monotonic() - phase < rollout.min_step_seconds:
                 row = [rows[sent % len(rows)]]
                 began = time.perf_counter()
-                probes["canary"].add(_status(lambda: canary.predict(instances=row, version=version)))
+                probes["canary"].add(
+                    _status(
+                        lambda: canary.predict(instances=row, version=version, request_id=PROBE_REQUEST_ID)
+                    )
+                )
                 latencies.append((time.perf_counter() - began) * 1000)
-                probes["stable"].add(_status(lambda: stable.predict(instances=row)))
+                # probes, not traffic: the prediction log says so, and monitor leaves them out
+                probes["stable"].add(
+                    _status(lambda: stable.predict(instances=row, request_id=PROBE_REQUEST_ID))
+                )
                 sent += 1
                 time.sleep(max(0.0, phase + sent * spacing - time.monotonic()))
             seen = {}
