@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from branchops.serving.prediction_log import DEFAULT_QUEUE_SIZE, MONITOR_FILE, PredictionLog
+from branchops.serving import prediction_log
+from branchops.serving.prediction_log import MONITOR_FILE, PredictionLog
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -258,20 +259,6 @@ def create_app(
     return app
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m branchops.serving.log_proxy", description=__doc__.split("\n")[0]
@@ -283,29 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=8502, help="0 picks a free port (written to --ready-file)"
     )
     parser.add_argument("--ready-file", type=Path, help="written with pid and port once the port is bound")
-    parser.add_argument("--threads", type=_at_least_one, default=16)
-    parser.add_argument(
-        "--prediction-log",
-        type=Path,
-        metavar="DIR",
-        help="log a sample of the :predict requests and their answers in DIR (JSON Lines); its "
-        "monitor.json is exposed as gauges. Without it the proxy only forwards.",
-    )
-    parser.add_argument(
-        "--log-sample-rate", type=_fraction, default=1.0, help="share of requests logged (0 to 1)"
-    )
-    parser.add_argument(
-        "--log-max-file-bytes", type=_at_least_one, default=16 * 1024 * 1024, help="rotate at this size"
-    )
-    parser.add_argument(
-        "--log-max-files", type=_at_least_one, default=8, help="keep this many log files in DIR"
-    )
-    parser.add_argument(
-        "--log-queue-size",
-        type=_at_least_one,
-        default=DEFAULT_QUEUE_SIZE,
-        help="answered requests waiting to be logged; more are dropped (and counted), never waited for",
-    )
+    parser.add_argument("--threads", type=prediction_log.at_least_one, default=16)
+    prediction_log.add_arguments(parser, "Without it the proxy only forwards.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -316,21 +282,13 @@ def main(argv: list[str] | None = None) -> int:
 
     disable_created_metrics()
     registry = CollectorRegistry(auto_describe=False)
-    prediction_log = None
-    if args.prediction_log is not None:
+    # the proxy draws the sample before it looks anything up: its log writes what it is handed
+    predictions = prediction_log.from_arguments(args, args.model_name, registry, sample_rate=1.0)
+    if predictions is not None:
         args.prediction_log.mkdir(parents=True, exist_ok=True)  # what the health check looks at
-        prediction_log = PredictionLog(
-            args.prediction_log,
-            args.model_name,
-            sample_rate=1.0,  # the proxy draws the sample before it looks anything up
-            max_file_bytes=args.log_max_file_bytes,
-            max_files=args.log_max_files,
-            queue_size=args.log_queue_size,
-            registry=registry,
-        )
         registry.register(MonitorGauges(args.prediction_log / MONITOR_FILE))  # type: ignore[arg-type]
     upstream = Upstream(args.upstream, args.model_name, threads=args.threads)
-    app = create_app(upstream, prediction_log, args.log_sample_rate, registry)
+    app = create_app(upstream, predictions, args.log_sample_rate, registry)
     http = create_server(
         app,
         host=args.host,
@@ -353,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopping on SIGTERM")
     finally:
         http.close()
-        if prediction_log is not None:
-            prediction_log.close()  # what is queued is written before the process ends
+        if predictions is not None:
+            predictions.close()  # what is queued is written before the process ends
     return 0
 
 

@@ -27,6 +27,7 @@ the last line it read, so a line can never appear later with an earlier time tha
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -323,3 +324,65 @@ class PredictionLog:
             except OSError:
                 pass
         self._fd, self._file, self._file_bytes = None, None, 0
+
+
+# -- the processes that write it (the local model server, the logging proxy) --------------------------
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
+
+
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The prediction log's command-line options, the same for every process that writes one; ``what``
+    ends the help of ``--prediction-log`` (what the process does without it)."""
+    parser.add_argument(
+        "--prediction-log",
+        type=Path,
+        metavar="DIR",
+        help="log a sample of the :predict requests and their answers in DIR (JSON Lines); its "
+        f"monitor.json is exposed as gauges. {what}",
+    )
+    parser.add_argument(
+        "--log-sample-rate", type=_fraction, default=1.0, help="share of requests logged (0 to 1)"
+    )
+    parser.add_argument(
+        "--log-max-file-bytes", type=at_least_one, default=16 * 1024 * 1024, help="rotate at this size"
+    )
+    parser.add_argument(
+        "--log-max-files", type=at_least_one, default=8, help="keep this many log files in DIR"
+    )
+    parser.add_argument(
+        "--log-queue-size",
+        type=at_least_one,
+        default=DEFAULT_QUEUE_SIZE,
+        help="answered requests waiting to be logged; more are dropped (and counted), never waited for",
+    )
+
+
+def from_arguments(
+    args: argparse.Namespace, model: str, registry: CollectorRegistry, sample_rate: float | None = None
+) -> PredictionLog | None:
+    """The log the options of :func:`add_arguments` ask for (None without ``--prediction-log``);
+    ``sample_rate`` overrides theirs (the proxy draws the sample itself, before it looks anything up)."""
+    if args.prediction_log is None:
+        return None
+    return PredictionLog(
+        args.prediction_log,
+        model,
+        sample_rate=args.log_sample_rate if sample_rate is None else sample_rate,
+        max_file_bytes=args.log_max_file_bytes,
+        max_files=args.log_max_files,
+        queue_size=args.log_queue_size,
+        registry=registry,
+    )

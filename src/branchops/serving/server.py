@@ -45,7 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from branchops.serving.prediction_log import DEFAULT_QUEUE_SIZE, MONITOR_FILE, PredictionLog
+from branchops.serving import prediction_log
+from branchops.serving.prediction_log import MONITOR_FILE, PredictionLog
 from branchops.serving.server_codec import RequestError, parse_json, predict
 from branchops.serving.server_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from branchops.serving.server_model import ModelServer
@@ -292,20 +293,6 @@ def _connection_limit() -> int:
     return max(16, min(CONNECTION_LIMIT, soft - FILES_BESIDES_CONNECTIONS))
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m branchops.serving.server", description=__doc__.split("\n")[0]
@@ -323,26 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ready-file", type=Path, help="written with pid, start time and port once the port is bound"
     )
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument(
-        "--prediction-log",
-        type=Path,
-        metavar="DIR",
-        help="log a sample of the :predict requests and their answers in DIR (JSON Lines); its "
-        "monitor.json is exposed as gauges",
-    )
-    parser.add_argument(
-        "--log-sample-rate", type=_fraction, default=1.0, help="share of requests logged (0 to 1)"
-    )
-    parser.add_argument(
-        "--log-max-file-bytes", type=_at_least_one, default=16 * 1024 * 1024, help="rotate at this size"
-    )
-    parser.add_argument("--log-max-files", type=_at_least_one, default=8, help="keep this many log files")
-    parser.add_argument(
-        "--log-queue-size",
-        type=_at_least_one,
-        default=DEFAULT_QUEUE_SIZE,
-        help="answered requests waiting to be logged; more are dropped (and counted), never waited for",
-    )
+    prediction_log.add_arguments(parser, "Without it nothing is logged.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -353,19 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     from branchops.processes import ProcessId
 
     model_server = ModelServer(args.model_name, args.base_path, args.state_file)
-    prediction_log = None
-    if args.prediction_log is not None:
-        prediction_log = PredictionLog(
-            args.prediction_log,
-            args.model_name,
-            sample_rate=args.log_sample_rate,
-            max_file_bytes=args.log_max_file_bytes,
-            max_files=args.log_max_files,
-            queue_size=args.log_queue_size,
-            registry=model_server.metrics.registry,
-        )
+    predictions = prediction_log.from_arguments(args, args.model_name, model_server.metrics.registry)
+    if predictions is not None:
         model_server.metrics.watch_monitor_file(args.prediction_log / MONITOR_FILE)
-    app = create_app(model_server, prediction_log)
+    app = create_app(model_server, predictions)
     sockets: dict[int, Any] = {}
     # waitress refuses a body of max_request_body_size bytes or more, Flask one over MAX_CONTENT_LENGTH:
     # both let a body of exactly MAX_BODY_BYTES through.
@@ -400,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopping on SIGTERM")
     finally:
         http.close()
-        if prediction_log is not None:
-            prediction_log.close()  # what is queued is written before the process ends
+        if predictions is not None:
+            predictions.close()  # what is queued is written before the process ends
     return 0
 
 
