@@ -15,7 +15,8 @@ Run: ``python bench/bench_serving.py [--runs 5] [--requests 300]``. Measures, in
   switched), of a rollback to the older version (checked on the serving server, where unlabelled
   requests do not reach it) and of an automatic rollback of a broken version.
 
-Medians over ``--runs`` runs; in each run both sides first make ``WARM_UP_CALLS`` unmeasured calls. Writes ``bench/results/serving.md``.
+Medians over ``--runs`` runs; in each run both sides first make ``WARM_UP_CALLS`` unmeasured calls.
+Writes ``bench/results/serving.md``.
 """
 
 from __future__ import annotations
