@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from branchops import gate, gitops
-from branchops.errors import ConfigError
+from branchops.errors import ConfigError, MergeError
 from branchops.forge.local import LocalForge
 from branchops.monitoring.retrain import propose_retrain, set_data_until
 from branchops.stages import REGISTRY
@@ -130,6 +130,31 @@ def test_a_proposal_never_shrinks_the_window_training_already_has(project):
     proposal = propose(project, until=date(2009, 1, 23))
     assert (proposal.action, proposal.data_until) == ("opened", "2016-01-01")
     assert git(project.path, "diff", "training", BRANCH) == ""
+
+
+def test_a_proposal_keeps_all_the_data_when_training_already_uses_all_of_it(tmp_path):
+    # no data.until on training: it trains on all the data there is, so a day taken from the outcomes
+    # would be a smaller window, not a refresh
+    unbounded = make_project(
+        tmp_path, CONFIG.replace("  until: 2016-01-01          # the window's last day\n", "")
+    )
+    proposal = propose(unbounded, until=JUNE)
+    assert (proposal.action, proposal.data_until) == ("opened", None)
+    assert until_at(unbounded, BRANCH) == "null"
+
+
+def test_commits_of_others_on_the_open_proposal_are_never_built_on(project):
+    # the bot authors the merge request, so no approver is its author: a commit someone pushed onto its
+    # branch would be approved under a description that says only the data window moves
+    first = propose(project)
+    git(project.path, "checkout", "-q", BRANCH)
+    (project.path / "src" / "model.py").write_text("VERSION = 2  # not the data window\n")
+    git(project.path, "commit", "-q", "-am", "sneak a change in", "--author", "lead <lead@users.local>")
+    pushed = project.tip(BRANCH)
+    git(project.path, "checkout", "-q", "ds1")
+    with pytest.raises(MergeError, match=rf"!{first.number} has commits .* by lead"):
+        propose(project, until=SEPTEMBER)
+    assert project.tip(BRANCH) == pushed and len(forge(project).comments(first.number)) == 0
 
 
 def test_a_window_commit_is_never_taken_for_the_bots_own_even_with_the_trailer(project):

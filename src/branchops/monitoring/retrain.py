@@ -30,7 +30,7 @@ import yaml
 
 from branchops import gitops
 from branchops.config import CONFIG_PATH, BranchopsConfig, parse_config
-from branchops.errors import BranchopsError, ConfigError, ExternalError, NotFound
+from branchops.errors import BranchopsError, ConfigError, ExternalError, MergeError, NotFound
 from branchops.forge import make_forge
 from branchops.forge.base import Forge, MergeRequest
 from branchops.notify import make_notifier
@@ -96,11 +96,12 @@ def propose_retrain(
         request = _open_request(forge, branch, training)
         branch_tip = gitops.branch_tip(repo, branch, remote)
         training_until = _until(project, training_tip)
-        if data_until is not None and training_until is not None and data_until < training_until:
-            # outcomes or traffic older than the window training already has (a replay of old days):
-            # a retrain never shrinks the window, it proposes the one training has
+        if training_until is None or (data_until is not None and data_until < training_until):
+            # outcomes or traffic older than the window training already has (a replay of old days), or
+            # training already uses all the data there is: a retrain never shrinks the window
             data_until = training_until
         if request is not None and branch_tip is not None:
+            _refuse_others_commits(repo, training_tip, branch_tip, branch, request.number, config.bot.name)
             # the open request's branch only ever moves forward: a reviewer may be reading it
             base, proposed_until = branch_tip, _until(project, branch_tip)
         else:
@@ -160,6 +161,26 @@ def propose_retrain(
         commit=head,
         data_until=_text(data_until),
     )
+
+
+def _refuse_others_commits(
+    repo: git.Repo, training_tip: str, branch_tip: str, branch: str, number: int, bot: str
+) -> None:
+    """The retraining merge request is the bot's: its author is nobody who could approve it, so a commit
+    someone else pushed onto its branch would be approved by a designated approver who may have written
+    it, under a description that says only the data window moves. Such a branch is not built on."""
+    others = [
+        f"{c.hexsha[:12]} by {c.author.name}"
+        for c in repo.iter_commits(f"{training_tip}..{branch_tip}")
+        if c.author.name != bot
+    ]
+    if others:
+        raise MergeError(
+            f"the retraining merge request !{number} has commits on '{branch}' that are not the bot's "
+            f"({', '.join(others[:5])}): a proposal the bot authors carries only its own change. Close "
+            f"!{number} (the next alarm opens a new one from the training branch) or open your own merge "
+            "request with those commits"
+        )
 
 
 def _open_request(forge: Forge, branch: str, training: str) -> MergeRequest | None:
