@@ -198,9 +198,12 @@ def test_too_few_rows_give_no_verdict_and_keep_the_cursor(served, calm):
     served.log_lines(calm, range(0, 40))
     few = monitor.check(served.path)
     assert (few.verdict, few.drifted, few.cursor, few.features) == ("too few rows", False, None, [])
+    # no verdict, no gauges: a "too few rows" check never turns a drift alert off
+    assert not served.monitor_json().exists()
     served.log_lines(calm, range(40, 140))
     enough = monitor.check(served.path)
     assert (enough.verdict, enough.rows) == ("no drift", 140)  # the 40 rows count again
+    assert json.loads(served.monitor_json().read_text())["rows"] == 140
 
 
 # -- the live metric ---------------------------------------------------------------------------------------

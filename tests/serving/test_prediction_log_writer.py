@@ -5,6 +5,7 @@ monitoring without a server: which flags it starts the server with, the files it
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -138,6 +139,30 @@ def test_a_folder_that_cannot_be_written_drops_and_counts_lines_and_recovers(tmp
     log.submit(mv, None, {"instances": [ROW]}, answer(1), "kept")
     log.close()
     assert [line["request_id"] for line in read_lines(folder)] == ["kept"]
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_no_partial_line(tmp_path, monkeypatch):
+    # ENOSPC after part of a line: left there, the half line would make every later read of the log
+    # refuse it as corrupt, until the file is pruned
+    from branchops.monitoring import traffic
+
+    append, calls = prediction_log._append, []
+
+    def disk_fills_up(fd: int, data: bytes) -> None:
+        calls.append(data)
+        if len(calls) == 2:
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        append(fd, data)
+
+    monkeypatch.setattr(prediction_log, "_append", disk_fills_up)
+    log = PredictionLog(tmp_path, "djia", registry=CollectorRegistry())
+    for request_id in ("before", "cut", "after"):
+        log.submit(model_version(), None, {"instances": [ROW]}, answer(1), request_id)
+    log.close()
+    files = {path.name: path.read_bytes() for path in log_files(tmp_path)}
+    requests = traffic.read_prediction_log(files).requests
+    assert [r.request_id for r in requests] == ["before", "after"]
 
 
 def test_several_inputs_and_outputs_become_one_column_each_whatever_the_format():

@@ -220,6 +220,10 @@ def check(
 
     result.run_id = records.new_run_id(tip, started)
     record_dir = records.record_dir(STAGE, result.run_id)
+    # the plots first: what can fail here fails before a merge request is opened or anyone notified
+    plots = (
+        None if dry_run else {DRIFT_PLOT: drift_plot(result), LIVE_PLOT: live_metric_plot(result, history)}
+    )
     if result.alarm:
         from branchops.monitoring.retrain import propose_retrain
 
@@ -232,14 +236,10 @@ def check(
             dry_run=dry_run,
         )
         result.merge_request = proposal.to_dict()
-    if dry_run:
+    if dry_run or plots is None:
         result.run_id = None
         return result
 
-    plots = {
-        DRIFT_PLOT: drift_plot(result),
-        LIVE_PLOT: live_metric_plot(result, history),
-    }
     record = {
         "stage": STAGE,
         "run_id": result.run_id,
@@ -273,7 +273,10 @@ def check(
         retries=config.git.push_retries,
     )
     result.record = record_dir
-    serving.publish_monitoring(published(result, started))
+    if result.verdict != "too few rows":
+        # too few rows is no verdict: the gauges keep the last check's, rather than drop to "no drift"
+        # (and clear an alert) while the drift goes on
+        serving.publish_monitoring(published(result, started))
     return result
 
 

@@ -28,6 +28,7 @@ the last line it read, so a line can never appear later with an earlier time tha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -288,6 +289,11 @@ class PredictionLog:
             if not self._failing:
                 log.warning("cannot write the prediction log in %s: %s", self.folder, exc)
             self._failing = True
+            if self._fd is not None:
+                # a write cut short (a full disk) leaves part of a line, which every later read would
+                # refuse as corrupt: the file goes back to its last whole line
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._file_bytes)
             self._close_file()  # the next line starts a new file (the folder may have been removed)
             return
         if self._failing:
