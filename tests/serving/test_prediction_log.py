@@ -135,7 +135,10 @@ def test_a_request_without_x_request_id_is_logged_with_a_null_id_and_nothing_of_
     url = logging_server.client().model_url() + ":predict"
     marker = [[0.125, -0.25, 0.5, -1.0]]
     response = requests.post(
-        url, json={"instances": marker}, headers={"Authorization": "Bearer test-authorization-value"}, timeout=30
+        url,
+        json={"instances": marker},
+        headers={"Authorization": "Bearer test-authorization-value"},
+        timeout=30,
     )
     assert response.status_code == 200, response.text
     logging_server.client().predict(instances=SAMPLE[:1], request_id="after-anonymous")
