@@ -392,3 +392,24 @@ def from_arguments(
         queue_size=args.log_queue_size,
         registry=registry,
     )
+
+
+def serve_until_terminated(
+    http: Any, ready_file: Path | None, ready: dict[str, Any], log_: PredictionLog | None
+) -> int:
+    """Run a waitress server that writes the log (the model server, the proxy) until SIGTERM; ``ready`` is
+    written to ``ready_file`` first (atomically: its reader polls for it), and what the log has queued is
+    written before the process ends."""
+    if ready_file:
+        tmp = ready_file.with_name(ready_file.name + ".tmp")
+        tmp.write_text(json.dumps(ready))
+        tmp.replace(ready_file)
+    try:
+        http.run()
+    except SystemExit:
+        log.info("stopping on SIGTERM")
+    finally:
+        http.close()
+        if log_ is not None:
+            log_.close()
+    return 0

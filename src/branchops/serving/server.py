@@ -348,20 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     port = http.effective_port  # type: ignore[union-attr]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     model_server.restore()
-    if args.ready_file:
-        tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
-        tmp.write_text(json.dumps({**ProcessId.current().to_dict(), "host": args.host, "port": port}))
-        tmp.replace(args.ready_file)
     log.info("serving model %s from %s on http://%s:%s", args.model_name, args.base_path, args.host, port)
-    try:
-        http.run()
-    except SystemExit:
-        log.info("stopping on SIGTERM")
-    finally:
-        http.close()
-        if predictions is not None:
-            predictions.close()  # what is queued is written before the process ends
-    return 0
+    ready = {**ProcessId.current().to_dict(), "host": args.host, "port": port}
+    return prediction_log.serve_until_terminated(http, args.ready_file, ready, predictions)
 
 
 if __name__ == "__main__":
